@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the end-to-end tests (tests/e2e) need: a Docker daemon and
+# CLI (dockerd starts its own containerd), skopeo and podman. Idempotent; run as root.
+# The Python client `oras` comes from the project's `test` extra (pip install -e '.[test]').
+set -euo pipefail
+
+PACKAGES=(
+  docker.io   # dockerd + docker CLI (Debian's 20.10), pulls in containerd and runc
+  containerd
+  runc
+  skopeo
+  podman
+  uidmap      # newuidmap/newgidmap, wanted by podman/containers-storage
+  tar
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+
+for binary in dockerd docker containerd skopeo podman; do
+  command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }
+done
+echo "e2e dependencies installed: ${PACKAGES[*]}"

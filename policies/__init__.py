@@ -1,0 +1,1 @@
+"""Policy: the policy file, its rules, signature verification and the base-image library."""

@@ -1,0 +1,66 @@
+"""Assemble the aiohttp application: open the stores, mount the API, start background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from registry.config import Config
+from registry.context import CONTEXT, RegistryContext
+from registry.middleware import error_middleware
+from registry.routes import add_routes
+from registry.upload_sessions import UploadSessions
+from storage.filesystem import FilesystemBlobStore
+from storage.layout import DataLayout
+from storage.metadata import MetadataDB
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config) -> web.Application:
+    """The registry application for `config` (resources open when the app starts)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024 + 1)
+    app.cleanup_ctx.append(_resources(config))
+    add_routes(app)
+    return app
+
+
+def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signature
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        layout = DataLayout(config.data_dir)
+        store = FilesystemBlobStore(layout, fsync=config.fsync)
+        db = await MetadataDB.open(layout.database)
+        uploads = UploadSessions(db, store)
+        app[CONTEXT] = RegistryContext(config, db, store, uploads)
+        cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
+        log.info("serving data directory %s", config.data_dir.resolve())
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+            await uploads.close()
+            await db.close()
+            await store.close()
+            log.info("database closed")
+
+    return resources
+
+
+async def _clean_stale_uploads(config: Config, uploads: UploadSessions) -> None:
+    """Drop upload sessions older than `uploads.stale_after`, every `cleanup_interval`."""
+    while True:
+        try:
+            cutoff = time.time() - config.stale_upload_age
+            for upload_id in await uploads.db.uploads_started_before(cutoff):
+                log.info("dropping stale upload %s", upload_id)
+                await uploads.discard(upload_id)
+        except Exception:
+            log.exception("stale upload cleanup failed")
+        await asyncio.sleep(config.upload_cleanup_interval)

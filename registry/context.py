@@ -1,0 +1,30 @@
+"""What every handler reaches through the application: the open stores and the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from registry.config import Config
+from registry.upload_sessions import UploadSessions
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+
+
+@dataclass
+class RegistryContext:
+    """The registry's open resources, created at start-up and closed at shutdown."""
+
+    config: Config
+    db: MetadataDB
+    store: BlobStore
+    uploads: UploadSessions
+
+
+CONTEXT = web.AppKey("context", RegistryContext)
+
+
+def context(request: web.Request) -> RegistryContext:
+    """The registry context of the application serving `request`."""
+    return request.app[CONTEXT]

@@ -1,0 +1,1 @@
+"""One module per resource of the OCI Distribution API, each reading like its spec section."""

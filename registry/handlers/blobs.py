@@ -1,0 +1,88 @@
+"""Blobs: `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>` (spec: "Pulling blobs", "Deleting")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.context import context
+from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
+from registry.grammar import parse_digest
+
+
+async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Serve a blob (sendfile, or a redirect), honouring a single `Range`; HEAD answers metadata."""
+    ctx = context(request)
+    digest = parse_digest(reference)
+    size = await ctx.db.blob_in_repository(name, str(digest))
+    if size is None:
+        raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(size)
+        headers["Content-Type"] = "application/octet-stream"
+        return web.Response(headers=headers)
+    redirect = await ctx.store.redirect_url(digest)
+    if redirect is not None:
+        return web.Response(status=307, headers={**headers, "Location": redirect})
+    start, end = _requested_range(request, size)
+    path = ctx.store.local_path(digest)
+    if path is not None:
+        # FileResponse answers the Range itself (206 + Content-Range) with zero-copy sendfile.
+        response = web.FileResponse(path, headers=headers)
+        response.content_type = "application/octet-stream"
+        return response
+    partial = start != 0 or end != size
+    if partial:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    await response.prepare(request)
+    async for chunk in ctx.store.read(digest, start, end):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _requested_range(request: web.Request, size: int) -> tuple[int, int]:
+    """The byte range asked for as [start, end); RANGE_INVALID when it cannot be served."""
+    if "Range" not in request.headers:
+        return 0, size
+    unsatisfiable = RegistryError(
+        RANGE_INVALID,
+        {"Range": request.headers["Range"][:100], "size": size},
+        message="requested range not satisfiable",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    try:
+        requested = request.http_range
+    except ValueError:
+        raise unsatisfiable from None
+    start, stop = requested.start, requested.stop
+    if start is None and stop is None:
+        return 0, size
+    if start is not None and start < 0:  # suffix range: the last -start bytes
+        if -start > size:
+            start = -size
+        start = size + start
+        stop = size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise unsatisfiable
+    return start, stop
+
+
+async def delete_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Unlink a blob from the repository (its bytes go at the next garbage collection)."""
+    ctx = context(request)
+    digest = parse_digest(reference)
+    if not ctx.config.delete_enabled:
+        raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
+    if not await ctx.db.unlink_blob(name, str(digest)):
+        raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

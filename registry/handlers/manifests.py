@@ -1,0 +1,120 @@
+"""Manifests: `PUT`/`GET`/`HEAD`/`DELETE /v2/<name>/manifests/<reference>` (spec: "Pulling
+manifests", "Pushing manifests", "Pushing manifests with subject", "Deleting")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.context import context
+from registry.errors import (
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_TOO_LARGE,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+)
+from registry.grammar import Digest, check_tag, is_digest, parse_digest
+from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
+from storage.metadata import ManifestRecord, MissingReferences
+
+
+async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Return the manifest's exact bytes with its pushed media type; HEAD the headers only."""
+    ctx = context(request)
+    if is_digest(reference):
+        record = await ctx.db.get_manifest(name, str(parse_digest(reference)))
+    else:
+        record = await ctx.db.get_tagged_manifest(name, check_tag(reference))
+    if record is None:
+        if not await ctx.db.repository_exists(name):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
+        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    headers = {
+        "Docker-Content-Digest": record.digest,
+        "ETag": f'"{record.digest}"',
+        "Content-Type": record.media_type,
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(record.size)
+        return web.Response(headers=headers)
+    return web.Response(body=record.content, headers=headers)
+
+
+async def put_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Validate and store a manifest, tagging it when pushed by tag."""
+    ctx = context(request)
+    tag = None if is_digest(reference) else check_tag(reference)
+    expected = parse_digest(reference) if tag is None else None
+    content = await _read_body(request)
+    digest = Digest.of(content, expected.algorithm if expected else "sha256")
+    if expected is not None and digest != expected:
+        raise RegistryError(
+            DIGEST_INVALID,
+            {"expected": str(expected), "actual": str(digest)},
+            message="manifest digest did not match the digest in the URL",
+        )
+    parsed = parse_manifest(content, request.headers.get("Content-Type"))
+    record = ManifestRecord(
+        repository=name,
+        digest=str(digest),
+        media_type=parsed.media_type,
+        content=content,
+        subject=parsed.subject,
+        artifact_type=parsed.artifact_type,
+        annotations=parsed.annotations,
+    )
+    try:
+        await ctx.db.put_manifest(record, parsed.references, tag)
+    except MissingReferences as exc:
+        missing = exc.missing[0]
+        raise RegistryError(
+            MANIFEST_BLOB_UNKNOWN,
+            {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
+            message=f"manifest references {missing.kind} {missing.digest} unknown to "
+            f"repository {name}",
+        ) from None
+    headers = {
+        "Location": f"/v2/{name}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+        "Content-Length": "0",
+    }
+    if parsed.subject is not None:
+        headers["OCI-Subject"] = parsed.subject
+    return web.Response(status=201, headers=headers)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, refused with 413 past the manifest size limit without reading it all."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_MANIFEST_SIZE:
+        raise _too_large(declared)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_MANIFEST_SIZE:
+            raise _too_large(len(body))
+    return bytes(body)
+
+
+def _too_large(size: int) -> RegistryError:
+    return RegistryError(
+        MANIFEST_TOO_LARGE,
+        {"size": size, "limit": MAX_MANIFEST_SIZE},
+        message=f"manifest larger than the {MAX_MANIFEST_SIZE} byte limit",
+    )
+
+
+async def delete_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Delete a manifest by digest (with its tags), or only a tag by tag."""
+    ctx = context(request)
+    if not ctx.config.delete_enabled:
+        raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
+    if is_digest(reference):
+        deleted = await ctx.db.delete_manifest(name, str(parse_digest(reference)))
+    else:
+        deleted = await ctx.db.delete_tag(name, check_tag(reference))
+    if not deleted:
+        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    return web.Response(status=202)

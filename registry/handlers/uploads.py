@@ -1,0 +1,97 @@
+"""Blob uploads: `POST`/`PATCH`/`PUT`/`GET`/`DELETE /v2/<name>/blobs/uploads/` (spec: "Pushing
+blobs": monolithic, chunked, resumable; "Mounting a blob from another repository")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.context import context
+from registry.errors import DIGEST_INVALID, RegistryError
+from registry.grammar import check_name, parse_digest
+from registry.upload_sessions import ContentRange, upload_headers
+
+
+def _blob_created(name: str, digest: str) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+            "Content-Length": "0",
+        },
+    )
+
+
+async def start_upload(request: web.Request, name: str, _: str) -> web.StreamResponse:
+    """Start a session; or upload monolithically with `?digest=`; or mount with `?mount=&from=`."""
+    ctx = context(request)
+    mount = request.query.get("mount")
+    if mount is not None:
+        digest = parse_digest(mount)
+        source = request.query.get("from")
+        if source:
+            check_name(source)
+            if await ctx.db.mount_blob(name, source, str(digest)) is not None:
+                return _blob_created(name, str(digest))
+        # Not mountable: fall back to a regular session, as the spec says (202).
+    digest_text = request.query.get("digest")
+    if digest_text is not None and mount is None:
+        digest = parse_digest(digest_text)
+        upload_id = await ctx.uploads.start(name)
+        await ctx.uploads.finish(name, upload_id, digest, request.content)
+        return _blob_created(name, str(digest))
+    upload_id = await ctx.uploads.start(name)
+    return web.Response(
+        status=202, headers={**upload_headers(name, upload_id, 0), "Content-Length": "0"}
+    )
+
+
+async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """Append a chunk; `Content-Range` (if sent) must start where the upload ends, else 416."""
+    ctx = context(request)
+    header = request.headers.get("Content-Range")
+    offset = await ctx.uploads.append(
+        name,
+        upload_id,
+        request.content,
+        content_range=None if header is None else ContentRange.parse(header),
+        content_length=request.content_length,
+    )
+    return web.Response(
+        status=202, headers={**upload_headers(name, upload_id, offset), "Content-Length": "0"}
+    )
+
+
+async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """Close the session with `?digest=`, optionally with the last chunk in the body."""
+    ctx = context(request)
+    digest_text = request.query.get("digest")
+    if not digest_text:
+        await ctx.uploads.offset(name, upload_id)  # an unknown session is the first problem
+        raise RegistryError(DIGEST_INVALID, {"reason": "the digest query parameter is required"})
+    digest = parse_digest(digest_text)
+    body = request.content if request.body_exists else None
+    header = request.headers.get("Content-Range")
+    if body is not None and header is not None:
+        await ctx.uploads.append(
+            name,
+            upload_id,
+            body,
+            content_range=ContentRange.parse(header),
+            content_length=request.content_length,
+        )
+        body = None
+    await ctx.uploads.finish(name, upload_id, digest, body)
+    return _blob_created(name, str(digest))
+
+
+async def upload_status(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """Where a session stands: `204` with `Range: 0-<last byte>`."""
+    offset = await context(request).uploads.offset(name, upload_id)
+    return web.Response(status=204, headers=upload_headers(name, upload_id, offset))
+
+
+async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
+    """Cancel a session and drop its bytes."""
+    await context(request).uploads.cancel(name, upload_id)
+    return web.Response(status=204)

@@ -1,0 +1,165 @@
+"""Manifest media types, and the checks a pushed manifest must pass before it is stored.
+
+Covers the OCI image manifest and index and the Docker schema 2 manifest and manifest list
+(OCI Image Spec v1.1, Docker Image Manifest V2 Schema 2). The bytes are never rewritten: parsing
+only learns what the manifest references, its subject and its artifact type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from registry.errors import MANIFEST_INVALID, RegistryError
+from registry.grammar import parse_digest
+from storage.metadata import Reference
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+
+IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_MEDIA_TYPES = IMAGE_MANIFESTS | INDEXES
+
+#: Content-Type values that say nothing about the manifest: the body's mediaType decides.
+_GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "application/octet-stream"})
+
+#: Largest manifest accepted (the reference registry's limit).
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    """What the registry needs to know of a manifest it stores."""
+
+    media_type: str
+    references: list[Reference]
+    subject: str | None
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
+    """Check a pushed manifest and learn its references; MANIFEST_INVALID says what is wrong."""
+    try:
+        document = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise _invalid("manifest must be a JSON object")
+    media_type = _media_type(document, (content_type or "").split(";")[0].strip().lower())
+    if document.get("schemaVersion") != 2:
+        raise _invalid("schemaVersion must be 2")
+    subject = _optional_descriptor(document, "subject")
+    annotations = _annotations(document.get("annotations"), "annotations")
+    artifact_type = document.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise _invalid("artifactType must be a string")
+    references: list[Reference] = []
+    if media_type in IMAGE_MANIFESTS:
+        config = _descriptor(document.get("config"), "config")
+        references.append(Reference(config["digest"], "blob"))
+        layers = document.get("layers")
+        if not isinstance(layers, list):
+            raise _invalid("layers must be an array of descriptors")
+        for position, layer in enumerate(layers):
+            descriptor = _descriptor(layer, f"layers[{position}]")
+            # Foreign (non-distributable) layers are fetched from their `urls`, not from us.
+            if not descriptor.get("urls"):
+                references.append(Reference(descriptor["digest"], "blob"))
+        if artifact_type is None and media_type == OCI_MANIFEST:
+            artifact_type = config["mediaType"]
+    else:
+        children = document.get("manifests")
+        if not isinstance(children, list):
+            raise _invalid("manifests must be an array of descriptors")
+        for position, child in enumerate(children):
+            descriptor = _descriptor(child, f"manifests[{position}]")
+            references.append(Reference(descriptor["digest"], "manifest"))
+    return ParsedManifest(
+        media_type=media_type,
+        references=references,
+        subject=None if subject is None else subject["digest"],
+        artifact_type=artifact_type,
+        annotations=annotations,
+    )
+
+
+def _media_type(document: dict[str, Any], content_type: str) -> str:
+    declared = document.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise _invalid("mediaType must be a string")
+    if content_type in DOCKER_SCHEMA1 or declared in DOCKER_SCHEMA1:
+        raise _invalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")
+    if content_type not in _GENERIC_CONTENT_TYPES:
+        if content_type not in MANIFEST_MEDIA_TYPES:
+            raise _invalid(f"unsupported manifest media type {content_type!r}")
+        if declared is not None and declared != content_type:
+            raise _invalid(
+                f"Content-Type {content_type!r} does not match the manifest's mediaType "
+                f"{declared!r}"
+            )
+        return content_type
+    if declared is not None:
+        if declared not in MANIFEST_MEDIA_TYPES:
+            raise _invalid(f"unsupported manifest media type {declared!r}")
+        return declared
+    # Neither header nor body says: OCI allows mediaType to be absent; tell by shape.
+    if "manifests" in document:
+        return OCI_INDEX
+    if "config" in document:
+        return OCI_MANIFEST
+    raise _invalid("cannot tell the manifest's media type: set Content-Type or mediaType")
+
+
+def _descriptor(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} must be a descriptor object")
+    media_type = value.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise _invalid(f"{where}.mediaType must be a non-empty string")
+    digest = value.get("digest")
+    if not isinstance(digest, str):
+        raise _invalid(f"{where}.digest must be a string")
+    try:
+        parse_digest(digest)
+    except RegistryError as exc:
+        raise _invalid(f"{where}.digest {digest[:80]!r} is not a valid digest") from exc
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where}.size must be a non-negative integer")
+    urls = value.get("urls")
+    if urls is not None and (
+        not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
+    ):
+        raise _invalid(f"{where}.urls must be an array of strings")
+    _annotations(value.get("annotations"), f"{where}.annotations")
+    return value
+
+
+def _optional_descriptor(document: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = document.get(key)
+    return None if value is None else _descriptor(value, key)
+
+
+def _annotations(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _invalid(f"{where} must be an object of string values")
+    return value
+
+
+def _invalid(reason: str) -> RegistryError:
+    return RegistryError(
+        MANIFEST_INVALID, {"reason": reason}, message=f"manifest invalid: {reason}"
+    )

@@ -1,0 +1,42 @@
+"""The `n` / `last` query parameters and `Link` header shared by tags/list and _catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from registry.errors import PAGINATION_NUMBER_INVALID, RegistryError
+
+#: Most entries one page returns, whatever `n` asks; the `Link` header leads to the rest.
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Page:
+    """A requested page: at most `limit` entries after `last`."""
+
+    limit: int
+    last: str | None
+
+    @classmethod
+    def from_request(cls, request: web.Request) -> Page:
+        """Read `n` and `last`; PAGINATION_NUMBER_INVALID for an `n` that is not a count."""
+        text = request.query.get("n")
+        if text is None or text == "":
+            limit = MAX_PAGE
+        elif text.isdigit():
+            limit = min(int(text), MAX_PAGE)
+        else:
+            raise RegistryError(
+                PAGINATION_NUMBER_INVALID, {"n": text[:50], "reason": "n must be an integer >= 0"}
+            )
+        return cls(limit, request.query.get("last") or None)
+
+    def link(self, path: str, entries: list[str], more: bool) -> dict[str, str]:
+        """The `Link` header to the next page, if there is one."""
+        if not more or not entries:
+            return {}
+        query = urlencode({"n": self.limit, "last": entries[-1]})
+        return {"Link": f'<{path}?{query}>; rel="next"'}

@@ -1,0 +1,103 @@
+"""The `/v2/` URL space: which handler serves which path and method.
+
+Repository names contain slashes, so the path is matched from its end: everything before the
+last `/blobs/`, `/manifests/`, `/tags/list` or `/referrers/` is the name, which is then checked
+against the spec's grammar before any handler runs (NAME_INVALID otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
+from registry.grammar import check_name
+from registry.handlers import blobs, listing, manifests, referrers, uploads
+
+ResourceHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+
+#: (path pattern after `/v2/`, {method: handler}); `name` and `ref` are named groups.
+ROUTES: list[tuple[re.Pattern[str], dict[str, ResourceHandler]]] = [
+    (
+        re.compile(r"(?P<name>.+)/blobs/uploads/?(?P<ref>)"),
+        {"POST": uploads.start_upload},
+    ),
+    (
+        re.compile(r"(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)"),
+        {
+            "PATCH": uploads.patch_upload,
+            "PUT": uploads.finish_upload,
+            "GET": uploads.upload_status,
+            "DELETE": uploads.cancel_upload,
+        },
+    ),
+    (
+        re.compile(r"(?P<name>.+)/blobs/(?P<ref>[^/]+)"),
+        {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+    ),
+    (
+        re.compile(r"(?P<name>.+)/manifests/(?P<ref>[^/]+)"),
+        {
+            "GET": manifests.get_manifest,
+            "HEAD": manifests.get_manifest,
+            "PUT": manifests.put_manifest,
+            "DELETE": manifests.delete_manifest,
+        },
+    ),
+    (re.compile(r"(?P<name>.+)/tags/list(?P<ref>)"), {"GET": listing.list_tags}),
+    (
+        re.compile(r"(?P<name>.+)/referrers/(?P<ref>[^/]+)"),
+        {"GET": referrers.list_referrers},
+    ),
+]
+
+
+async def api_base(request: web.Request) -> web.StreamResponse:
+    """`GET /v2/`: the registry implements the API (auth would challenge here)."""
+    return web.json_response({})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Route a `/v2/...` request to its resource handler."""
+    tail = request.match_info["tail"]
+    if tail == "":
+        return await _only(request, ("GET", "HEAD"), api_base)
+    if tail == "_catalog":
+        return await _only(request, ("GET",), listing.catalog)
+    for pattern, methods in ROUTES:
+        match = pattern.fullmatch(tail)
+        if match is None:
+            continue
+        handler = methods.get(request.method)
+        if handler is None:
+            raise RegistryError(
+                UNSUPPORTED,
+                {"method": request.method},
+                headers={"Allow": ", ".join(methods)},
+            )
+        return await handler(request, check_name(match["name"]), match["ref"])
+    raise RegistryError(NOT_FOUND, {"path": request.path[:300]})
+
+
+async def _only(
+    request: web.Request,
+    allowed: tuple[str, ...],
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    if request.method not in allowed:
+        raise RegistryError(
+            UNSUPPORTED, {"method": request.method}, headers={"Allow": ", ".join(allowed)}
+        )
+    return await handler(request)
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the OCI Distribution API on `app`."""
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    app.router.add_route("*", "/v2", _redirect_base)
+
+
+async def _redirect_base(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/v2/")

@@ -1,0 +1,281 @@
+"""Blob upload sessions: bytes streamed in, hashed while they are written, committed by digest.
+
+A session is a row in the metadata database plus an append-only upload in the blob store. The
+running hash of each session lives in memory, keyed by upload id and offset; when it is missing
+(after a restart, or for a session another worker process started) it is rebuilt by reading the
+bytes back, so the bytes on storage are always the truth and sessions survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aiohttp import StreamReader
+
+from registry.errors import (
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from registry.grammar import UPLOAD_ID_RE, Digest
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+
+log = logging.getLogger(__name__)
+
+#: Bytes gathered from the socket before they are hashed and written in one step.
+BATCH = 1 << 20
+
+#: The running hash of every session is sha256: what every client sends. Other algorithms
+#: (sha512) are hashed once more from storage at the end.
+RUNNING_ALGORITHM = "sha256"
+
+
+@dataclass
+class _Session:
+    offset: int
+    hasher: hashlib._Hash | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    """A parsed `Content-Range: <start>-<end>` header of a chunk (inclusive end)."""
+
+    start: int
+    end: int
+
+    @classmethod
+    def parse(cls, header: str) -> ContentRange:
+        """Parse `start-end` (with an optional `bytes ` prefix and `/total` suffix)."""
+        text = header.strip()
+        if text.startswith("bytes "):
+            text = text[6:].strip()
+        text = text.split("/", 1)[0]
+        start_text, sep, end_text = text.partition("-")
+        if not sep or not start_text.isdigit() or not end_text.isdigit():
+            raise RegistryError(
+                RANGE_INVALID, {"Content-Range": header[:100], "reason": "expected <start>-<end>"}
+            )
+        start, end = int(start_text), int(end_text)
+        if end < start:
+            raise RegistryError(
+                RANGE_INVALID, {"Content-Range": header[:100], "reason": "end before start"}
+            )
+        return cls(start, end)
+
+
+class UploadSessions:
+    """Start, append to, inspect, finish and cancel blob uploads."""
+
+    def __init__(self, db: MetadataDB, store: BlobStore, *, hash_threads: int = 2) -> None:
+        self.db = db
+        self.store = store
+        self._sessions: dict[str, _Session] = {}
+        self._hash_pool = ThreadPoolExecutor(hash_threads, thread_name_prefix="hash")
+
+    async def close(self) -> None:
+        """Stop the hashing threads."""
+        self._hash_pool.shutdown(wait=True)
+
+    async def start(self, repository: str) -> str:
+        """Open a new session for `repository` and return its id."""
+        upload_id = uuid.uuid4().hex
+        await self.store.start_upload(upload_id)
+        await self.db.start_upload(upload_id, repository)
+        self._sessions[upload_id] = _Session(0, hashlib.new(RUNNING_ALGORITHM))
+        return upload_id
+
+    async def offset(self, repository: str, upload_id: str) -> int:
+        """Bytes received so far, or BLOB_UPLOAD_UNKNOWN."""
+        await self._check(repository, upload_id)
+        size = await self.store.upload_size(upload_id)
+        if size is None:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+        return size
+
+    async def append(
+        self,
+        repository: str,
+        upload_id: str,
+        body: StreamReader,
+        *,
+        content_range: ContentRange | None,
+        content_length: int | None,
+    ) -> int:
+        """Append a chunk; return the new offset. Out-of-order chunks answer 416."""
+        await self._check(repository, upload_id)
+        session = self._session(upload_id)
+        async with session.lock:
+            offset = await self._current_offset(upload_id, session)
+            if content_range is not None:
+                if content_range.start != offset:
+                    raise RegistryError(
+                        RANGE_INVALID,
+                        {"expected_start": offset, "got": content_range.start},
+                        message="chunk out of order: it must start where the upload ends",
+                        headers=upload_headers(repository, upload_id, offset),
+                    )
+                expected = content_range.end - content_range.start + 1
+                if content_length is not None and content_length != expected:
+                    raise RegistryError(
+                        SIZE_INVALID,
+                        {"Content-Range": expected, "Content-Length": content_length},
+                        message="Content-Length does not match Content-Range",
+                    )
+            received = await self._stream_in(upload_id, session, body)
+            if content_range is not None and received != content_range.end - offset + 1:
+                raise RegistryError(
+                    SIZE_INVALID,
+                    {"expected": content_range.end - offset + 1, "received": received},
+                    message="chunk shorter or longer than its Content-Range",
+                )
+            return session.offset
+
+    async def finish(
+        self, repository: str, upload_id: str, digest: Digest, body: StreamReader | None
+    ) -> int:
+        """Take the last chunk (if any), verify `digest`, commit; return the blob's size.
+
+        On a digest mismatch the session and its bytes are dropped: nothing is kept.
+        """
+        await self._check(repository, upload_id)
+        session = self._session(upload_id)
+        async with session.lock:
+            await self._current_offset(upload_id, session)
+            if body is not None:
+                await self._stream_in(upload_id, session, body)
+            actual = await self._digest(upload_id, session, digest.algorithm)
+            if actual != digest:
+                await self.cancel(repository, upload_id)
+                raise RegistryError(
+                    DIGEST_INVALID,
+                    {"expected": str(digest), "actual": str(actual)},
+                    message="provided digest did not match uploaded content",
+                )
+            size = session.offset
+            await self.store.commit(upload_id, digest)
+            await self.db.link_blob(repository, str(digest), size)
+            await self.db.end_upload(upload_id)
+            self._sessions.pop(upload_id, None)
+            return size
+
+    async def cancel(self, repository: str, upload_id: str) -> None:
+        """Drop a session and its bytes."""
+        await self._check(repository, upload_id)
+        await self.discard(upload_id)
+
+    async def discard(self, upload_id: str) -> None:
+        """Drop a session by id alone (cancellation, stale-session cleanup)."""
+        self._sessions.pop(upload_id, None)
+        await self.store.abort(upload_id)
+        await self.db.end_upload(upload_id)
+
+    async def _check(self, repository: str, upload_id: str) -> None:
+        if UPLOAD_ID_RE.fullmatch(upload_id) is None:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id[:100]})
+        owner = await self.db.upload_repository(upload_id)
+        if owner != repository:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+
+    def _session(self, upload_id: str) -> _Session:
+        session = self._sessions.get(upload_id)
+        if session is None:
+            session = self._sessions[upload_id] = _Session(-1, None)
+        return session
+
+    async def _current_offset(self, upload_id: str, session: _Session) -> int:
+        """The offset on storage; rebuild the running hash if memory and storage disagree."""
+        size = await self.store.upload_size(upload_id)
+        if size is None:
+            self._sessions.pop(upload_id, None)
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+        if session.hasher is None or session.offset != size:
+            session.hasher = await self._hash_stream(
+                RUNNING_ALGORITHM, self.store.read_upload(upload_id)
+            )
+            session.offset = size
+        return size
+
+    async def _digest(self, upload_id: str, session: _Session, algorithm: str) -> Digest:
+        if algorithm == RUNNING_ALGORITHM and session.hasher is not None:
+            return Digest(algorithm, session.hasher.copy().hexdigest())
+        hasher = await self._hash_stream(algorithm, self.store.read_upload(upload_id))
+        return Digest(algorithm, hasher.hexdigest())
+
+    async def _hash_stream(self, algorithm: str, chunks: AsyncIterator[bytes]) -> hashlib._Hash:
+        hasher = hashlib.new(algorithm)
+        loop = asyncio.get_running_loop()
+        async for chunk in chunks:
+            await loop.run_in_executor(self._hash_pool, hasher.update, chunk)
+        return hasher
+
+    async def _stream_in(self, upload_id: str, session: _Session, body: StreamReader) -> int:
+        """Copy the request body to storage in batches, hashing each batch as it is written.
+
+        The next batch is read from the socket while the previous one is hashed and written.
+        If anything fails, the in-memory hash is dropped so it is rebuilt from storage.
+        """
+        loop = asyncio.get_running_loop()
+        hasher = session.hasher
+        assert hasher is not None
+        received = 0
+        pending: asyncio.Future[object] | None = None
+
+        async def flush(batch: bytes) -> None:
+            await asyncio.gather(
+                loop.run_in_executor(self._hash_pool, hasher.update, batch),
+                self.store.append(upload_id, batch),
+            )
+            session.offset += len(batch)
+
+        try:
+            buffer = bytearray()
+            async for chunk in body.iter_chunked(BATCH):
+                buffer += chunk
+                received += len(chunk)
+                if len(buffer) >= BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(flush(bytes(buffer)))
+                    buffer.clear()
+            if pending is not None:
+                await pending
+                pending = None
+            if buffer:
+                await flush(bytes(buffer))
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            session.hasher = None
+            session.offset = -1
+            raise
+        return received
+
+
+def upload_location(repository: str, upload_id: str) -> str:
+    """The URL path of an upload session."""
+    return f"/v2/{repository}/blobs/uploads/{upload_id}"
+
+
+def range_header(offset: int) -> str:
+    """The `Range` header value for `offset` bytes received (inclusive end; `0-0` when empty)."""
+    return f"0-{max(offset - 1, 0)}"
+
+
+def upload_headers(repository: str, upload_id: str, offset: int) -> dict[str, str]:
+    """The headers every upload-session response carries."""
+    return {
+        "Location": upload_location(repository, upload_id),
+        "Range": range_header(offset),
+        "Docker-Upload-UUID": upload_id,
+    }

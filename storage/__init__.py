@@ -1,0 +1,1 @@
+"""Where Trustyard keeps bytes (blob stores) and rows (the metadata database)."""

@@ -1,0 +1,71 @@
+"""The small interface every blob backend implements (filesystem now, S3 next).
+
+A backend only moves bytes: it knows nothing of repositories, manifests or policy. Uploads are
+append-only byte streams named by an upload id; `commit` makes one visible under its content
+address atomically, after the caller has verified the digest. Above this interface nothing knows
+which backend runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from registry.grammar import Digest
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A blob or upload found while walking a backend, with its age for garbage collection."""
+
+    name: str
+    size: int
+    modified: float
+
+
+class BlobStore(Protocol):
+    """Content-addressed blob storage with append-only uploads."""
+
+    async def start_upload(self, upload_id: str) -> None:
+        """Create an empty upload."""
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        """Bytes received so far for an upload, or None if it does not exist."""
+
+    async def append(self, upload_id: str, data: bytes) -> None:
+        """Append `data` to an upload (called from the event loop; must not block it)."""
+
+    def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
+        """The bytes of an upload so far, in order (to rebuild a hash after a restart)."""
+
+    async def commit(self, upload_id: str, digest: Digest) -> None:
+        """Make a verified upload visible as blob `digest`, atomically; the upload is gone after."""
+
+    async def abort(self, upload_id: str) -> None:
+        """Drop an upload and its bytes (no error if it does not exist)."""
+
+    async def size(self, digest: Digest) -> int | None:
+        """The size of a committed blob, or None if the store does not hold it."""
+
+    def local_path(self, digest: Digest) -> Path | None:
+        """A local file holding the blob, for zero-copy serving, if the backend has one."""
+
+    async def redirect_url(self, digest: Digest) -> str | None:
+        """A URL the client may fetch the blob from directly, if the backend offers one."""
+
+    def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes from `start` up to `end` (exclusive; None for the end)."""
+
+    async def delete(self, digest: Digest) -> None:
+        """Remove a committed blob (no error if it does not exist)."""
+
+    def list_blobs(self) -> AsyncIterator[StoredObject]:
+        """Every committed blob (`name` is the digest string)."""
+
+    def list_uploads(self) -> AsyncIterator[StoredObject]:
+        """Every upload in progress (`name` is the upload id)."""
+
+    async def close(self) -> None:
+        """Release the backend's resources."""

@@ -1,0 +1,156 @@
+"""Where every byte and every row lives: the one description of Trustyard's storage.
+
+On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
+
+    <data-dir>/
+    ├── metadata.sqlite            the metadata database (WAL mode; -wal and -shm beside it)
+    ├── blobs/                     the content-addressed blob store (filesystem backend)
+    │   └── <algorithm>/           sha256 | sha512
+    │       └── <hex[0:2]>/
+    │           └── <hex>          the blob's bytes, immutable; written once, by rename
+    └── uploads/
+        └── <upload-id>            bytes of an upload in progress (32 hex characters)
+
+An upload is appended to `uploads/<id>`, fsynced, hashed, and only then renamed to its content
+address: a blob file exists under `blobs/` only when its bytes match its name. Both folders are on
+the same filesystem, so the rename is atomic. A crash leaves at worst an orphan upload file, which
+garbage collection removes after its grace period.
+
+Every blob is stored once, whatever the number of repositories that link it. Manifests are small
+(at most 4 MiB) and kept in the database with their exact bytes.
+
+In the metadata database (the DDL is `SCHEMA` below)::
+
+    repositories(name)                          a repository exists once something is linked to it
+    blobs(digest, size, created_at, last_seen)  every committed blob in the store
+    repository_blobs(repository, digest)        which repository may serve which blob
+    manifests(repository, digest, media_type, artifact_type, subject, annotations, content, ...)
+    manifest_references(repository, manifest_digest, child_digest, kind)
+                                                what a manifest points at: 'blob' (config, layer)
+                                                or 'manifest' (index children); GC marks from here
+    tags(repository, name, digest)              tag -> manifest digest in the same repository
+    uploads(id, repository, started_at)         upload sessions in progress
+
+Nothing else in the code builds a path under the data directory or names a table: it asks here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.grammar import Digest
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+
+CREATE TABLE IF NOT EXISTS repositories (
+    name        TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS blobs (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    created_at  REAL NOT NULL,
+    last_seen   REAL NOT NULL          -- last upload, mount or link: GC grace counts from it
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS repository_blobs (
+    repository  TEXT NOT NULL REFERENCES repositories(name) ON DELETE CASCADE,
+    digest      TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+    linked_at   REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS repository_blobs_digest ON repository_blobs(digest);
+
+CREATE TABLE IF NOT EXISTS manifests (
+    repository    TEXT NOT NULL REFERENCES repositories(name) ON DELETE CASCADE,
+    digest        TEXT NOT NULL,
+    media_type    TEXT NOT NULL,
+    artifact_type TEXT,
+    subject       TEXT,                -- digest of the manifest this one refers to (referrers API)
+    annotations   TEXT,                -- JSON object or NULL
+    size          INTEGER NOT NULL,
+    content       BLOB NOT NULL,       -- the exact bytes pushed
+    created_at    REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repository, subject)
+    WHERE subject IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS manifest_references (
+    repository      TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    child_digest    TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+    PRIMARY KEY (repository, manifest_digest, child_digest, kind),
+    FOREIGN KEY (repository, manifest_digest)
+        REFERENCES manifests(repository, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_references_child
+    ON manifest_references(child_digest, kind);
+
+CREATE TABLE IF NOT EXISTS tags (
+    repository  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (repository, name),
+    FOREIGN KEY (repository, digest) REFERENCES manifests(repository, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS uploads (
+    id          TEXT PRIMARY KEY,
+    repository  TEXT NOT NULL,
+    started_at  REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """The paths under one data directory."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        """The SQLite metadata database."""
+        return self.root / "metadata.sqlite"
+
+    @property
+    def blobs(self) -> Path:
+        """The root of the content-addressed blob store."""
+        return self.root / "blobs"
+
+    @property
+    def uploads(self) -> Path:
+        """The folder of uploads in progress."""
+        return self.root / "uploads"
+
+    def blob(self, digest: Digest) -> Path:
+        """The file holding the blob with this digest."""
+        return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def upload(self, upload_id: str) -> Path:
+        """The file holding the bytes received so far for an upload."""
+        return self.uploads / upload_id
+
+    def digest_of_blob_path(self, path: Path) -> Digest | None:
+        """The digest a blob file's path names, or None if the path is not a blob's."""
+        try:
+            relative = path.relative_to(self.blobs)
+        except ValueError:
+            return None
+        parts = relative.parts
+        if len(parts) != 3 or parts[2][:2] != parts[1]:
+            return None
+        return Digest(parts[0], parts[2])
+
+    def create(self) -> None:
+        """Make the folders of a new data directory."""
+        for folder in (self.root, self.blobs, self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)

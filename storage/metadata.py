@@ -1,0 +1,425 @@
+"""The metadata database: repositories, blob links, manifests, tags and upload sessions (SQLite).
+
+The schema lives in `storage.layout`. Reads go through one connection and writes through another,
+serialised by a lock, so a reader never sees half a write and a write transaction never has a
+stranger's statement slipped into it. WAL mode lets the garbage collector (another process) and
+the server use the database at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.layout import SCHEMA, SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """A stored manifest: its exact bytes and what was learnt from them on push."""
+
+    repository: str
+    digest: str
+    media_type: str
+    content: bytes
+    subject: str | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+    created_at: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Length of the manifest in bytes."""
+        return len(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Something a manifest points at: a blob (config, layer) or a child manifest."""
+
+    digest: str
+    kind: str  # 'blob' | 'manifest'
+
+
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    """A manifest whose `subject` is a given digest (a row of the referrers API)."""
+
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+class MissingReferences(Exception):
+    """A manifest push refers to content the repository does not hold."""
+
+    def __init__(self, missing: list[Reference]) -> None:
+        super().__init__(", ".join(ref.digest for ref in missing))
+        self.missing = missing
+
+
+_MANIFEST_COLUMNS = (
+    "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
+)
+
+
+class MetadataDB:
+    """Async access to the metadata database."""
+
+    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> MetadataDB:
+        """Open (creating if needed) the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        await writer.executescript(SCHEMA)
+        async with writer.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            await writer.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path}: schema version {row[0]}, this Trustyard knows {SCHEMA_VERSION}"
+            )
+        reader = await _connect(path)
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        """Close both connections (checkpointing the WAL)."""
+        async with self._write_lock:
+            await self._writer.close()
+        await self._reader.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction, serialised with every other write of this process."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        async with self._reader.execute(sql, args) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self._reader.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- repositories ----------------------------------------------------------------------
+
+    async def repository_exists(self, name: str) -> bool:
+        """Whether anything was ever linked into the repository."""
+        return await self._one("SELECT 1 FROM repositories WHERE name = ?", (name,)) is not None
+
+    async def list_repositories(self, limit: int, after: str | None) -> list[str]:
+        """Repository names in lexical order, after `after`, at most `limit`."""
+        rows = await self._all(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (after or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_in_repository(self, repository: str, digest: str) -> int | None:
+        """The size of a blob the repository links, or None."""
+        row = await self._one(
+            "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+            "WHERE rb.repository = ? AND rb.digest = ?",
+            (repository, digest),
+        )
+        return None if row is None else int(row[0])
+
+    async def blob_size(self, digest: str) -> int | None:
+        """The size of a committed blob, whichever repository links it, or None."""
+        row = await self._one("SELECT size FROM blobs WHERE digest = ?", (digest,))
+        return None if row is None else int(row[0])
+
+    async def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record a committed blob and link it into a repository."""
+        now = time.time()
+        async with self.transaction() as db:
+            await _ensure_repository(db, repository, now)
+            await db.execute(
+                "INSERT INTO blobs (digest, size, created_at, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO UPDATE SET last_seen = excluded.last_seen",
+                (digest, size, now, now),
+            )
+            await db.execute(
+                "INSERT OR IGNORE INTO repository_blobs (repository, digest, linked_at) "
+                "VALUES (?, ?, ?)",
+                (repository, digest, now),
+            )
+
+    async def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
+        """Link a blob that `source` links into `repository`; its size, or None if not there."""
+        now = time.time()
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+                "WHERE rb.repository = ? AND rb.digest = ?",
+                (source, digest),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            await _ensure_repository(db, repository, now)
+            await db.execute("UPDATE blobs SET last_seen = ? WHERE digest = ?", (now, digest))
+            await db.execute(
+                "INSERT OR IGNORE INTO repository_blobs (repository, digest, linked_at) "
+                "VALUES (?, ?, ?)",
+                (repository, digest, now),
+            )
+            return int(row[0])
+
+    async def unlink_blob(self, repository: str, digest: str) -> bool:
+        """Remove a blob from a repository (the bytes stay until GC); whether it was linked."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM repository_blobs WHERE repository = ? AND digest = ?",
+                (repository, digest),
+            )
+            return cursor.rowcount > 0
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    async def start_upload(self, upload_id: str, repository: str) -> None:
+        """Record a new upload session."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO uploads (id, repository, started_at) VALUES (?, ?, ?)",
+                (upload_id, repository, time.time()),
+            )
+
+    async def upload_repository(self, upload_id: str) -> str | None:
+        """The repository an upload session belongs to, or None if there is no such session."""
+        row = await self._one("SELECT repository FROM uploads WHERE id = ?", (upload_id,))
+        return None if row is None else str(row[0])
+
+    async def end_upload(self, upload_id: str) -> None:
+        """Forget an upload session (finished or cancelled)."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    async def uploads_started_before(self, cutoff: float) -> list[str]:
+        """Upload sessions older than `cutoff` (epoch seconds)."""
+        rows = await self._all("SELECT id FROM uploads WHERE started_at < ?", (cutoff,))
+        return [row[0] for row in rows]
+
+    async def upload_ids(self) -> set[str]:
+        """Every upload session the database knows."""
+        return {row[0] for row in await self._all("SELECT id FROM uploads")}
+
+    # -- manifests and tags ----------------------------------------------------------------
+
+    async def put_manifest(
+        self, record: ManifestRecord, references: Iterable[Reference], tag: str | None
+    ) -> None:
+        """Store a manifest (and point `tag` at it) if everything it references is present.
+
+        The check and the insert are one transaction, so a concurrent garbage collection can
+        never remove a blob between the two.
+        """
+        refs = list(dict.fromkeys(references))
+        now = time.time()
+        async with self.transaction() as db:
+            missing = []
+            for ref in refs:
+                if ref.kind == "blob":
+                    sql = "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?"
+                else:
+                    sql = "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?"
+                async with db.execute(sql, (record.repository, ref.digest)) as cursor:
+                    if await cursor.fetchone() is None:
+                        missing.append(ref)
+            if missing:
+                raise MissingReferences(missing)
+            await _ensure_repository(db, record.repository, now)
+            await db.execute(
+                "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
+                "annotations, size, content, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (repository, digest) DO NOTHING",
+                (
+                    record.repository,
+                    record.digest,
+                    record.media_type,
+                    record.artifact_type,
+                    record.subject,
+                    None if record.annotations is None else json.dumps(record.annotations),
+                    record.size,
+                    record.content,
+                    now,
+                ),
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_references "
+                "(repository, manifest_digest, child_digest, kind) VALUES (?, ?, ?, ?)",
+                [(record.repository, record.digest, ref.digest, ref.kind) for ref in refs],
+            )
+            if refs:
+                # Blobs a manifest refers to are in use now: restart their grace period.
+                await db.executemany(
+                    "UPDATE blobs SET last_seen = ? WHERE digest = ?",
+                    [(now, ref.digest) for ref in refs if ref.kind == "blob"],
+                )
+            if tag is not None:
+                await db.execute(
+                    "INSERT INTO tags (repository, name, digest, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (repository, name) DO UPDATE SET "
+                    "digest = excluded.digest, updated_at = excluded.updated_at",
+                    (record.repository, tag, record.digest, now),
+                )
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        """The manifest with this digest in the repository, or None."""
+        row = await self._one(
+            f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+        )
+        return None if row is None else _manifest(row)
+
+    async def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        """The manifest a tag points at, or None."""
+        columns = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+        row = await self._one(
+            f"SELECT {columns} FROM tags t JOIN manifests m "
+            "ON m.repository = t.repository AND m.digest = t.digest "
+            "WHERE t.repository = ? AND t.name = ?",
+            (repository, tag),
+        )
+        return None if row is None else _manifest(row)
+
+    async def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest, its references and every tag pointing at it; whether it existed."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM manifests WHERE repository = ? AND digest = ?", (repository, digest)
+            )
+            return cursor.rowcount > 0
+
+    async def delete_tag(self, repository: str, tag: str) -> bool:
+        """Delete a tag (the manifest stays); whether it existed."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag)
+            )
+            return cursor.rowcount > 0
+
+    async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:
+        """Tags of a repository in lexical order, after `after`, at most `limit`."""
+        rows = await self._all(
+            "SELECT name FROM tags WHERE repository = ? AND name > ? ORDER BY name LIMIT ?",
+            (repository, after or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    async def referrers(self, repository: str, subject: str) -> list[Referrer]:
+        """Manifests of the repository whose subject is `subject`, oldest first."""
+        rows = await self._all(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+            "WHERE repository = ? AND subject = ? ORDER BY created_at, digest",
+            (repository, subject),
+        )
+        return [
+            Referrer(row[0], row[1], row[2], row[3], None if row[4] is None else json.loads(row[4]))
+            for row in rows
+        ]
+
+    # -- garbage collection ----------------------------------------------------------------
+
+    async def unreferenced_manifests(self, cutoff: float) -> list[tuple[str, str]]:
+        """Untagged manifests, older than `cutoff`, that no index references and whose subject
+        (if any) is gone: (repository, digest) pairs."""
+        return [
+            (row[0], row[1])
+            for row in await self._all(
+                "SELECT m.repository, m.digest FROM manifests m WHERE m.created_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository "
+                "  AND t.digest = m.digest) "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_references r "
+                "  WHERE r.repository = m.repository AND r.child_digest = m.digest "
+                "  AND r.kind = 'manifest') "
+                "AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s "
+                "  WHERE s.repository = m.repository AND s.digest = m.subject))",
+                (cutoff,),
+            )
+        ]
+
+    async def unreferenced_blobs(self, cutoff: float) -> list[str]:
+        """Blobs no manifest references, last seen before `cutoff`."""
+        rows = await self._all(
+            "SELECT b.digest FROM blobs b WHERE b.last_seen < ? AND NOT EXISTS ("
+            "SELECT 1 FROM manifest_references r WHERE r.child_digest = b.digest "
+            "AND r.kind = 'blob')",
+            (cutoff,),
+        )
+        return [row[0] for row in rows]
+
+    async def forget_blob_if_unreferenced(self, digest: str, cutoff: float) -> bool:
+        """Delete a blob's rows if it is still unreferenced and idle; whether it was deleted.
+
+        Checked again inside the write transaction: a manifest pushed since the mark phase
+        keeps its blobs.
+        """
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM blobs WHERE digest = ? AND last_seen < ? AND NOT EXISTS ("
+                "SELECT 1 FROM manifest_references r WHERE r.child_digest = blobs.digest "
+                "AND r.kind = 'blob')",
+                (digest, cutoff),
+            )
+            return cursor.rowcount > 0
+
+    async def known_blobs(self) -> set[str]:
+        """Every blob digest the database knows."""
+        return {row[0] for row in await self._all("SELECT digest FROM blobs")}
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in (
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA busy_timeout = 10000",
+    ):
+        await db.execute(pragma)
+    return db
+
+
+async def _ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> None:
+    await db.execute(
+        "INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, now)
+    )
+
+
+def _manifest(row: Sequence[Any]) -> ManifestRecord:
+    return ManifestRecord(
+        repository=row[0],
+        digest=row[1],
+        media_type=row[2],
+        content=bytes(row[3]),
+        subject=row[4],
+        artifact_type=row[5],
+        annotations=None if row[6] is None else json.loads(row[6]),
+        created_at=row[7],
+    )

@@ -1,0 +1,1 @@
+"""End-to-end tests: real clients (docker, podman, skopeo, oras) against a real Trustyard."""

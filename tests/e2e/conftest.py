@@ -1,0 +1,438 @@
+"""Shared helpers and fixtures for the end-to-end tests with real registry clients.
+
+Every process started here is stopped by PID, every temporary directory is removed, and
+everything listens on 127.0.0.1 (or a private unix socket) only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import RegistryProcess
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+ALL_MANIFEST_TYPES = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Return the path of an executable, or skip the test when it is not installed."""
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"`{name}` is not installed (run .ci/install-e2e-deps.sh)")
+    return found
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180.0,
+    check: bool = True,
+    input_bytes: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a client command; on failure, fail the test with its full output."""
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            env=full_env,
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            input=input_bytes.decode() if input_bytes is not None else None,
+            text=True,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"command timed out after {timeout}s: {' '.join(cmd)}\n{exc.output!r}")
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"command failed with exit code {proc.returncode}: {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def _children_of(pid: int) -> list[int]:
+    """PIDs of the direct children of `pid`, read from /proc."""
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM `pid`, wait for it, then SIGKILL it if it is still there."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not _pid_alive(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def http(
+    method: str, url: str, *, headers: Mapping[str, str] | None = None, data: bytes | None = None
+) -> Response:
+    """One plain HTTP request with urllib; 4xx/5xx answers are returned, not raised."""
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return Response(
+                resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+            )
+    except urllib.error.HTTPError as err:
+        return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
+
+
+def get_manifest(registry: RegistryProcess, name: str, reference: str) -> Response:
+    return http(
+        "GET",
+        f"{registry.url}/v2/{name}/manifests/{reference}",
+        headers={"Accept": ALL_MANIFEST_TYPES},
+    )
+
+
+def list_tags(registry: RegistryProcess, name: str) -> list[str]:
+    resp = http("GET", f"{registry.url}/v2/{name}/tags/list")
+    assert resp.status == 200, f"GET /v2/{name}/tags/list -> {resp.status} {resp.body!r}"
+    doc = resp.json()
+    assert isinstance(doc, dict)
+    assert doc.get("name") == name, doc
+    return list(doc.get("tags") or [])
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def make_rootfs_tar(files: Mapping[str, bytes]) -> bytes:
+    """A deterministic uncompressed tar of regular files (parent directories included)."""
+    buf = io.BytesIO()
+    seen_dirs: set[str] = set()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(files):
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                directory = "/".join(parts[:i])
+                if directory in seen_dirs:
+                    continue
+                seen_dirs.add(directory)
+                info = tarfile.TarInfo(directory)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                info.mtime = 1_700_000_000
+                tar.addfile(info)
+            content = files[path]
+            info = tarfile.TarInfo(path)
+            info.size = len(content)
+            info.mode = 0o644
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+@dataclass
+class OciImage:
+    """One single-platform image as it lies in an OCI layout."""
+
+    manifest: bytes
+    manifest_digest: str
+    config_digest: str
+    layer_digests: list[str]
+    platform: dict[str, str]
+
+    @property
+    def descriptor(self) -> dict[str, object]:
+        return {
+            "mediaType": OCI_MANIFEST,
+            "digest": self.manifest_digest,
+            "size": len(self.manifest),
+            "platform": self.platform,
+        }
+
+
+class OciLayout:
+    """Write an OCI image layout directory (oci-layout, index.json, blobs/sha256/...)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        self.entries: list[dict[str, object]] = []
+
+    def add_blob(self, data: bytes) -> str:
+        digest = sha256_digest(data)
+        (self.root / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(data)
+        return digest
+
+    def add_image(
+        self, files: Mapping[str, bytes], *, arch: str = "amd64", os_name: str = "linux"
+    ) -> OciImage:
+        layer_tar = make_rootfs_tar(files)
+        layer = gzip_bytes(layer_tar)
+        layer_digest = self.add_blob(layer)
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": os_name,
+                "config": {"Env": ["PATH=/usr/bin:/bin"], "Labels": {"e2e": "trustyard"}},
+                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer_tar)]},
+                "history": [{"created_by": "trustyard e2e test"}],
+            },
+            sort_keys=True,
+        ).encode()
+        config_digest = self.add_blob(config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": len(layer)}
+                ],
+            },
+            sort_keys=True,
+        ).encode()
+        manifest_digest = self.add_blob(manifest)
+        return OciImage(
+            manifest,
+            manifest_digest,
+            config_digest,
+            [layer_digest],
+            {"architecture": arch, "os": os_name},
+        )
+
+    def add_index(self, images: Sequence[OciImage]) -> tuple[bytes, str]:
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [image.descriptor for image in images],
+            },
+            sort_keys=True,
+        ).encode()
+        return index, self.add_blob(index)
+
+    def tag(self, ref_name: str, media_type: str, digest: str, size: int) -> None:
+        self.entries.append(
+            {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": size,
+                "annotations": {"org.opencontainers.image.ref.name": ref_name},
+            }
+        )
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.entries}
+        (self.root / "index.json").write_text(json.dumps(index, indent=2))
+
+
+def layout_blob_digests(root: Path) -> set[str]:
+    return {"sha256:" + p.name for p in (root / "blobs" / "sha256").iterdir()}
+
+
+def layout_ref_digest(root: Path, ref_name: str) -> str:
+    index = json.loads((root / "index.json").read_text())
+    for entry in index["manifests"]:
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref_name:
+            return str(entry["digest"])
+    raise AssertionError(f"{ref_name!r} not in {root}/index.json: {index}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def e2e_tmp() -> Iterator[Path]:
+    """A short temporary directory (unix socket paths must stay under ~100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ty-e2e-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class ContainersConfig:
+    """Private configuration for containers/image clients (skopeo, podman)."""
+
+    env: dict[str, str]
+    policy: Path
+
+
+@pytest.fixture(scope="module")
+def containers_config(e2e_tmp: Path) -> ContainersConfig:
+    """Isolate skopeo/podman from the host's registries.conf, auth file and trust policy."""
+    conf = e2e_tmp / "containers"
+    conf.mkdir()
+    policy = conf / "policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    registries = conf / "registries.conf"
+    registries.write_text('unqualified-search-registries = []\nshort-name-mode = "disabled"\n')
+    auth = conf / "auth.json"
+    auth.write_text('{"auths": {}}')
+    env = {
+        "CONTAINERS_REGISTRIES_CONF": str(registries),
+        "REGISTRY_AUTH_FILE": str(auth),
+        "TMPDIR": str(e2e_tmp),
+    }
+    return ContainersConfig(env, policy)
+
+
+@dataclass
+class DockerDaemon:
+    pid: int
+    host: str
+    root: Path
+    client: str
+    env: dict[str, str]
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 180.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run([self.client, *args], env=self.env, check=check, timeout=timeout)
+
+    def log(self) -> str:
+        return (self.root / "dockerd.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[DockerDaemon]:
+    """A private dockerd (vfs, no networking setup) on its own unix socket.
+
+    dockerd starts its own containerd under its --exec-root; both are stopped by PID at the end.
+    """
+    dockerd_bin = require_binary("dockerd", "/usr/sbin/dockerd")
+    # Prefer the CLI that ships with the daemon (Debian's docker.io); any newer CLI also works.
+    client = require_binary("docker", "/usr/bin/docker")
+    require_binary("containerd")
+    root = Path(tempfile.mkdtemp(prefix="ty-dk-", dir="/tmp"))
+    sock = root / "d.sock"
+    (root / "config").mkdir()
+    (root / "config" / "config.json").write_text("{}")
+    env = {
+        "DOCKER_HOST": f"unix://{sock}",
+        "DOCKER_CONFIG": str(root / "config"),
+        "DOCKER_BUILDKIT": "0",
+        "DOCKER_CLI_HINTS": "false",
+    }
+    log = (root / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        [
+            dockerd_bin,
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "ex"),
+            "--pidfile",
+            str(root / "dockerd.pid"),
+            "-H",
+            f"unix://{sock}",
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--ip-masq=false",
+            "--userland-proxy=false",
+            "--log-level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    log.close()
+    daemon = DockerDaemon(process.pid, f"unix://{sock}", root, client, {**env})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"dockerd exited with {process.returncode}:\n{daemon.log()}")
+            probe = run(
+                [client, "info", "--format", "{{.ServerVersion}}"], env=env, check=False, timeout=30
+            )
+            if probe.returncode == 0 and probe.stdout.strip():
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not become ready:\n{probe.stderr}\n{daemon.log()}")
+            time.sleep(0.3)
+        yield daemon
+    finally:
+        descendants = _children_of(process.pid)
+        for child in list(descendants):
+            descendants.extend(_children_of(child))
+        stop_pid(process.pid, timeout=30)
+        process.wait(timeout=10)
+        for child in descendants:  # containerd and its shims, should dockerd have left them
+            stop_pid(child, timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
