@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from registry.app import create_app
 from registry.config import Config, ConfigError, load_config
+from registry.middleware import IN_FLIGHT
 from storage.filesystem import FilesystemBlobStore
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
@@ -74,24 +76,46 @@ def serve(config: Config) -> int:
     try:
         import uvloop
     except ImportError:
-        loop = asyncio.new_event_loop()
+        loop_factory = None
     else:
-        loop = uvloop.new_event_loop()
-    log.info("Trustyard listening on http://%s:%d", config.host, config.port)
-    # run_app handles SIGINT/SIGTERM: stop accepting, let in-flight requests finish (up to
-    # shutdown_timeout), then run the cleanup that closes the database; it closes the loop.
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_timeout,
-        access_log=logging.getLogger("trustyard.access") if config.access_log else None,
-        print=None,
-        loop=loop,
-        handle_signals=True,
-    )
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(config))
     log.info("Trustyard stopped")
     return 0
+
+
+async def _serve(config: Config) -> None:
+    """Serve until a stop signal, then shut down without cancelling in-flight requests.
+
+    The listening socket closes first; requests in progress get `shutdown_timeout` to finish
+    (aiohttp's own shutdown stops reading request bodies at once, which would cut uploads
+    in flight short, so we wait for them before handing over to it); then cleanup closes the
+    database.
+    """
+    app = create_app(config)
+    access_log = logging.getLogger("trustyard.access") if config.access_log else None
+    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.shutdown_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(
+            runner, config.host, config.port, shutdown_timeout=config.shutdown_timeout
+        )
+        await site.start()
+        log.info("Trustyard listening on http://%s:%d", config.host, config.port)
+        await stop.wait()
+        in_flight = app[IN_FLIGHT]
+        log.info("stop signal: finishing %d requests in progress", in_flight.count)
+        for running_site in list(runner.sites):
+            await running_site.stop()
+        if not await in_flight.drained(config.shutdown_timeout):
+            log.warning("%d requests still running after the shutdown timeout", in_flight.count)
+    finally:
+        await runner.cleanup()
 
 
 async def run_gc(config: Config, *, dry_run: bool) -> int:

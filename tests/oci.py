@@ -54,11 +54,15 @@ async def push_image(
     await push_blob(client, name, config)
     for layer in layers:
         await push_blob(client, name, layer)
-    config_type = OCI_CONFIG if media_type == OCI_MANIFEST else (
-        "application/vnd.docker.container.image.v1+json"
+    config_type = (
+        OCI_CONFIG
+        if media_type == OCI_MANIFEST
+        else ("application/vnd.docker.container.image.v1+json")
     )
-    layer_type = OCI_LAYER if media_type == OCI_MANIFEST else (
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    layer_type = (
+        OCI_LAYER
+        if media_type == OCI_MANIFEST
+        else ("application/vnd.docker.image.rootfs.diff.tar.gzip")
     )
     manifest = {
         "schemaVersion": 2,

@@ -63,14 +63,24 @@ async def test_docker_schema2_manifest_and_list(client):
             "schemaVersion": 2,
             "mediaType": DOCKER_LIST,
             "manifests": [
-                {"mediaType": DOCKER_MANIFEST, "digest": amd, "size": 1,
-                 "platform": {"architecture": "amd64", "os": "linux"}},
-                {"mediaType": DOCKER_MANIFEST, "digest": arm, "size": 1,
-                 "platform": {"architecture": "arm64", "os": "linux"}},
+                {
+                    "mediaType": DOCKER_MANIFEST,
+                    "digest": amd,
+                    "size": 1,
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                },
+                {
+                    "mediaType": DOCKER_MANIFEST,
+                    "digest": arm,
+                    "size": 1,
+                    "platform": {"architecture": "arm64", "os": "linux"},
+                },
             ],
         }
     ).encode()
-    resp = await client.put("/v2/d/manifests/multi", data=listing, headers={"Content-Type": DOCKER_LIST})
+    resp = await client.put(
+        "/v2/d/manifests/multi", data=listing, headers={"Content-Type": DOCKER_LIST}
+    )
     assert resp.status == 201, await resp.text()
     got = await client.get("/v2/d/manifests/multi")
     assert got.headers["Content-Type"] == DOCKER_LIST
@@ -152,22 +162,38 @@ async def test_layers_must_be_in_this_repository_not_just_the_registry(client):
         ),
         (json.dumps({"schemaVersion": 2}).encode(), "application/x-unknown", "unsupported"),
         (
-            json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": "x"},
-                        "layers": []}).encode(),
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {"digest": "x"},
+                    "layers": [],
+                }
+            ).encode(),
             OCI_MANIFEST,
             "config.mediaType",
         ),
         (
-            json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                        "config": {"mediaType": OCI_CONFIG, "digest": "sha256:abc", "size": 2},
-                        "layers": []}).encode(),
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": "sha256:abc", "size": 2},
+                    "layers": [],
+                }
+            ).encode(),
             OCI_MANIFEST,
             "not a valid digest",
         ),
         (
-            json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                        "config": {"mediaType": OCI_CONFIG, "digest": sha256(b"{}"), "size": -1},
-                        "layers": []}).encode(),
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": sha256(b"{}"), "size": -1},
+                    "layers": [],
+                }
+            ).encode(),
             OCI_MANIFEST,
             "non-negative",
         ),
@@ -182,7 +208,9 @@ async def test_malformed_manifests_are_manifest_invalid_with_a_reason(
     client, body, content_type, reason
 ):
     await push_blob(client, "bad", b"{}")
-    resp = await client.put("/v2/bad/manifests/t", data=body, headers={"Content-Type": content_type})
+    resp = await client.put(
+        "/v2/bad/manifests/t", data=body, headers={"Content-Type": content_type}
+    )
     assert resp.status == 400
     payload = await resp.json()
     assert error_codes(payload) == ["MANIFEST_INVALID"]
@@ -191,7 +219,9 @@ async def test_malformed_manifests_are_manifest_invalid_with_a_reason(
 
 async def test_manifest_over_4_mib_is_413(client):
     body = b'{"schemaVersion": 2, "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
-    resp = await client.put("/v2/big/manifests/t", data=body, headers={"Content-Type": OCI_MANIFEST})
+    resp = await client.put(
+        "/v2/big/manifests/t", data=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert resp.status == 413
     assert error_codes(await resp.json()) == ["MANIFEST_INVALID"]
 
@@ -203,12 +233,16 @@ async def test_put_by_digest_must_match_the_body(client):
     )
     assert resp.status == 400
     assert error_codes(await resp.json()) == ["DIGEST_INVALID"]
-    ok = await client.put(f"/v2/pd/manifests/{digest}", data=body, headers={"Content-Type": OCI_MANIFEST})
+    ok = await client.put(
+        f"/v2/pd/manifests/{digest}", data=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert ok.status == 201
 
 
 async def test_invalid_tag_is_tag_invalid(client):
-    resp = await client.put("/v2/t/manifests/-bad", data=b"{}", headers={"Content-Type": OCI_MANIFEST})
+    resp = await client.put(
+        "/v2/t/manifests/-bad", data=b"{}", headers={"Content-Type": OCI_MANIFEST}
+    )
     assert resp.status == 400
     assert error_codes(await resp.json()) == ["TAG_INVALID"]
     long_tag = "a" * 129

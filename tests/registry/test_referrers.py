@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from tests.oci import OCI_INDEX, OCI_MANIFEST, descriptor, error_codes, push_blob, push_image, sha256
+from tests.oci import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    descriptor,
+    error_codes,
+    push_blob,
+    push_image,
+    sha256,
+)
 
 EMPTY = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
@@ -60,7 +68,9 @@ async def test_referrers_lists_descriptors_with_artifact_type_and_annotations(cl
 
 async def test_artifact_type_filter(client):
     subject, body = await push_image(client, "ref", "v1")
-    sig, _ = await push_referrer(client, "ref", subject, len(body), "application/vnd.example.sig", "a")
+    sig, _ = await push_referrer(
+        client, "ref", subject, len(body), "application/vnd.example.sig", "a"
+    )
     await push_referrer(client, "ref", subject, len(body), "application/spdx+json", "b")
     resp = await client.get(
         f"/v2/ref/referrers/{subject}", params={"artifactType": "application/vnd.example.sig"}

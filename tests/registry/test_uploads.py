@@ -50,7 +50,9 @@ async def test_streamed_patch_without_content_range_then_put_with_last_chunk(cli
     resp = await client.patch(location, data=data[:200_000])
     assert resp.status == 202
     assert resp.headers["Range"] == "0-199999"
-    resp = await client.put(f"{resp.headers['Location']}?digest={sha256(data)}", data=data[200_000:])
+    resp = await client.put(
+        f"{resp.headers['Location']}?digest={sha256(data)}", data=data[200_000:]
+    )
     assert resp.status == 201
     assert await (await client.get(f"/v2/s/blobs/{sha256(data)}")).read() == data
 
