@@ -12,6 +12,7 @@ from aiohttp import web
 
 from registry.config import Config
 from registry.context import CONTEXT, RegistryContext
+from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
 from registry.routes import add_routes
 from registry.upload_sessions import UploadSessions
@@ -25,9 +26,11 @@ log = logging.getLogger(__name__)
 def create_app(config: Config) -> web.Application:
     """The registry application for `config` (resources open when the app starts)."""
     app = web.Application(
-        middlewares=[in_flight_middleware, error_middleware], client_max_size=4 * 1024 * 1024 + 1
+        middlewares=[in_flight_middleware, metrics_middleware, error_middleware],
+        client_max_size=4 * 1024 * 1024 + 1,
     )
     app[IN_FLIGHT] = InFlight()
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources(config))
     add_routes(app)
     return app

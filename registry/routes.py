@@ -15,16 +15,20 @@ from aiohttp import web
 from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
 from registry.grammar import check_name
 from registry.handlers import blobs, listing, manifests, referrers, uploads
+from registry.metrics import ROUTE_KEY, metrics_endpoint
 
 ResourceHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
-#: (path pattern after `/v2/`, {method: handler}); `name` and `ref` are named groups.
-ROUTES: list[tuple[re.Pattern[str], dict[str, ResourceHandler]]] = [
+#: (route name for metrics, path pattern after `/v2/`, {method: handler}); `name` and
+#: `ref` are the pattern's named groups.
+ROUTES: list[tuple[str, re.Pattern[str], dict[str, ResourceHandler]]] = [
     (
+        "upload_start",
         re.compile(r"(?P<name>.+)/blobs/uploads/?(?P<ref>)"),
         {"POST": uploads.start_upload},
     ),
     (
+        "upload",
         re.compile(r"(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)"),
         {
             "PATCH": uploads.patch_upload,
@@ -34,10 +38,12 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, ResourceHandler]]] = [
         },
     ),
     (
+        "blob",
         re.compile(r"(?P<name>.+)/blobs/(?P<ref>[^/]+)"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
     ),
     (
+        "manifest",
         re.compile(r"(?P<name>.+)/manifests/(?P<ref>[^/]+)"),
         {
             "GET": manifests.get_manifest,
@@ -46,8 +52,9 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, ResourceHandler]]] = [
             "DELETE": manifests.delete_manifest,
         },
     ),
-    (re.compile(r"(?P<name>.+)/tags/list(?P<ref>)"), {"GET": listing.list_tags}),
+    ("tags", re.compile(r"(?P<name>.+)/tags/list(?P<ref>)"), {"GET": listing.list_tags}),
     (
+        "referrers",
         re.compile(r"(?P<name>.+)/referrers/(?P<ref>[^/]+)"),
         {"GET": referrers.list_referrers},
     ),
@@ -63,13 +70,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route a `/v2/...` request to its resource handler."""
     tail = request.match_info["tail"]
     if tail == "":
+        request[ROUTE_KEY] = "base"
         return await _only(request, ("GET", "HEAD"), api_base)
     if tail == "_catalog":
+        request[ROUTE_KEY] = "catalog"
         return await _only(request, ("GET",), listing.catalog)
-    for pattern, methods in ROUTES:
+    for route, pattern, methods in ROUTES:
         match = pattern.fullmatch(tail)
         if match is None:
             continue
+        request[ROUTE_KEY] = route
         handler = methods.get(request.method)
         if handler is None:
             raise RegistryError(
@@ -97,6 +107,7 @@ def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", _redirect_base)
+    app.router.add_get("/metrics", metrics_endpoint)
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:

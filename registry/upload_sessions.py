@@ -80,7 +80,14 @@ class UploadSessions:
         self.db = db
         self.store = store
         self._sessions: dict[str, _Session] = {}
+        #: Blob bytes written by this process since it started (for metrics).
+        self.bytes_received = 0
         self._hash_pool = ThreadPoolExecutor(hash_threads, thread_name_prefix="hash")
+
+    @property
+    def in_progress(self) -> int:
+        """Upload sessions this process holds a running hash for."""
+        return len(self._sessions)
 
     async def close(self) -> None:
         """Stop the hashing threads."""
@@ -236,6 +243,7 @@ class UploadSessions:
                 self.store.append(upload_id, batch),
             )
             session.offset += len(batch)
+            self.bytes_received += len(batch)
 
         try:
             buffer = bytearray()
