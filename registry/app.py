@@ -16,7 +16,7 @@ from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
 from registry.routes import add_routes
 from registry.upload_sessions import UploadSessions
-from storage.filesystem import FilesystemBlobStore
+from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
 
@@ -38,9 +38,8 @@ def create_app(config: Config) -> web.Application:
 
 def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signature
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        layout = DataLayout(config.data_dir)
-        store = FilesystemBlobStore(layout, fsync=config.fsync)
-        db = await MetadataDB.open(layout.database)
+        store = open_blob_store(config)
+        db = await MetadataDB.open(DataLayout(config.data_dir).database)
         uploads = UploadSessions(db, store)
         app[CONTEXT] = RegistryContext(config, db, store, uploads)
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))

@@ -14,7 +14,7 @@ from aiohttp import web
 from registry.app import create_app
 from registry.config import Config, ConfigError, load_config
 from registry.middleware import IN_FLIGHT
-from storage.filesystem import FilesystemBlobStore
+from storage.backends import open_blob_store
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -120,9 +120,8 @@ async def _serve(config: Config) -> None:
 
 async def run_gc(config: Config, *, dry_run: bool) -> int:
     """Collect garbage once and print what went."""
-    layout = DataLayout(config.data_dir)
-    store = FilesystemBlobStore(layout)
-    db = await MetadataDB.open(layout.database)
+    store = open_blob_store(config)
+    db = await MetadataDB.open(DataLayout(config.data_dir).database)
     try:
         report = await collect_garbage(
             db,
