@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,8 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+#: The line `docker push` prints at the end: "TAG: digest: sha256:... size: N".
+PUSH_DIGEST = re.compile(r"^(\S+): digest: (sha256:[0-9a-f]{64}) size: (\d+)$", re.MULTILINE)
 ALL_MANIFEST_TYPES = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 
@@ -57,7 +60,6 @@ def run(
     cwd: Path | None = None,
     timeout: float = 180.0,
     check: bool = True,
-    input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a client command; on failure, fail the test with its full output."""
     full_env = {**os.environ, **(env or {})}
@@ -68,7 +70,6 @@ def run(
             cwd=cwd,
             capture_output=True,
             timeout=timeout,
-            input=input_bytes.decode() if input_bytes is not None else None,
             text=True,
             check=False,
         )
@@ -198,6 +199,16 @@ def make_rootfs_tar(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def read_from_layer(layer: bytes, path: str) -> bytes:
+    """The content of `path` in a layer blob (tar, or gzip-compressed tar)."""
+    if layer[:2] == b"\x1f\x8b":
+        layer = gzip.decompress(layer)
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        member = tar.extractfile(path.lstrip("/"))
+        assert member is not None, f"{path} is not a regular file in the layer"
+        return member.read()
+
+
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
@@ -309,6 +320,88 @@ def layout_ref_digest(root: Path, ref_name: str) -> str:
     raise AssertionError(f"{ref_name!r} not in {root}/index.json: {index}")
 
 
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass
+class ContainersConfig:
+    """Private configuration for containers/image clients (skopeo, podman)."""
+
+    env: dict[str, str]
+    policy: Path
+
+
+@dataclass
+class DockerDaemon:
+    pid: int
+    host: str
+    root: Path
+    client: str
+    env: dict[str, str]
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 180.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run([self.client, *args], env=self.env, check=check, timeout=timeout)
+
+    def log(self) -> str:
+        return (self.root / "dockerd.log").read_text(errors="replace")
+
+
+class Podman:
+    """podman with private storage (vfs), run dir, tmp dir and config: no daemon, no cgroups."""
+
+    def __init__(self, binary: str, base: Path, config: ContainersConfig) -> None:
+        self.binary = binary
+        self.base = base
+        self.config = config
+        for sub in ("root", "run", "tmp", "xdg-run", "xdg-config", "xdg-data"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "xdg-run").chmod(0o700)
+        (base / "containers.conf").write_text(
+            '[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n'
+        )
+        self.env = {
+            **config.env,
+            "CONTAINERS_CONF": str(base / "containers.conf"),
+            "XDG_RUNTIME_DIR": str(base / "xdg-run"),
+            "XDG_CONFIG_HOME": str(base / "xdg-config"),
+            "XDG_DATA_HOME": str(base / "xdg-data"),
+            "TMPDIR": str(base / "tmp"),
+        }
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        return self.proc(*args, check=check).stdout
+
+    def proc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            self.binary,
+            "--root",
+            str(self.base / "root"),
+            "--runroot",
+            str(self.base / "run"),
+            "--tmpdir",
+            str(self.base / "tmp"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            *args,
+        ]
+        return run(cmd, env=self.env, check=check)
+
+    def reset(self) -> None:
+        """Drop every local image (podman has no daemon: nothing else to stop)."""
+        self("rmi", "--all", "--force", check=False)
+
+
+def repo_digests(dockerd: DockerDaemon, ref: str) -> list[str]:
+    out = dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout
+    return list(json.loads(out) or [])
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -320,14 +413,6 @@ def e2e_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass
-class ContainersConfig:
-    """Private configuration for containers/image clients (skopeo, podman)."""
-
-    env: dict[str, str]
-    policy: Path
 
 
 @pytest.fixture(scope="module")
@@ -347,23 +432,6 @@ def containers_config(e2e_tmp: Path) -> ContainersConfig:
         "TMPDIR": str(e2e_tmp),
     }
     return ContainersConfig(env, policy)
-
-
-@dataclass
-class DockerDaemon:
-    pid: int
-    host: str
-    root: Path
-    client: str
-    env: dict[str, str]
-
-    def docker(
-        self, *args: str, check: bool = True, timeout: float = 180.0
-    ) -> subprocess.CompletedProcess[str]:
-        return run([self.client, *args], env=self.env, check=check, timeout=timeout)
-
-    def log(self) -> str:
-        return (self.root / "dockerd.log").read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -405,6 +473,10 @@ def dockerd() -> Iterator[DockerDaemon]:
             "--ip-masq=false",
             "--userland-proxy=false",
             "--log-level=warn",
+            # Should dockerd find a system containerd and use it instead of starting its own,
+            # keep out of the namespaces a system dockerd would use.
+            "--containerd-namespace=ty-e2e",
+            "--containerd-plugins-namespace=ty-e2e-plugins",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

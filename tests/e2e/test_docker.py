@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +11,13 @@ import pytest
 from tests.e2e.conftest import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    PUSH_DIGEST,
     DockerDaemon,
     get_manifest,
     http,
     list_tags,
     make_rootfs_tar,
+    repo_digests,
     sha256_digest,
 )
 from tests.server_process import RegistryProcess
@@ -28,8 +29,6 @@ BASE_FILES = {
     "opt/data/numbers.txt": b"".join(b"%d\n" % i for i in range(2000)),
 }
 APP_FILE = b"hello from the app layer built on top of e2e/imported\n"
-
-PUSH_DIGEST = re.compile(r"^(\S+): digest: (sha256:[0-9a-f]{64}) size: (\d+)$", re.MULTILINE)
 
 
 @dataclass
@@ -61,11 +60,6 @@ def push(dockerd: DockerDaemon, registry: RegistryProcess, repo: str, tag: str) 
     assert manifest["schemaVersion"] == 2
     assert tag in list_tags(registry, repo)
     return PushedImage(ref, repo, tag, digest, manifest, out)
-
-
-def repo_digests(dockerd: DockerDaemon, ref: str) -> list[str]:
-    out = dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout
-    return list(json.loads(out) or [])
 
 
 def remove_local(dockerd: DockerDaemon, *refs: str) -> None:
@@ -180,3 +174,43 @@ def test_docker_build_from_registry_base_mounts_layers(
         assert (out_dir / "e2e-release").read_bytes() == BASE_FILES["etc/e2e-release"]
     finally:
         dockerd.docker("rm", "--force", container, check=False)
+
+
+def test_docker_repush_moves_tag_and_missing_tag_errors(
+    dockerd: DockerDaemon,
+    module_registry: RegistryProcess,
+    base_image: PushedImage,
+    e2e_tmp: Path,
+) -> None:
+    host = module_registry.host
+    ref = f"{host}/e2e/moving:latest"
+    digests = []
+    for generation in (1, 2):
+        context = e2e_tmp / f"moving-{generation}"
+        context.mkdir()
+        (context / "gen.txt").write_text(f"generation {generation}\n")
+        (context / "Dockerfile").write_text(f"FROM {host}/e2e/imported:v1\nCOPY gen.txt /gen.txt\n")
+        dockerd.docker("build", "--tag", ref, str(context), timeout=300)
+        digests.append(push(dockerd, module_registry, "e2e/moving", "latest").digest)
+    first, second = digests
+    assert first != second
+
+    # The tag follows the last push; the first manifest is still there by digest.
+    resp = get_manifest(module_registry, "e2e/moving", "latest")
+    assert resp.headers.get("docker-content-digest") == second
+    old = get_manifest(module_registry, "e2e/moving", first)
+    assert old.status == 200
+    assert sha256_digest(old.body) == first
+    assert list_tags(module_registry, "e2e/moving") == ["latest"]
+
+    dockerd.docker("rmi", "--force", ref)
+    dockerd.docker("pull", f"{host}/e2e/moving@{first}")
+    assert f"{host}/e2e/moving@{first}" in repo_digests(dockerd, f"{host}/e2e/moving@{first}")
+
+    # A tag that does not exist: the client reads the registry's MANIFEST_UNKNOWN error.
+    missing = dockerd.docker("pull", f"{host}/e2e/moving:no-such-tag", check=False)
+    assert missing.returncode != 0
+    assert "manifest unknown" in missing.stderr.lower(), missing.stderr
+    missing_repo = dockerd.docker("pull", f"{host}/e2e/no-such-repo:v1", check=False)
+    assert missing_repo.returncode != 0
+    assert "name unknown" in missing_repo.stderr.lower(), missing_repo.stderr

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,12 +12,13 @@ from tests.e2e.conftest import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
     ContainersConfig,
+    Podman,
     get_manifest,
     http,
     list_tags,
     make_rootfs_tar,
+    read_from_layer,
     require_binary,
-    run,
     sha256_digest,
 )
 from tests.server_process import RegistryProcess
@@ -32,53 +29,6 @@ FILES = {
     "etc/podman-e2e": b"imported by podman\n",
     "srv/payload.bin": bytes(range(256)) * 32,
 }
-
-
-class Podman:
-    def __init__(self, binary: str, base: Path, config: ContainersConfig) -> None:
-        self.binary = binary
-        self.base = base
-        self.config = config
-        for sub in ("root", "run", "tmp", "xdg-run", "xdg-config", "xdg-data"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "xdg-run").chmod(0o700)
-        (base / "containers.conf").write_text(
-            '[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n'
-        )
-        self.env = {
-            **config.env,
-            "CONTAINERS_CONF": str(base / "containers.conf"),
-            "XDG_RUNTIME_DIR": str(base / "xdg-run"),
-            "XDG_CONFIG_HOME": str(base / "xdg-config"),
-            "XDG_DATA_HOME": str(base / "xdg-data"),
-            "TMPDIR": str(base / "tmp"),
-        }
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        return self.proc(*args, check=check).stdout
-
-    def proc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [
-            self.binary,
-            "--root",
-            str(self.base / "root"),
-            "--runroot",
-            str(self.base / "run"),
-            "--tmpdir",
-            str(self.base / "tmp"),
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            *args,
-        ]
-        return run(cmd, env=self.env, check=check)
-
-    def reset(self) -> None:
-        """Drop every local image (podman has no daemon: nothing else to stop)."""
-        self("rmi", "--all", "--force", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +107,5 @@ def test_podman_import_push_rmi_pull(
     config = json.loads(blob(saved_manifest["config"]["digest"]))
     assert "PODMAN_E2E=1" in config["config"]["Env"]
     layer = blob(saved_manifest["layers"][0]["digest"])
-    if layer[:2] == b"\x1f\x8b":
-        layer = gzip.decompress(layer)
-    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        for path, content in FILES.items():
-            member = tar.extractfile(path)
-            assert member is not None, path
-            assert member.read() == content, path
+    for path, content in FILES.items():
+        assert read_from_layer(layer, path) == content, path

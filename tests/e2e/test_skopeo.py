@@ -80,11 +80,26 @@ def test_skopeo_copy_inspect_copy_back_delete(
             src / "blobs/sha256" / name
         ).read_bytes()
 
+    # More tags on the same manifest, listed by skopeo (which follows Link pagination).
+    extra = [f"t{i:03d}" for i in range(40)]
+    for tag in extra:
+        put = http(
+            "PUT",
+            f"{module_registry.url}/v2/e2e/skopeo/manifests/{tag}",
+            data=image.manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert put.status == 201, (tag, put.status, put.body)
+        assert put.headers.get("docker-content-digest") == image.manifest_digest
+    listed = json.loads(skopeo("list-tags", "--tls-verify=false", dest.rsplit(":", 1)[0]))
+    assert sorted(listed["Tags"]) == sorted(["1.0", *extra])
+
     skopeo("delete", "--tls-verify=false", dest)
     by_digest = get_manifest(module_registry, "e2e/skopeo", image.manifest_digest)
     assert by_digest.status == 404, (by_digest.status, by_digest.body)
-    by_tag = get_manifest(module_registry, "e2e/skopeo", "1.0")
-    assert by_tag.status == 404, (by_tag.status, by_tag.body)
+    for tag in ("1.0", *extra[:3]):
+        by_tag = get_manifest(module_registry, "e2e/skopeo", tag)
+        assert by_tag.status == 404, (tag, by_tag.status, by_tag.body)
     gone = skopeo("inspect", "--tls-verify=false", "--raw", dest, check=False)
     assert gone == ""
 
