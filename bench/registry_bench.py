@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -396,6 +397,10 @@ async def run_bench(
     """Seed, warm up, then `rounds` rounds of every workload, alternating the registries' order."""
     rec = Recorder([s.key for s in servers])
     seeds: dict[str, SeededImage] = {}
+    # SIGTERM cancels the run like Ctrl-C does, so every `finally` (wrk, load processes) runs.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with make_session(8, timeout=120) as session:
         for server in servers:
             try:
@@ -665,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_term)  # outside the event loop; inside, it cancels the run
     tmp = make_tempdir(args.tmp_dir)
     servers: list[Server] = []
     try:
@@ -683,7 +688,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             print(f"  {servers[-1].name} at {servers[-1].url} (pid {servers[-1].pid})", flush=True)
-        rec = asyncio.run(run_bench(servers, blob, args, tmp))
+        try:
+            rec = asyncio.run(run_bench(servers, blob, args, tmp))
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            signal.signal(signal.SIGTERM, on_term)  # closing the loop reset it
         workloads = build_report(rec, keys, args)
         table = render_table(workloads, keys, args, blob.size)
         print()
@@ -708,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     finally:
+        for child in multiprocessing.active_children():  # load processes, if interrupted
+            child.kill()
         for server in servers:
             try:
                 server.stop()

@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -381,13 +383,15 @@ def _percentile(sorted_values: list[float], pct: float) -> float:
 
 
 async def _client_worker_loop(
-    url: str, method: str, concurrency: int, duration: float, max_requests: int
+    url: str, method: str, concurrency: int, duration: float, max_requests: int, start_at: float
 ) -> tuple[list[float], dict[str, int]]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    deadline = time.monotonic() + duration
     headers = {"Accept": OCI_MANIFEST}
     async with make_session(concurrency, timeout=10) as session:
+        # All processes start together at wall-clock `start_at` (after their imports).
+        await asyncio.sleep(min(30.0, max(0.0, start_at - time.time())))
+        deadline = time.monotonic() + duration
 
         async def worker() -> None:
             for _ in range(max_requests):  # bounded in count and by the deadline
@@ -411,7 +415,7 @@ async def _client_worker_loop(
 
 
 def _client_process(
-    args: tuple[str, str, int, float, int],
+    args: tuple[str, str, int, float, int, float],
 ) -> tuple[list[float], dict[str, int]]:
     """Entry point of one load process (spawned, so it must stay importable)."""
     return asyncio.run(_client_worker_loop(*args))
@@ -420,21 +424,30 @@ def _client_process(
 async def run_aiohttp_load(
     url: str, method: str, connections: int, duration: float, processes: int | None = None
 ) -> LoadResult:
-    """Fallback when wrk is missing: several processes, each an aiohttp client."""
+    """Fallback when wrk is missing (and always for HEAD): processes, each an aiohttp client."""
     processes = max(1, min(processes or (os.cpu_count() or 1), connections))
-    per = [
-        connections // processes + (1 if i < connections % processes else 0)
-        for i in range(processes)
-    ]
+    per = [connections // processes + (i < connections % processes) for i in range(processes)]
     max_requests = 10_000_000
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        started = time.monotonic()
-        async_result = pool.map_async(
-            _client_process, [(url, method, n, duration, max_requests) for n in per]
-        )
-        results = await asyncio.to_thread(async_result.get, duration + 60)
-        elapsed = time.monotonic() - started
+    start_at = time.time() + 2.0  # room for the spawned processes to import aiohttp
+    loop = asyncio.get_running_loop()
+    # spawn, not fork: the benchmark process has threads (the RSS samplers).
+    executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = [
+            loop.run_in_executor(
+                executor, _client_process, (url, method, n, duration, max_requests, start_at)
+            )
+            for n in per
+        ]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures), timeout=duration + 60)
+        except BrokenProcessPool as exc:
+            raise BenchError(f"a load process died: {exc}") from exc
+    finally:
+        for proc in list(getattr(executor, "_processes", {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        executor.shutdown(wait=True, cancel_futures=True)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     for lats, errs in results:
@@ -442,13 +455,11 @@ async def run_aiohttp_load(
         for key, value in errs.items():
             errors[key] = errors.get(key, 0) + value
     latencies.sort()
-    # Process start-up is part of `elapsed`; the workers themselves run `duration` seconds.
-    secs = min(elapsed, duration) if latencies else elapsed
     return LoadResult(
         tool="aiohttp",
         requests=len(latencies) + sum(errors.values()),
-        duration_s=secs,
-        rps=len(latencies) / secs if secs else 0.0,
+        duration_s=duration,
+        rps=len(latencies) / duration,
         p50_ms=_percentile(latencies, 50) * 1000,
         p99_ms=_percentile(latencies, 99) * 1000,
         errors=errors,
