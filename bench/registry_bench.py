@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -34,26 +35,35 @@ from typing import Any
 
 import aiohttp
 
+from bench.dockerd import DockerDaemon, docker_available, start_dockerd
+from bench.limit_server import disk_write_limit, small_files_write_limit
 from bench.workloads import (
     MB,
     MIB,
     BenchError,
     BlobFile,
+    DockerImage,
     LoadResult,
     RssMonitor,
     SeededImage,
     drop_dirty_pages,
     make_blob_file,
+    make_docker_image,
     make_session,
+    make_small_blobs,
     make_tempdir,
     pull_blob,
+    pull_small_blobs,
     push_blob_chunked,
     push_blob_monolithic,
+    push_docker_image,
+    push_small_blobs,
     run_aiohttp_load,
     run_wrk,
     seed_image,
     summarize,
     tool_version,
+    tree_cpu_seconds,
     wrk_available,
 )
 
@@ -61,23 +71,107 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO_ROOT / "bench" / "results.json"
 REFERENCE_BIN = "/usr/bin/docker-registry"
 MANIFEST_REPO = "bench/manifest"
-NAMES = {"trustyard": "Trustyard", "reference": "reference"}
+BLOB_SEED_REPO = "bench/blob-seed"
+DOCKER_REPO = "bench/docker"
+DOCKER_TAG = "v1"
+NAMES = {
+    "trustyard": "Trustyard",
+    "reference": "reference",
+    "limit": "limit",
+    "trustyard_policy": "Trustyard+policy",
+}
+COLUMNS = ("trustyard", "reference", "limit")
+WORKLOADS = ("push", "pull", "small", "manifest", "docker", "policy")
 
-# key, label, unit, better
-METRICS: list[tuple[str, str, str, str]] = [
-    ("push_monolithic", "push monolithic", "MB/s", "higher"),
-    ("push_chunked", "push 8 MiB chunks", "MB/s", "higher"),
-    ("pull", "pull", "MB/s", "higher"),
-    ("pull_concurrent", "pull x{pulls} aggregate", "MB/s", "higher"),
-    ("manifest_get_tag_rps", "manifest GET tag", "req/s", "higher"),
-    ("manifest_get_tag_p50", "manifest GET tag p50", "ms", "lower"),
-    ("manifest_get_tag_p99", "manifest GET tag p99", "ms", "lower"),
-    ("manifest_head_digest_rps", "manifest HEAD digest", "req/s", "higher"),
-    ("manifest_head_digest_p50", "manifest HEAD digest p50", "ms", "lower"),
-    ("manifest_head_digest_p99", "manifest HEAD digest p99", "ms", "lower"),
-    ("rss_blob_mb", "peak RSS, push+pull", "MB", "lower"),
-    ("rss_manifest_mb", "peak RSS, manifests", "MB", "lower"),
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str  # formatted with the parsed arguments
+    unit: str
+    better: str  # higher | lower | info
+    workload: str  # which --workloads name produces it
+    limit: str = ""  # what the limit column measures, "" when it has none
+
+
+METRICS: list[Metric] = [
+    Metric("push_monolithic", "push monolithic", "MB/s", "higher", "push", "write+fsync"),
+    Metric("push_chunked", "push {chunk} chunks", "MB/s", "higher", "push", "write+fsync"),
+    Metric("pull", "pull", "MB/s", "higher", "pull", "sendfile"),
+    Metric("pull_concurrent", "pull x{pulls} aggregate", "MB/s", "higher", "pull", "sendfile"),
+    Metric(
+        "small_push",
+        "push {small_count} x {small_size}, {small_clients} clients",
+        "ops/s",
+        "higher",
+        "small",
+        "write+fsync",
+    ),
+    Metric(
+        "small_pull",
+        "pull {small_count} x {small_size}, {small_clients} clients",
+        "ops/s",
+        "higher",
+        "small",
+        "sendfile",
+    ),
+    Metric("manifest_get_tag_rps", "manifest GET tag", "req/s", "higher", "manifest", "static"),
+    Metric("manifest_get_tag_p50", "manifest GET tag p50", "ms", "lower", "manifest", "static"),
+    Metric("manifest_get_tag_p99", "manifest GET tag p99", "ms", "lower", "manifest", "static"),
+    Metric(
+        "manifest_get_tag_gen_cpu",
+        "  load generator CPU ({get_tool})",
+        "cores",
+        "info",
+        "manifest",
+        "static",
+    ),
+    Metric(
+        "manifest_get_tag_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"
+    ),
+    Metric(
+        "manifest_head_digest_rps", "manifest HEAD digest", "req/s", "higher", "manifest", "static"
+    ),
+    Metric(
+        "manifest_head_digest_p50", "manifest HEAD digest p50", "ms", "lower", "manifest", "static"
+    ),
+    Metric(
+        "manifest_head_digest_p99", "manifest HEAD digest p99", "ms", "lower", "manifest", "static"
+    ),
+    Metric(
+        "manifest_head_digest_gen_cpu",
+        "  load generator CPU (aiohttp)",
+        "cores",
+        "info",
+        "manifest",
+        "static",
+    ),
+    Metric(
+        "manifest_head_digest_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"
+    ),
+    Metric("policy_get_tag_rps", "{rules}-rule policy: GET tag", "req/s", "higher", "policy"),
+    Metric("policy_get_tag_p50", "{rules}-rule policy: GET tag p50", "ms", "lower", "policy"),
+    Metric("policy_get_tag_p99", "{rules}-rule policy: GET tag p99", "ms", "lower", "policy"),
+    Metric(
+        "policy_head_digest_rps", "{rules}-rule policy: HEAD digest", "req/s", "higher", "policy"
+    ),
+    Metric(
+        "policy_head_digest_p50", "{rules}-rule policy: HEAD digest p50", "ms", "lower", "policy"
+    ),
+    Metric(
+        "policy_head_digest_p99", "{rules}-rule policy: HEAD digest p99", "ms", "lower", "policy"
+    ),
+    Metric(
+        "docker_pull_s",
+        "docker pull, {docker_layers} layers, {docker_size}, cold",
+        "s",
+        "lower",
+        "docker",
+    ),
+    Metric("rss_blob_mb", "peak RSS, push+pull", "MB", "lower", "push,pull"),
+    Metric("rss_manifest_mb", "peak RSS, manifests", "MB", "lower", "manifest"),
 ]
+METRIC_BY_KEY = {m.key: m for m in METRICS}
 
 
 # --------------------------------------------------------------------------- servers
@@ -96,6 +190,11 @@ class Server:
     @property
     def name(self) -> str:
         return NAMES[self.key]
+
+    @property
+    def column(self) -> str:
+        """The table column its samples go to (the policy server's go to Trustyard's)."""
+        return "trustyard" if self.key == "trustyard_policy" else self.key
 
     def log_tail(self, lines: int = 30) -> str:
         try:

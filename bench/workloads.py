@@ -15,6 +15,8 @@ import json
 import math
 import multiprocessing
 import os
+import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -22,7 +24,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -218,6 +220,7 @@ class SeededImage:
     tag: str
     digest: str
     size: int
+    manifest: bytes = b""
 
 
 def _small_layer() -> tuple[bytes, str]:
@@ -281,7 +284,7 @@ async def seed_image(
         f"{base_url}/v2/{name}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
     ) as resp:
         await _expect(resp, 200, what=f"HEAD manifest {name}@{digest}")
-    return SeededImage(name, tag, digest, len(manifest))
+    return SeededImage(name, tag, digest, len(manifest), manifest)
 
 
 # --------------------------------------------------------------------------- manifest load
@@ -298,6 +301,12 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    cpu_s: float | None = None  # CPU seconds the load generator used (user + system)
+
+    @property
+    def generator_cores(self) -> float | None:
+        """The load generator's average CPU use, in cores (1.0 = one core busy)."""
+        return self.cpu_s / self.duration_s if self.cpu_s is not None and self.duration_s else None
 
     @property
     def error_count(self) -> int:
@@ -348,6 +357,7 @@ async def run_wrk(
         str(script),
         url,
     ]
+    cpu0 = children_cpu_seconds()
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -357,6 +367,7 @@ async def run_wrk(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    cpu_s = children_cpu_seconds() - cpu0
     text = out.decode(errors="replace")
     line = next((ln for ln in text.splitlines() if ln.startswith("BENCHJSON ")), None)
     if proc.returncode != 0 or line is None:
@@ -372,6 +383,7 @@ async def run_wrk(
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         errors={k: v for k, v in errors.items() if v},
+        cpu_s=cpu_s,
     )
 
 
@@ -430,6 +442,7 @@ async def run_aiohttp_load(
     max_requests = 10_000_000
     start_at = time.time() + 2.0  # room for the spawned processes to import aiohttp
     loop = asyncio.get_running_loop()
+    cpu0 = children_cpu_seconds()  # the workers are reaped by shutdown(wait=True) below
     # spawn, not fork: the benchmark process has threads (the RSS samplers).
     executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     try:
@@ -448,6 +461,8 @@ async def run_aiohttp_load(
             if proc.is_alive():
                 proc.kill()
         executor.shutdown(wait=True, cancel_futures=True)
+    # Includes the ~2 s of interpreter start-up and imports before `start_at`: an upper bound.
+    cpu_s = children_cpu_seconds() - cpu0
     latencies: list[float] = []
     errors: dict[str, int] = {}
     for lats, errs in results:
@@ -463,6 +478,7 @@ async def run_aiohttp_load(
         p50_ms=_percentile(latencies, 50) * 1000,
         p99_ms=_percentile(latencies, 99) * 1000,
         errors=errors,
+        cpu_s=cpu_s,
     )
 
 
@@ -576,6 +592,182 @@ class RssMonitor:
             "samples": self.samples,
             "processes": self.tree_size,
         }
+
+
+# --------------------------------------------------------------------------- CPU
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU so far of `pid` and its live descendants (from /proc/PID/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / ticks
+
+
+# --------------------------------------------------------------------------- small blobs
+
+
+def make_small_blobs(count: int, size: int) -> list[bytes]:
+    """`count` distinct random blobs of `size` bytes."""
+    return [os.urandom(size) for _ in range(count)]
+
+
+async def _bounded_pool(count: int, concurrency: int, op: Callable[[int], Awaitable[None]]) -> None:
+    """Run op(0..count-1) with at most `concurrency` in flight; first error cancels the rest."""
+    indexes = iter(range(count))
+
+    async def client() -> None:
+        for index in indexes:  # shared iterator: bounded by count
+            await op(index)
+
+    tasks = [asyncio.create_task(client()) for _ in range(max(1, min(concurrency, count)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def push_small_blobs(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    name: str,
+    blobs: list[bytes],
+    digests: list[str],
+    concurrency: int,
+) -> None:
+    """Push every blob (POST + PUT ?digest= with the body) with `concurrency` clients."""
+
+    async def one(index: int) -> None:
+        location = await start_upload(session, base_url, name)
+        async with session.put(
+            URL(with_digest(location, digests[index]), encoded=True),
+            data=blobs[index],
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
+            await _expect(resp, 201, what=f"PUT small blob {index} to {name}")
+            await resp.read()
+
+    await _bounded_pool(len(blobs), concurrency, one)
+
+
+async def pull_small_blobs(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    name: str,
+    blobs: list[bytes],
+    digests: list[str],
+    concurrency: int,
+) -> None:
+    """GET every blob with `concurrency` clients and check its length."""
+
+    async def one(index: int) -> None:
+        async with session.get(f"{base_url}/v2/{name}/blobs/{digests[index]}") as resp:
+            await _expect(resp, 200, what=f"GET small blob {index} from {name}")
+            body = await resp.read()
+        if len(body) != len(blobs[index]):
+            raise BenchError(f"GET small blob {index}: {len(body)} bytes, not {len(blobs[index])}")
+
+    await _bounded_pool(len(blobs), concurrency, one)
+
+
+# --------------------------------------------------------------------------- docker image
+
+
+@dataclass(frozen=True)
+class DockerImage:
+    """A multi-layer image on disk: layer blobs (gzip tar), a config and an OCI manifest."""
+
+    layers: list[BlobFile]
+    config: bytes
+    manifest: bytes
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers) + len(self.config)
+
+
+def make_docker_image(workdir: Path, total_size: int, n_layers: int = 10) -> DockerImage:
+    """`n_layers` layers, each a gzip (level 0: stored, random data does not compress) tar of
+    one file of random bytes, about total_size / n_layers each; a config; an OCI manifest."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    per = max(1, total_size // n_layers)
+    layers: list[BlobFile] = []
+    diff_ids: list[str] = []
+    rng = random.Random()
+    for index in range(n_layers):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo(f"bench/layer{index:02d}.bin")
+            info.size = per
+            info.mode = 0o644
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(rng.randbytes(per)))
+        tar_bytes = raw.getvalue()
+        diff_ids.append("sha256:" + hashlib.sha256(tar_bytes).hexdigest())
+        gz = gzip.compress(tar_bytes, compresslevel=0, mtime=0)
+        del tar_bytes
+        digest = "sha256:" + hashlib.sha256(gz).hexdigest()
+        path = workdir / f"layer{index:02d}.tar.gz"
+        path.write_bytes(gz)
+        layers.append(BlobFile(path, len(gz), digest))
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/true"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created_by": f"trustyard bench layer {i}"} for i in range(n_layers)],
+        },
+        separators=(",", ":"),
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": layer.digest, "size": layer.size}
+                for layer in layers
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return DockerImage(layers, config, manifest)
+
+
+async def push_docker_image(
+    session: aiohttp.ClientSession, base_url: str, name: str, tag: str, image: DockerImage
+) -> None:
+    """Push layers, config and manifest over HTTP (what `docker push` would do)."""
+    for layer in image.layers:
+        await push_blob_monolithic(session, base_url, name, layer)
+    await push_small_blob(session, base_url, name, image.config)
+    async with session.put(
+        f"{base_url}/v2/{name}/manifests/{tag}",
+        data=image.manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    ) as resp:
+        await _expect(resp, 201, what=f"PUT manifest {name}:{tag}")
+        await resp.read()
 
 
 # --------------------------------------------------------------------------- misc

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from policies.gateway import PolicyGate, startup_policy
+from registry.auth import setup_auth
+from registry.auth.middleware import auth_middleware
 from registry.config import Config
 from registry.context import CONTEXT, RegistryContext
 from registry.metrics import METRICS, Metrics, metrics_middleware
@@ -26,22 +29,27 @@ log = logging.getLogger(__name__)
 def create_app(config: Config) -> web.Application:
     """The registry application for `config` (resources open when the app starts)."""
     app = web.Application(
-        middlewares=[in_flight_middleware, metrics_middleware, error_middleware],
+        middlewares=[in_flight_middleware, metrics_middleware, error_middleware, auth_middleware],
         client_max_size=4 * 1024 * 1024 + 1,
     )
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources(config))
     add_routes(app)
+    setup_auth(app, config)
     return app
 
 
 def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signature
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        # First, so that an invalid policy stops start-up before anything is opened.
+        policy = startup_policy(config.policy_file)
         store = open_blob_store(config)
         db = await MetadataDB.open(DataLayout(config.data_dir).database)
         uploads = UploadSessions(db, store)
-        app[CONTEXT] = RegistryContext(config, db, store, uploads)
+        gate = PolicyGate(db, store, policy, path=config.policy_file)
+        gate.start(poll_interval=config.policy_poll_interval)
+        app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
         try:
@@ -51,6 +59,7 @@ def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signatur
             with contextlib.suppress(asyncio.CancelledError):
                 await cleaner
             await uploads.close()
+            await gate.close()
             await db.close()
             await store.close()
             log.info("database closed")

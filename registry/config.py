@@ -66,6 +66,28 @@ class Config:
     gc_delete_untagged: bool
     shutdown_timeout: float
     raw: dict[str, Any]
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def policy_file(self) -> Path | None:
+        """The policy file to enforce (`policy.file`), or None: everything is allowed."""
+        section = self.raw.get("policy") or {}
+        return Path(section["file"]) if section.get("file") else None
+
+    @property
+    def policy_poll_interval(self) -> float | None:
+        """How often to look for a changed policy file, or None when `policy.reload` is false."""
+        section = self.raw.get("policy") or {}
+        if section.get("reload", True) is False:
+            return None
+        return parse_duration(section.get("poll_interval", "2s"))
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether an `auth` section turns authentication on (absent: an open registry)."""
+        section = self.raw.get("auth")
+        return isinstance(section, dict) and section.get("enabled", True) is not False
 
 
 def load_config(
@@ -149,4 +171,6 @@ def _build(document: dict[str, Any]) -> Config:
         gc_delete_untagged=document["gc"]["delete_untagged"],
         shutdown_timeout=parse_duration(document["shutdown_timeout"]),
         raw=document,
+        tls_cert=Path(document["tls"]["cert"]) if "tls" in document else None,
+        tls_key=Path(document["tls"]["key"]) if "tls" in document else None,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from policies.gateway import PolicyGate
 from registry.config import Config
 from registry.upload_sessions import UploadSessions
 from storage.blobstore import BlobStore
@@ -20,6 +21,7 @@ class RegistryContext:
     db: MetadataDB
     store: BlobStore
     uploads: UploadSessions
+    policy: PolicyGate
 
 
 CONTEXT = web.AppKey("context", RegistryContext)

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from registry.auth.middleware import authorize, authorize_base, authorize_catalog
 from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
 from registry.grammar import check_name
-from registry.handlers import blobs, listing, manifests, referrers, uploads
+from registry.handlers import blobs, listing, manifests, policy_api, referrers, uploads
 from registry.metrics import ROUTE_KEY, metrics_endpoint
 
 ResourceHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
@@ -62,7 +63,8 @@ ROUTES: list[tuple[str, re.Pattern[str], dict[str, ResourceHandler]]] = [
 
 
 async def api_base(request: web.Request) -> web.StreamResponse:
-    """`GET /v2/`: the registry implements the API (auth would challenge here)."""
+    """`GET /v2/`: the registry implements the API (with auth on: for authenticated callers)."""
+    authorize_base(request)
     return web.json_response({})
 
 
@@ -74,7 +76,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return await _only(request, ("GET", "HEAD"), api_base)
     if tail == "_catalog":
         request[ROUTE_KEY] = "catalog"
-        return await _only(request, ("GET",), listing.catalog)
+        return await _only(request, ("GET",), _authorized_catalog)
     for route, pattern, methods in ROUTES:
         match = pattern.fullmatch(tail)
         if match is None:
@@ -87,7 +89,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 {"method": request.method},
                 headers={"Allow": ", ".join(methods)},
             )
-        return await handler(request, check_name(match["name"]), match["ref"])
+        name = check_name(match["name"])
+        return await handler(authorize(request, name), name, match["ref"])
     raise RegistryError(NOT_FOUND, {"path": request.path[:300]})
 
 
@@ -103,11 +106,21 @@ async def _only(
     return await handler(request)
 
 
+async def _authorized_catalog(request: web.Request) -> web.StreamResponse:
+    authorize_catalog(request)
+    return await listing.catalog(request)
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", _redirect_base)
     app.router.add_get("/metrics", metrics_endpoint)
+    # Trustyard's own API (policy decisions and image status), beside the OCI one.
+    app.router.add_get("/api/v1/decisions", policy_api.list_decisions)
+    app.router.add_get(
+        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status
+    )
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:

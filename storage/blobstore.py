@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from registry.errors import UNAVAILABLE, RegistryError
 from registry.grammar import Digest
 
 
@@ -23,6 +24,17 @@ class StoredObject:
     name: str
     size: int
     modified: float
+
+
+class StorageUnavailable(RegistryError):
+    """A backend's storage cannot be reached or failed: the client is answered 503 UNAVAILABLE.
+
+    Raised by remote backends (S3) instead of their client library's exceptions, after the
+    failure was logged with whatever request id the storage service returned.
+    """
+
+    def __init__(self, detail: dict[str, object]) -> None:
+        super().__init__(UNAVAILABLE, detail)
 
 
 class BlobStore(Protocol):
@@ -60,6 +72,9 @@ class BlobStore(Protocol):
 
     async def delete(self, digest: Digest) -> None:
         """Remove a committed blob (no error if it does not exist)."""
+
+    async def delete_blobs(self, digests: list[Digest]) -> None:
+        """Remove many committed blobs (in as few requests as the backend allows)."""
 
     def list_blobs(self) -> AsyncIterator[StoredObject]:
         """Every committed blob (`name` is the digest string)."""

@@ -121,6 +121,11 @@ class FilesystemBlobStore:
         """Delete the blob file."""
         await self._run(self.layout.blob(digest).unlink, True)
 
+    async def delete_blobs(self, digests: list[Digest]) -> None:
+        """Delete blob files one by one (a local unlink is cheap)."""
+        for digest in digests:
+            await self.delete(digest)
+
     async def list_blobs(self) -> AsyncIterator[StoredObject]:
         """Walk `blobs/<algorithm>/<xx>/<hex>`."""
         for found in await self._run(self._walk_blobs):

@@ -25,6 +25,9 @@ from storage.metadata import MetadataDB
 
 log = logging.getLogger(__name__)
 
+#: Orphan blobs deleted per call to the store (S3's DeleteObjects takes at most 1000 keys).
+ORPHAN_BATCH = 1000
+
 
 @dataclass
 class GCReport:
@@ -86,12 +89,18 @@ async def collect_garbage(
             report.bytes_freed += size
 
     known = await db.known_blobs()
+    orphans: list[str] = []
     async for stored in store.list_blobs():
         if stored.name not in known and stored.modified < cutoff:
-            if not dry_run:
-                await store.delete(parse_digest(stored.name))
+            orphans.append(stored.name)
             report.orphan_files.append(stored.name)
             report.bytes_freed += stored.size
+            # Deleted a batch at a time (one request per 1000 keys on S3), soon after listing.
+            if len(orphans) == ORPHAN_BATCH and not dry_run:
+                await store.delete_blobs([parse_digest(name) for name in orphans])
+                orphans.clear()
+    if orphans and not dry_run:
+        await store.delete_blobs([parse_digest(name) for name in orphans])
 
     upload_cutoff = now - stale_upload_age
     stale = set(await db.uploads_started_before(upload_cutoff))

@@ -16,6 +16,28 @@ address: a blob file exists under `blobs/` only when its bytes match its name. B
 the same filesystem, so the rename is atomic. A crash leaves at worst an orphan upload file, which
 garbage collection removes after its grace period.
 
+With the S3 backend (`storage.backend: s3`), blobs and uploads live in the bucket instead, under
+`storage.s3.prefix` (normalised to end in `/` unless empty)::
+
+    s3://<bucket>/<prefix>
+    ├── blobs/
+    │   └── <algorithm>/<hex[0:2]>/<hex>   the blob's bytes, immutable; created only after the
+    │                                      digest was verified (CompleteMultipartUpload, CopyObject
+    │                                      or PutObject onto this key)
+    └── _uploads/
+        └── <upload-id>/<start:020d>       one segment of an upload in progress: its bytes
+                                           [start, start + object size), each at least one part
+                                           (`storage.s3.part_size`, >= 5 MiB)
+
+    <data-dir>/s3-spool/<upload-id>/<start>
+                                           the upload's tail not yet a full part, on local disk;
+                                           `start` is where it begins (the segments' end)
+
+At commit the segments become the parts of one multipart upload onto the blob's key
+(UploadPartCopy, server side) and the spooled tail its last part. A crash before that leaves only
+`_uploads/` objects, spool files and at worst an incomplete multipart upload, all of which garbage
+collection removes after the stale-upload age; nothing is ever visible under `blobs/` unverified.
+
 Every blob is stored once, whatever the number of repositories that link it. Manifests are small
 (at most 4 MiB) and kept in the database with their exact bytes.
 
@@ -30,6 +52,16 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 or 'manifest' (index children); GC marks from here
     tags(repository, name, digest)              tag -> manifest digest in the same repository
     uploads(id, repository, started_at)         upload sessions in progress
+    policy_decisions(id, time, identity, action, repository, reference, digest, outcome, rule,
+                     reason, policy_version, repeats, last_time)
+                                                the decision log: one row per policy decision
+                                                (identical repeated allows folded into `repeats`)
+    evidence_versions(repository, version)      bumped on every manifest/tag change of a repository
+                                                and when evidence (signature, scan) arrives: cached
+                                                policy decisions are keyed by it
+
+The policy tables are additive (`CREATE ... IF NOT EXISTS`), so a version-1 database gains them on
+open without a migration.
 
 Nothing else in the code builds a path under the data directory or names a table: it asks here.
 """
@@ -39,7 +71,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.grammar import Digest
+from registry.grammar import ALGORITHMS, Digest
 
 SCHEMA_VERSION = 1
 
@@ -107,6 +139,29 @@ CREATE TABLE IF NOT EXISTS uploads (
     repository  TEXT NOT NULL,
     started_at  REAL NOT NULL
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS policy_decisions (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    time           REAL NOT NULL,      -- the first of the decisions folded into this row
+    last_time      REAL NOT NULL,      -- the last of them
+    repeats        INTEGER NOT NULL DEFAULT 1,
+    identity       TEXT NOT NULL,
+    action         TEXT NOT NULL CHECK (action IN ('push', 'pull', 'delete')),
+    repository     TEXT NOT NULL,
+    reference      TEXT NOT NULL,
+    digest         TEXT NOT NULL,
+    outcome        TEXT NOT NULL CHECK (outcome IN ('allow', 'deny', 'warn')),
+    rule           TEXT,               -- the first failing rule, NULL when allowed
+    reason         TEXT NOT NULL,
+    policy_version TEXT NOT NULL       -- sha256 of the policy file
+);
+CREATE INDEX IF NOT EXISTS policy_decisions_repository ON policy_decisions(repository, id);
+CREATE INDEX IF NOT EXISTS policy_decisions_time ON policy_decisions(time);
+
+CREATE TABLE IF NOT EXISTS evidence_versions (
+    repository  TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -150,7 +205,72 @@ class DataLayout:
             return None
         return Digest(parts[0], parts[2])
 
+    @property
+    def s3_spool(self) -> Path:
+        """The S3 backend's local spool: upload tails smaller than one part."""
+        return self.root / "s3-spool"
+
+    def spool(self, upload_id: str) -> Path:
+        """The folder holding an S3 upload's spooled tail (one file, named by its start)."""
+        return self.s3_spool / upload_id
+
     def create(self) -> None:
         """Make the folders of a new data directory."""
         for folder in (self.root, self.blobs, self.uploads):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+def s3_prefix(prefix: str) -> str:
+    """A configured key prefix as used in keys: empty, or ending in exactly one `/`."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+@dataclass(frozen=True)
+class S3Layout:
+    """The keys in one S3 bucket under one prefix (the picture is in this module's docstring)."""
+
+    prefix: str = ""
+
+    @property
+    def blobs(self) -> str:
+        """The key prefix of every committed blob."""
+        return f"{self.prefix}blobs/"
+
+    @property
+    def uploads(self) -> str:
+        """The key prefix of every upload's segments."""
+        return f"{self.prefix}_uploads/"
+
+    def blob(self, digest: Digest) -> str:
+        """The key of the blob with this digest."""
+        return f"{self.blobs}{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+    def digest_of_blob_key(self, key: str) -> Digest | None:
+        """The digest a blob key names, or None if the key is not a blob's."""
+        if not key.startswith(self.blobs):
+            return None
+        parts = key[len(self.blobs) :].split("/")
+        if len(parts) != 3 or parts[2][:2] != parts[1]:
+            return None
+        algorithm, hex_ = parts[0], parts[2]
+        if ALGORITHMS.get(algorithm) != len(hex_) or hex_.strip("0123456789abcdef"):
+            return None
+        return Digest(algorithm, hex_)
+
+    def upload(self, upload_id: str) -> str:
+        """The key prefix of one upload's segments."""
+        return f"{self.uploads}{upload_id}/"
+
+    def segment(self, upload_id: str, start: int) -> str:
+        """The key of the upload segment that begins at byte `start`."""
+        return f"{self.upload(upload_id)}{start:020d}"
+
+    def parse_segment(self, key: str) -> tuple[str, int] | None:
+        """(upload id, start) of a segment key, or None if the key is not a segment's."""
+        if not key.startswith(self.uploads):
+            return None
+        upload_id, sep, start = key[len(self.uploads) :].partition("/")
+        if not sep or not upload_id or not start.isdigit():
+            return None
+        return upload_id, int(start)

@@ -1,4 +1,5 @@
-"""The metadata database: repositories, blob links, manifests, tags and upload sessions (SQLite).
+"""The metadata database: repositories, blob links, manifests, tags, upload sessions and the
+policy decision log (SQLite).
 
 The schema lives in `storage.layout`. Reads go through one connection and writes through another,
 serialised by a lock, so a reader never sees half a write and a write transaction never has a
@@ -58,6 +59,25 @@ class Referrer:
     size: int
     artifact_type: str | None
     annotations: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One row of the policy decision log (`repeats` identical decisions folded into one)."""
+
+    time: float
+    identity: str
+    action: str
+    repository: str
+    reference: str
+    digest: str
+    outcome: str
+    rule: str | None
+    reason: str
+    policy_version: str
+    repeats: int = 1
+    last_time: float = 0.0
+    id: int = 0
 
 
 class MissingReferences(Exception):
@@ -288,6 +308,7 @@ class MetadataDB:
                     "digest = excluded.digest, updated_at = excluded.updated_at",
                     (record.repository, tag, record.digest, now),
                 )
+            await _bump_evidence(db, record.repository)
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
@@ -314,6 +335,8 @@ class MetadataDB:
             cursor = await db.execute(
                 "DELETE FROM manifests WHERE repository = ? AND digest = ?", (repository, digest)
             )
+            if cursor.rowcount > 0:
+                await _bump_evidence(db, repository)
             return cursor.rowcount > 0
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
@@ -322,6 +345,8 @@ class MetadataDB:
             cursor = await db.execute(
                 "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag)
             )
+            if cursor.rowcount > 0:
+                await _bump_evidence(db, repository)
             return cursor.rowcount > 0
 
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:
@@ -341,6 +366,112 @@ class MetadataDB:
         )
         return [
             Referrer(row[0], row[1], row[2], row[3], None if row[4] is None else json.loads(row[4]))
+            for row in rows
+        ]
+
+    async def tag_target(self, repository: str, tag: str) -> str | None:
+        """The digest a tag points at, or None."""
+        row = await self._one(
+            "SELECT digest FROM tags WHERE repository = ? AND name = ?", (repository, tag)
+        )
+        return None if row is None else str(row[0])
+
+    async def tags_of(self, repository: str, digest: str) -> list[str]:
+        """The tags pointing at a manifest, in lexical order."""
+        rows = await self._all(
+            "SELECT name FROM tags WHERE repository = ? AND digest = ? ORDER BY name",
+            (repository, digest),
+        )
+        return [row[0] for row in rows]
+
+    # -- policy: evidence versions and the decision log ------------------------------------
+
+    async def evidence_version(self, repository: str) -> int:
+        """How many times what policy sees of a repository changed (0 if never)."""
+        row = await self._one(
+            "SELECT version FROM evidence_versions WHERE repository = ?", (repository,)
+        )
+        return 0 if row is None else int(row[0])
+
+    async def bump_evidence(self, repository: str) -> None:
+        """Record that evidence about the repository arrived (a signature, a scan)."""
+        async with self.transaction() as db:
+            await _bump_evidence(db, repository)
+
+    async def record_decisions(self, records: Iterable[DecisionRecord]) -> None:
+        """Append decisions to the log, in one transaction."""
+        rows = [
+            (
+                r.time,
+                r.last_time or r.time,
+                r.repeats,
+                r.identity,
+                r.action,
+                r.repository,
+                r.reference,
+                r.digest,
+                r.outcome,
+                r.rule,
+                r.reason,
+                r.policy_version,
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "INSERT INTO policy_decisions (time, last_time, repeats, identity, action, "
+                "repository, reference, digest, outcome, rule, reason, policy_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    async def list_decisions(
+        self,
+        *,
+        repository: str | None = None,
+        outcome: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[DecisionRecord]:
+        """Logged decisions, newest first, filtered; `before_id` pages backwards."""
+        where, args = [], []
+        for column, value in (("repository", repository), ("outcome", outcome), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("last_time >= ?")
+            args.append(since)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = await self._all(
+            "SELECT id, time, last_time, repeats, identity, action, repository, reference, digest, "
+            f"outcome, rule, reason, policy_version FROM policy_decisions {clause}"
+            "ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [
+            DecisionRecord(
+                id=row[0],
+                time=row[1],
+                last_time=row[2],
+                repeats=row[3],
+                identity=row[4],
+                action=row[5],
+                repository=row[6],
+                reference=row[7],
+                digest=row[8],
+                outcome=row[9],
+                rule=row[10],
+                reason=row[11],
+                policy_version=row[12],
+            )
             for row in rows
         ]
 
@@ -404,6 +535,14 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     ):
         await db.execute(pragma)
     return db
+
+
+async def _bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
+    await db.execute(
+        "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
+        "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
+        (repository,),
+    )
 
 
 async def _ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ class RegistryProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -38,8 +40,8 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        """The base URL, `http://127.0.0.1:PORT`."""
-        return f"http://{self.host}"
+        """The base URL, `http://127.0.0.1:PORT` (`https` when started with `--tls-cert`)."""
+        return f"{self.scheme}://{self.host}"
 
     def log(self) -> str:
         """What the server printed so far."""
@@ -83,15 +85,22 @@ def start_registry(
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    server = RegistryProcess(data_dir, port, process, log_path, list(extra_args or []))
+    scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
+    server = RegistryProcess(data_dir, port, process, log_path, list(extra_args or []), scheme)
+    # The probe only asks whether the server answers: it need not trust a test certificate.
+    probe_tls = ssl._create_unverified_context() if scheme == "https" else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"registry exited with {process.returncode}:\n{server.log()}")
         try:
-            with urllib.request.urlopen(f"{server.url}/v2/", timeout=1) as resp:
+            with urllib.request.urlopen(f"{server.url}/v2/", timeout=1, context=probe_tls) as resp:
                 if resp.status == 200:
                     return server
+        except urllib.error.HTTPError as err:
+            if err.code == 401:  # authentication is on: challenging is answering
+                return server
+            time.sleep(0.1)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.1)
     server.stop(signal.SIGKILL)

@@ -38,11 +38,17 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     partial = start != 0 or end != size
     if partial:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    chunks = aiter(ctx.store.read(digest, start, end))
+    # The first bytes are fetched before the status line goes out, so that a backend failure
+    # (S3 unreachable) is still answered with the spec's error body, not a truncated 200.
+    first = await anext(chunks, b"")
     response = web.StreamResponse(status=206 if partial else 200, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
     await response.prepare(request)
-    async for chunk in ctx.store.read(digest, start, end):
+    if first:
+        await response.write(first)
+    async for chunk in chunks:
         await response.write(chunk)
     await response.write_eof()
     return response

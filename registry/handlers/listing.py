@@ -3,9 +3,12 @@ catalog API is the reference registry's extension), paginated with `n`, `last` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from registry.context import context
+from registry.auth.middleware import pull_filter
+from registry.context import RegistryContext, context
 from registry.errors import NAME_UNKNOWN, RegistryError
 from registry.pagination import Page
 
@@ -26,12 +29,30 @@ async def list_tags(request: web.Request, name: str, _: str) -> web.StreamRespon
 
 
 async def catalog(request: web.Request) -> web.StreamResponse:
-    """Every repository in lexical order."""
+    """Every repository the caller may pull, in lexical order."""
     ctx = context(request)
     page = Page.from_request(request)
-    names = await ctx.db.list_repositories(page.limit + 1, page.last) if page.limit else []
+    visible = pull_filter(request)
+    if visible is None:
+        names = await ctx.db.list_repositories(page.limit + 1, page.last) if page.limit else []
+    else:
+        names = await _visible_repositories(ctx, page.limit + 1, page.last, visible)
     more = len(names) > page.limit
     names = names[: page.limit]
     return web.json_response(
         {"repositories": names}, headers=page.link("/v2/_catalog", names, more)
     )
+
+
+async def _visible_repositories(
+    ctx: RegistryContext, limit: int, last: str | None, visible: Callable[[str], bool]
+) -> list[str]:
+    """Up to `limit` names after `last` that pass `visible`, reading the table in batches."""
+    found: list[str] = []
+    while limit and len(found) < limit:
+        batch = await ctx.db.list_repositories(max(limit, 100), last)
+        found.extend(name for name in batch if visible(name))
+        if len(batch) < max(limit, 100):
+            break
+        last = batch[-1]
+    return found[:limit]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.context import context
+from policies.decisions import Action
+from policies.facts import PolicyRequest
+from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
@@ -16,8 +18,9 @@ from registry.errors import (
     RegistryError,
 )
 from registry.grammar import Digest, check_tag, is_digest, parse_digest
+from registry.identity import identity
 from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
-from storage.metadata import ManifestRecord, MissingReferences
+from storage.metadata import ManifestRecord, MissingReferences, Reference
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -31,10 +34,13 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
         if not await ctx.db.repository_exists(name):
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    # Policy: a manifest stored but not pullable under the pull rules is quarantined.
+    policy_headers = await ctx.policy.check_pull(name, reference, record, identity(request).name)
     headers = {
         "Docker-Content-Digest": record.digest,
         "ETag": f'"{record.digest}"',
         "Content-Type": record.media_type,
+        **policy_headers,
     }
     if request.method == "HEAD":
         headers["Content-Length"] = str(record.size)
@@ -65,24 +71,48 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
         artifact_type=parsed.artifact_type,
         annotations=parsed.annotations,
     )
+    # Policy: checked before anything is stored, so a denied push leaves no manifest and no tag.
+    # The tag is held from check to store: two pushes to one tag cannot both pass immutability.
+    async with ctx.policy.tag_guard(name, tag):
+        policy_headers = await ctx.policy.check_push(
+            PolicyRequest(
+                Action.PUSH,
+                name,
+                reference,
+                str(digest),
+                () if tag is None else (tag,),
+                identity(request).name,
+            ),
+            parsed.media_type,
+            content,
+        )
+        await _store(ctx, record, parsed.references, tag)
+    ctx.policy.evidence_changed(name)
+    headers = {
+        "Location": f"/v2/{name}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+        "Content-Length": "0",
+        **policy_headers,
+    }
+    if parsed.subject is not None:
+        headers["OCI-Subject"] = parsed.subject
+    return web.Response(status=201, headers=headers)
+
+
+async def _store(
+    ctx: RegistryContext, record: ManifestRecord, references: list[Reference], tag: str | None
+) -> None:
+    """Store the manifest (and move the tag); MANIFEST_BLOB_UNKNOWN names what is missing."""
     try:
-        await ctx.db.put_manifest(record, parsed.references, tag)
+        await ctx.db.put_manifest(record, references, tag)
     except MissingReferences as exc:
         missing = exc.missing[0]
         raise RegistryError(
             MANIFEST_BLOB_UNKNOWN,
             {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
             message=f"manifest references {missing.kind} {missing.digest} unknown to "
-            f"repository {name}",
+            f"repository {record.repository}",
         ) from None
-    headers = {
-        "Location": f"/v2/{name}/manifests/{digest}",
-        "Docker-Content-Digest": str(digest),
-        "Content-Length": "0",
-    }
-    if parsed.subject is not None:
-        headers["OCI-Subject"] = parsed.subject
-    return web.Response(status=201, headers=headers)
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -111,10 +141,27 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     ctx = context(request)
     if not ctx.config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
-    if is_digest(reference):
-        deleted = await ctx.db.delete_manifest(name, str(parse_digest(reference)))
+    digest = str(parse_digest(reference)) if is_digest(reference) else None
+    tag = check_tag(reference) if digest is None else None
+    # Policy: checked before deleting; an unknown manifest or tag falls through to 404.
+    if digest is not None:
+        record = await ctx.db.get_manifest(name, digest)
     else:
-        deleted = await ctx.db.delete_tag(name, check_tag(reference))
+        record = await ctx.db.get_tagged_manifest(name, reference)
+    policy_headers: dict[str, str] = {}
+    if record is not None:
+        tags = (tag,) if tag is not None else tuple(await ctx.db.tags_of(name, record.digest))
+        policy_headers = await ctx.policy.check_delete(
+            PolicyRequest(
+                Action.DELETE, name, reference, record.digest, tags, identity(request).name
+            ),
+            record,
+        )
+    if digest is not None:
+        deleted = await ctx.db.delete_manifest(name, digest)
+    else:
+        deleted = await ctx.db.delete_tag(name, reference)
     if not deleted:
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
-    return web.Response(status=202)
+    ctx.policy.evidence_changed(name)
+    return web.Response(status=202, headers=policy_headers)

@@ -1,0 +1,180 @@
+"""A private dockerd for the `docker pull` workload, started like tests/e2e/conftest.py does.
+
+Own data root, exec root and unix socket under a short temporary directory; no iptables, no
+bridge; its own containerd (under the exec root) in a separate namespace. Stopped by PID
+(dockerd, then anything it left behind) and its directory removed by `stop()`.
+Docker treats 127.0.0.0/8 as an insecure registry, so it pulls over plain HTTP from loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKERD = "/usr/sbin/dockerd"
+
+
+def docker_available() -> tuple[str, str] | None:
+    """(dockerd, docker client) when both and containerd are installed, else None."""
+    dockerd = DOCKERD if os.access(DOCKERD, os.X_OK) else shutil.which("dockerd")
+    client = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
+    if not dockerd or not client or not shutil.which("containerd"):
+        return None
+    return dockerd, client
+
+
+def _children_of(pid: int) -> list[int]:
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not _alive(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+
+
+@dataclass
+class DockerDaemon:
+    process: subprocess.Popen[bytes]
+    root: Path
+    client: str
+    env: dict[str, str]
+    storage_driver: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def docker(self, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+        """Run the docker CLI against this daemon (never raises on a non-zero exit)."""
+        return subprocess.run(
+            [self.client, *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (self.root / "dockerd.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        descendants = _children_of(self.process.pid)
+        for child in list(descendants):  # bounded: two levels (containerd, its shims)
+            descendants.extend(_children_of(child))
+        _stop_pid(self.process.pid, timeout=30)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for child in descendants:
+            _stop_pid(child, timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _start_one(dockerd: str, client: str, driver: str, parent: str | None, timeout: float):
+    root = Path(tempfile.mkdtemp(prefix="ty-bdk-", dir=parent or "/tmp"))
+    sock = root / "d.sock"
+    (root / "config").mkdir()
+    (root / "config" / "config.json").write_text("{}")
+    env = {
+        "DOCKER_HOST": f"unix://{sock}",
+        "DOCKER_CONFIG": str(root / "config"),
+        "DOCKER_BUILDKIT": "0",
+        "DOCKER_CLI_HINTS": "false",
+    }
+    with (root / "dockerd.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                dockerd,
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "ex"),
+                "--pidfile",
+                str(root / "dockerd.pid"),
+                "-H",
+                f"unix://{sock}",
+                f"--storage-driver={driver}",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+                "--log-level=warn",
+                "--containerd-namespace=ty-bench",
+                "--containerd-plugins-namespace=ty-bench-plugins",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    daemon = DockerDaemon(process, root, client, env, driver)
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.3) + 1):  # bounded in count and time
+        if process.poll() is not None or time.monotonic() > deadline:
+            break
+        try:
+            probe = daemon.docker("info", "--format", "{{.Driver}}", timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        if probe.returncode == 0 and probe.stdout.strip():
+            if probe.stdout.strip() != driver:
+                break
+            return daemon
+        time.sleep(0.3)
+    tail = daemon.log_tail()
+    daemon.stop()
+    raise RuntimeError(f"dockerd ({driver}) did not start:\n{tail}")
+
+
+def start_dockerd(
+    drivers: tuple[str, ...] = ("overlay2", "vfs"), parent: str | None = None, timeout: float = 60
+) -> DockerDaemon:
+    """Start a private dockerd with the first storage driver that works."""
+    found = docker_available()
+    if found is None:
+        raise RuntimeError("dockerd, docker or containerd is not installed")
+    errors = []
+    for driver in drivers:
+        try:
+            return _start_one(*found, driver, parent, timeout)
+        except (RuntimeError, OSError) as exc:
+            errors.append(str(exc))
+    raise RuntimeError("\n".join(errors))

@@ -1,0 +1,367 @@
+"""The policy gate the registry's handlers call: decide, cache, record, reload.
+
+One `PolicyGate` lives in the application. It holds the current `Policy` (swapped whole on reload,
+so a request sees one policy from start to end), caches pull decisions by
+(policy version, repository, digest, evidence version), and writes every decision to the log:
+denials at once, repeated allowed pulls folded into one row with a count and flushed every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policies.decisions import Action, Outcome, Verdict
+from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
+from policies.facts import ImageFacts, PolicyRequest, gather_facts
+from policies.loader import PolicyError, load_policy
+from registry.errors import DENIED, RegistryError
+from storage.blobstore import BlobStore
+from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB
+
+log = logging.getLogger("trustyard.policy")
+
+#: Cached pull decisions kept at most; the cache is emptied when it is full.
+CACHE_SIZE = 100_000
+
+#: How often folded decisions are written to the log.
+FLUSH_INTERVAL = 1.0
+
+NO_POLICY_WARNING = (
+    "NO POLICY LOADED: every push, pull and delete is allowed and nothing is recorded. "
+    "Start with --policy FILE (or policy.file in the configuration) to enforce one."
+)
+
+#: Facts for a request no rule matches: nothing is read.
+_NO_FACTS = ImageFacts(digest="", media_type="")
+
+_CacheKey = tuple[str, Action, str, str, int]
+_FoldKey = tuple[str, str, str, str, str, str, str | None, str, str]
+
+
+@dataclass
+class _Folded:
+    first: float
+    last: float
+    count: int
+
+
+def startup_policy(path: Path | None) -> Policy:
+    """The policy to start with: the file at `path` (`PolicyError` if invalid: a server never
+    starts on an invalid policy), or, without a file, allow-everything, said loudly."""
+    if path is None:
+        log.warning(NO_POLICY_WARNING)
+        return UNSAFE_ALLOW_EVERYTHING
+    policy = load_policy(path)
+    log.info(
+        "policy %s loaded: %d rules, mode %s, version %s",
+        path,
+        len(policy.rules),
+        policy.mode,
+        policy.version[:19],
+    )
+    return policy
+
+
+class PolicyGate:
+    """Checks manifest pushes, pulls and deletes against the current policy."""
+
+    def __init__(
+        self,
+        db: MetadataDB,
+        store: BlobStore,
+        policy: Policy = UNSAFE_ALLOW_EVERYTHING,
+        *,
+        path: Path | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy
+        self.path = path
+        self._stamp = _stamp(path)
+        self._cache: dict[_CacheKey, Verdict] = {}
+        self._evidence: dict[str, int] = {}
+        self._changes: dict[str, int] = {}
+        self._folded: dict[_FoldKey, _Folded] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, poll_interval: float | None) -> None:
+        """Start flushing the log and, if `poll_interval`, watching the file for changes."""
+        self._tasks.append(asyncio.create_task(self._flush_forever()))
+        if poll_interval and self.path is not None:
+            self._tasks.append(asyncio.create_task(self._watch(poll_interval)))
+
+    async def close(self) -> None:
+        """Stop background work and write what is still folded."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.flush()
+
+    def reload(self) -> bool:
+        """Load the file again; on success swap the policy in whole, on failure keep the last good
+        one and log why. Whether a new policy is in force."""
+        if self.path is None:
+            log.warning("reload asked but no policy file is configured; %s", NO_POLICY_WARNING)
+            return False
+        self._stamp = _stamp(self.path)
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as exc:
+            log.error(
+                "policy reload refused; keeping version %s in force:\n%s",
+                self.policy.version[:19],
+                exc,
+            )
+            return False
+        if policy.version == self.policy.version:
+            return False
+        self.policy = policy
+        self._cache.clear()
+        log.info(
+            "policy %s reloaded: %d rules, version %s",
+            self.path,
+            len(policy.rules),
+            policy.version[:19],
+        )
+        return True
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if _stamp(self.path) != self._stamp:
+                self.reload()
+
+    @contextlib.asynccontextmanager
+    async def tag_guard(self, repository: str, tag: str | None) -> AsyncIterator[None]:
+        """Hold while a push by tag is checked and stored: pushes to one tag are decided one
+        after the other, so a race cannot move an immutable tag (one process serves the data
+        directory)."""
+        if tag is None or self.policy.allows_everything:
+            yield
+            return
+        key = (repository, tag)
+        entry = self._tag_locks.get(key)
+        if entry is None:
+            entry = self._tag_locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._tag_locks[key]
+
+    # -- evidence ----------------------------------------------------------------------------
+
+    async def evidence_version(self, repository: str) -> int:
+        """The repository's evidence version (read from the database once, then remembered)."""
+        version = self._evidence.get(repository)
+        if version is None:
+            changes = self._changes.get(repository, 0)
+            version = await self.db.evidence_version(repository)
+            # A change that landed while we read makes what we read stale: do not keep it.
+            if self._changes.get(repository, 0) == changes:
+                self._evidence[repository] = version
+        return version
+
+    async def evidence_arrived(self, repository: str) -> None:
+        """Evidence about the repository arrived outside a manifest change (a scan result): bump
+        its evidence version so quarantined images are decided afresh on their next pull."""
+        await self.db.bump_evidence(repository)
+        self.evidence_changed(repository)
+
+    def evidence_changed(self, repository: str) -> None:
+        """Forget the remembered evidence version after the repository changed (the database
+        row was bumped in the same transaction as the change)."""
+        self._changes[repository] = self._changes.get(repository, 0) + 1
+        self._evidence.pop(repository, None)
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    async def evaluate(
+        self, request: PolicyRequest, media_type: str, content: bytes, policy: Policy | None = None
+    ) -> Verdict:
+        """The verdict of the policy (default: the current one) on a request, uncached, unlogged."""
+        policy = policy or self.policy
+        matching = policy.matching(request)
+        if not matching:
+            return policy.evaluate(request, _NO_FACTS, matching)
+        needs = frozenset().union(*(rule.needs for rule, _ in matching))
+        facts = await gather_facts(request, media_type, content, needs, self.db, self.store)
+        return policy.evaluate(request, facts, matching)
+
+    async def check_push(
+        self, request: PolicyRequest, media_type: str, content: bytes
+    ) -> dict[str, str]:
+        """Decide and record a push; raise DENIED, or return headers to add (a `Warning`)."""
+        policy = self.policy
+        if policy.allows_everything:
+            return {}
+        verdict = await self.evaluate(request, media_type, content, policy)
+        await self._record(verdict, request)
+        return _enforce(verdict)
+
+    async def check_pull(
+        self, repository: str, reference: str, record: ManifestRecord, identity: str
+    ) -> dict[str, str]:
+        """Decide (from the cache when possible) and record a pull; raise DENIED or return
+        headers."""
+        policy = self.policy
+        if policy.allows_everything:
+            return {}
+        key = (
+            policy.version,
+            Action.PULL,
+            repository,
+            record.digest,
+            await self.evidence_version(repository),
+        )
+        verdict = self._cache.get(key)
+        request = PolicyRequest(Action.PULL, repository, reference, record.digest, (), identity)
+        if verdict is None:
+            tags = tuple(await self.db.tags_of(repository, record.digest))
+            request = PolicyRequest(
+                Action.PULL, repository, reference, record.digest, tags, identity
+            )
+            verdict = await self.evaluate(request, record.media_type, record.content, policy)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = verdict
+        await self._record(verdict, request)
+        return _enforce(verdict)
+
+    async def check_delete(self, request: PolicyRequest, record: ManifestRecord) -> dict[str, str]:
+        """Decide and record a delete; raise DENIED or return headers."""
+        policy = self.policy
+        if policy.allows_everything:
+            return {}
+        verdict = await self.evaluate(request, record.media_type, record.content, policy)
+        await self._record(verdict, request)
+        return _enforce(verdict)
+
+    # -- the decision log --------------------------------------------------------------------
+
+    async def _record(self, verdict: Verdict, request: PolicyRequest) -> None:
+        outcome = verdict.outcome
+        now = time.time()
+        if outcome is Outcome.DENY or request.action is not Action.PULL:
+            await self.db.record_decisions([_row(verdict, request, now)])
+            return
+        key: _FoldKey = (
+            request.identity,
+            request.action.value,
+            request.repository,
+            request.reference,
+            request.digest,
+            outcome.value,
+            verdict.rule,
+            verdict.reason,
+            verdict.policy_version,
+        )
+        folded = self._folded.get(key)
+        if folded is None:
+            self._folded[key] = _Folded(now, now, 1)
+        else:
+            folded.last = now
+            folded.count += 1
+
+    async def flush(self) -> None:
+        """Write folded decisions to the log now."""
+        if not self._folded:
+            return
+        folded, self._folded = self._folded, {}
+        await self.db.record_decisions(_unfold(folded.items()))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing the decision log failed")
+
+
+def _unfold(items: Iterable[tuple[_FoldKey, _Folded]]) -> list[DecisionRecord]:
+    return [
+        DecisionRecord(
+            time=f.first,
+            last_time=f.last,
+            repeats=f.count,
+            identity=k[0],
+            action=k[1],
+            repository=k[2],
+            reference=k[3],
+            digest=k[4],
+            outcome=k[5],
+            rule=k[6],
+            reason=k[7],
+            policy_version=k[8],
+        )
+        for k, f in items
+    ]
+
+
+def _row(verdict: Verdict, request: PolicyRequest, now: float) -> DecisionRecord:
+    return DecisionRecord(
+        time=now,
+        last_time=now,
+        identity=request.identity,
+        action=request.action.value,
+        repository=request.repository,
+        reference=request.reference,
+        digest=request.digest,
+        outcome=verdict.outcome.value,
+        rule=verdict.rule,
+        reason=verdict.reason,
+        policy_version=verdict.policy_version,
+    )
+
+
+def denial_message(verdict: Verdict) -> str:
+    """What the client prints after `denied: `: each enforcing rule that failed, with why."""
+    return "; ".join(r.message() for r in verdict.failures if r.mode == "enforce")
+
+
+def _enforce(verdict: Verdict) -> dict[str, str]:
+    outcome = verdict.outcome
+    if outcome is Outcome.ALLOW:
+        return {}
+    if outcome is Outcome.DENY:
+        raise RegistryError(
+            DENIED,
+            {
+                "policy_version": verdict.policy_version,
+                "rules": [
+                    {"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures
+                ],
+            },
+            message=denial_message(verdict),
+        )
+    text = "; ".join(r.message() for r in verdict.failures)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return {"Warning": f'299 trustyard "policy (warn mode): {escaped}"'}
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

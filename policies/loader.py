@@ -1,0 +1,330 @@
+"""Read a policy file: parse it (YAML or JSON), check it against `schema.json`, build the rules.
+
+Every problem is reported at once, each with the file, the line and the path inside the document
+(`policy.yaml:12: rules[2].require.immutable_tags: expected boolean, got "yes"`). Unknown keys are
+errors. The YAML is read with YAML 1.2 booleans (only `true`/`false`), so the `on:` key and a
+value such as `yes` keep their spelling instead of turning into booleans.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from policies.decisions import Action
+from policies.engine import Policy
+from policies.globs import GlobSet
+from policies.rules import (
+    Annotations,
+    Deny,
+    ImmutableTags,
+    Labels,
+    Match,
+    MaxSize,
+    MediaTypes,
+    Platforms,
+    Requirement,
+    Rule,
+    TagPattern,
+    parse_size,
+)
+
+PathTuple = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with a policy file."""
+
+    line: int
+    path: str
+    message: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; `problems` lists everything wrong with it."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class _PolicyYAMLLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: `on`, `yes`, `off` stay strings."""
+
+
+_PolicyYAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PolicyYAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The policy file's JSON Schema (shipped as `policies/schema.json`)."""
+    return json.loads(resources.files("policies").joinpath("schema.json").read_text())
+
+
+def format_path(path: PathTuple) -> str:
+    """`rules[2].require.labels["org.opencontainers.image.source"]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+class _Lines:
+    """Line numbers (1-based) of every value and key in a composed YAML document."""
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.values: dict[PathTuple, int] = {}
+        self.keys: dict[PathTuple, int] = {}
+        self.duplicates: list[tuple[PathTuple, int]] = []
+        self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: PathTuple) -> None:
+        self.values[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in seen:
+                    self.duplicates.append(((*path, key), key_node.start_mark.line + 1))
+                seen.add(key)
+                self.keys[(*path, key)] = key_node.start_mark.line + 1
+                self._walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*path, index))
+
+    def of(self, path: PathTuple, *, key: bool = False) -> int:
+        """The line of the value (or key) at `path`, or of its nearest ancestor."""
+        if key and path in self.keys:
+            return self.keys[path]
+        while path not in self.values and path:
+            path = path[:-1]
+        return self.values.get(path, 0)
+
+
+_JSON_TYPES = {
+    "boolean": "boolean",
+    "string": "string",
+    "integer": "integer",
+    "number": "number",
+    "object": "mapping",
+    "array": "list",
+    "null": "null",
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _schema_problems(document: Any, lines: _Lines, source: str) -> Iterator[Problem]:
+    validator = jsonschema.Draft202012Validator(schema())
+    for error in validator.iter_errors(document):
+        path: PathTuple = tuple(error.absolute_path)
+        line = lines.of(path)
+        custom = error.schema.get("x-error") if isinstance(error.schema, dict) else None
+        if error.validator == "additionalProperties":
+            allowed = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed)):
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                expected = (
+                    f"did you mean {hint[0]}?" if hint else f"expected one of: {', '.join(allowed)}"
+                )
+                yield Problem(
+                    lines.of((*path, key), key=True),
+                    format_path((*path, key)),
+                    f"unknown key; {expected}",
+                    source,
+                )
+            continue
+        if error.validator == "required":
+            missing = re.match(r"'([^']+)'", error.message)
+            name = missing.group(1) if missing else error.message
+            message = f"missing required key {name}"
+        elif custom:
+            message = f"{custom}, got {_shown(error.instance)}"
+        elif error.validator == "type":
+            wanted = error.validator_value
+            names = [wanted] if isinstance(wanted, str) else list(wanted)
+            message = (
+                f"expected {' or '.join(_JSON_TYPES.get(n, n) for n in names)}, "
+                f"got {_shown(error.instance)}"
+            )
+        elif error.validator == "enum":
+            message = (
+                f"expected one of {', '.join(map(str, error.validator_value))}, "
+                f"got {_shown(error.instance)}"
+            )
+        elif error.validator == "const":
+            message = f"expected {_shown(error.validator_value)}, got {_shown(error.instance)}"
+        elif error.validator in ("minItems", "minLength", "minProperties"):
+            message = "must not be empty"
+        elif error.validator == "uniqueItems":
+            message = "has duplicate entries"
+        else:
+            message = error.message
+        yield Problem(line, format_path(path), message, source)
+
+
+def policy_version(content: bytes) -> str:
+    """The policy's version: the sha256 of the file's bytes."""
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
+    """Build a `Policy` from the text of a policy file, or raise `PolicyError` listing all
+    problems."""
+    raw = content.encode() if isinstance(content, str) else content
+    try:
+        loader = _PolicyYAMLLoader(raw.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            document = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise PolicyError(source, [Problem(0, "", "not UTF-8 text", source)]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        detail = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(
+            source, [Problem(line, "", f"not valid YAML: {detail}", source)]
+        ) from None
+    if node is None:
+        raise PolicyError(source, [Problem(0, "", "the file is empty", source)])
+    lines = _Lines(node)
+    problems = [
+        Problem(line, format_path(path), "duplicate key", source) for path, line in lines.duplicates
+    ]
+    problems += _schema_problems(document, lines, source)
+    if problems:
+        raise PolicyError(source, problems)
+    rules, problems = _build_rules(document, lines, source)
+    if problems:
+        raise PolicyError(source, problems)
+    return Policy(
+        rules=tuple(rules),
+        mode=document.get("mode", "enforce"),
+        version=policy_version(raw),
+        source=source,
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and build the policy file at `path` (`PolicyError` when it is unreadable or invalid)."""
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(
+            str(path), [Problem(0, "", f"cannot read: {exc.strerror}", str(path))]
+        ) from None
+    return parse_policy(content, str(path))
+
+
+def _build_rules(
+    document: Mapping[str, Any], lines: _Lines, source: str
+) -> tuple[list[Rule], list[Problem]]:
+    """Rules from a schema-valid document; problems the schema cannot see (regexes, names)."""
+    rules: list[Rule] = []
+    problems: list[Problem] = []
+    default_mode = document.get("mode", "enforce")
+    names: dict[str, int] = {}
+
+    def problem(path: PathTuple, message: str) -> None:
+        problems.append(Problem(lines.of(path), format_path(path), message, source))
+
+    def regex(path: PathTuple, text: str) -> re.Pattern[str]:
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            problem(path, f"not a valid regular expression: {exc}")
+            return re.compile(re.escape(text))
+
+    for index, entry in enumerate(document["rules"]):
+        at: PathTuple = ("rules", index)
+        name = entry["name"]
+        if name in names:
+            problem((*at, "name"), f'duplicate rule name "{name}" (first at rules[{names[name]}])')
+        names.setdefault(name, index)
+        require = entry.get("require")
+        if require is None and "deny" not in entry:
+            problem(at, "a rule needs require: or deny:")
+        requirements: list[Requirement] = []
+        if "deny" in entry:
+            requirements.append(Deny(entry["deny"]))
+        for key, value in (require or {}).items():
+            where = (*at, "require", key)
+            if key == "immutable_tags":
+                if value:
+                    requirements.append(ImmutableTags())
+            elif key == "tag_pattern":
+                requirements.append(TagPattern(regex(where, value)))
+            elif key == "labels":
+                requirements.append(Labels({k: regex((*where, k), v) for k, v in value.items()}))
+            elif key == "annotations":
+                requirements.append(
+                    Annotations({k: regex((*where, k), v) for k, v in value.items()})
+                )
+            elif key == "platforms":
+                spec = {"required": value} if isinstance(value, list) else value
+                allowed = spec.get("allowed")
+                requirements.append(
+                    Platforms(
+                        tuple(spec.get("required", ())), None if allowed is None else tuple(allowed)
+                    )
+                )
+            elif key == "media_types":
+                requirements.append(MediaTypes(tuple(value)))
+            elif key == "max_size":
+                requirements.append(MaxSize(parse_size(value)))
+        match = entry["match"]
+        exclude = match.get("exclude", {})
+        rules.append(
+            Rule(
+                name=name,
+                match=Match(
+                    repositories=GlobSet.of(match["repositories"]),
+                    actions=frozenset(Action(a) for a in match["on"]),
+                    tags=GlobSet.of(match["tags"]) if "tags" in match else None,
+                    exclude_repositories=(
+                        GlobSet.of(exclude["repositories"]) if "repositories" in exclude else None
+                    ),
+                    exclude_tags=GlobSet.of(exclude["tags"]) if "tags" in exclude else None,
+                ),
+                requirements=tuple(requirements),
+                mode=entry.get("mode", default_mode),
+                line=lines.of(at),
+            )
+        )
+    return rules, problems

@@ -1,0 +1,190 @@
+"""Where authentication and authorization sit on the request path.
+
+`auth_middleware` authenticates every request (and sets `request[IDENTITY_KEY]`, which the
+policy engine reads); the `/v2/` dispatcher then calls `authorize` once it has parsed the
+repository name, so the path is parsed in one place only. With no `auth` section nothing here
+runs and the registry stays open.
+
+Answers follow the Docker registry token protocol:
+
+- nobody authenticated, and anonymous may not do this: `401` with a `Bearer` challenge naming
+  the realm, the service and the scope needed (the client fetches a token and retries);
+- a token that lacks the scope though its subject would be allowed: `401` with
+  `error="insufficient_scope"` (the client may fetch a wider token);
+- an authenticated caller whose permissions do not allow it: `403 DENIED`, saying what was
+  refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from registry.auth.scopes import CATALOG, covers
+from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
+from registry.errors import DENIED, UNAUTHORIZED, RegistryError
+from registry.identity import IDENTITY_KEY
+from registry.metrics import ROUTE_KEY
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PULL = ("pull",)
+PUSH = ("pull", "push")
+DELETE = ("delete",)
+
+#: The actions each route needs, by method (route names are those `registry.routes` sets).
+REQUIRED_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "upload_start": {"POST": PUSH},
+    "upload": {"PATCH": PUSH, "PUT": PUSH, "GET": PUSH, "DELETE": PUSH},
+    "blob": {"GET": PULL, "HEAD": PULL, "DELETE": DELETE},
+    "manifest": {"GET": PULL, "HEAD": PULL, "PUT": PUSH, "DELETE": DELETE},
+    "tags": {"GET": PULL},
+    "referrers": {"GET": PULL},
+}
+
+#: Paths the middleware leaves to their handler (the token endpoint authenticates itself).
+UNAUTHENTICATED_PATHS = frozenset({"/token"})
+#: Trustyard's own API (decision log, image status): registry administrators only.
+ADMIN_API_PREFIX = "/api/"
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate the request's caller; guard `/metrics` and the admin API."""
+    service = request.app.get(AUTH)
+    if service is None or request.path in UNAUTHENTICATED_PATHS:
+        return await handler(request)
+    try:
+        caller = await service.authenticate(request)
+    except RegistryError as exc:
+        if exc.error is UNAUTHORIZED:
+            bearer = request.headers.get(hdrs.AUTHORIZATION, "")[:7].lower() == "bearer "
+            exc.headers.update(
+                challenge(request, service, None, error="invalid_token" if bearer else None)
+            )
+        raise
+    request[CALLER_KEY] = caller
+    request[IDENTITY_KEY] = caller.identity
+    if request.path == "/metrics":
+        if service.settings.metrics_access != "anonymous":
+            _require_admin(service, caller, admin=service.settings.metrics_access == "admin")
+    elif request.path.startswith(ADMIN_API_PREFIX):
+        _require_admin(service, caller, admin=True)
+    return await handler(request)
+
+
+def authorize(request: web.Request, name: str) -> web.Request:
+    """Check the caller may do what this request does on repository `name`.
+
+    Returns the request to serve: a cross-repository mount from a repository the caller may
+    not pull becomes a plain upload (the spec's answer when a mount is not possible).
+    """
+    service = request.app.get(AUTH)
+    if service is None:
+        return request
+    route = request.get(ROUTE_KEY, "")
+    actions = REQUIRED_ACTIONS.get(route, {}).get(request.method, PUSH)
+    _require(request, service, "repository", name, actions)
+    source = request.query.get("from")
+    if route == "upload_start" and "mount" in request.query and source is not None:
+        caller = _caller(request)
+        if not _permitted(service, caller, "repository", source, "pull"):
+            query = {k: v for k, v in request.query.items() if k not in ("mount", "from")}
+            return request.clone(rel_url=request.rel_url.with_query(query))
+    return request
+
+
+def authorize_base(request: web.Request) -> None:
+    """`GET /v2/`: any authenticated caller, or anyone holding a token (docker's login check)."""
+    service = request.app.get(AUTH)
+    if service is None:
+        return
+    caller = _caller(request)
+    if caller.identity.is_anonymous and caller.token_access is None:
+        raise RegistryError(UNAUTHORIZED, headers=challenge(request, service, None))
+
+
+def authorize_catalog(request: web.Request) -> None:
+    """`GET /v2/_catalog`: authenticated callers (`registry:catalog:*` for tokens)."""
+    service = request.app.get(AUTH)
+    if service is not None:
+        _require(request, service, "registry", CATALOG, ("*",))
+
+
+def pull_filter(request: web.Request) -> Callable[[str], bool] | None:
+    """A test of which repositories the caller may pull (None when auth is off: all)."""
+    service = request.app.get(AUTH)
+    if service is None:
+        return None
+    who = _caller(request).identity
+    return lambda name: service.permissions.allows(who, name, "pull")
+
+
+def challenge(
+    request: web.Request, service: AuthService, scope: str | None, *, error: str | None = None
+) -> dict[str, str]:
+    """The `WWW-Authenticate` header sending a client to the token endpoint."""
+    realm = service.settings.realm or f"{request.scheme}://{request.host}/token"
+    parts = [f'realm="{realm}"', f'service="{service.settings.service}"']
+    if scope:
+        parts.append(f'scope="{scope}"')
+    if error:
+        parts.append(f'error="{error}"')
+    return {hdrs.WWW_AUTHENTICATE: "Bearer " + ",".join(parts)}
+
+
+def _caller(request: web.Request) -> Caller:
+    caller = request.get(CALLER_KEY)
+    return caller if isinstance(caller, Caller) else Caller(request[IDENTITY_KEY])
+
+
+def _permitted(
+    service: AuthService, caller: Caller, resource_type: str, name: str, action: str
+) -> bool:
+    allowed = service.allowed(caller.identity, resource_type, name)
+    if action not in allowed and "*" not in allowed:
+        return False
+    return caller.token_access is None or covers(caller.token_access, resource_type, name, action)
+
+
+def _require(
+    request: web.Request,
+    service: AuthService,
+    resource_type: str,
+    name: str,
+    actions: tuple[str, ...],
+) -> None:
+    caller = _caller(request)
+    scope = f"{resource_type}:{name}:{','.join(actions)}"
+    allowed = service.allowed(caller.identity, resource_type, name)
+    missing = [a for a in actions if a not in allowed and "*" not in allowed]
+    if missing:
+        if caller.identity.is_anonymous:
+            raise RegistryError(UNAUTHORIZED, headers=challenge(request, service, scope))
+        raise RegistryError(
+            DENIED,
+            {"name": name, "action": ",".join(missing)},
+            message=(
+                f"requested access to the resource is denied: {caller.identity.name} may not "
+                f"{' or '.join(missing)} {name}"
+            ),
+        )
+    token = caller.token_access
+    if token is not None and not all(covers(token, resource_type, name, a) for a in actions):
+        raise RegistryError(
+            UNAUTHORIZED,
+            message="the token does not grant this access",
+            headers=challenge(request, service, scope, error="insufficient_scope"),
+        )
+
+
+def _require_admin(service: AuthService, caller: Caller, *, admin: bool) -> None:
+    """An authenticated caller (and with `admin`, a registry administrator) or a refusal."""
+    who = caller.identity
+    if who.is_anonymous:
+        raise RegistryError(
+            UNAUTHORIZED, headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="trustyard"'}
+        )
+    if admin and not service.permissions.is_admin(who):
+        raise RegistryError(DENIED, message="for registry administrators only")

@@ -1,0 +1,119 @@
+"""Who may do what where: roles per namespace glob, for users, groups and anonymous callers.
+
+Each rule names repository globs (`*` stays within one path segment, `**` crosses segments) and
+gives roles. Roles are cumulative: `pull` < `push` (pull + push) < `delete` (push + delete) <
+`admin` (everything, and registry administration when the rule covers every repository).
+A caller's actions on a repository are the union over every rule whose glob matches it; nothing
+matches, nothing is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.identity import Identity
+
+ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    "pull": frozenset({"pull"}),
+    "push": frozenset({"pull", "push"}),
+    "delete": frozenset({"pull", "push", "delete"}),
+    "admin": frozenset({"pull", "push", "delete", "admin"}),
+}
+NOTHING: frozenset[str] = frozenset()
+#: Globs that cover every repository: `admin` there makes a registry administrator.
+EVERYTHING_GLOBS = frozenset({"*", "**"})
+
+
+def compile_glob(glob: str) -> re.Pattern[str]:
+    """A regular expression for a namespace glob (`*` one segment, `**` any depth, `?` a char)."""
+    parts: list[str] = []
+    position = 0
+    while position < len(glob):
+        if glob.startswith("**", position):
+            parts.append(".*")
+            position += 2
+        elif glob[position] == "*":
+            parts.append("[^/]*")
+            position += 1
+        elif glob[position] == "?":
+            parts.append("[^/]")
+            position += 1
+        else:
+            parts.append(re.escape(glob[position]))
+            position += 1
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of `auth.permissions`."""
+
+    globs: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+    anonymous: frozenset[str] = NOTHING
+    authenticated: frozenset[str] = NOTHING
+    users: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, entry: Mapping[str, Any]) -> Rule:
+        """A rule from its configuration mapping (checked by the schema already)."""
+        namespace = entry["namespace"]
+        globs = (namespace,) if isinstance(namespace, str) else tuple(namespace)
+        return cls(
+            globs=globs,
+            patterns=tuple(compile_glob(glob) for glob in globs),
+            anonymous=ROLE_ACTIONS[entry["anonymous"]] if "anonymous" in entry else NOTHING,
+            authenticated=(
+                ROLE_ACTIONS[entry["authenticated"]] if "authenticated" in entry else NOTHING
+            ),
+            users={name: ROLE_ACTIONS[role] for name, role in entry.get("users", {}).items()},
+            groups={name: ROLE_ACTIONS[role] for name, role in entry.get("groups", {}).items()},
+        )
+
+    def matches(self, repository: str) -> bool:
+        """Whether one of the rule's globs matches the repository name."""
+        return any(pattern.fullmatch(repository) for pattern in self.patterns)
+
+    def actions_for(self, who: Identity) -> frozenset[str]:
+        """The actions this rule gives `who` (wherever it matches)."""
+        if who.is_anonymous:
+            return self.anonymous
+        actions = set(self.authenticated) | set(self.users.get(who.name, NOTHING))
+        for group in who.groups:
+            actions |= self.groups.get(group, NOTHING)
+        return frozenset(actions)
+
+
+class Permissions:
+    """The rules of `auth.permissions`, asked per caller and repository."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = list(rules)
+
+    @classmethod
+    def from_config(cls, entries: Iterable[Mapping[str, Any]]) -> Permissions:
+        """Permissions from the configuration's list of rules."""
+        return cls(Rule.from_config(entry) for entry in entries)
+
+    def actions(self, who: Identity, repository: str) -> frozenset[str]:
+        """Every action `who` may perform on `repository`."""
+        allowed: set[str] = set()
+        for rule in self.rules:
+            if rule.matches(repository):
+                allowed |= rule.actions_for(who)
+        return frozenset(allowed)
+
+    def allows(self, who: Identity, repository: str, action: str) -> bool:
+        """Whether `who` may perform `action` on `repository`."""
+        return action in self.actions(who, repository)
+
+    def is_admin(self, who: Identity) -> bool:
+        """Whether `who` administers the registry (`admin` on a rule covering everything)."""
+        return any(
+            EVERYTHING_GLOBS.intersection(rule.globs) and "admin" in rule.actions_for(who)
+            for rule in self.rules
+        )

@@ -1,0 +1,197 @@
+"""The users file: people with passwords, robots with tokens, and the groups of each.
+
+```yaml
+users:
+  alice: {password: "$argon2id$v=19$m=65536,t=3,p=4$...", groups: [ops]}
+robots:
+  ci-builder: {token_sha256: "9f86d0...", groups: [ci]}
+```
+
+Passwords are hashed with Argon2id (memory-hard: guessing a leaked file is expensive). Robot
+tokens are 256 random bits shown once by `trustyard robot add`; a secret that strong cannot be
+guessed, so its SHA-256 is enough and keeps robot logins cheap. Users and robots share one name
+space. The file is written atomically with mode 0600 and re-read when it changes, so
+`trustyard user add` takes effect on a running server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from registry.identity import Identity
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ROBOT_TOKEN_PREFIX = "tyr_"
+
+_HASHER = PasswordHasher()
+#: Checked against when the user is unknown, so that case costs as much as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class UsersFileError(ValueError):
+    """The users file cannot be read or a name is refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """One entry of the users file."""
+
+    name: str
+    kind: str  # user | robot
+    secret_hash: str
+    groups: frozenset[str]
+
+    def identity(self) -> Identity:
+        """The identity a successful login with this account gets."""
+        return Identity(self.name, self.kind, self.groups)
+
+
+def hash_password(password: str) -> str:
+    """The Argon2id hash of a password, for the users file."""
+    return _HASHER.hash(password)
+
+
+def new_robot_token() -> str:
+    """A fresh robot token (show it once, store only `robot_token_hash`)."""
+    return ROBOT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def robot_token_hash(token: str) -> str:
+    """The stored form of a robot token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserStore:
+    """The users file, re-read whenever it changes on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._accounts: dict[str, Account] = {}
+
+    def accounts(self) -> dict[str, Account]:
+        """Every account by name (reloading the file if it changed)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._accounts = None, {}
+            return self._accounts
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._accounts = _parse(self._read())
+            self._stamp = stamp
+        return self._accounts
+
+    def get(self, name: str) -> Account | None:
+        """The account called `name`, if any."""
+        return self.accounts().get(name)
+
+    def verify(self, name: str, secret: str) -> Account | None:
+        """The account when `secret` is its password or robot token; None otherwise.
+
+        Blocking (Argon2 takes tens of milliseconds by design): call it from a thread.
+        """
+        account = self.get(name)
+        if account is None:
+            _verify_password(_DUMMY_HASH, secret)
+            return None
+        if account.kind == "robot":
+            given = robot_token_hash(secret)
+            return account if hmac.compare_digest(given, account.secret_hash) else None
+        return account if _verify_password(account.secret_hash, secret) else None
+
+    def add_user(self, name: str, password: str, groups: list[str], *, replace: bool) -> None:
+        """Add (or with `replace`, update) a user with an Argon2id-hashed password."""
+        self._add(name, "users", {"password": hash_password(password)}, groups, replace)
+
+    def add_robot(self, name: str, groups: list[str], *, replace: bool) -> str:
+        """Add a robot and return its token: the only time it is ever seen."""
+        token = new_robot_token()
+        self._add(name, "robots", {"token_sha256": robot_token_hash(token)}, groups, replace)
+        return token
+
+    def remove(self, name: str) -> bool:
+        """Remove a user or robot; whether it existed."""
+        document = self._read()
+        found = False
+        for section in ("users", "robots"):
+            if name in (document.get(section) or {}):
+                del document[section][name]
+                found = True
+        if found:
+            self._write(document)
+        return found
+
+    def _add(
+        self, name: str, section: str, secret: dict[str, str], groups: list[str], replace: bool
+    ) -> None:
+        if NAME_RE.fullmatch(name) is None:
+            raise UsersFileError(f"invalid name {name!r}: use lowercase letters, digits, . _ -")
+        for group in groups:
+            if NAME_RE.fullmatch(group) is None:
+                raise UsersFileError(f"invalid group name {group!r}")
+        document = self._read()
+        other = "robots" if section == "users" else "users"
+        if name in (document.get(other) or {}):
+            raise UsersFileError(f"{name!r} already exists as one of the {other}")
+        entries = document.setdefault(section, {}) or {}
+        document[section] = entries
+        if name in entries and not replace:
+            raise UsersFileError(f"{name!r} already exists (use --replace to change it)")
+        entries[name] = {**secret, "groups": sorted(set(groups))}
+        self._write(document)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            loaded = yaml.safe_load(self.path.read_text()) or {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsersFileError(f"{self.path}: cannot read: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsersFileError(f"{self.path}: the top level must be a mapping")
+        return loaded
+
+    def _write(self, document: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".users-")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as out:
+                yaml.safe_dump(document, out, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def _verify_password(stored: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _parse(document: dict[str, Any]) -> dict[str, Account]:
+    accounts: dict[str, Account] = {}
+    for section, kind, key in (("users", "user", "password"), ("robots", "robot", "token_sha256")):
+        for name, entry in (document.get(section) or {}).items():
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+                raise UsersFileError(f"{section}.{name}: expected a mapping with {key!r}")
+            groups = frozenset(str(group) for group in entry.get("groups") or [])
+            accounts[str(name)] = Account(str(name), kind, entry[key], groups)
+    return accounts

@@ -1,0 +1,120 @@
+"""A registry with authentication on: users, a robot, groups and namespace rules."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from registry.auth.users import UserStore
+
+PASSWORDS = {"alice": "alice-secret-pw", "olga": "olga-secret-pw", "bob": "bob-secret-pw"}
+
+#: alice (dev) pushes team-a and a; pulls b and the library. olga (ops) administers everything.
+#: bob belongs to no group. The robot `ci` (group ci) pushes ci/**. Anonymous pulls library/**.
+PERMISSIONS: list[dict[str, Any]] = [
+    {"namespace": "library/**", "anonymous": "pull", "authenticated": "pull"},
+    {"namespace": "team-a/**", "groups": {"dev": "push"}},
+    {"namespace": ["a", "b"], "users": {"alice": "pull"}},
+    {"namespace": "a", "users": {"alice": "push"}},
+    {"namespace": "ci/**", "groups": {"ci": "push"}},
+    {"namespace": "**", "groups": {"ops": "admin"}},
+]
+
+
+def auth_section(**extra: Any) -> dict[str, Any]:
+    """The `auth` configuration the tests run with."""
+    return {"service": "trustyard-test", "permissions": PERMISSIONS, **extra}
+
+
+def basic(user: str, secret: str) -> str:
+    """An `Authorization: Basic` value."""
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def bearer(token: str) -> str:
+    """An `Authorization: Bearer` value."""
+    return "Bearer " + token
+
+
+@dataclass
+class Accounts:
+    """The accounts written into the users file before the registry starts."""
+
+    store: UserStore
+    robot_token: str
+
+
+def write_accounts(data_dir: Path) -> Accounts:
+    """Create alice (dev), olga (ops), bob (no group) and the robot `ci` in the users file."""
+    store = UserStore(data_dir / "auth" / "users.yaml")
+    store.add_user("alice", PASSWORDS["alice"], ["dev"], replace=False)
+    store.add_user("olga", PASSWORDS["olga"], ["ops"], replace=False)
+    store.add_user("bob", PASSWORDS["bob"], [], replace=False)
+    token = store.add_robot("ci", ["ci"], replace=False)
+    return Accounts(store, token)
+
+
+class As:
+    """A test client that sends one `Authorization` header with every request."""
+
+    def __init__(self, client: TestClient, authorization: str) -> None:
+        self.client = client
+        self.authorization = authorization
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> ClientResponse:
+        headers = {**kwargs.pop("headers", {}), "Authorization": self.authorization}
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def head(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("HEAD", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> ClientResponse:
+        return await self.request("DELETE", path, **kwargs)
+
+
+@pytest.fixture
+def accounts(data_dir: Path) -> Accounts:
+    return write_accounts(data_dir)
+
+
+@pytest.fixture
+async def auth_client(start_client, accounts) -> TestClient:
+    """A fresh registry with auth on (the accounts above, the rules above)."""
+    return await start_client(auth=auth_section())
+
+
+async def fetch_token(
+    client: TestClient,
+    *scopes: str,
+    user: str | None = None,
+    secret: str | None = None,
+    service: str = "trustyard-test",
+) -> str:
+    """A token from `GET /token` for `scopes` (anonymous without `user`)."""
+    headers = {}
+    if user is not None:
+        headers["Authorization"] = basic(user, secret if secret is not None else PASSWORDS[user])
+    params = [("service", service), *(("scope", scope) for scope in scopes)]
+    resp = await client.get("/token", params=params, headers=headers)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["token"] == body["access_token"]
+    return str(body["token"])

@@ -1,0 +1,125 @@
+"""The users file, the token authority and the failed-login counters, one by one."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import jwt
+import pytest
+import yaml
+
+from registry.auth.ratelimit import FailedLogins
+from registry.auth.scopes import parse_scopes
+from registry.auth.tokens import InvalidToken, TokenAuthority, load_or_create_key
+from registry.auth.users import UsersFileError, UserStore
+from registry.cli import main
+
+
+def test_passwords_are_stored_as_argon2id_and_robot_tokens_as_hashes(tmp_path):
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_user("alice", "correct horse", ["dev"], replace=False)
+    token = store.add_robot("ci", ["ci"], replace=False)
+    text = (tmp_path / "users.yaml").read_text()
+    assert "correct horse" not in text and token not in text
+    document = yaml.safe_load(text)
+    assert document["users"]["alice"]["password"].startswith("$argon2id$")
+    assert len(document["robots"]["ci"]["token_sha256"]) == 64
+    assert stat.S_IMODE((tmp_path / "users.yaml").stat().st_mode) == 0o600
+
+    assert store.verify("alice", "correct horse").identity().groups == {"dev"}
+    assert store.verify("alice", "wrong") is None
+    assert store.verify("nobody", "correct horse") is None
+    assert store.verify("ci", token).kind == "robot"
+    assert store.verify("ci", token + "x") is None
+
+
+def test_names_are_checked_and_not_silently_replaced(tmp_path):
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_user("alice", "pw", [], replace=False)
+    with pytest.raises(UsersFileError):
+        store.add_user("alice", "pw2", [], replace=False)
+    with pytest.raises(UsersFileError):
+        store.add_robot("alice", [], replace=False)
+    with pytest.raises(UsersFileError):
+        store.add_user("Bad:Name", "pw", [], replace=False)
+    store.add_user("alice", "pw2", [], replace=True)
+    assert store.verify("alice", "pw2") is not None
+
+
+def test_the_file_is_reread_when_it_changes(tmp_path):
+    path = tmp_path / "users.yaml"
+    server_view = UserStore(path)
+    assert server_view.get("bob") is None
+    UserStore(path).add_user("bob", "pw", [], replace=False)
+    assert server_view.get("bob") is not None
+
+
+def test_cli_user_and_robot_add(tmp_path, monkeypatch, capsys):
+    import io
+
+    data = tmp_path / "data"
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pw\n"))
+    assert main(["user", "add", "carol", "--group", "ops", "--data-dir", str(data)]) == 0
+    assert main(["robot", "add", "builder", "--data-dir", str(data)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("tyr_")
+    store = UserStore(data / "auth" / "users.yaml")
+    assert store.verify("carol", "s3cret-pw") is not None
+    assert store.verify("builder", token) is not None
+    assert main(["robot", "remove", "builder", "--data-dir", str(data)]) == 0
+    assert store.get("builder") is None
+
+
+def _authority(tmp_path, **overrides):
+    key = load_or_create_key(tmp_path / "key.pem", configured=False)
+    settings = {"issuer": "trustyard", "service": "svc", "ttl": 300, "clock_skew": 30}
+    return TokenAuthority(key, **{**settings, **overrides})
+
+
+def test_token_round_trip_and_checks(tmp_path):
+    authority = _authority(tmp_path)
+    issued = authority.issue("alice", parse_scopes(["repository:a:pull"]))
+    claims = authority.verify(issued.token)
+    assert claims.subject == "alice"
+    assert [str(scope) for scope in claims.access] == ["repository:a:pull"]
+
+    with pytest.raises(InvalidToken):  # expired beyond the skew
+        authority.verify(authority.issue("alice", [], now=time.time() - 400).token)
+    with pytest.raises(InvalidToken):  # not yet valid beyond the skew
+        authority.verify(authority.issue("alice", [], now=time.time() + 120).token)
+    with pytest.raises(InvalidToken):  # another audience
+        _authority(tmp_path, service="other").verify(issued.token)
+    with pytest.raises(InvalidToken):  # another issuer
+        _authority(tmp_path, issuer="other").verify(issued.token)
+    with pytest.raises(InvalidToken):  # HMAC with the public key as secret: alg confusion
+        forged = jwt.encode({"sub": "alice", "aud": "svc", "iss": "trustyard"}, "k" * 32, "HS256")
+        authority.verify(forged)
+
+
+def test_signing_key_is_created_once_with_mode_0600(tmp_path):
+    path = tmp_path / "auth" / "key.pem"
+    first = load_or_create_key(path, configured=False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_or_create_key(path, configured=False)
+    assert first.private_numbers() == again.private_numbers()
+    with pytest.raises(FileNotFoundError):
+        load_or_create_key(tmp_path / "missing.pem", configured=True)
+
+
+def test_failed_logins_lock_per_user_and_per_source_then_age_out():
+    now = [1000.0]
+    limits = FailedLogins(window=60, max_per_user=3, max_per_source=5, clock=lambda: now[0])
+    for _ in range(3):
+        assert limits.retry_after("alice", "10.0.0.1") == 0
+        limits.record_failure("alice", "10.0.0.1")
+    assert limits.retry_after("alice", "10.0.0.2") == pytest.approx(60)
+    assert limits.retry_after("bob", "10.0.0.1") == 0
+    for user in ("u1", "u2"):
+        limits.record_failure(user, "10.0.0.1")
+    assert limits.retry_after("bob", "10.0.0.1") > 0
+    now[0] += 61
+    assert limits.retry_after("alice", "10.0.0.1") == 0
+    limits.record_failure("alice", "10.0.0.3")
+    limits.record_success("alice")
+    assert limits.retry_after("alice", "10.0.0.3") == 0

@@ -1,0 +1,86 @@
+"""Token scopes: parsing (including malformed ones) and intersection with what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.auth.scopes import Scope, ScopeError, covers, intersect, parse_scope, parse_scopes
+
+
+def test_repository_scope_is_parsed():
+    scope = parse_scope("repository:team/app:pull,push")
+    assert scope == Scope("repository", "team/app", frozenset({"pull", "push"}))
+    assert str(scope) == "repository:team/app:pull,push"
+
+
+def test_star_means_every_repository_action():
+    assert parse_scope("repository:a:*").actions == {"pull", "push", "delete"}
+
+
+def test_resource_class_is_accepted_and_dropped():
+    assert parse_scope("repository(plugin):a/b:pull") == Scope(
+        "repository", "a/b", frozenset({"pull"})
+    )
+
+
+def test_catalog_scope():
+    assert parse_scope("registry:catalog:*") == Scope("registry", "catalog", frozenset({"*"}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "repository",
+        "repository:a",
+        "repository::pull",
+        "repository:a:",
+        "repository:a:,",
+        "repository:UPPER:pull",
+        "repository:a/../b:pull",
+        "repository:a:fly",
+        "repository:a:pull,teleport",
+        "image:a:pull",
+        "registry:catalog:pull",
+        "registry:other:*",
+        "repository:" + "a" * 300 + ":pull",
+        "repository:a:pull:push",
+    ],
+)
+def test_malformed_scopes_are_refused(text):
+    with pytest.raises(ScopeError):
+        parse_scope(text)
+
+
+def test_several_scopes_merge_per_resource_and_split_on_spaces():
+    scopes = parse_scopes(["repository:a:pull repository:b:push", "repository:a:push"])
+    assert scopes == [
+        Scope("repository", "a", frozenset({"pull", "push"})),
+        Scope("repository", "b", frozenset({"push"})),
+    ]
+
+
+def test_intersection_keeps_only_allowed_actions_and_drops_empty_scopes():
+    allowed = {"a": frozenset({"pull"}), "b": frozenset({"pull", "push", "delete"})}
+    requested = parse_scopes(["repository:a:pull,push", "repository:b:push", "repository:c:pull"])
+    granted = intersect(requested, lambda kind, name: allowed.get(name, frozenset()))
+    assert granted == [
+        Scope("repository", "a", frozenset({"pull"})),
+        Scope("repository", "b", frozenset({"push"})),
+    ]
+
+
+def test_intersection_never_grants_more_than_asked():
+    granted = intersect(
+        parse_scopes(["repository:a:pull"]),
+        lambda kind, name: frozenset({"pull", "push", "delete"}),
+    )
+    assert granted == [Scope("repository", "a", frozenset({"pull"}))]
+
+
+def test_covers():
+    granted = [Scope("repository", "a", frozenset({"pull"}))]
+    assert covers(granted, "repository", "a", "pull")
+    assert not covers(granted, "repository", "a", "push")
+    assert not covers(granted, "repository", "b", "pull")
+    assert not covers(granted, "repository", "a/b", "pull")

@@ -1,0 +1,293 @@
+"""Each rule type, evaluated on facts in memory: the decision and the reason's exact words."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from policies.decisions import Action, Outcome
+from policies.facts import Image, ImageFacts, PolicyRequest, is_cosign_tag
+from policies.globs import GlobSet
+from policies.loader import parse_policy
+from policies.rules import (
+    Annotations,
+    Context,
+    Deny,
+    ImmutableTags,
+    Labels,
+    Match,
+    MaxSize,
+    MediaTypes,
+    Platforms,
+    TagPattern,
+    format_size,
+    parse_size,
+)
+
+OLD = "sha256:" + "ab12" * 16
+NEW = "sha256:" + "cd34" * 16
+SIG_TAG = "sha256-" + "ab12" * 16 + ".sig"
+OCI = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def ctx(
+    action: Action = Action.PUSH,
+    tags: tuple[str, ...] = ("v1.2.0",),
+    reference: str | None = None,
+    **image: object,
+) -> Context:
+    request = PolicyRequest(action, "prod/web", reference or (tags[0] if tags else NEW), NEW, tags)
+    facts = ImageFacts(**{"digest": NEW, "media_type": OCI, **image})  # type: ignore[arg-type]
+    return Context(request, facts, tags)
+
+
+# -- immutable_tags
+
+
+def test_immutable_tag_cannot_move() -> None:
+    decision = ImmutableTags().evaluate(ctx(tag_targets={"v1.2.0": OLD}))
+    assert not decision.allowed
+    assert decision.reason == "tag v1.2.0 already points to sha256:ab12ab12ab12…; push a new tag"
+
+
+def test_immutable_tag_new_or_same_manifest_is_fine() -> None:
+    assert ImmutableTags().evaluate(ctx()).allowed
+    assert ImmutableTags().evaluate(ctx(tag_targets={"v1.2.0": NEW})).allowed
+    assert ImmutableTags().evaluate(ctx(tags=())).allowed
+
+
+def test_immutable_tag_cannot_be_deleted() -> None:
+    decision = ImmutableTags().evaluate(ctx(Action.DELETE))
+    assert decision.reason == "tag v1.2.0 is immutable and cannot be deleted"
+    by_digest = ImmutableTags().evaluate(ctx(Action.DELETE, reference=NEW))
+    assert not by_digest.allowed
+    assert by_digest.reason.endswith("(it points to sha256:cd34cd34cd34…)")
+
+
+def test_cosign_tags_are_exempt() -> None:
+    assert is_cosign_tag(SIG_TAG)
+    assert is_cosign_tag(SIG_TAG.replace(".sig", ".att"))
+    assert not is_cosign_tag("sha256-abc.sig")
+    assert ImmutableTags().evaluate(ctx(tags=(SIG_TAG,), tag_targets={SIG_TAG: OLD})).allowed
+    assert TagPattern(re.compile(r"^v\d")).evaluate(ctx(tags=(SIG_TAG,))).allowed
+
+
+def test_immutable_tags_ignore_pulls() -> None:
+    assert ImmutableTags().evaluate(ctx(Action.PULL)).allowed
+
+
+# -- tag_pattern
+
+
+def test_tag_pattern() -> None:
+    rule = TagPattern(re.compile(r"^v\d+\.\d+\.\d+$"))
+    assert rule.evaluate(ctx()).allowed
+    decision = rule.evaluate(ctx(tags=("nightly",)))
+    assert decision.reason == r"tag nightly does not match the allowed pattern ^v\d+\.\d+\.\d+$"
+
+
+# -- labels and annotations
+
+SOURCE = {"org.opencontainers.image.source": re.compile("^https://git.example.com/")}
+
+
+def test_labels_present_and_matching() -> None:
+    image = Image(
+        NEW, "linux/amd64", 10, {"org.opencontainers.image.source": "https://git.example.com/x"}
+    )
+    assert Labels(SOURCE).evaluate(ctx(images=(image,))).allowed
+
+
+def test_labels_missing() -> None:
+    decision = Labels(SOURCE).evaluate(ctx(images=(Image(NEW, None, 0, {}),)))
+    assert decision.reason == (
+        "label org.opencontainers.image.source missing; set it with LABEL in the Dockerfile"
+    )
+
+
+def test_labels_wrong_value_on_an_index_child() -> None:
+    good = Image(
+        "sha256:1",
+        "linux/amd64",
+        0,
+        {"org.opencontainers.image.source": "https://git.example.com/a"},
+    )
+    bad = Image("sha256:2", "linux/arm64", 0, {"org.opencontainers.image.source": "https://evil/a"})
+    decision = Labels(SOURCE).evaluate(ctx(is_index=True, images=(good, bad)))
+    assert decision.reason == (
+        "label org.opencontainers.image.source='https://evil/a' does not match "
+        "^https://git.example.com/ on linux/arm64; set it with LABEL in the Dockerfile"
+    )
+
+
+def test_labels_unreadable_config_and_artifacts() -> None:
+    assert not Labels(SOURCE).evaluate(ctx(images=(Image(NEW),))).allowed
+    assert Labels(SOURCE).evaluate(ctx(is_artifact=True)).allowed
+
+
+def test_annotations() -> None:
+    rule = Annotations({"org.opencontainers.image.revision": re.compile("^[0-9a-f]{40}$")})
+    assert rule.evaluate(ctx(annotations={"org.opencontainers.image.revision": "a" * 40})).allowed
+    assert (
+        rule.evaluate(ctx()).reason
+        == "manifest annotation org.opencontainers.image.revision missing"
+    )
+
+
+# -- platforms
+
+
+def test_platforms_required_on_an_index() -> None:
+    rule = Platforms(("linux/amd64", "linux/arm64"), None)
+    assert rule.evaluate(ctx(is_index=True, platforms=("linux/amd64", "linux/arm64"))).allowed
+    decision = rule.evaluate(ctx(is_index=True, platforms=("linux/amd64",)))
+    assert decision.reason == (
+        "platform linux/arm64 missing (this index has linux/amd64); push a multi-platform "
+        "index with linux/amd64, linux/arm64"
+    )
+
+
+def test_platforms_single_image_by_tag_and_by_digest() -> None:
+    rule = Platforms(("linux/amd64", "linux/arm64"), None)
+    single = (Image(NEW, "linux/amd64"),)
+    assert "single-platform image" in rule.evaluate(ctx(images=single)).reason
+    # An index's children are pushed by digest, before the index: they pass.
+    assert rule.evaluate(ctx(tags=(), images=single)).allowed
+
+
+def test_platforms_allowed() -> None:
+    rule = Platforms((), ("linux/amd64",))
+    decision = rule.evaluate(ctx(tags=(), images=(Image(NEW, "windows/amd64"),)))
+    assert decision.reason == "platform windows/amd64 is not allowed (allowed: linux/amd64)"
+
+
+# -- media_types, max_size, deny
+
+
+def test_media_types() -> None:
+    assert MediaTypes(("oci",)).evaluate(ctx()).allowed
+    assert MediaTypes(("oci",)).evaluate(ctx(media_type=INDEX)).allowed
+    decision = MediaTypes(("oci",)).evaluate(ctx(media_type=DOCKER))
+    assert decision.reason == f"media type {DOCKER} is not allowed (allowed: oci)"
+    assert MediaTypes((DOCKER,)).evaluate(ctx(media_type=DOCKER)).allowed
+
+
+def test_max_size() -> None:
+    assert MaxSize(100).evaluate(ctx(images=(Image(NEW, None, 100),))).allowed
+    decision = MaxSize(parse_size("1MiB")).evaluate(ctx(images=(Image(NEW, None, 3 << 20),)))
+    assert decision.reason == "image is 3.0 MiB, over the 1.0 MiB limit"
+    index = ctx(
+        is_index=True, images=(Image("a", "linux/amd64", 1), Image("b", "linux/arm64", 5000))
+    )
+    assert (
+        MaxSize(1024).evaluate(index).reason
+        == "image (linux/arm64) is 4.9 KiB, over the 1.0 KiB limit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("2GiB", 2 << 30), ("500MB", 500_000_000), ("1.5 KiB", 1536), ("7", 7)]
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_format_size() -> None:
+    assert format_size(10) == "10 B"
+    assert format_size(2 << 30) == "2.0 GiB"
+
+
+def test_deny() -> None:
+    decision = Deny("use a version tag, not latest").evaluate(ctx())
+    assert not decision.allowed and decision.reason == "use a version tag, not latest"
+
+
+# -- matching and the engine
+
+
+def test_match_tags_and_excludes() -> None:
+    match = Match(
+        repositories=GlobSet.of(["prod/**"]),
+        actions=frozenset({Action.PUSH}),
+        tags=GlobSet.of(["v*"]),
+        exclude_repositories=GlobSet.of(["prod/sandbox/**"]),
+        exclude_tags=GlobSet.of(["*-rc*"]),
+    )
+
+    def applies(repository: str, tags: tuple[str, ...], action: Action = Action.PUSH) -> object:
+        return match.applies(PolicyRequest(action, repository, "r", NEW, tags))
+
+    assert applies("prod/web", ("v1", "latest")) == ("v1",)
+    assert applies("prod/web", ("latest",)) is None
+    assert applies("prod/web", ()) is None
+    assert applies("prod/sandbox/x", ("v1",)) is None
+    assert applies("prod/web", ("v1-rc1",)) is None
+    assert applies("dev/web", ("v1",)) is None
+    assert applies("prod/web", ("v1",), Action.PULL) is None
+
+
+def test_match_without_tags_covers_tagless_requests() -> None:
+    match = Match(
+        GlobSet.of(["**"]), frozenset({Action.PUSH}), exclude_tags=GlobSet.of(["sha256-*"])
+    )
+    assert match.applies(PolicyRequest(Action.PUSH, "a", NEW, NEW, ())) == ()
+    assert match.applies(PolicyRequest(Action.PUSH, "a", SIG_TAG, NEW, (SIG_TAG,))) is None
+
+
+POLICY = """\
+version: 1
+rules:
+  - name: release tags are immutable
+    match: {repositories: ["**"], tags: ["v*"], on: [push]}
+    require: {immutable_tags: true}
+  - name: no latest in prod
+    match: {repositories: ["prod/**"], tags: ["latest"], on: [push]}
+    deny: "use a version tag, not latest"
+  - name: prod is oci
+    mode: warn
+    match: {repositories: ["prod/**"], on: [push]}
+    require: {media_types: [oci]}
+"""
+
+
+def test_every_matching_rule_must_hold() -> None:
+    policy = parse_policy(POLICY)
+    request = PolicyRequest(Action.PUSH, "prod/web", "v1.2.0", NEW, ("v1.2.0",))
+    verdict = policy.evaluate(request, ImageFacts(NEW, OCI, tag_targets={"v1.2.0": OLD}))
+    assert verdict.outcome is Outcome.DENY
+    assert verdict.rule == "release tags are immutable"
+    assert verdict.reason == (
+        'rule "release tags are immutable": tag v1.2.0 already points to '
+        "sha256:ab12ab12ab12…; push a new tag"
+    )
+    assert [r.rule for r in verdict.rules] == ["release tags are immutable", "prod is oci"]
+
+
+def test_warn_mode_rule_fails_into_warn() -> None:
+    policy = parse_policy(POLICY)
+    request = PolicyRequest(Action.PUSH, "prod/web", "v2", NEW, ("v2",))
+    verdict = policy.evaluate(request, ImageFacts(NEW, DOCKER))
+    assert verdict.outcome is Outcome.WARN
+    assert verdict.reason.startswith('rule "prod is oci": media type')
+
+
+def test_global_warn_mode() -> None:
+    policy = parse_policy("mode: warn\n" + POLICY)
+    request = PolicyRequest(Action.PUSH, "prod/web", "latest", NEW, ("latest",))
+    verdict = policy.evaluate(request, ImageFacts(NEW, OCI))
+    assert verdict.outcome is Outcome.WARN
+
+
+def test_allowed_reason_names_the_rules_that_held() -> None:
+    policy = parse_policy(POLICY)
+    request = PolicyRequest(Action.PUSH, "dev/web", "v1", NEW, ("v1",))
+    verdict = policy.evaluate(request, ImageFacts(NEW, OCI))
+    assert verdict.outcome is Outcome.ALLOW
+    assert verdict.reason == 'every matching rule holds: "release tags are immutable"'
+    nothing = policy.evaluate(
+        PolicyRequest(Action.PULL, "dev/web", "v1", NEW), ImageFacts(NEW, OCI)
+    )
+    assert nothing.reason == "no rule matches"
