@@ -8,6 +8,7 @@ Docker treats 127.0.0.0/8 as an insecure registry, so it pulls over plain HTTP f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,10 +99,8 @@ class DockerDaemon:
         for child in list(descendants):  # bounded: two levels (containerd, its shims)
             descendants.extend(_children_of(child))
         _stop_pid(self.process.pid, timeout=30)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         for child in descendants:
             _stop_pid(child, timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The "limit" column: the least a server can do to serve the same bytes, and the disk's write speed.
+"""The "limit" column: the least a server can do to serve the same bytes; the disk's write speed.
 
 ``python -m bench.limit_server --root DIR --port PORT`` serves, on 127.0.0.1 only, with HTTP/1.1
 keep-alive and nothing else:

@@ -126,9 +126,7 @@ METRICS: list[Metric] = [
         "manifest",
         "static",
     ),
-    Metric(
-        "manifest_get_tag_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"
-    ),
+    Metric("manifest_get_tag_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
     Metric(
         "manifest_head_digest_rps", "manifest HEAD digest", "req/s", "higher", "manifest", "static"
     ),
@@ -146,9 +144,7 @@ METRICS: list[Metric] = [
         "manifest",
         "static",
     ),
-    Metric(
-        "manifest_head_digest_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"
-    ),
+    Metric("manifest_head_digest_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
     Metric("policy_get_tag_rps", "{rules}-rule policy: GET tag", "req/s", "higher", "policy"),
     Metric("policy_get_tag_p50", "{rules}-rule policy: GET tag p50", "ms", "lower", "policy"),
     Metric("policy_get_tag_p99", "{rules}-rule policy: GET tag p99", "ms", "lower", "policy"),
@@ -278,29 +274,132 @@ def start_reference(tmp: Path, binary: str, log_level: str, timeout: float) -> S
     return server
 
 
-def start_trustyard(tmp: Path, timeout: float) -> Server:
-    """Start `python -m registry serve` through the tests' helper."""
+def start_trustyard(tmp: Path, timeout: float, policy: Path | None = None) -> Server:
+    """Start `python -m registry serve` through the tests' helper (with `--policy` if given)."""
     from tests.server_process import start_registry
 
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     }
-    proc = start_registry(tmp / "trustyard" / "data", env=env, timeout=timeout)
-    return Server("trustyard", proc.url, proc.process.pid, proc.log_path, lambda: proc.stop())
+    key = "trustyard" if policy is None else "trustyard_policy"
+    extra = [] if policy is None else ["--policy", str(policy)]
+    try:
+        proc = start_registry(tmp / key / "data", extra_args=extra, env=env, timeout=timeout)
+    except RuntimeError as exc:
+        raise BenchError(f"{NAMES[key]} did not start: {exc}") from None
+    return Server(key, proc.url, proc.process.pid, proc.log_path, lambda: proc.stop())
+
+
+def start_limit(tmp: Path, timeout: float) -> Server:
+    """Start bench/limit_server.py (plain sendfile, static manifest) on a free loopback port."""
+    root = tmp / "limit"
+    ready = root / "port"
+    log_path = root / "limit.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.limit_server",
+                "--root",
+                str(root),
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    server = Server("limit", "", process.pid, log_path, lambda: stop_process(process))
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):  # bounded
+        if ready.exists() and ready.read_text().strip():
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise BenchError(f"limit server did not start:\n{server.log_tail()}")
+        time.sleep(0.05)
+    server.url = f"http://127.0.0.1:{int(ready.read_text())}"
+    try:
+        wait_ready(server.url, process, timeout)
+    except BaseException:
+        stop_process(process)
+        raise
+    return server
+
+
+def policy_file(path: Path, rules: int) -> Path:
+    """A `rules`-rule policy: most rules about other repositories (so the engine has to match
+    and skip them), a few that match pulls of the benchmark repositories and hold, none denying."""
+    bench_rules = [
+        ("bench pulls are OCI or Docker", "[pull]", "{media_types: [oci, docker]}", None),
+        ("bench images are small", "[pull]", "{max_size: 1GiB}", None),
+        (
+            "bench manifests are titled",
+            "[pull]",
+            '{annotations: {org.opencontainers.image.title: "^trustyard-bench$"}}',
+            ["bench/manifest"],
+        ),
+        ("bench tags are lowercase", "[pull]", '{tag_pattern: "^[a-z0-9.-]+$"}', None),
+        ("bench release tags are immutable", "[push]", "{immutable_tags: true}", None),
+    ]
+    other = [
+        "{immutable_tags: true}",
+        '{tag_pattern: "^v[0-9]+"}',
+        '{labels: {org.opencontainers.image.source: "^https://git.example.com/"}}',
+        '{annotations: {com.example.reviewed: "^yes$"}}',
+        "{media_types: [oci]}",
+        "{max_size: 2GiB}",
+        "{platforms: {allowed: [linux/amd64, linux/arm64]}}",
+    ]
+    lines = ["version: 1", "mode: enforce", "rules:"]
+    n_other = max(0, rules - len(bench_rules))
+    for i in range(n_other):
+        on = ("[pull]", "[push]", "[push, pull]", "[pull, delete]")[i % 4]
+        tags = ", tags: ['v*']" if i % 3 == 0 else ""
+        lines += [
+            f"  - name: team{i:03d} rule",
+            f"    match: {{repositories: ['team{i:03d}/**', 'org/team{i:03d}-*'], on: {on}{tags}}}",
+            f"    require: {other[i % len(other)]}",
+        ]
+    for name, on, require, repos in bench_rules[: max(0, rules - n_other)]:
+        lines += [
+            f"  - name: {name}",
+            f"    match: {{repositories: {json.dumps(repos or ['bench/**'])}, on: {on}}}",
+            f"    require: {require}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def server_has_policy_option() -> bool:
+    """Whether `python -m registry serve --help` lists `--policy` (the engine may not exist yet)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "registry", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--policy" in out.stdout
 
 
 # --------------------------------------------------------------------------- running
 
 
 class Recorder:
-    """Samples and errors per metric and registry."""
+    """Samples and errors per metric and column."""
 
     def __init__(self, keys: list[str]) -> None:
         self.samples: dict[str, dict[str, list[float]]] = {
-            m[0]: {k: [] for k in keys} for m in METRICS
+            m.key: {k: [] for k in keys} for m in METRICS
         }
         self.errors: dict[str, dict[str, list[str]]] = {
-            m[0]: {k: [] for k in keys} for m in METRICS
+            m.key: {k: [] for k in keys} for m in METRICS
         }
         self.details: list[dict[str, Any]] = []
 
@@ -328,59 +427,76 @@ async def attempt(
     except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
         print(f"  ! {server.name} {what}, round {round_no + 1}: {message[:300]}", file=sys.stderr)
-        rec.fail(metrics, server.key, message[:1000])
+        rec.fail(metrics, server.column, message[:1000])
         return None
     return result, time.perf_counter() - t0
 
 
 def note(server: Server, what: str, text: str) -> None:
-    print(f"  {server.name:<9} {what:<24} {text}", flush=True)
+    print(f"  {server.name:<16} {what:<24} {text}", flush=True)
 
 
-async def measure_blob(
-    rec: Recorder,
-    servers: list[Server],
-    blob: BlobFile,
-    round_no: int,
-    args: argparse.Namespace,
-) -> None:
-    """Workloads 1-2: push monolithic, push chunked, pull, concurrent pulls, per registry."""
+@dataclass
+class Bench:
+    """Everything a round needs."""
+
+    rec: Recorder
+    args: argparse.Namespace
+    tmp: Path
+    blob: BlobFile | None
+    registries: list[Server]  # Trustyard and/or the reference, in start order
+    limit: Server | None = None
+    policy: Server | None = None
+    dockerd: DockerDaemon | None = None
+    image: DockerImage | None = None
+    seeds: dict[str, SeededImage] | None = None
+    blob_seeded: dict[str, str] | None = None  # server key -> repository holding the blob
+    docker_ready: dict[str, bool] | None = None
+
+    def on(self, workload: str) -> bool:
+        return workload in self.args.workloads
+
+
+LIMIT = Server("limit", "", 0, Path("/dev/null"), lambda: None)  # stands in for disk limits
+
+
+async def measure_blob(b: Bench, order: list[Server], round_no: int) -> None:
+    """Workloads 1-2: push monolithic, push chunked, pull, concurrent pulls, per registry,
+    plus the limit: write+fsync of the blob for pushes, the sendfile server for pulls."""
+    assert b.blob is not None
+    blob, args, rec = b.blob, b.args, b.rec
     mono = f"bench/blob-r{round_no}-mono"
     chunked = f"bench/blob-r{round_no}-chunked"
     mb = blob.size / MB
-    pulled_from: dict[str, str] = {}
+    pulled_from: dict[str, str] = dict(b.blob_seeded or {})
+    limit_disk = [LIMIT] if b.limit is not None else []
     async with make_session(args.pulls + 4, timeout=args.op_timeout) as session:
-        for server in servers:
-            drop_dirty_pages()
-            got = await attempt(
-                rec,
-                server,
-                ["push_monolithic"],
-                "push monolithic",
-                round_no,
-                lambda s=server: push_blob_monolithic(session, s.url, mono, blob),
-                args.op_timeout,
-            )
-            if got:
-                pulled_from[server.key] = mono
-                rec.add("push_monolithic", server.key, mb / got[1])
-                note(server, "push monolithic", f"{mb / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
-        for server in servers:
-            drop_dirty_pages()
-            got = await attempt(
-                rec,
-                server,
-                ["push_chunked"],
-                "push chunked",
-                round_no,
-                lambda s=server: push_blob_chunked(session, s.url, chunked, blob, args.chunk_size),
-                args.op_timeout,
-            )
-            if got:
-                pulled_from.setdefault(server.key, chunked)
-                rec.add("push_chunked", server.key, mb / got[1])
-                note(server, "push 8 MiB chunks", f"{mb / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
-        for server in servers:
+        if b.on("push"):
+            for metric, what, repo, push in (
+                ("push_monolithic", "push monolithic", mono, None),
+                ("push_chunked", f"push {human(args.chunk_size)} chunks", chunked, "chunked"),
+            ):
+                for server in order + limit_disk:
+                    drop_dirty_pages()
+                    if server is LIMIT:
+                        fn = lambda: asyncio.to_thread(disk_write_limit, blob.path, b.tmp)  # noqa: E731
+                    elif push is None:
+                        fn = lambda s=server, r=repo: push_blob_monolithic(session, s.url, r, blob)  # noqa: E731
+                    else:
+                        fn = lambda s=server, r=repo: push_blob_chunked(  # noqa: E731
+                            session, s.url, r, blob, args.chunk_size
+                        )
+                    got = await attempt(rec, server, [metric], what, round_no, fn, args.op_timeout)
+                    if got:
+                        secs = got[0] if server is LIMIT else got[1]
+                        pulled_from.setdefault(server.key, repo)
+                        rec.add(metric, server.column, mb / secs)
+                        label = what + (" (write+fsync)" if server is LIMIT else "")
+                        note(server, label, f"{mb / secs:9.1f} MB/s  ({secs:.2f} s)")
+        if not b.on("pull"):
+            return
+        pullers = order + ([b.limit] if b.limit is not None else [])
+        for server in pullers:
             drop_dirty_pages()
             repo = pulled_from.get(server.key, mono)
             got = await attempt(
@@ -393,9 +509,9 @@ async def measure_blob(
                 args.op_timeout,
             )
             if got:
-                rec.add("pull", server.key, mb / got[1])
+                rec.add("pull", server.column, mb / got[1])
                 note(server, "pull", f"{mb / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
-        for server in servers:
+        for server in pullers:
             drop_dirty_pages()
             repo = pulled_from.get(server.key, mono)
 
@@ -418,8 +534,60 @@ async def measure_blob(
             )
             if got:
                 total = sum(got[0]) / MB
-                rec.add("pull_concurrent", server.key, total / got[1])
+                rec.add("pull_concurrent", server.column, total / got[1])
                 note(server, f"pull x{args.pulls}", f"{total / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
+
+
+async def measure_small(b: Bench, order: list[Server], round_no: int) -> None:
+    """Workload 3: push then pull `--small-count` blobs of `--small-size` with `--small-clients`
+    concurrent clients (ops/s = blobs per second). Fresh random blobs and repository per round."""
+    args, rec = b.args, b.rec
+    blobs = make_small_blobs(args.small_count, args.small_size)
+    digests = ["sha256:" + hashlib.sha256(x).hexdigest() for x in blobs]
+    repo = f"bench/small-r{round_no}"
+    n = len(blobs)
+    timeout = min(args.op_timeout, 600.0)
+    if b.limit is not None:  # the files the sendfile server will serve
+        blob_dir = b.tmp / "limit" / "blobs"
+        for data, digest in zip(blobs, digests, strict=True):
+            (blob_dir / digest.split(":", 1)[1]).write_bytes(data)
+    limit_disk = [LIMIT] if b.limit is not None else []
+    async with make_session(args.small_clients + 4, timeout=timeout) as session:
+        pushed: set[str] = set()
+        for server in order + limit_disk:
+            drop_dirty_pages()
+            if server is LIMIT:
+                fn = lambda: asyncio.to_thread(  # noqa: E731
+                    small_files_write_limit, blobs, b.tmp, args.small_clients
+                )
+            else:
+                fn = lambda s=server: push_small_blobs(  # noqa: E731
+                    session, s.url, repo, blobs, digests, args.small_clients
+                )
+            got = await attempt(rec, server, ["small_push"], "push small", round_no, fn, timeout)
+            if got:
+                secs = got[0] if server is LIMIT else got[1]
+                pushed.add(server.key)
+                rec.add("small_push", server.column, n / secs)
+                note(server, "push small", f"{n / secs:9.0f} ops/s ({secs:.2f} s)")
+        for server in order + ([b.limit] if b.limit is not None else []):
+            if server.key != "limit" and server.key not in pushed:
+                rec.fail(["small_pull"], server.column, "push failed, nothing to pull")
+                continue
+            got = await attempt(
+                rec,
+                server,
+                ["small_pull"],
+                "pull small",
+                round_no,
+                lambda s=server: pull_small_blobs(
+                    session, s.url, repo, blobs, digests, args.small_clients
+                ),
+                timeout,
+            )
+            if got:
+                rec.add("small_pull", server.column, n / got[1])
+                note(server, "pull small", f"{n / got[1]:9.0f} ops/s ({got[1]:.2f} s)")
 
 
 async def load(
@@ -436,116 +604,246 @@ async def load(
 
 
 async def measure_manifests(
-    rec: Recorder,
-    servers: list[Server],
-    seeds: dict[str, SeededImage],
-    round_no: int,
-    args: argparse.Namespace,
-    tmp: Path,
+    b: Bench, targets: list[Server], round_no: int, family: str = "manifest"
 ) -> None:
-    """Workload 3: GET by tag, then HEAD by digest, registry by registry."""
-    for prefix, method, what in (
-        ("manifest_get_tag", "GET", "manifest GET tag"),
-        ("manifest_head_digest", "HEAD", "manifest HEAD digest"),
+    """Workloads 4 and 6: GET by tag, then HEAD by digest, server by server; also the CPU the
+    load generator and the server used (to show which one is the bottleneck)."""
+    args, rec, seeds = b.args, b.rec, b.seeds or {}
+    for suffix, method, what in (
+        ("get_tag", "GET", "GET tag"),
+        ("head_digest", "HEAD", "HEAD digest"),
     ):
+        prefix = f"{family}_{suffix}"
         metrics = [f"{prefix}_rps", f"{prefix}_p50", f"{prefix}_p99"]
-        for server in servers:
+        cpu_metrics = [f"{prefix}_gen_cpu", f"{prefix}_srv_cpu"]
+        has_cpu = cpu_metrics[0] in METRIC_BY_KEY
+        what = f"{family} {what}"
+        for server in targets:
             seed = seeds.get(server.key)
             if seed is None:
-                rec.fail(metrics, server.key, "image was not seeded")
+                rec.fail(metrics, server.column, "image was not seeded")
                 continue
             ref = seed.tag if method == "GET" else seed.digest
             url = f"{server.url}/v2/{seed.name}/manifests/{ref}"
+            cpu0 = tree_cpu_seconds(server.pid)
             got = await attempt(
                 rec,
                 server,
                 metrics,
                 what,
                 round_no,
-                lambda u=url, m=method: load(u, m, args, args.duration, tmp),
+                lambda u=url, m=method: load(u, m, args, args.duration, b.tmp),
                 args.duration + 120,
             )
             if not got:
                 continue
             res: LoadResult = got[0]
+            srv_cores = (tree_cpu_seconds(server.pid) - cpu0) / (res.duration_s or args.duration)
+            gen_cores = res.generator_cores
             rec.details.append(
-                {"round": round_no + 1, "registry": server.key, "workload": prefix, **vars(res)}
+                {
+                    "round": round_no + 1,
+                    "registry": server.key,
+                    "workload": prefix,
+                    **vars(res),
+                    "server_cores": srv_cores,
+                    "generator_cores": gen_cores,
+                }
             )
             errs = f"  errors {res.errors}" if res.errors else ""
+            gen = f"{gen_cores:.2f}" if gen_cores is not None else "?"
             note(
                 server,
                 what,
-                f"{res.rps:9.0f} req/s  p50 {res.p50_ms:.2f} ms  p99 {res.p99_ms:.2f} ms{errs}",
+                f"{res.rps:9.0f} req/s  p50 {res.p50_ms:.2f} ms  p99 {res.p99_ms:.2f} ms"
+                f"  cores: server {srv_cores:.2f}, {res.tool} {gen}{errs}",
             )
             if res.requests == 0 or res.error_count > res.requests * 0.01:
                 rec.fail(
                     metrics,
-                    server.key,
+                    server.column,
                     f"{res.error_count} of {res.requests} requests failed: {res.errors}",
                 )
                 print(f"  ! {server.name} {what}: too many errors, sample dropped", file=sys.stderr)
                 continue
-            rec.add(f"{prefix}_rps", server.key, res.rps)
-            rec.add(f"{prefix}_p50", server.key, res.p50_ms)
-            rec.add(f"{prefix}_p99", server.key, res.p99_ms)
+            rec.add(f"{prefix}_rps", server.column, res.rps)
+            rec.add(f"{prefix}_p50", server.column, res.p50_ms)
+            rec.add(f"{prefix}_p99", server.column, res.p99_ms)
+            if has_cpu:
+                rec.add(f"{prefix}_srv_cpu", server.column, srv_cores)
+                if gen_cores is not None:
+                    rec.add(f"{prefix}_gen_cpu", server.column, gen_cores)
 
 
-async def run_bench(
-    servers: list[Server], blob: BlobFile, args: argparse.Namespace, tmp: Path
-) -> Recorder:
-    """Seed, warm up, then `rounds` rounds of every workload, alternating the registries' order."""
-    rec = Recorder([s.key for s in servers])
-    seeds: dict[str, SeededImage] = {}
+async def docker_cli(daemon: DockerDaemon, *args: str, timeout: float) -> tuple[int, str]:
+    """Run the docker CLI against the private daemon; killed on timeout or cancellation."""
+    proc = await asyncio.create_subprocess_exec(
+        daemon.client,
+        *args,
+        env={**os.environ, **daemon.env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def measure_docker(b: Bench, order: list[Server], round_no: int) -> None:
+    """Workload 5: `docker pull` of the 10-layer image from each registry with a cold cache
+    (the image is removed with `docker rmi` after each pull, and checked gone before)."""
+    assert b.dockerd is not None
+    daemon, rec, args = b.dockerd, b.rec, b.args
+    for server in order:
+        if not (b.docker_ready or {}).get(server.key):
+            rec.fail(["docker_pull_s"], server.column, "image was not pushed")
+            continue
+        ref = f"{server.url.removeprefix('http://')}/{DOCKER_REPO}:{DOCKER_TAG}"
+        rc, out = await docker_cli(daemon, "images", "-q", timeout=60)
+        if rc != 0 or out.strip():
+            await docker_cli(daemon, "image", "prune", "-af", timeout=300)
+        drop_dirty_pages()
+
+        async def pull(r: str = ref) -> None:
+            code, text = await docker_cli(daemon, "pull", "-q", r, timeout=args.op_timeout)
+            if code != 0:
+                raise BenchError(f"docker pull {r} failed ({code}): {text[-800:]}")
+
+        got = await attempt(
+            rec, server, ["docker_pull_s"], "docker pull", round_no, pull, args.op_timeout + 10
+        )
+        rc, out = await docker_cli(daemon, "rmi", ref, timeout=300)
+        if got:
+            rec.add("docker_pull_s", server.column, got[1])
+            note(server, "docker pull", f"{got[1]:9.2f} s")
+
+
+async def setup(b: Bench, servers: list[Server]) -> None:
+    """Seed the manifest image, the blob (for pull without push) and the docker image; start
+    the limit server once its files exist. Failures are reported and skip that registry."""
+    args = b.args
+    b.seeds, b.blob_seeded, b.docker_ready = {}, {}, {}
+    seeded_targets = list(b.registries) + ([b.policy] if b.policy else [])
+    async with make_session(8, timeout=args.op_timeout) as session:
+        if b.on("manifest") or b.on("policy"):
+            for server in seeded_targets:
+                try:
+                    b.seeds[server.key] = await asyncio.wait_for(
+                        seed_image(session, server.url, MANIFEST_REPO), 120
+                    )
+                except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    print(f"  ! {server.name}: seeding the manifest failed: {exc}", file=sys.stderr)
+        if b.on("pull") and not b.on("push") and b.blob is not None:
+            for server in b.registries:
+                try:
+                    await asyncio.wait_for(
+                        push_blob_monolithic(session, server.url, BLOB_SEED_REPO, b.blob),
+                        args.op_timeout,
+                    )
+                    b.blob_seeded[server.key] = BLOB_SEED_REPO
+                except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    print(f"  ! {server.name}: pushing the blob failed: {exc}", file=sys.stderr)
+        if b.dockerd is not None and b.image is not None:
+            for server in b.registries:
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.wait_for(
+                        push_docker_image(session, server.url, DOCKER_REPO, DOCKER_TAG, b.image),
+                        args.op_timeout,
+                    )
+                    b.docker_ready[server.key] = True
+                    note(server, "docker image pushed", f"in {time.perf_counter() - t0:.1f} s")
+                except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    print(f"  ! {server.name}: pushing the image failed: {exc}", file=sys.stderr)
+    if args.limit:
+        root = b.tmp / "limit"
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        manifest = next((s.manifest for s in b.seeds.values() if s.manifest), None)
+        if manifest is not None:
+            (root / "manifest.json").write_bytes(manifest)
+            seed = next(iter(b.seeds.values()))
+            b.seeds["limit"] = SeededImage("bench/manifest", seed.tag, seed.digest, seed.size)
+        if b.blob is not None:
+            os.link(b.blob.path, root / "blobs" / b.blob.digest.split(":", 1)[1])
+        b.limit = await asyncio.to_thread(start_limit, b.tmp, args.start_timeout)
+        servers.append(b.limit)
+        note(b.limit, "sendfile server at", b.limit.url)
+
+
+async def warm_up(b: Bench, targets: list[Server]) -> None:
+    args = b.args
+    if args.warmup <= 0 or not b.seeds:
+        return
+    for server in targets:
+        seed = b.seeds.get(server.key)
+        if seed is None:
+            continue
+        url = f"{server.url}/v2/{seed.name}/manifests/{seed.tag}"
+        try:
+            await asyncio.wait_for(load(url, "GET", args, args.warmup, b.tmp), args.warmup + 60)
+        except (BenchError, TimeoutError, OSError) as exc:
+            print(f"  ! {server.name}: warm-up failed: {exc}", file=sys.stderr)
+
+
+async def run_bench(b: Bench, servers: list[Server]) -> Recorder:
+    """Seed, warm up, then `rounds` rounds of every workload, alternating the registries' order.
+
+    `servers` is the caller's list of started servers: the limit server is added to it so that
+    the caller stops it whatever happens.
+    """
     # SIGTERM cancels the run like Ctrl-C does, so every `finally` (wrk, load processes) runs.
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    async with make_session(8, timeout=120) as session:
-        for server in servers:
-            try:
-                seeds[server.key] = await asyncio.wait_for(
-                    seed_image(session, server.url, MANIFEST_REPO), 120
-                )
-            except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                print(
-                    f"  ! {server.name}: seeding the manifest image failed: {exc}", file=sys.stderr
-                )
-    if args.warmup > 0:
-        for server in servers:
-            if server.key in seeds:
-                seed = seeds[server.key]
-                url = f"{server.url}/v2/{seed.name}/manifests/{seed.tag}"
-                try:
-                    await asyncio.wait_for(
-                        load(url, "GET", args, args.warmup, tmp), args.warmup + 60
-                    )
-                except (BenchError, TimeoutError, OSError) as exc:
-                    print(f"  ! {server.name}: warm-up failed: {exc}", file=sys.stderr)
+    await setup(b, servers)
+    manifest_targets = list(b.registries) + ([b.limit] if b.limit else [])
+    if b.on("manifest") or b.on("policy"):
+        await warm_up(b, manifest_targets + ([b.policy] if b.policy else []))
+    rec, args = b.rec, b.args
     for round_no in range(args.rounds):
-        order = servers if round_no % 2 == 0 else list(reversed(servers))
+        order = b.registries if round_no % 2 == 0 else list(reversed(b.registries))
         print(
             f"round {round_no + 1}/{args.rounds}: " + " then ".join(s.name for s in order),
             flush=True,
         )
-        for phase, fn in (
-            ("rss_blob_mb", lambda o=order, r=round_no: measure_blob(rec, o, blob, r, args)),
-            (
-                "rss_manifest_mb",
-                lambda o=order, r=round_no: measure_manifests(rec, o, seeds, r, args, tmp),
-            ),
-        ):
-            monitors = {s.key: RssMonitor(s.pid, interval=0.05).start() for s in servers}
+        phases: list[tuple[str | None, Callable[[], Awaitable[None]]]] = []
+        if b.blob is not None and (b.on("push") or b.on("pull")):
+            phases.append(("rss_blob_mb", lambda o=order, r=round_no: measure_blob(b, o, r)))
+        if b.on("small"):
+            phases.append((None, lambda o=order, r=round_no: measure_small(b, o, r)))
+        if b.on("manifest"):
+            targets = order + ([b.limit] if b.limit else [])
+            if round_no % 2:
+                targets = list(reversed(targets))
+            phases.append(
+                ("rss_manifest_mb", lambda t=targets, r=round_no: measure_manifests(b, t, r))
+            )
+        if b.on("policy") and b.policy is not None:
+            phases.append(
+                (None, lambda t=[b.policy], r=round_no: measure_manifests(b, t, r, "policy"))
+            )
+        if b.on("docker") and b.dockerd is not None:
+            phases.append((None, lambda o=order, r=round_no: measure_docker(b, o, r)))
+        for phase, fn in phases:
+            if phase is None:
+                await fn()
+                continue
+            monitors = {s.key: RssMonitor(s.pid, interval=0.05).start() for s in b.registries}
             try:
                 await fn()
             finally:
-                for server in servers:
+                for server in b.registries:
                     peak = monitors[server.key].stop()
-                    rec.add(phase, server.key, float(peak["peak_mb"]))
+                    rec.add(phase, server.column, float(peak["peak_mb"]))
                     rec.details.append(
                         {"round": round_no + 1, "registry": server.key, "workload": phase, **peak}
                     )
                     note(server, phase.replace("_mb", ""), f"{peak['peak_mb']:9.1f} MB peak RSS")
-        for server in servers:
+        for server in [*b.registries, *([b.policy] if b.policy else [])]:
             if not alive(server):
                 raise BenchError(
                     f"{server.name} died during round {round_no + 1}:\n{server.log_tail()}"
@@ -581,58 +879,107 @@ def fmt(value: float | None) -> str:
 def cell(summary: dict[str, float | None], errors: list[str], n_rounds: int) -> str:
     if summary["median"] is None:
         return "error" if errors else "-"
-    text = f"{fmt(summary['median'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
+    if summary["min"] == summary["max"]:
+        text = fmt(summary["median"])
+    else:
+        text = f"{fmt(summary['median'])} ({fmt(summary['min'])}-{fmt(summary['max'])})"
     if errors:
         text += f" [{len(errors)}/{n_rounds} failed]"
     return text
 
 
+def label_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "pulls": args.pulls,
+        "chunk": human(args.chunk_size),
+        "small_count": args.small_count,
+        "small_size": human(args.small_size),
+        "small_clients": args.small_clients,
+        "get_tool": "wrk" if args.wrk else "aiohttp",
+        "rules": args.policy_rules,
+        "docker_layers": args.docker_layers,
+        "docker_size": human(args.docker_image_size),
+    }
+
+
+def selected_metrics(args: argparse.Namespace, has_limit: bool) -> list[Metric]:
+    """The rows the run produces: those of the selected workloads."""
+    out = []
+    for m in METRICS:
+        if not any(w in args.workloads for w in m.workload.split(",")):
+            continue
+        if m.workload == "docker" and not args.docker:
+            continue
+        out.append(m)
+    return out
+
+
 def build_report(rec: Recorder, keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     workloads: dict[str, Any] = {}
-    for key, label, unit, better in METRICS:
+    labels = label_args(args)
+    for m in selected_metrics(args, "limit" in keys):
         entry: dict[str, Any] = {
-            "label": label.format(pulls=args.pulls),
-            "unit": unit,
-            "better": better,
+            "label": m.label.format(**labels).strip(),
+            "unit": m.unit,
+            "better": m.better,
+            "workload": m.workload,
+            "limit_is": m.limit or None,
         }
         for reg in keys:
             entry[reg] = {
-                **summarize(rec.samples[key][reg]),
-                "samples": rec.samples[key][reg],
-                "errors": rec.errors[key][reg],
+                **summarize(rec.samples[m.key][reg]),
+                "samples": rec.samples[m.key][reg],
+                "errors": rec.errors[m.key][reg],
             }
         t = entry.get("trustyard", {}).get("median")
         r = entry.get("reference", {}).get("median")
         entry["ratio_trustyard_to_reference"] = t / r if t is not None and r else None
-        workloads[key] = entry
+        if m.workload == "policy":  # compared with the same workload without a policy
+            base = m.key.replace("policy_", "manifest_", 1)
+            plain = summarize(rec.samples[base].get("trustyard", []))["median"]
+            entry["ratio_to_no_policy"] = t / plain if t is not None and plain else None
+        workloads[m.key] = entry
     return workloads
 
 
 def render_table(
     workloads: dict[str, Any], keys: list[str], args: argparse.Namespace, blob_size: int
 ) -> str:
-    header = ["workload", "Trustyard", "reference", "ratio"]
+    header = ["workload", "Trustyard", "reference", "limit", "ratio"]
     rows = []
     for entry in workloads.values():
-        arrow = "↑" if entry["better"] == "higher" else "↓"
-        cells = [f"{entry['label']} ({entry['unit']}) {arrow}"]
-        for reg in ("trustyard", "reference"):
-            if reg in keys:
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(entry["better"], "")
+        cells = [f"{entry['label']} ({entry['unit']}){arrow}"]
+        for reg in COLUMNS:
+            if entry["workload"] == "policy" and reg != "trustyard":
+                cells.append("n/a")
+            elif reg == "limit" and not entry["limit_is"]:
+                cells.append("")
+            elif reg in keys:
                 cells.append(cell(entry[reg], entry[reg]["errors"], args.rounds))
             else:
                 cells.append("skipped")
-        ratio = entry["ratio_trustyard_to_reference"]
-        cells.append(f"{ratio:.2f}x" if ratio is not None else "-")
+        if entry["workload"] == "policy":
+            ratio = entry.get("ratio_to_no_policy")
+            cells.append(f"{ratio:.2f}x no policy" if ratio is not None else "-")
+        elif entry["better"] == "info":
+            cells.append("")
+        else:
+            ratio = entry["ratio_trustyard_to_reference"]
+            cells.append(f"{ratio:.2f}x" if ratio is not None else "-")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     tool = "wrk for GET, aiohttp for HEAD" if args.wrk else "aiohttp (multi-process)"
     out = [
         f"blob {human(blob_size)}, {args.rounds} round(s), {args.connections} connections, "
         f"{args.duration:g} s per manifest run, load tool: {tool}",
-        "cells: median (min-max) over rounds; ratio = Trustyard median / reference median; "
-        "↑ higher is better, ↓ lower is better; MB = 10^6 bytes",
+        "cells: median (min-max) over rounds; ratio = Trustyard median / reference median "
+        "(policy rows: with / without the policy); ↑ higher is better, ↓ lower is better; "
+        "MB = 10^6 bytes; cores: CPU seconds per second",
+        "limit: push = write+fsync of the same bytes to the same disk; pull and manifests = "
+        "bench/limit_server.py (one asyncio process, os.sendfile / static bytes)",
         line(header),
         sep,
         *(line(r) for r in rows),
@@ -666,6 +1013,16 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
+def parse_workloads(text: str) -> list[str]:
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    bad = [w for w in names if w not in WORKLOADS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(bad) or text!r}; choose from {', '.join(WORKLOADS)}"
+        )
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.registry_bench",
@@ -674,10 +1031,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--blob-size", type=parse_size, default=None, help="blob size (default 1GiB)"
     )
-    parser.add_argument("--quick", action="store_true", help="64 MiB blob, 5 s manifest runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="64 MiB blob, 5 s manifest runs, 50 MiB docker image",
+    )
+    parser.add_argument(
+        "--workloads",
+        type=parse_workloads,
+        default=list(WORKLOADS),
+        help=f"comma list of workloads to run (default all: {','.join(WORKLOADS)})",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per workload (default 3)")
     parser.add_argument(
-        "--connections", type=int, default=32, help="manifest load connections (32)"
+        "--connections", type=int, default=64, help="manifest load connections (64)"
     )
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds per manifest run (10; quick 5)"
@@ -685,6 +1052,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="manifest warm-up seconds (2)")
     parser.add_argument("--pulls", type=int, default=16, help="concurrent pulls (16)")
     parser.add_argument("--chunk-size", type=parse_size, default=8 * MIB, help="PATCH size (8MiB)")
+    parser.add_argument(
+        "--small-count", type=int, default=1000, help="small blobs per round (1000)"
+    )
+    parser.add_argument(
+        "--small-size", type=parse_size, default=4096, help="small blob size (4KiB)"
+    )
+    parser.add_argument(
+        "--small-clients", type=int, default=16, help="concurrent small-blob clients (16)"
+    )
+    parser.add_argument(
+        "--docker",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the docker pull workload (default: when dockerd is installed)",
+    )
+    parser.add_argument(
+        "--docker-image-size",
+        type=parse_size,
+        default=None,
+        help="total layer size of the docker image (500MiB; quick 50MiB)",
+    )
+    parser.add_argument("--docker-layers", type=int, default=10, help="docker image layers (10)")
+    parser.add_argument(
+        "--policy-rules", type=int, default=100, help="rules in the generated policy (100)"
+    )
+    parser.add_argument(
+        "--limit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the limit column (sendfile server, write+fsync) (default on)",
+    )
     parser.add_argument(
         "--only", choices=["trustyard", "reference"], help="bench one registry only"
     )
@@ -721,17 +1119,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.blob_size = 64 * MIB if args.quick else 1 << 30
     if args.duration is None:
         args.duration = 5.0 if args.quick else 10.0
+    if args.docker_image_size is None:
+        args.docker_image_size = 50 * MIB if args.quick else 500 * MIB
     if not 1 <= args.rounds <= 100:
         parser.error("--rounds must be 1..100")
     if not 1 <= args.connections <= 10_000 or not 1 <= args.pulls <= 256:
         parser.error("--connections must be 1..10000 and --pulls 1..256")
-    if args.blob_size <= 0 or args.chunk_size <= 0:
+    if not 1 <= args.small_count <= 1_000_000 or not 1 <= args.small_clients <= 1024:
+        parser.error("--small-count must be 1..1000000 and --small-clients 1..1024")
+    if not 1 <= args.docker_layers <= 127 or not 1 <= args.policy_rules <= 100_000:
+        parser.error("--docker-layers must be 1..127 and --policy-rules 1..100000")
+    if min(args.blob_size, args.chunk_size, args.small_size, args.docker_image_size) <= 0:
         parser.error("sizes must be positive")
+    if "docker" not in args.workloads:
+        args.docker = False
+    elif args.docker is None:
+        args.docker = docker_available() is not None
+    elif args.docker and docker_available() is None:
+        parser.error("--docker: dockerd, docker or containerd is not installed")
     args.wrk = None if args.no_wrk else wrk_available()
+    args.policy_skipped = None
     return args
 
 
-def metadata(args: argparse.Namespace, servers: list[Server], blob: BlobFile) -> dict[str, Any]:
+def metadata(args: argparse.Namespace, b: Bench, started: list[Server]) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {
@@ -740,19 +1151,34 @@ def metadata(args: argparse.Namespace, servers: list[Server], blob: BlobFile) ->
             "python": platform.python_version(),
             "aiohttp": aiohttp.__version__,
         },
-        "blob_size": blob.size,
-        "blob_digest": blob.digest,
+        "workloads": args.workloads,
+        "blob_size": b.blob.size if b.blob else None,
+        "blob_digest": b.blob.digest if b.blob else None,
         "rounds": args.rounds,
         "connections": args.connections,
         "manifest_duration_s": args.duration,
         "concurrent_pulls": args.pulls,
         "chunk_size": args.chunk_size,
+        "small_blobs": {
+            "count": args.small_count,
+            "size": args.small_size,
+            "clients": args.small_clients,
+        },
+        "docker": {
+            "image_size": args.docker_image_size,
+            "layers": args.docker_layers,
+            "storage_driver": b.dockerd.storage_driver if b.dockerd else None,
+            "version": tool_version([b.dockerd.client, "--version"]) if b.dockerd else None,
+        }
+        if args.docker
+        else None,
+        "policy": {"rules": args.policy_rules, "skipped": args.policy_skipped},
         "load_tool": {"GET": "wrk" if args.wrk else "aiohttp", "HEAD": "aiohttp"},
         "wrk": tool_version([args.wrk, "--version"]) if args.wrk else None,
         "reference": tool_version([args.reference_bin, "--version"])
-        if any(s.key == "reference" for s in servers)
+        if any(s.key == "reference" for s in started)
         else None,
-        "registries": {s.key: s.url for s in servers},
+        "servers": {s.key: s.url for s in started},
     }
 
 
@@ -771,12 +1197,33 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)  # outside the event loop; inside, it cancels the run
     tmp = make_tempdir(args.tmp_dir)
-    servers: list[Server] = []
+    servers: list[Server] = []  # everything started, stopped in `finally` whatever happens
+    dockerd: DockerDaemon | None = None
     try:
-        print(f"scratch dir {tmp}; writing a {human(args.blob_size)} random blob ...", flush=True)
-        t0 = time.perf_counter()
-        blob = make_blob_file(tmp / "blob.bin", args.blob_size)
-        print(f"  {blob.digest} in {time.perf_counter() - t0:.1f} s", flush=True)
+        blob = None
+        if "push" in args.workloads or "pull" in args.workloads:
+            print(
+                f"scratch dir {tmp}; writing a {human(args.blob_size)} random blob ...", flush=True
+            )
+            t0 = time.perf_counter()
+            blob = make_blob_file(tmp / "blob.bin", args.blob_size)
+            print(f"  {blob.digest} in {time.perf_counter() - t0:.1f} s", flush=True)
+        image = None
+        if args.docker:
+            t0 = time.perf_counter()
+            image = make_docker_image(tmp / "image", args.docker_image_size, args.docker_layers)
+            print(
+                f"  docker image: {args.docker_layers} layers, {image.size / MB:.0f} MB, "
+                f"made in {time.perf_counter() - t0:.1f} s; starting a private dockerd ...",
+                flush=True,
+            )
+            try:
+                dockerd = start_dockerd()
+            except (RuntimeError, OSError) as exc:
+                print(f"  ! skipped docker pull: {exc}", file=sys.stderr)
+                args.docker = False
+            else:
+                print(f"  dockerd pid {dockerd.pid} ({dockerd.storage_driver})", flush=True)
         for key in keys:
             if key == "trustyard":
                 servers.append(start_trustyard(tmp, args.start_timeout))
@@ -787,18 +1234,51 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             print(f"  {servers[-1].name} at {servers[-1].url} (pid {servers[-1].pid})", flush=True)
+        registries = list(servers)
+        policy_server = None
+        if "policy" in args.workloads and "trustyard" in keys:
+            if not server_has_policy_option():
+                args.policy_skipped = "server has no --policy"
+                print("  skipped: server has no --policy", flush=True)
+            else:
+                path = policy_file(tmp / "policy.yaml", args.policy_rules)
+                try:
+                    policy_server = start_trustyard(tmp, args.start_timeout, policy=path)
+                except BenchError as exc:
+                    args.policy_skipped = f"Trustyard did not start with the policy: {exc}"
+                    print(f"  ! skipped the policy workload: {exc}", file=sys.stderr)
+                else:
+                    servers.append(policy_server)
+                    print(
+                        f"  {policy_server.name} ({args.policy_rules} rules) at "
+                        f"{policy_server.url} (pid {policy_server.pid})",
+                        flush=True,
+                    )
+        columns = keys + (["limit"] if args.limit else [])
+        bench = Bench(
+            Recorder(columns),
+            args,
+            tmp,
+            blob,
+            registries,
+            policy=policy_server,
+            dockerd=dockerd,
+            image=image,
+        )
         try:
-            rec = asyncio.run(run_bench(servers, blob, args, tmp))
+            rec = asyncio.run(run_bench(bench, servers))
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
             signal.signal(signal.SIGTERM, on_term)  # closing the loop reset it
-        workloads = build_report(rec, keys, args)
-        table = render_table(workloads, keys, args, blob.size)
+        workloads = build_report(rec, columns, args)
+        table = render_table(workloads, columns, args, blob.size if blob else 0)
+        if args.policy_skipped:
+            table += f"\npolicy rows: skipped: {args.policy_skipped}"
         print()
         print(table)
         report = {
-            "meta": metadata(args, servers, blob),
+            "meta": metadata(args, bench, servers),
             "workloads": workloads,
             "details": rec.details,
             "table": table,
@@ -829,6 +1309,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 with contextlib.suppress(OSError):
                     os.kill(server.pid, signal.SIGKILL)
+        if dockerd is not None:
+            try:
+                dockerd.stop()
+            except Exception as exc:
+                print(f"stopping dockerd failed: {exc}", file=sys.stderr)
         if args.keep_tmp:
             print(f"kept {tmp}", file=sys.stderr)
         else:

@@ -54,6 +54,8 @@ RANGE_INVALID = _register("RANGE_INVALID", 416, "invalid content range")
 PAGINATION_NUMBER_INVALID = _register(
     "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
 )
+#: Trustyard's own API (`/api/v1/...`): a query parameter that cannot be understood.
+QUERY_INVALID = _register("QUERY_INVALID", 400, "invalid query parameter")
 UNAVAILABLE = _register("UNAVAILABLE", 503, "the storage backend is unavailable")
 
 

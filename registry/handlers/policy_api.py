@@ -26,14 +26,13 @@ from registry.errors import (
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
     PAGINATION_NUMBER_INVALID,
-    ErrorCode,
+    QUERY_INVALID,
     RegistryError,
 )
 from registry.grammar import check_name, check_tag, is_digest, parse_digest
 from registry.identity import identity
 
 #: A filter of the decisions API that is not understood (Trustyard's API, not the OCI spec's).
-QUERY_INVALID = ErrorCode("QUERY_INVALID", 400, "invalid query parameter")
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
