@@ -16,6 +16,7 @@ space. The file is written atomically with mode 0600 and re-read when it changes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -36,8 +37,15 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 ROBOT_TOKEN_PREFIX = "tyr_"
 
 _HASHER = PasswordHasher()
-#: Checked against when the user is unknown, so that case costs as much as a wrong password.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the user is unknown, so that case costs as much as a wrong password.
+
+    Made on first use, not at import: an Argon2 hash briefly takes its full memory cost.
+    """
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class UsersFileError(ValueError):
@@ -105,7 +113,7 @@ class UserStore:
         """
         account = self.get(name)
         if account is None:
-            _verify_password(_DUMMY_HASH, secret)
+            _verify_password(_dummy_hash(), secret)
             return None
         if account.kind == "robot":
             given = robot_token_hash(secret)
