@@ -625,21 +625,42 @@ def make_small_blobs(count: int, size: int) -> list[bytes]:
     return [os.urandom(size) for _ in range(count)]
 
 
-async def _bounded_pool(count: int, concurrency: int, op: Callable[[int], Awaitable[None]]) -> None:
-    """Run op(0..count-1) with at most `concurrency` in flight; first error cancels the rest."""
-    indexes = iter(range(count))
+@dataclass
+class OpErrors:
+    """Failed operations of a many-small-requests run: their indexes and first messages."""
+
+    failed: list[int] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, index: int, exc: BaseException) -> None:
+        self.failed.append(index)
+        if len(self.messages) < 5:
+            self.messages.append(f"#{index}: {type(exc).__name__}: {exc}"[:300])
+
+
+async def _bounded_pool(
+    indexes: list[int], concurrency: int, op: Callable[[int], Awaitable[None]]
+) -> OpErrors:
+    """Run op(i) for every i with at most `concurrency` in flight. A failed op is recorded and
+    the others go on (the caller decides how many failures a sample can have)."""
+    pending = iter(indexes)
+    errors = OpErrors()
 
     async def client() -> None:
-        for index in indexes:  # shared iterator: bounded by count
-            await op(index)
+        for index in pending:  # shared iterator: bounded by len(indexes)
+            try:
+                await op(index)
+            except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                errors.add(index, exc)
 
-    tasks = [asyncio.create_task(client()) for _ in range(max(1, min(concurrency, count)))]
+    tasks = [asyncio.create_task(client()) for _ in range(max(1, min(concurrency, len(indexes))))]
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    return errors
 
 
 async def push_small_blobs(
@@ -649,7 +670,7 @@ async def push_small_blobs(
     blobs: list[bytes],
     digests: list[str],
     concurrency: int,
-) -> None:
+) -> OpErrors:
     """Push every blob (POST + PUT ?digest= with the body) with `concurrency` clients."""
 
     async def one(index: int) -> None:
@@ -659,10 +680,10 @@ async def push_small_blobs(
             data=blobs[index],
             headers={"Content-Type": "application/octet-stream"},
         ) as resp:
-            await _expect(resp, 201, what=f"PUT small blob {index} to {name}")
+            await _expect(resp, 201, what=f"PUT small blob to {name}")
             await resp.read()
 
-    await _bounded_pool(len(blobs), concurrency, one)
+    return await _bounded_pool(list(range(len(blobs))), concurrency, one)
 
 
 async def pull_small_blobs(
@@ -672,17 +693,19 @@ async def pull_small_blobs(
     blobs: list[bytes],
     digests: list[str],
     concurrency: int,
-) -> None:
-    """GET every blob with `concurrency` clients and check its length."""
+    indexes: list[int] | None = None,
+) -> OpErrors:
+    """GET every blob (or those of `indexes`) with `concurrency` clients; check the length."""
 
     async def one(index: int) -> None:
         async with session.get(f"{base_url}/v2/{name}/blobs/{digests[index]}") as resp:
-            await _expect(resp, 200, what=f"GET small blob {index} from {name}")
+            await _expect(resp, 200, what=f"GET small blob from {name}")
             body = await resp.read()
         if len(body) != len(blobs[index]):
-            raise BenchError(f"GET small blob {index}: {len(body)} bytes, not {len(blobs[index])}")
+            raise BenchError(f"GET small blob: {len(body)} bytes, not {len(blobs[index])}")
 
-    await _bounded_pool(len(blobs), concurrency, one)
+    todo = list(range(len(blobs))) if indexes is None else indexes
+    return await _bounded_pool(todo, concurrency, one)
 
 
 # --------------------------------------------------------------------------- docker image

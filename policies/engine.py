@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from policies.decisions import Verdict
 from policies.facts import ImageFacts, PolicyRequest
+from policies.library.declaration import Library
 from policies.rules import Rule
 
 
@@ -22,6 +23,7 @@ class Policy:
     mode: str = "enforce"
     version: str = "none"
     source: str = "(no policy)"
+    library: Library | None = None  # the `library:` section (base images), when declared
 
     @property
     def allows_everything(self) -> bool:

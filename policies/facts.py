@@ -15,13 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.decisions import Action
+from policies.library.lineage import Lineage
+from policies.library.recording import trace_lineage
+from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
+from policies.signatures.proofs import SignatureEvidence, gather_signatures
 from registry.grammar import parse_digest
+from registry.scans.store import StoredReport, gather_scans
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
 #: Facts that cost a read from the stores.
 CONFIG = "config"
 CHILDREN = "children"
+#: What each platform image is built on (the base-image library, `policies.library`).
+LINEAGE = "lineage"
+#: Vulnerability scan reports on the image (`registry.scans`, the `vulnerabilities` rule).
+SCANS = "scans"
 
 #: Largest config blob read for labels; configs are small, a huge one is not parsed.
 MAX_CONFIG_SIZE = 8 * 1024 * 1024
@@ -90,6 +99,10 @@ class ImageFacts:
     images: tuple[Image, ...] = ()  # the image itself, or the index's children
     platforms: tuple[str, ...] = ()  # an index's platforms (from its descriptors)
     tag_targets: Mapping[str, str] = field(default_factory=dict)  # tag -> digest it points at now
+    lineage: tuple[Lineage, ...] | None = None  # per platform image; None when not gathered
+    # Signature proofs by trust config version (`signatures:<version>` needs; pulls only).
+    signatures: Mapping[str, SignatureEvidence] | None = None
+    scans: tuple[StoredReport, ...] | None = None  # scan reports; None when not gathered
 
 
 def platform_string(platform: Mapping[str, Any] | None) -> str | None:
@@ -166,6 +179,19 @@ async def gather_facts(
         if CONFIG in needs:
             labels, config_platform = await _read_config(manifest, store)
         images.append(Image(request.digest, config_platform, _layer_size(manifest), labels))
+    lineage = None
+    if LINEAGE in needs:
+        lineage = await trace_lineage(db, store, request.repository, request.digest, content)
+    signatures = None
+    if (
+        request.action is Action.PULL
+        and any(n.startswith(SIGNATURES) for n in needs)
+        and not _is_artifact(manifest, request.tags)
+    ):
+        signatures = await gather_signatures(
+            needs, request.repository, request.digest, manifest, db, store
+        )
+    scans = await gather_scans(db, request.digest) if SCANS in needs else None
     return ImageFacts(
         digest=request.digest,
         media_type=media_type,
@@ -175,6 +201,9 @@ async def gather_facts(
         images=tuple(images),
         platforms=tuple(platforms),
         tag_targets=tag_targets,
+        lineage=lineage,
+        signatures=signatures,
+        scans=scans,
     )
 
 

@@ -22,9 +22,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from policies import vulnerabilities
 from policies.decisions import Action
 from policies.engine import Policy
 from policies.globs import GlobSet
+from policies.library.declaration import Library, section_problems
+from policies.library.rule import BaseImage
 from policies.rules import (
     Annotations,
     Deny,
@@ -39,6 +42,9 @@ from policies.rules import (
     TagPattern,
     parse_size,
 )
+from policies.signatures.rule import SignatureRequirement
+from policies.signatures.trust import TrustConfig, parse_trust
+from registry.config import parse_duration
 
 PathTuple = tuple[str | int, ...]
 
@@ -70,8 +76,13 @@ class _PolicyYAMLLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: `on`, `yes`, `off` stay strings."""
 
 
+# Timestamps stay strings too: `supported_until: 2027-10-31` is checked as text, like every date.
 _PolicyYAMLLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _PolicyYAMLLoader.add_implicit_resolver(
@@ -230,7 +241,20 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
     problems += _schema_problems(document, lines, source)
     if problems:
         raise PolicyError(source, problems)
-    rules, problems = _build_rules(document, lines, source)
+    section = document.get("library")
+    problems += [
+        Problem(lines.of(("library", *path)), format_path(("library", *path)), message, source)
+        for path, message in section_problems(section or {})
+    ]
+    trust, trust_problems = parse_trust(document.get("trust"), _policy_folder(source))
+    problems += [
+        Problem(lines.of(("trust", *path)), format_path(("trust", *path)), message, source)
+        for path, message in trust_problems
+    ]
+    if problems:
+        raise PolicyError(source, problems)
+    library = Library.from_section(section) if section is not None else None
+    rules, problems = _build_rules(document, lines, source, library, trust)
     if problems:
         raise PolicyError(source, problems)
     return Policy(
@@ -238,7 +262,13 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
         mode=document.get("mode", "enforce"),
         version=policy_version(raw),
         source=source,
+        library=library,
     )
+
+
+def _policy_folder(source: str) -> Path:
+    """Where relative `pem_file` and `trusted_root` paths of a policy are read from."""
+    return Path(".") if source.startswith("<") else Path(source).parent
 
 
 def load_policy(path: Path) -> Policy:
@@ -253,7 +283,11 @@ def load_policy(path: Path) -> Policy:
 
 
 def _build_rules(
-    document: Mapping[str, Any], lines: _Lines, source: str
+    document: Mapping[str, Any],
+    lines: _Lines,
+    source: str,
+    library: Library | None = None,
+    trust: TrustConfig | None = None,
 ) -> tuple[list[Rule], list[Problem]]:
     """Rules from a schema-valid document; problems the schema cannot see (regexes, names)."""
     rules: list[Rule] = []
@@ -308,6 +342,36 @@ def _build_rules(
                 requirements.append(MediaTypes(tuple(value)))
             elif key == "max_size":
                 requirements.append(MaxSize(parse_size(value)))
+            elif key == "vulnerabilities":
+                requirements.append(
+                    vulnerabilities.build(value, lambda path, m, w=where: problem((*w, *path), m))
+                )
+            elif key == "signature":
+                trust = trust or TrustConfig()
+                signer_list = value.get("any_of") or value.get("all_of") or value.get("of") or []
+                for signer in signer_list:
+                    if signer not in trust.names:
+                        declared = ", ".join(sorted(trust.names)) or "none"
+                        problem(
+                            where,
+                            f"unknown signer {signer}; trust: declares {declared}",
+                        )
+                if "at_least" in value and value["at_least"] > len(signer_list):
+                    problem(where, f"at_least {value['at_least']} of {len(signer_list)} signers")
+                requirements.append(SignatureRequirement.build(value, trust))
+            elif key == "base_image":
+                if library is None:
+                    problem(where, "base_image needs a library: section declaring the base images")
+                behind = value.get("max_behind")
+                requirements.append(
+                    BaseImage(
+                        library=library or Library(),
+                        from_library=value.get("from_library", True),
+                        allow_deprecated=value.get("allow_deprecated", True),
+                        max_behind=None if behind is None else parse_duration(behind),
+                        max_behind_text="" if behind is None else behind.strip(),
+                    )
+                )
         match = entry["match"]
         exclude = match.get("exclude", {})
         rules.append(

@@ -15,6 +15,8 @@ from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
 from registry.config import Config
 from registry.context import CONTEXT, RegistryContext
+from registry.events.hub import EVENTS, EventHub
+from registry.events.settings import EventSettings
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
 from registry.routes import add_routes
@@ -50,6 +52,9 @@ def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signatur
         gate = PolicyGate(db, store, policy, path=config.policy_file)
         gate.start(poll_interval=config.policy_poll_interval)
         app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
+        # Events: the sender starts with whatever an earlier run left in the outbox.
+        events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
+        events.start()
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
         try:
@@ -59,6 +64,7 @@ def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signatur
             with contextlib.suppress(asyncio.CancelledError):
                 await cleaner
             await uploads.close()
+            await events.close()
             await gate.close()
             await db.close()
             await store.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from policies.commands import POLICY_COMMANDS, add_policy_commands, run_policy_command
+from policies.library.commands import LIBRARY_COMMANDS, add_library_commands, run_library_command
 from policies.loader import PolicyError, load_policy
 from registry.app import create_app
 from registry.auth.settings import AuthSettings
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         common(remove)
         remove.add_argument("name")
     add_policy_commands(commands, common)
+    add_library_commands(commands, common)
     return parser
 
 
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command in POLICY_COMMANDS:
         return run_policy_command(config, args)
+    if args.command in LIBRARY_COMMANDS:
+        return run_library_command(config, args)
     if args.command == "serve":
         if config.policy_file is not None:
             # Refuse to start on an invalid policy with its problems, not a traceback.

@@ -15,8 +15,18 @@ from aiohttp import web
 from registry.auth.middleware import authorize, authorize_base, authorize_catalog
 from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
 from registry.grammar import check_name
-from registry.handlers import blobs, listing, manifests, policy_api, referrers, uploads
+from registry.handlers import (
+    blobs,
+    events_api,
+    library_api,
+    listing,
+    manifests,
+    policy_api,
+    referrers,
+    uploads,
+)
 from registry.metrics import ROUTE_KEY, metrics_endpoint
+from registry.scans import webhook as scans_webhook
 
 ResourceHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -121,6 +131,16 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(
         "/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status
     )
+    # The base-image library (policies.library).
+    app.router.add_get("/api/v1/library", library_api.library_overview)
+    app.router.add_get(
+        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers", library_api.library_consumers
+    )
+    # Scan reports in (the scanner webhook) and out.
+    app.router.add_post("/api/v1/scans", scans_webhook.post_scan)
+    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans)
+    # Events not yet delivered.
+    app.router.add_get("/api/v1/events/deliveries", events_api.list_deliveries)
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:

@@ -59,9 +59,32 @@ In the metadata database (the DDL is `SCHEMA` below)::
     evidence_versions(repository, version)      bumped on every manifest/tag change of a repository
                                                 and when evidence (signature, scan) arrives: cached
                                                 policy decisions are keyed by it
+    signature_proofs(repository, image_digest, signature_digest, signer, valid, detail,
+                     trust_version, verified_at)
+                                                what each signature of an image proves (one row
+                                                per trusted signer it proves, or one invalid row
+                                                with signer NULL), under which trust config
+    scan_reports(digest, scanner, tool, tool_version, scanned_at, received_at, format, summary)
+                                                the latest vulnerability report per (manifest
+                                                digest, configured scanner); a new one replaces it
+    scan_findings(digest, scanner, vulnerability, severity, package, installed, fixed)
+                                                its findings (deleted with the report)
+    event_outbox(id, endpoint, repository, type, body, created_at, attempts, next_attempt_at,
+                 state, last_error)             one row per (event, endpoint) to deliver, written
+                                                in the transaction of the change it reports;
+                                                deleted once delivered, 'failed' when given up;
+                                                delivered in id order per (endpoint, repository)
+    library_tag_history(name, tag, repository, digest, since, until)
+                                                what each declared base-image library tag pointed
+                                                at, from when until when (NULL: it still does)
+    image_lineage(repository, image_digest, platform, library_name, library_tag, base_digest,
+                  current, shared_layers, recorded_at)
+                                                which library image each pushed image (per
+                                                platform) was built on, and whether that base
+                                                digest is still its tag's current one
 
-The policy tables are additive (`CREATE ... IF NOT EXISTS`), so a version-1 database gains them on
-open without a migration.
+The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
+version-1 database gains them on open without a migration.
 
 Nothing else in the code builds a path under the data directory or names a table: it asks here.
 """
@@ -162,6 +185,84 @@ CREATE TABLE IF NOT EXISTS evidence_versions (
     repository  TEXT PRIMARY KEY,
     version     INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS signature_proofs (
+    repository       TEXT NOT NULL,
+    image_digest     TEXT NOT NULL,
+    signature_digest TEXT NOT NULL,    -- sha256 of the signature (or bundle, envelope) bytes
+    signer           TEXT,             -- the trust config's signer name, NULL when none
+    valid            INTEGER NOT NULL CHECK (valid IN (0, 1)),
+    detail           TEXT NOT NULL,    -- JSON: kind, reason, docker_reference, predicate_type
+    trust_version    TEXT NOT NULL,    -- the trust config verified against: a new one re-verifies
+    verified_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signature_proofs_image
+    ON signature_proofs(repository, image_digest);
+
+CREATE TABLE IF NOT EXISTS scan_reports (
+    digest       TEXT NOT NULL,        -- the manifest scanned (in any repository)
+    scanner      TEXT NOT NULL,        -- the configured scanner that posted it
+    tool         TEXT NOT NULL,        -- what the report says produced it: trivy, grype, ...
+    tool_version TEXT NOT NULL,
+    scanned_at   REAL NOT NULL,
+    received_at  REAL NOT NULL,
+    format       TEXT NOT NULL CHECK (format IN ('trivy', 'grype', 'generic')),
+    summary      TEXT NOT NULL,        -- JSON: counts by severity, fixed and unfixed
+    PRIMARY KEY (digest, scanner)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS scan_findings (
+    digest        TEXT NOT NULL,
+    scanner       TEXT NOT NULL,
+    vulnerability TEXT NOT NULL,       -- CVE-..., GHSA-..., ...
+    severity      TEXT NOT NULL,       -- critical | high | medium | low | negligible | unknown
+    package       TEXT NOT NULL,
+    installed     TEXT NOT NULL,
+    fixed         TEXT,                -- NULL when no fixed version is known
+    FOREIGN KEY (digest, scanner) REFERENCES scan_reports(digest, scanner) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS scan_findings_report ON scan_findings(digest, scanner);
+
+CREATE TABLE IF NOT EXISTS event_outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint        TEXT NOT NULL,     -- the configured endpoint's name
+    repository      TEXT NOT NULL,     -- delivery is ordered per (endpoint, repository)
+    type            TEXT NOT NULL,     -- the CloudEvents type
+    body            BLOB NOT NULL,     -- the exact bytes sent (and signed)
+    created_at      REAL NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS event_outbox_queue ON event_outbox(state, endpoint, repository, id);
+
+CREATE TABLE IF NOT EXISTS library_tag_history (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL,         -- library image name, `python`
+    tag         TEXT NOT NULL,
+    repository  TEXT NOT NULL,         -- where it is stored, `library/python`
+    digest      TEXT NOT NULL,         -- the manifest or index the tag pointed at
+    since       REAL NOT NULL,
+    until       REAL                   -- NULL while the tag still points at `digest`
+);
+CREATE INDEX IF NOT EXISTS library_tag_history_tag ON library_tag_history(name, tag, since);
+CREATE UNIQUE INDEX IF NOT EXISTS library_tag_history_current
+    ON library_tag_history(name, tag) WHERE until IS NULL;
+
+CREATE TABLE IF NOT EXISTS image_lineage (
+    repository    TEXT NOT NULL,
+    image_digest  TEXT NOT NULL,       -- the pushed manifest (an index: one row per platform)
+    platform      TEXT NOT NULL,       -- os/arch[/variant], '' when unknown
+    library_name  TEXT NOT NULL,
+    library_tag   TEXT NOT NULL,
+    base_digest   TEXT NOT NULL,       -- the digest the library tag pointed at
+    current       INTEGER NOT NULL,    -- 1 while base_digest is still the tag's current digest
+    shared_layers INTEGER NOT NULL,
+    recorded_at   REAL NOT NULL,
+    PRIMARY KEY (repository, image_digest, platform)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS image_lineage_base ON image_lineage(library_name, library_tag);
 """
 
 

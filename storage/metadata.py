@@ -88,6 +88,10 @@ class MissingReferences(Exception):
         self.missing = missing
 
 
+#: Statements a caller adds to a write transaction (the event outbox: rows that must commit or roll
+#: back with the change they report).
+Statements = Sequence[tuple[str, Sequence[Any]]]
+
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
 )
@@ -135,6 +139,11 @@ class MetadataDB:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+
+    async def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only query, for modules that own tables described in `storage.layout`
+        (scan reports, the event outbox)."""
+        return await self._all(sql, args)
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         async with self._reader.execute(sql, args) as cursor:
@@ -252,12 +261,16 @@ class MetadataDB:
     # -- manifests and tags ----------------------------------------------------------------
 
     async def put_manifest(
-        self, record: ManifestRecord, references: Iterable[Reference], tag: str | None
+        self,
+        record: ManifestRecord,
+        references: Iterable[Reference],
+        tag: str | None,
+        extra: Statements = (),
     ) -> None:
         """Store a manifest (and point `tag` at it) if everything it references is present.
 
         The check and the insert are one transaction, so a concurrent garbage collection can
-        never remove a blob between the two.
+        never remove a blob between the two. `extra` statements run in the same transaction.
         """
         refs = list(dict.fromkeys(references))
         now = time.time()
@@ -309,6 +322,7 @@ class MetadataDB:
                     (record.repository, tag, record.digest, now),
                 )
             await _bump_evidence(db, record.repository)
+            await _run(db, extra)
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
@@ -329,24 +343,30 @@ class MetadataDB:
         )
         return None if row is None else _manifest(row)
 
-    async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """Delete a manifest, its references and every tag pointing at it; whether it existed."""
+    async def delete_manifest(
+        self, repository: str, digest: str, extra: Statements = ()
+    ) -> bool:
+        """Delete a manifest, its references and every tag pointing at it; whether it existed.
+        `extra` statements run in the same transaction, only when something was deleted."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 "DELETE FROM manifests WHERE repository = ? AND digest = ?", (repository, digest)
             )
             if cursor.rowcount > 0:
                 await _bump_evidence(db, repository)
+                await _run(db, extra)
             return cursor.rowcount > 0
 
-    async def delete_tag(self, repository: str, tag: str) -> bool:
-        """Delete a tag (the manifest stays); whether it existed."""
+    async def delete_tag(self, repository: str, tag: str, extra: Statements = ()) -> bool:
+        """Delete a tag (the manifest stays); whether it existed. `extra` statements run in the
+        same transaction, only when something was deleted."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag)
             )
             if cursor.rowcount > 0:
                 await _bump_evidence(db, repository)
+                await _run(db, extra)
             return cursor.rowcount > 0
 
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:
@@ -543,6 +563,11 @@ async def _bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
         "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
         (repository,),
     )
+
+
+async def _run(db: aiosqlite.Connection, statements: Statements) -> None:
+    for sql, args in statements:
+        await db.execute(sql, args)
 
 
 async def _ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> None:

@@ -23,6 +23,7 @@ from aiohttp import hdrs, web
 
 from registry.auth.scopes import CATALOG, covers
 from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
+from registry.context import CONTEXT
 from registry.errors import DENIED, UNAUTHORIZED, RegistryError
 from registry.identity import IDENTITY_KEY
 from registry.metrics import ROUTE_KEY
@@ -45,6 +46,9 @@ REQUIRED_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: Paths the middleware leaves to their handler (the token endpoint authenticates itself).
 UNAUTHENTICATED_PATHS = frozenset({"/token"})
+#: POSTs the middleware leaves to their handler: the scanner webhook checks the scanner's own
+#: credential (a bearer token or an HMAC signature from `scanners:`), not a registry account.
+SCANNER_WEBHOOK_PATHS = frozenset({"/api/v1/scans"})
 #: Trustyard's own API (decision log, image status): registry administrators only.
 ADMIN_API_PREFIX = "/api/"
 
@@ -54,6 +58,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate the request's caller; guard `/metrics` and the admin API."""
     service = request.app.get(AUTH)
     if service is None or request.path in UNAUTHENTICATED_PATHS:
+        return await handler(request)
+    if request.method == "POST" and request.path in SCANNER_WEBHOOK_PATHS:
         return await handler(request)
     try:
         caller = await service.authenticate(request)
@@ -86,6 +92,8 @@ def authorize(request: web.Request, name: str) -> web.Request:
     route = request.get(ROUTE_KEY, "")
     actions = REQUIRED_ACTIONS.get(route, {}).get(request.method, PUSH)
     _require(request, service, "repository", name, actions)
+    if "push" in actions or "delete" in actions:
+        _require_library_ops(request, service, name)
     source = request.query.get("from")
     if route == "upload_start" and "mount" in request.query and source is not None:
         caller = _caller(request)
@@ -176,6 +184,23 @@ def _require(
             UNAUTHORIZED,
             message="the token does not grant this access",
             headers=challenge(request, service, scope, error="insufficient_scope"),
+        )
+
+
+def _require_library_ops(request: web.Request, service: AuthService, name: str) -> None:
+    """The base-image library's namespace (the policy's `library.namespace`) changes only by
+    ops: callers with `admin` on the repository, whatever `push` other rules give."""
+    context = request.app.get(CONTEXT)
+    library = context.policy.policy.library if context is not None else None
+    if library is None or not library.in_namespace(name):
+        return
+    caller = _caller(request)
+    allowed = service.allowed(caller.identity, "repository", name)
+    if "admin" not in allowed and "*" not in allowed:
+        raise RegistryError(
+            DENIED,
+            {"name": name, "action": "push"},
+            message=f"{name} is in the base-image library: only ops (admin on it) may change it",
         )
 
 

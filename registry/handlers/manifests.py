@@ -7,6 +7,8 @@ from aiohttp import web
 
 from policies.decisions import Action
 from policies.facts import PolicyRequest
+from policies.library.recording import record_library_push
+from policies.signatures.proofs import signature_pushed
 from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
@@ -17,10 +19,11 @@ from registry.errors import (
     UNSUPPORTED,
     RegistryError,
 )
+from registry.events.hub import EVENTS
 from registry.grammar import Digest, check_tag, is_digest, parse_digest
 from registry.identity import identity
 from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
-from storage.metadata import ManifestRecord, MissingReferences, Reference
+from storage.metadata import ManifestRecord, MissingReferences, Reference, Statements
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -35,7 +38,12 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
     # Policy: a manifest stored but not pullable under the pull rules is quarantined.
-    policy_headers = await ctx.policy.check_pull(name, reference, record, identity(request).name)
+    events, actor = request.app[EVENTS], identity(request).name
+    async with events.reporting_denials("pull", name, reference, record.digest, actor):
+        policy_headers = await ctx.policy.check_pull(name, reference, record, actor)
+    if request.method == "GET":
+        tag = None if is_digest(reference) else reference
+        await events.pulls.pulled(name, tag, record.digest, record.media_type, record.size, actor)
     headers = {
         "Docker-Content-Digest": record.digest,
         "ETag": f'"{record.digest}"',
@@ -73,7 +81,11 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     )
     # Policy: checked before anything is stored, so a denied push leaves no manifest and no tag.
     # The tag is held from check to store: two pushes to one tag cannot both pass immutability.
-    async with ctx.policy.tag_guard(name, tag):
+    events, actor = request.app[EVENTS], identity(request).name
+    async with (
+        ctx.policy.tag_guard(name, tag),
+        events.reporting_denials("push", name, reference, str(digest), actor),
+    ):
         policy_headers = await ctx.policy.check_push(
             PolicyRequest(
                 Action.PUSH,
@@ -86,8 +98,20 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             parsed.media_type,
             content,
         )
-        await _store(ctx, record, parsed.references, tag)
+        # Events are written in the transaction that stores the manifest (the outbox).
+        previous = await ctx.db.tag_target(name, tag) if tag and events.is_library(name) else None
+        outbox = events.push_statements(record, tag, actor, previous)
+        await _store(ctx, record, parsed.references, tag, outbox)
+        # The base-image library: a declared library tag's history, the image's lineage.
+        await record_library_push(
+            ctx.db, ctx.store, ctx.policy.policy.library, name, str(digest), content, tag
+        )
     ctx.policy.evidence_changed(name)
+    events.committed()
+    # A signature (`.sig` tag or signature referrer) is verified now and its proofs recorded,
+    # so pulls of the image it signs cost no cryptography.
+    if await signature_pushed(ctx.db, ctx.store, ctx.policy.policy, name, content, tag):
+        await ctx.policy.evidence_arrived(name)
     headers = {
         "Location": f"/v2/{name}/manifests/{digest}",
         "Docker-Content-Digest": str(digest),
@@ -100,11 +124,16 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
 
 
 async def _store(
-    ctx: RegistryContext, record: ManifestRecord, references: list[Reference], tag: str | None
+    ctx: RegistryContext,
+    record: ManifestRecord,
+    references: list[Reference],
+    tag: str | None,
+    outbox: Statements = (),
 ) -> None:
-    """Store the manifest (and move the tag); MANIFEST_BLOB_UNKNOWN names what is missing."""
+    """Store the manifest (and move the tag) with its outbox rows; MANIFEST_BLOB_UNKNOWN names
+    what is missing."""
     try:
-        await ctx.db.put_manifest(record, references, tag)
+        await ctx.db.put_manifest(record, references, tag, outbox)
     except MissingReferences as exc:
         missing = exc.missing[0]
         raise RegistryError(
@@ -149,19 +178,22 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     else:
         record = await ctx.db.get_tagged_manifest(name, reference)
     policy_headers: dict[str, str] = {}
+    events, actor = request.app[EVENTS], identity(request).name
+    outbox: Statements = ()
     if record is not None:
         tags = (tag,) if tag is not None else tuple(await ctx.db.tags_of(name, record.digest))
-        policy_headers = await ctx.policy.check_delete(
-            PolicyRequest(
-                Action.DELETE, name, reference, record.digest, tags, identity(request).name
-            ),
-            record,
-        )
+        async with events.reporting_denials("delete", name, reference, record.digest, actor):
+            policy_headers = await ctx.policy.check_delete(
+                PolicyRequest(Action.DELETE, name, reference, record.digest, tags, actor),
+                record,
+            )
+        outbox = events.delete_statements(record, tag, list(tags), actor)
     if digest is not None:
-        deleted = await ctx.db.delete_manifest(name, digest)
+        deleted = await ctx.db.delete_manifest(name, digest, outbox)
     else:
-        deleted = await ctx.db.delete_tag(name, reference)
+        deleted = await ctx.db.delete_tag(name, reference, outbox)
     if not deleted:
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
     ctx.policy.evidence_changed(name)
+    events.committed()
     return web.Response(status=202, headers=policy_headers)

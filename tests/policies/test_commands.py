@@ -57,7 +57,8 @@ def test_check_invalid_lists_every_problem(
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"{path}:5: rules[0].require.colour: unknown key; expected one of: immutable_tags, "
-        "tag_pattern, labels, annotations, platforms, media_types, max_size",
+        "tag_pattern, labels, annotations, platforms, media_types, max_size, base_image, "
+        "signature, vulnerabilities",
         f"{path}:5: rules[0].require.immutable_tags: expected boolean, got 1",
         f"{path}: invalid (2 problems)",
     ]

@@ -1,0 +1,122 @@
+"""Tag history: what each declared library tag pointed at, from when until when.
+
+Retagging a library tag to a new digest is how ops roll out a patched base: the old row gets its
+`until`, a new row starts, and every image built on the tag has its `current` flag recomputed in
+the same transaction. The rows are `library_tag_history` (see `storage.layout`); this module is
+the only one that writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from policies.library.images import platform_images
+from policies.library.lineage import Candidate
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+
+
+@dataclass(frozen=True, slots=True)
+class TagHistoryEntry:
+    """One period during which a library tag pointed at one digest."""
+
+    name: str
+    tag: str
+    repository: str
+    digest: str
+    since: float
+    until: float | None  # None: the tag still points here
+
+    @property
+    def current(self) -> bool:
+        """Whether the tag still points at `digest`."""
+        return self.until is None
+
+
+_COLUMNS = "name, tag, repository, digest, since, until"
+
+
+async def record_tag(
+    db: MetadataDB, name: str, tag: str, repository: str, digest: str, now: float | None = None
+) -> bool:
+    """The library tag `name:tag` points at `digest` from now on; whether it moved (a push of
+    the digest it already points at changes nothing)."""
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        async with conn.execute(
+            "SELECT digest FROM library_tag_history WHERE name = ? AND tag = ? AND until IS NULL",
+            (name, tag),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row[0] == digest:
+            return False
+        await conn.execute(
+            "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+            (now, name, tag),
+        )
+        await conn.execute(
+            f"INSERT INTO library_tag_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
+            (name, tag, repository, digest, now),
+        )
+        await conn.execute(
+            "UPDATE image_lineage SET current = (base_digest = ?) "
+            "WHERE library_name = ? AND library_tag = ?",
+            (digest, name, tag),
+        )
+    return True
+
+
+async def end_tag(db: MetadataDB, name: str, tag: str, now: float | None = None) -> None:
+    """The library tag `name:tag` was deleted: it points at nothing from now on."""
+    now = time.time() if now is None else now
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+            (now, name, tag),
+        )
+        await conn.execute(
+            "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
+            (name, tag),
+        )
+
+
+async def tag_history(
+    db: MetadataDB, name: str | None = None, tag: str | None = None
+) -> list[TagHistoryEntry]:
+    """History rows, oldest first, of every library tag (or of one image, or one tag)."""
+    where, args = [], []
+    if name is not None:
+        where.append("name = ?")
+        args.append(name)
+    if tag is not None:
+        where.append("tag = ?")
+        args.append(tag)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = await db.read(
+        f"SELECT {_COLUMNS} FROM library_tag_history {clause}ORDER BY name, tag, since, id", args
+    )
+    return [TagHistoryEntry(*row) for row in rows]
+
+
+async def candidates(db: MetadataDB, store: BlobStore) -> list[Candidate]:
+    """Every platform image of every digest any library tag ever pointed at: what lineage
+    compares a pushed image with."""
+    periods: dict[tuple[str, str, str, str], list[TagHistoryEntry]] = {}
+    for entry in await tag_history(db):
+        periods.setdefault((entry.name, entry.tag, entry.repository, entry.digest), []).append(
+            entry
+        )
+    found: list[Candidate] = []
+    for (name, tag, repository, digest), entries in periods.items():
+        record = await db.get_manifest(repository, digest)
+        if record is None:
+            continue  # deleted since; nothing left to compare with
+        current = any(e.current for e in entries)
+        replaced_at = None if current else max(e.until or 0.0 for e in entries)
+        since = min(e.since for e in entries)
+        for image in await platform_images(db, store, repository, digest, record.content):
+            found.append(
+                Candidate(name, tag, repository, digest, image, current, since, replaced_at)
+            )
+    return found

@@ -1,0 +1,13 @@
+"""Signature verification for the `signature` policy rule, entirely offline.
+
+The public surface is small: `trust` (who is trusted: keys, certificate authorities, keyless
+identities), `verify` (every signature of an image, checked against a trust config), `proofs`
+(what was proved, recorded per image in the metadata database) and `rule` (the requirement the
+loader builds). The format modules each hold one format, byte for byte as the tools write it:
+
+* `cosign`: simple signing payloads under `sha256-<hex>.sig`, verified with a public key;
+* `keyless`: the same signatures with a Fulcio certificate and a Rekor signed entry timestamp;
+* `bundles`: Sigstore bundles (v0.1 to v0.3) in OCI referrers, with or without a certificate;
+* `notation`: Notary Project JWS and COSE envelopes in OCI referrers;
+* `discovery`: where signatures of an image live in the registry.
+"""

@@ -1,0 +1,202 @@
+"""cosign "simple signing": the payload cosign signs and its verification with a public key.
+
+A cosign signature of `sha256:<hex>` lives in the same repository under the tag
+`sha256-<hex>.sig`: an image manifest whose layers each hold one signed payload (media type
+`application/vnd.dev.cosign.simplesigning.v1+json`) with the base64 signature in the layer
+annotation `dev.cosignproject.cosign/signature`. The payload is JSON::
+
+    {"critical": {"identity": {"docker-reference": "<registry>/<repository>"},
+                  "image": {"docker-manifest-digest": "sha256:<hex>"},
+                  "type": "cosign container image signature"},
+     "optional": {...} | null}
+
+cosign signs the exact payload bytes; so do we verify them, and read the JSON only to learn which
+image they name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from policies.signatures.findings import Finding, invalid, short, unknown
+from policies.signatures.trust import PublicKey, TrustConfig
+
+SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
+CHAIN_ANNOTATION = "dev.sigstore.cosign/chain"
+BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
+SIGNATURE_TYPE = "cosign container image signature"
+
+#: The largest payload read: cosign's are a few hundred bytes.
+MAX_PAYLOAD = 64 * 1024
+
+
+class FormatError(ValueError):
+    """The bytes are not what the format says they must be."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleSigningPayload:
+    """What a simple signing payload says: the signed image and the reference it was signed as."""
+
+    manifest_digest: str
+    docker_reference: str
+    optional: Mapping[str, Any] | None
+
+    @classmethod
+    def parse(cls, payload: bytes) -> SimpleSigningPayload:
+        """Read a payload; `FormatError` if it is not cosign's simple signing JSON."""
+        try:
+            document = json.loads(payload)
+            critical = document["critical"]
+            digest = critical["image"]["docker-manifest-digest"]
+            reference = critical["identity"]["docker-reference"]
+            kind = critical["type"]
+        except (ValueError, KeyError, TypeError):
+            raise FormatError("not a cosign simple signing payload") from None
+        if kind != SIGNATURE_TYPE:
+            raise FormatError(f"payload type is {kind!r}, not {SIGNATURE_TYPE!r}")
+        if not isinstance(digest, str) or not isinstance(reference, str):
+            raise FormatError("payload digest and reference must be strings")
+        optional = document.get("optional")
+        return cls(digest, reference, optional if isinstance(optional, dict) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class CosignSignature:
+    """One layer of a `.sig` manifest: the payload bytes and the annotations cosign set."""
+
+    payload: bytes
+    signature: bytes
+    certificate: bytes | None = None  # PEM leaf (keyless)
+    chain: bytes | None = None  # PEM intermediates and root (keyless)
+    bundle: bytes | None = None  # Rekor bundle JSON (keyless; optional with keys)
+
+    @classmethod
+    def from_layer(cls, payload: bytes, annotations: Mapping[str, str]) -> CosignSignature:
+        """The signature a layer's annotations carry for its payload blob."""
+        encoded = annotations.get(SIGNATURE_ANNOTATION)
+        if not encoded:
+            raise FormatError(f"layer has no {SIGNATURE_ANNOTATION} annotation")
+        try:
+            signature = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise FormatError(f"{SIGNATURE_ANNOTATION} is not base64") from None
+
+        def optional(key: str) -> bytes | None:
+            value = annotations.get(key)
+            return value.encode() if value else None
+
+        return cls(
+            payload,
+            signature,
+            optional(CERTIFICATE_ANNOTATION),
+            optional(CHAIN_ANNOTATION),
+            optional(BUNDLE_ANNOTATION),
+        )
+
+
+def _ecdsa_hashes(key: ec.EllipticCurvePublicKey) -> tuple[hashes.HashAlgorithm, ...]:
+    # cosign hashes with SHA-256 whatever the curve unless told otherwise; newer signers pick the
+    # curve's own hash (P-384: SHA-384, P-521: SHA-512). Both are the same key, so both count.
+    own: hashes.HashAlgorithm = {384: hashes.SHA384(), 521: hashes.SHA512()}.get(
+        key.curve.key_size, hashes.SHA256()
+    )
+    return (hashes.SHA256(),) if isinstance(own, hashes.SHA256) else (hashes.SHA256(), own)
+
+
+def verify_with_key(key: PublicKey, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is `key`'s signature of `data` as cosign makes them.
+
+    ECDSA: ASN.1 DER over SHA-256 (or the curve's hash). RSA: PKCS#1 v1.5, or PSS with any salt
+    length, over SHA-256. Ed25519: pure Ed25519 over the data. (Ed25519ph, which cosign 2.4+
+    uses for Ed25519 keys, is not offered by `cryptography` and is reported as a failure.)
+    """
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            for algorithm in _ecdsa_hashes(key):
+                try:
+                    key.verify(signature, data, ec.ECDSA(algorithm))
+                    return True
+                except InvalidSignature:
+                    continue
+            return False
+        if isinstance(key, rsa.RSAPublicKey):
+            try:
+                key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+                return True
+            except InvalidSignature:
+                pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+                key.verify(signature, data, pss, hashes.SHA256())
+                return True
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+            return True
+    except (InvalidSignature, ValueError):
+        return False
+    return False
+
+
+def repository_of(reference: str) -> str:
+    """The repository path of a docker reference: without registry host, tag or digest."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: name.rindex(":")]
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return rest
+    return name
+
+
+def verify_layer(
+    trust: TrustConfig, image_digest: str, payload: bytes, annotations: Mapping[str, str]
+) -> list[Finding]:
+    """What one simple signing layer proves about `image_digest` under `trust`: one finding per
+    trusted signer it proves, or one invalid finding saying why it proves nothing."""
+    from policies.signatures import keyless  # keyless builds on this module
+
+    try:
+        signature = CosignSignature.from_layer(payload, annotations)
+    except FormatError as exc:
+        return [invalid("sha256:" + hashlib.sha256(payload).hexdigest(), "cosign", str(exc))]
+    digest = "sha256:" + hashlib.sha256(signature.signature).hexdigest()
+    try:
+        signed = SimpleSigningPayload.parse(payload)
+    except FormatError as exc:
+        return [invalid(digest, "cosign", f"not a cosign signature ({exc})")]
+    found: list[Finding] = []
+    if signature.certificate is None:
+        kind = "cosign"
+        for trusted in trust.keys.values():
+            if verify_with_key(trusted.key, payload, signature.signature):
+                found.append(Finding(digest, kind, True, trusted.name, f"by key {trusted.key_id}"))
+        if not found:
+            return [unknown(digest, kind)]
+    else:
+        kind = "cosign-keyless"
+        found, why = keyless.verify_against(trust, signature, digest)
+        if not found:
+            return [invalid(digest, kind, why)]
+    if signed.manifest_digest != image_digest:
+        who = ", ".join(f.signer or "" for f in found)
+        return [
+            invalid(
+                digest, kind, f"by {who} but for another image ({short(signed.manifest_digest)})"
+            )
+        ]
+    return [
+        Finding(f.signature_digest, kind, True, f.signer, f.detail, signed.docker_reference)
+        for f in found
+    ]

@@ -1,0 +1,47 @@
+"""What one signature proves about one image: a `Finding`, the unit recorded in the metadata
+database and read by the `signature` rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def short(digest: str) -> str:
+    """`sha256:ab12cd34ef56…`: enough of a digest to recognise it in a message."""
+    algorithm, _, hex_part = digest.partition(":")
+    return f"{algorithm}:{hex_part[:12]}…" if len(hex_part) > 12 else digest
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One signature's verdict for one trusted signer (or for none).
+
+    A signature that proves nothing is recorded too, with `valid=False` and `signer=None`, so the
+    denial can say what was found. `detail` is the words a denial shows ("by an unknown key …").
+    """
+
+    signature_digest: str  # sha256 of the signature (cosign) or of the envelope/bundle blob
+    kind: str  # cosign | cosign-keyless | bundle | bundle-keyed | notation
+    valid: bool
+    signer: str | None = None
+    detail: str = ""
+    docker_reference: str | None = None  # the reference a simple signing payload names
+    predicate_type: str | None = None  # an in-toto statement's predicate type (DSSE bundles)
+
+    def describe(self) -> str:
+        """How a denial shows this finding: `by release`, `by an unknown key (sha256:…)`."""
+        if self.valid and self.signer is not None:
+            return f"by {self.signer}"
+        return self.detail or f"invalid ({short(self.signature_digest)})"
+
+
+def unknown(signature_digest: str, kind: str, what: str = "key") -> Finding:
+    """A signature no trusted signer made (or whose bytes were altered: the two look alike)."""
+    return Finding(
+        signature_digest, kind, False, None, f"by an unknown {what} ({short(signature_digest)})"
+    )
+
+
+def invalid(signature_digest: str, kind: str, why: str) -> Finding:
+    """A signature that cannot count, with why (`for another image (sha256:…)`)."""
+    return Finding(signature_digest, kind, False, None, why)

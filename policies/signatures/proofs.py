@@ -1,0 +1,240 @@
+"""What an image's signatures prove, verified once and recorded in the metadata database
+(`signature_proofs`, described in `storage.layout`).
+
+Signatures are verified when they are pushed (the `.sig` tag or a referrer) and, failing that,
+the first time a pull needs them. The rows carry the trust config's version: after a policy reload
+that changes `trust:`, the next uncached pull verifies again under the new config. A pull whose
+image's proofs are recorded costs two indexed reads and no cryptography.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.signatures import bundles, cosign, notation
+from policies.signatures.discovery import (
+    NOTATION_ENVELOPES,
+    SIGSTORE_BUNDLE_TYPES,
+    SignatureManifest,
+    find_signatures,
+    signed_subject,
+)
+from policies.signatures.findings import Finding, invalid
+from policies.signatures.trust import TrustConfig
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+
+#: The fact name prefix a `signature` requirement needs: `signatures:<trust version>`.
+FACT_PREFIX = "signatures:"
+
+#: Trust configs by version, registered by the loader so facts can be gathered by name.
+_TRUSTS: dict[str, TrustConfig] = {}
+
+#: Parent indexes whose proofs are read for a platform image pulled by digest, at most.
+MAX_PARENTS = 16
+
+
+def register_trust(trust: TrustConfig) -> str:
+    """Remember `trust` and return the fact name a requirement using it needs."""
+    _TRUSTS[trust.version] = trust
+    return FACT_PREFIX + trust.version
+
+
+def verify_manifest(
+    trust: TrustConfig, image_digest: str, manifest: SignatureManifest
+) -> list[Finding]:
+    """Every finding of the signature layers of one signature manifest (pure CPU work)."""
+    found: list[Finding] = []
+    for layer in manifest.layers:
+        if layer.media_type == cosign.SIMPLE_SIGNING:
+            found += cosign.verify_layer(trust, image_digest, layer.content, layer.annotations)
+        elif layer.media_type in SIGSTORE_BUNDLE_TYPES:
+            found += bundles.verify_layer(trust, image_digest, layer.content)
+        elif layer.media_type in NOTATION_ENVELOPES:
+            found += notation.verify_layer(trust, image_digest, layer.media_type, layer.content)
+        else:  # pragma: no cover - discovery only returns the types above
+            found.append(invalid(layer.digest, "unknown", f"unknown media type {layer.media_type}"))
+    return found
+
+
+async def verify_and_record(
+    db: MetadataDB, store: BlobStore, trust: TrustConfig, repository: str, image_digest: str
+) -> list[Finding]:
+    """Find and verify every signature of an image, replace its recorded proofs, return them."""
+    findings: list[Finding] = []
+    for manifest in await find_signatures(db, store, repository, image_digest):
+        findings += verify_manifest(trust, image_digest, manifest)
+    await record(db, trust, repository, image_digest, findings)
+    return findings
+
+
+async def record(
+    db: MetadataDB,
+    trust: TrustConfig,
+    repository: str,
+    image_digest: str,
+    findings: list[Finding],
+) -> None:
+    """Replace the recorded proofs of an image (a row with empty digest marks "none found")."""
+    now = time.time()
+    rows = [
+        (
+            repository,
+            image_digest,
+            f.signature_digest,
+            f.signer,
+            int(f.valid),
+            json.dumps(
+                {
+                    "kind": f.kind,
+                    "reason": f.detail,
+                    "docker_reference": f.docker_reference,
+                    "predicate_type": f.predicate_type,
+                }
+            ),
+            trust.version,
+            now,
+        )
+        for f in findings
+    ] or [(repository, image_digest, "", None, 0, "{}", trust.version, now)]
+    async with db.transaction() as conn:
+        await conn.execute(
+            "DELETE FROM signature_proofs WHERE repository = ? AND image_digest = ?",
+            (repository, image_digest),
+        )
+        await conn.executemany(
+            "INSERT INTO signature_proofs (repository, image_digest, signature_digest, signer, "
+            "valid, detail, trust_version, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+async def recorded(
+    db: MetadataDB, trust: TrustConfig, repository: str, image_digest: str
+) -> list[Finding] | None:
+    """The proofs recorded for an image under `trust`, or None when it must be verified."""
+    rows = await db.read(
+        "SELECT signature_digest, signer, valid, detail, trust_version FROM signature_proofs "
+        "WHERE repository = ? AND image_digest = ?",
+        (repository, image_digest),
+    )
+    if not rows or any(row[4] != trust.version for row in rows):
+        return None
+    found = []
+    for digest, signer, valid, detail, _ in rows:
+        if not digest:
+            continue
+        meta: Mapping[str, Any] = json.loads(detail)
+        found.append(
+            Finding(
+                digest,
+                str(meta.get("kind", "")),
+                bool(valid),
+                signer,
+                str(meta.get("reason", "")),
+                meta.get("docker_reference"),
+                meta.get("predicate_type"),
+            )
+        )
+    return found
+
+
+async def findings_for(
+    db: MetadataDB, store: BlobStore, trust: TrustConfig, repository: str, image_digest: str
+) -> list[Finding]:
+    """The recorded proofs of an image, verifying its signatures first when they are not."""
+    known = await recorded(db, trust, repository, image_digest)
+    if known is not None:
+        return known
+    return await verify_and_record(db, store, trust, repository, image_digest)
+
+
+@dataclass(frozen=True)
+class SignatureEvidence:
+    """What the `signature` rule sees of an image: its own proofs, its platform images' (an
+    index), and the proofs of indexes that contain it (a platform image pulled by digest)."""
+
+    image: tuple[Finding, ...]
+    children: Mapping[str, tuple[Finding, ...]] = field(default_factory=dict)
+    parents: Mapping[str, tuple[Finding, ...]] = field(default_factory=dict)
+
+
+async def gather(
+    db: MetadataDB,
+    store: BlobStore,
+    trust: TrustConfig,
+    repository: str,
+    digest: str,
+    manifest: Mapping[str, Any],
+) -> SignatureEvidence:
+    """The evidence for one image (and its children or parent indexes)."""
+    image = tuple(await findings_for(db, store, trust, repository, digest))
+    children: dict[str, tuple[Finding, ...]] = {}
+    entries = manifest.get("manifests")
+    if isinstance(entries, list):
+        for entry in entries[:128]:
+            if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
+                child = entry["digest"]
+                children[child] = tuple(await findings_for(db, store, trust, repository, child))
+    parents: dict[str, tuple[Finding, ...]] = {}
+    if not any(f.valid for f in image) and not children:
+        rows = await db.read(
+            "SELECT manifest_digest FROM manifest_references WHERE repository = ? AND "
+            "child_digest = ? AND kind = 'manifest' LIMIT ?",
+            (repository, digest, MAX_PARENTS),
+        )
+        for (parent,) in rows:
+            parents[parent] = tuple(await findings_for(db, store, trust, repository, parent))
+    return SignatureEvidence(image, children, parents)
+
+
+async def gather_signatures(
+    needs: frozenset[str],
+    repository: str,
+    digest: str,
+    manifest: Mapping[str, Any],
+    db: MetadataDB,
+    store: BlobStore,
+) -> dict[str, SignatureEvidence]:
+    """Signature evidence for every trust config named in `needs` (by its version)."""
+    out: dict[str, SignatureEvidence] = {}
+    for need in needs:
+        if need.startswith(FACT_PREFIX) and need[len(FACT_PREFIX) :] in _TRUSTS:
+            version = need[len(FACT_PREFIX) :]
+            out[version] = await gather(db, store, _TRUSTS[version], repository, digest, manifest)
+    return out
+
+
+def trust_configs(policy: Any) -> list[TrustConfig]:
+    """The distinct trust configs the `signature` requirements of a policy verify against."""
+    found: dict[str, TrustConfig] = {}
+    for rule in getattr(policy, "rules", ()):
+        for requirement in rule.requirements:
+            trust = getattr(requirement, "trust", None)
+            if isinstance(trust, TrustConfig):
+                found.setdefault(trust.version, trust)
+    return list(found.values())
+
+
+async def signature_pushed(
+    db: MetadataDB,
+    store: BlobStore,
+    policy: Any,
+    repository: str,
+    content: bytes,
+    tag: str | None,
+) -> bool:
+    """After a manifest push: when it is a signature (`.sig` tag or signature referrer) and the
+    policy trusts anyone, verify the signed image's signatures and record the proofs. Whether
+    evidence arrived (the caller bumps the repository's evidence version)."""
+    subject = signed_subject(content, tag)
+    if subject is None:
+        return False
+    trusts = trust_configs(policy)
+    for trust in trusts:
+        await verify_and_record(db, store, trust, repository, subject)
+    return bool(trusts)

@@ -1,0 +1,111 @@
+"""What the registry's handlers call to report events: one `EventHub` per application, holding
+the outbox, the sender and the pull reporter (`EVENTS` in the application)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from registry.errors import DENIED, RegistryError
+from registry.events.cloudevents import Event, manifest_data, subject
+from registry.events.outbox import Outbox
+from registry.events.pulls import PullReporter
+from registry.events.sender import Sender
+from registry.events.settings import EventSettings
+from storage.metadata import ManifestRecord, MetadataDB, Statements
+
+
+class EventHub:
+    """The events of one registry: outbox, sender, pulls."""
+
+    def __init__(self, db: MetadataDB, settings: EventSettings) -> None:
+        self.settings = settings
+        self.outbox = Outbox(db, settings)
+        self.sender = Sender(self.outbox, settings)
+        self.pulls = PullReporter(self.outbox)
+
+    def start(self) -> None:
+        """Start delivering (rows left by an earlier run go first)."""
+        self.sender.start()
+        self.pulls.start()
+
+    async def close(self) -> None:
+        """Stop; what is not delivered stays in the outbox."""
+        await self.pulls.close()
+        await self.sender.close()
+
+    def is_library(self, repository: str) -> bool:
+        """Whether moving a tag of `repository` means images built on it need a rebuild."""
+        return self.settings.library is not None and self.settings.library.matches(repository)
+
+    def push_statements(
+        self, record: ManifestRecord, tag: str | None, actor: str, previous: str | None = None
+    ) -> Statements:
+        """Outbox rows for a manifest push, for the push's own transaction."""
+        data = manifest_data(
+            tag=tag,
+            digest=record.digest,
+            media_type=record.media_type,
+            size=record.size,
+            actor=actor,
+        )
+        where = subject(record.repository, tag, record.digest)
+        events = [Event("image.pushed", record.repository, data, where)]
+        if tag is not None and previous is not None and previous != record.digest:
+            events.append(
+                Event(
+                    "library.tag.updated",
+                    record.repository,
+                    {**data, "previous": previous, "rebuild": True},
+                    where,
+                )
+            )
+        return self.outbox.statements(events)
+
+    def delete_statements(
+        self, record: ManifestRecord, tag: str | None, tags: list[str], actor: str
+    ) -> Statements:
+        """Outbox rows for deleting a tag (`tag`) or a manifest (with its `tags`)."""
+        data = manifest_data(
+            tag=tag,
+            digest=record.digest,
+            media_type=record.media_type,
+            size=record.size,
+            actor=actor,
+        )
+        if tag is not None:
+            kind, where = "tag.deleted", subject(record.repository, tag, record.digest)
+        else:
+            kind, where = "manifest.deleted", subject(record.repository, None, record.digest)
+            data["tags"] = tags
+        return self.outbox.statements([Event(kind, record.repository, data, where)])
+
+    def committed(self) -> None:
+        """A change carrying outbox rows was committed: wake the sender."""
+        self.outbox.notify()
+
+    @contextlib.asynccontextmanager
+    async def reporting_denials(
+        self, action: str, repository: str, reference: str, digest: str, actor: str
+    ) -> AsyncIterator[None]:
+        """Send `policy.denied` when the policy check inside refuses the request."""
+        try:
+            yield
+        except RegistryError as exc:
+            if exc.error is DENIED:
+                data = {
+                    "action": action,
+                    "reference": reference,
+                    "digest": digest,
+                    "actor": actor,
+                    "reason": exc.message,
+                    "detail": exc.detail,
+                }
+                where = f"{repository}@{digest}"
+                await self.outbox.append([Event("policy.denied", repository, data, where)])
+            raise
+
+
+EVENTS = web.AppKey("events", EventHub)

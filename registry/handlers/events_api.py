@@ -1,0 +1,31 @@
+"""`GET /api/v1/events/deliveries` (Trustyard's own API, administrators only): events not yet
+delivered. Filters `state` (pending | failed) and `endpoint`; `n` rows at most (default 100,
+at most 1000), oldest first; `counts` totals both states."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.errors import ErrorCode, RegistryError
+from registry.events.hub import EVENTS
+
+QUERY_INVALID = ErrorCode("QUERY_INVALID", 400, "invalid query parameter")
+MAX_PAGE = 1000
+
+
+async def list_deliveries(request: web.Request) -> web.StreamResponse:
+    """Pending and failed deliveries, with the last error of each."""
+    outbox = request.app[EVENTS].outbox
+    state = request.query.get("state")
+    if state not in (None, "pending", "failed"):
+        raise RegistryError(QUERY_INVALID, message="state: expected pending or failed")
+    try:
+        limit = int(request.query.get("n", "100"))
+    except ValueError:
+        limit = -1
+    if not 0 < limit <= MAX_PAGE:
+        raise RegistryError(QUERY_INVALID, message=f"n: expected 1 to {MAX_PAGE}")
+    rows = await outbox.list(state=state, endpoint=request.query.get("endpoint"), limit=limit)
+    return web.json_response(
+        {"counts": await outbox.counts(), "deliveries": [r.as_json() for r in rows]}
+    )

@@ -1,0 +1,200 @@
+"""The scanner webhook and the scans API (Trustyard's own, under `/api/v1/`):
+
+- `POST /api/v1/scans`: a scanner posts a Trivy, Grype or generic JSON report. It authenticates
+  with its bearer token (`Authorization: Bearer <token>`) or an HMAC signature
+  (`Trustyard-Timestamp`, `Trustyard-Signature`, see `registry.events.signing`; with several
+  HMAC scanners `Trustyard-Scanner: <name>` says which), as configured under `scanners:`.
+  Query parameters: `digest` (the scanned manifest, when the report does not name it or names
+  another), `repository` (require the manifest in this repository), `format` (trivy | grype |
+  generic, instead of recognising the body), `scanner_version` (when the report does not say).
+  Answers 201 with the stored summary; 401 wrong credentials, 404 unknown manifest, 400 a body
+  we cannot read (saying where), 413 a body over `scans.max_body`. Nothing is stored unless all
+  is well; a stored report replaces that scanner's earlier one and bumps the evidence version of
+  every repository holding the manifest, so cached pull decisions are made afresh.
+- `GET /api/v1/scans/{digest}`: every scanner's latest report on a manifest, with findings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from policies.rules import parse_size
+from registry.config import Config
+from registry.context import context
+from registry.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, ErrorCode, RegistryError
+from registry.events import signing
+from registry.grammar import parse_digest
+from registry.scans.formats import parse_report
+from registry.scans.model import ReportError
+from registry.scans.store import ScanStore
+
+#: Trustyard's own error codes for the webhook (not the OCI spec's).
+SCAN_INVALID = ErrorCode("SCAN_INVALID", 400, "scan report invalid")
+SCAN_TOO_LARGE = ErrorCode("SCAN_TOO_LARGE", 413, "scan report too large")
+SCANNER_UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "scanner authentication required")
+
+SCANNER_HEADER = "Trustyard-Scanner"
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """A configured scanner and its credential: a bearer token or an HMAC secret."""
+
+    name: str
+    token: str | None = None
+    hmac_secret: str | None = None
+
+
+def scanners(config: Config) -> tuple[Scanner, ...]:
+    """The scanners of the configuration (`scanners:`)."""
+    return tuple(
+        Scanner(entry["name"], entry.get("token"), entry.get("hmac_secret"))
+        for entry in config.raw.get("scanners") or ()
+    )
+
+
+def max_body(config: Config) -> int:
+    """The largest report accepted, in bytes (`scans.max_body`)."""
+    section = config.raw.get("scans") or {}
+    return parse_size(section.get("max_body", DEFAULT_MAX_BODY))
+
+
+def _unauthorized(message: str) -> RegistryError:
+    return RegistryError(
+        SCANNER_UNAUTHORIZED,
+        message=message,
+        headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="trustyard-scanners"'},
+    )
+
+
+def _by_token(known: tuple[Scanner, ...], header: str) -> Scanner | None:
+    token = header[7:].strip().encode()
+    found = None
+    for scanner in known:
+        # Compare with every token (constant time each) so timing does not tell which matched.
+        if scanner.token and hmac.compare_digest(scanner.token.encode(), token):
+            found = scanner
+    return found
+
+
+def _by_signature(
+    known: tuple[Scanner, ...], request: web.Request, body: bytes
+) -> tuple[Scanner | None, str]:
+    named = request.headers.get(SCANNER_HEADER)
+    candidates = [s for s in known if s.hmac_secret and (named is None or s.name == named)]
+    if not candidates:
+        return None, (
+            f"no HMAC scanner named {named!r}" if named else "no scanner uses an HMAC secret"
+        )
+    problem = "the signature does not match the body"
+    for scanner in candidates:
+        assert scanner.hmac_secret is not None
+        problem = signing.verify(scanner.hmac_secret, request.headers, body) or ""
+        if not problem:
+            return scanner, ""
+    return None, problem
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> RegistryError:
+    return RegistryError(
+        SCAN_TOO_LARGE,
+        {"limit": limit},
+        message=f"scan report larger than the {limit} byte limit (scans.max_body)",
+    )
+
+
+async def post_scan(request: web.Request) -> web.StreamResponse:
+    """Authenticate the scanner, parse its report, and store it against the manifest."""
+    ctx = context(request)
+    known = scanners(ctx.config)
+    if not known:
+        raise _unauthorized("no scanners are configured (scanners: in the configuration)")
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scanner = None
+    if header[:7].lower() == "bearer ":
+        scanner = _by_token(known, header)
+        if scanner is None:
+            raise _unauthorized("the bearer token is not a configured scanner's")
+    limit = max_body(ctx.config)
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    body = await _read_limited(request, limit)
+    if scanner is None:
+        scanner, problem = _by_signature(known, request, body)
+        if scanner is None:
+            raise _unauthorized(
+                f"scanner authentication failed: {problem} "
+                "(send Authorization: Bearer <token>, or sign the body)"
+            )
+    try:
+        report = parse_report(body, request.query.get("format"))
+    except ReportError as exc:
+        raise RegistryError(SCAN_INVALID, message=str(exc)) from None
+    digest = _digest(request.query.get("digest"), report.digests)
+    store = ScanStore(ctx.db)
+    repositories = await store.repositories_of(digest)
+    wanted = request.query.get("repository")
+    if wanted is not None:
+        repositories = [r for r in repositories if r == wanted]
+    if not repositories:
+        where = f" in repository {wanted}" if wanted else ""
+        raise RegistryError(
+            MANIFEST_UNKNOWN,
+            {"digest": digest},
+            message=f"no manifest {digest}{where}: push the image before posting its scan",
+        )
+    if not report.tool_version and request.query.get("scanner_version"):
+        report = dataclasses.replace(report, tool_version=request.query["scanner_version"])
+    stored = await store.replace(digest, scanner.name, report)
+    for repository in repositories:
+        await ctx.policy.evidence_arrived(repository)
+    return web.json_response(
+        {**stored.as_json(findings=False), "repositories": repositories}, status=201
+    )
+
+
+def _digest(given: str | None, named: tuple[str, ...]) -> str:
+    if given is not None:
+        try:
+            return str(parse_digest(given))
+        except RegistryError:
+            raise RegistryError(
+                DIGEST_INVALID, {"digest": given}, message=f"digest={given!r} is not a digest"
+            ) from None
+    if not named:
+        raise RegistryError(
+            SCAN_INVALID,
+            message="the report names no image digest; add ?digest=sha256:... to the URL",
+        )
+    return named[0]
+
+
+async def get_scans(request: web.Request) -> web.StreamResponse:
+    """Every scanner's latest report on the manifest `{digest}`, with findings."""
+    digest = _digest(request.match_info["digest"], ())
+    store = ScanStore(context(request).db)
+    repositories = await store.repositories_of(digest)
+    reports = await store.reports([digest])
+    if not repositories and not reports:
+        raise RegistryError(MANIFEST_UNKNOWN, {"digest": digest}, message=f"no manifest {digest}")
+    body: dict[str, Any] = {
+        "digest": digest,
+        "repositories": repositories,
+        "reports": [r.as_json() for r in reports],
+    }
+    return web.json_response(body)

@@ -1,0 +1,210 @@
+"""Events from a registry to a receiver on loopback: CloudEvents bodies with a valid HMAC, the
+outbox written with the change, retries with backoff in order per repository, give-up, the
+deliveries API, and pushes that do not wait for a failing endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from registry.context import CONTEXT
+from tests.events.receiver import Receiver, serve
+from tests.oci import OCI_MANIFEST, descriptor, push_blob, push_image
+from tests.server_process import free_port
+
+SECRET = "endpoint-secret-0123456789"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    port = free_port()
+    hook = Receiver(secret=SECRET)
+    runner = await serve(hook, port)
+    yield hook, port
+    await runner.cleanup()
+
+
+def events_section(port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "source": "/trustyard/test",
+        "endpoints": [
+            {
+                "name": "hook",
+                "url": f"http://127.0.0.1:{port}/hook",
+                "secret": SECRET,
+                "headers": {"X-Team": "platform"},
+                "timeout": "2s",
+            }
+        ],
+        "retry": {"initial": "50ms", "max": "200ms"},
+        "pull_events": {"mode": "sampled", "rate": 1},
+        **extra,
+    }
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_push_event_is_a_signed_cloudevent(
+    start_client: Any, receiver: tuple[Receiver, int]
+) -> None:
+    hook, port = receiver
+    client: TestClient = await start_client(events=events_section(port))
+    digest, body = await push_image(client, "prod/app", "v1")
+    await until(lambda: len(hook.received) == 1)
+    got = hook.received[0]
+    assert got.signature_problem is None
+    assert got.headers["Content-Type"].startswith("application/cloudevents+json")
+    assert got.headers["X-Team"] == "platform"
+    event = got.event
+    assert event["specversion"] == "1.0" and event["type"] == "dev.trustyard.image.pushed"
+    assert event["source"] == "/trustyard/test" and event["subject"] == "prod/app:v1"
+    assert len(event["id"]) == 32 and event["time"].endswith("Z")
+    assert event["data"] == {
+        "repository": "prod/app",
+        "tag": "v1",
+        "digest": digest,
+        "mediaType": OCI_MANIFEST,
+        "size": len(body),
+        "actor": "anonymous",
+    }
+
+
+async def test_pull_delete_and_denial_events(
+    start_client: Any, receiver: tuple[Receiver, int], tmp_path: Path
+) -> None:
+    hook, port = receiver
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: no latest\n"
+        "    match: {repositories: ['**'], tags: [latest], on: [push]}\n"
+        "    deny: use a version tag\n"
+    )
+    client: TestClient = await start_client(
+        events=events_section(port), policy={"file": str(policy), "reload": False}
+    )
+    digest, _ = await push_image(client, "prod/app", "v1")
+    assert (await client.get("/v2/prod/app/manifests/v1")).status == 200
+    assert (await client.delete("/v2/prod/app/manifests/v1")).status == 202
+    await push_image(client, "prod/app", "v2")
+    resp = await client.put(
+        "/v2/prod/app/manifests/latest",
+        data=(await (await client.get("/v2/prod/app/manifests/v2")).read()),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 403
+    await until(lambda: len(hook.received) == 6)
+    assert hook.types() == [
+        "image.pushed",
+        "image.pulled",
+        "tag.deleted",
+        "image.pushed",
+        "image.pulled",
+        "policy.denied",
+    ]
+    denied = hook.received[-1].event["data"]
+    assert denied["action"] == "push" and denied["reference"] == "latest"
+    assert denied["reason"] == 'rule "no latest": use a version tag'
+
+
+async def test_retries_in_order_then_deliveries_api(
+    start_client: Any, receiver: tuple[Receiver, int]
+) -> None:
+    hook, port = receiver
+    hook.failures = 3
+    client: TestClient = await start_client(events=events_section(port))
+    for tag in ("v1", "v2", "v3"):
+        await push_image(client, "prod/app", tag)
+    await until(lambda: hook.refused >= 1)
+    listing = await (await client.get("/api/v1/events/deliveries")).json()
+    assert listing["counts"]["pending"] >= 1
+    assert listing["deliveries"][0]["last_error"] in (None, "HTTP 503")
+    await until(lambda: len(hook.received) == 3)
+    assert [r.event["data"]["tag"] for r in hook.received] == ["v1", "v2", "v3"]
+    assert hook.refused == 3
+    listing = await (await client.get("/api/v1/events/deliveries")).json()
+    assert listing == {"counts": {"pending": 0, "failed": 0}, "deliveries": []}
+    resp = await client.get("/api/v1/events/deliveries?state=lost")
+    assert resp.status == 400
+
+
+async def test_failing_endpoint_given_up_and_listed(start_client: Any) -> None:
+    port = free_port()  # nothing listens there
+    section = events_section(port, retry={"initial": "10ms", "max": "10ms", "give_up_after": 0})
+    client: TestClient = await start_client(events=section)
+    started = time.monotonic()
+    await push_image(client, "prod/app", "v1")
+    assert time.monotonic() - started < 2  # the push did not wait for the endpoint
+
+    async def failed() -> list[dict[str, Any]]:
+        body = await (await client.get("/api/v1/events/deliveries?state=failed")).json()
+        return body["deliveries"]
+
+    deadline = time.monotonic() + 10
+    while not (rows := await failed()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert rows[0]["endpoint"] == "hook" and rows[0]["type"] == "dev.trustyard.image.pushed"
+    assert rows[0]["attempts"] == 1 and "ClientConnectorError" in rows[0]["last_error"]
+
+
+async def test_outbox_rows_only_with_the_change(start_client: Any) -> None:
+    """A push refused for a missing blob writes no event; a stored one writes exactly one per
+    endpoint, in the same transaction (checked in the database while the sender is stopped)."""
+    port = free_port()
+    section = events_section(port, retry={"initial": "1h", "max": "1h"})
+    client: TestClient = await start_client(events=section)
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    await push_blob(client, "prod/app", config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", b"missing")],
+    }
+    import json
+
+    resp = await client.put(
+        "/v2/prod/app/manifests/v1",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 404
+    db = client.server.app[CONTEXT].db
+    assert await db.read("SELECT COUNT(*) FROM event_outbox") == [(0,)]
+    await push_image(client, "prod/app", "v1")
+    assert await db.read("SELECT endpoint, repository, type FROM event_outbox") == [
+        ("hook", "prod/app", "dev.trustyard.image.pushed")
+    ]
+
+
+async def test_endpoint_event_filter_and_library_tag(
+    start_client: Any, receiver: tuple[Receiver, int]
+) -> None:
+    hook, port = receiver
+    section = events_section(port, library_repositories=["library/**"])
+    section["endpoints"][0]["events"] = ["library.tag.updated"]
+    client: TestClient = await start_client(events=section)
+    first, _ = await push_image(client, "library/base", "3")
+    second, _ = await push_image(client, "library/base", "3", layers=[b"patched"])
+    await push_image(client, "prod/app", "v1")
+    await until(lambda: len(hook.received) == 1)
+    await asyncio.sleep(0.2)
+    (got,) = hook.received
+    assert got.event["type"] == "dev.trustyard.library.tag.updated"
+    assert got.event["data"]["previous"] == first and got.event["data"]["digest"] == second
+
+
+def test_web_import() -> None:
+    assert web.Application  # the receiver module uses aiohttp's server
