@@ -1,11 +1,18 @@
-"""Trustyard vs. the reference registry (CNCF Distribution): blob push/pull, manifest load, RSS.
+"""Trustyard vs. the reference registry (CNCF Distribution), with the physical limit beside them.
 
-    python -m bench.registry_bench                # 1 GiB blob, 3 rounds, both registries
-    python -m bench.registry_bench --quick        # 64 MiB blob, 5 s manifest runs
+    python -m bench.registry_bench                # 1 GiB blob, 3 rounds, every workload
+    python -m bench.registry_bench --quick        # 64 MiB blob, 5 s manifest runs, 50 MiB image
     python -m bench.registry_bench --only trustyard --rounds 1
+    python -m bench.registry_bench --workloads small,manifest
 
-Both servers listen on 127.0.0.1 only and run from a scratch directory that is removed at
-the end; both are stopped at the end, on Ctrl-C and on errors. See bench/README.md.
+Workloads: blob push (monolithic, chunked) and pull (single, concurrent); 1,000 small blobs
+pushed and pulled by 16 clients; manifest GET by tag and HEAD by digest at 64 connections;
+the same with a 100-rule policy loaded; a cold `docker pull` of a 10-layer image through a
+private dockerd; peak RSS. The "limit" column: write+fsync of the same bytes for pushes,
+bench/limit_server.py (plain sendfile) for pulls and manifests.
+
+Every server listens on 127.0.0.1 only and runs from a scratch directory that is removed at
+the end; all are stopped at the end, on Ctrl-C, on SIGTERM and on errors. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -933,7 +940,7 @@ def label_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def selected_metrics(args: argparse.Namespace, has_limit: bool) -> list[Metric]:
+def selected_metrics(args: argparse.Namespace) -> list[Metric]:
     """The rows the run produces: those of the selected workloads."""
     out = []
     for m in METRICS:
@@ -948,7 +955,7 @@ def selected_metrics(args: argparse.Namespace, has_limit: bool) -> list[Metric]:
 def build_report(rec: Recorder, keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     workloads: dict[str, Any] = {}
     labels = label_args(args)
-    for m in selected_metrics(args, "limit" in keys):
+    for m in selected_metrics(args):
         entry: dict[str, Any] = {
             "label": m.label.format(**labels).strip(),
             "unit": m.unit,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.decisions import Action
+from policies.library.declaration import Library
 from policies.library.lineage import Lineage
 from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
@@ -144,8 +145,10 @@ async def gather_facts(
     needs: frozenset[str],
     db: MetadataDB,
     store: BlobStore,
+    library: Library | None = None,
 ) -> ImageFacts:
-    """Learn what the rules in `needs` look at about the manifest `content`."""
+    """Learn what the rules in `needs` look at about the manifest `content` (lineage against
+    the policy's `library`)."""
     try:
         manifest = json.loads(content)
     except ValueError:
@@ -181,7 +184,9 @@ async def gather_facts(
         images.append(Image(request.digest, config_platform, _layer_size(manifest), labels))
     lineage = None
     if LINEAGE in needs:
-        lineage = await trace_lineage(db, store, request.repository, request.digest, content)
+        lineage = await trace_lineage(
+            db, store, request.repository, request.digest, content, library
+        )
     signatures = None
     if (
         request.action is Action.PULL

@@ -202,7 +202,9 @@ class PolicyGate:
         if not matching:
             return policy.evaluate(request, _NO_FACTS, matching)
         needs = frozenset().union(*(rule.needs for rule, _ in matching))
-        facts = await gather_facts(request, media_type, content, needs, self.db, self.store)
+        facts = await gather_facts(
+            request, media_type, content, needs, self.db, self.store, policy.library
+        )
         return policy.evaluate(request, facts, matching)
 
     async def check_push(

@@ -242,18 +242,18 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
     if problems:
         raise PolicyError(source, problems)
     section = document.get("library")
+    trust, trust_problems = parse_trust(document.get("trust"), _policy_folder(source))
     problems += [
         Problem(lines.of(("library", *path)), format_path(("library", *path)), message, source)
-        for path, message in section_problems(section or {})
+        for path, message in section_problems(section or {}, trust.names)
     ]
-    trust, trust_problems = parse_trust(document.get("trust"), _policy_folder(source))
     problems += [
         Problem(lines.of(("trust", *path)), format_path(("trust", *path)), message, source)
         for path, message in trust_problems
     ]
     if problems:
         raise PolicyError(source, problems)
-    library = Library.from_section(section) if section is not None else None
+    library = Library.from_section(section, trust) if section is not None else None
     rules, problems = _build_rules(document, lines, source, library, trust)
     if problems:
         raise PolicyError(source, problems)

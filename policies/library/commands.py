@@ -92,7 +92,13 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         "present",
         file=out,
     )
-    if not result.moved:
+    if result.pending is not None:
+        print(
+            f"{result.name}:{result.tag} stays on its current digest until {result.digest} is "
+            f"signed: {result.pending}",
+            file=out,
+        )
+    elif not result.moved:
         print(f"{result.name}:{result.tag} already pointed to {result.digest}", file=out)
     return 0
 

@@ -18,10 +18,11 @@ tracked (tag history) and count as bases.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from policies.signatures.trust import TrustConfig
 from registry.grammar import NAME_RE, TAG_RE
 
 DEFAULT_NAMESPACE = "library"
@@ -48,6 +49,7 @@ class Library:
 
     namespace: str = DEFAULT_NAMESPACE
     images: tuple[LibraryImage, ...] = ()
+    trust: TrustConfig = field(default_factory=TrustConfig)  # who `signed_by` names
 
     def repository(self, name: str) -> str:
         """Where library image `name` is stored: `library/python`."""
@@ -74,8 +76,9 @@ class Library:
         return image is not None and tag in image.tags
 
     @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> Library:
-        """The library of a schema-valid `library:` section."""
+    def from_section(cls, section: Mapping[str, Any], trust: TrustConfig | None = None) -> Library:
+        """The library of a schema-valid `library:` section; `trust` is the policy's `trust:`
+        section, which `signed_by` names signers of."""
         return cls(
             namespace=section.get("namespace", DEFAULT_NAMESPACE),
             images=tuple(
@@ -92,11 +95,15 @@ class Library:
                 )
                 for entry in section.get("images", ())
             ),
+            trust=trust or TrustConfig(),
         )
 
 
-def section_problems(section: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """What the schema cannot see in a `library:` section: (path inside it, message) pairs."""
+def section_problems(
+    section: Mapping[str, Any], signers: frozenset[str] = frozenset()
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """What the schema cannot see in a `library:` section: (path inside it, message) pairs.
+    `signers` are the names the policy's `trust:` section declares."""
     namespace = section.get("namespace", DEFAULT_NAMESPACE)
     if NAME_RE.fullmatch(namespace) is None:
         yield ("namespace",), f"not a valid repository namespace: {namespace!r}"
@@ -114,6 +121,13 @@ def section_problems(section: Mapping[str, Any]) -> Iterator[tuple[tuple[str | i
         for position, tag in enumerate(entry["tags"]):
             if TAG_RE.fullmatch(tag) is None:
                 yield ("images", index, "tags", position), f"not a valid tag: {tag!r}"
+        for position, signer in enumerate(entry.get("signed_by", ())):
+            if signer not in signers:
+                declared = ", ".join(sorted(signers)) or "none"
+                yield (
+                    ("images", index, "signed_by", position),
+                    f"unknown signer {signer}; trust: declares {declared}",
+                )
         until = entry.get("supported_until")
         if until is not None:
             try:

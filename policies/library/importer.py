@@ -28,6 +28,7 @@ from policies.library.declaration import Library, parse_reference
 from policies.library.history import record_tag
 from policies.library.images import INDEX_TYPES, platform_of
 from policies.library.recording import record_lineage, trace_lineage
+from policies.library.signing import unsigned
 from registry.errors import RegistryError
 from registry.grammar import Digest, parse_digest
 from registry.manifest_format import parse_manifest
@@ -117,6 +118,7 @@ class ImportResult:
     blobs_added: int = 0
     blobs_present: int = 0
     moved: bool = True  # whether the library tag now points somewhere new
+    pending: str | None = None  # why the tag waits for a `signed_by` signature, when it does
 
 
 class _Importer:
@@ -420,8 +422,11 @@ async def import_image(
         await importer.store_manifests(tag)
     finally:
         source.close()
-    moved = await record_tag(db, name, tag, repository, record.digest)
-    lineages = await trace_lineage(db, store, repository, record.digest, record.content)
+    # With `signed_by`, the library tag follows once the imported digest is signed.
+    image = library.image(name)
+    pending = None if image is None else await unsigned(db, store, library, image, record.digest)
+    moved = pending is None and await record_tag(db, name, tag, repository, record.digest)
+    lineages = await trace_lineage(db, store, repository, record.digest, record.content, library)
     if lineages:
         await record_lineage(db, repository, record.digest, lineages)
     return ImportResult(
@@ -435,4 +440,5 @@ async def import_image(
         blobs_added=importer.added,
         blobs_present=importer.present,
         moved=moved,
+        pending=pending,
     )

@@ -49,6 +49,7 @@ class Candidate:
     current: bool  # whether the tag still points at `digest`
     since: float  # when the tag first pointed at `digest`
     replaced_at: float | None = None  # when the tag last moved away from `digest` (None: current)
+    pending: bool = False  # pushed to the tag, not yet signed as `signed_by` asks: no base yet
 
     @property
     def reference(self) -> str:
@@ -110,10 +111,11 @@ def is_built_on(base: ImageLayers, image: ImageLayers) -> bool:
 
 def find_base(image: ImageLayers, candidates: Iterable[Candidate]) -> Lineage:
     """The library image `image` was built on: the longest prefix wins (the nearest base), then
-    a current digest over a replaced one, then the newest. Without one, the closest candidate:
-    most shared layers, then current, then the smallest base."""
+    a signed digest over a pending one, then a current digest over a replaced one, then the
+    newest. Without one, the closest candidate: most shared layers, then current, then the
+    smallest base."""
     best: Candidate | None = None
-    best_key: tuple[int, bool, float] = (0, False, 0.0)
+    best_key: tuple[int, bool, bool, float] = (0, False, False, 0.0)
     closest: Candidate | None = None
     closest_key: tuple[int, bool, int] = (-1, False, 0)
     for candidate in candidates:
@@ -121,7 +123,7 @@ def find_base(image: ImageLayers, candidates: Iterable[Candidate]) -> Lineage:
             continue
         length = base_length(candidate.image)
         if is_built_on(candidate.image, image):
-            key = (length, candidate.current, candidate.since)
+            key = (length, not candidate.pending, candidate.current, candidate.since)
             if best is None or key > best_key:
                 best, best_key = candidate, key
         else:

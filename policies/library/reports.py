@@ -16,6 +16,7 @@ from typing import Any
 
 from policies.library.declaration import Library
 from policies.library.history import TagHistoryEntry, tag_history
+from policies.library.signing import Pending, pending_tags
 from storage.metadata import MetadataDB
 
 
@@ -128,11 +129,16 @@ def _period(entry: TagHistoryEntry) -> dict[str, Any]:
     }
 
 
+def _pending(entry: Pending | None) -> dict[str, Any] | None:
+    return None if entry is None else {"digest": entry.digest, "reason": entry.reason}
+
+
 async def overview(
     db: MetadataDB, library: Library | None, now: float | None = None
 ) -> dict[str, Any]:
     """Every declared library image with its tags: current digest, history (newest first),
-    deprecation and consumers."""
+    deprecation, consumers, and the digest pushed to the tag but pending its `signed_by`
+    signature (`pending`, else null)."""
     now = time.time() if now is None else now
     today = datetime.fromtimestamp(now, UTC).date()
     if library is None:
@@ -141,6 +147,7 @@ async def overview(
     for entry in await tag_history(db):
         history.setdefault((entry.name, entry.tag), []).append(entry)
     counts = await consumer_counts(db)
+    pending = {(p.name, p.tag): p for p in await pending_tags(db, library)}
     images = []
     for image in library.images:
         tags = []
@@ -156,6 +163,7 @@ async def overview(
                     "history": [_period(p) for p in reversed(periods)],
                     "consumers": total,
                     "stale_consumers": stale,
+                    "pending": _pending(pending.get((image.name, tag))),
                 }
             )
         images.append(

@@ -10,6 +10,9 @@ require:
 - `allow_deprecated` (default true): false refuses a base past its `supported_until` day.
 - `max_behind`: a base whose tag has moved on is accepted for at most this long after it was
   replaced; then the image must be rebuilt.
+
+A library image with `signed_by` is a base only at digests signed so (`policies.library.signing`):
+an image built on a digest pushed to its tag but not signed is refused while `from_library`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from policies.decisions import Decision
 from policies.facts import LINEAGE
 from policies.library.declaration import Library
 from policies.library.lineage import Lineage, base_length
+from policies.library.signing import wanted
 from policies.rules import Context, short
 
 
@@ -97,6 +101,14 @@ class BaseImage:
             return (
                 f"image{where} is built on {base.reference}, which is no longer declared in the "
                 "library; rebuild on a library image"
+            )
+        if base.pending:
+            if not self.from_library:
+                return None
+            return (
+                f"image{where} is built on {base.reference}@{short(base.digest)}, which is not "
+                f"signed by {wanted(declared)} (signed_by), so not a library image yet; sign it "
+                f"or rebuild on the library's current {base.reference}"
             )
         today = datetime.fromtimestamp(now, UTC).date()
         if not self.allow_deprecated and declared.deprecated(today):

@@ -321,7 +321,7 @@ def verify_against(
         except (KeylessError, FormatError) as exc:
             reasons.append(str(exc))
             continue
-        if authority.subject is None or _same_dn(authority.subject, result.identity.subject_dn):
+        if authority.subject is None or same_dn(authority.subject, result.identity.subject_dn):
             found.append(Finding(digest, "cosign-keyless", True, authority.name, _who(result)))
         else:
             reasons.append(f"certificate subject {result.identity.subject_dn!r} is not trusted")
@@ -336,7 +336,7 @@ def _who(result: KeylessResult) -> str:
     return f"{subject}{issuer}"
 
 
-def _same_dn(wanted: str, actual: str) -> bool:
+def same_dn(wanted: str, actual: str) -> bool:
     """Whether two RFC 4514 names are the same, ignoring spacing and the order of RDNs."""
 
     def parts(name: str) -> set[str]:

@@ -4,6 +4,7 @@
 require:
   signature: {any_of: [release, gha-release]}   # or all_of: [...], or at_least: 2, of: [...]
                                                 # docker_reference: true, every_platform: true
+                                                # predicate_type: https://slsa.dev/provenance/v1
 ```
 
 It reads recorded proofs (`policies.signatures.proofs`), gathered before evaluation like every
@@ -40,6 +41,7 @@ class SignatureRequirement:
     docker_reference: bool = False
     every_platform: bool = False
     needs: frozenset[str] = field(default=frozenset())
+    predicate_type: str | None = None  # only in-toto attestations of this type count
 
     @classmethod
     def build(cls, spec: Mapping[str, Any], trust: TrustConfig) -> SignatureRequirement:
@@ -57,15 +59,17 @@ class SignatureRequirement:
             bool(spec.get("docker_reference", False)),
             bool(spec.get("every_platform", False)),
             frozenset({register_trust(trust)}),
+            spec.get("predicate_type"),
         )
 
     def wanted(self) -> str:
         """`a signature by release or gha-release`, `signatures by release and ci`, ..."""
+        of = f" (a {self.predicate_type} attestation)" if self.predicate_type else ""
         if self.count == 1:
-            return f"a signature by {_names(self.signers, 'or')}"
+            return f"a signature by {_names(self.signers, 'or')}{of}"
         if self.count == len(self.signers):
-            return f"signatures by {_names(self.signers, 'and')}"
-        return f"signatures by at least {self.count} of {_names(self.signers, 'and')}"
+            return f"signatures by {_names(self.signers, 'and')}{of}"
+        return f"signatures by at least {self.count} of {_names(self.signers, 'and')}{of}"
 
     def _proved(self, findings: Iterable[Finding], repository: str) -> tuple[set[str], list[str]]:
         """The wanted signers these findings prove, and how each signature reads in a message."""
@@ -79,6 +83,10 @@ class SignatureRequirement:
                 if signed_for != repository:
                     ok = False
                     text = f"by {f.signer} but for repository {signed_for}"
+            if ok and self.predicate_type and f.predicate_type != self.predicate_type:
+                ok = False
+                what = f.predicate_type or "a plain signature"
+                text = f"by {f.signer} but {what}, not {self.predicate_type}"
             if ok:
                 proved.add(str(f.signer))
             elif f.valid and f.signer not in self.signers and text == f.describe():

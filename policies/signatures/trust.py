@@ -68,11 +68,13 @@ def load_certificates(pem: bytes) -> tuple[x509.Certificate, ...]:
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A named public key."""
+    """A named public key; with `rekor`, its signatures count only when logged in that Sigstore
+    deployment's Rekor (checked offline against the root's Rekor keys)."""
 
     name: str
     key: PublicKey
     key_id: str
+    rekor: SigstoreRoot | None = None
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,15 @@ def parse_trust(
         except TrustError as exc:
             problems.append((("keys", name), str(exc)))
             continue
-        keys[name] = TrustedKey(name, key, key_id(key))
-        fingerprint[f"key:{name}"] = keys[name].key_id
+        rekor = None
+        if "rekor" in entry:
+            try:
+                rekor = load_sigstore_root(str(entry["rekor"]), str(base))
+            except TrustError as exc:
+                problems.append((("keys", name, "rekor"), str(exc)))
+                continue
+        keys[name] = TrustedKey(name, key, key_id(key), rekor)
+        fingerprint[f"key:{name}"] = [keys[name].key_id, sorted(rekor.rekor) if rekor else None]
     for name, entry in (section.get("certificates") or {}).items():
         try:
             roots = load_certificates(_pem(entry, base))

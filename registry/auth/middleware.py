@@ -194,9 +194,7 @@ def _require_library_ops(request: web.Request, service: AuthService, name: str) 
     library = context.policy.policy.library if context is not None else None
     if library is None or not library.in_namespace(name):
         return
-    caller = _caller(request)
-    allowed = service.allowed(caller.identity, "repository", name)
-    if "admin" not in allowed and "*" not in allowed:
+    if not service.permissions.allows(_caller(request).identity, name, "admin"):
         raise RegistryError(
             DENIED,
             {"name": name, "action": "push"},

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from policies.decisions import Action
 from policies.facts import PolicyRequest
-from policies.library.recording import record_library_push
+from policies.library.recording import record_library_delete, record_library_push
 from policies.signatures.proofs import signature_pushed
 from registry.context import RegistryContext, context
 from registry.errors import (
@@ -180,6 +180,7 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     policy_headers: dict[str, str] = {}
     events, actor = request.app[EVENTS], identity(request).name
     outbox: Statements = ()
+    tags: tuple[str, ...] = ()
     if record is not None:
         tags = (tag,) if tag is not None else tuple(await ctx.db.tags_of(name, record.digest))
         async with events.reporting_denials("delete", name, reference, record.digest, actor):
@@ -194,6 +195,8 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
         deleted = await ctx.db.delete_tag(name, reference, outbox)
     if not deleted:
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    # The base-image library: a deleted library tag's history ends.
+    await record_library_delete(ctx.db, ctx.policy.policy.library, name, tags)
     ctx.policy.evidence_changed(name)
     events.committed()
     return web.Response(status=202, headers=policy_headers)

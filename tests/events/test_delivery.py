@@ -5,13 +5,13 @@ deliveries API, and pushes that do not wait for a failing endpoint."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from registry.context import CONTEXT
@@ -173,8 +173,6 @@ async def test_outbox_rows_only_with_the_change(start_client: Any) -> None:
         "config": descriptor("application/vnd.oci.image.config.v1+json", config),
         "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", b"missing")],
     }
-    import json
-
     resp = await client.put(
         "/v2/prod/app/manifests/v1",
         data=json.dumps(manifest).encode(),
@@ -204,7 +202,3 @@ async def test_endpoint_event_filter_and_library_tag(
     (got,) = hook.received
     assert got.event["type"] == "dev.trustyard.library.tag.updated"
     assert got.event["data"]["previous"] == first and got.event["data"]["digest"] == second
-
-
-def test_web_import() -> None:
-    assert web.Application  # the receiver module uses aiohttp's server

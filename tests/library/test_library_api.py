@@ -173,3 +173,31 @@ async def test_reports_list_images_consumers_and_the_rebuild_list(
     assert len(out) == 2
     assert await asyncio.to_thread(main, [*argv, "--json"]) == 0
     assert '"repository": "apps/web"' in capsys.readouterr().out
+
+
+async def test_deleting_a_library_tag_ends_its_history(registry: TestClient) -> None:
+    db = registry.server.app[CONTEXT].db
+    await push(registry, "library/python", "3.12-slim", PYTHON)
+    await push(registry, "library/python", "3.13-slim", PYTHON_PATCHED)
+    await push(registry, "apps/web", "v1", Image([*PY_LAYERS, layer_tar("app")]))
+    assert (await registry.delete("/v2/library/python/manifests/3.12-slim")).status == 202
+    [slim] = await tag_history(db, "python", "3.12-slim")
+    assert slim.digest == PYTHON.digest and slim.until is not None
+    # The images built on it are on the rebuild list; the other tag is untouched.
+    assert [r[5] for r in await lineage_rows(registry) if r[0] == "apps/web"] == [0]
+    [newer] = await tag_history(db, "python", "3.13-slim")
+    assert newer.current
+    body = await (await registry.get("/api/v1/library")).json()
+    python = next(i for i in body["images"] if i["name"] == "python")
+    assert [t["digest"] for t in python["tags"]] == [None, PYTHON_PATCHED.digest]
+    # Deleting a manifest by digest ends every library tag pointing at it.
+    resp = await registry.delete(f"/v2/library/python/manifests/{PYTHON_PATCHED.digest}")
+    assert resp.status == 202
+    assert not any(h.current for h in await tag_history(db, "python"))
+    # Pushing the tag again starts a new period.
+    await push(registry, "library/python", "3.12-slim", PYTHON)
+    periods = await tag_history(db, "python", "3.12-slim")
+    assert [(p.digest, p.current) for p in periods] == [
+        (PYTHON.digest, False),
+        (PYTHON.digest, True),
+    ]

@@ -1,0 +1,168 @@
+"""`signed_by`: a library tag moves to a new digest only once that digest is signed.
+
+```yaml
+trust:
+  keys:
+    docker-official: {pem_file: docker-official.pub}
+library:
+  images:
+    - name: python
+      tags: ["3.12-slim"]
+      signed_by: [docker-official]
+```
+
+Images are pushed first and signed right after (cosign needs the manifest in the registry), so a
+push to a library tag cannot wait for its signature. The push is stored and the registry tag
+moves, but the library does not follow: the tag's history (what the library calls current, what
+lineage compares images with, what `stale` counts from) moves to the digest only when one of
+`signed_by` has signed it, at the push when its signature is already there, else when the
+signature is pushed. Until then the digest is *pending*: `GET /api/v1/library` shows it, the
+images built on the old digest are not asked to rebuild on an unsigned one, and `base_image`
+refuses an image built on the pending digest, saying it is not signed.
+
+Signatures are verified by `policies.signatures.proofs` under the policy's `trust:` section, and
+recorded there like any other proof.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from policies.library.declaration import Library, LibraryImage
+from policies.library.history import record_tag, tag_history
+from policies.library.images import platform_images
+from policies.library.lineage import Candidate
+from policies.signatures.discovery import signed_subject
+from policies.signatures.findings import Finding
+from policies.signatures.proofs import findings_for, recorded, verify_and_record
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+
+log = logging.getLogger("trustyard.library")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A library tag whose registry tag points at a digest not (yet) signed by `signed_by`."""
+
+    name: str
+    tag: str
+    repository: str
+    digest: str
+    reason: str  # `not signed by docker-official (found no signature)`
+
+
+def wanted(image: LibraryImage) -> str:
+    """`docker-official`, `docker-official or ops`: who may sign the image, in words."""
+    names = list(image.signed_by)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _verdict(image: LibraryImage, findings: list[Finding]) -> str | None:
+    """None when a finding proves one of `signed_by`, else why not."""
+    if any(f.valid and f.signer in image.signed_by for f in findings):
+        return None
+    found = "; ".join(dict.fromkeys(f.describe() for f in findings)) or "found no signature"
+    return f"not signed by {wanted(image)} ({found})"
+
+
+async def unsigned(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library,
+    image: LibraryImage,
+    digest: str,
+    *,
+    fresh: bool = False,
+) -> str | None:
+    """Why library image `image` at `digest` is not signed as `signed_by` asks, or None when it
+    is (or asks for no signature). `fresh` verifies again instead of reading recorded proofs."""
+    if not image.signed_by:
+        return None
+    repository = library.repository(image.name)
+    if fresh:
+        findings = await verify_and_record(db, store, library.trust, repository, digest)
+    else:
+        findings = await findings_for(db, store, library.trust, repository, digest)
+    return _verdict(image, findings)
+
+
+async def signature_arrived(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library,
+    repository: str,
+    content: bytes,
+    tag: str | None,
+) -> None:
+    """After a manifest push to a library repository: when it is a signature of a digest that a
+    declared tag points at and now holds `signed_by`, the library tag moves to that digest."""
+    image = library.image_at(repository)
+    if image is None or not image.signed_by:
+        return
+    subject = signed_subject(content, tag)
+    if subject is None:
+        return
+    tags = [t for t in await db.tags_of(repository, subject) if t in image.tags]
+    if not tags or await unsigned(db, store, library, image, subject, fresh=True) is not None:
+        return
+    for library_tag in tags:
+        if await record_tag(db, image.name, library_tag, repository, subject):
+            log.info("library %s:%s now points to %s (signed)", image.name, library_tag, subject)
+
+
+async def pending_tags(db: MetadataDB, library: Library | None) -> list[Pending]:
+    """Library tags (of images with `signed_by`) whose registry tag points elsewhere than their
+    current library digest: pushed, not yet signed."""
+    if library is None:
+        return []
+    current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
+    found = []
+    for image in library.images:
+        if not image.signed_by:
+            continue
+        repository = library.repository(image.name)
+        for tag in image.tags:
+            target = await db.tag_target(repository, tag)
+            if target is None or target == current.get((image.name, tag)):
+                continue
+            reason = await _recorded_reason(db, library, image, target)
+            found.append(Pending(image.name, tag, repository, target, reason))
+    return found
+
+
+async def _recorded_reason(
+    db: MetadataDB, library: Library, image: LibraryImage, digest: str
+) -> str:
+    """Why a pending digest is not signed, from recorded proofs only (reports verify nothing)."""
+    findings = await recorded(db, library.trust, library.repository(image.name), digest)
+    return _verdict(image, findings or []) or f"not signed by {wanted(image)}"
+
+
+async def pending_candidates(
+    db: MetadataDB, store: BlobStore, library: Library | None
+) -> list[Candidate]:
+    """The platform images of every pending digest, as lineage candidates marked `pending`: an
+    image built on one is found, and refused for what it is built on."""
+    found = []
+    for pending in await pending_tags(db, library):
+        record = await db.get_manifest(pending.repository, pending.digest)
+        if record is None:
+            continue
+        for image in await platform_images(
+            db, store, pending.repository, pending.digest, record.content
+        ):
+            found.append(
+                Candidate(
+                    pending.name,
+                    pending.tag,
+                    pending.repository,
+                    pending.digest,
+                    image,
+                    current=False,
+                    since=0.0,
+                    pending=True,
+                )
+            )
+    return found
