@@ -146,12 +146,14 @@ class MetadataDB:
         return await self._all(sql, args)
 
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        async with self._reader.execute(sql, args) as cursor:
-            return await cursor.fetchone()
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self._reader.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+        # Execute and fetch to the end in one step of the connection's thread. A statement left
+        # open between two awaits would hold SQLite's read snapshot for every other coroutine's
+        # query on this connection, so reads under load could miss what was just committed.
+        return list(await self._reader.execute_fetchall(sql, args))
 
     # -- repositories ----------------------------------------------------------------------
 
@@ -343,9 +345,7 @@ class MetadataDB:
         )
         return None if row is None else _manifest(row)
 
-    async def delete_manifest(
-        self, repository: str, digest: str, extra: Statements = ()
-    ) -> bool:
+    async def delete_manifest(self, repository: str, digest: str, extra: Statements = ()) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
         `extra` statements run in the same transaction, only when something was deleted."""
         async with self.transaction() as db:
