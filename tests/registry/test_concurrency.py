@@ -15,9 +15,7 @@ async def test_concurrent_small_uploads_never_lose_a_session(client):
             data = os.urandom(4096)
             start = await client.post(f"/v2/load/w{worker}/blobs/uploads/")
             statuses.append(start.status)
-            done = await client.put(
-                f"{start.headers['Location']}?digest={sha256(data)}", data=data
-            )
+            done = await client.put(f"{start.headers['Location']}?digest={sha256(data)}", data=data)
             statuses.append(done.status)
             head = await client.head(f"/v2/load/w{worker}/blobs/{sha256(data)}")
             statuses.append(head.status)
