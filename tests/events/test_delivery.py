@@ -94,7 +94,7 @@ async def test_pull_delete_and_denial_events(
     client: TestClient = await start_client(
         events=events_section(port), policy={"file": str(policy), "reload": False}
     )
-    digest, _ = await push_image(client, "prod/app", "v1")
+    await push_image(client, "prod/app", "v1")
     assert (await client.get("/v2/prod/app/manifests/v1")).status == 200
     assert (await client.delete("/v2/prod/app/manifests/v1")).status == 202
     await push_image(client, "prod/app", "v2")
