@@ -21,6 +21,7 @@ from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
 from policies.signatures.proofs import SignatureEvidence, gather_signatures
 from registry.grammar import parse_digest
+from registry.manifest_format import platform_string
 from registry.scans.store import StoredReport, gather_scans
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
@@ -104,17 +105,6 @@ class ImageFacts:
     # Signature proofs by trust config version (`signatures:<version>` needs; pulls only).
     signatures: Mapping[str, SignatureEvidence] | None = None
     scans: tuple[StoredReport, ...] | None = None  # scan reports; None when not gathered
-
-
-def platform_string(platform: Mapping[str, Any] | None) -> str | None:
-    """`os/architecture[/variant]` of an OCI platform object, or None."""
-    if not isinstance(platform, Mapping):
-        return None
-    os_name, arch = platform.get("os"), platform.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(arch, str):
-        return None
-    variant = platform.get("variant")
-    return f"{os_name}/{arch}" + (f"/{variant}" if isinstance(variant, str) and variant else "")
 
 
 def _layer_size(manifest: Mapping[str, Any]) -> int:

@@ -8,6 +8,7 @@ only learns what the manifest references, its subject and its artifact type.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,17 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
         artifact_type=artifact_type,
         annotations=annotations,
     )
+
+
+def platform_string(platform: Mapping[str, Any] | None) -> str | None:
+    """`os/architecture[/variant]` of an OCI platform object, or None."""
+    if not isinstance(platform, Mapping):
+        return None
+    os_name, arch = platform.get("os"), platform.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(arch, str):
+        return None
+    variant = platform.get("variant")
+    return f"{os_name}/{arch}" + (f"/{variant}" if isinstance(variant, str) and variant else "")
 
 
 def _media_type(document: dict[str, Any], content_type: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from policies.library.lineage import ImageLayers
 from registry.grammar import parse_digest
+from registry.manifest_format import platform_string
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
@@ -41,17 +42,6 @@ _IMAGES: dict[tuple[str, str], tuple[ImageLayers, ...]] = {}
 _CACHE_MAX = 10_000
 
 
-def platform_of(platform: Any) -> str | None:
-    """`os/architecture[/variant]` of an OCI platform object (or a config), or None."""
-    if not isinstance(platform, Mapping):
-        return None
-    os_name, arch = platform.get("os"), platform.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(arch, str):
-        return None
-    variant = platform.get("variant")
-    return f"{os_name}/{arch}" + (f"/{variant}" if isinstance(variant, str) and variant else "")
-
-
 def parse_json(content: bytes) -> dict[str, Any]:
     """A manifest or config as a mapping (empty when it is not a JSON object)."""
     try:
@@ -66,7 +56,7 @@ def config_facts(config: Mapping[str, Any]) -> _Config:
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
     clean = tuple(d for d in diff_ids if isinstance(d, str)) if isinstance(diff_ids, list) else None
-    return clean, platform_of(config)
+    return clean, platform_string(config)
 
 
 async def read_config(descriptor: Mapping[str, Any], store: BlobStore) -> _Config:
@@ -128,7 +118,7 @@ async def platform_images(
         for child in children[:MAX_CHILDREN]:
             if not isinstance(child, Mapping) or not isinstance(child.get("digest"), str):
                 continue
-            platform = platform_of(child.get("platform"))
+            platform = platform_string(child.get("platform"))
             if platform is not None and platform.startswith("unknown/"):
                 continue  # buildx attestations
             record = await db.get_manifest(repository, child["digest"])

@@ -26,12 +26,12 @@ from typing import IO, Any, Protocol
 
 from policies.library.declaration import Library, parse_reference
 from policies.library.history import record_tag
-from policies.library.images import INDEX_TYPES, platform_of
+from policies.library.images import INDEX_TYPES
 from policies.library.recording import record_lineage, trace_lineage
 from policies.library.signing import unsigned
 from registry.errors import RegistryError
 from registry.grammar import Digest, parse_digest
-from registry.manifest_format import parse_manifest
+from registry.manifest_format import parse_manifest, platform_string
 from storage.blobstore import BlobStore
 from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
 
@@ -237,7 +237,7 @@ class _Importer:
         platforms: list[str] = []
         if media_type in INDEX_TYPES or "manifests" in document:
             for position, child in enumerate(document.get("manifests", [])):
-                platform = platform_of(child.get("platform"))
+                platform = platform_string(child.get("platform"))
                 await self.oci_manifest(child, f"{what} {platform or f'manifests[{position}]'}")
                 if platform and not platform.startswith("unknown/"):
                     platforms.append(platform)
@@ -313,7 +313,7 @@ class _Importer:
             "layers": layers,
         }
         content = json.dumps(manifest, indent=2).encode()
-        platform = platform_of(config)
+        platform = platform_string(config)
         return self.add_manifest(content, OCI_MANIFEST, "image manifest"), (
             [platform] if platform else []
         )

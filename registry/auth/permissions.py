@@ -1,6 +1,7 @@
 """Who may do what where: roles per namespace glob, for users, groups and anonymous callers.
 
-Each rule names repository globs (`*` stays within one path segment, `**` crosses segments) and
+Each rule names repository globs (the policy file's globs, `policies.globs`: `*` stays within one
+path segment, `**` crosses segments) and
 gives roles. Roles are cumulative: `pull` < `push` (pull + push) < `delete` (push + delete) <
 `admin` (everything, and registry administration when the rule covers every repository).
 A caller's actions on a repository are the union over every rule whose glob matches it; nothing
@@ -9,11 +10,11 @@ matches, nothing is allowed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.globs import GlobSet
 from registry.identity import Identity
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
@@ -27,32 +28,11 @@ NOTHING: frozenset[str] = frozenset()
 EVERYTHING_GLOBS = frozenset({"*", "**"})
 
 
-def compile_glob(glob: str) -> re.Pattern[str]:
-    """A regular expression for a namespace glob (`*` one segment, `**` any depth, `?` a char)."""
-    parts: list[str] = []
-    position = 0
-    while position < len(glob):
-        if glob.startswith("**", position):
-            parts.append(".*")
-            position += 2
-        elif glob[position] == "*":
-            parts.append("[^/]*")
-            position += 1
-        elif glob[position] == "?":
-            parts.append("[^/]")
-            position += 1
-        else:
-            parts.append(re.escape(glob[position]))
-            position += 1
-    return re.compile("".join(parts))
-
-
 @dataclass(frozen=True)
 class Rule:
     """One entry of `auth.permissions`."""
 
-    globs: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
+    repositories: GlobSet
     anonymous: frozenset[str] = NOTHING
     authenticated: frozenset[str] = NOTHING
     users: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -64,8 +44,7 @@ class Rule:
         namespace = entry["namespace"]
         globs = (namespace,) if isinstance(namespace, str) else tuple(namespace)
         return cls(
-            globs=globs,
-            patterns=tuple(compile_glob(glob) for glob in globs),
+            repositories=GlobSet.of(globs),
             anonymous=ROLE_ACTIONS[entry["anonymous"]] if "anonymous" in entry else NOTHING,
             authenticated=(
                 ROLE_ACTIONS[entry["authenticated"]] if "authenticated" in entry else NOTHING
@@ -76,7 +55,7 @@ class Rule:
 
     def matches(self, repository: str) -> bool:
         """Whether one of the rule's globs matches the repository name."""
-        return any(pattern.fullmatch(repository) for pattern in self.patterns)
+        return self.repositories.matches(repository)
 
     def actions_for(self, who: Identity) -> frozenset[str]:
         """The actions this rule gives `who` (wherever it matches)."""
@@ -114,6 +93,7 @@ class Permissions:
     def is_admin(self, who: Identity) -> bool:
         """Whether `who` administers the registry (`admin` on a rule covering everything)."""
         return any(
-            EVERYTHING_GLOBS.intersection(rule.globs) and "admin" in rule.actions_for(who)
+            EVERYTHING_GLOBS.intersection(rule.repositories.globs)
+            and "admin" in rule.actions_for(who)
             for rule in self.rules
         )

@@ -23,20 +23,32 @@ from registry.events.hub import EVENTS
 from registry.grammar import Digest, check_tag, is_digest, parse_digest
 from registry.identity import identity
 from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
-from storage.metadata import ManifestRecord, MissingReferences, Reference, Statements
+from storage.metadata import (
+    ManifestRecord,
+    MetadataDB,
+    MissingReferences,
+    Reference,
+    Statements,
+)
+
+
+async def find_manifest(db: MetadataDB, name: str, reference: str) -> ManifestRecord:
+    """The manifest a tag or digest names; NAME_UNKNOWN or MANIFEST_UNKNOWN if there is none."""
+    if is_digest(reference):
+        record = await db.get_manifest(name, str(parse_digest(reference)))
+    else:
+        record = await db.get_tagged_manifest(name, check_tag(reference))
+    if record is None:
+        if not await db.repository_exists(name):
+            raise RegistryError(NAME_UNKNOWN, {"name": name})
+        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    return record
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     """Return the manifest's exact bytes with its pushed media type; HEAD the headers only."""
     ctx = context(request)
-    if is_digest(reference):
-        record = await ctx.db.get_manifest(name, str(parse_digest(reference)))
-    else:
-        record = await ctx.db.get_tagged_manifest(name, check_tag(reference))
-    if record is None:
-        if not await ctx.db.repository_exists(name):
-            raise RegistryError(NAME_UNKNOWN, {"name": name})
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    record = await find_manifest(ctx.db, name, reference)
     # Policy: a manifest stored but not pullable under the pull rules is quarantined.
     events, actor = request.app[EVENTS], identity(request).name
     async with events.reporting_denials("pull", name, reference, record.digest, actor):

@@ -23,13 +23,12 @@ from policies.facts import PolicyRequest
 from registry.config import ConfigError, parse_duration
 from registry.context import context
 from registry.errors import (
-    MANIFEST_UNKNOWN,
-    NAME_UNKNOWN,
     PAGINATION_NUMBER_INVALID,
     QUERY_INVALID,
     RegistryError,
 )
-from registry.grammar import check_name, check_tag, is_digest, parse_digest
+from registry.grammar import check_name
+from registry.handlers.manifests import find_manifest
 from registry.identity import identity
 
 #: A filter of the decisions API that is not understood (Trustyard's API, not the OCI spec's).
@@ -124,14 +123,7 @@ async def image_status(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     name = check_name(request.match_info["repository"])
     reference = request.match_info["reference"]
-    if is_digest(reference):
-        record = await ctx.db.get_manifest(name, str(parse_digest(reference)))
-    else:
-        record = await ctx.db.get_tagged_manifest(name, check_tag(reference))
-    if record is None:
-        if not await ctx.db.repository_exists(name):
-            raise RegistryError(NAME_UNKNOWN, {"name": name})
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
+    record = await find_manifest(ctx.db, name, reference)
     policy = ctx.policy.policy
     tags = tuple(await ctx.db.tags_of(name, record.digest))
     pull = PolicyRequest(Action.PULL, name, reference, record.digest, tags, identity(request).name)

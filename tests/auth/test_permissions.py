@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.auth.permissions import Permissions, compile_glob
+from policies.globs import GlobSet
+from registry.auth.permissions import Permissions
 from registry.identity import ANONYMOUS, Identity
 
 RULES = [
@@ -34,7 +35,7 @@ ANN = Identity("ann", "user")
     ],
 )
 def test_globs(glob, name, matches):
-    assert bool(compile_glob(glob).fullmatch(name)) is matches
+    assert GlobSet.of([glob]).matches(name) is matches
 
 
 def test_roles_are_cumulative_and_unite_over_rules():
