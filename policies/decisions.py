@@ -4,6 +4,7 @@ one `Verdict` per request, each carrying its reason in words a developer underst
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -31,16 +32,24 @@ class Decision:
 
     allowed: bool
     reason: str
+    # When the passing of time alone may change the answer (a scan ageing out, an exception
+    # expiring), in epoch seconds; None: only new evidence or a new policy changes it.
+    valid_until: float | None = None
 
     @classmethod
-    def allow(cls, reason: str) -> Decision:
-        """The requirement holds."""
-        return cls(True, reason)
+    def allow(cls, reason: str, *, valid_until: float | None = None) -> Decision:
+        """The requirement holds (until `valid_until`, if given)."""
+        return cls(True, reason, valid_until)
 
     @classmethod
-    def deny(cls, reason: str) -> Decision:
-        """The requirement does not hold."""
-        return cls(False, reason)
+    def deny(cls, reason: str, *, valid_until: float | None = None) -> Decision:
+        """The requirement does not hold (until `valid_until`, if given)."""
+        return cls(False, reason, valid_until)
+
+
+def earliest(moments: Iterable[float | None]) -> float | None:
+    """The first of some `valid_until` moments (None when none is given)."""
+    return min((m for m in moments if m is not None), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,11 @@ class RuleVerdict:
         if self.held:
             return Outcome.ALLOW
         return Outcome.WARN if self.mode == "warn" else Outcome.DENY
+
+    @property
+    def valid_until(self) -> float | None:
+        """When time alone may change the rule's verdict (None: never)."""
+        return earliest(d.valid_until for d in self.decisions)
 
     @property
     def reason(self) -> str:
@@ -92,6 +106,12 @@ class Verdict:
         if Outcome.DENY in outcomes:
             return Outcome.DENY
         return Outcome.WARN if Outcome.WARN in outcomes else Outcome.ALLOW
+
+    @cached_property
+    def valid_until(self) -> float | None:
+        """When time alone may change the verdict (None: never): a cached verdict is not used
+        from then on."""
+        return earliest(r.valid_until for r in self.rules)
 
     @cached_property
     def failures(self) -> tuple[RuleVerdict, ...]:

@@ -2,8 +2,10 @@
 
 One `PolicyGate` lives in the application. It holds the current `Policy` (swapped whole on reload,
 so a request sees one policy from start to end), caches pull decisions by
-(policy version, repository, digest, evidence version), and writes every decision to the log:
-denials at once, repeated allowed pulls folded into one row with a count and flushed every second.
+(policy version, repository, digest, evidence version), each until its `valid_until` (when time
+alone can change it: a scan ageing out, an exception expiring), and writes every decision to the
+log: denials at once, repeated allowed pulls folded into one row with a count and flushed every
+second.
 """
 
 from __future__ import annotations
@@ -234,6 +236,9 @@ class PolicyGate:
             await self.evidence_version(repository),
         )
         verdict = self._cache.get(key)
+        until = None if verdict is None else verdict.valid_until
+        if until is not None and time.time() >= until:
+            verdict = None  # time alone may have changed the answer: decide afresh
         request = PolicyRequest(Action.PULL, repository, reference, record.digest, (), identity)
         if verdict is None:
             tags = tuple(await self.db.tags_of(repository, record.digest))

@@ -18,8 +18,9 @@ of its `until` day (UTC); after that it counts again and the reason says so. Eve
 latest report must hold. Denials list what counted:
 `2 critical (CVE-…, CVE-…) > 0 allowed; scanned by trivy 0.57.0 on 2026-11-20`.
 
-Decisions are cached until evidence changes (a new report bumps it); a scan ageing past
-`max_scan_age` or an exception expiring is noticed at the next change or policy reload.
+Decisions are cached until evidence changes (a new report bumps it) or time alone changes the
+answer: each decision's `valid_until` is the moment the first counted scan ages past
+`max_scan_age` or the first exception that applies runs out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
-from policies.decisions import Decision
+from policies.decisions import Decision, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
 from registry.config import ConfigError, parse_duration
@@ -56,6 +57,11 @@ class VulnerabilityException:
 
 def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).date().isoformat()
+
+
+def _day_end(day: date) -> float:
+    """The first moment after `day` (UTC)."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400
 
 
 def _ids(ids: list[str]) -> str:
@@ -101,6 +107,7 @@ class Vulnerabilities:
                 return Decision.deny(f"{missing}; a scan is required before pulling")
             return Decision.allow(f"{missing}; scans are not required")
         today = datetime.fromtimestamp(now, UTC).date()
+        until = self._valid_until(fresh, today)
         failures, passes = [], []
         for report in fresh:
             over, notes = self._check(report, today)
@@ -110,8 +117,19 @@ class Vulnerabilities:
             else:
                 passes.append("; ".join([", ".join(["within limits", *notes]), scanned]))
         if failures:
-            return Decision.deny(" | ".join(failures))
-        return Decision.allow(" | ".join(passes))
+            return Decision.deny(" | ".join(failures), valid_until=until)
+        return Decision.allow(" | ".join(passes), valid_until=until)
+
+    def _valid_until(self, fresh: list[StoredReport], today: date) -> float | None:
+        """When time alone may change the answer: the first counted report ageing past
+        `max_scan_age`, or the first exception that applies running out (after its `until` day).
+        """
+        moments: list[float] = []
+        if self.max_scan_age is not None:
+            moments = [r.scanned_at + self.max_scan_age for r in fresh]
+        found = {f.id for r in fresh for f in r.findings}
+        moments += [_day_end(e.until) for e in self.exceptions if e.id in found and e.active(today)]
+        return earliest(moments)
 
     def _check(self, report: StoredReport, today: date) -> tuple[list[str], list[str]]:
         """What is over a limit in one report, and notes on the exceptions that applied."""

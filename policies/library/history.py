@@ -9,12 +9,13 @@ the only one that writes them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import MetadataDB, Statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +35,39 @@ class TagHistoryEntry:
         return self.until is None
 
 
+@dataclass(frozen=True, slots=True)
+class TagMove:
+    """A library tag moved from one digest to another: images built on `previous` need a
+    rebuild."""
+
+    name: str
+    tag: str
+    repository: str
+    digest: str
+    previous: str
+    media_type: str
+    size: int
+
+
+#: What a caller adds to the transaction that moves a library tag (the events outbox's
+#: `library.tag.updated` rows), so the report exists exactly when the move does.
+Announce = Callable[[TagMove], Statements]
+
 _COLUMNS = "name, tag, repository, digest, since, until"
 
 
 async def record_tag(
-    db: MetadataDB, name: str, tag: str, repository: str, digest: str, now: float | None = None
+    db: MetadataDB,
+    name: str,
+    tag: str,
+    repository: str,
+    digest: str,
+    now: float | None = None,
+    announce: Announce | None = None,
 ) -> bool:
     """The library tag `name:tag` points at `digest` from now on; whether it moved (a push of
-    the digest it already points at changes nothing)."""
+    the digest it already points at changes nothing). A move away from an earlier digest is
+    `announce`d in the same transaction."""
     now = time.time() if now is None else now
     async with db.transaction() as conn:
         async with conn.execute(
@@ -51,6 +77,15 @@ async def record_tag(
             row = await cursor.fetchone()
         if row is not None and row[0] == digest:
             return False
+        if row is not None and announce is not None:
+            async with conn.execute(
+                "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?",
+                (repository, digest),
+            ) as cursor:
+                media_type, size = await cursor.fetchone() or ("", 0)
+            move = TagMove(name, tag, repository, digest, row[0], media_type, size)
+            for sql, args in announce(move):
+                await conn.execute(sql, args)
         await conn.execute(
             "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
             (now, name, tag),

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from policies.library.declaration import Library
-from policies.library.history import candidates, end_tag, record_tag
+from policies.library.history import Announce, candidates, end_tag, record_tag
 from policies.library.images import platform_images
 from policies.library.lineage import Lineage, find_lineage
 from policies.library.signing import pending_candidates, signature_arrived, unsigned
@@ -95,10 +95,12 @@ async def record_library_push(
     digest: str,
     content: bytes,
     tag: str | None,
+    announce: Announce | None = None,
 ) -> None:
     """After a manifest was stored: record the tag history of a declared library tag (once
-    signed, when the image asks `signed_by`; a pushed signature may be what it waited for), then
-    the image's lineage. Never raises: the push is stored already, and lineage is a report."""
+    signed, when the image asks `signed_by`; a pushed signature may be what it waited for;
+    `announce` reports a move), then the image's lineage. Never raises: the push is stored
+    already, and lineage is a report."""
     try:
         image = None if library is None else library.image_at(repository)
         if library is not None and image is not None and tag is not None and tag in image.tags:
@@ -107,10 +109,10 @@ async def record_library_push(
                 log.info(
                     "library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why
                 )
-            elif await record_tag(db, image.name, tag, repository, digest):
+            elif await record_tag(db, image.name, tag, repository, digest, announce=announce):
                 log.info("library %s:%s now points to %s", image.name, tag, digest)
         if library is not None and image is not None:
-            await signature_arrived(db, store, library, repository, content, tag)
+            await signature_arrived(db, store, library, repository, content, tag, announce)
         lineages = await trace_lineage(db, store, repository, digest, content, library)
         if lineages:
             await record_lineage(db, repository, digest, lineages)

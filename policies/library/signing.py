@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass
 
 from policies.library.declaration import Library, LibraryImage
-from policies.library.history import record_tag, tag_history
+from policies.library.history import Announce, record_tag, tag_history
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from policies.signatures.discovery import signed_subject
@@ -95,9 +95,11 @@ async def signature_arrived(
     repository: str,
     content: bytes,
     tag: str | None,
+    announce: Announce | None = None,
 ) -> None:
     """After a manifest push to a library repository: when it is a signature of a digest that a
-    declared tag points at and now holds `signed_by`, the library tag moves to that digest."""
+    declared tag points at and now holds `signed_by`, the library tag moves to that digest
+    (`announce`d as it moves)."""
     image = library.image_at(repository)
     if image is None or not image.signed_by:
         return
@@ -108,7 +110,7 @@ async def signature_arrived(
     if not tags or await unsigned(db, store, library, image, subject, fresh=True) is not None:
         return
     for library_tag in tags:
-        if await record_tag(db, image.name, library_tag, repository, subject):
+        if await record_tag(db, image.name, library_tag, repository, subject, announce=announce):
             log.info("library %s:%s now points to %s (signed)", image.name, library_tag, subject)
 
 

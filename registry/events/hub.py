@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from policies.library.declaration import Library
+from policies.library.history import Announce, TagMove
 from registry.errors import DENIED, RegistryError
 from registry.events.cloudevents import Event, manifest_data, subject
 from registry.events.outbox import Outbox
@@ -36,9 +38,36 @@ class EventHub:
         await self.pulls.close()
         await self.sender.close()
 
-    def is_library(self, repository: str) -> bool:
-        """Whether moving a tag of `repository` means images built on it need a rebuild."""
+    def is_library(self, repository: str, library: Library | None = None) -> bool:
+        """Whether moving a tag of `repository` is reported at the push by the deprecated
+        `events.library_repositories` globs: only outside the policy's `library:` namespace,
+        whose declared tags are reported when their history moves (`library_moved`)."""
+        if library is not None and library.in_namespace(repository):
+            return False
         return self.settings.library is not None and self.settings.library.matches(repository)
+
+    def library_moved(self, actor: str) -> Announce:
+        """`library.tag.updated` rows for the transaction that moves a declared library tag's
+        history (see `policies.library.history.record_tag`): images built on the previous
+        digest need a rebuild."""
+
+        def rows(move: TagMove) -> Statements:
+            data = manifest_data(
+                tag=move.tag,
+                digest=move.digest,
+                media_type=move.media_type,
+                size=move.size,
+                actor=actor,
+                previous=move.previous,
+                rebuild=True,
+                library=f"{move.name}:{move.tag}",
+            )
+            where = subject(move.repository, move.tag, move.digest)
+            return self.outbox.statements(
+                [Event("library.tag.updated", move.repository, data, where)]
+            )
+
+        return rows
 
     def push_statements(
         self, record: ManifestRecord, tag: str | None, actor: str, previous: str | None = None

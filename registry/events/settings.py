@@ -37,7 +37,7 @@ class EventSettings:
     pull_mode: str = "aggregated"  # sampled | aggregated | off
     pull_rate: float = 0.01
     pull_interval: float = 60.0
-    library: GlobSet | None = None
+    library: GlobSet | None = None  # deprecated `library_repositories` (see EventHub.is_library)
 
     @classmethod
     def from_config(cls, config: Config) -> EventSettings:

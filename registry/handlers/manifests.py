@@ -111,12 +111,22 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             content,
         )
         # Events are written in the transaction that stores the manifest (the outbox).
-        previous = await ctx.db.tag_target(name, tag) if tag and events.is_library(name) else None
+        library = ctx.policy.policy.library
+        legacy = tag is not None and events.is_library(name, library)  # deprecated globs
+        previous = await ctx.db.tag_target(name, tag) if tag and legacy else None
         outbox = events.push_statements(record, tag, actor, previous)
         await _store(ctx, record, parsed.references, tag, outbox)
-        # The base-image library: a declared library tag's history, the image's lineage.
+        # The base-image library: a declared library tag's history (its move announced as
+        # `library.tag.updated`, in the same transaction), the image's lineage.
         await record_library_push(
-            ctx.db, ctx.store, ctx.policy.policy.library, name, str(digest), content, tag
+            ctx.db,
+            ctx.store,
+            library,
+            name,
+            str(digest),
+            content,
+            tag,
+            events.library_moved(actor),
         )
     ctx.policy.evidence_changed(name)
     events.committed()

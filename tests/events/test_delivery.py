@@ -202,3 +202,58 @@ async def test_endpoint_event_filter_and_library_tag(
     (got,) = hook.received
     assert got.event["type"] == "dev.trustyard.library.tag.updated"
     assert got.event["data"]["previous"] == first and got.event["data"]["digest"] == second
+
+
+LIBRARY_POLICY = """\
+version: 1
+library:
+  images:
+    - name: python
+      tags: ["3.12-slim"]
+rules: []
+"""
+
+
+async def test_library_tag_updated_when_the_policy_library_tag_moves(
+    start_client: Any, receiver: tuple[Receiver, int], tmp_path: Path
+) -> None:
+    """The policy's `library:` section says what a library tag is: a declared tag moving to a new
+    digest (its tag history) sends `library.tag.updated`, written with the history row; the
+    first push of a tag, an undeclared tag, and the deprecated globs inside the library
+    namespace send none (no duplicate when both are configured)."""
+    hook, port = receiver
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LIBRARY_POLICY)
+    section = events_section(port, library_repositories=["library/**", "bases/**"])
+    section["endpoints"][0]["events"] = ["library.tag.updated"]
+    client: TestClient = await start_client(
+        events=section, policy={"file": str(policy), "reload": False}
+    )
+    first, _ = await push_image(client, "library/python", "3.12-slim")
+    await push_image(client, "library/python", "edge")
+    await push_image(client, "library/python", "edge", layers=[b"edge 2"])  # not declared
+    second, body = await push_image(client, "library/python", "3.12-slim", layers=[b"patched"])
+    await push_image(client, "library/python", "3.12-slim", layers=[b"patched"])  # same digest
+    await until(lambda: len(hook.received) == 1)
+    await asyncio.sleep(0.2)
+    (got,) = hook.received
+    assert got.signature_problem is None
+    event = got.event
+    assert event["type"] == "dev.trustyard.library.tag.updated"
+    assert event["subject"] == "library/python:3.12-slim"
+    assert event["data"] == {
+        "repository": "library/python",
+        "tag": "3.12-slim",
+        "digest": second,
+        "mediaType": OCI_MANIFEST,
+        "size": len(body),
+        "actor": "anonymous",
+        "previous": first,
+        "rebuild": True,
+        "library": "python:3.12-slim",
+    }
+    # Outside the library namespace the deprecated globs still report tag moves at the push.
+    await push_image(client, "bases/debian", "12")
+    moved, _ = await push_image(client, "bases/debian", "12", layers=[b"patched"])
+    await until(lambda: len(hook.received) == 2)
+    assert hook.received[1].event["data"]["digest"] == moved

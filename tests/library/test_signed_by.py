@@ -4,6 +4,8 @@ report shows it pending and `base_image` refuses images built on it, saying why.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from policies.library.history import tag_history
 from policies.library.importer import import_image
 from policies.loader import PolicyError, parse_policy
 from registry.context import CONTEXT
+from tests.events.receiver import Receiver, serve
 from tests.library.images import Image, layer_tar, push, write_oci_layout
 from tests.registry.test_signature_rule import push_cosign_signature, sign, simple_signing_payload
+from tests.server_process import free_port
 
 POLICY = """\
 version: 1
@@ -149,3 +153,50 @@ def test_signed_by_names_a_trusted_signer() -> None:
         "library.images[0].signed_by[0]: unknown signer docker-official; trust: declares none"
         in (str(raised.value))
     )
+
+
+async def test_library_tag_updated_is_sent_when_the_signature_moves_the_tag(
+    start_client: Any, tmp_path: Path, ops_key: Any
+) -> None:
+    """With `signed_by`, `library.tag.updated` goes out when the library tag moves: at the
+    signature's push, not at the unsigned image's."""
+    (tmp_path / "ops.pub").write_bytes(
+        ops_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    port = free_port()
+    hook = Receiver(secret="library-secret-0123456789")
+    runner = await serve(hook, port)
+    try:
+        endpoint = {
+            "name": "rebuilds",
+            "url": f"http://127.0.0.1:{port}/hook",
+            "events": ["library.tag.updated"],
+            "secret": hook.secret,
+        }
+        client = await start_client(
+            policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+            events={"endpoints": [endpoint], "retry": {"initial": "50ms", "max": "100ms"}},
+        )
+        assert (await push(client, "library/python", "3.12-slim", PYTHON)).status == 201
+        await sign_library(client, ops_key, PYTHON.digest)
+        assert (await push(client, "library/python", "3.12-slim", PATCHED)).status == 201
+        await asyncio.sleep(0.3)
+        assert hook.received == []  # the first digest is no move; the patch is not signed yet
+        await sign_library(client, ops_key, PATCHED.digest)
+        deadline = time.monotonic() + 10
+        while not hook.received:
+            assert time.monotonic() < deadline, "no library.tag.updated event"
+            await asyncio.sleep(0.02)
+        (got,) = hook.received
+        assert got.signature_problem is None
+        data = got.event["data"]
+        assert (data["previous"], data["digest"], data["library"]) == (
+            PYTHON.digest,
+            PATCHED.digest,
+            "python:3.12-slim",
+        )
+    finally:
+        await runner.cleanup()
