@@ -39,7 +39,8 @@ class InFlight:
     async def drained(self, timeout: float) -> bool:
         """Wait until no request is in progress (at most `timeout` seconds)."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

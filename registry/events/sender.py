@@ -77,8 +77,12 @@ class Sender:
                     self._active[key] = task
             except Exception:
                 log.exception("reading the event outbox failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the wake-up is set (a drain's `finally` notifies while close()
+            # cancels), and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.outbox.wakeup.wait(), max(wait, 0.01))
+                async with asyncio.timeout(max(wait, 0.01)):
+                    await self.outbox.wakeup.wait()
 
     async def _drain(self, key: tuple[str, str], head: Delivery) -> None:
         """Deliver a pair's rows in order until one fails or none is due."""
