@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the end-to-end tests (tests/e2e) need: a Docker daemon and
-# CLI (dockerd starts its own containerd), skopeo and podman. Idempotent; run as root.
+# CLI (dockerd starts its own containerd), skopeo and podman, with their recommended packages (what
+# the tests were developed against). Idempotent; run as root.
 # The Python client `oras` comes from the project's `test` extra (pip install -e '.[test]').
 set -euo pipefail
 
@@ -21,7 +22,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+$SUDO apt-get install -y "${PACKAGES[@]}"
 
 for binary in dockerd docker containerd skopeo podman; do
   command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }
