@@ -137,6 +137,15 @@ def _write_fsync(src: Path, dst: Path, chunk: int) -> int:
     return written
 
 
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory, so that the names of the files just written in it are durable too."""
+    dirfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
 def disk_write_limit(src: Path, workdir: Path, chunk: int = 1 << 20) -> float:
     """Seconds to copy `src` into a new file in `workdir` (same disk) and fsync it."""
     dst = workdir / f"limit-{time.monotonic_ns()}.bin"
@@ -144,11 +153,7 @@ def disk_write_limit(src: Path, workdir: Path, chunk: int = 1 << 20) -> float:
     t0 = time.perf_counter()
     try:
         _write_fsync(src, dst, chunk)
-        dirfd = os.open(workdir, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        _fsync_dir(workdir)
         return time.perf_counter() - t0
     finally:
         dst.unlink(missing_ok=True)
@@ -173,11 +178,7 @@ def small_files_write_limit(blobs: list[bytes], workdir: Path, concurrency: int)
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, range(len(blobs))))
-        dirfd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        _fsync_dir(target)
         return time.perf_counter() - t0
     finally:
         for index in range(len(blobs)):

@@ -45,7 +45,6 @@ from typing import Any
 
 import aiohttp
 
-from bench.dockerd import DockerDaemon, docker_available, start_dockerd
 from bench.limit_server import disk_write_limit, small_files_write_limit
 from bench.s3 import (
     S3_KEYS,
@@ -53,7 +52,7 @@ from bench.s3 import (
     S3Env,
     direct_get,
     direct_put,
-    reference_s3_config,
+    reference_s3_storage,
     start_seaweed,
     trustyard_s3_config,
     weed_available,
@@ -89,6 +88,7 @@ from bench.workloads import (
     tree_cpu_seconds,
     wrk_available,
 )
+from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO_ROOT / "bench" / "results.json"
@@ -264,8 +264,7 @@ log:
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: {data}
+{storage}
   cache:
     blobdescriptor: inmemory
   delete:
@@ -276,6 +275,10 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+#: The `storage` driver section of REFERENCE_CONFIG for the filesystem rows.
+REFERENCE_FILESYSTEM = """\
+  filesystem:
+    rootdirectory: {data}"""
 
 
 def start_reference(
@@ -297,10 +300,10 @@ def start_reference(
     port = free_port()
     config = root / "config.yml"
     if s3 is None:
-        config.write_text(REFERENCE_CONFIG.format(data=data, port=port, log_level=log_level))
+        storage = REFERENCE_FILESYSTEM.format(data=data)
     else:
-        env, redirect, chunk_size = s3
-        reference_s3_config(config, env.endpoint, port, redirect, chunk_size, log_level)
+        storage = reference_s3_storage(s3[0].endpoint, s3[1], s3[2])
+    config.write_text(REFERENCE_CONFIG.format(storage=storage, port=port, log_level=log_level))
     log_path = root / "registry.log"
     # aws-sdk-go 1.x panics on AWS_CA_BUNDLE with the registry's HTTP transport; SeaweedFS is
     # plain HTTP on loopback, so no CA bundle is needed.
@@ -503,7 +506,7 @@ class Bench:
     registries: list[Server]  # Trustyard and/or the reference, in start order
     limit: Server | None = None
     policy: Server | None = None
-    dockerd: DockerDaemon | None = None
+    dockerd: PrivateDockerd | None = None
     image: DockerImage | None = None
     seeds: dict[str, SeededImage] | None = None
     blob_seeded: dict[str, str] | None = None  # server key -> repository holding the blob
@@ -834,7 +837,7 @@ async def measure_manifests(
                     rec.add(f"{prefix}_gen_cpu", server.column, gen_cores)
 
 
-async def docker_cli(daemon: DockerDaemon, *args: str, timeout: float) -> tuple[int, str]:
+async def docker_cli(daemon: PrivateDockerd, *args: str, timeout: float) -> tuple[int, str]:
     """Run the docker CLI against the private daemon; killed on timeout or cancellation."""
     proc = await asyncio.create_subprocess_exec(
         daemon.client,
@@ -1403,7 +1406,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)  # outside the event loop; inside, it cancels the run
     tmp = make_tempdir(args.tmp_dir)
     servers: list[Server] = []  # everything started, stopped in `finally` whatever happens
-    dockerd: DockerDaemon | None = None
+    dockerd: PrivateDockerd | None = None
     s3_env: S3Env | None = None
     try:
         blob = None

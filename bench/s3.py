@@ -16,7 +16,6 @@ one presigned PUT / GET of the same bytes straight to it, with the same aiohttp 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from yarl import URL
 
-from bench.workloads import BenchError, BlobFile, file_body
+from bench.workloads import BenchError, BlobFile, file_body, tool_version
 
 TRUSTYARD_BUCKET = "bench-trustyard"
 REFERENCE_BUCKET = "bench-reference"
@@ -44,13 +43,9 @@ S3_NAMES = {
     "reference_s3_redirect": "reference S3+redir",
 }
 
-REFERENCE_S3_CONFIG = """\
-version: 0.1
-log:
-  level: {log_level}
-  accesslog:
-    disabled: true
-storage:
+#: The `storage` driver section of the reference registry's config (bench/registry_bench.py's
+#: REFERENCE_CONFIG) for the S3 rows.
+REFERENCE_S3_STORAGE = """\
   s3:
     region: us-east-1
     bucket: {bucket}
@@ -61,18 +56,8 @@ storage:
     v4auth: true
     chunksize: {chunk_size}
     rootdirectory: {root}
-  cache:
-    blobdescriptor: inmemory
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
   redirect:
-    disable: {disable}
-http:
-  addr: 127.0.0.1:{port}
-"""
+    disable: {disable}"""
 
 
 def weed_available() -> str | None:
@@ -83,18 +68,9 @@ def weed_available() -> str | None:
 
 
 def weed_version() -> str | None:
+    """The first line `weed version` prints, or None."""
     binary = weed_available()
-    if binary is None:
-        return None
-    try:
-        out = subprocess.run(
-            [binary, "version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (
-        (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else None
-    )
+    return (tool_version([binary, "version"], timeout=30) or None) if binary else None
 
 
 @dataclass
@@ -172,26 +148,19 @@ def trustyard_s3_config(path: Path, endpoint: str, redirect: bool) -> Path:
     return path
 
 
-def reference_s3_config(
-    path: Path, endpoint: str, port: int, redirect: bool, chunk_size: int, log_level: str
-) -> Path:
-    """A Distribution 2.8 config with the `s3` driver on SeaweedFS (any keys: no IAM there)."""
+def reference_s3_storage(endpoint: str, redirect: bool, chunk_size: int) -> str:
+    """The `s3` driver on SeaweedFS for a Distribution 2.8 config (any keys: no IAM there)."""
     from tests.storage.s3_server import ACCESS_KEY, SECRET_KEY
 
-    path.write_text(
-        REFERENCE_S3_CONFIG.format(
-            log_level=log_level,
-            bucket=REFERENCE_BUCKET,
-            endpoint=endpoint,
-            access_key=ACCESS_KEY,
-            secret_key=SECRET_KEY,
-            chunk_size=chunk_size,
-            root="/ref-redirect" if redirect else "/ref",
-            disable="false" if redirect else "true",
-            port=port,
-        )
+    return REFERENCE_S3_STORAGE.format(
+        bucket=REFERENCE_BUCKET,
+        endpoint=endpoint,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        chunk_size=chunk_size,
+        root="/ref-redirect" if redirect else "/ref",
+        disable="false" if redirect else "true",
     )
-    return path
 
 
 def presigned(env: S3Env, method: str, key: str) -> str:

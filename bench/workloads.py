@@ -813,10 +813,10 @@ def make_tempdir(parent: str | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="trustyard-bench-", dir=parent))
 
 
-def tool_version(args: list[str]) -> str:
+def tool_version(args: list[str], timeout: float = 10) -> str:
     """First line that a `--version` style command prints, or ''."""
     try:
-        out = subprocess.run(args, capture_output=True, timeout=10, check=False)
+        out = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     text = (out.stdout or out.stderr).decode(errors="replace").strip()

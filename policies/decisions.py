@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import cached_property
 
@@ -50,6 +51,11 @@ class Decision:
 def earliest(moments: Iterable[float | None]) -> float | None:
     """The first of some `valid_until` moments (None when none is given)."""
     return min((m for m in moments if m is not None), default=None)
+
+
+def day_end(day: date) -> float:
+    """The first moment after `day` (UTC): when a limit good "until `day`" runs out."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Facts are gathered once per uncached decision, before any rule runs, so that every rule's
 `evaluate` is plain synchronous code over data already in memory. Rules declare the costly facts
-they need (`CONFIG`: the image config blob(s); `CHILDREN`: an index's child manifests) and only
-those are read from the stores.
+they need (`CONFIG`: the image config blob(s); `CHILDREN`: an index's child manifests;
+`TAG_TARGETS`: where a pushed tag points now) and only those are read from the stores.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from storage.metadata import MetadataDB
 #: Facts that cost a read from the stores.
 CONFIG = "config"
 CHILDREN = "children"
+#: What each pushed tag points at now (immutable tags).
+TAG_TARGETS = "tag_targets"
 #: What each platform image is built on (the base-image library, `policies.library`).
 LINEAGE = "lineage"
 #: Vulnerability scan reports on the image (`registry.scans`, the `vulnerabilities` rule).
@@ -100,7 +102,8 @@ class ImageFacts:
     is_artifact: bool = False  # a signature, attestation or other non-image artifact
     images: tuple[Image, ...] = ()  # the image itself, or the index's children
     platforms: tuple[str, ...] = ()  # an index's platforms (from its descriptors)
-    tag_targets: Mapping[str, str] = field(default_factory=dict)  # tag -> digest it points at now
+    # tag -> digest it points at now; pushes only, when gathered
+    tag_targets: Mapping[str, str] = field(default_factory=dict)
     lineage: tuple[Lineage, ...] | None = None  # per platform image; None when not gathered
     # Signature proofs by trust config version (`signatures:<version>` needs; pulls only).
     signatures: Mapping[str, SignatureEvidence] | None = None
@@ -148,7 +151,7 @@ async def gather_facts(
     annotations = manifest.get("annotations")
     is_index = media_type in _INDEXES or "manifests" in manifest
     tag_targets: dict[str, str] = {}
-    if request.action is Action.PUSH:
+    if request.action is Action.PUSH and TAG_TARGETS in needs:
         for tag in request.tags:
             target = await db.tag_target(request.repository, tag)
             if target is not None:
@@ -177,11 +180,12 @@ async def gather_facts(
         lineage = await trace_lineage(
             db, store, request.repository, request.digest, content, library
         )
+    is_artifact = _is_artifact(manifest, request.tags)
     signatures = None
     if (
         request.action is Action.PULL
         and any(n.startswith(SIGNATURES) for n in needs)
-        and not _is_artifact(manifest, request.tags)
+        and not is_artifact
     ):
         signatures = await gather_signatures(
             needs, request.repository, request.digest, manifest, db, store
@@ -192,7 +196,7 @@ async def gather_facts(
         media_type=media_type,
         annotations=annotations if isinstance(annotations, dict) else {},
         is_index=is_index,
-        is_artifact=_is_artifact(manifest, request.tags),
+        is_artifact=is_artifact,
         images=tuple(images),
         platforms=tuple(platforms),
         tag_targets=tag_targets,

@@ -4,8 +4,8 @@ One `PolicyGate` lives in the application. It holds the current `Policy` (swappe
 so a request sees one policy from start to end), caches pull decisions by
 (policy version, repository, digest, evidence version), each until its `valid_until` (when time
 alone can change it: a scan ageing out, an exception expiring), and writes every decision to the
-log: denials at once, repeated allowed pulls folded into one row with a count and flushed every
-second.
+log: denials at once, an allowed push once its manifest is stored (`PolicyGate.pushed`), repeated
+allowed pulls folded into one row with a count and flushed every second.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from policies.decisions import Action, Outcome, Verdict
 from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
 from policies.facts import ImageFacts, PolicyRequest, gather_facts
+from policies.library.lineage import Lineage
 from policies.loader import PolicyError, load_policy
 from registry.errors import DENIED, RegistryError
 from storage.blobstore import BlobStore
@@ -46,6 +47,19 @@ _NO_FACTS = ImageFacts(digest="", media_type="")
 
 _CacheKey = tuple[str, Action, str, str, int]
 _FoldKey = tuple[str, str, str, str, str, str, str | None, str, str]
+
+
+@dataclass(frozen=True)
+class PushCheck:
+    """A push the policy lets through, to be recorded once its manifest is stored: a push the
+    storage then refuses (a blob unknown) leaves no "allow" row in the decision log."""
+
+    policy: Policy  # the policy that decided: the push sees this one from check to store
+    headers: dict[str, str] = field(default_factory=dict)  # to add to the answer (a `Warning`)
+    request: PolicyRequest | None = None  # None: nothing was decided (no policy)
+    verdict: Verdict | None = None
+    # The image's lineage, when a rule needed it: recording the push reuses it.
+    lineage: tuple[Lineage, ...] | None = None
 
 
 @dataclass
@@ -199,26 +213,39 @@ class PolicyGate:
         self, request: PolicyRequest, media_type: str, content: bytes, policy: Policy | None = None
     ) -> Verdict:
         """The verdict of the policy (default: the current one) on a request, uncached, unlogged."""
-        policy = policy or self.policy
+        verdict, _ = await self._decide(request, media_type, content, policy or self.policy)
+        return verdict
+
+    async def _decide(
+        self, request: PolicyRequest, media_type: str, content: bytes, policy: Policy
+    ) -> tuple[Verdict, ImageFacts]:
+        """The verdict of `policy` on a request, with the facts it was drawn from."""
         matching = policy.matching(request)
         if not matching:
-            return policy.evaluate(request, _NO_FACTS, matching)
+            return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
         needs = frozenset().union(*(rule.needs for rule, _ in matching))
         facts = await gather_facts(
             request, media_type, content, needs, self.db, self.store, policy.library
         )
-        return policy.evaluate(request, facts, matching)
+        return policy.evaluate(request, facts, matching), facts
 
     async def check_push(
         self, request: PolicyRequest, media_type: str, content: bytes
-    ) -> dict[str, str]:
-        """Decide and record a push; raise DENIED, or return headers to add (a `Warning`)."""
+    ) -> PushCheck:
+        """Decide a push: record and raise DENIED, or return what `pushed` records once the
+        manifest is stored (with the headers to add)."""
         policy = self.policy
         if policy.allows_everything:
-            return {}
-        verdict = await self.evaluate(request, media_type, content, policy)
-        await self._record(verdict, request)
-        return _enforce(verdict)
+            return PushCheck(policy)
+        verdict, facts = await self._decide(request, media_type, content, policy)
+        if verdict.outcome is Outcome.DENY:
+            await self._record(verdict, request)
+        return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage)
+
+    async def pushed(self, check: PushCheck) -> None:
+        """Record a push `check_push` let through, now that its manifest is stored."""
+        if check.request is not None and check.verdict is not None:
+            await self._record(check.verdict, check.request)
 
     async def check_pull(
         self, repository: str, reference: str, record: ManifestRecord, identity: str

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from policies.decisions import Action, Decision, RuleVerdict
-from policies.facts import CHILDREN, CONFIG, ImageFacts, PolicyRequest, is_cosign_tag
+from policies.facts import CHILDREN, CONFIG, TAG_TARGETS, ImageFacts, PolicyRequest, is_cosign_tag
 from policies.globs import GlobSet
 
 
@@ -90,7 +90,7 @@ class ImmutableTags:
     `sha256-<hex>.sig|.att|.sbom` tags are exempt: cosign moves them when it adds a signature.
     """
 
-    needs: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[frozenset[str]] = frozenset({TAG_TARGETS})
 
     def evaluate(self, context: Context) -> Decision:
         """Deny moving or deleting a matching tag."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
-from policies.decisions import Decision, earliest
+from policies.decisions import Decision, day_end, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
 from registry.config import ConfigError, parse_duration
@@ -57,11 +57,6 @@ class VulnerabilityException:
 
 def _day(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).date().isoformat()
-
-
-def _day_end(day: date) -> float:
-    """The first moment after `day` (UTC)."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400
 
 
 def _ids(ids: list[str]) -> str:
@@ -128,7 +123,7 @@ class Vulnerabilities:
         if self.max_scan_age is not None:
             moments = [r.scanned_at + self.max_scan_age for r in fresh]
         found = {f.id for r in fresh for f in r.findings}
-        moments += [_day_end(e.until) for e in self.exceptions if e.id in found and e.active(today)]
+        moments += [day_end(e.until) for e in self.exceptions if e.id in found and e.active(today)]
         return earliest(moments)
 
     def _check(self, report: StoredReport, today: date) -> tuple[list[str], list[str]]:

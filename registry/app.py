@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from policies.engine import Policy
 from policies.gateway import PolicyGate, startup_policy
 from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
@@ -28,24 +29,25 @@ from storage.metadata import MetadataDB
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config) -> web.Application:
-    """The registry application for `config` (resources open when the app starts)."""
+def create_app(config: Config, policy: Policy | None = None) -> web.Application:
+    """The registry application for `config` (resources open when the app starts); `policy` is
+    the one `config` names when the caller has loaded it already (else it is loaded at start)."""
     app = web.Application(
         middlewares=[in_flight_middleware, metrics_middleware, error_middleware, auth_middleware],
         client_max_size=4 * 1024 * 1024 + 1,
     )
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
-    app.cleanup_ctx.append(_resources(config))
+    app.cleanup_ctx.append(_resources(config, policy))
     add_routes(app)
     setup_auth(app, config)
     return app
 
 
-def _resources(config: Config):  # noqa: ANN202 - aiohttp's cleanup_ctx signature
+def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp's cleanup_ctx
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # First, so that an invalid policy stops start-up before anything is opened.
-        policy = startup_policy(config.policy_file)
+        policy = startup_policy(config.policy_file) if loaded is None else loaded
         store = open_blob_store(config)
         db = await MetadataDB.open(DataLayout(config.data_dir).database)
         uploads = UploadSessions(db, store)

@@ -123,43 +123,34 @@ class UploadSessions:
         session = self._session(upload_id)
         async with session.lock:
             offset = await self._current_offset(upload_id, session)
-            if content_range is not None:
-                if content_range.start != offset:
-                    raise RegistryError(
-                        RANGE_INVALID,
-                        {"expected_start": offset, "got": content_range.start},
-                        message="chunk out of order: it must start where the upload ends",
-                        headers=upload_headers(repository, upload_id, offset),
-                    )
-                expected = content_range.end - content_range.start + 1
-                if content_length is not None and content_length != expected:
-                    raise RegistryError(
-                        SIZE_INVALID,
-                        {"Content-Range": expected, "Content-Length": content_length},
-                        message="Content-Length does not match Content-Range",
-                    )
-            received = await self._stream_in(upload_id, session, body)
-            if content_range is not None and received != content_range.end - offset + 1:
-                raise RegistryError(
-                    SIZE_INVALID,
-                    {"expected": content_range.end - offset + 1, "received": received},
-                    message="chunk shorter or longer than its Content-Range",
-                )
+            await self._receive(
+                repository, upload_id, session, offset, body, content_range, content_length
+            )
             return session.offset
 
     async def finish(
-        self, repository: str, upload_id: str, digest: Digest, body: StreamReader | None
+        self,
+        repository: str,
+        upload_id: str,
+        digest: Digest,
+        body: StreamReader | None,
+        *,
+        content_range: ContentRange | None = None,
+        content_length: int | None = None,
     ) -> int:
-        """Take the last chunk (if any), verify `digest`, commit; return the blob's size.
+        """Take the last chunk (if any; checked against `content_range` as `append` does),
+        verify `digest`, commit; return the blob's size.
 
         On a digest mismatch the session and its bytes are dropped: nothing is kept.
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
         async with session.lock:
-            await self._current_offset(upload_id, session)
+            offset = await self._current_offset(upload_id, session)
             if body is not None:
-                await self._stream_in(upload_id, session, body)
+                await self._receive(
+                    repository, upload_id, session, offset, body, content_range, content_length
+                )
             actual = await self._digest(upload_id, session, digest.algorithm)
             if actual != digest:
                 await self.cancel(repository, upload_id)
@@ -185,6 +176,41 @@ class UploadSessions:
         self._sessions.pop(upload_id, None)
         await self.store.abort(upload_id)
         await self.db.end_upload(upload_id)
+
+    async def _receive(
+        self,
+        repository: str,
+        upload_id: str,
+        session: _Session,
+        offset: int,
+        body: StreamReader,
+        content_range: ContentRange | None,
+        content_length: int | None,
+    ) -> None:
+        """Stream a chunk in at `offset` (under the session's lock); with a `content_range`,
+        416 unless it starts at `offset`, 400 unless the body is exactly as long as it says."""
+        if content_range is not None:
+            if content_range.start != offset:
+                raise RegistryError(
+                    RANGE_INVALID,
+                    {"expected_start": offset, "got": content_range.start},
+                    message="chunk out of order: it must start where the upload ends",
+                    headers=upload_headers(repository, upload_id, offset),
+                )
+            expected = content_range.end - content_range.start + 1
+            if content_length is not None and content_length != expected:
+                raise RegistryError(
+                    SIZE_INVALID,
+                    {"Content-Range": expected, "Content-Length": content_length},
+                    message="Content-Length does not match Content-Range",
+                )
+        received = await self._stream_in(upload_id, session, body)
+        if content_range is not None and received != content_range.end - offset + 1:
+            raise RegistryError(
+                SIZE_INVALID,
+                {"expected": content_range.end - offset + 1, "received": received},
+                message="chunk shorter or longer than its Content-Range",
+            )
 
     async def _check(self, repository: str, upload_id: str) -> None:
         if UPLOAD_ID_RE.fullmatch(upload_id) is None:

@@ -95,6 +95,13 @@ Statements = Sequence[tuple[str, Sequence[Any]]]
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
 )
+#: The same columns of `manifests m`, for joins.
+_M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+#: The size of a blob a repository links.
+_LINKED_BLOB_SIZE = (
+    "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+    "WHERE rb.repository = ? AND rb.digest = ?"
+)
 
 
 class MetadataDB:
@@ -173,11 +180,7 @@ class MetadataDB:
 
     async def blob_in_repository(self, repository: str, digest: str) -> int | None:
         """The size of a blob the repository links, or None."""
-        row = await self._one(
-            "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
-            "WHERE rb.repository = ? AND rb.digest = ?",
-            (repository, digest),
-        )
+        row = await self._one(_LINKED_BLOB_SIZE, (repository, digest))
         return None if row is None else int(row[0])
 
     async def blob_size(self, digest: str) -> int | None:
@@ -189,37 +192,23 @@ class MetadataDB:
         """Record a committed blob and link it into a repository."""
         now = time.time()
         async with self.transaction() as db:
-            await _ensure_repository(db, repository, now)
             await db.execute(
                 "INSERT INTO blobs (digest, size, created_at, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (digest) DO UPDATE SET last_seen = excluded.last_seen",
                 (digest, size, now, now),
             )
-            await db.execute(
-                "INSERT OR IGNORE INTO repository_blobs (repository, digest, linked_at) "
-                "VALUES (?, ?, ?)",
-                (repository, digest, now),
-            )
+            await _link_blob(db, repository, digest, now)
 
     async def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
         """Link a blob that `source` links into `repository`; its size, or None if not there."""
         now = time.time()
         async with self.transaction() as db:
-            async with db.execute(
-                "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
-                "WHERE rb.repository = ? AND rb.digest = ?",
-                (source, digest),
-            ) as cursor:
+            async with db.execute(_LINKED_BLOB_SIZE, (source, digest)) as cursor:
                 row = await cursor.fetchone()
             if row is None:
                 return None
-            await _ensure_repository(db, repository, now)
             await db.execute("UPDATE blobs SET last_seen = ? WHERE digest = ?", (now, digest))
-            await db.execute(
-                "INSERT OR IGNORE INTO repository_blobs (repository, digest, linked_at) "
-                "VALUES (?, ?, ?)",
-                (repository, digest, now),
-            )
+            await _link_blob(db, repository, digest, now)
             return int(row[0])
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
@@ -336,9 +325,8 @@ class MetadataDB:
 
     async def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
         """The manifest a tag points at, or None."""
-        columns = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
         row = await self._one(
-            f"SELECT {columns} FROM tags t JOIN manifests m "
+            f"SELECT {_M_MANIFEST_COLUMNS} FROM tags t JOIN manifests m "
             "ON m.repository = t.repository AND m.digest = t.digest "
             "WHERE t.repository = ? AND t.name = ?",
             (repository, tag),
@@ -348,22 +336,22 @@ class MetadataDB:
     async def delete_manifest(self, repository: str, digest: str, extra: Statements = ()) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
         `extra` statements run in the same transaction, only when something was deleted."""
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM manifests WHERE repository = ? AND digest = ?", (repository, digest)
-            )
-            if cursor.rowcount > 0:
-                await _bump_evidence(db, repository)
-                await _run(db, extra)
-            return cursor.rowcount > 0
+        return await self._delete(
+            "DELETE FROM manifests WHERE repository = ? AND digest = ?", repository, digest, extra
+        )
 
     async def delete_tag(self, repository: str, tag: str, extra: Statements = ()) -> bool:
         """Delete a tag (the manifest stays); whether it existed. `extra` statements run in the
         same transaction, only when something was deleted."""
+        return await self._delete(
+            "DELETE FROM tags WHERE repository = ? AND name = ?", repository, tag, extra
+        )
+
+    async def _delete(self, sql: str, repository: str, key: str, extra: Statements) -> bool:
+        """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
+        the repository's evidence and run `extra` in the same transaction."""
         async with self.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag)
-            )
+            cursor = await db.execute(sql, (repository, key))
             if cursor.rowcount > 0:
                 await _bump_evidence(db, repository)
                 await _run(db, extra)
@@ -573,6 +561,15 @@ async def _run(db: aiosqlite.Connection, statements: Statements) -> None:
 async def _ensure_repository(db: aiosqlite.Connection, name: str, now: float) -> None:
     await db.execute(
         "INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, now)
+    )
+
+
+async def _link_blob(db: aiosqlite.Connection, repository: str, digest: str, now: float) -> None:
+    """Link a recorded blob into a repository (creating the repository's row if needed)."""
+    await _ensure_repository(db, repository, now)
+    await db.execute(
+        "INSERT OR IGNORE INTO repository_blobs (repository, digest, linked_at) VALUES (?, ?, ?)",
+        (repository, digest, now),
     )
 
 

@@ -96,11 +96,14 @@ async def record_library_push(
     content: bytes,
     tag: str | None,
     announce: Announce | None = None,
+    lineages: Sequence[Lineage] | None = None,
 ) -> None:
     """After a manifest was stored: record the tag history of a declared library tag (once
     signed, when the image asks `signed_by`; a pushed signature may be what it waited for;
-    `announce` reports a move), then the image's lineage. Never raises: the push is stored
-    already, and lineage is a report."""
+    `announce` reports a move), then the image's lineage: `lineages` when the policy decision
+    traced it already, unless the push was to a library repository (its tag history or a
+    signature may have changed the candidates). Never raises: the push is stored already, and
+    lineage is a report."""
     try:
         image = None if library is None else library.image_at(repository)
         if library is not None and image is not None and tag is not None and tag in image.tags:
@@ -113,7 +116,8 @@ async def record_library_push(
                 log.info("library %s:%s now points to %s", image.name, tag, digest)
         if library is not None and image is not None:
             await signature_arrived(db, store, library, repository, content, tag, announce)
-        lineages = await trace_lineage(db, store, repository, digest, content, library)
+        if lineages is None or image is not None:
+            lineages = await trace_lineage(db, store, repository, digest, content, library)
         if lineages:
             await record_lineage(db, repository, digest, lineages)
     except Exception:

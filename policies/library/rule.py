@@ -11,6 +11,9 @@ require:
 - `max_behind`: a base whose tag has moved on is accepted for at most this long after it was
   replaced; then the image must be rebuilt.
 
+Both limits are reached by time alone: an allow says when (`valid_until`), so a cached pull
+decision does not outlive them.
+
 A library image with `signed_by` is a base only at digests signed so (`policies.library.signing`):
 an image built on a digest pushed to its tag but not signed is refused while `from_library`.
 """
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from policies.decisions import Decision
+from policies.decisions import Decision, day_end, earliest
 from policies.facts import LINEAGE
 from policies.library.declaration import Library
 from policies.library.lineage import Lineage, base_length
@@ -67,16 +70,20 @@ class BaseImage:
             return Decision.allow("no platform image to check")
         now = self.clock()
         bases = []
+        limits = []
         for lineage in lineages:
             where = f" ({lineage.platform})" if image.is_index and lineage.platform else ""
             problem = self._problem(lineage, now, where)
             if problem is not None:
                 return Decision.deny(problem)
+            limits.append(self._limit(lineage))
             if lineage.base is not None:
                 bases.append(f"{lineage.base.reference}{where}")
         if not bases:
             return Decision.allow("not built on a library image; only library bases are checked")
-        return Decision.allow(f"built on {', '.join(dict.fromkeys(bases))}")
+        return Decision.allow(
+            f"built on {', '.join(dict.fromkeys(bases))}", valid_until=earliest(limits)
+        )
 
     def _problem(self, lineage: Lineage, now: float, where: str) -> str | None:
         """What is wrong with one platform image's base, in words, or None."""
@@ -126,3 +133,18 @@ class BaseImage:
                     "rebuild"
                 )
         return None
+
+    def _limit(self, lineage: Lineage) -> float | None:
+        """When time alone makes an accepted base a problem: the end of its `supported_until` day
+        (unless deprecated bases are allowed), or `max_behind` after it was replaced; None when
+        neither limit applies to it."""
+        base = lineage.base
+        declared = None if base is None or base.pending else self.library.image(base.name)
+        if base is None or declared is None or base.tag not in declared.tags:
+            return None
+        moments = []
+        if not self.allow_deprecated and declared.supported_until is not None:
+            moments.append(day_end(declared.supported_until))
+        if self.max_behind is not None and base.replaced_at is not None:
+            moments.append(base.replaced_at + self.max_behind)
+        return earliest(moments)

@@ -91,31 +91,33 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
         artifact_type=parsed.artifact_type,
         annotations=parsed.annotations,
     )
-    # Policy: checked before anything is stored, so a denied push leaves no manifest and no tag.
+    # Policy: checked before anything is stored, so a denied push leaves no manifest and no tag
+    # (the denial is logged at once); an allowed push is logged only once stored.
     # The tag is held from check to store: two pushes to one tag cannot both pass immutability.
     events, actor = request.app[EVENTS], identity(request).name
     async with (
         ctx.policy.tag_guard(name, tag),
         events.reporting_denials("push", name, reference, str(digest), actor),
     ):
-        policy_headers = await ctx.policy.check_push(
+        check = await ctx.policy.check_push(
             PolicyRequest(
                 Action.PUSH,
                 name,
                 reference,
                 str(digest),
                 () if tag is None else (tag,),
-                identity(request).name,
+                actor,
             ),
             parsed.media_type,
             content,
         )
         # Events are written in the transaction that stores the manifest (the outbox).
-        library = ctx.policy.policy.library
+        library = check.policy.library
         legacy = tag is not None and events.is_library(name, library)  # deprecated globs
         previous = await ctx.db.tag_target(name, tag) if tag and legacy else None
         outbox = events.push_statements(record, tag, actor, previous)
         await _store(ctx, record, parsed.references, tag, outbox)
+        await ctx.policy.pushed(check)
         # The base-image library: a declared library tag's history (its move announced as
         # `library.tag.updated`, in the same transaction), the image's lineage.
         await record_library_push(
@@ -127,6 +129,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             content,
             tag,
             events.library_moved(actor),
+            check.lineage,
         )
     ctx.policy.evidence_changed(name)
     events.committed()
@@ -138,7 +141,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
         "Location": f"/v2/{name}/manifests/{digest}",
         "Docker-Content-Digest": str(digest),
         "Content-Length": "0",
-        **policy_headers,
+        **check.headers,
     }
     if parsed.subject is not None:
         headers["OCI-Subject"] = parsed.subject

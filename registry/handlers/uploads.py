@@ -72,16 +72,14 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     digest = parse_digest(digest_text)
     body = request.content if request.body_exists else None
     header = request.headers.get("Content-Range")
-    if body is not None and header is not None:
-        await ctx.uploads.append(
-            name,
-            upload_id,
-            body,
-            content_range=ContentRange.parse(header),
-            content_length=request.content_length,
-        )
-        body = None
-    await ctx.uploads.finish(name, upload_id, digest, body)
+    await ctx.uploads.finish(
+        name,
+        upload_id,
+        digest,
+        body,
+        content_range=None if body is None or header is None else ContentRange.parse(header),
+        content_length=request.content_length,
+    )
     return _blob_created(name, str(digest))
 
 

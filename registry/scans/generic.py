@@ -26,6 +26,7 @@ from registry.scans.model import (
     ReportError,
     digest_of_reference,
     field,
+    objects,
     parse_time,
 )
 
@@ -43,10 +44,7 @@ def parse(document: Mapping[str, Any]) -> ParsedReport:
         raise ReportError(f'report.format: expected "{FORMAT}"')
     scanner = field(document, "scanner", "report", dict)
     findings: list[Finding] = []
-    for index, item in enumerate(field(document, "findings", "report", list)):
-        at = f"findings[{index}]"
-        if not isinstance(item, dict):
-            raise ReportError(f"{at}: expected an object")
+    for at, item in objects(field(document, "findings", "report", list), "findings"):
         level = field(item, "severity", at, str)
         if level not in SEVERITIES:
             raise ReportError(f"{at}.severity: expected one of {', '.join(SEVERITIES)}")

@@ -14,9 +14,9 @@ from typing import Any
 from registry.scans.model import (
     Finding,
     ParsedReport,
-    ReportError,
     digest_of_reference,
     field,
+    objects,
     parse_time,
     severity,
 )
@@ -30,10 +30,7 @@ def looks_like(document: Mapping[str, Any]) -> bool:
 def parse(document: Mapping[str, Any]) -> ParsedReport:
     """The findings of a Grype report (`ReportError` saying where it is malformed)."""
     findings: list[Finding] = []
-    for index, match in enumerate(field(document, "matches", "report", list)):
-        at = f"matches[{index}]"
-        if not isinstance(match, dict):
-            raise ReportError(f"{at}: expected an object")
+    for at, match in objects(field(document, "matches", "report", list), "matches"):
         vuln = field(match, "vulnerability", at, dict)
         artifact = field(match, "artifact", at, dict)
         fix = field(vuln, "fix", f"{at}.vulnerability", dict, required=False) or {}

@@ -7,7 +7,7 @@ below; a vulnerability is *fixable* when every package it affects has a fixed ve
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -112,6 +112,15 @@ def field(
 
 
 _KINDS = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
+def objects(items: Iterable[Any], where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each item of the report's list `where` as (`where[i]`, the item), checked to be an object."""
+    for index, item in enumerate(items):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise ReportError(f"{at}: expected an object")
+        yield at, item
 
 
 def digest_of_reference(reference: str) -> str | None:

@@ -17,6 +17,7 @@ from registry.scans.model import (
     ReportError,
     digest_of_reference,
     field,
+    objects,
     parse_time,
     severity,
 )
@@ -34,16 +35,9 @@ def parse(document: Mapping[str, Any]) -> ParsedReport:
         raise ReportError(f"report.SchemaVersion: Trivy schema version {version} is not supported")
     results = field(document, "Results", "report", list, required=False) or []
     findings: list[Finding] = []
-    for r_index, result in enumerate(results):
-        where = f"Results[{r_index}]"
-        if not isinstance(result, dict):
-            raise ReportError(f"{where}: expected an object")
-        for v_index, vuln in enumerate(
-            field(result, "Vulnerabilities", where, list, required=False) or []
-        ):
-            at = f"{where}.Vulnerabilities[{v_index}]"
-            if not isinstance(vuln, dict):
-                raise ReportError(f"{at}: expected an object")
+    for where, result in objects(results, "Results"):
+        vulns = field(result, "Vulnerabilities", where, list, required=False) or []
+        for at, vuln in objects(vulns, f"{where}.Vulnerabilities"):
             findings.append(
                 Finding(
                     id=field(vuln, "VulnerabilityID", at, str),

@@ -13,11 +13,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd
 from tests.server_process import RegistryProcess
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -81,45 +80,6 @@ def run(
             f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
         )
     return proc
-
-
-def _children_of(pid: int) -> list[int]:
-    """PIDs of the direct children of `pid`, read from /proc."""
-    children: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return children
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def stop_pid(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM `pid`, wait for it, then SIGKILL it if it is still there."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not _pid_alive(pid):
-            return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -331,21 +291,18 @@ class ContainersConfig:
     policy: Path
 
 
-@dataclass
 class DockerDaemon:
-    pid: int
-    host: str
-    root: Path
-    client: str
-    env: dict[str, str]
+    """The session's private dockerd; its `docker()` fails the test on a non-zero exit."""
+
+    def __init__(self, daemon: PrivateDockerd) -> None:
+        self.daemon = daemon
+        self.client = daemon.client
+        self.env = daemon.env
 
     def docker(
         self, *args: str, check: bool = True, timeout: float = 180.0
     ) -> subprocess.CompletedProcess[str]:
         return run([self.client, *args], env=self.env, check=check, timeout=timeout)
-
-    def log(self) -> str:
-        return (self.root / "dockerd.log").read_text(errors="replace")
 
 
 class Podman:
@@ -440,71 +397,13 @@ def dockerd() -> Iterator[DockerDaemon]:
 
     dockerd starts its own containerd under its --exec-root; both are stopped by PID at the end.
     """
-    dockerd_bin = require_binary("dockerd", "/usr/sbin/dockerd")
-    # Prefer the CLI that ships with the daemon (Debian's docker.io); any newer CLI also works.
-    client = require_binary("docker", "/usr/bin/docker")
-    require_binary("containerd")
-    root = Path(tempfile.mkdtemp(prefix="ty-dk-", dir="/tmp"))
-    sock = root / "d.sock"
-    (root / "config").mkdir()
-    (root / "config" / "config.json").write_text("{}")
-    env = {
-        "DOCKER_HOST": f"unix://{sock}",
-        "DOCKER_CONFIG": str(root / "config"),
-        "DOCKER_BUILDKIT": "0",
-        "DOCKER_CLI_HINTS": "false",
-    }
-    log = (root / "dockerd.log").open("wb")
-    process = subprocess.Popen(
-        [
-            dockerd_bin,
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "ex"),
-            "--pidfile",
-            str(root / "dockerd.pid"),
-            "-H",
-            f"unix://{sock}",
-            "--storage-driver=vfs",
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            "--ip-masq=false",
-            "--userland-proxy=false",
-            "--log-level=warn",
-            # Should dockerd find a system containerd and use it instead of starting its own,
-            # keep out of the namespaces a system dockerd would use.
-            "--containerd-namespace=ty-e2e",
-            "--containerd-plugins-namespace=ty-e2e-plugins",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        start_new_session=True,
-    )
-    log.close()
-    daemon = DockerDaemon(process.pid, f"unix://{sock}", root, client, {**env})
+    if docker_available() is None:
+        pytest.skip("dockerd, docker or containerd is not installed (run .ci/install-e2e-deps.sh)")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"dockerd exited with {process.returncode}:\n{daemon.log()}")
-            probe = run(
-                [client, "info", "--format", "{{.ServerVersion}}"], env=env, check=False, timeout=30
-            )
-            if probe.returncode == 0 and probe.stdout.strip():
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not become ready:\n{probe.stderr}\n{daemon.log()}")
-            time.sleep(0.3)
-        yield daemon
+        daemon = start_dockerd(("vfs",), namespace="ty-e2e", prefix="ty-dk-")
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"dockerd did not become ready: {exc}")
+    try:
+        yield DockerDaemon(daemon)
     finally:
-        descendants = _children_of(process.pid)
-        for child in list(descendants):
-            descendants.extend(_children_of(child))
-        stop_pid(process.pid, timeout=30)
-        process.wait(timeout=10)
-        for child in descendants:  # containerd and its shims, should dockerd have left them
-            stop_pid(child, timeout=10)
-        shutil.rmtree(root, ignore_errors=True)
+        daemon.stop()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.e2e.conftest import (
@@ -23,8 +23,8 @@ from tests.e2e.conftest import (
     sha256_digest,
 )
 from tests.policies.test_signatures_bundles import keyed_bundle, statement
-from tests.registry.test_signature_rule import simple_signing_payload
 from tests.server_process import RegistryProcess, start_registry
+from tests.signing import public_pem, simple_signing_payload
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +64,7 @@ def signing_registry(
     """A Trustyard process whose policy trusts `release_key`."""
     folder = e2e_tmp / "signing-policy"
     folder.mkdir()
-    (folder / "release.pub").write_bytes(
-        release_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    (folder / "release.pub").write_bytes(public_pem(release_key))
     (folder / "policy.yaml").write_text(POLICY)
     server = start_registry(
         e2e_tmp / "signing-data", extra_args=["--policy", str(folder / "policy.yaml")]

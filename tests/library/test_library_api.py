@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from policies import facts
+from policies.library import recording
 from policies.library.history import tag_history
+from policies.library.recording import trace_lineage
 from policies.loader import parse_policy
 from registry.cli import main
 from registry.context import CONTEXT
@@ -52,6 +55,26 @@ async def test_an_app_on_the_library_is_allowed_and_its_lineage_recorded(
     ]
     history = await tag_history(registry.server.app[CONTEXT].db)
     assert [(h.name, h.tag, h.digest) for h in history] == [("python", "3.12-slim", PYTHON.digest)]
+
+
+async def test_a_push_traces_its_lineage_once(
+    registry: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await push(registry, "library/python", "3.12-slim", PYTHON)
+    traced: list[str] = []
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        traced.append(args[2])
+        return await trace_lineage(*args, **kwargs)
+
+    monkeypatch.setattr(facts, "trace_lineage", counting)
+    monkeypatch.setattr(recording, "trace_lineage", counting)
+    # The base_image rule traced it to decide; recording the push reuses that.
+    assert (await push(registry, "apps/web", "v1", Image([*PY_LAYERS, b"app"]))).status == 201
+    assert traced == ["apps/web"]
+    assert [r[:4] for r in await lineage_rows(registry)] == [
+        ("apps/web", "linux/amd64", "python", "3.12-slim")
+    ]
 
 
 async def test_an_app_on_no_library_image_is_refused_naming_the_closest(

@@ -20,8 +20,8 @@ from policies.loader import PolicyError, parse_policy
 from registry.context import CONTEXT
 from tests.events.receiver import Receiver, serve
 from tests.library.images import Image, layer_tar, push, write_oci_layout
-from tests.registry.test_signature_rule import push_cosign_signature, sign, simple_signing_payload
 from tests.server_process import free_port
+from tests.signing import push_cosign_signature, sign, simple_signing_payload, start_trusting
 
 POLICY = """\
 version: 1
@@ -52,13 +52,7 @@ def ops_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 async def signed_library(start_client: Any, tmp_path: Path, ops_key: Any) -> TestClient:
-    (tmp_path / "ops.pub").write_bytes(
-        ops_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
+    return await start_trusting(start_client, tmp_path, POLICY, {"ops": ops_key})
 
 
 async def sign_library(client: TestClient, key: Any, digest: str) -> None:

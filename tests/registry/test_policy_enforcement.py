@@ -121,6 +121,31 @@ async def test_moving_an_immutable_tag_is_denied_and_stores_nothing(gated: TestC
     assert logged[0]["digest"] == second and logged[0]["identity"] == "anonymous"
 
 
+async def test_an_allowed_push_the_storage_refuses_logs_no_allow(gated: TestClient) -> None:
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    await push_blob(gated, "app/web", config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, b"never uploaded")],
+    }
+    resp = await gated.put(
+        "/v2/app/web/manifests/v1.0.0",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 404
+    assert error_codes(await resp.json()) == ["MANIFEST_BLOB_UNKNOWN"]
+    # The policy allowed it, but nothing was stored: no "allow" row claims it was pushed.
+    assert await decisions(gated, action="push") == []
+    digest, _ = await push_image(gated, "app/web", "v1.0.0")
+    logged = await decisions(gated, action="push")
+    assert [(d["outcome"], d["reference"], d["digest"]) for d in logged] == [
+        ("allow", "v1.0.0", digest)
+    ]
+
+
 async def test_re_pushing_the_same_manifest_to_an_immutable_tag_is_fine(
     gated: TestClient,
 ) -> None:

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.context import CONTEXT
 from tests.oci import OCI_MANIFEST, descriptor, push_blob, push_image
-from tests.policies.test_signatures_bundles import COSIGN_SIGN, keyed_bundle, pem, statement
-from tests.registry.test_signature_rule import pull
+from tests.policies.test_signatures_bundles import COSIGN_SIGN, keyed_bundle, statement
+from tests.signing import pull, start_trusting
 
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
@@ -45,9 +45,7 @@ def release_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 async def gated(start_client: Any, tmp_path: Path, release_key: Any) -> TestClient:
-    (tmp_path / "release.pub").write_text(pem(release_key))
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
+    return await start_trusting(start_client, tmp_path, POLICY, {"release": release_key})
 
 
 async def push_bundle_referrer(

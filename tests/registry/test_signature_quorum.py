@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from policies.signatures.cosign import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
 from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, descriptor, push_blob, push_image
-from tests.registry.test_signature_rule import pull, simple_signing_payload
+from tests.signing import pull, simple_signing_payload, start_trusting
 
 SIGNERS = ("release", "ci", "qa")
 
@@ -54,14 +54,7 @@ def keys() -> dict[str, ec.EllipticCurvePrivateKey]:
 
 @pytest.fixture
 async def gated(start_client: Any, tmp_path: Path, keys: dict[str, Any]) -> TestClient:
-    for name, key in keys.items():
-        (tmp_path / f"{name}.pub").write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
+    return await start_trusting(start_client, tmp_path, POLICY, keys)
 
 
 async def sign(

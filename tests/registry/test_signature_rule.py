@@ -5,19 +5,23 @@ a pull costs no cryptography once verified."""
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT
-from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, error_codes, push_blob, push_image
+from tests.oci import push_image
+from tests.signing import (
+    pull,
+    push_cosign_signature,
+    sign,
+    simple_signing_payload,
+    start_trusting,
+)
 
 POLICY = """\
 version: 1
@@ -44,83 +48,7 @@ def release_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 async def gated(start_client: Any, tmp_path: Path, release_key: Any) -> TestClient:
-    (tmp_path / "release.pub").write_bytes(
-        release_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
-
-
-def simple_signing_payload(reference: str, digest: str) -> bytes:
-    """The payload cosign signs (compact JSON, `optional` null)."""
-    return json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": reference},
-                "image": {"docker-manifest-digest": digest},
-                "type": "cosign container image signature",
-            },
-            "optional": None,
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-async def push_cosign_signature(
-    client: TestClient, name: str, image: str, payload: bytes, signature: bytes
-) -> str:
-    """Push a `.sig` manifest as cosign does: a config naming the payload layer, one
-    simplesigning layer with the signature annotation, tagged `sha256-<hex>.sig`."""
-    config = json.dumps(
-        {
-            "architecture": "",
-            "created": "0001-01-01T00:00:00Z",
-            "history": [{"created": "0001-01-01T00:00:00Z"}],
-            "os": "",
-            "rootfs": {"type": "layers", "diff_ids": [descriptor("", payload)["digest"]]},
-            "config": {},
-        },
-        separators=(",", ":"),
-    ).encode()
-    await push_blob(client, name, config)
-    await push_blob(client, name, payload)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [
-            descriptor(
-                cosign_module.SIMPLE_SIGNING,
-                payload,
-                annotations={
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
-                },
-            )
-        ],
-    }
-    tag = image.replace(":", "-") + ".sig"
-    resp = await client.put(
-        f"/v2/{name}/manifests/{tag}",
-        data=json.dumps(manifest, separators=(",", ":")).encode(),
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    assert resp.status == 201, await resp.text()
-    return resp.headers["Docker-Content-Digest"]
-
-
-def sign(key: ec.EllipticCurvePrivateKey, payload: bytes) -> bytes:
-    return key.sign(payload, ec.ECDSA(hashes.SHA256()))
-
-
-async def pull(client: TestClient, name: str, reference: str) -> tuple[int, str]:
-    resp = await client.get(f"/v2/{name}/manifests/{reference}", headers={"Accept": OCI_MANIFEST})
-    if resp.status == 200:
-        return 200, ""
-    body = await resp.json()
-    assert error_codes(body) == ["DENIED"]
-    return resp.status, body["errors"][0]["message"]
+    return await start_trusting(start_client, tmp_path, POLICY, {"release": release_key})
 
 
 async def test_unsigned_image_is_pushed_and_denied_at_pull(gated: TestClient) -> None:

@@ -1,8 +1,10 @@
-"""A private dockerd for the `docker pull` workload, started like tests/e2e/conftest.py does.
+"""A private dockerd: started for the e2e `dockerd` fixture and for the benchmark's `docker pull`.
 
-Own data root, exec root and unix socket under a short temporary directory; no iptables, no
-bridge; its own containerd (under the exec root) in a separate namespace. Stopped by PID
-(dockerd, then anything it left behind) and its directory removed by `stop()`.
+Plain Python (no pytest), so that both tests/e2e/conftest.py and bench/registry_bench.py use it.
+Own data root, exec root and unix socket under a short temporary directory (unix socket paths
+must stay under ~100 bytes); no iptables, no bridge; its own containerd (under the exec root)
+in a separate namespace. Stopped by PID (dockerd, then anything it left behind) and its
+directory removed by `PrivateDockerd.stop()`.
 Docker treats 127.0.0.0/8 as an insecure registry, so it pulls over plain HTTP from loopback.
 """
 
@@ -19,23 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DOCKERD = "/usr/sbin/dockerd"
+#: Prefer the CLI that ships with the daemon (Debian's docker.io); any newer CLI also works.
+DOCKER = "/usr/bin/docker"
 
 
 def docker_available() -> tuple[str, str] | None:
     """(dockerd, docker client) when both and containerd are installed, else None."""
     dockerd = DOCKERD if os.access(DOCKERD, os.X_OK) else shutil.which("dockerd")
-    client = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
+    client = DOCKER if os.access(DOCKER, os.X_OK) else shutil.which("docker")
     if not dockerd or not client or not shutil.which("containerd"):
         return None
     return dockerd, client
 
 
 def _children_of(pid: int) -> list[int]:
+    """PIDs of the direct children of `pid`, read from /proc."""
     children: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            # The command name may contain spaces and parentheses: split after the last ')'.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
@@ -51,7 +57,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _stop_pid(pid: int, timeout: float) -> None:
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM `pid`, wait for it, then SIGKILL it if it is still there."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         if not _alive(pid):
             return
@@ -65,7 +72,9 @@ def _stop_pid(pid: int, timeout: float) -> None:
 
 
 @dataclass
-class DockerDaemon:
+class PrivateDockerd:
+    """A running private dockerd and the environment its docker CLI needs."""
+
     process: subprocess.Popen[bytes]
     root: Path
     client: str
@@ -74,6 +83,7 @@ class DockerDaemon:
 
     @property
     def pid(self) -> int:
+        """dockerd's PID."""
         return self.process.pid
 
     def docker(self, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
@@ -87,7 +97,8 @@ class DockerDaemon:
             check=False,
         )
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_tail(self, lines: int = 50) -> str:
+        """The last `lines` lines dockerd logged."""
         try:
             text = (self.root / "dockerd.log").read_text(errors="replace")
         except OSError:
@@ -95,19 +106,23 @@ class DockerDaemon:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
+        """Stop dockerd, then containerd and its shims should dockerd have left them; remove
+        the directory."""
         descendants = _children_of(self.process.pid)
         for child in list(descendants):  # bounded: two levels (containerd, its shims)
             descendants.extend(_children_of(child))
-        _stop_pid(self.process.pid, timeout=30)
+        stop_pid(self.process.pid, timeout=30)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         for child in descendants:
-            _stop_pid(child, timeout=10)
+            stop_pid(child, timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _start_one(dockerd: str, client: str, driver: str, parent: str | None, timeout: float):
-    root = Path(tempfile.mkdtemp(prefix="ty-bdk-", dir=parent or "/tmp"))
+def _start_one(
+    dockerd: str, client: str, driver: str, namespace: str, prefix: str, timeout: float
+) -> PrivateDockerd:
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     sock = root / "d.sock"
     (root / "config").mkdir()
     (root / "config" / "config.json").write_text("{}")
@@ -136,15 +151,17 @@ def _start_one(dockerd: str, client: str, driver: str, parent: str | None, timeo
                 "--ip-masq=false",
                 "--userland-proxy=false",
                 "--log-level=warn",
-                "--containerd-namespace=ty-bench",
-                "--containerd-plugins-namespace=ty-bench-plugins",
+                # Should dockerd find a system containerd and use it instead of starting its own,
+                # keep out of the namespaces a system dockerd would use.
+                f"--containerd-namespace={namespace}",
+                f"--containerd-plugins-namespace={namespace}-plugins",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
             start_new_session=True,
         )
-    daemon = DockerDaemon(process, root, client, env, driver)
+    daemon = PrivateDockerd(process, root, client, env, driver)
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / 0.3) + 1):  # bounded in count and time
         if process.poll() is not None or time.monotonic() > deadline:
@@ -164,16 +181,21 @@ def _start_one(dockerd: str, client: str, driver: str, parent: str | None, timeo
 
 
 def start_dockerd(
-    drivers: tuple[str, ...] = ("overlay2", "vfs"), parent: str | None = None, timeout: float = 60
-) -> DockerDaemon:
-    """Start a private dockerd with the first storage driver that works."""
+    drivers: tuple[str, ...] = ("overlay2", "vfs"),
+    *,
+    namespace: str = "ty-bench",
+    prefix: str = "ty-bdk-",
+    timeout: float = 60,
+) -> PrivateDockerd:
+    """Start a private dockerd with the first storage driver of `drivers` that works, its
+    containerd in `namespace`, its directory `/tmp/<prefix>...` (RuntimeError if none starts)."""
     found = docker_available()
     if found is None:
         raise RuntimeError("dockerd, docker or containerd is not installed")
     errors = []
     for driver in drivers:
         try:
-            return _start_one(*found, driver, parent, timeout)
+            return _start_one(*found, driver, namespace, prefix, timeout)
         except (RuntimeError, OSError) as exc:
             errors.append(str(exc))
     raise RuntimeError("\n".join(errors))
