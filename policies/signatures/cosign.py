@@ -12,6 +12,11 @@ annotation `dev.cosignproject.cosign/signature`. The payload is JSON::
 
 cosign signs the exact payload bytes; so do we verify them, and read the JSON only to learn which
 image they name.
+
+A key whose trust entry names a `rekor:` root proves a signature only with the Rekor bundle cosign
+stores in the layer annotation `dev.sigstore.cosign/bundle` (see `keyless` for its shape): a signed
+entry timestamp by a Rekor key of that root, over an entry that logs this signature, this payload
+and this key. Without `rekor:`, the signature alone counts (`cosign verify --insecure-ignore-tlog`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from policies.signatures.findings import Finding, invalid, short, unknown
-from policies.signatures.trust import PublicKey, TrustConfig
+from policies.signatures.trust import PublicKey, TrustConfig, TrustedKey
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -81,7 +86,7 @@ class CosignSignature:
     signature: bytes
     certificate: bytes | None = None  # PEM leaf (keyless)
     chain: bytes | None = None  # PEM intermediates and root (keyless)
-    bundle: bytes | None = None  # Rekor bundle JSON (keyless; optional with keys)
+    bundle: bytes | None = None  # Rekor bundle JSON (keyless, and keys with `rekor:`)
 
     @classmethod
     def from_layer(cls, payload: bytes, annotations: Mapping[str, str]) -> CosignSignature:
@@ -179,11 +184,18 @@ def verify_layer(
     found: list[Finding] = []
     if signature.certificate is None:
         kind = "cosign"
+        unlogged: list[str] = []
         for trusted in trust.keys.values():
-            if verify_with_key(trusted.key, payload, signature.signature):
-                found.append(Finding(digest, kind, True, trusted.name, f"by key {trusted.key_id}"))
+            if not verify_with_key(trusted.key, payload, signature.signature):
+                continue
+            if trusted.rekor is not None:
+                why = _not_logged(trusted, signature)
+                if why is not None:
+                    unlogged.append(f"by {trusted.name}, but without a valid Rekor entry: {why}")
+                    continue
+            found.append(Finding(digest, kind, True, trusted.name, f"by key {trusted.key_id}"))
         if not found:
-            return [unknown(digest, kind)]
+            return [invalid(digest, kind, unlogged[-1])] if unlogged else [unknown(digest, kind)]
     else:
         kind = "cosign-keyless"
         found, why = keyless.verify_against(trust, signature, digest)
@@ -200,3 +212,25 @@ def verify_layer(
         Finding(f.signature_digest, kind, True, f.signer, f.detail, signed.docker_reference)
         for f in found
     ]
+
+
+def _not_logged(trusted: TrustedKey, signature: CosignSignature) -> str | None:
+    """Why the layer's Rekor bundle does not log this signature of its payload by `trusted`'s key
+    under a Rekor key of the key's `rekor:` root; `None` when it does."""
+    from policies.signatures import keyless  # keyless builds on this module
+
+    assert trusted.rekor is not None
+    if signature.bundle is None:
+        return f"the layer has no {BUNDLE_ANNOTATION} annotation"
+    try:
+        keyless.verify_signed_entry(
+            signature.bundle,
+            trusted.rekor.rekor,
+            signature.signature,
+            signature.payload,
+            None,
+            trusted.key,
+        )
+    except (keyless.KeylessError, FormatError) as exc:
+        return str(exc)
+    return None

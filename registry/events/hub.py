@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -73,13 +74,7 @@ class EventHub:
         self, record: ManifestRecord, tag: str | None, actor: str, previous: str | None = None
     ) -> Statements:
         """Outbox rows for a manifest push, for the push's own transaction."""
-        data = manifest_data(
-            tag=tag,
-            digest=record.digest,
-            media_type=record.media_type,
-            size=record.size,
-            actor=actor,
-        )
+        data = _record_data(record, tag, actor)
         where = subject(record.repository, tag, record.digest)
         events = [Event("image.pushed", record.repository, data, where)]
         if tag is not None and previous is not None and previous != record.digest:
@@ -97,13 +92,7 @@ class EventHub:
         self, record: ManifestRecord, tag: str | None, tags: list[str], actor: str
     ) -> Statements:
         """Outbox rows for deleting a tag (`tag`) or a manifest (with its `tags`)."""
-        data = manifest_data(
-            tag=tag,
-            digest=record.digest,
-            media_type=record.media_type,
-            size=record.size,
-            actor=actor,
-        )
+        data = _record_data(record, tag, actor)
         if tag is not None:
             kind, where = "tag.deleted", subject(record.repository, tag, record.digest)
         else:
@@ -135,6 +124,17 @@ class EventHub:
                 where = f"{repository}@{digest}"
                 await self.outbox.append([Event("policy.denied", repository, data, where)])
             raise
+
+
+def _record_data(record: ManifestRecord, tag: str | None, actor: str) -> dict[str, Any]:
+    """The `data` of an event about a stored manifest (pushed or deleted), seen through `tag`."""
+    return manifest_data(
+        tag=tag,
+        digest=record.digest,
+        media_type=record.media_type,
+        size=record.size,
+        actor=actor,
+    )
 
 
 EVENTS = web.AppKey("events", EventHub)

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from policies.signatures.cosign import (
+    BUNDLE_ANNOTATION,
     SIGNATURE_ANNOTATION,
     SimpleSigningPayload,
     repository_of,
@@ -285,3 +287,184 @@ def test_pki_vector_verifies_against_its_root() -> None:
         verify_certificate_signature(
             v["cert"], v["chain"], fulcio, None, None, v["signature"], v["payload"]
         )
+
+
+# -- keyed, with `rekor:` ----------------------------------------------------------------------
+
+
+def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture
+def rekor(tmp_path: Path) -> ec.EllipticCurvePrivateKey:
+    """A private Rekor's key, published in `tmp_path/trusted_root.json`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = {
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [
+            {
+                "baseUrl": "https://rekor.example",
+                "hashAlgorithm": "SHA2_256",
+                "publicKey": {
+                    "rawBytes": base64.b64encode(_spki(key)).decode(),
+                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": {"start": "2020-01-01T00:00:00Z"},
+                },
+                "logId": {"keyId": base64.b64encode(hashlib.sha256(_spki(key)).digest()).decode()},
+            }
+        ],
+        "certificateAuthorities": [],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    }
+    (tmp_path / "trusted_root.json").write_text(json.dumps(root))
+    return key
+
+
+def hashedrekord(signer: ec.EllipticCurvePrivateKey, payload: bytes, signature: bytes) -> str:
+    """A Rekor `hashedrekord` 0.0.1 entry body (base64) logging `signature` of `payload`."""
+    body = {
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+            "signature": {
+                "content": base64.b64encode(signature).decode(),
+                "publicKey": {"content": base64.b64encode(_pem(signer)).decode()},
+            },
+        },
+    }
+    return base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+
+def rekor_bundle(rekor: ec.EllipticCurvePrivateKey, body: str) -> str:
+    """The `dev.sigstore.cosign/bundle` annotation cosign writes for a logged signature."""
+    entry = {
+        "body": body,
+        "integratedTime": 1700000000,
+        "logIndex": 42,
+        "logID": hashlib.sha256(_spki(rekor)).hexdigest(),
+    }
+    timestamp = rekor.sign(rfc8785.dumps(entry), ec.ECDSA(hashes.SHA256()))
+    return json.dumps(
+        {"SignedEntryTimestamp": base64.b64encode(timestamp).decode(), "Payload": entry}
+    )
+
+
+IMAGE = "sha256:" + "cd" * 32
+
+
+def _signed_payload(signer: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": "localhost:5000/prod/web"},
+                "image": {"docker-manifest-digest": IMAGE},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+    return payload, signer.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+
+def _logged_trust(signer: ec.EllipticCurvePrivateKey, base: Path) -> TrustConfig:
+    section = {"keys": {"release": {"pem": _pem(signer).decode(), "rekor": "trusted_root.json"}}}
+    config, problems = parse_trust(section, base)
+    assert not problems, problems
+    return config
+
+
+def _annotations(signature: bytes, bundle: str | None) -> dict[str, str]:
+    annotations = {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}
+    if bundle is not None:
+        annotations[BUNDLE_ANNOTATION] = bundle
+    return annotations
+
+
+def test_a_logged_key_signature_proves(tmp_path: Path, rekor: ec.EllipticCurvePrivateKey) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    bundle = rekor_bundle(rekor, hashedrekord(signer, payload, signature))
+    found = verify_layer(
+        _logged_trust(signer, tmp_path), IMAGE, payload, _annotations(signature, bundle)
+    )
+    assert [(f.valid, f.signer) for f in found] == [(True, "release")]
+
+
+def test_rekor_is_required_only_when_the_key_asks(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    found = verify_layer(
+        trust_with(release=_pem(signer)), IMAGE, payload, _annotations(signature, None)
+    )
+    assert [(f.valid, f.signer) for f in found] == [(True, "release")]
+    found = verify_layer(
+        _logged_trust(signer, tmp_path), IMAGE, payload, _annotations(signature, None)
+    )
+    assert [f.valid for f in found] == [False]
+    assert found[0].detail == (
+        "by release, but without a valid Rekor entry: "
+        "the layer has no dev.sigstore.cosign/bundle annotation"
+    )
+
+
+def test_a_flipped_signed_entry_timestamp_byte_fails(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    document = json.loads(rekor_bundle(rekor, hashedrekord(signer, payload, signature)))
+    timestamp = base64.b64decode(document["SignedEntryTimestamp"])
+    document["SignedEntryTimestamp"] = base64.b64encode(flip(timestamp, 20)).decode()
+    found = verify_layer(
+        _logged_trust(signer, tmp_path),
+        IMAGE,
+        payload,
+        _annotations(signature, json.dumps(document)),
+    )
+    assert [f.valid for f in found] == [False]
+    assert found[0].detail == (
+        "by release, but without a valid Rekor entry: "
+        "the Rekor signed entry timestamp does not verify"
+    )
+
+
+def test_an_entry_for_another_signature_fails(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    _, other = _signed_payload(signer)  # ECDSA: another signature of the same payload
+    bundle = rekor_bundle(rekor, hashedrekord(signer, payload, other))
+    found = verify_layer(
+        _logged_trust(signer, tmp_path), IMAGE, payload, _annotations(signature, bundle)
+    )
+    assert [f.valid for f in found] == [False]
+    assert found[0].detail.endswith("the Rekor entry logs another signature")
+
+
+def test_an_entry_by_another_key_or_log_fails(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    trust = _logged_trust(signer, tmp_path)
+    bundle = rekor_bundle(rekor, hashedrekord(stranger, payload, signature))
+    found = verify_layer(trust, IMAGE, payload, _annotations(signature, bundle))
+    assert found[0].detail.endswith("the Rekor entry logs another key")
+    bundle = rekor_bundle(stranger, hashedrekord(signer, payload, signature))
+    found = verify_layer(trust, IMAGE, payload, _annotations(signature, bundle))
+    assert not found[0].valid and found[0].detail.endswith("is not in the trusted root")
