@@ -82,6 +82,11 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 which library image each pushed image (per
                                                 platform) was built on, and whether that base
                                                 digest is still its tag's current one
+    images_without_base(first_layer, repository, image_digest)
+                                                pushed images with no lineage yet, by the first
+                                                non-empty diff_id and layer digest of each
+                                                platform: what a library tag's new digest
+                                                re-traces (rows go once a base is recorded)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration.
@@ -263,6 +268,15 @@ CREATE TABLE IF NOT EXISTS image_lineage (
     PRIMARY KEY (repository, image_digest, platform)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS image_lineage_base ON image_lineage(library_name, library_tag);
+
+CREATE TABLE IF NOT EXISTS images_without_base (
+    first_layer  TEXT NOT NULL,        -- first non-empty diff_id or layer digest of a platform
+    repository   TEXT NOT NULL,
+    image_digest TEXT NOT NULL,        -- the pushed manifest (an index: its platforms' layers)
+    PRIMARY KEY (first_layer, repository, image_digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS images_without_base_image
+    ON images_without_base(repository, image_digest);
 """
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tarfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -27,13 +28,15 @@ from typing import IO, Any, Protocol
 from policies.library.declaration import Library, parse_reference
 from policies.library.history import record_tag
 from policies.library.images import INDEX_TYPES
-from policies.library.recording import record_lineage, trace_lineage
+from policies.library.recording import record_lineage, retrace_after_move, trace_lineage
 from policies.library.signing import unsigned
 from registry.errors import RegistryError
 from registry.grammar import Digest, parse_digest
 from registry.manifest_format import parse_manifest, platform_string
 from storage.blobstore import BlobStore
 from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+
+log = logging.getLogger("trustyard.library")
 
 CHUNK = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -429,6 +432,11 @@ async def import_image(
     lineages = await trace_lineage(db, store, repository, record.digest, record.content, library)
     if lineages:
         await record_lineage(db, repository, record.digest, lineages)
+    if moved:
+        try:  # the import is done: images found built on it are a report
+            await retrace_after_move(db, store, library, repository, record.digest)
+        except Exception:
+            log.exception("re-tracing the images built on %s@%s failed", repository, record.digest)
     return ImportResult(
         name=name,
         tag=tag,

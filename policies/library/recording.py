@@ -5,6 +5,12 @@ After a push is stored: a declared library tag gets its tag history row, and the
 gets its lineage (one `image_lineage` row per platform image built on a library image). Both are
 cheap: the library's manifests and configs are remembered by digest (`policies.library.images`),
 so a push reads one small table and its own config.
+
+An image pushed before its base entered the library (or before a `signed_by` base was signed)
+has no base yet: it is remembered in `images_without_base` by the first layer of each platform.
+When a library tag's history gains a digest (a push, an import, a signature that moves a pending
+tag), the images remembered under that digest's first layers are traced again, after the move's
+transaction and at most `RETRACE_LIMIT` per move.
 """
 
 from __future__ import annotations
@@ -16,12 +22,24 @@ from collections.abc import Sequence
 from policies.library.declaration import Library
 from policies.library.history import Announce, candidates, end_tag, record_tag
 from policies.library.images import platform_images
-from policies.library.lineage import Lineage, find_lineage
+from policies.library.lineage import Candidate, ImageLayers, Lineage, find_lineage
 from policies.library.signing import pending_candidates, signature_arrived, unsigned
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
 log = logging.getLogger("trustyard.library")
+
+#: Images re-traced, at most, when a library tag gains a digest; more are logged, and traced
+#: when they are pushed again.
+RETRACE_LIMIT = 200
+
+
+async def lineage_candidates(
+    db: MetadataDB, store: BlobStore, library: Library | None
+) -> list[Candidate]:
+    """Every library candidate: each digest of each library tag's history, and (with the
+    `library`) the digests pending their `signed_by` signature, marked pending."""
+    return [*await candidates(db, store), *await pending_candidates(db, store, library)]
 
 
 async def trace_lineage(
@@ -40,12 +58,19 @@ async def trace_lineage(
     images = await platform_images(db, store, repository, digest, content)
     if not images:
         return ()
-    known = [
-        c
-        for c in [*await candidates(db, store), *await pending_candidates(db, store, library)]
-        if c.repository != repository
-    ]
+    known = [c for c in await lineage_candidates(db, store, library) if c.repository != repository]
     return find_lineage(images, known)
+
+
+def first_layers(images: Sequence[ImageLayers]) -> set[str]:
+    """The first non-empty diff_id and layer digest of each platform image: what an image built
+    on it starts with, however its layers were compressed."""
+    return {
+        chain[0]
+        for image in images
+        for chain in (image.chain(by_diff_ids=True), image.chain(by_diff_ids=False))
+        if chain
+    }
 
 
 async def record_lineage(
@@ -57,7 +82,8 @@ async def record_lineage(
 ) -> None:
     """Store what each platform image of `repository@digest` is built on (replacing what was
     recorded before for the same manifest). A base pending its signature is no base yet: not
-    recorded."""
+    recorded. An image with no base at all is remembered by its first layers, to be traced
+    again when a library tag gains a digest it may be built on (`retrace_after_move`)."""
     now = time.time() if now is None else now
     rows = [
         (
@@ -85,6 +111,76 @@ async def record_lineage(
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        await conn.execute(
+            "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
+            (repository, digest),
+        )
+        if not rows:
+            await conn.executemany(
+                "INSERT OR IGNORE INTO images_without_base (first_layer, repository, "
+                "image_digest) VALUES (?, ?, ?)",
+                [
+                    (layer, repository, digest)
+                    for layer in sorted(first_layers([lineage.image for lineage in lineages]))
+                ],
+            )
+
+
+async def retrace_after_move(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library | None,
+    repository: str,
+    digest: str,
+    limit: int | None = None,
+) -> int:
+    """A library tag of `repository` gained `digest`: trace again the images that had no base
+    and start with one of its first layers, recording those now built on a library image; how
+    many were recorded. At most `limit` (`RETRACE_LIMIT`) images are traced; the rest are
+    logged. Runs after the move's transaction: reads, then one short write per image found."""
+    limit = RETRACE_LIMIT if limit is None else limit
+    record = await db.get_manifest(repository, digest)
+    if record is None:
+        return 0
+    layers = sorted(
+        first_layers(await platform_images(db, store, repository, digest, record.content))
+    )
+    if not layers:
+        return 0
+    found = await db.read(
+        "SELECT DISTINCT repository, image_digest FROM images_without_base "
+        f"WHERE first_layer IN ({', '.join('?' * len(layers))}) AND repository != ? "
+        "ORDER BY repository, image_digest LIMIT ?",
+        (*layers, repository, limit + 1),
+    )
+    if len(found) > limit:
+        log.warning(
+            "%s@%s: more than %d images without a base may be built on it; traced the first %d, "
+            "the others are traced when pushed again",
+            repository,
+            digest,
+            limit,
+            limit,
+        )
+    known = await lineage_candidates(db, store, library)
+    recorded = 0
+    for image_repository, image_digest in found[:limit]:
+        image = await db.get_manifest(image_repository, image_digest)
+        if image is None:  # deleted since: nothing to trace
+            async with db.transaction() as conn:
+                await conn.execute(
+                    "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
+                    (image_repository, image_digest),
+                )
+            continue
+        images = await platform_images(db, store, image_repository, image_digest, image.content)
+        lineages = find_lineage(images, [c for c in known if c.repository != image_repository])
+        if any(lineage.base is not None and not lineage.base.pending for lineage in lineages):
+            await record_lineage(db, image_repository, image_digest, lineages)
+            recorded += 1
+    if recorded:
+        log.info("%s@%s: lineage recorded for %d earlier images", repository, digest, recorded)
+    return recorded
 
 
 async def record_library_push(
@@ -103,9 +199,11 @@ async def record_library_push(
     `announce` reports a move), then the image's lineage: `lineages` when the policy decision
     traced it already, unless the push was to a library repository (its tag history or a
     signature may have changed the candidates). Never raises: the push is stored already, and
-    lineage is a report."""
+    lineage is a report. A digest the library gained has the images pushed before it traced
+    again (`retrace_after_move`)."""
     try:
         image = None if library is None else library.image_at(repository)
+        gained: list[str] = []
         if library is not None and image is not None and tag is not None and tag in image.tags:
             why = await unsigned(db, store, library, image, digest)
             if why is not None:
@@ -114,12 +212,16 @@ async def record_library_push(
                 )
             elif await record_tag(db, image.name, tag, repository, digest, announce=announce):
                 log.info("library %s:%s now points to %s", image.name, tag, digest)
+                gained.append(digest)
         if library is not None and image is not None:
-            await signature_arrived(db, store, library, repository, content, tag, announce)
+            signed = await signature_arrived(db, store, library, repository, content, tag, announce)
+            gained.extend(signed)
         if lineages is None or image is not None:
             lineages = await trace_lineage(db, store, repository, digest, content, library)
         if lineages:
             await record_lineage(db, repository, digest, lineages)
+        for moved in dict.fromkeys(gained):
+            await retrace_after_move(db, store, library, repository, moved)
     except Exception:
         log.exception("recording the library lineage of %s@%s failed", repository, digest)
 

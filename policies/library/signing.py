@@ -96,22 +96,25 @@ async def signature_arrived(
     content: bytes,
     tag: str | None,
     announce: Announce | None = None,
-) -> None:
+) -> list[str]:
     """After a manifest push to a library repository: when it is a signature of a digest that a
     declared tag points at and now holds `signed_by`, the library tag moves to that digest
-    (`announce`d as it moves)."""
+    (`announce`d as it moves). The digests the library gained: that one, or none."""
     image = library.image_at(repository)
     if image is None or not image.signed_by:
-        return
+        return []
     subject = signed_subject(content, tag)
     if subject is None:
-        return
+        return []
     tags = [t for t in await db.tags_of(repository, subject) if t in image.tags]
     if not tags or await unsigned(db, store, library, image, subject, fresh=True) is not None:
-        return
+        return []
+    gained = []
     for library_tag in tags:
         if await record_tag(db, image.name, library_tag, repository, subject, announce=announce):
             log.info("library %s:%s now points to %s (signed)", image.name, library_tag, subject)
+            gained = [subject]
+    return gained
 
 
 async def pending_tags(db: MetadataDB, library: Library | None) -> list[Pending]:

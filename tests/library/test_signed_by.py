@@ -194,3 +194,20 @@ async def test_library_tag_updated_is_sent_when_the_signature_moves_the_tag(
         )
     finally:
         await runner.cleanup()
+
+
+async def test_a_signature_moving_the_tag_records_the_apps_pushed_while_pending(
+    signed_library: TestClient, ops_key: Any
+) -> None:
+    client = signed_library
+    assert (await push(client, "library/python", "3.12-slim", PYTHON)).status == 201
+    # Outside the rule, an app on the pending digest is stored; it has no base yet.
+    app = Image([*PY_LAYERS, layer_tar("app")])
+    assert (await push(client, "team/web", "v1", app)).status == 201
+    assert (await slim(client))["consumers"] == 0
+    await sign_library(client, ops_key, PYTHON.digest)
+    resp = await client.get("/api/v1/library/python/3.12-slim/consumers")
+    assert [
+        (c["repository"], c["tag"], c["base_digest"], c["current"])
+        for c in (await resp.json())["consumers"]
+    ] == [("team/web", "v1", PYTHON.digest, True)]
