@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from policies.signatures.bundles import merkle_root, pae, verify_layer
 from policies.signatures.findings import Finding
 from policies.signatures.trust import TrustConfig, parse_trust
+from tests.signing import spki
 
 VECTORS = Path(__file__).parent / "vectors" / "sigstore-python"
 GITHUB = "https://token.actions.githubusercontent.com"
@@ -186,12 +187,6 @@ def pem(key: ec.EllipticCurvePrivateKey) -> str:
     )
 
 
-def spki(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def statement(digest: str, predicate_type: str = COSIGN_SIGN) -> bytes:
     return json.dumps(
         {
@@ -245,32 +240,6 @@ def dsse_entry_body(key: ec.EllipticCurvePrivateKey, payload: bytes, signature: 
         },
         separators=(",", ":"),
     ).encode()
-
-
-@pytest.fixture
-def rekor(tmp_path: Path) -> ec.EllipticCurvePrivateKey:
-    """A private Rekor's key, published in `tmp_path/trusted_root.json`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    root = {
-        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-        "tlogs": [
-            {
-                "baseUrl": "https://rekor.example",
-                "hashAlgorithm": "SHA2_256",
-                "publicKey": {
-                    "rawBytes": base64.b64encode(spki(key)).decode(),
-                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
-                    "validFor": {"start": "2020-01-01T00:00:00Z"},
-                },
-                "logId": {"keyId": base64.b64encode(hashlib.sha256(spki(key)).digest()).decode()},
-            }
-        ],
-        "certificateAuthorities": [],
-        "ctlogs": [],
-        "timestampAuthorities": [],
-    }
-    (tmp_path / "trusted_root.json").write_text(json.dumps(root))
-    return key
 
 
 def promised_entry(rekor: ec.EllipticCurvePrivateKey, body: bytes) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from policies.signatures.trust import (
     load_sigstore_root,
     parse_trust,
 )
+from tests.signing import public_pem, spki
 
 VECTORS = Path(__file__).parent / "vectors" / "containers-image"
 
@@ -292,44 +293,6 @@ def test_pki_vector_verifies_against_its_root() -> None:
 # -- keyed, with `rekor:` ----------------------------------------------------------------------
 
 
-def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-@pytest.fixture
-def rekor(tmp_path: Path) -> ec.EllipticCurvePrivateKey:
-    """A private Rekor's key, published in `tmp_path/trusted_root.json`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    root = {
-        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-        "tlogs": [
-            {
-                "baseUrl": "https://rekor.example",
-                "hashAlgorithm": "SHA2_256",
-                "publicKey": {
-                    "rawBytes": base64.b64encode(_spki(key)).decode(),
-                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
-                    "validFor": {"start": "2020-01-01T00:00:00Z"},
-                },
-                "logId": {"keyId": base64.b64encode(hashlib.sha256(_spki(key)).digest()).decode()},
-            }
-        ],
-        "certificateAuthorities": [],
-        "ctlogs": [],
-        "timestampAuthorities": [],
-    }
-    (tmp_path / "trusted_root.json").write_text(json.dumps(root))
-    return key
-
-
 def hashedrekord(signer: ec.EllipticCurvePrivateKey, payload: bytes, signature: bytes) -> str:
     """A Rekor `hashedrekord` 0.0.1 entry body (base64) logging `signature` of `payload`."""
     body = {
@@ -339,7 +302,7 @@ def hashedrekord(signer: ec.EllipticCurvePrivateKey, payload: bytes, signature: 
             "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
             "signature": {
                 "content": base64.b64encode(signature).decode(),
-                "publicKey": {"content": base64.b64encode(_pem(signer)).decode()},
+                "publicKey": {"content": base64.b64encode(public_pem(signer)).decode()},
             },
         },
     }
@@ -352,7 +315,7 @@ def rekor_bundle(rekor: ec.EllipticCurvePrivateKey, body: str) -> str:
         "body": body,
         "integratedTime": 1700000000,
         "logIndex": 42,
-        "logID": hashlib.sha256(_spki(rekor)).hexdigest(),
+        "logID": hashlib.sha256(spki(rekor)).hexdigest(),
     }
     timestamp = rekor.sign(rfc8785.dumps(entry), ec.ECDSA(hashes.SHA256()))
     return json.dumps(
@@ -378,7 +341,8 @@ def _signed_payload(signer: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
 
 
 def _logged_trust(signer: ec.EllipticCurvePrivateKey, base: Path) -> TrustConfig:
-    section = {"keys": {"release": {"pem": _pem(signer).decode(), "rekor": "trusted_root.json"}}}
+    key = {"pem": public_pem(signer).decode(), "rekor": "trusted_root.json"}
+    section = {"keys": {"release": key}}
     config, problems = parse_trust(section, base)
     assert not problems, problems
     return config
@@ -407,7 +371,7 @@ def test_rekor_is_required_only_when_the_key_asks(
     signer = ec.generate_private_key(ec.SECP256R1())
     payload, signature = _signed_payload(signer)
     found = verify_layer(
-        trust_with(release=_pem(signer)), IMAGE, payload, _annotations(signature, None)
+        trust_with(release=public_pem(signer)), IMAGE, payload, _annotations(signature, None)
     )
     assert [(f.valid, f.signer) for f in found] == [(True, "release")]
     found = verify_layer(
