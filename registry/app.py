@@ -22,6 +22,7 @@ from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
 from registry.routes import add_routes
 from registry.upload_sessions import UploadSessions
+from storage import reserve
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -50,6 +51,8 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         policy = startup_policy(config.policy_file) if loaded is None else loaded
         store = open_blob_store(config)
         db = await MetadataDB.open(DataLayout(config.data_dir).database)
+        # Room for `trustyard gc` to work in should the disk fill up (storage.reserve).
+        await asyncio.to_thread(reserve.ensure, DataLayout(config.data_dir))
         uploads = UploadSessions(db, store)
         gate = PolicyGate(db, store, policy, path=config.policy_file)
         gate.start(poll_interval=config.policy_poll_interval)

@@ -1,4 +1,5 @@
-"""The `trustyard` command: `serve` the registry, `gc` its storage, manage `user`s and `robot`s."""
+"""The `trustyard` command: `serve` the registry, `gc` and `fsck` its storage, manage `user`s and
+`robot`s."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from registry.auth.users import UsersFileError, UserStore
 from registry.config import Config, ConfigError, load_config
 from registry.context import CONTEXT
 from registry.middleware import IN_FLIGHT
-from storage.backends import open_blob_store
-from storage.gc import collect_garbage
-from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.commands import (
+    STORAGE_COMMANDS,
+    add_storage_commands,
+    run_storage_command,
+    storage_overrides,
+)
 
 log = logging.getLogger("trustyard")
 
@@ -48,11 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
 
-    gc = commands.add_parser("gc", help="remove unreferenced manifests, blobs and stale uploads")
-    common(gc)
-    gc.add_argument("--dry-run", action="store_true", help="print what would go, remove nothing")
-    gc.add_argument("--grace-period", help="keep blobs younger than this (e.g. 1h)")
-    gc.add_argument("--keep-untagged", action="store_true", help="do not delete untagged manifests")
+    add_storage_commands(commands, common)
 
     for kind in ("user", "robot"):
         accounts = commands.add_parser(kind, help=f"manage {kind}s in the users file")
@@ -87,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.tls_cert:
             overrides["tls"] = {"cert": args.tls_cert, "key": args.tls_key}
-    if args.command == "gc":
-        gc_overrides: dict[str, object] = {}
-        if args.grace_period:
-            gc_overrides["grace_period"] = args.grace_period
-        if args.keep_untagged:
-            gc_overrides["delete_untagged"] = False
-        overrides["gc"] = gc_overrides
+    overrides.update(storage_overrides(args))
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
@@ -117,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve(config, policy)
     if args.command in ("user", "robot"):
         return manage_accounts(config, args)
-    return asyncio.run(run_gc(config, dry_run=args.dry_run))
+    if args.command in STORAGE_COMMANDS:
+        return run_storage_command(config, args)
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 def manage_accounts(config: Config, args: argparse.Namespace) -> int:
@@ -220,26 +215,3 @@ async def _serve(config: Config, policy: Policy | None) -> None:
             log.warning("%d requests still running after the shutdown timeout", in_flight.count)
     finally:
         await runner.cleanup()
-
-
-async def run_gc(config: Config, *, dry_run: bool) -> int:
-    """Collect garbage once and print what went."""
-    store = open_blob_store(config)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
-    try:
-        report = await collect_garbage(
-            db,
-            store,
-            grace_period=config.gc_grace_period,
-            stale_upload_age=config.stale_upload_age,
-            delete_untagged=config.gc_delete_untagged,
-            dry_run=dry_run,
-        )
-    finally:
-        await db.close()
-        await store.close()
-    prefix = "would remove " if dry_run else "removed "
-    for line in report.lines()[:-1]:
-        print(prefix + line)
-    print(("dry run: " if dry_run else "") + report.lines()[-1])
-    return 0

@@ -57,6 +57,10 @@ PAGINATION_NUMBER_INVALID = _register(
 #: Trustyard's own API (`/api/v1/...`): a query parameter that cannot be understood.
 QUERY_INVALID = _register("QUERY_INVALID", 400, "invalid query parameter")
 UNAVAILABLE = _register("UNAVAILABLE", 503, "the storage backend is unavailable")
+#: Trustyard's own code (clients show the message): the disk or bucket has no room left.
+STORAGE_FULL = _register(
+    "STORAGE_FULL", 507, "the registry's storage is full: nothing was stored, retry once freed"
+)
 
 
 class RegistryError(Exception):

@@ -72,9 +72,10 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
             raise _invalid("layers must be an array of descriptors")
         for position, layer in enumerate(layers):
             descriptor = _descriptor(layer, f"layers[{position}]")
-            # Foreign (non-distributable) layers are fetched from their `urls`, not from us.
-            if not descriptor.get("urls"):
-                references.append(Reference(descriptor["digest"], "blob"))
+            # A foreign (non-distributable) layer may be fetched from its `urls` and need not be
+            # pushed; when it was, clients fetch it from us, so it is kept like any layer.
+            required = not descriptor.get("urls")
+            references.append(Reference(descriptor["digest"], "blob", required=required))
         if artifact_type is None and media_type == OCI_MANIFEST:
             artifact_type = config["mediaType"]
     else:

@@ -9,6 +9,7 @@ bytes back, so the bytes on storage are always the truth and sessions survive re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -26,7 +27,8 @@ from registry.errors import (
     RegistryError,
 )
 from registry.grammar import UPLOAD_ID_RE, Digest
-from storage.blobstore import BlobStore
+from storage.blob_commit import commit_blob
+from storage.blobstore import BlobStore, StorageFull
 from storage.metadata import MetadataDB
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,11 @@ class UploadSessions:
         """Open a new session for `repository` and return its id."""
         upload_id = uuid.uuid4().hex
         await self.store.start_upload(upload_id)
-        await self.db.start_upload(upload_id, repository)
+        try:
+            await self.db.start_upload(upload_id, repository)
+        except StorageFull:
+            await self.store.abort(upload_id)
+            raise
         self._sessions[upload_id] = _Session(0, hashlib.new(RUNNING_ALGORITHM))
         return upload_id
 
@@ -160,8 +166,11 @@ class UploadSessions:
                     message="provided digest did not match uploaded content",
                 )
             size = session.offset
-            await self.store.commit(upload_id, digest)
-            await self.db.link_blob(repository, str(digest), size)
+            try:
+                await commit_blob(self.store, self.db, upload_id, digest, size, repository)
+            except StorageFull:
+                await self._drop_after_full_disk(upload_id)
+                raise
             await self.db.end_upload(upload_id)
             self._sessions.pop(upload_id, None)
             return size
@@ -170,6 +179,14 @@ class UploadSessions:
         """Drop a session and its bytes."""
         await self._check(repository, upload_id)
         await self.discard(upload_id)
+
+    async def _drop_after_full_disk(self, upload_id: str) -> None:
+        """Remove an upload the full disk stopped: its bytes first (that frees the space), then
+        its session when the database can still record that."""
+        self._sessions.pop(upload_id, None)
+        await self.store.abort(upload_id)
+        with contextlib.suppress(StorageFull):
+            await self.db.end_upload(upload_id)
 
     async def discard(self, upload_id: str) -> None:
         """Drop a session by id alone (cancellation, stale-session cleanup)."""
@@ -204,7 +221,11 @@ class UploadSessions:
                     {"Content-Range": expected, "Content-Length": content_length},
                     message="Content-Length does not match Content-Range",
                 )
-        received = await self._stream_in(upload_id, session, body)
+        try:
+            received = await self._stream_in(upload_id, session, body)
+        except StorageFull:
+            await self._drop_after_full_disk(upload_id)
+            raise
         if content_range is not None and received != content_range.end - offset + 1:
             raise RegistryError(
                 SIZE_INVALID,

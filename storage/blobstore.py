@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from registry.errors import UNAVAILABLE, RegistryError
+from registry.errors import BLOB_UNKNOWN, STORAGE_FULL, UNAVAILABLE, RegistryError
 from registry.grammar import Digest
 
 
@@ -37,6 +37,37 @@ class StorageUnavailable(RegistryError):
         super().__init__(UNAVAILABLE, detail)
 
 
+class StorageFull(RegistryError):
+    """The disk (or the database's disk) has no room: the client is answered 507 STORAGE_FULL.
+
+    Raised instead of `OSError(ENOSPC)` or SQLite's "database or disk is full", after whatever was
+    half written was removed.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            STORAGE_FULL,
+            {"reason": f"no space left on the registry's {where}"},
+            message=f"{STORAGE_FULL.message} (no space left on the registry's {where})",
+        )
+
+
+class BlobDamaged(RegistryError):
+    """The stored bytes of a recorded blob are missing or of the wrong length.
+
+    Answered 404 BLOB_UNKNOWN with the reason, never a short body: a client that asks with HEAD
+    before pushing then pushes the blob again, which repairs it.
+    """
+
+    def __init__(self, digest: Digest, expected: int, found: int | None) -> None:
+        what = "missing" if found is None else f"{found} bytes instead of {expected}"
+        super().__init__(
+            BLOB_UNKNOWN,
+            {"digest": str(digest), "reason": f"stored blob is damaged ({what}); push it again"},
+            message=f"blob {digest} is damaged in storage ({what}); push it again to repair it",
+        )
+
+
 class BlobStore(Protocol):
     """Content-addressed blob storage with append-only uploads."""
 
@@ -53,7 +84,34 @@ class BlobStore(Protocol):
         """The bytes of an upload so far, in order (to rebuild a hash after a restart)."""
 
     async def commit(self, upload_id: str, digest: Digest) -> None:
-        """Make a verified upload visible as blob `digest`, atomically; the upload is gone after."""
+        """Make a verified upload visible as blob `digest`, atomically; the upload is gone after.
+
+        Callers that record the blob in the database use `storage.blob_commit.commit_blob`
+        instead, which keeps the upload until the record is made (see docs/architecture.md)."""
+
+    async def place(self, upload_id: str, digest: Digest) -> None:
+        """Make a verified upload visible as blob `digest`, atomically, replacing whatever bytes
+        were stored under that name (which repairs a damaged blob); the upload stays."""
+
+    async def verify_size(self, digest: Digest, size: int) -> None:
+        """Raise `BlobDamaged` unless the stored blob holds exactly `size` bytes (a cheap check:
+        one stat; backends that check while reading may return at once)."""
+
+    async def quarantine(self, digest: Digest) -> None:
+        """Move a corrupt blob out of service to the quarantine (`trustyard fsck`)."""
+
+    async def move_to_trash(self, digests: list[Digest]) -> None:
+        """Garbage collection, step 1: move blobs out of their address to their trash place
+        (reversibly; missing ones are skipped)."""
+
+    async def restore_from_trash(self, digests: list[Digest]) -> None:
+        """Put trashed blobs back where their address is empty; drop their trash copies."""
+
+    async def empty_trash(self, digests: list[Digest]) -> None:
+        """Delete the trash copies of blobs for good."""
+
+    def list_trash(self) -> AsyncIterator[Digest]:
+        """Every blob in the trash (left there by a collection that stopped half way)."""
 
     async def abort(self, upload_id: str) -> None:
         """Drop an upload and its bytes (no error if it does not exist)."""
@@ -68,7 +126,8 @@ class BlobStore(Protocol):
         """A URL the client may fetch the blob from directly, if the backend offers one."""
 
     def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes from `start` up to `end` (exclusive; None for the end)."""
+        """The blob's bytes from `start` up to `end` (exclusive; None for the end); with an
+        `end`, `BlobDamaged` before the first byte unless that many bytes are there."""
 
     async def delete(self, digest: Digest) -> None:
         """Remove a committed blob (no error if it does not exist)."""

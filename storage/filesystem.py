@@ -1,12 +1,14 @@
 """The filesystem blob backend: blobs as files under the data directory, written by rename.
 
-Blocking file I/O runs in a small thread pool so the event loop never waits on the disk.
+Blocking file I/O runs in a small thread pool so the event loop never waits on the disk. A full
+disk (`ENOSPC`, `EDQUOT`) becomes `StorageFull`, answered 507 with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from registry.grammar import ALGORITHMS, Digest
-from storage.blobstore import StoredObject
+from storage.blobstore import BlobDamaged, StorageFull, StoredObject
 from storage.layout import DataLayout
 
 T = TypeVar("T")
@@ -33,7 +35,12 @@ class FilesystemBlobStore:
         layout.create()
 
     async def _run(self, func: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise StorageFull("disk") from exc
+            raise
 
     async def start_upload(self, upload_id: str) -> None:
         """Create an empty upload file."""
@@ -56,29 +63,117 @@ class FilesystemBlobStore:
             yield chunk
 
     async def commit(self, upload_id: str, digest: Digest) -> None:
-        """fsync the upload, then rename it to its content address (atomic on one filesystem)."""
-        await self._run(self._commit, self.layout.upload(upload_id), self.layout.blob(digest))
+        """Place the upload at its content address, then drop the upload."""
+        await self.place(upload_id, digest)
+        await self.abort(upload_id)
 
-    def _commit(self, source: Path, target: Path) -> None:
-        if target.exists():
-            # Same digest, same bytes: the blob is already there; keep the existing file, but
-            # freshen its age so a concurrent GC does not take it for an orphan.
-            os.utime(target)
-            source.unlink(missing_ok=True)
-            return
-        # The rename keeps the upload's mtime; an idle resumed upload would look old to GC.
+    async def place(self, upload_id: str, digest: Digest) -> None:
+        """fsync the upload, hard-link it and rename the link onto its content address (atomic
+        on one filesystem). Whatever file had that name is replaced by these verified bytes, so
+        pushing a blob again repairs a damaged file; the upload keeps its own name."""
+        await self._run(self._place, upload_id, self.layout.blob(digest))
+
+    def _place(self, upload_id: str, target: Path) -> None:
+        source = self.layout.upload(upload_id)
+        # A fresh mtime: an idle resumed upload would look old to the orphan sweep.
         os.utime(source)
         if self.fsync:
             with source.open("rb") as handle:
                 os.fsync(handle.fileno())
+        link = self.layout.placing(upload_id)
+        link.unlink(missing_ok=True)
+        os.link(source, link)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+        os.replace(link, target)
         if self.fsync:
             _fsync_dir(target.parent)
 
+    async def verify_size(self, digest: Digest, size: int) -> None:
+        """One stat; a file missing because a collection is deciding about it is put back."""
+        found = await self._run(self._stored_size, digest)
+        if found != size:
+            raise BlobDamaged(digest, size, found)
+
+    def _stored_size(self, digest: Digest) -> int | None:
+        path = self.layout.blob(digest)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+        # The caller found the blob recorded, so a copy in the trash belongs in service: a
+        # collection whose transaction keeps the blob would put it back a moment later anyway.
+        with contextlib.suppress(FileNotFoundError, FileExistsError):
+            os.link(self.layout.blob_trash(digest), path)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+    async def quarantine(self, digest: Digest) -> None:
+        """Move a corrupt blob's file to `quarantine/` (out of service, kept for a look)."""
+        await self._run(self._quarantine, digest)
+
+    def _quarantine(self, digest: Digest) -> None:
+        target = self.layout.quarantined(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.layout.blob(digest), target)
+
+    async def move_to_trash(self, digests: list[Digest]) -> None:
+        """Rename each blob to `<hex>.gc` beside it (missing ones are skipped)."""
+        await self._run(self._move_to_trash, digests)
+
+    def _move_to_trash(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.layout.blob(digest), self.layout.blob_trash(digest))
+
+    async def restore_from_trash(self, digests: list[Digest]) -> None:
+        """Link each trashed blob back unless its name holds a file again, then drop the trash
+        copy (a newer placement of the same verified bytes wins; never overwritten)."""
+        await self._run(self._restore, digests)
+
+    def _restore(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            trash = self.layout.blob_trash(digest)
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                os.link(trash, self.layout.blob(digest))
+            trash.unlink(missing_ok=True)
+
+    async def empty_trash(self, digests: list[Digest]) -> None:
+        """Unlink the trash copies."""
+        await self._run(self._empty_trash, digests)
+
+    def _empty_trash(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            self.layout.blob_trash(digest).unlink(missing_ok=True)
+
+    async def list_trash(self) -> AsyncIterator[Digest]:
+        """Every `<hex>.gc` file under `blobs/`."""
+        for path in await self._run(self._walk_trash):
+            yield path
+
+    def _walk_trash(self) -> list[Digest]:
+        found: list[Digest] = []
+        for prefix in self._prefix_dirs():
+            for entry in os.scandir(prefix):
+                digest = self.layout.digest_of_trash_path(Path(entry.path))
+                if digest is not None:
+                    found.append(digest)
+        return found
+
+    def _prefix_dirs(self) -> list[str]:
+        dirs: list[str] = []
+        for algorithm in ALGORITHMS:
+            root = self.layout.blobs / algorithm
+            if root.is_dir():
+                dirs += [entry.path for entry in os.scandir(root) if entry.is_dir()]
+        return dirs
+
     async def abort(self, upload_id: str) -> None:
-        """Delete the upload file."""
+        """Delete the upload file (and a placement link a crash left)."""
         await self._run(self.layout.upload(upload_id).unlink, True)
+        await self._run(self.layout.placing(upload_id).unlink, True)
 
     async def size(self, digest: Digest) -> int | None:
         """Size of the blob file, or None."""
@@ -98,7 +193,11 @@ class FilesystemBlobStore:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream a byte range of the blob file."""
+        """Stream a byte range of the blob file (`BlobDamaged` first if it is too short)."""
+        if end is not None:
+            found = await self._run(self._stored_size, digest)
+            if found is None or found < end:
+                raise BlobDamaged(digest, end, found)
         async for chunk in self._read_file(self.layout.blob(digest), start, end):
             yield chunk
 
@@ -133,17 +232,12 @@ class FilesystemBlobStore:
 
     def _walk_blobs(self) -> list[StoredObject]:
         found: list[StoredObject] = []
-        for algorithm in ALGORITHMS:
-            root = self.layout.blobs / algorithm
-            if not root.is_dir():
-                continue
-            for prefix in os.scandir(root):
-                if not prefix.is_dir():
+        for prefix in self._prefix_dirs():
+            for entry in os.scandir(prefix):
+                digest = self.layout.digest_of_blob_path(Path(entry.path))
+                if digest is None or not entry.is_file():
                     continue
-                for entry in os.scandir(prefix.path):
-                    digest = self.layout.digest_of_blob_path(Path(entry.path))
-                    if digest is None or not entry.is_file():
-                        continue
+                with contextlib.suppress(FileNotFoundError):
                     stat = entry.stat()
                     found.append(StoredObject(str(digest), stat.st_size, stat.st_mtime))
         return found
@@ -157,13 +251,18 @@ class FilesystemBlobStore:
         found = []
         for entry in os.scandir(self.layout.uploads):
             if entry.is_file():
-                stat = entry.stat()
-                found.append(StoredObject(entry.name, stat.st_size, stat.st_mtime))
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    found.append(StoredObject(entry.name, stat.st_size, stat.st_mtime))
         return found
 
     async def close(self) -> None:
         """Stop the thread pool."""
         self._pool.shutdown(wait=True)
+
+
+#: errno values that mean the disk or the user's quota is full.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -1,32 +1,63 @@
 """Garbage collection: remove what nothing references, safely while the registry serves.
 
-Mark and sweep over the metadata database, then the blob store:
+Every deletion is re-decided inside the write transaction that performs it, with the rules of
+`storage.gc_rules`; transactions are small (a batch sized to take a few milliseconds) and a pause
+follows each, so a server write waiting on SQLite's lock waits milliseconds, never seconds.
 
-1. manifests that no tag, no index and no living subject references (when `delete_untagged`),
-   repeated until nothing more goes (an index going frees its children);
-2. blobs that no manifest references, idle longer than the grace period; each is re-checked in
-   the same write transaction that deletes its row, so a manifest pushed meanwhile keeps them;
-3. blob files the database does not know (a crash between rename and commit), older than the
-   grace period;
+1. manifests the rules let go, pass after pass until a pass removes nothing (an index going frees
+   its children, a subject going frees its referrers) — when `delete_untagged`;
+2. blobs the rules let go, by the blob deletion protocol (docs/architecture.md): each batch is
+   moved to the store's trash, its rows are deleted where the rule still holds, and the trash is
+   emptied for those and put back for the others;
+3. blob files the database does not know (a crash between placement and record), older than the
+   grace period, by the same protocol;
 4. upload sessions, and upload files without a session, older than the stale-upload age.
 
-A blob uploaded, mounted or referenced within the grace period is never collected.
+A blob trashed by a collection that stopped half way is put back or deleted first. A dry run
+simulates the same rules, cascade included, in one read snapshot and removes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from registry.grammar import parse_digest
-from storage.blobstore import BlobStore
+from storage import gc_rules
+from storage.blobstore import BlobStore, StoredObject
 from storage.metadata import MetadataDB
 
 log = logging.getLogger(__name__)
 
-#: Orphan blobs deleted per call to the store (S3's DeleteObjects takes at most 1000 keys).
+#: Files listed per batch of the orphan sweep (S3's DeleteObjects takes at most 1000 keys).
 ORPHAN_BATCH = 1000
+
+
+@dataclass
+class Pacing:
+    """How a collection shares SQLite's single write lock with the server.
+
+    The batch size adapts so that one transaction takes about `target` seconds; after each, the
+    collection pauses at least `pause` seconds (and twice the transaction's time), which lets a
+    writer that found the lock taken get it at its first or second retry.
+    """
+
+    target: float = 0.004
+    pause: float = 0.02
+    smallest: int = 4
+    largest: int = 500
+    size: int = 32
+
+    async def after(self, elapsed: float) -> None:
+        """Adapt the batch size to a transaction that took `elapsed` seconds, then pause."""
+        if elapsed > self.target:
+            self.size = max(self.smallest, self.size // 2)
+        elif elapsed < self.target / 2:
+            self.size = min(self.largest, self.size * 2)
+        await asyncio.sleep(max(self.pause, 2 * elapsed))
 
 
 @dataclass
@@ -38,6 +69,15 @@ class GCReport:
     orphan_files: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    dry_run: bool = False
+
+    def sort(self) -> GCReport:
+        """Put every list in a stable order (a real run and a dry run then print alike)."""
+        self.manifests.sort()
+        self.blobs.sort()
+        self.orphan_files.sort()
+        self.uploads.sort()
+        return self
 
     def lines(self) -> list[str]:
         """One line per removed item, then a summary."""
@@ -51,6 +91,17 @@ class GCReport:
         )
         return out
 
+    def as_json(self) -> dict[str, Any]:
+        """The report as a JSON document (`gc --json`)."""
+        return {
+            "dry_run": self.dry_run,
+            "manifests": [{"repository": r, "digest": d} for r, d in self.manifests],
+            "blobs": self.blobs,
+            "orphan_files": self.orphan_files,
+            "uploads": self.uploads,
+            "bytes_freed": self.bytes_freed,
+        }
+
 
 async def collect_garbage(
     db: MetadataDB,
@@ -61,58 +112,206 @@ async def collect_garbage(
     delete_untagged: bool = True,
     dry_run: bool = False,
     now: float | None = None,
+    pacing: Pacing | None = None,
 ) -> GCReport:
-    """Run one collection and report what went."""
+    """Run one collection (or simulate it with `dry_run`) and report what went."""
     now = time.time() if now is None else now
     cutoff = now - grace_period
-    report = GCReport()
-
-    if delete_untagged:
-        seen: set[tuple[str, str]] = set()
-        while True:
-            batch = [m for m in await db.unreferenced_manifests(cutoff) if m not in seen]
-            if not batch:
-                break
-            seen.update(batch)
-            report.manifests += batch
-            if dry_run:
-                break  # children freed by these are only found by a real run
-            for repository, digest in batch:
-                await db.delete_manifest(repository, digest)
-
-    for digest in await db.unreferenced_blobs(cutoff):
-        size = await db.blob_size(digest) or 0
-        if dry_run or await db.forget_blob_if_unreferenced(digest, cutoff):
-            if not dry_run:
-                await store.delete(parse_digest(digest))
-            report.blobs.append(digest)
-            report.bytes_freed += size
-
-    known = await db.known_blobs()
-    orphans: list[str] = []
-    async for stored in store.list_blobs():
-        if stored.name not in known and stored.modified < cutoff:
-            orphans.append(stored.name)
-            report.orphan_files.append(stored.name)
-            report.bytes_freed += stored.size
-            # Deleted a batch at a time (one request per 1000 keys on S3), soon after listing.
-            if len(orphans) == ORPHAN_BATCH and not dry_run:
-                await store.delete_blobs([parse_digest(name) for name in orphans])
-                orphans.clear()
-    if orphans and not dry_run:
-        await store.delete_blobs([parse_digest(name) for name in orphans])
-
     upload_cutoff = now - stale_upload_age
-    stale = set(await db.uploads_started_before(upload_cutoff))
+    if dry_run:
+        report = await _simulate(db, store, cutoff, upload_cutoff, delete_untagged)
+    else:
+        run = _Collection(db, store, cutoff, pacing or Pacing())
+        await run.recover_trash()
+        if delete_untagged:
+            await run.manifests()
+        await run.blobs()
+        await run.orphans()
+        await run.uploads(upload_cutoff)
+        report = run.report
+    report.sort()
+    for line in report.lines():
+        log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
+    return report
+
+
+class _Collection:
+    """One real collection run."""
+
+    def __init__(self, db: MetadataDB, store: BlobStore, cutoff: float, pacing: Pacing) -> None:
+        self.db = db
+        self.store = store
+        self.cutoff = cutoff
+        self.pacing = pacing
+        self.report = GCReport()
+
+    async def _delete_each(
+        self, sql: str, rows: list[dict[str, Any]], *, evidence: bool = False
+    ) -> list[int]:
+        started = time.monotonic()
+        try:
+            return await self.db.delete_each(sql, rows, evidence=evidence)
+        finally:
+            await self.pacing.after(time.monotonic() - started)
+
+    async def recover_trash(self) -> None:
+        """Settle blobs a collection that stopped half way left in the trash."""
+        trashed = [digest async for digest in self.store.list_trash()]
+        for first in range(0, len(trashed), ORPHAN_BATCH):
+            batch = trashed[first : first + ORPHAN_BATCH]
+            known = await self.db.known_among([str(d) for d in batch])
+            await self.store.restore_from_trash([d for d in batch if str(d) in known])
+            gone = [d for d in batch if str(d) not in known]
+            await self.store.empty_trash(gone)
+            self.report.orphan_files += [str(d) for d in gone]
+
+    async def manifests(self) -> None:
+        """Delete collectable manifests, pass after pass, until a pass deletes nothing."""
+        while True:
+            deleted_in_pass = 0
+            after = ("", "")
+            while True:
+                page = await self.db.read(
+                    gc_rules.MARK_MANIFESTS,
+                    {
+                        "cutoff": self.cutoff,
+                        "repository": after[0],
+                        "digest": after[1],
+                        "limit": self.pacing.size,
+                    },
+                )
+                if not page:
+                    break
+                after = (page[-1][0], page[-1][1])
+                rows = [{"cutoff": self.cutoff, "repository": r, "digest": d} for r, d in page]
+                for position in await self._delete_each(
+                    gc_rules.DELETE_MANIFEST, rows, evidence=True
+                ):
+                    self.report.manifests.append((page[position][0], page[position][1]))
+                    deleted_in_pass += 1
+            if deleted_in_pass == 0:
+                return
+
+    async def blobs(self) -> None:
+        """Delete collectable blobs by the deletion protocol, a batch at a time."""
+        after = ""
+        while True:
+            page = await self.db.read(
+                gc_rules.MARK_BLOBS,
+                {"cutoff": self.cutoff, "digest": after, "limit": self.pacing.size},
+            )
+            if not page:
+                return
+            after = page[-1][0]
+            digests = [parse_digest(row[0]) for row in page]
+            await self.store.move_to_trash(digests)
+            rows = [{"cutoff": self.cutoff, "digest": row[0]} for row in page]
+            try:
+                deleted = set(await self._delete_each(gc_rules.DELETE_BLOB, rows))
+            except BaseException:
+                await self.store.restore_from_trash(digests)
+                raise
+            await self.store.empty_trash([digests[i] for i in sorted(deleted)])
+            saved = [d for i, d in enumerate(digests) if i not in deleted]
+            if saved:
+                await self.store.restore_from_trash(saved)
+            for position in sorted(deleted):
+                self.report.blobs.append(page[position][0])
+                self.report.bytes_freed += int(page[position][1])
+
+    async def orphans(self) -> None:
+        """Delete old blob files the database does not know, by the same protocol: trashed
+        first, then looked up again, so one recorded meanwhile is put back."""
+        batch: list[StoredObject] = []
+        async for stored in self.store.list_blobs():
+            if stored.modified < self.cutoff:
+                batch.append(stored)
+            if len(batch) >= ORPHAN_BATCH:
+                await self._orphan_batch(batch)
+                batch = []
+        if batch:
+            await self._orphan_batch(batch)
+
+    async def _orphan_batch(self, batch: list[StoredObject]) -> None:
+        known = await self.db.known_among([s.name for s in batch])
+        unknown = [s for s in batch if s.name not in known]
+        if not unknown:
+            return
+        digests = [parse_digest(s.name) for s in unknown]
+        await self.store.move_to_trash(digests)
+        # Read after the move: a blob recorded before this read is kept; one recorded after it
+        # finds its file missing and is placed again by its uploader (storage.blob_commit).
+        known = await self.db.known_among([s.name for s in unknown])
+        await self.store.restore_from_trash([d for d in digests if str(d) in known])
+        await self.store.empty_trash([d for d in digests if str(d) not in known])
+        for stored in unknown:
+            if stored.name not in known:
+                self.report.orphan_files.append(stored.name)
+                self.report.bytes_freed += stored.size
+
+    async def uploads(self, upload_cutoff: float) -> None:
+        """Drop stale sessions (each re-decided in the deleting transaction), then their bytes;
+        then upload files that have no session."""
+        stale = await self.db.uploads_started_before(upload_cutoff)
+        for first in range(0, len(stale), self.pacing.size):
+            ids = stale[first : first + self.pacing.size]
+            rows = [{"id": upload_id, "cutoff": upload_cutoff} for upload_id in ids]
+            for position in await self._delete_each(gc_rules.DELETE_UPLOAD, rows):
+                await self.store.abort(ids[position])
+                self.report.uploads.append(ids[position])
+        sessions = await self.db.upload_ids()
+        async for stored in self.store.list_uploads():
+            if stored.name not in sessions and stored.modified < upload_cutoff:
+                await self.store.abort(stored.name)
+                self.report.uploads.append(stored.name)
+
+
+async def _simulate(
+    db: MetadataDB,
+    store: BlobStore,
+    cutoff: float,
+    upload_cutoff: float,
+    delete_untagged: bool,
+) -> GCReport:
+    """What a real run would remove now: the same rules, cascade included, in one snapshot."""
+    report = GCReport(dry_run=True)
+    async with db.snapshot() as conn:
+        await conn.execute(gc_rules.SIMULATION_TABLE)
+        while delete_untagged:
+            cursor = await conn.execute(gc_rules.SIMULATE_MANIFESTS, {"cutoff": cutoff})
+            if cursor.rowcount <= 0:
+                break
+        async with conn.execute("SELECT repository, digest FROM temp.gc_gone") as cursor:
+            report.manifests = [(row[0], row[1]) async for row in cursor]
+        async with conn.execute(gc_rules.SIMULATE_BLOBS, {"cutoff": cutoff}) as cursor:
+            async for digest, size in cursor:
+                report.blobs.append(digest)
+                report.bytes_freed += int(size)
+        async with conn.execute(
+            "SELECT id FROM uploads WHERE started_at < ?", (upload_cutoff,)
+        ) as cursor:
+            report.uploads = [row[0] async for row in cursor]
+    trashed = [digest async for digest in store.list_trash()]
+    known = await db.known_among([str(d) for d in trashed])
+    report.orphan_files += [str(d) for d in trashed if str(d) not in known]
+    batch: list[StoredObject] = []
+
+    async def orphan_batch() -> None:
+        known = await db.known_among([s.name for s in batch])
+        for stored in batch:
+            if stored.name not in known:
+                report.orphan_files.append(stored.name)
+                report.bytes_freed += stored.size
+
+    async for stored in store.list_blobs():
+        if stored.modified < cutoff:
+            batch.append(stored)
+        if len(batch) >= ORPHAN_BATCH:
+            await orphan_batch()
+            batch = []
+    await orphan_batch()
     sessions = await db.upload_ids()
     async for stored in store.list_uploads():
         if stored.name not in sessions and stored.modified < upload_cutoff:
-            stale.add(stored.name)
-    for upload_id in sorted(stale):
-        if not dry_run:
-            await store.abort(upload_id)
-            await db.end_upload(upload_id)
-        report.uploads.append(upload_id)
-    for line in report.lines():
-        log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
+            report.uploads.append(stored.name)
     return report

@@ -7,9 +7,17 @@ On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
     ├── blobs/                     the content-addressed blob store (filesystem backend)
     │   └── <algorithm>/           sha256 | sha512
     │       └── <hex[0:2]>/
-    │           └── <hex>          the blob's bytes, immutable; written once, by rename
-    └── uploads/
-        └── <upload-id>            bytes of an upload in progress (32 hex characters)
+    │           ├── <hex>          the blob's bytes, immutable; written by rename (a push of the
+    │           │                  same verified bytes replaces it: that repairs a damaged file)
+    │           └── <hex>.gc       the blob while garbage collection decides whether it goes
+    │                              (put back or deleted right after; see docs/architecture.md)
+    ├── uploads/
+    │   ├── <upload-id>            bytes of an upload in progress (32 hex characters)
+    │   └── <upload-id>.placing    a hard link of a verified upload, renamed onto its blob's name
+    ├── quarantine/<alg>/<hex>     blobs `trustyard fsck` found corrupt, moved out of service
+    ├── reserve                    a few MiB of zeros: deleted first by `trustyard gc` on a full
+    │                              disk so the database can record deletions; made again after
+    └── gc.lock                    held (flock) by the one garbage collection running
 
 An upload is appended to `uploads/<id>`, fsynced, hashed, and only then renamed to its content
 address: a blob file exists under `blobs/` only when its bytes match its name. Both folders are on
@@ -24,6 +32,8 @@ With the S3 backend (`storage.backend: s3`), blobs and uploads live in the bucke
     │   └── <algorithm>/<hex[0:2]>/<hex>   the blob's bytes, immutable; created only after the
     │                                      digest was verified (CompleteMultipartUpload, CopyObject
     │                                      or PutObject onto this key)
+    ├── _gc-trash/<algorithm>/<hex>        the blob while garbage collection decides (as `.gc`)
+    ├── _quarantine/<algorithm>/<hex>      blobs `trustyard fsck` found corrupt
     └── _uploads/
         └── <upload-id>/<start:020d>       one segment of an upload in progress: its bytes
                                            [start, start + object size), each at least one part
@@ -46,11 +56,13 @@ In the metadata database (the DDL is `SCHEMA` below)::
     repositories(name)                          a repository exists once something is linked to it
     blobs(digest, size, created_at, last_seen)  every committed blob in the store
     repository_blobs(repository, digest)        which repository may serve which blob
-    manifests(repository, digest, media_type, artifact_type, subject, annotations, content, ...)
+    manifests(repository, digest, media_type, artifact_type, subject, annotations, content,
+              created_at, last_seen)      last_seen: the last push of the same bytes
     manifest_references(repository, manifest_digest, child_digest, kind)
                                                 what a manifest points at: 'blob' (config, layer)
                                                 or 'manifest' (index children); GC marks from here
     tags(repository, name, digest)              tag -> manifest digest in the same repository
+                                                (indexed by digest: GC asks "is it tagged?")
     uploads(id, repository, started_at)         upload sessions in progress
     policy_decisions(id, time, identity, action, repository, reference, digest, outcome, rule,
                      reason, policy_version, repeats, last_time)
@@ -89,7 +101,7 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 re-traces (rows go once a base is recorded)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
-version-1 database gains them on open without a migration.
+version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
 
 Nothing else in the code builds a path under the data directory or names a table: it asks here.
 """
@@ -136,6 +148,7 @@ CREATE TABLE IF NOT EXISTS manifests (
     size          INTEGER NOT NULL,
     content       BLOB NOT NULL,       -- the exact bytes pushed
     created_at    REAL NOT NULL,
+    last_seen     REAL,                -- last push of these bytes: GC grace counts from it
     PRIMARY KEY (repository, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repository, subject)
@@ -161,6 +174,7 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (repository, name),
     FOREIGN KEY (repository, digest) REFERENCES manifests(repository, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_digest ON tags(repository, digest);
 
 CREATE TABLE IF NOT EXISTS uploads (
     id          TEXT PRIMARY KEY,
@@ -280,6 +294,20 @@ CREATE INDEX IF NOT EXISTS images_without_base_image
 """
 
 
+#: Columns added since version 1, each with the statements that add it to an older database:
+#: (table, column, statements), applied on open when the column is missing.
+MIGRATIONS: list[tuple[str, str, list[str]]] = [
+    (
+        "manifests",
+        "last_seen",
+        [
+            "ALTER TABLE manifests ADD COLUMN last_seen REAL",
+            "UPDATE manifests SET last_seen = created_at",
+        ],
+    ),
+]
+
+
 @dataclass(frozen=True)
 class DataLayout:
     """The paths under one data directory."""
@@ -309,6 +337,33 @@ class DataLayout:
         """The file holding the bytes received so far for an upload."""
         return self.uploads / upload_id
 
+    def blob_trash(self, digest: Digest) -> Path:
+        """Where garbage collection moves a blob while it decides (beside the blob: one rename)."""
+        return self.blob(digest).with_name(f"{digest.hex}.gc")
+
+    def placing(self, upload_id: str) -> Path:
+        """The hard link of a verified upload that is renamed onto its blob's name."""
+        return self.uploads / f"{upload_id}.placing"
+
+    @property
+    def quarantine(self) -> Path:
+        """Where `trustyard fsck` moves corrupt blobs."""
+        return self.root / "quarantine"
+
+    def quarantined(self, digest: Digest) -> Path:
+        """The quarantined copy of a corrupt blob."""
+        return self.quarantine / digest.algorithm / digest.hex
+
+    @property
+    def reserve(self) -> Path:
+        """Space held back so a collection can run on a full disk."""
+        return self.root / "reserve"
+
+    @property
+    def gc_lock(self) -> Path:
+        """The lock file of the one garbage collection running on this data directory."""
+        return self.root / "gc.lock"
+
     def digest_of_blob_path(self, path: Path) -> Digest | None:
         """The digest a blob file's path names, or None if the path is not a blob's."""
         try:
@@ -318,7 +373,14 @@ class DataLayout:
         parts = relative.parts
         if len(parts) != 3 or parts[2][:2] != parts[1]:
             return None
-        return Digest(parts[0], parts[2])
+        return _valid_digest(parts[0], parts[2])
+
+    def digest_of_trash_path(self, path: Path) -> Digest | None:
+        """The digest of a blob in the trash (`<hex>.gc`), or None."""
+        if path.suffix != ".gc":
+            return None
+        digest = self.digest_of_blob_path(path.with_suffix(""))
+        return digest
 
     @property
     def s3_spool(self) -> Path:
@@ -333,6 +395,12 @@ class DataLayout:
         """Make the folders of a new data directory."""
         for folder in (self.root, self.blobs, self.uploads):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+def _valid_digest(algorithm: str, hex_: str) -> Digest | None:
+    if ALGORITHMS.get(algorithm) != len(hex_) or hex_.strip("0123456789abcdef"):
+        return None
+    return Digest(algorithm, hex_)
 
 
 def s3_prefix(prefix: str) -> str:
@@ -368,10 +436,27 @@ class S3Layout:
         parts = key[len(self.blobs) :].split("/")
         if len(parts) != 3 or parts[2][:2] != parts[1]:
             return None
-        algorithm, hex_ = parts[0], parts[2]
-        if ALGORITHMS.get(algorithm) != len(hex_) or hex_.strip("0123456789abcdef"):
+        return _valid_digest(parts[0], parts[2])
+
+    @property
+    def trash(self) -> str:
+        """The key prefix of blobs garbage collection is deciding about."""
+        return f"{self.prefix}_gc-trash/"
+
+    def blob_trash(self, digest: Digest) -> str:
+        """The trash key of a blob."""
+        return f"{self.trash}{digest.algorithm}/{digest.hex}"
+
+    def digest_of_trash_key(self, key: str) -> Digest | None:
+        """The digest a trash key names, or None."""
+        algorithm, sep, hex_ = key[len(self.trash) :].partition("/")
+        if not key.startswith(self.trash) or not sep:
             return None
-        return Digest(algorithm, hex_)
+        return _valid_digest(algorithm, hex_)
+
+    def quarantined(self, digest: Digest) -> str:
+        """The key of a blob `trustyard fsck` found corrupt."""
+        return f"{self.prefix}_quarantine/{digest.algorithm}/{digest.hex}"
 
     def upload(self, upload_id: str) -> str:
         """The key prefix of one upload's segments."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,11 @@ from typing import Any
 
 import aiosqlite
 
-from storage.layout import SCHEMA, SCHEMA_VERSION
+from storage.blobstore import StorageFull
+from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+#: SQLite's primary result code for "database or disk is full".
+_SQLITE_FULL = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +49,16 @@ class ManifestRecord:
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """Something a manifest points at: a blob (config, layer) or a child manifest."""
+    """Something a manifest points at: a blob (config, layer) or a child manifest.
+
+    Every reference protects its target from garbage collection. A `required` one must be in
+    the repository when the manifest is pushed; a foreign layer (one with `urls`) need not be,
+    but when it was pushed it is kept like any other layer.
+    """
 
     digest: str
     kind: str  # 'blob' | 'manifest'
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +118,13 @@ _LINKED_BLOB_SIZE = (
 class MetadataDB:
     """Async access to the metadata database."""
 
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(
+        self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path | None = None
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._write_lock = asyncio.Lock()
+        self.path = path
 
     @classmethod
     async def open(cls, path: Path) -> MetadataDB:
@@ -126,8 +140,27 @@ class MetadataDB:
             raise RuntimeError(
                 f"{path}: schema version {row[0]}, this Trustyard knows {SCHEMA_VERSION}"
             )
+        for table, column, statements in MIGRATIONS:
+            async with writer.execute(f"PRAGMA table_info({table})") as cursor:
+                columns = {info[1] for info in await cursor.fetchall()}
+            if column not in columns:
+                for statement in statements:
+                    await writer.execute(statement)
         reader = await _connect(path)
-        return cls(reader, writer)
+        return cls(reader, writer, path)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A private connection inside one read transaction: a consistent view that never
+        blocks a writer, where TEMP tables may be written (a dry run's simulation)."""
+        assert self.path is not None
+        connection = await _connect(self.path)
+        try:
+            await connection.execute("BEGIN")
+            yield connection
+            await connection.execute("ROLLBACK")
+        finally:
+            await connection.close()
 
     async def close(self) -> None:
         """Close both connections (checkpointing the WAL)."""
@@ -139,15 +172,23 @@ class MetadataDB:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction, serialised with every other write of this process."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise StorageFull("disk (metadata database)") from exc
                 raise
-            await self._writer.execute("COMMIT")
 
-    async def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    async def read(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """Rows of a read-only query, for modules that own tables described in `storage.layout`
         (scan reports, the event outbox)."""
         return await self._all(sql, args)
@@ -156,7 +197,7 @@ class MetadataDB:
         rows = await self._all(sql, args)
         return rows[0] if rows else None
 
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    async def _all(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         # Execute and fetch to the end in one step of the connection's thread. A statement left
         # open between two awaits would hold SQLite's read snapshot for every other coroutine's
         # query on this connection, so reads under load could miss what was just committed.
@@ -268,6 +309,8 @@ class MetadataDB:
         async with self.transaction() as db:
             missing = []
             for ref in refs:
+                if not ref.required:
+                    continue
                 if ref.kind == "blob":
                     sql = "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?"
                 else:
@@ -280,8 +323,10 @@ class MetadataDB:
             await _ensure_repository(db, record.repository, now)
             await db.execute(
                 "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
-                "annotations, size, content, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (repository, digest) DO NOTHING",
+                "annotations, size, content, created_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                # Pushed again: its grace period starts over, as a re-uploaded blob's does.
+                "ON CONFLICT (repository, digest) DO UPDATE SET last_seen = excluded.last_seen",
                 (
                     record.repository,
                     record.digest,
@@ -291,6 +336,7 @@ class MetadataDB:
                     None if record.annotations is None else json.dumps(record.annotations),
                     record.size,
                     record.content,
+                    now,
                     now,
                 ),
             )
@@ -483,54 +529,31 @@ class MetadataDB:
             for row in rows
         ]
 
-    # -- garbage collection ----------------------------------------------------------------
+    # -- garbage collection (the rules are in `storage.gc_rules`) ----------------------------
 
-    async def unreferenced_manifests(self, cutoff: float) -> list[tuple[str, str]]:
-        """Untagged manifests, older than `cutoff`, that no index references and whose subject
-        (if any) is gone: (repository, digest) pairs."""
-        return [
-            (row[0], row[1])
-            for row in await self._all(
-                "SELECT m.repository, m.digest FROM manifests m WHERE m.created_at < ? "
-                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository "
-                "  AND t.digest = m.digest) "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_references r "
-                "  WHERE r.repository = m.repository AND r.child_digest = m.digest "
-                "  AND r.kind = 'manifest') "
-                "AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s "
-                "  WHERE s.repository = m.repository AND s.digest = m.subject))",
-                (cutoff,),
-            )
-        ]
-
-    async def unreferenced_blobs(self, cutoff: float) -> list[str]:
-        """Blobs no manifest references, last seen before `cutoff`."""
-        rows = await self._all(
-            "SELECT b.digest FROM blobs b WHERE b.last_seen < ? AND NOT EXISTS ("
-            "SELECT 1 FROM manifest_references r WHERE r.child_digest = b.digest "
-            "AND r.kind = 'blob')",
-            (cutoff,),
-        )
-        return [row[0] for row in rows]
-
-    async def forget_blob_if_unreferenced(self, digest: str, cutoff: float) -> bool:
-        """Delete a blob's rows if it is still unreferenced and idle; whether it was deleted.
-
-        Checked again inside the write transaction: a manifest pushed since the mark phase
-        keeps its blobs.
-        """
+    async def delete_each(
+        self, sql: str, rows: Sequence[Mapping[str, Any]], *, evidence: bool = False
+    ) -> list[int]:
+        """Run the `DELETE` statement `sql` once per row of parameters, all in one write
+        transaction; the positions of the rows it deleted something for. With `evidence`, the
+        repository (`:repository`) of each deletion has its evidence version bumped."""
+        deleted: list[int] = []
         async with self.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM blobs WHERE digest = ? AND last_seen < ? AND NOT EXISTS ("
-                "SELECT 1 FROM manifest_references r WHERE r.child_digest = blobs.digest "
-                "AND r.kind = 'blob')",
-                (digest, cutoff),
-            )
-            return cursor.rowcount > 0
+            for position, row in enumerate(rows):
+                cursor = await db.execute(sql, row)
+                if cursor.rowcount > 0:
+                    deleted.append(position)
+                    if evidence:
+                        await _bump_evidence(db, row["repository"])
+        return deleted
 
-    async def known_blobs(self) -> set[str]:
-        """Every blob digest the database knows."""
-        return {row[0] for row in await self._all("SELECT digest FROM blobs")}
+    async def known_among(self, digests: Sequence[str]) -> set[str]:
+        """Which of `digests` the database records as blobs."""
+        if not digests:
+            return set()
+        marks = ", ".join("?" * len(digests))
+        rows = await self._all(f"SELECT digest FROM blobs WHERE digest IN ({marks})", digests)
+        return {row[0] for row in rows}
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -540,6 +563,8 @@ async def _connect(path: Path) -> aiosqlite.Connection:
         "PRAGMA synchronous = NORMAL",
         "PRAGMA foreign_keys = ON",
         "PRAGMA busy_timeout = 10000",
+        # Sorting and subquery scratch space in memory: nothing to write on a full disk.
+        "PRAGMA temp_store = MEMORY",
     ):
         await db.execute(pragma)
     return db

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -49,7 +50,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from registry.config import Config, parse_duration
 from registry.grammar import Digest
-from storage.blobstore import StorageUnavailable, StoredObject
+from storage.blobstore import BlobDamaged, StorageFull, StorageUnavailable, StoredObject
 from storage.layout import DataLayout, S3Layout, s3_prefix
 
 log = logging.getLogger(__name__)
@@ -161,10 +162,20 @@ class S3BlobStore:
             return await loop.run_in_executor(self._pool, func, *args)
         except (ClientError, BotoCoreError) as exc:
             raise self._unavailable(operation, exc) from exc
+        except OSError as exc:
+            # Appends write the spool on local disk in the same step as the segment upload.
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("disk (S3 spool)") from exc
+            raise
 
     async def _local(self, func: Callable[..., T], *args: object) -> T:
         """Run blocking local-disk work in the pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("disk (S3 spool)") from exc
+            raise
 
     def _unavailable(self, operation: str, exc: ClientError | BotoCoreError) -> StorageUnavailable:
         detail: dict[str, object] = {"backend": "s3", "operation": operation}
@@ -329,6 +340,16 @@ class S3BlobStore:
 
     async def commit(self, upload_id: str, digest: Digest) -> None:
         """Assemble the verified upload onto the blob's key, then drop the upload."""
+        await self.place(upload_id, digest)
+        try:
+            await self.abort(upload_id)
+        except StorageUnavailable:
+            # The blob is safe; the leftovers are an orphan upload for garbage collection.
+            log.warning("upload %s committed but its segments were not removed", upload_id)
+
+    async def place(self, upload_id: str, digest: Digest) -> None:
+        """Assemble the verified upload onto the blob's key (overwriting whatever object had
+        it, which repairs a damaged one); the segments and spool stay until `abort`."""
         start = await self._run("commit", self._tail, upload_id)
         if start is None:
             raise FileNotFoundError(f"no upload {upload_id}")
@@ -342,11 +363,6 @@ class S3BlobStore:
             await self._run("commit", self._copy, self.keys.segment(upload_id, 0), key)
         else:
             await self._assemble(upload_id, key, segments, tail, tail_size)
-        try:
-            await self.abort(upload_id)
-        except StorageUnavailable:
-            # The blob is safe; the leftovers are an orphan upload for garbage collection.
-            log.warning("upload %s committed but its segments were not removed", upload_id)
 
     def _put_file(self, key: str, path: Path, size: int) -> None:
         with path.open("rb") as handle:
@@ -484,6 +500,66 @@ class S3BlobStore:
         """S3 blobs have no local file."""
         return None
 
+    async def verify_size(self, digest: Digest, size: int) -> None:
+        """Nothing to ask here: `read` checks the length S3 answers before the first byte (a
+        HEAD per pull would cost a round trip; redirected clients check the digest)."""
+
+    async def quarantine(self, digest: Digest) -> None:
+        """Copy a corrupt blob to `_quarantine/`, then delete its key."""
+        await self._run("fsck", self._quarantine, digest)
+
+    def _quarantine(self, digest: Digest) -> None:
+        if self._head_size(self.keys.blob(digest)) is None:
+            return
+        self._managed_copy(self.keys.blob(digest), self.keys.quarantined(digest))
+        self._delete_keys([self.keys.blob(digest)])
+
+    async def move_to_trash(self, digests: list[Digest]) -> None:
+        """Copy each blob to its trash key (server side), then delete the blob's key."""
+        await self._run("gc", self._move_to_trash, digests)
+
+    def _move_to_trash(self, digests: list[Digest]) -> None:
+        moved = []
+        for digest in digests:
+            if self._head_size(self.keys.blob(digest)) is None:
+                continue
+            self._managed_copy(self.keys.blob(digest), self.keys.blob_trash(digest))
+            moved.append(self.keys.blob(digest))
+        self._delete_keys(moved)
+
+    def _managed_copy(self, source: str, key: str) -> None:
+        # boto3's managed copy: one CopyObject, or a multipart copy above 5 GB.
+        self.client.copy(
+            {"Bucket": self.settings.bucket, "Key": source},
+            self.settings.bucket,
+            key,
+            ExtraArgs=dict(self._sse) or None,
+        )
+
+    async def restore_from_trash(self, digests: list[Digest]) -> None:
+        """Copy each trashed blob back unless its key holds an object again; drop the trash."""
+        await self._run("gc", self._restore, digests)
+
+    def _restore(self, digests: list[Digest]) -> None:
+        for digest in digests:
+            trash = self.keys.blob_trash(digest)
+            missing = self._head_size(self.keys.blob(digest)) is None
+            if missing and self._head_size(trash) is not None:
+                self._managed_copy(trash, self.keys.blob(digest))
+        self._delete_keys([self.keys.blob_trash(d) for d in digests])
+
+    async def empty_trash(self, digests: list[Digest]) -> None:
+        """Delete the trash keys."""
+        await self._run("gc", self._delete_keys, [self.keys.blob_trash(d) for d in digests])
+
+    async def list_trash(self) -> AsyncIterator[Digest]:
+        """Every object under `_gc-trash/`."""
+        async for page in self._walk("gc", "list_objects_v2", Prefix=self.keys.trash):
+            for item in page.get("Contents", []):
+                digest = self.keys.digest_of_trash_key(item["Key"])
+                if digest is not None:
+                    yield digest
+
     async def redirect_url(self, digest: Digest) -> str | None:
         """A presigned GET URL valid for `redirect_expiry`, when `redirect` is on."""
         if not self.settings.redirect:
@@ -500,14 +576,20 @@ class S3BlobStore:
     async def read(
         self, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream a byte range of the object (a ranged GetObject)."""
+        """Stream a byte range of the object (a ranged GetObject); `BlobDamaged` before the
+        first byte when the object is missing or shorter than `end`."""
         if end is not None and end <= start:
             return
-        async for chunk in self._get("read", self.keys.blob(digest), start, end):
+        async for chunk in self._get("read", self.keys.blob(digest), start, end, digest):
             yield chunk
 
     async def _get(
-        self, operation: str, key: str, start: int = 0, end: int | None = None
+        self,
+        operation: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        digest: Digest | None = None,
     ) -> AsyncIterator[bytes]:
         kwargs: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": key}
         if start or end is not None:
@@ -515,11 +597,21 @@ class S3BlobStore:
 
         def open_body() -> Any:
             try:
-                return self.client.get_object(**kwargs)["Body"]
+                answer = self.client.get_object(**kwargs)
             except ClientError as exc:
+                if digest is not None and end is not None and _unsatisfiable(exc):
+                    raise BlobDamaged(digest, end, None) from exc
                 if _missing(exc):
+                    if digest is not None and end is not None:
+                        raise BlobDamaged(digest, end, None) from exc
                     raise FileNotFoundError(f"s3 object {key} does not exist") from exc
                 raise
+            if digest is not None and end is not None:
+                length = int(answer.get("ContentLength", -1))
+                if length != end - start:
+                    answer["Body"].close()
+                    raise BlobDamaged(digest, end, start + max(length, 0))
+            return answer["Body"]
 
         body = await self._run(operation, open_body)
         try:
@@ -598,6 +690,12 @@ def _merge_upload(
         size += previous.size
         modified = max(modified, previous.modified)
     found[upload_id] = StoredObject(upload_id, size, modified)
+
+
+def _unsatisfiable(exc: ClientError) -> bool:
+    """A ranged GET beyond the object's end: the stored object is shorter than recorded."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 416 or exc.response.get("Error", {}).get("Code") == "InvalidRange"
 
 
 def _missing(exc: ClientError) -> bool:

@@ -33,6 +33,7 @@ from policies.library.signing import unsigned
 from registry.errors import RegistryError
 from registry.grammar import Digest, parse_digest
 from registry.manifest_format import parse_manifest, platform_string
+from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
 from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
 
@@ -181,13 +182,14 @@ class _Importer:
                 raise LibraryImportError(f"{what} {name}: content is {actual}, expected {digest}")
             if size is not None and total != size:
                 raise LibraryImportError(f"{what} {name}: {total} bytes, expected {size}")
-            await self.store.commit(upload_id, parse_digest(actual))
+            await commit_blob(
+                self.store, self.db, upload_id, parse_digest(actual), total, self.repository
+            )
         except BaseException:
             await self.store.abort(upload_id)
             await self.db.end_upload(upload_id)
             raise
         await self.db.end_upload(upload_id)
-        await self.db.link_blob(self.repository, actual, total)
         self.added += 1
         return actual
 

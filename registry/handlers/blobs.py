@@ -16,6 +16,7 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     size = await ctx.db.blob_in_repository(name, str(digest))
     if size is None:
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    await ctx.store.verify_size(digest, size)  # never a short body: a damaged blob is unknown
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",

@@ -191,7 +191,11 @@ async def test_gc_lists_with_pagination_and_deletes_in_batches(
     assert sorted(report.orphan_files) == sorted(str(digest_of(b)) for b in orphans)
     assert stale in report.uploads
     assert f"multipart {multipart['UploadId']} {multipart['Key']}" in report.uploads
-    assert sorted(delete_calls) == [3, 10, 10]  # 23 orphans, 3 DeleteObjects requests
+    # Listed 10 at a time; each batch of orphans is one DeleteObjects moving them to the trash
+    # and one emptying it (plus the same two for the one unreferenced blob).
+    assert max(delete_calls) <= 10
+    assert sum(delete_calls) == 2 * (23 + 1)
+    assert len(delete_calls) <= 2 * 3 + 2
     assert not DataLayout(data_dir).spool(stale).exists()
     assert (
         store.client.list_multipart_uploads(
