@@ -66,3 +66,22 @@ def merge_storage(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
 def s3_data_dir(tmp_path: Path) -> Path:
     """The local data directory (database, spool) of an S3-backed registry."""
     return tmp_path / "data"
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `storage` section of a test run once per backend (S3: a real SeaweedFS)."""
+    if request.param == "filesystem":
+        return {"backend": "filesystem"}
+    return s3_storage(request.getfixturevalue("seaweed"))
+
+
+@pytest.fixture
+async def registry(aiohttp_client: Any, tmp_path: Path, storage_section: dict[str, Any]) -> Any:
+    """A registry app on a loopback socket over either backend, with its configuration."""
+    from registry.app import create_app
+    from tests.conftest import make_config
+    from tests.storage.gc_helpers import Registry
+
+    config = make_config(tmp_path / "data", storage=storage_section)
+    return Registry(await aiohttp_client(create_app(config)), config)
