@@ -41,23 +41,24 @@ class Pacing:
     """How a collection shares SQLite's single write lock with the server.
 
     The batch size adapts so that one transaction takes about `target` seconds; after each, the
-    collection pauses at least `pause` seconds (and twice the transaction's time), which lets a
-    writer that found the lock taken get it at its first or second retry.
+    collection pauses at least `pause` seconds (and as long as the transaction took), which lets
+    a writer that found the lock taken get it at its first or second retry.
     """
 
-    target: float = 0.004
-    pause: float = 0.02
-    smallest: int = 4
+    target: float = 0.005
+    pause: float = 0.01
+    smallest: int = 16
     largest: int = 500
-    size: int = 32
+    size: int = 64
 
     async def after(self, elapsed: float) -> None:
-        """Adapt the batch size to a transaction that took `elapsed` seconds, then pause."""
+        """Adapt the batch size to a transaction that took `elapsed` seconds, then pause (the
+        collection holds the lock at most half the time)."""
         if elapsed > self.target:
             self.size = max(self.smallest, self.size // 2)
         elif elapsed < self.target / 2:
             self.size = min(self.largest, self.size * 2)
-        await asyncio.sleep(max(self.pause, 2 * elapsed))
+        await asyncio.sleep(max(self.pause, elapsed))
 
 
 @dataclass

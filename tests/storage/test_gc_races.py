@@ -26,7 +26,7 @@ async def test_tags_and_indexes_made_during_gc_save_their_manifests(registry):
 
     async def clients_act() -> None:
         # The collection has marked all 60; now 20 are tagged and 20 wrapped in tagged indexes.
-        for number, (digest, body) in enumerate(tagged):
+        for number, (_digest, body) in enumerate(tagged):
             resp = await client.put(
                 f"/v2/app/manifests/keep-{number}",
                 data=body,
@@ -42,11 +42,11 @@ async def test_tags_and_indexes_made_during_gc_save_their_manifests(registry):
 
     report = await run_gc(registry, db_hook=clients_act)
     assert len(report.manifests) == 20  # only the 20 nobody touched
-    for number, (digest, body) in enumerate(tagged):
+    for number, (_digest, body) in enumerate(tagged):
         resp = await client.get(f"/v2/app/manifests/keep-{number}")
         assert resp.status == 200
         assert await resp.read() == body
-    for tag, digest in index_digests.items():
+    for tag in index_digests:
         resp = await client.get(f"/v2/app/manifests/{tag}")
         assert resp.status == 200
         for child in json.loads(await resp.read())["manifests"]:
