@@ -60,3 +60,13 @@ def module_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
         yield server
     finally:
         server.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--soak=SECONDS`: run the storage torture test for that long instead of its CI length."""
+    parser.addoption(
+        "--soak",
+        type=float,
+        default=None,
+        help="seconds of storm per backend for tests/storage/test_torture.py",
+    )
