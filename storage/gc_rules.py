@@ -36,9 +36,10 @@ def manifest_collectable(m: str, *, simulated: bool = False) -> str:
         f"AND NOT EXISTS (SELECT 1 FROM manifest_references r "
         f"  WHERE r.repository = {m}.repository AND r.child_digest = {m}.digest "
         f"  AND r.kind = 'manifest'{_not_gone('r.repository', 'r.manifest_digest', simulated)}) "
-        f"AND NOT EXISTS (SELECT 1 FROM manifests f "
+        # By the partial index on subjects: one lookup, not a scan of the repository.
+        f"AND NOT EXISTS (SELECT 1 FROM manifests f INDEXED BY manifests_subject "
         f"  WHERE f.repository = {m}.repository AND f.subject = {m}.digest "
-        f"  AND COALESCE(f.last_seen, f.created_at) >= :cutoff) "
+        f"  AND f.subject IS NOT NULL AND COALESCE(f.last_seen, f.created_at) >= :cutoff) "
         f"AND ({m}.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s "
         f"  WHERE s.repository = {m}.repository AND s.digest = {m}.subject"
         f"{_not_gone('s.repository', 's.digest', simulated)}))"
