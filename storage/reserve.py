@@ -11,6 +11,7 @@ is done (when there is room).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -53,12 +54,16 @@ def ensure(layout: DataLayout) -> bool:
     partial = layout.reserve.with_name("reserve.partial")
     try:
         with partial.open("wb") as handle:
-            # Real blocks (not a sparse file): the point is that they are taken.
-            chunk = b"\0" * (64 * 1024)
-            for _ in range(0, size, len(chunk)):
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+            # Real blocks (not a sparse file): the point is that they are taken. fallocate
+            # takes them without writing; where it is not supported, zeros are written.
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                chunk = b"\0" * (64 * 1024)
+                for _ in range(0, size, len(chunk)):
+                    handle.write(chunk)
         os.replace(partial, layout.reserve)
     except OSError as exc:
         partial.unlink(missing_ok=True)
