@@ -8,11 +8,12 @@ from aiohttp import web
 from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.library.recording import record_library_delete, record_library_push
-from policies.signatures.proofs import signature_pushed
+from policies.signatures.proofs import push_problem, signature_pushed
 from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
     MANIFEST_TOO_LARGE,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
@@ -82,6 +83,10 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             message="manifest digest did not match the digest in the URL",
         )
     parsed = parse_manifest(content, request.headers.get("Content-Type"))
+    # A signature the policy would verify is refused up front when over the verification limits.
+    problem = push_problem(ctx.policy.policy, content, tag)
+    if problem is not None:
+        raise RegistryError(MANIFEST_INVALID, {"digest": str(digest)}, message=problem)
     record = ManifestRecord(
         repository=name,
         digest=str(digest),
