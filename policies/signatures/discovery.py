@@ -103,11 +103,11 @@ def limits_problem(manifest: Mapping[str, Any]) -> str | None:
     for index, layer in enumerate(layers):
         size, limit = layer.get("size"), blob_limit(str(layer.get("mediaType")))
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            return f"signature layer {index} has no valid size"
+            return f"has a signature layer without a valid size (layer {index})"
         if size > limit:
             return (
-                f"signature layer {index} ({layer.get('mediaType')}) is {size} bytes, more than "
-                f"the limit of {limit}"
+                f"has a {layer.get('mediaType')} layer of {size} bytes (layer {index}), more "
+                f"than the limit of {limit}"
             )
     return None
 
