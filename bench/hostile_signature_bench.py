@@ -1,13 +1,17 @@
 """Hostile signatures vs. everyone else's latency: what one pusher with push rights can cost.
 
-    python -m bench.hostile_signature_bench [--seconds 10] [--probes 8]
+    python -m bench.hostile_signature_bench [--seconds 10] [--probes 8] [--rate 1]
+                                            [--attack reported,flood,control]
 
 Starts Trustyard (`python -m registry serve`, 127.0.0.1, scratch data directory) with a policy
 that verifies signatures, pushes one image, then measures `GET /v2/` latency of `--probes`
-concurrent clients twice: alone (baseline), and while an attacker pushes, in a loop:
+concurrent clients twice: alone (baseline), and while an attacker (a process of its own) pushes,
+`--rate` rounds per second (default 1; 0: back to back), each round:
 
 - the reported attack: a cosign `.sig` manifest with 3,000 simple-signing layers that all name
   one 1 MiB payload (a ~1 MB manifest), refused at push by the layer limit;
+- (`--attack control`, for comparison) the same ~1 MB manifest pushed under a plain tag, where
+  no signature is involved: what any large manifest push costs;
 - the worst accepted case: signature referrers of the image, each at the per-manifest layer
   limit with distinct payloads near the payload size limit, each signed by a key nobody trusts,
   so every push verifies the image's signatures up to the per-image budget (on the
@@ -151,7 +155,14 @@ def summary(samples: list[float]) -> str:
 
 
 async def attack(
-    url: str, image: str, seconds: float, ready: Any, go: Any, counts: dict[str, int]
+    url: str,
+    image: str,
+    seconds: float,
+    ready: Any,
+    go: Any,
+    counts: dict[str, int],
+    kinds: frozenset[str],
+    rate: float,
 ) -> None:
     """Prepare the hostile manifests, say `ready`, wait for `go`, then push them in a loop for
     `seconds` (in a process of its own: its CPU work must not stall the probes' loop)."""
@@ -173,22 +184,39 @@ async def attack(
         ready.set()
         await asyncio.to_thread(go.wait)
         deadline, n = time.monotonic() + seconds, 0
+        started = time.monotonic()
         while time.monotonic() < deadline and n < len(floods):
-            status = await put_manifest(session, url, sig_tag, reported)
-            counts["reported attack refused" if status == 400 else f"reported {status}"] += 1
-            body = floods[n]
-            status = await put_manifest(session, url, sha256(body), body)
-            counts["flood referrers stored" if status == 201 else f"flood {status}"] += 1
-            async with session.get(f"{url}/v2/prod/app/manifests/v1") as resp:
-                await resp.read()
-                counts[f"pull {resp.status}"] += 1
+            if rate > 0:  # paced: round n starts at n / rate seconds
+                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            if "reported" in kinds:
+                status = await put_manifest(session, url, sig_tag, reported)
+                counts["reported attack refused" if status == 400 else f"reported {status}"] += 1
+            if "control" in kinds:  # the same bytes under a plain tag: no signature involved
+                status = await put_manifest(session, url, "plain", reported)
+                counts[f"control {status}"] += 1
+            if "flood" in kinds:
+                body = floods[n]
+                status = await put_manifest(session, url, sha256(body), body)
+                counts["flood referrers stored" if status == 201 else f"flood {status}"] += 1
+                async with session.get(f"{url}/v2/prod/app/manifests/v1") as resp:
+                    await resp.read()
+                    counts[f"pull {resp.status}"] += 1
             n += 1
 
 
-def attacker_process(url: str, image: str, seconds: float, ready: Any, go: Any, out: Any) -> None:
+def attacker_process(
+    url: str,
+    image: str,
+    seconds: float,
+    ready: Any,
+    go: Any,
+    out: Any,
+    kinds: frozenset[str],
+    rate: float,
+) -> None:
     """The attacker's process: run `attack` and send back its counts."""
     counts: dict[str, int] = _Counter()
-    asyncio.run(attack(url, image, seconds, ready, go, counts))
+    asyncio.run(attack(url, image, seconds, ready, go, counts, kinds, rate))
     out.put(dict(counts))
 
 
@@ -207,7 +235,7 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-async def run(seconds: float, probes: int) -> None:
+async def run(seconds: float, probes: int, kinds: frozenset[str], rate: float) -> None:
     """Start the registry, measure, print."""
     sys.path.insert(0, str(REPO_ROOT))
     from tests.server_process import start_registry
@@ -248,7 +276,7 @@ async def run(seconds: float, probes: int) -> None:
         context = multiprocessing.get_context("spawn")
         ready, go, out = context.Event(), context.Event(), context.Queue()
         attacker = context.Process(
-            target=attacker_process, args=(server.url, image, seconds, ready, go, out)
+            target=attacker_process, args=(server.url, image, seconds, ready, go, out, kinds, rate)
         )
         attacker.start()
         await asyncio.to_thread(ready.wait, 300)
@@ -256,7 +284,9 @@ async def run(seconds: float, probes: int) -> None:
         await asyncio.gather(*(probe(server.url, seconds, hostile) for _ in range(probes)))
         counts = await asyncio.to_thread(out.get, True, 300)
         attacker.join(30)
-        print(f"GET /v2/ x{probes} clients, {seconds:.0f} s each phase")
+        pace = f"{rate:g} rounds/s" if rate > 0 else "as fast as answered"
+        attacks = ",".join(sorted(kinds))
+        print(f"GET /v2/ x{probes} clients, {seconds:.0f} s each phase; attack {attacks}, {pace}")
         print(f"  baseline:      {summary(baseline)}")
         print(f"  under attack:  {summary(hostile)}")
         print(f"  attacker:      {dict(counts)}")
@@ -277,8 +307,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--probes", type=int, default=8, help="concurrent /v2/ clients")
+    parser.add_argument(
+        "--attack",
+        default="reported,flood",
+        help="comma-separated: reported (the 3,000-layer .sig), flood (referrers at the limits), "
+        "control (the reported manifest's bytes under a plain tag, for comparison)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="attack rounds per second (0: as fast as the server answers)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, args.probes))
+    asyncio.run(run(args.seconds, args.probes, frozenset(args.attack.split(",")), args.rate))
 
 
 if __name__ == "__main__":

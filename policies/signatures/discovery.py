@@ -114,15 +114,18 @@ def limits_problem(manifest: Mapping[str, Any]) -> str | None:
 
 def push_problem(content: bytes, tag: str | None) -> str | None:
     """Why a pushed signature manifest (`.sig` tag or signature referrer) must be refused before
-    it is stored: it is over the verification limits. None for any other manifest."""
-    if signed_subject(content, tag) is None:
-        return None
+    it is stored: it is over the verification limits. None for any other manifest (and for bytes
+    that are not a JSON object: the manifest parser refuses those with its own reason)."""
     try:
         manifest = json.loads(content)
     except ValueError:
-        return None  # not JSON: the manifest parser refuses it with its own reason
+        return None
     if not isinstance(manifest, dict):
         return None
+    if subject_of_sig_tag(tag) is None:
+        subject = manifest.get("subject")
+        if not isinstance(subject, dict) or not is_signature_manifest(manifest):
+            return None
     problem = limits_problem(manifest)
     return None if problem is None else f"signature manifest {problem}"
 
