@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 
+from policies.signatures.findings import Finding
 from registry.grammar import NAME_RE, TAG_RE
 
 _HOST = re.compile(r"(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|[a-zA-Z0-9.-]+:[0-9]+)")
@@ -29,6 +30,13 @@ def repository_of(reference: str) -> str:
     if rest and ("." in first or ":" in first or first == "localhost"):
         return rest
     return name
+
+
+def signs_for(finding: Finding, repository: str) -> bool:
+    """Whether a finding may count for `repository` under the default `docker_reference`
+    setting: it signs no reference, or one that names this repository."""
+    reference = finding.docker_reference
+    return reference is None or repository_of(reference) == repository
 
 
 def names_repository(name: str) -> bool:

@@ -19,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from tests.library.images import push
+from tests.library.test_signed_by import POLICY as LIBRARY_POLICY
+from tests.library.test_signed_by import PYTHON, current, sign_library, slim
 from tests.oci import OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.policies.test_signatures_bundles import keyed_bundle, statement
 from tests.policies.test_signatures_notation import _certificate, make_jws
@@ -29,6 +32,7 @@ from tests.signing import (
     push_cosign_signature,
     sign,
     simple_signing_payload,
+    start_trusting,
 )
 
 POLICY = """\
@@ -230,3 +234,23 @@ async def test_a_notation_signature_names_no_repository(
     assert await pull(client, "prod/app", "v1") == (
         (403, RULE + expected) if expected else (200, "")
     )
+
+
+async def test_a_library_image_signed_for_another_repository_is_not_a_library_image(
+    start_client: Any, tmp_path: Path
+) -> None:
+    ops = ec.generate_private_key(ec.SECP256R1())
+    client = await start_trusting(start_client, tmp_path, LIBRARY_POLICY, {"ops": ops})
+    assert (await push(client, "library/python", "3.12-slim", PYTHON)).status == 201
+    # Signed by ops, for another repository, and copied here: the library tag does not move.
+    payload = simple_signing_payload("localhost:5000/someone/python", PYTHON.digest)
+    await push_cosign_signature(
+        client, "library/python", PYTHON.digest, payload, sign(ops, payload)
+    )
+    assert await current(client) == []
+    assert (await slim(client))["pending"] == {
+        "digest": PYTHON.digest,
+        "reason": "not signed by ops (by ops but for repository someone/python)",
+    }
+    await sign_library(client, ops, PYTHON.digest)
+    assert await current(client) == [PYTHON.digest]
