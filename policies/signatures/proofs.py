@@ -85,12 +85,12 @@ def verify_manifest(
                 found.append(invalid(layer.digest, "unknown", why))
         except Exception as exc:  # a malformed signature proves nothing, never a 500
             log.warning("signature layer %s of %s: %r", layer.digest, manifest.digest, exc)
+            why = "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
             found.append(
                 invalid(
                     layer.digest,
                     "malformed",
-                    f"a malformed signature layer ({layer.media_type}: {type(exc).__name__}); "
-                    "not verified",
+                    f"a malformed signature layer ({layer.media_type}: {why}); not verified",
                 )
             )
     return found

@@ -401,3 +401,54 @@ async def test_a_replayed_null_body_bundle_does_not_break_the_genuine_signature(
     )
     assert resp.status == 201, await resp.text()
     assert await pull(client, "prod/app", "v1") == (200, "")
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000  # a JSON document nested deeper than any parser allows
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "application/jose+json",
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+    ],
+)
+async def test_a_deeply_nested_signature_layer_is_a_reason_not_a_500(
+    gated: TestClient, media_type: str
+) -> None:
+    digest, _ = await push_image(gated, "prod/app", "v1")
+    await push_blob(gated, "prod/app", b"{}")
+    await push_blob(gated, "prod/app", NESTED)
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.empty.v1+json", b"{}"),
+            "layers": [descriptor(media_type, NESTED)],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 1},
+        }
+    ).encode()
+    resp = await gated.put(
+        f"/v2/prod/app/manifests/{descriptor('', body)['digest']}",
+        data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await pull(gated, "prod/app", "v1") == (
+        403,
+        RULE + f"found 1 signature, a malformed signature layer ({media_type}: nested too "
+        "deeply); not verified",
+    )
+
+
+async def test_a_deeply_nested_simple_signing_payload_is_a_reason_not_a_500(
+    gated: TestClient,
+) -> None:
+    digest, _ = await push_image(gated, "prod/app", "v1")
+    nested = b"[" * 30_000 + b"]" * 30_000  # within the 64 KiB payload limit
+    await push_cosign_signature(gated, "prod/app", digest, nested, b"\x30\x00")
+    assert await pull(gated, "prod/app", "v1") == (
+        403,
+        RULE + f"found 1 signature, a malformed signature layer ({cosign_module.SIMPLE_SIGNING}: "
+        "nested too deeply); not verified",
+    )
