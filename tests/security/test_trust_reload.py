@@ -14,11 +14,13 @@ import base64
 import datetime
 import io
 import json
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
@@ -33,6 +35,7 @@ from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, push_blob, push_imag
 from tests.policies.test_signatures_cosign import hashedrekord, rekor_bundle
 from tests.policies.test_signatures_notation import make_jws
 from tests.security.test_docker_reference import push_notation
+from tests.server_process import start_registry
 from tests.signing import (
     public_pem,
     pull,
@@ -367,3 +370,32 @@ async def test_a_notation_signature_stops_counting_at_its_expiry(
         CA_RULE
         + f"by corp-ca but its certificate or signature expired at {expired_at(end.timestamp())}",
     )
+
+
+async def test_sighup_to_the_running_server_revokes_a_replaced_key(tmp_path: Path) -> None:
+    """The same through a real `trustyard serve` process and a real SIGHUP."""
+    old = ec.generate_private_key(ec.SECP256R1())
+    write_key(tmp_path, old)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    server = await asyncio.to_thread(
+        start_registry,
+        tmp_path / "data",
+        extra_args=["--policy", str(tmp_path / "policy.yaml")],
+        env={"TRUSTYARD_POLICY__RELOAD": "false"},
+    )
+    try:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            client: Any = session  # speaks the same calls as the test client
+            await signed(client, old)
+            write_key(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+            server.process.send_signal(signal.SIGHUP)
+
+            async def reloaded() -> bool:
+                return "reloaded" in server.log()
+
+            await eventually(reloaded)
+            status, message = await pull(client, "prod/app", "v1")
+            assert status == 403
+            assert message.startswith(RULE + "by an unknown key (sha256:")
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
