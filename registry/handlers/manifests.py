@@ -9,6 +9,7 @@ from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.library.recording import record_library_delete, record_library_push
 from policies.signatures.proofs import signature_pushed
+from registry.auth.producers import quarantine_reader
 from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
@@ -52,7 +53,9 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     # Policy: a manifest stored but not pullable under the pull rules is quarantined.
     events, actor = request.app[EVENTS], identity(request).name
     async with events.reporting_denials("pull", name, reference, record.digest, actor):
-        policy_headers = await ctx.policy.check_pull(name, reference, record, actor)
+        policy_headers = await ctx.policy.check_pull(
+            name, reference, record, actor, quarantine_reader(request, name)
+        )
     if request.method == "GET":
         tag = None if is_digest(reference) else reference
         await events.pulls.pulled(name, tag, record.digest, record.media_type, record.size, actor)
