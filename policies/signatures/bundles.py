@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from policies.signatures.cosign import verify_with_key
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.keyless import certificate_identity
+from policies.signatures.sigstore_verifier import proto3_defaults
 from policies.signatures.trust import (
     PublicKey,
     SigstoreRoot,
@@ -133,11 +134,22 @@ def verify_layer(trust: TrustConfig, image_digest: str, content: bytes) -> list[
 
 @cache
 def _verifier(path: str) -> Any:
-    """One `sigstore` verifier per trusted root file (parsing a root costs milliseconds)."""
+    """One `sigstore` verifier per trusted root file (parsing a root costs milliseconds);
+    `BundleError` when the root is malformed."""
     from sigstore.models import TrustedRoot
-    from sigstore.verify import Verifier
 
-    return Verifier(trusted_root=TrustedRoot.from_file(path))
+    from policies.signatures.sigstore_verifier import TrustyardVerifier, check_trusted_root
+
+    try:
+        with open(path, "rb") as file:
+            problem = check_trusted_root(json.load(file))
+        if problem is not None:
+            raise BundleError(f"the trusted root {path} is malformed: {problem}")
+        return TrustyardVerifier(trusted_root=TrustedRoot.from_file(path))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(f"the trusted root {path} cannot be used ({_first_line(exc)})") from None
 
 
 class _TrustedIdentities:
@@ -173,7 +185,7 @@ def _verify_certificate(
     if not trust.identities:
         return [unknown(digest, "bundle", "certificate")]
     try:
-        bundle = Bundle.from_json(content)
+        bundle = Bundle.from_json(proto3_defaults(content))
     except (SigstoreError, ValueError) as exc:
         return [invalid(digest, "bundle", f"not a valid Sigstore bundle ({_first_line(exc)})")]
     by_root: dict[str, list[TrustedIdentity]] = {}
@@ -181,10 +193,10 @@ def _verify_certificate(
         by_root.setdefault(identity.root.path, []).append(identity)
     reasons: list[str] = []
     for path, identities in by_root.items():
-        verifier = _verifier(path)
         policy = _TrustedIdentities(identities)
         predicate_type = None
         try:
+            verifier = _verifier(path)
             if bundle._dsse_envelope is not None:
                 payload_type, payload = verifier.verify_dsse(bundle, policy)
                 predicate_type = _statement_for(image_digest, payload_type, payload)
