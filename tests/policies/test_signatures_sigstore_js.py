@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
+from rfc3161_client import decode_timestamp_response
 
 from policies.signatures.bundles import verify_layer
 from policies.signatures.trust import TrustConfig, parse_trust
@@ -120,3 +124,28 @@ def test_an_edited_log_entry_does_not_verify() -> None:
     [finding] = verify_layer(trust(), SUBJECT, edited(other_payload_hash))
     assert not finding.valid
     assert finding.detail.startswith("a Sigstore bundle that does not verify (invalid log entry")
+
+
+def _gen_time() -> datetime:
+    document = json.loads(BUNDLE)
+    [stamp] = document["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"]
+    return decode_timestamp_response(base64.b64decode(stamp["signedTimestamp"])).tst_info.gen_time
+
+
+@pytest.mark.parametrize(("end_offset", "valid"), [(0, True), (1, True), (-1, False)])
+def test_a_timestamp_authority_counts_up_to_and_including_its_validity_end(
+    tmp_path: Path, end_offset: int, valid: bool
+) -> None:
+    """The trusted root's `validFor` is a closed interval: a timestamp at its very end counts,
+    one a second after does not (the SET removed, so the timestamp is the only verified time)."""
+    root = json.loads((VECTORS / "trusted_root.json").read_text())
+    end = _gen_time() + timedelta(seconds=end_offset)
+    root["timestampAuthorities"][0]["validFor"]["end"] = end.isoformat().replace("+00:00", "Z")
+    path = tmp_path / "root.json"
+    path.write_text(json.dumps(root))
+
+    def drop_promise(document: dict[str, Any]) -> None:
+        del document["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"]
+
+    [finding] = verify_layer(trust(path), SUBJECT, edited(drop_promise))
+    assert finding.valid is valid, finding.detail
