@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,11 +253,12 @@ class PolicyGate:
         reference: str,
         record: ManifestRecord,
         identity: str,
-        reader: str | None = None,
+        reader: Callable[[], str | None] | None = None,
     ) -> dict[str, str]:
         """Decide (from the cache when possible) and record a pull; raise DENIED or return
-        headers. `reader`: why the caller may read the image even when it is quarantined (see
-        `policies.quarantine`); such a read is recorded as allowed with that reason."""
+        headers. `reader`, asked only when the image is quarantined: why the caller may read it
+        all the same (see `policies.quarantine`), or None; such a read is recorded as allowed
+        with that reason."""
         policy = self.policy
         if policy.allows_everything:
             return {}
@@ -282,8 +283,9 @@ class PolicyGate:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = verdict
-        if reader is not None and verdict.outcome is Outcome.DENY:
-            reason = f"{reader} ({denial_message(verdict)})"
+        why = reader() if reader is not None and verdict.outcome is Outcome.DENY else None
+        if why is not None:
+            reason = f"{why} ({denial_message(verdict)})"
             await self._record(verdict, request, reader=reason)
             return {"Warning": _warning(reason)}
         await self._record(verdict, request)

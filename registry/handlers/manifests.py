@@ -3,6 +3,8 @@ manifests", "Pushing manifests", "Pushing manifests with subject", "Deleting")."
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
 from policies.decisions import Action
@@ -54,7 +56,7 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     events, actor = request.app[EVENTS], identity(request).name
     async with events.reporting_denials("pull", name, reference, record.digest, actor):
         policy_headers = await ctx.policy.check_pull(
-            name, reference, record, actor, quarantine_reader(request, name)
+            name, reference, record, actor, partial(quarantine_reader, request, name)
         )
     if request.method == "GET":
         tag = None if is_digest(reference) else reference
