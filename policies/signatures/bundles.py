@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 import rfc8785
@@ -132,23 +132,37 @@ def verify_layer(trust: TrustConfig, image_digest: str, content: bytes) -> list[
 # Certificate-based bundles: the `sigstore` package.
 
 
-@cache
 def _verifier(path: str) -> Any:
-    """One `sigstore` verifier per trusted root file (parsing a root costs milliseconds);
-    `BundleError` when the root is malformed."""
+    """The `sigstore` verifier for the trusted root file at `path` as it is now: a replaced file
+    is used at once (the file is read on every verification, which happens on push; parsing is
+    done once per content). `BundleError` when the root is unreadable or malformed."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read()
+    except OSError as exc:
+        raise BundleError(f"the trusted root {path} cannot be read ({exc.strerror})") from None
+    return _verifier_for(path, hashlib.sha256(content).hexdigest(), content)
+
+
+@lru_cache(maxsize=32)
+def _verifier_for(path: str, sha256: str, content: bytes) -> Any:
+    """One verifier per trusted root content (the digest is the cache key's cheap part)."""
+    from sigstore.errors import Error as SigstoreError
     from sigstore.models import TrustedRoot
+    from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootMessage
 
     from policies.signatures.sigstore_verifier import TrustyardVerifier, check_trusted_root
 
+    del sha256
     try:
-        with open(path, "rb") as file:
-            problem = check_trusted_root(json.load(file))
+        problem = check_trusted_root(json.loads(content))
         if problem is not None:
             raise BundleError(f"the trusted root {path} is malformed: {problem}")
-        return TrustyardVerifier(trusted_root=TrustedRoot.from_file(path))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, BundleError):
-            raise
+        root = TrustedRoot(TrustedRootMessage.from_json(content))
+        return TrustyardVerifier(trusted_root=root)
+    except BundleError:
+        raise
+    except (SigstoreError, ValueError) as exc:
         raise BundleError(f"the trusted root {path} cannot be used ({_first_line(exc)})") from None
 
 

@@ -149,3 +149,17 @@ def test_a_timestamp_authority_counts_up_to_and_including_its_validity_end(
 
     [finding] = verify_layer(trust(path), SUBJECT, edited(drop_promise))
     assert finding.valid is valid, finding.detail
+
+
+def test_a_replaced_trusted_root_is_used_at_once(tmp_path: Path) -> None:
+    """No restart: the next verification reads the file as it is now."""
+    path = tmp_path / "root.json"
+    path.write_text((VECTORS / "trusted_root.json").read_text())
+    [finding] = verify_layer(trust(path), SUBJECT, BUNDLE)
+    assert finding.valid
+    root = json.loads(path.read_text())
+    root["certificateAuthorities"] = []
+    path.write_text(json.dumps(root))
+    [finding] = verify_layer(trust(path), SUBJECT, BUNDLE)
+    assert not finding.valid
+    assert finding.detail.startswith("a Sigstore bundle that does not verify (")
