@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from policies.decisions import Action
 from policies.engine import Policy
 from policies.gateway import PolicyGate, startup_policy
 from registry.auth import setup_auth
@@ -67,7 +68,9 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         events.start()
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
-        if not config.auth_enabled and not policy.allows_everything:
+        if not config.auth_enabled and any(
+            Action.PULL in rule.match.actions for rule in policy.rules
+        ):
             log.warning(ANONYMOUS_QUARANTINE_WARNING)
         try:
             yield

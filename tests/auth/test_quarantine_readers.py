@@ -190,3 +190,14 @@ async def test_without_auth_nobody_is_a_producer_unless_anonymous_is_named(
     else:
         assert resp.status == 403
         assert error_codes(await resp.json()) == ["DENIED"]
+
+
+async def test_without_auth_or_pull_rules_nothing_is_said(
+    start_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning is for policies that quarantine: no pull rule, no quarantine."""
+    path = tmp_path / "push-only.yaml"
+    path.write_text(REVIEWED.replace("on: [pull]", "on: [push]"))
+    with caplog.at_level(logging.WARNING):
+        await start_client(policy={"file": str(path), "reload": False})
+    assert ANONYMOUS_QUARANTINE_WARNING not in caplog.messages
