@@ -11,15 +11,19 @@ A bundle is JSON: `verificationMaterial` (a Fulcio certificate or chain, or only
   SBOMs) too, and their predicate type is recorded so a rule can ask for one.
 
 Certificate-based bundles are verified by the `sigstore` package, offline, against the trusted
-root of each trusted identity (the chain at the logged time, the SCT, the Rekor entry and its
-consistency with the signature, the signature itself); the identity (SAN and OIDC issuer) is
-checked by a `sigstore` verification policy built from the policy's `identities:`.
+root of each trusted identity (the chain at a verified time: the Rekor integrated time or an
+RFC 3161 timestamp; the SCT, the Rekor entry and its consistency with the signature, the signature
+itself), completed in `sigstore_verifier` for what real signers write and `sigstore` refuses
+(`intoto` 0.0.2 entries, proto3 JSON without defaults, closed TSA validity); the identity (SAN
+and OIDC issuer) is checked by a `sigstore` verification policy built from `identities:`. The
+trusted root is read on each verification, so a replaced file counts at once.
 
 Keyed bundles (`verificationMaterial.publicKey`, what cosign 3 writes when signing with a key) are
 refused by `sigstore`; they are verified here with `cryptography`: the signature over the DSSE
 PAE (or over the message digest) by a trusted key, the statement subject, and, only when the
 key's trust entry names a `rekor:` root, a Rekor entry for this very signature proved by its
-signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key.
+signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key
+(entry kinds `dsse` 0.0.1, `intoto` 0.0.2, `hashedrekord` 0.0.1 and 0.0.2).
 """
 
 from __future__ import annotations
@@ -392,6 +396,22 @@ def _check_body(body: Mapping[str, Any], logged: _LoggedDsse, signature: bytes) 
         if payload_hash.get("value") != hashlib.sha256(logged.payload).hexdigest():
             raise BundleError("the Rekor entry logs another payload")
         if encoded not in [s.get("signature") for s in spec.get("signatures", [])]:
+            raise BundleError("the Rekor entry logs another signature")
+    elif kind == "intoto" and logged.payload is not None:
+        # intoto 0.0.2 (cosign `attest`): the envelope's payload and signatures as base64 of
+        # their base64 text, and the payload's hash.
+        content = spec["content"]
+        if content["payloadHash"].get("value") != hashlib.sha256(logged.payload).hexdigest():
+            raise BundleError("the Rekor entry logs another payload")
+        envelope = content["envelope"]
+        if "payload" in envelope:
+            text = _b64(envelope["payload"], "the logged payload").decode("ascii", "replace")
+            if _b64(text, "the logged payload") != logged.payload:
+                raise BundleError("the Rekor entry logs another payload")
+        logged_signatures = [
+            _b64(s.get("sig", ""), "a logged signature").decode() for s in envelope["signatures"]
+        ]
+        if encoded not in logged_signatures:
             raise BundleError("the Rekor entry logs another signature")
     elif kind == "hashedrekord" and "hashedRekordV002" in spec:
         v2 = spec["hashedRekordV002"]
