@@ -202,6 +202,10 @@ def _verify_certificate(
 
     if not trust.identities:
         return [unknown(digest, "bundle", "certificate")]
+    material = json.loads(content)["verificationMaterial"]
+    if isinstance(material, dict) and not material.get("tlogEntries"):
+        # A timestamp alone proves when, not that the signing was made public.
+        return [invalid(digest, "bundle", "not logged in Rekor (no transparency log entry)")]
     try:
         bundle = Bundle.from_json(proto3_defaults(content))
     except (SigstoreError, ValueError) as exc:

@@ -47,14 +47,16 @@ _INTOTO = ("intoto", "0.0.2")
 
 
 def proto3_defaults(content: bytes) -> bytes:
-    """The bundle JSON with the proto3 defaults a writer may leave out written back in (an
-    inclusion proof's `logIndex` 0 and empty `hashes`); other bytes are returned unchanged."""
+    """The bundle JSON with the proto3 defaults a writer may leave out written back in (no
+    `tlogEntries`, an inclusion proof's `logIndex` 0 and empty `hashes`); other bytes are
+    returned unchanged."""
     try:
         document = json.loads(content)
-        entries = document["verificationMaterial"]["tlogEntries"]
-    except (ValueError, KeyError, TypeError):
+        material = document["verificationMaterial"]
+        changed = "tlogEntries" not in material
+        entries = material.setdefault("tlogEntries", [])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return content
-    changed = False
     for entry in entries if isinstance(entries, list) else ():
         proof = entry.get("inclusionProof") if isinstance(entry, dict) else None
         if isinstance(proof, dict):

@@ -163,3 +163,14 @@ def test_a_replaced_trusted_root_is_used_at_once(tmp_path: Path) -> None:
     [finding] = verify_layer(trust(path), SUBJECT, BUNDLE)
     assert not finding.valid
     assert finding.detail.startswith("a Sigstore bundle that does not verify (")
+
+
+def test_a_bundle_with_a_timestamp_but_no_log_entry_is_refused() -> None:
+    """`sigstore attest --no-tlog-upload` writes one: the signature was never made public."""
+
+    def unlogged(document: dict[str, Any]) -> None:
+        del document["verificationMaterial"]["tlogEntries"]
+
+    [finding] = verify_layer(trust(), SUBJECT, edited(unlogged))
+    assert not finding.valid
+    assert finding.detail == "not logged in Rekor (no transparency log entry)"
