@@ -75,6 +75,8 @@ rules:
 
 @dataclass
 class Setup:
+    """The registry (auth on, the policy above), the accounts and the Sigstore instance."""
+
     registry: RegistryProcess
     robot: str  # "ci:<token>", skopeo's --creds form
     robot_token: str
