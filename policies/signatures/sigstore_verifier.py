@@ -180,7 +180,8 @@ def _check_intoto_body(bundle: Bundle, envelope: Any) -> None:
         if logged.payload_type != envelope.payload_type:
             raise VerificationError("the log entry payload type does not match the bundle")
         wanted = sorted(s.sig for s in envelope.signatures)
-        found = sorted(_b64(_b64(s.sig)) for s in logged.signatures)
+        decoded = [_twice_decoded(s.sig) for s in logged.signatures]
+        found = sorted(d for d in decoded if d is not None) if None not in decoded else None
         certificates = [
             x509.load_pem_x509_certificate(_b64(str(s.public_key))) for s in logged.signatures
         ]
@@ -196,3 +197,12 @@ def _check_intoto_body(bundle: Bundle, envelope: Any) -> None:
 
 def _b64(text: str | bytes) -> bytes:
     return base64.b64decode(text, validate=True)
+
+
+def _twice_decoded(text: str) -> bytes | None:
+    """A logged signature (base64 of base64 text), or None when it is not encoded so: then it
+    is not the bundle's signature."""
+    try:
+        return _b64(_b64(text))
+    except (binascii.Error, ValueError):
+        return None
