@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from policies.decisions import Verdict
 from policies.facts import ImageFacts, PolicyRequest
 from policies.library.declaration import Library
+from policies.quarantine import PRODUCERS_READ, QuarantineReaders
 from policies.rules import Rule
 
 
@@ -25,6 +26,7 @@ class Policy:
     source: str = "(no policy)"
     library: Library | None = None  # the `library:` section (base images), when declared
     files: tuple[str, ...] = ()  # files the policy references (keys, certificates, roots)
+    quarantine: QuarantineReaders = PRODUCERS_READ  # who may read quarantined images
 
     @property
     def allows_everything(self) -> bool:

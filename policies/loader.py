@@ -28,6 +28,7 @@ from policies.engine import Policy
 from policies.globs import GlobSet
 from policies.library.declaration import Library, section_problems
 from policies.library.rule import BaseImage
+from policies.quarantine import QuarantineReaders
 from policies.rules import (
     Annotations,
     Deny,
@@ -269,6 +270,7 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
         source=source,
         library=library,
         files=trust.files,
+        quarantine=QuarantineReaders.from_section(document.get("quarantine")),
     )
 
 
