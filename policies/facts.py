@@ -20,7 +20,7 @@ from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
 from policies.signatures.proofs import SignatureEvidence, gather_signatures
 from registry.grammar import parse_digest
-from registry.image_kind import Kind, classify
+from registry.image_kind import PAYLOAD_HEAD, Classification, Kind, classify, inert_payload
 from registry.manifest_format import INDEXES, platform_string
 from registry.scans.store import StoredReport, gather_scans
 from registry.unambiguous_json import IMAGE_CONFIG, AmbiguousJSON, loads
@@ -150,7 +150,7 @@ async def gather_facts(
     unknown: dict[str, str] = {}
     if problem is not None:
         unknown[MANIFEST] = problem
-    classification = classify(manifest)
+    classification = await _verified(classify(manifest), manifest, store)
     exempt = problem is None and (
         classification.kind is Kind.SIGNATURE
         or (
@@ -250,7 +250,7 @@ async def _child_image(
     manifest, problem = _decoded(record.content)
     if problem is not None:
         return ChildImage(Image(digest, platform), {CHILDREN: f"{where}: {problem}"})
-    kind = classify(manifest).kind
+    kind = (await _verified(classify(manifest), manifest, store)).kind
     if kind is Kind.SIGNATURE:
         # An attestation or signature listed in the index (buildx adds them): never run.
         return ChildImage(None, {})
@@ -268,6 +268,48 @@ async def _child_image(
         if why is not None:
             unknown[CONFIG] = f"{where}: {why}"
     return ChildImage(Image(digest, platform, _layer_size(manifest), labels), unknown)
+
+
+#: Signature layers whose bytes are checked, at most: a manifest with more is judged as an image.
+MAX_SIGNATURE_LAYERS = 256
+
+
+async def _verified(
+    classification: Classification, manifest: Mapping[str, Any], store: BlobStore
+) -> Classification:
+    """A signature by media types stays one only when each payload's stored bytes are inert
+    (`registry.image_kind.inert_payload`): podman unpacks a tar whatever its layer type says."""
+    if classification.kind is not Kind.SIGNATURE:
+        return classification
+    raw = manifest.get("layers")
+    layers = [x for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
+    if len(layers) > MAX_SIGNATURE_LAYERS:
+        return Classification(
+            Kind.IMAGE,
+            classification.artifact_type,
+            f"judged as an image: {len(layers)} signature layers, more than the "
+            f"{MAX_SIGNATURE_LAYERS} whose bytes are checked",
+        )
+    for position, layer in enumerate(layers):
+        why = await _payload_problem(layer, store)
+        if why is not None:
+            return Classification(
+                Kind.IMAGE,
+                classification.artifact_type,
+                f"an image: layer {position} is typed as a signature but {why}",
+            )
+    return classification
+
+
+async def _payload_problem(layer: Mapping[str, Any], store: BlobStore) -> str | None:
+    head = b""
+    try:
+        digest = parse_digest(str(layer.get("digest")))
+        async for chunk in store.read(digest, 0, PAYLOAD_HEAD):
+            head += chunk
+    except Exception as exc:  # unreadable: it cannot be shown inert
+        return f"its bytes could not be read ({exc})"
+    return inert_payload(str(layer.get("mediaType")), head[:PAYLOAD_HEAD])
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,17 +20,26 @@ Nothing a pusher merely writes decides it: not a tag (`sha256-<hex>.sig`), not `
   configs are "non-image artifacts" it refuses to store); a Docker schema 2 manifest is always
   an image (its layer types are checked against the Docker layer types).
 
+Tried against docker 28 (graph-driver store), skopeo 1.9 and podman 4 (`tests/e2e/
+test_fail_closed_clients.py`): docker pulls an image whose config type is `application/json`, and
+refuses a Helm config type, a simple-signing layer and an unknown layer type; podman refuses
+any OCI config type but the image config ("unsupported image-specific operation on artifact"),
+yet with that config it pulls and unpacks a tar archive whatever the layer's media type says,
+also when it says cosign simple signing: containers/image sniffs the bytes, not the type.
+
 So a manifest is an **image** when some client would run it: its config type is in any of those
 config lists, or any layer has a type some runtime unpacks. It is a **signature** when it has
-layers and every one is a signature payload kind (cosign simple signing, a Sigstore bundle, a
-DSSE or in-toto envelope, a Notation JWS or COSE envelope): no runtime unpacks those, and the
-clients must be able to fetch signatures to verify them. Anything else is an **artifact** (a
-Helm chart, an SBOM attached with its own config type): not runnable, yet judged like an image
-unless the policy names its type as exempt.
+layers, every one is a signature payload kind (cosign simple signing, a Sigstore bundle, a DSSE
+or in-toto envelope, a Notation JWS or COSE envelope), and every payload's first bytes are what
+that kind starts with and not an archive (`inert_payload`, checked on the stored bytes by the
+policy engine): the clients must be able to fetch signatures to verify them, and podman must find
+nothing to unpack. Anything else is an **artifact** (a Helm chart, an SBOM attached with its own
+config type): not runnable, yet judged like an image unless the policy names its type as exempt.
 """
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -144,6 +153,36 @@ def classify(manifest: Mapping[str, Any]) -> Classification:
     return Classification(
         Kind.ARTIFACT, artifact_type, f"an artifact of type {artifact_type}: nothing runnable"
     )
+
+
+#: Bytes of each signature payload read to tell it from an archive: one tar header and more.
+PAYLOAD_HEAD = 1024
+
+#: Compressed streams containers/image and docker recognise by their first bytes.
+_COMPRESSION_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ\x00")
+#: First byte of a COSE_Sign1 envelope: CBOR tag 18, or the bare four-element array.
+_COSE_FIRST = frozenset({0xD2, 0x84})
+
+
+def inert_payload(media_type: str, head: bytes) -> str | None:
+    """Why the first bytes of a signature payload (`head`, up to `PAYLOAD_HEAD`) could be
+    unpacked as a filesystem by a client that sniffs bytes instead of media types; None when
+    they cannot: they start as the kind says (a JSON object, a COSE envelope), are no
+    compressed stream, and their first 512 bytes are no tar header."""
+    if media_type == "application/cose":
+        if not head or head[0] not in _COSE_FIRST:
+            return "its COSE payload does not start as a COSE envelope"
+    elif not head.lstrip(b" \t\r\n").startswith(b"{"):
+        return f"its {media_type} payload is not a JSON object"
+    if head.startswith(_COMPRESSION_MAGIC):
+        return "its signature payload is a compressed stream"
+    if len(head) >= 512:
+        try:
+            tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return None
+        return "its signature payload is a tar archive"
+    return None
 
 
 def _string(value: Any) -> str | None:

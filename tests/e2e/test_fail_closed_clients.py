@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     OCI_MANIFEST,
     ContainersConfig,
     DockerDaemon,
+    Podman,
     gzip_bytes,
     http,
     make_rootfs_tar,
@@ -203,3 +204,44 @@ def test_a_smuggled_pair_is_refused_and_cannot_be_pulled(
     )
     assert copied.returncode != 0
     assert "manifest unknown" in (copied.stdout + copied.stderr).lower()
+
+
+def test_podman_pull_of_a_tar_typed_as_a_signature_is_denied(
+    registry: RegistryProcess, containers_config: ContainersConfig, e2e_tmp: Path
+) -> None:
+    """podman unpacks a tar whatever its layer's media type says: a "signature" whose payload is
+    an archive is an image, judged as one. Outside the rule's repositories (the control) podman
+    pulls it, so the denial is the policy's doing."""
+    podman = Podman(require_binary("podman"), e2e_tmp / "pm", containers_config)
+    tar = make_rootfs_tar({"bin/smuggled": b"#!/bin/sh\necho smuggled\n"})
+    for name in ("e2e/sig-tar", "open/sig-tar"):
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]},
+            }
+        ).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, **upload(registry, name, config)},
+            "layers": [
+                {
+                    "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    **upload(registry, name, tar),
+                }
+            ],
+        }
+        status, body = put(registry, name, SIG_TAG, json.dumps(manifest).encode())
+        assert status == 201, body
+    try:
+        refused = podman.proc(
+            "pull", "--tls-verify=false", f"{registry.host}/e2e/sig-tar:{SIG_TAG}", check=False
+        )
+        assert refused.returncode != 0
+        assert DENIED in (refused.stdout + refused.stderr).replace('\\"', '"')
+        podman("pull", "--tls-verify=false", f"{registry.host}/open/sig-tar:{SIG_TAG}")
+    finally:
+        podman.reset()

@@ -5,14 +5,17 @@ names, skips them. (Through the API; the docker and skopeo pulls are in
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from registry.image_kind import Kind, classify, runtime_unpacks
+from registry.image_kind import PAYLOAD_HEAD, Kind, classify, inert_payload, runtime_unpacks
 from tests.oci import (
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -263,3 +266,53 @@ def test_runtime_layer_types() -> None:
     assert not runtime_unpacks(SIMPLE_SIGNING)
     assert not runtime_unpacks("application/vnd.oci.imagex")
     assert not runtime_unpacks(HELM_LAYER)
+
+
+# -- a signature's bytes must be inert: podman unpacks a tar whatever its layer type says ----
+
+
+def tar_archive(name: str = "bin/payload") -> bytes:
+    """A tar of one executable script; `name` (latin-1) chooses its first bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT, encoding="latin-1"
+    ) as tar:
+        info = tarfile.TarInfo(name)
+        data = b"#!/bin/sh\necho smuggled\n"
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "payload", "why"),
+    [
+        (SIMPLE_SIGNING, tar_archive(), "is not a JSON object"),
+        (SIMPLE_SIGNING, tar_archive('{"critical":1}'), "is a tar archive"),
+        (SIMPLE_SIGNING, gzip.compress(b'{"critical": {}}'), "is not a JSON object"),
+        ("application/cose", tar_archive(), "does not start as a COSE envelope"),
+        ("application/cose", tar_archive("\u00d2payload"), "is a tar archive"),
+    ],
+    ids=["tar", "tar starting with {", "gzip", "tar as COSE", "tar starting as COSE"],
+)
+async def test_a_signature_type_over_an_archive_is_an_image(
+    gated: TestClient, payload_type: str, payload: bytes, why: str
+) -> None:
+    config = image_config()
+    await push_blobs(gated, "app/web", config, payload)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(payload_type, payload)],
+    }
+    assert why in (inert_payload(payload_type, payload[:PAYLOAD_HEAD]) or "")
+    assert (await put_manifest(gated, "app/web", SIG_TAG, manifest)).status == 201
+    await assert_denied(gated, SIG_TAG)
+
+
+def test_inert_payloads() -> None:
+    assert inert_payload(SIMPLE_SIGNING, b' {"critical": {}}') is None
+    assert inert_payload("application/cose", b"\xd2\x84\x43") is None
+    header = tar_archive('{"critical":1}')[:512]
+    assert inert_payload(SIMPLE_SIGNING, header) == ("its signature payload is a tar archive")
