@@ -8,6 +8,7 @@ they need (`CONFIG`: the image config blob(s); `CHILDREN`: an index's child mani
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,17 @@ def _layer_size(manifest: Mapping[str, Any]) -> int:
     )
 
 
+#: Manifests larger than this are decoded in a worker thread: a 4 MiB manifest takes a few
+#: hundred milliseconds to check, which other clients must not wait for.
+DECODE_OFF_LOOP = 256 * 1024
+
+
+async def _decoded_off_loop(content: bytes) -> tuple[dict[str, Any], str | None]:
+    if len(content) > DECODE_OFF_LOOP:
+        return await asyncio.to_thread(_decoded, content)
+    return _decoded(content)
+
+
 def _decoded(content: bytes) -> tuple[dict[str, Any], str | None]:
     """The manifest, decoded the way every client reads it, or ({}, why not)."""
     try:
@@ -146,7 +158,7 @@ async def gather_facts(
 ) -> ImageFacts:
     """Learn what the rules in `needs` look at about the manifest `content` (lineage against
     the policy's `library`; `exempt_types`: the artifact types the policy exempts)."""
-    manifest, problem = _decoded(content)
+    manifest, problem = await _decoded_off_loop(content)
     unknown: dict[str, str] = {}
     if problem is not None:
         unknown[MANIFEST] = problem
@@ -247,7 +259,7 @@ async def _child_image(
     record = await db.get_manifest(repository, digest)
     if record is None:
         return ChildImage(Image(digest, platform), {CHILDREN: f"{where} is not in this repository"})
-    manifest, problem = _decoded(record.content)
+    manifest, problem = await _decoded_off_loop(record.content)
     if problem is not None:
         return ChildImage(Image(digest, platform), {CHILDREN: f"{where}: {problem}"})
     kind = (await _verified(classify(manifest), manifest, store)).kind

@@ -22,6 +22,7 @@ module has no dependency on the HTTP layer, so the registry and the policy engin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,9 +55,12 @@ class Struct:
     name: str
     fields: Mapping[str, Struct | ListOf | None]
     _folded: dict[str, str] = field(init=False, repr=False, compare=False)
+    _nested: tuple[tuple[str, Struct | ListOf], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_folded", {_fold(k): k for k in self.fields})
+        nested = tuple((k, v) for k, v in self.fields.items() if v is not None)
+        object.__setattr__(self, "_nested", nested)
 
     def spec_field_like(self, key: str) -> str | None:
         """The spec field that `key` would fill in Go though it is spelled differently."""
@@ -94,7 +98,8 @@ def loads(content: bytes, shape: Struct | None = None, *, what: str = "document"
         raise AmbiguousJSON(f"{what} is not valid JSON: {exc}") from None
     except AmbiguousJSON as exc:
         raise AmbiguousJSON(f"{what} {exc}") from None
-    _check_tree(document, what)
+    if isinstance(document, dict | list):
+        _check_tree(document, text, what)
     if shape is not None:
         check_fields(document, shape, what)
     return document
@@ -116,6 +121,8 @@ def _constant(name: str) -> Any:
 
 
 def _integer(text: str) -> int:
+    if len(text) < 19:  # at most 18 digits: always inside int64
+        return int(text)
     # Checked on the text first: int() of 5,000 digits raises before any range check could run.
     if len(text.lstrip("-")) > 19:
         raise AmbiguousJSON(f"holds the integer {text[:24]}…, outside int64")
@@ -132,34 +139,28 @@ def _float(text: str) -> float:
     return value
 
 
-def _check_tree(document: Any, what: str) -> None:
-    """Depth and strings, walked without recursion."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth > MAX_DEPTH:
-                raise AmbiguousJSON(f"{what} nests deeper than {MAX_DEPTH} levels")
-            for key, item in value.items():
-                _check_string(key, what)
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            if depth > MAX_DEPTH:
-                raise AmbiguousJSON(f"{what} nests deeper than {MAX_DEPTH} levels")
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            _check_string(value, what)
+#: A `\\u` escape of a UTF-16 surrogate (D800-DFFF), the only way JSON text spells one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _check_string(text: str, what: str) -> None:
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise AmbiguousJSON(
-            f"{what} holds a lone UTF-16 surrogate escape in {_shown(text)}"
-        ) from None
+def _check_tree(document: Any, text: str, what: str) -> None:
+    """Depth and lone surrogates, walked without recursion over containers only."""
+    containers: list[tuple[Any, int]] = [(document, 1)]
+    while containers:
+        value, depth = containers.pop()
+        if depth > MAX_DEPTH:
+            raise AmbiguousJSON(f"{what} nests deeper than {MAX_DEPTH} levels")
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, dict | list):
+                containers.append((item, depth + 1))
+    # Surrogate pairs are fine, lone ones are not; only escapes can spell either, so the
+    # encoder (in C) is asked only when the text holds such an escape.
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise AmbiguousJSON(f"{what} holds a lone UTF-16 surrogate escape") from None
 
 
 def check_fields(value: Any, shape: Struct, where: str) -> None:
@@ -168,14 +169,16 @@ def check_fields(value: Any, shape: Struct, where: str) -> None:
     if not isinstance(value, dict):
         return
     for key in value:
+        if key in shape.fields:
+            continue
         spec = shape.spec_field_like(key)
         if spec is not None:
             raise AmbiguousJSON(
                 f"{where} has the key {_shown(key)}, which Go clients read as the field "
                 f"{_shown(spec)}: spell it exactly {_shown(spec)}"
             )
-    for name, inner in shape.fields.items():
-        if inner is None or name not in value:
+    for name, inner in shape._nested:
+        if name not in value:
             continue
         if isinstance(inner, ListOf):
             items = value[name]

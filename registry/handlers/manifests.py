@@ -22,7 +22,7 @@ from registry.errors import (
 from registry.events.hub import EVENTS
 from registry.grammar import Digest, check_tag, is_digest, parse_digest
 from registry.identity import identity
-from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
+from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest_off_loop
 from storage.metadata import (
     ManifestRecord,
     MetadataDB,
@@ -81,7 +81,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             {"expected": str(expected), "actual": str(digest)},
             message="manifest digest did not match the digest in the URL",
         )
-    parsed = parse_manifest(content, request.headers.get("Content-Type"))
+    parsed = await parse_manifest_off_loop(content, request.headers.get("Content-Type"))
     record = ManifestRecord(
         repository=name,
         digest=str(digest),
