@@ -86,6 +86,9 @@ class Image:
     platform: str | None = None  # os/arch[/variant], when known
     layer_size: int = 0  # sum of the layers' sizes
     labels: Mapping[str, str] | None = None  # None when the config was not (or could not be) read
+    # An index child's platform as its own config says (clients select by the index's, then run
+    # this one): when both are known and differ, `platforms` denies.
+    config_platform: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,9 +279,14 @@ async def _child_image(
     unknown: dict[str, str] = {}
     if CONFIG in needs:
         labels, config_platform, why = await _read_config(manifest, store)
-        platform = platform or config_platform
         if why is not None:
             unknown[CONFIG] = f"{where}: {why}"
+        return ChildImage(
+            Image(
+                digest, platform or config_platform, _layer_size(manifest), labels, config_platform
+            ),
+            unknown,
+        )
     return ChildImage(Image(digest, platform, _layer_size(manifest), labels), unknown)
 
 

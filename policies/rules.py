@@ -232,6 +232,12 @@ class Platforms:
             # An index child without a platform in the index is chosen by its config's.
             present = list(dict.fromkeys(i.platform for i in image.images if i.platform))
             unknown = [short(i.digest) for i in image.images if i.platform is None]
+        for child in image.images:
+            listed, own = child.platform, child.config_platform
+            if listed and own and listed.split("/")[:2] != own.split("/")[:2]:
+                return Decision.deny(
+                    f"child {short(child.digest)} is listed as {listed} but its config says {own}"
+                )
         if self.allowed is not None:
             if unknown:
                 return Decision.deny(

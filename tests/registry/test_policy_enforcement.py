@@ -292,7 +292,9 @@ async def test_index_needs_every_required_platform(start_client: Any, tmp_path: 
     client = await start_client(policy={"file": str(path)})
     children = []
     for arch in ("amd64", "arm64"):
-        _digest, body = await push_image(client, "multi", f"child-{arch}", layers=[arch.encode()])
+        _digest, body = await push_image(
+            client, "multi", f"child-{arch}", layers=[arch.encode()], architecture=arch
+        )
         children.append(
             {**descriptor(OCI_MANIFEST, body), "platform": {"os": "linux", "architecture": arch}}
         )

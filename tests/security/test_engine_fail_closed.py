@@ -205,6 +205,20 @@ async def test_an_index_child_without_platform_is_judged_by_its_config(registry:
     )
 
 
+async def test_an_index_child_listed_under_another_platform_is_denied(registry: Any) -> None:
+    """The index says linux/amd64, the child's config says linux/s390x: clients select by the
+    index and run the child, so an allowed platform cannot hide a disallowed one."""
+    client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
+    s390x = await push_child(client, "app/web", 10, config=image_config(architecture="s390x"))
+    digest = descriptor(OCI_MANIFEST, s390x)["digest"]
+    await assert_push_denied(
+        client,
+        index_of(s390x),
+        f"child {digest[:19]}… is listed as linux/amd64 but its config says linux/s390x",
+        OCI_INDEX,
+    )
+
+
 async def test_an_attestation_child_is_not_judged_as_an_image(registry: Any) -> None:
     client = registry(policy_text("{max_size: 1MiB, platforms: {allowed: [linux/amd64]}}"))
     image = await push_child(client, "app/web", 10)
