@@ -387,7 +387,12 @@ async def _parse_config(
     except Exception as exc:  # a missing or unreadable blob: the rules that need it deny
         return None, None, f"the image config {short_digest(str(digest))} could not be read ({exc})"
     try:
-        document = loads(bytes(body), IMAGE_CONFIG, what="image config")
+        if len(body) > DECODE_OFF_LOOP:
+            document = await asyncio.to_thread(
+                loads, bytes(body), IMAGE_CONFIG, what="image config"
+            )
+        else:
+            document = loads(bytes(body), IMAGE_CONFIG, what="image config")
     except AmbiguousJSON as exc:
         return None, None, str(exc)
     if not isinstance(document, dict):
