@@ -1,7 +1,9 @@
 """Exemption by appearance and parser differentials, through the real clients: a runnable,
 unlabelled image dressed as a signature or an artifact is refused to `docker pull` and
-`skopeo copy` with DENIED naming the rule; a manifest that Go and Python would read differently
-is refused at push, so no client can pull the smuggled pair."""
+`skopeo copy` with DENIED naming the rule (and, in a repository no rule covers, the same client
+takes it: the disguise fools nobody but a registry that judges by appearance); a manifest that
+Go and Python would read differently is refused at push, so no client can pull the smuggled
+pair."""
 
 from __future__ import annotations
 
@@ -132,6 +134,11 @@ def test_docker_pull_of_a_disguised_image_is_denied(
     pulled = dockerd.docker("pull", f"{registry.host}/{name}:{tag}", check=False)
     assert pulled.returncode != 0
     assert DENIED in pulled.stdout + pulled.stderr
+    # The control, where no rule applies: docker takes the disguised image as an image.
+    control_name = f"open/docker-{disguise}"
+    control = f"{registry.host}/{control_name}:{disguised(registry, control_name, disguise)}"
+    dockerd.docker("pull", control)
+    dockerd.docker("rmi", "--force", control, check=False)
 
 
 class Skopeo:
@@ -163,6 +170,15 @@ def test_skopeo_copy_of_a_disguised_image_is_denied(
     assert copied.returncode != 0
     # skopeo quotes its error message: its inner quotes come back-slashed.
     assert DENIED in (copied.stdout + copied.stderr).replace('\\"', '"')
+    control = f"open/skopeo-{disguise}"
+    tag = disguised(registry, control, disguise)
+    copied = skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{registry.host}/{control}:{tag}",
+        f"oci:{e2e_tmp / ('skopeo-control-' + disguise)}:out",
+    )
+    assert copied.returncode == 0, copied.stderr
 
 
 def test_a_smuggled_pair_is_refused_and_cannot_be_pulled(
