@@ -185,7 +185,12 @@ def _mutation(document: Any) -> st.SearchStrategy[Any]:
     @st.composite
     def apply(draw: st.DrawFn) -> Any:
         target = draw(st.sampled_from(objects))
-        kind = draw(st.sampled_from(["respell", "duplicate", "insert", "replace", "drop"]))
+        # Spellings and duplicates first: they are what two decoders read differently.
+        kind = draw(
+            st.sampled_from(
+                ["respell", "respell", "duplicate", "duplicate", "insert", "replace", "drop"]
+            )
+        )
         if kind == "respell" and target:
             index = draw(st.integers(0, len(target) - 1))
             key, value = target[index]
@@ -233,7 +238,7 @@ async def test_mutated_manifests_never_5xx_and_read_one_way(client: TestClient) 
     call = on_loop(asyncio.get_running_loop())
     accepted: list[int] = []
 
-    @BOUNDED
+    @settings(BOUNDED, max_examples=200)
     @given(content=mutated(), media_type=st.sampled_from([OCI_MANIFEST, OCI_INDEX, ""]))
     def prop(content: bytes, media_type: str) -> None:
         status = call(put_status(client, content, media_type))
