@@ -24,6 +24,7 @@ class Policy:
     version: str = "none"
     source: str = "(no policy)"
     library: Library | None = None  # the `library:` section (base images), when declared
+    files: tuple[str, ...] = ()  # files the policy references (keys, certificates, roots)
     # The decision for a request no rule matches (`default:`; allow when the file says nothing).
     default: str = "allow"
     # Artifact types (`artifacts.exempt_types`) that skip image rules when nothing is runnable.

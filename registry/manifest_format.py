@@ -7,7 +7,6 @@ only learns what the manifest references, its subject and its artifact type.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,18 +89,6 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
         artifact_type=artifact_type,
         annotations=annotations,
     )
-
-
-#: Manifests larger than this are checked in a worker thread, off the event loop.
-PARSE_OFF_LOOP = 256 * 1024
-
-
-async def parse_manifest_off_loop(content: bytes, content_type: str | None) -> ParsedManifest:
-    """`parse_manifest`, in a worker thread for a large manifest: checking a 4 MiB manifest
-    takes a few hundred milliseconds that other clients must not wait for."""
-    if len(content) > PARSE_OFF_LOOP:
-        return await asyncio.to_thread(parse_manifest, content, content_type)
-    return parse_manifest(content, content_type)
 
 
 def decode_manifest(content: bytes) -> dict[str, Any]:
