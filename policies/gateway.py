@@ -79,10 +79,11 @@ def startup_policy(path: Path | None) -> Policy:
         return UNSAFE_ALLOW_EVERYTHING
     policy = load_policy(path)
     log.info(
-        "policy %s loaded: %d rules, mode %s, version %s",
+        "policy %s loaded: %d rules, mode %s, %s, version %s",
         path,
         len(policy.rules),
         policy.mode,
+        policy.describe_default(),
         policy.version[:19],
     )
     return policy
@@ -151,9 +152,10 @@ class PolicyGate:
         self.policy = policy
         self._cache.clear()
         log.info(
-            "policy %s reloaded: %d rules, version %s",
+            "policy %s reloaded: %d rules, %s, version %s",
             self.path,
             len(policy.rules),
+            policy.describe_default(),
             policy.version[:19],
         )
         return True
@@ -235,7 +237,14 @@ class PolicyGate:
             return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
         needs = frozenset().union(*(rule.needs for rule, _ in matching))
         facts = await gather_facts(
-            request, media_type, content, needs, self.db, self.store, policy.library
+            request,
+            media_type,
+            content,
+            needs,
+            self.db,
+            self.store,
+            policy.library,
+            policy.exempt_types,
         )
         return policy.evaluate(request, facts, matching), facts
 
