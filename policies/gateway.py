@@ -1,10 +1,12 @@
 """The policy gate the registry's handlers call: decide, cache, record, reload.
 
 One `PolicyGate` lives in the application. It holds the current `Policy` (swapped whole on reload,
-so a request sees one policy from start to end), caches pull decisions by
-(policy version, repository, digest, evidence version), each until its `valid_until` (when time
-alone can change it: a scan ageing out, an exception expiring), and writes every decision to the
-log: denials at once, an allowed push once its manifest is stored (`PolicyGate.pushed`), repeated
+so a request sees one policy from start to end; the policy version covers the file and every key,
+certificate and trusted root it references, and the file watch looks at all of them), caches pull
+decisions by (policy version, repository, digest, evidence version), each until its `valid_until`
+(when time alone can change it: a scan ageing out, an exception expiring, a certificate a
+signature proof relied on expiring), and writes every decision to the log: denials at once, an
+allowed push once its manifest is stored (`PolicyGate.pushed`), repeated
 allowed pulls folded into one row with a count and flushed every second.
 """
 
@@ -15,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +79,11 @@ def startup_policy(path: Path | None) -> Policy:
         return UNSAFE_ALLOW_EVERYTHING
     policy = load_policy(path)
     log.info(
-        "policy %s loaded: %d rules, mode %s, version %s",
+        "policy %s loaded: %d rules, mode %s, %s, version %s",
         path,
         len(policy.rules),
         policy.mode,
+        policy.describe_default(),
         policy.version[:19],
     )
     return policy
@@ -101,7 +104,7 @@ class PolicyGate:
         self.store = store
         self.policy = policy
         self.path = path
-        self._stamp = _stamp(path)
+        self._stamp = self._stamps(policy)
         self._cache: dict[_CacheKey, Verdict] = {}
         self._evidence: dict[str, int] = {}
         self._changes: dict[str, int] = {}
@@ -133,32 +136,41 @@ class PolicyGate:
         if self.path is None:
             log.warning("reload asked but no policy file is configured; %s", NO_POLICY_WARNING)
             return False
-        self._stamp = _stamp(self.path)
         try:
             policy = load_policy(self.path)
         except PolicyError as exc:
+            self._stamp = self._stamps(self.policy)
             log.error(
                 "policy reload refused; keeping version %s in force:\n%s",
                 self.policy.version[:19],
                 exc,
             )
             return False
+        self._stamp = self._stamps(policy)
         if policy.version == self.policy.version:
             return False
         self.policy = policy
         self._cache.clear()
         log.info(
-            "policy %s reloaded: %d rules, version %s",
+            "policy %s reloaded: %d rules, %s, version %s",
             self.path,
             len(policy.rules),
+            policy.describe_default(),
             policy.version[:19],
         )
         return True
 
+    def _stamps(self, policy: Policy) -> tuple[tuple[int, int, int] | None, ...]:
+        """What the watch compares: the policy file's and every file it references (a key, a
+        certificate, a trusted root), so replacing one of them reloads the policy."""
+        if self.path is None:
+            return ()
+        return tuple(_stamp(Path(p)) for p in (self.path, *policy.files))
+
     async def _watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if _stamp(self.path) != self._stamp:
+            if self._stamps(self.policy) != self._stamp:
                 self.reload()
 
     @contextlib.asynccontextmanager
@@ -225,7 +237,14 @@ class PolicyGate:
             return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
         needs = frozenset().union(*(rule.needs for rule, _ in matching))
         facts = await gather_facts(
-            request, media_type, content, needs, self.db, self.store, policy.library
+            request,
+            media_type,
+            content,
+            needs,
+            self.db,
+            self.store,
+            policy.library,
+            policy.exempt_types,
         )
         return policy.evaluate(request, facts, matching), facts
 
@@ -248,10 +267,17 @@ class PolicyGate:
             await self._record(check.verdict, check.request)
 
     async def check_pull(
-        self, repository: str, reference: str, record: ManifestRecord, identity: str
+        self,
+        repository: str,
+        reference: str,
+        record: ManifestRecord,
+        identity: str,
+        reader: Callable[[], str | None] | None = None,
     ) -> dict[str, str]:
         """Decide (from the cache when possible) and record a pull; raise DENIED or return
-        headers."""
+        headers. `reader`, asked only when the image is quarantined: why the caller may read it
+        all the same (see `policies.quarantine`), or None; such a read is recorded as allowed
+        with that reason."""
         policy = self.policy
         if policy.allows_everything:
             return {}
@@ -276,6 +302,11 @@ class PolicyGate:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = verdict
+        why = reader() if reader is not None and verdict.outcome is Outcome.DENY else None
+        if why is not None:
+            reason = f"{why} ({denial_message(verdict)})"
+            await self._record(verdict, request, reader=reason)
+            return {"Warning": _warning(reason)}
         await self._record(verdict, request)
         return _enforce(verdict)
 
@@ -290,8 +321,13 @@ class PolicyGate:
 
     # -- the decision log --------------------------------------------------------------------
 
-    async def _record(self, verdict: Verdict, request: PolicyRequest) -> None:
-        outcome = verdict.outcome
+    async def _record(
+        self, verdict: Verdict, request: PolicyRequest, *, reader: str | None = None
+    ) -> None:
+        """Log a decision; `reader`: a quarantined image read by who may (logged as allowed,
+        with this reason)."""
+        outcome = Outcome.ALLOW if reader is not None else verdict.outcome
+        reason = reader if reader is not None else verdict.reason
         now = time.time()
         if outcome is Outcome.DENY or request.action is not Action.PULL:
             await self.db.record_decisions([_row(verdict, request, now)])
@@ -304,7 +340,7 @@ class PolicyGate:
             request.digest,
             outcome.value,
             verdict.rule,
-            verdict.reason,
+            reason,
             verdict.policy_version,
         )
         folded = self._folded.get(key)
@@ -387,15 +423,20 @@ def _enforce(verdict: Verdict) -> dict[str, str]:
             message=denial_message(verdict),
         )
     text = "; ".join(r.message() for r in verdict.failures)
+    return {"Warning": _warning(f"policy (warn mode): {text}")}
+
+
+def _warning(text: str) -> str:
+    """A `Warning` header value (RFC 9111 code 299) carrying `text`."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return {"Warning": f'299 trustyard "policy (warn mode): {escaped}"'}
+    return f'299 trustyard "{escaped}"'
 
 
-def _stamp(path: Path | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    # The inode too: a file replaced by rename (how editors and config tools write) is new even
+    # when its size and modification time match the old one's.
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino

@@ -11,15 +11,19 @@ A bundle is JSON: `verificationMaterial` (a Fulcio certificate or chain, or only
   SBOMs) too, and their predicate type is recorded so a rule can ask for one.
 
 Certificate-based bundles are verified by the `sigstore` package, offline, against the trusted
-root of each trusted identity (the chain at the logged time, the SCT, the Rekor entry and its
-consistency with the signature, the signature itself); the identity (SAN and OIDC issuer) is
-checked by a `sigstore` verification policy built from the policy's `identities:`.
+root of each trusted identity (the chain at a verified time: the Rekor integrated time or an
+RFC 3161 timestamp; the SCT, the Rekor entry and its consistency with the signature, the signature
+itself), completed in `sigstore_verifier` for what real signers write and `sigstore` refuses
+(`intoto` 0.0.2 entries, proto3 JSON without defaults, closed TSA validity); the identity (SAN
+and OIDC issuer) is checked by a `sigstore` verification policy built from `identities:`. The
+trusted root is read on each verification, so a replaced file counts at once.
 
 Keyed bundles (`verificationMaterial.publicKey`, what cosign 3 writes when signing with a key) are
 refused by `sigstore`; they are verified here with `cryptography`: the signature over the DSSE
 PAE (or over the message digest) by a trusted key, the statement subject, and, only when the
 key's trust entry names a `rekor:` root, a Rekor entry for this very signature proved by its
-signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key.
+signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key
+(entry kinds `dsse` 0.0.1, `intoto` 0.0.2, `hashedrekord` 0.0.1 and 0.0.2).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 import rfc8785
@@ -44,6 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from policies.signatures.cosign import verify_with_key
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.keyless import certificate_identity
+from policies.signatures.references import statement_reference
+from policies.signatures.sigstore_verifier import proto3_defaults
 from policies.signatures.trust import (
     PublicKey,
     SigstoreRoot,
@@ -131,13 +137,38 @@ def verify_layer(trust: TrustConfig, image_digest: str, content: bytes) -> list[
 # Certificate-based bundles: the `sigstore` package.
 
 
-@cache
 def _verifier(path: str) -> Any:
-    """One `sigstore` verifier per trusted root file (parsing a root costs milliseconds)."""
-    from sigstore.models import TrustedRoot
-    from sigstore.verify import Verifier
+    """The `sigstore` verifier for the trusted root file at `path` as it is now: a replaced file
+    is used at once (the file is read on every verification, which happens on push; parsing is
+    done once per content). `BundleError` when the root is unreadable or malformed."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read()
+    except OSError as exc:
+        raise BundleError(f"the trusted root {path} cannot be read ({exc.strerror})") from None
+    return _verifier_for(path, hashlib.sha256(content).hexdigest(), content)
 
-    return Verifier(trusted_root=TrustedRoot.from_file(path))
+
+@lru_cache(maxsize=32)
+def _verifier_for(path: str, sha256: str, content: bytes) -> Any:
+    """One verifier per trusted root content (the digest is the cache key's cheap part)."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import TrustedRoot
+    from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootMessage
+
+    from policies.signatures.sigstore_verifier import TrustyardVerifier, check_trusted_root
+
+    del sha256
+    try:
+        problem = check_trusted_root(json.loads(content))
+        if problem is not None:
+            raise BundleError(f"the trusted root {path} is malformed: {problem}")
+        root = TrustedRoot(TrustedRootMessage.from_json(content))
+        return TrustyardVerifier(trusted_root=root)
+    except BundleError:
+        raise
+    except (SigstoreError, ValueError) as exc:
+        raise BundleError(f"the trusted root {path} cannot be used ({_first_line(exc)})") from None
 
 
 class _TrustedIdentities:
@@ -172,8 +203,12 @@ def _verify_certificate(
 
     if not trust.identities:
         return [unknown(digest, "bundle", "certificate")]
+    material = json.loads(content)["verificationMaterial"]
+    if isinstance(material, dict) and not material.get("tlogEntries"):
+        # A timestamp alone proves when, not that the signing was made public.
+        return [invalid(digest, "bundle", "not logged in Rekor (no transparency log entry)")]
     try:
-        bundle = Bundle.from_json(content)
+        bundle = Bundle.from_json(proto3_defaults(content))
     except (SigstoreError, ValueError) as exc:
         return [invalid(digest, "bundle", f"not a valid Sigstore bundle ({_first_line(exc)})")]
     by_root: dict[str, list[TrustedIdentity]] = {}
@@ -181,13 +216,14 @@ def _verify_certificate(
         by_root.setdefault(identity.root.path, []).append(identity)
     reasons: list[str] = []
     for path, identities in by_root.items():
-        verifier = _verifier(path)
         policy = _TrustedIdentities(identities)
-        predicate_type = None
+        predicate_type = reference = None
         try:
+            verifier = _verifier(path)
             if bundle._dsse_envelope is not None:
                 payload_type, payload = verifier.verify_dsse(bundle, policy)
                 predicate_type = _statement_for(image_digest, payload_type, payload)
+                reference = statement_reference(payload, image_digest)
             else:
                 algorithm, _, hex_part = image_digest.partition(":")
                 if algorithm != "sha256":
@@ -200,7 +236,7 @@ def _verify_certificate(
         cert = bundle.signing_certificate
         who = certificate_identity(cert)
         return [
-            Finding(digest, "bundle", True, i.name, _who(cert), None, predicate_type)
+            Finding(digest, "bundle", True, i.name, _who(cert), reference, predicate_type)
             for i in identities
             if i.matches(who.issuer, who.subjects)
         ]
@@ -252,6 +288,7 @@ def _verify_keyed(
             if not proved:
                 return [unknown(digest, kind)]
             predicate_type = _statement_for(image_digest, payload_type, payload)
+            reference = statement_reference(payload, image_digest)
             logged = _LoggedDsse(payload, signed)
         elif "messageSignature" in document:
             message = document["messageSignature"]
@@ -267,7 +304,7 @@ def _verify_keyed(
             if "sha256:" + signed_digest.hex() != image_digest:
                 signed_for = short("sha256:" + signed_digest.hex())
                 return [invalid(digest, kind, f"for another image ({signed_for})")]
-            predicate_type = None
+            predicate_type = reference = None
             logged = _LoggedDsse(None, signed_digest)
         else:
             raise BundleError("the bundle holds neither a DSSE envelope nor a message signature")
@@ -277,7 +314,9 @@ def _verify_keyed(
             if key.rekor is not None:
                 verify_logged(entries, key.rekor, logged, signature)
             found.append(
-                Finding(digest, kind, True, key.name, f"by key {key.key_id}", None, predicate_type)
+                Finding(
+                    digest, kind, True, key.name, f"by key {key.key_id}", reference, predicate_type
+                )
             )
         return found
     except BundleError as exc:
@@ -366,6 +405,22 @@ def _check_body(body: Mapping[str, Any], logged: _LoggedDsse, signature: bytes) 
         if payload_hash.get("value") != hashlib.sha256(logged.payload).hexdigest():
             raise BundleError("the Rekor entry logs another payload")
         if encoded not in [s.get("signature") for s in spec.get("signatures", [])]:
+            raise BundleError("the Rekor entry logs another signature")
+    elif kind == "intoto" and logged.payload is not None:
+        # intoto 0.0.2 (cosign `attest`): the envelope's payload and signatures as base64 of
+        # their base64 text, and the payload's hash.
+        content = spec["content"]
+        if content["payloadHash"].get("value") != hashlib.sha256(logged.payload).hexdigest():
+            raise BundleError("the Rekor entry logs another payload")
+        envelope = content["envelope"]
+        if "payload" in envelope:
+            text = _b64(envelope["payload"], "the logged payload").decode("ascii", "replace")
+            if _b64(text, "the logged payload") != logged.payload:
+                raise BundleError("the Rekor entry logs another payload")
+        logged_signatures = [
+            _b64(s.get("sig", ""), "a logged signature").decode() for s in envelope["signatures"]
+        ]
+        if encoded not in logged_signatures:
             raise BundleError("the Rekor entry logs another signature")
     elif kind == "hashedrekord" and "hashedRekordV002" in spec:
         v2 = spec["hashedRekordV002"]
