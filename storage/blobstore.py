@@ -95,7 +95,7 @@ class BlobStore(Protocol):
 
     async def verify_size(self, digest: Digest, size: int) -> None:
         """Raise `BlobDamaged` unless the stored blob holds exactly `size` bytes (a cheap check:
-        one stat; backends that check while reading may return at once)."""
+        one stat on disk, one HEAD on S3), before any byte of it is served."""
 
     async def quarantine(self, digest: Digest) -> None:
         """Move a corrupt blob out of service to the quarantine (`trustyard fsck`)."""
@@ -126,8 +126,8 @@ class BlobStore(Protocol):
         """A URL the client may fetch the blob from directly, if the backend offers one."""
 
     def read(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes from `start` up to `end` (exclusive; None for the end); with an
-        `end`, `BlobDamaged` before the first byte unless that many bytes are there."""
+        """The blob's bytes from `start` up to `end` (exclusive; None for the end; fewer when
+        the blob is shorter: callers may read a head with a cap)."""
 
     async def delete(self, digest: Digest) -> None:
         """Remove a committed blob (no error if it does not exist)."""
