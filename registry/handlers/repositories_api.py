@@ -35,6 +35,11 @@ from storage.metadata import (
 )
 
 DEFAULT_PAGE = 100
+#: Config media types of container images (anything else makes a manifest an artifact).
+IMAGE_CONFIGS = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
 MAX_PAGE = 1000
 #: Platform manifests of an index looked at, at most (the policy reads as many).
 MAX_CHILDREN = 128
@@ -225,7 +230,7 @@ async def manifest_details(request: web.Request) -> web.StreamResponse:
     layers = _descriptors(document)
     if "manifests" in document:
         kind = "index"
-    elif record.artifact_type or record.subject:
+    elif record.subject or (record.artifact_type or IMAGE_CONFIGS[0]) not in IMAGE_CONFIGS:
         kind = "artifact"
     else:
         kind = "image"
