@@ -177,7 +177,7 @@ async def manifest(request: web.Request) -> web.StreamResponse:
     name = request.match_info["repository"]
     reference = request.match_info["reference"]
     try:
-        details, status = await asyncio.gather(
+        details, image_status = await asyncio.gather(
             api_get(request, api_path("repositories", name, "manifests", reference)),
             api_get(request, api_path("images", name, reference, "status")),
         )
@@ -188,7 +188,7 @@ async def manifest(request: web.Request) -> web.StreamResponse:
         "manifest.html",
         title=f"{name}@{reference}" if ":" in reference else f"{name}:{reference}",
         d=details,
-        status=status,
+        image_status=image_status,
         severities=SEVERITIES,
     )
 

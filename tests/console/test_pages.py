@@ -1,0 +1,47 @@
+"""Every console page renders over a populated app (auth off), fast and without a browser: the
+browser test checks what a person sees; this one that no page fails on any content shape."""
+
+from __future__ import annotations
+
+from tests.console.test_api import TOKEN, TRIVY, start
+from tests.oci import push_image
+from tests.signing import push_cosign_signature, sign, simple_signing_payload
+
+
+async def test_every_page_renders(start_client, tmp_path):
+    client, key = await start(start_client, tmp_path)
+    signed, _ = await push_image(client, "prod/api", "1.0", layers=[b"api-layer"])
+    await push_image(client, "prod/worker", "2.0", layers=[b"worker-layer"])
+    payload = simple_signing_payload("prod/api", signed)
+    await push_cosign_signature(client, "prod/api", signed, payload, sign(key, payload))
+    resp = await client.post(
+        f"/api/v1/scans?digest={signed}",
+        data=TRIVY.read_bytes(),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status == 201
+    await client.get("/v2/prod/worker/manifests/2.0")
+    pages = {
+        "/console/library": "Base-image library",
+        "/console/quarantine": "prod/worker:2.0",
+        "/console/decisions": "prod/worker",
+        "/console/decisions?outcome=deny&window=7d": "needs a signature by release",
+        "/console/repositories": "prod/api",
+        "/console/repositories?prefix=prod/w": "prod/worker",
+        "/console/repositories/prod/api": "1.0",
+        "/console/repositories/prod/api/-/1.0": "CVE-2019-14697",
+        f"/console/repositories/prod/api/-/{signed}": "verified",
+        "/console/repositories/prod/worker/-/2.0": "quarantined",
+        "/console/health": "prod is signed by release",
+    }
+    for path, expected in pages.items():
+        resp = await client.get(path)
+        body = await resp.text()
+        assert resp.status == 200, (path, body[:2000])
+        assert resp.content_type == "text/html"
+        assert expected in body, path
+    # A page over something missing says so, with the API's status and words.
+    resp = await client.get("/console/repositories/prod/none/-/1.0")
+    assert resp.status == 404 and "repository name not known to registry" in await resp.text()
+    resp = await client.get("/console/decisions?since=yesterday-ish")
+    assert resp.status == 200 and "since=" in await resp.text()
