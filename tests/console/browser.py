@@ -3,6 +3,7 @@ downloaded, nothing talks to the internet, and each browser gets a fresh profile
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -54,14 +55,22 @@ def chromium(*, accept_certificate: bool = False) -> Iterator[object]:
 
 
 def screenshot(driver: object, folder: Path, name: str) -> Path:
-    """Save the whole page as `<name>.png` in `folder` (and in $CONSOLE_SCREENSHOTS_DIR)."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(700, min(int(height) + 40, 2400)))
+    """Save the whole page (beyond the window) as `<name>.png` in `folder`, and in
+    $CONSOLE_SCREENSHOTS_DIR when set (the README's pictures are made so)."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": 1280, "height": size["height"], "scale": 1},
+        },
+    )
     path = folder / f"{name}.png"
-    assert driver.save_screenshot(str(path)), f"no screenshot of {name}"
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"no screenshot of {name}"
     extra = os.environ.get(SCREENSHOTS_ENV)
     if extra:
         Path(extra).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(extra) / path.name)
-    driver.set_window_size(1280, 900)
     return path

@@ -236,7 +236,7 @@ def test_health_page(site, browser, shots):
     lines = browser.find_elements("css selector", "pre.policy .line")
     assert lines[0].text == "1version: 1"  # line number, then the line
     marked = browser.find_elements("css selector", "pre.policy .line.rule")
-    assert [m.get_attribute("id") for m in marked] == ["L12", "L16"]
+    assert [m.get_attribute("id") for m in marked] == ["L11", "L15"]
     screenshot(browser, shots, "health")
 
 
