@@ -74,7 +74,7 @@ async def quarantine(request: web.Request) -> web.StreamResponse:
     """Stored images that may not be pulled, why, and what would release them."""
     last = request.query.get("last", "")
     try:
-        page = await api_get(request, "/api/v1/quarantine", {"n": "200", "last": last})
+        page = await api_get(request, "/api/v1/quarantine", {"n": "100", "last": last})
     except ApiError as exc:
         return _failed(request, exc, "Quarantine")
     return render(

@@ -4,11 +4,16 @@ the policy line of each rule.
 
 Deciding is real work (signature proofs, scans), so a page walks a bounded number of tags: `n`
 tags at most (default 100, at most 500) in (repository, tag) order after `last`
-(`repository:tag`), and `next` continues the walk. `checked` says how many were looked at.
+(`repository:tag`), for at most `BUDGET` seconds, and `next` continues the walk. `checked` says
+how many were looked at. Repositories no pull rule can match are passed over without a look,
+and verdicts are remembered until the policy, the repository's evidence or the time they
+depend on changes (the key the pull cache uses too).
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +28,25 @@ from storage.metadata import tagged_images
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
+#: Seconds a page may spend deciding before it stops and offers `next`.
+BUDGET = 0.1
+#: Verdicts remembered, at most.
+MAX_REMEMBERED = 50_000
+
+_Key = tuple[str, str, str, str, str, int]
+#: (data dir, policy version, repository, tag, digest, evidence version) -> (unmet, valid until)
+_REMEMBERED: OrderedDict[_Key, tuple[list[dict[str, Any]], float | None]] = OrderedDict()
+
+
+def _may_apply(policy: Any, repository: str) -> bool:
+    """Whether any pull rule could apply to the repository (tags can only narrow it further)."""
+    for rule in policy.rules:
+        match = rule.match
+        if Action.PULL not in match.actions or not match.repositories.matches(repository):
+            continue
+        if match.exclude_repositories is None or not match.exclude_repositories.matches(repository):
+            return True
+    return False
 
 
 def _cursor(value: str | None) -> tuple[str, str] | None:
@@ -40,42 +64,56 @@ async def list_quarantine(request: web.Request) -> web.StreamResponse:
     limit = page_size(request.query, DEFAULT_PAGE, MAX_PAGE)
     after = _cursor(text(request.query, "last", 400))
     policy = ctx.policy.policy
-    lines = {rule.name: rule.line for rule in policy.rules}
     rows = await tagged_images(ctx.db, limit=limit + 1, after=after)
     page = rows[:limit]
     images: list[dict[str, Any]] = []
-    who = identity(request).name
-    for repository, tag, digest in page if not policy.allows_everything else ():
-        record = await ctx.db.get_manifest(repository, digest)
-        if record is None:  # deleted while we walked
+    deadline = time.monotonic() + BUDGET
+    checked = 0
+    for repository, tag, digest in page:
+        if checked and time.monotonic() > deadline:
+            break
+        checked += 1
+        if policy.allows_everything or not _may_apply(policy, repository):
             continue
-        tags = tuple(await ctx.db.tags_of(repository, digest))
-        pull = PolicyRequest(Action.PULL, repository, tag, digest, tags, who)
-        verdict = await ctx.policy.evaluate(pull, record.media_type, record.content, policy)
-        if verdict.outcome is not Outcome.DENY:
-            continue
-        images.append(
-            {
-                "repository": repository,
-                "tag": tag,
-                "digest": digest,
-                "unmet": [
-                    {
-                        "rule": r.rule,
-                        "line": lines.get(r.rule, 0),
-                        "message": r.message(),
-                        "requirements": [d.reason for d in r.decisions if not d.allowed],
-                    }
-                    for r in verdict.failures
-                ],
-            }
-        )
-    body: dict[str, Any] = {
-        "policy_version": policy.version,
-        "checked": len(page),
-        "images": images,
-    }
-    if len(rows) > limit:
-        last = f"{page[-1][0]}:{page[-1][1]}"
+        unmet = await _unmet(request, policy, repository, tag, digest)
+        if unmet:
+            images.append({"repository": repository, "tag": tag, "digest": digest, "unmet": unmet})
+    body: dict[str, Any] = {"policy_version": policy.version, "checked": checked, "images": images}
+    if checked < len(page) or len(rows) > limit:
+        last = f"{page[checked - 1][0]}:{page[checked - 1][1]}"
         body["next"] = f"/api/v1/quarantine?{urlencode({'n': limit, 'last': last})}"
     return web.json_response(body)
+
+
+async def _unmet(
+    request: web.Request, policy: Any, repository: str, tag: str, digest: str
+) -> list[dict[str, Any]]:
+    """The failing rules of a pull of `repository:tag` (empty: pullable)."""
+    ctx = context(request)
+    evidence = await ctx.policy.evidence_version(repository)
+    key = (str(ctx.config.data_dir), policy.version, repository, tag, digest, evidence)
+    known = _REMEMBERED.get(key)
+    if known is not None and (known[1] is None or time.time() < known[1]):
+        _REMEMBERED.move_to_end(key)
+        return known[0]
+    record = await ctx.db.get_manifest(repository, digest)
+    if record is None:  # deleted while we walked
+        return []
+    tags = tuple(await ctx.db.tags_of(repository, digest))
+    pull = PolicyRequest(Action.PULL, repository, tag, digest, tags, identity(request).name)
+    verdict = await ctx.policy.evaluate(pull, record.media_type, record.content, policy)
+    lines = {rule.name: rule.line for rule in policy.rules}
+    unmet = [
+        {
+            "rule": r.rule,
+            "line": lines.get(r.rule, 0),
+            "message": r.message(),
+            "requirements": [d.reason for d in r.decisions if not d.allowed],
+        }
+        for r in verdict.failures
+        if verdict.outcome is Outcome.DENY
+    ]
+    _REMEMBERED[key] = (unmet, verdict.valid_until)
+    while len(_REMEMBERED) > MAX_REMEMBERED:
+        _REMEMBERED.popitem(last=False)
+    return unmet
