@@ -168,7 +168,8 @@ def main() -> int:
             )
         verdict = "under" if worst_p95 < TARGET_MS else "OVER"
         print(
-            f"\nslowest first or p95 time {worst_p95:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target"
+            f"\nslowest first or p95 time {worst_p95:.1f} ms: "
+            f"{verdict} the {TARGET_MS:.0f} ms target"
         )
         return 0 if worst_p95 < TARGET_MS else 1
     finally:
