@@ -4,6 +4,7 @@ CSRF token of the logout form)."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -80,7 +81,30 @@ def short(digest: Any) -> str:
     return f"{algorithm}:{hex_part[:12]}" if sep and len(hex_part) > 12 else text
 
 
-_ENV.filters.update(ago=ago, utc=utc, size=size, short=short)
+def reference(value: Any) -> str:
+    """A tag or digest short enough for a table cell (cosign's `.sig` tags are 75 characters)."""
+    text = str(value or "")
+    if ":" in text:
+        return short(text)
+    return text if len(text) <= 32 else f"{text[:18]}…{text[-10:]}"
+
+
+_COSIGN_TAG = re.compile(r"sha256-([0-9a-f]{64})\.(sig|att|sbom)")
+_COSIGN_KINDS = {"sig": "signature", "att": "attestation", "sbom": "SBOM"}
+
+
+def cosign_tag(name: Any) -> str | None:
+    """`signature of sha256:0123456789ab` for cosign's `sha256-<hex>.sig` tags (and .att,
+    .sbom), else None."""
+    match = _COSIGN_TAG.fullmatch(str(name))
+    if match is None:
+        return None
+    return f"{_COSIGN_KINDS[match[2]]} of sha256:{match[1][:12]}"
+
+
+_ENV.filters.update(
+    ago=ago, utc=utc, size=size, short=short, reference=reference, cosign_tag=cosign_tag
+)
 
 
 def caller(request: web.Request) -> Caller | None:
