@@ -15,6 +15,7 @@ from aiohttp import web
 
 from registry.auth.sessions import setup_sessions
 from registry.console import login, pages
+from registry.console.rendering import compile_templates
 
 STATIC = Path(__file__).parent / "static"
 
@@ -22,6 +23,7 @@ STATIC = Path(__file__).parent / "static"
 def setup_console(app: web.Application) -> None:
     """Mount the console's routes (after authentication is set up)."""
     setup_sessions(app)
+    compile_templates()
     add = app.router.add_get
     add("/console", pages.home)
     add("/console/", pages.home)

@@ -23,7 +23,14 @@ _ENV = jinja2.Environment(
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,
+    auto_reload=False,  # templates ship with the package: no stat per page
 )
+
+
+def compile_templates() -> None:
+    """Compile every template now (at start-up), not on a page's first request."""
+    for name in _ENV.list_templates(extensions=["html"]):
+        _ENV.get_template(name)
 
 
 def _moment(value: Any) -> float | None:
