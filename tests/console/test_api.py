@@ -193,3 +193,25 @@ async def test_unknown_api_path_gets_a_json_error(client):
     resp = await client.get("/api/v1/does-not-exist")
     assert resp.status == 404
     assert json.loads(await resp.text())["errors"][0]["code"] == "UNSUPPORTED"
+
+
+async def test_quarantine_follows_new_evidence(start_client, tmp_path):
+    """A remembered verdict never outlives the evidence: once the image is signed and scanned
+    clean of unexcepted criticals, it leaves the quarantine on the next look."""
+    client, key = await start(start_client, tmp_path)
+    digest, _ = await push_image(client, "prod/worker", "2.0", layers=[b"worker-layer"])
+    body = await (await client.get("/api/v1/quarantine")).json()
+    assert [(i["repository"], i["tag"]) for i in body["images"]] == [("prod/worker", "2.0")]
+    payload = simple_signing_payload("prod/worker", digest)
+    await push_cosign_signature(client, "prod/worker", digest, payload, sign(key, payload))
+    body = await (await client.get("/api/v1/quarantine")).json()
+    [worker] = [i for i in body["images"] if i["tag"] == "2.0"]
+    assert [u["rule"] for u in worker["unmet"]] == ["no criticals in prod"]
+    resp = await client.post(
+        f"/api/v1/scans?digest={digest}",
+        data=TRIVY.read_bytes(),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status == 201
+    body = await (await client.get("/api/v1/quarantine")).json()
+    assert [i for i in body["images"] if i["tag"] == "2.0"] == []
