@@ -42,6 +42,8 @@ def chromium(*, accept_certificate: bool = False) -> Iterator[object]:
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
+    # Console messages (CSP violations, missing assets, script errors) for the tests to read.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     if accept_certificate:
         # The registry's certificate is the test's own self-signed one.
         options.add_argument("--ignore-certificate-errors")

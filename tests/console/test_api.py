@@ -3,7 +3,10 @@ quarantine, the decision summary, the rebuild list and health, on a real app ove
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +218,28 @@ async def test_quarantine_follows_new_evidence(start_client, tmp_path):
     assert resp.status == 201
     body = await (await client.get("/api/v1/quarantine")).json()
     assert [i for i in body["images"] if i["tag"] == "2.0"] == []
+
+
+async def test_health_counts_the_backlog_per_endpoint_with_its_last_error(start_client):
+    """An endpoint that refuses connections: its events wait in the outbox, counted per
+    endpoint with the last error; the endpoint's URL (which may carry credentials) is not shown."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        section = {
+            "endpoints": [{"name": "siem", "url": f"http://user:pw@127.0.0.1:{port}/hook"}],
+            "retry": {"initial": "1s", "max": "1s", "give_up_after": "1h"},
+        }
+        client = await start_client(events=section)
+        await push_image(client, "team/app", "1.0")
+        deadline = time.monotonic() + 20
+        while True:
+            body = await (await client.get("/api/v1/health")).json()
+            [siem] = body["events"]["endpoints"]
+            if siem["last_error"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    assert siem["name"] == "siem" and siem["pending"] == 1 and siem["failed"] == 0
+    assert siem["last_error"] and siem["oldest"]
+    assert body["events"]["pending"] == 1
+    assert "user:pw" not in json.dumps(body) and "/hook" not in json.dumps(body)

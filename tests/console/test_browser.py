@@ -240,6 +240,17 @@ def test_health_page(site, browser, shots):
     screenshot(browser, shots, "health")
 
 
+def test_no_page_broke_a_rule_of_the_browser(site, browser):
+    """No CSP violation, missing asset or script error on any page visited so far."""
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # The wrong-password and turned-away logins answered 401 and 403 on purpose.
+    unexpected = [
+        e for e in severe if not re.search(r"/console/login - .* (401|403)", e["message"])
+    ]
+    assert unexpected == []
+    assert len(severe) >= 2  # the log is read: the two refused logins are in it
+
+
 def test_logout(site, browser):
     server, _ = site
     browser.find_element("css selector", "form[action='/console/logout'] button").click()
