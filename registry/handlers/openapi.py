@@ -299,6 +299,7 @@ PATHS: dict[str, Any] = {
                                         "line": INT,
                                         "message": STR,
                                         "requirements": _array(STR),
+                                        "release": _array(STR),
                                     }
                                 )
                             ),

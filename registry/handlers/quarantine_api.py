@@ -24,6 +24,7 @@ from policies.facts import PolicyRequest
 from registry.context import context
 from registry.handlers.query_params import bad_query, page_size, text
 from registry.identity import identity
+from registry.scans.webhook import scanners as configured_scanners
 from storage.metadata import tagged_images
 
 DEFAULT_PAGE = 100
@@ -102,18 +103,47 @@ async def _unmet(
     tags = tuple(await ctx.db.tags_of(repository, digest))
     pull = PolicyRequest(Action.PULL, repository, tag, digest, tags, identity(request).name)
     verdict = await ctx.policy.evaluate(pull, record.media_type, record.content, policy)
-    lines = {rule.name: rule.line for rule in policy.rules}
-    unmet = [
-        {
-            "rule": r.rule,
-            "line": lines.get(r.rule, 0),
-            "message": r.message(),
-            "requirements": [d.reason for d in r.decisions if not d.allowed],
-        }
-        for r in verdict.failures
-        if verdict.outcome is Outcome.DENY
-    ]
+    rules = {rule.name: rule for rule in policy.rules}
+    scanners = [s.name for s in configured_scanners(ctx.config)]
+    unmet = []
+    for failed in verdict.failures if verdict.outcome is Outcome.DENY else ():
+        rule = rules.get(failed.rule)
+        requirements = rule.requirements if rule is not None else ()
+        unmet.append(
+            {
+                "rule": failed.rule,
+                "line": rule.line if rule is not None else 0,
+                "message": failed.message(),
+                "requirements": [d.reason for d in failed.decisions if not d.allowed],
+                "release": [
+                    _release(requirement, decision.reason, scanners)
+                    for requirement, decision in zip(requirements, failed.decisions, strict=False)
+                    if not decision.allowed
+                ],
+            }
+        )
     _REMEMBERED[key] = (unmet, verdict.valid_until)
     while len(_REMEMBERED) > MAX_REMEMBERED:
         _REMEMBERED.popitem(last=False)
     return unmet
+
+
+def _release(requirement: Any, reason: str, scanners: list[str]) -> str:
+    """What would meet a failing requirement, in an operator's words (its reason otherwise)."""
+    signers = getattr(requirement, "signers", None)
+    if signers:
+        count = getattr(requirement, "count", 1)
+        what = (
+            "an in-toto attestation"
+            if getattr(requirement, "predicate_type", None)
+            else ("a signature")
+        )
+        who = " or ".join(signers) if count <= 1 else f"{count} of {', '.join(signers)}"
+        return f"{what} of this digest by {who}, verified against the policy's trust"
+    if hasattr(requirement, "require_scan") and hasattr(requirement, "exceptions"):
+        by = f" from {' or '.join(scanners)}" if scanners else " (no scanner is configured)"
+        return (
+            f"a scan report{by} within the rule's limits, or a policy exception for each "
+            "finding over them"
+        )
+    return reason

@@ -126,6 +126,13 @@ async def test_manifest_details_signatures_scans_and_quarantine(start_client, tm
     assert set(rules) == {"prod is signed by release", "no criticals in prod"}
     assert rules["prod is signed by release"]["line"] == 6
     assert "needs a signature by release" in rules["prod is signed by release"]["message"]
+    assert rules["prod is signed by release"]["release"] == [
+        "a signature of this digest by release, verified against the policy's trust"
+    ]
+    assert rules["no criticals in prod"]["release"] == [
+        "a scan report from trivy-ci within the rule's limits, or a policy exception for each "
+        "finding over them"
+    ]
     # prod/api is signed and scanned with its one critical excepted: pullable.
     assert ("prod/api", "1.0") not in shown
     assert body["checked"] == 3  # prod/api:1.0, its .sig tag, prod/worker:2.0

@@ -169,6 +169,8 @@ def test_quarantine_page(site, browser, shots):
     worker = shown["prod/worker:2.0"]
     assert "prod is signed by release" in worker and "needs a signature by release" in worker
     assert "no criticals in prod" in worker and "policy line" in worker
+    assert "a signature of this digest by release" in worker
+    assert "a scan report from trivy-ci" in worker
     screenshot(browser, shots, "quarantine")
 
 
