@@ -4,8 +4,7 @@ a template; none reads the database or the policy itself."""
 from __future__ import annotations
 
 import asyncio
-import re
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -13,7 +12,7 @@ from registry.console.api_client import ApiError, api_get, api_path
 from registry.console.charts import decisions_chart, lineage_picture
 from registry.console.rendering import render
 
-#: Consumers drawn in the lineage picture, at most (the table lists them all via the API).
+#: Consumers drawn in the lineage picture, at most (the consumers API lists them all).
 MAX_DRAWN = 60
 DECISION_FILTERS = ("repository", "outcome", "action", "rule", "identity", "since", "until")
 SEVERITIES = ("critical", "high", "medium", "low", "negligible", "unknown")
@@ -26,12 +25,10 @@ def _failed(request: web.Request, exc: ApiError, title: str) -> web.Response:
 
 def _console_next(next_url: str | None, page: str, keep: dict[str, str]) -> str | None:
     """The console link for the API's `next` page URL (its `last` cursor, our filters)."""
-    if not next_url:
+    last = parse_qs(urlsplit(next_url).query).get("last") if next_url else None
+    if not last:
         return None
-    match = re.search(r"[?&]last=([^&]+)", next_url)
-    if match is None:
-        return None
-    return f"{page}?{urlencode({**keep, 'last': unquote(match[1])})}"
+    return f"{page}?{urlencode({**keep, 'last': last[0]})}"
 
 
 async def home(request: web.Request) -> web.StreamResponse:

@@ -3,6 +3,9 @@ browser test checks what a person sees; this one that no page fails on any conte
 
 from __future__ import annotations
 
+import html
+import re
+
 from tests.console.test_api import TOKEN, TRIVY, start
 from tests.oci import push_image
 from tests.signing import push_cosign_signature, sign, simple_signing_payload
@@ -45,3 +48,24 @@ async def test_every_page_renders(start_client, tmp_path):
     assert resp.status == 404 and "repository name not known to registry" in await resp.text()
     resp = await client.get("/console/decisions?since=yesterday-ish")
     assert resp.status == 200 and "since=" in await resp.text()
+
+
+async def test_pages_page_through_long_lists(start_client, tmp_path):
+    client, _ = await start(start_client, tmp_path)
+    for i in range(101):
+        await push_image(client, f"team/app-{i:03d}", "1.0", layers=[f"layer {i}".encode()])
+    first = await (await client.get("/console/repositories")).text()
+    assert "team/app-099" in first and "team/app-100" not in first
+    next_link = re.search(r'href="(/console/repositories\?last=[^"]+)">Next', first)[1]
+    assert next_link == "/console/repositories?last=team%2Fapp-099"
+    second = await (await client.get(html.unescape(next_link))).text()
+    assert "team/app-100" in second and "team/app-099" not in second
+    assert "Next →" not in second and "First page" in second
+
+    page = await (await client.get("/console/decisions?action=push")).text()
+    shown = re.findall(r"team/app-(\d{3}):1.0", page)
+    assert len(shown) == 50 and shown[0] == "100"  # newest first, 50 a page
+    older = html.unescape(re.search(r'href="([^"]+)">Older', page)[1])
+    assert "action=push" in older and "last=" in older
+    page = await (await client.get(older)).text()
+    assert re.findall(r"team/app-(\d{3}):1.0", page)[0] == "050"
