@@ -6,6 +6,7 @@ credentials) are never shown."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,6 +38,7 @@ def _read_policy(path: Path) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
+@functools.cache
 def _trustyard_version() -> str:
     try:
         return version("trustyard")

@@ -69,3 +69,31 @@ async def test_pages_page_through_long_lists(start_client, tmp_path):
     assert "action=push" in older and "last=" in older
     page = await (await client.get(older)).text()
     assert re.findall(r"team/app-(\d{3}):1.0", page)[0] == "050"
+
+
+async def test_hostile_text_is_escaped(start_client, tmp_path):
+    """A scanner's report is text from outside: markup in it is shown, never run."""
+    client, _ = await start(start_client, tmp_path)
+    digest, _ = await push_image(client, "prod/api", "1.0")
+    report = {
+        "format": "trustyard.scan.v1",
+        "scanner": {"name": "<img src=x onerror=alert(1)>", "version": "1"},
+        "findings": [
+            {
+                "id": "CVE-2024-0001",
+                "severity": "high",
+                "package": "<script>alert(document.cookie)</script>",
+                "installed": '"><svg onload=alert(1)>',
+                "fixed": None,
+            }
+        ],
+    }
+    resp = await client.post(
+        f"/api/v1/scans?digest={digest}",
+        json=report,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status == 201, await resp.text()
+    page = await (await client.get("/console/repositories/prod/api/-/1.0")).text()
+    assert "&lt;script&gt;alert(document.cookie)&lt;/script&gt;" in page
+    assert "<script>alert" not in page and "<svg onload" not in page and "<img src=x" not in page

@@ -22,7 +22,9 @@ async def authed(start_client: Any, data_dir) -> TestClient:
     accounts = write_accounts(data_dir)
     accounts.store.add_user("vera", VIEWER_PASSWORD, ["auditors"], replace=False)
     permissions = [*PERMISSIONS, {"namespace": "**", "groups": {"auditors": "viewer"}}]
-    client = await start_client(auth=auth_section(permissions=permissions))
+    client = await start_client(
+        auth=auth_section(permissions=permissions, rate_limit={"max_failures_per_user": 3})
+    )
     olga = {"Authorization": basic("olga", "olga-secret-pw")}
     await push_image(_With(client, olga), "team-a/app", "1.0")
     return client
@@ -126,9 +128,15 @@ async def test_login_needs_the_form_csrf_token_and_same_origin(authed):
 
 
 async def test_wrong_password_is_refused_and_counted(authed):
-    resp = await login(authed, "olga", "wrong")
-    assert resp.status == 401
-    assert "incorrect username or password" in await resp.text()
+    for _ in range(3):
+        resp = await login(authed, "olga", "wrong")
+        assert resp.status == 401
+        assert "incorrect username or password" in await resp.text()
+        assert SESSION_COOKIE not in resp.cookies
+    # The failed-login limit is the one /token keeps: now even the right password waits.
+    resp = await login(authed, "olga", "olga-secret-pw")
+    assert resp.status == 429
+    assert "too many failed logins" in await resp.text()
     assert SESSION_COOKIE not in resp.cookies
 
 
