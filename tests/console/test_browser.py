@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from registry.auth.users import UserStore
 from tests.auth.tls import self_signed
@@ -100,6 +102,14 @@ def shots(work: Path) -> Path:
     return folder
 
 
+def follow(driver: Any, element: Any) -> None:
+    """Click something that loads a new page, and wait until the old page is gone (a click
+    returns before the browser has navigated)."""
+    old = driver.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+
 def text(driver: Any) -> str:
     return driver.find_element("tag name", "body").text
 
@@ -109,7 +119,7 @@ def log_in(driver: Any, base: str, user: str) -> None:
     assert driver.current_url.startswith(f"{base}/console/login?next=/console/library")
     driver.find_element("name", "username").send_keys(user)
     driver.find_element("name", "password").send_keys(PASSWORDS[user])
-    driver.find_element("css selector", "button[type=submit]").click()
+    follow(driver, driver.find_element("css selector", "button[type=submit]"))
 
 
 def test_login_page_and_a_wrong_password(site, browser, shots):
@@ -119,7 +129,7 @@ def test_login_page_and_a_wrong_password(site, browser, shots):
     screenshot(browser, shots, "login")
     browser.find_element("name", "username").send_keys("vera")
     browser.find_element("name", "password").send_keys("not her password")
-    browser.find_element("css selector", "button[type=submit]").click()
+    follow(browser, browser.find_element("css selector", "button[type=submit]"))
     assert "incorrect username or password" in text(browser)
     assert browser.get_cookie("trustyard_session") is None
 
@@ -162,7 +172,7 @@ def test_library_page(site, browser, shots):
 
 
 def test_quarantine_page(site, browser, shots):
-    browser.find_element("link text", "Quarantine").click()
+    follow(browser, browser.find_element("link text", "Quarantine"))
     cards = browser.find_elements("css selector", "section.quarantined")
     shown = {c.find_element("tag name", "h2").text.split()[0]: c.text for c in cards}
     assert "prod/worker:2.0" in shown and "prod/api:1.0" not in shown
@@ -175,7 +185,7 @@ def test_quarantine_page(site, browser, shots):
 
 
 def test_decisions_page_filters_and_chart(site, browser, shots):
-    browser.find_element("link text", "Decisions").click()
+    follow(browser, browser.find_element("link text", "Decisions"))
     rows = browser.find_elements("css selector", "table.decisions tbody tr")
     outcomes = {r.find_element("css selector", ".badge").text for r in rows}
     assert {"allow", "deny"} <= outcomes
@@ -186,7 +196,7 @@ def test_decisions_page_filters_and_chart(site, browser, shots):
     screenshot(browser, shots, "decisions")
     browser.find_element("css selector", "select[name=outcome] option[value=deny]").click()
     browser.find_element("name", "repository").send_keys("prod/worker")
-    browser.find_element("css selector", "form.filters button[type=submit]").click()
+    follow(browser, browser.find_element("css selector", "form.filters button[type=submit]"))
     assert "outcome=deny" in browser.current_url
     rows = browser.find_elements("css selector", "table.decisions tbody tr")
     assert rows and all("deny" in r.text and "prod/worker" in r.text for r in rows)
@@ -195,14 +205,14 @@ def test_decisions_page_filters_and_chart(site, browser, shots):
 
 def test_repositories_to_a_signed_scanned_image(site, browser, shots):
     scenario = site[1]
-    browser.find_element("link text", "Repositories").click()
+    follow(browser, browser.find_element("link text", "Repositories"))
     names = [a.text for a in browser.find_elements("css selector", "tbody td:first-child a")]
     assert names == ["apps/web", "library/base", "prod/api", "prod/multi", "prod/worker"]
     screenshot(browser, shots, "repositories")
-    browser.find_element("link text", "prod/api").click()
+    follow(browser, browser.find_element("link text", "prod/api"))
     assert "1.0" in text(browser) and "sha256-" in text(browser)  # the tag and its .sig tag
     screenshot(browser, shots, "repository")
-    browser.find_element("link text", "1.0").click()
+    follow(browser, browser.find_element("link text", "1.0"))
     body = text(browser)
     assert "pullable" in body and scenario.digests["api"] in body
     signatures = browser.find_element("xpath", "//h2[contains(., 'Signatures')]/..").text
@@ -231,7 +241,7 @@ def test_quarantined_and_multi_platform_images(site, browser):
 
 
 def test_health_page(site, browser, shots):
-    browser.find_element("link text", "Health").click()
+    follow(browser, browser.find_element("link text", "Health"))
     body = text(browser)
     assert "filesystem" in body
     assert "never" not in browser.find_element("xpath", "//h2[text()='Garbage collection']/..").text
@@ -255,7 +265,7 @@ def test_no_page_broke_a_rule_of_the_browser(site, browser):
 
 def test_logout(site, browser):
     server, _ = site
-    browser.find_element("css selector", "form[action='/console/logout'] button").click()
+    follow(browser, browser.find_element("css selector", "form[action='/console/logout'] button"))
     assert "Log in to the console" in text(browser)
     browser.get(f"{server.url}/console/health")
     assert browser.current_url.startswith(f"{server.url}/console/login")
