@@ -42,7 +42,8 @@ def guarded(page: Page) -> Page:
             return await page(request)
         who = caller(request)
         if who is None or who.identity.is_anonymous:
-            target = quote(request.path_qs, safe="/?=&%:@")
+            # Encoded whole, so the page's own query survives as one `next` value.
+            target = quote(request.path_qs, safe="/")
             raise web.HTTPSeeOther(f"/console/login?next={target}")
         if not service.permissions.can_view(who.identity):
             return render(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -44,7 +45,7 @@ class _With:
 
 
 async def login(client: TestClient, user: str, password: str, next_: str = "") -> Any:
-    page = await client.get("/console/login" + (f"?next={next_}" if next_ else ""))
+    page = await client.get("/console/login", params={"next": next_} if next_ else None)
     assert page.status == 200
     csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())[1]
     return await client.post(
@@ -54,12 +55,16 @@ async def login(client: TestClient, user: str, password: str, next_: str = "") -
     )
 
 
-async def test_pages_send_anonymous_callers_to_login(authed):
-    resp = await authed.get("/console/decisions?outcome=deny", allow_redirects=False)
+async def test_pages_send_anonymous_callers_to_login_and_back(authed):
+    page = "/console/decisions?outcome=deny&window=7d"
+    resp = await authed.get(page, allow_redirects=False)
     assert resp.status == 303
-    assert resp.headers["Location"] == "/console/login?next=/console/decisions?outcome=deny"
-    resp = await authed.get("/api/v1/health")
-    assert resp.status == 401
+    location = urlsplit(resp.headers["Location"])
+    assert location.path == "/console/login" and parse_qs(location.query) == {"next": [page]}
+    assert (await authed.get("/api/v1/health")).status == 401
+    resp = await login(authed, "vera", VIEWER_PASSWORD, parse_qs(location.query)["next"][0])
+    assert resp.status == 303 and resp.headers["Location"] == page
+    assert (await authed.get("/api/v1/health")).status == 200
 
 
 async def test_viewer_logs_in_and_reads_console_and_api_only(authed):
