@@ -4,7 +4,8 @@ the policy line of each rule.
 
 Deciding is real work (signature proofs, scans), so a page walks a bounded number of tags: `n`
 tags at most (default 100, at most 500) in (repository, tag) order after `last`
-(`repository:tag`), for at most `BUDGET` seconds, and `next` continues the walk. `checked` says
+(`repository:tag`), and for at most `BUDGET` seconds once `MIN_CHECKED` tags were looked at;
+`next` continues the walk. `checked` says
 how many were looked at. Repositories no pull rule can match are passed over without a look,
 and verdicts are remembered until the policy, the repository's evidence or the time they
 depend on changes (the key the pull cache uses too).
@@ -29,8 +30,10 @@ from storage.metadata import tagged_images
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
-#: Seconds a page may spend deciding before it stops and offers `next`.
+#: Seconds a page may spend deciding before it stops and offers `next`...
 BUDGET = 0.1
+#: ...once it has looked at this many tags (so a small registry is answered in one page).
+MIN_CHECKED = 20
 #: Verdicts remembered, at most.
 MAX_REMEMBERED = 50_000
 
@@ -71,7 +74,7 @@ async def list_quarantine(request: web.Request) -> web.StreamResponse:
     deadline = time.monotonic() + BUDGET
     checked = 0
     for repository, tag, digest in page:
-        if checked and time.monotonic() > deadline:
+        if checked >= MIN_CHECKED and time.monotonic() > deadline:
             break
         checked += 1
         if policy.allows_everything or not _may_apply(policy, repository):

@@ -190,8 +190,10 @@ def populate(
     work: Path,
     key: ec.EllipticCurvePrivateKey,
     skopeo_args: Sequence[str],
+    puller: Http,
 ) -> Scenario:
-    """Push, sign, scan and pull the console's example content."""
+    """Push, sign, scan and pull the console's example content (`http` pushes; `puller` pulls
+    as a deployer, who is no producer and so is refused quarantined images)."""
     scenario = Scenario()
     layout = OciLayout(work / "layout")
     base_v1 = make_rootfs_tar({"etc/os-release": b"ID=base\nVERSION=1.0\n"})
@@ -234,9 +236,9 @@ def populate(
     )
     assert status == 201, body
     accept = {"Accept": OCI_MANIFEST}
-    assert http("GET", "/v2/prod/api/manifests/1.0", headers=accept)[0] == 200
-    assert http("GET", "/v2/prod/worker/manifests/2.0", headers=accept)[0] == 403
-    assert http("GET", "/v2/apps/web/manifests/1", headers=accept)[0] == 200
+    assert puller("GET", "/v2/prod/api/manifests/1.0", headers=accept)[0] == 200
+    assert puller("GET", "/v2/prod/worker/manifests/2.0", headers=accept)[0] == 403
+    assert puller("GET", "/v2/apps/web/manifests/1", headers=accept)[0] == 200
     subprocess.run(
         [sys.executable, "-m", "registry", "gc", "--data-dir", str(registry.data_dir)],
         check=True,

@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.context import CONTEXT
+from registry.handlers import quarantine_api
 from storage.gc import collect_garbage
 from tests.oci import push_image
 from tests.signing import push_cosign_signature, sign, simple_signing_payload, start_trusting
@@ -250,3 +251,20 @@ async def test_health_counts_the_backlog_per_endpoint_with_its_last_error(start_
     assert siem["last_error"] and siem["oldest"]
     assert body["events"]["pending"] == 1
     assert "user:pw" not in json.dumps(body) and "/hook" not in json.dumps(body)
+
+
+async def test_quarantine_page_stops_when_its_time_is_spent(start_client, tmp_path, monkeypatch):
+    """With the time budget spent at once, a page still looks at MIN_CHECKED tags, then offers
+    the rest through `next`; walking `next` covers every tag exactly once."""
+    client, _ = await start(start_client, tmp_path)
+    for i in range(25):
+        await push_image(client, f"prod/svc-{i:02d}", "1.0", layers=[f"svc {i}".encode()])
+    monkeypatch.setattr(quarantine_api, "BUDGET", 0.0)
+    body = await (await client.get("/api/v1/quarantine")).json()
+    assert body["checked"] == quarantine_api.MIN_CHECKED == 20
+    seen = [i["repository"] for i in body["images"]]
+    assert body["next"] == "/api/v1/quarantine?n=100&last=prod%2Fsvc-19%3A1.0"
+    body = await (await client.get(body["next"])).json()
+    assert body["checked"] == 5 and "next" not in body
+    seen += [i["repository"] for i in body["images"]]
+    assert seen == [f"prod/svc-{i:02d}" for i in range(25)]  # all unsigned: all quarantined

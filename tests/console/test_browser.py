@@ -27,7 +27,12 @@ from tests.server_process import RegistryProcess, start_registry
 
 pytestmark = pytest.mark.e2e
 
-PASSWORDS = {"olga": "olga-console-pw", "vera": "vera-console-pw", "dev": "dev-console-pw"}
+PASSWORDS = {
+    "olga": "olga-console-pw",
+    "vera": "vera-console-pw",
+    "dev": "dev-console-pw",
+    "deploy": "deploy-console-pw",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,10 @@ def site(
                 "auth": {
                     "service": "trustyard-console",
                     "permissions": [
-                        {"namespace": "**", "users": {"olga": "admin", "vera": "viewer"}},
+                        {
+                            "namespace": "**",
+                            "users": {"olga": "admin", "vera": "viewer", "deploy": "pull"},
+                        },
                         {"namespace": "apps/**", "users": {"dev": "push"}},
                     ],
                 },
@@ -82,7 +90,8 @@ def site(
             "--dest-creds",
             f"olga:{PASSWORDS['olga']}",
         ]
-        scenario = populate(server, http, containers_config, work, key, skopeo_args)
+        puller = Http(server.url, cafile=cert, auth=("deploy", PASSWORDS["deploy"]))
+        scenario = populate(server, http, containers_config, work, key, skopeo_args, puller)
         yield server, scenario
     finally:
         server.stop()
