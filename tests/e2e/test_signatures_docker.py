@@ -197,7 +197,8 @@ def test_a_sigstore_bundle_pushed_with_oras_allows_docker_pull(
     image = get_manifest(signing_registry, name, digest)
     work = e2e_tmp / "bundle"
     work.mkdir()
-    bundle, _ = keyed_bundle(release_key, statement(digest))
+    # Signed for this repository, as `cosign attest` names the subject.
+    bundle, _ = keyed_bundle(release_key, statement(digest, name=f"{signing_registry.host}/{name}"))
     (work / "image.sigstore.json").write_text(json.dumps(bundle))
     client = Client(hostname=signing_registry.host, insecure=True)
     resp = client.push(
