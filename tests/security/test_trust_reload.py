@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
 import io
 import json
 import signal
@@ -399,3 +400,45 @@ async def test_sighup_to_the_running_server_revokes_a_replaced_key(tmp_path: Pat
             assert message.startswith(RULE + "by an unknown key (sha256:")
     finally:
         assert await asyncio.to_thread(server.stop) == 0
+
+
+def test_a_replaced_identity_trusted_root_is_verified_against_at_once(tmp_path: Path) -> None:
+    """A certificate bundle is verified by the `sigstore` package against the identity's trusted
+    root file as it is now: a root replaced under the same path is not served from a cache."""
+    from importlib import resources
+
+    from policies.signatures import bundles
+    from policies.signatures.trust import parse_trust
+
+    vectors = Path(__file__).parent.parent / "policies" / "vectors" / "sigstore-python"
+    store = resources.files("sigstore") / "_store"
+    roots = {
+        name: (store / folder / "trusted_root.json").read_text()
+        for name, folder in (
+            ("production", "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"),
+            ("staging", "https%3A%2F%2Ftuf-repo-cdn.sigstage.dev"),
+        )
+    }
+    section = {
+        "identities": {
+            "rfc8785": {
+                "issuer": "https://token.actions.githubusercontent.com",
+                "subject": "https://github.com/trailofbits/rfc8785.py/.github/workflows/"
+                "release.yml@refs/tags/v0.1.2",
+                "trusted_root": "trusted_root.json",
+            }
+        }
+    }
+    wheel = vectors / "bundle_v3_github.whl"
+    image = "sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+    content = (vectors / "bundle_v3_github.whl.sigstore").read_bytes()
+
+    def verdicts() -> list[tuple[bool, str | None]]:
+        config, problems = parse_trust(section, tmp_path)
+        assert problems == []
+        return [(f.valid, f.signer) for f in bundles.verify_layer(config, image, content)]
+
+    (tmp_path / "trusted_root.json").write_text(roots["production"])
+    assert verdicts() == [(True, "rfc8785")]
+    (tmp_path / "trusted_root.json").write_text(roots["staging"])  # same path, other root
+    assert verdicts() == [(False, None)]
