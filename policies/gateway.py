@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,8 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        #: Called with every recorded decision (the registry's metrics count them).
+        self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -291,6 +293,8 @@ class PolicyGate:
     # -- the decision log --------------------------------------------------------------------
 
     async def _record(self, verdict: Verdict, request: PolicyRequest) -> None:
+        for observe in self.observers:
+            observe(verdict, request)
         outcome = verdict.outcome
         now = time.time()
         if outcome is Outcome.DENY or request.action is not Action.PULL:
