@@ -47,9 +47,8 @@ class AuthSettings:
         return cls(
             service=section.get("service", "trustyard"),
             issuer=section.get("issuer", "trustyard"),
-            realm=section.get("realm") or (
-                f"{config.public_url}/token" if config.public_url else None
-            ),
+            realm=section.get("realm")
+            or (f"{config.public_url}/token" if config.public_url else None),
             users_file=Path(section.get("users_file") or auth_dir / "users.yaml"),
             signing_key=Path(key) if key else auth_dir / "token-signing-key.pem",
             signing_key_configured=bool(key),

@@ -148,8 +148,10 @@ def test_serve_creates_a_missing_data_dir_and_says_so(tmp_path):
     data = tmp_path / "new-data"
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve"]
-        + ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
+        [
+            *(sys.executable, "-m", "registry", "serve"),
+            *("--listen", f"127.0.0.1:{port}", "--data-dir", str(data)),
+        ],
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.auth.conftest import accounts, auth_section  # noqa: F401 - the accounts fixture
+from tests.auth.conftest import auth_section, write_accounts
 from tests.auth.test_api import challenge_params
 from tests.server_process import free_port
 
@@ -25,7 +25,8 @@ async def _realm(client, headers=None) -> str:
     return challenge_params(resp.headers["WWW-Authenticate"])["realm"]
 
 
-async def test_public_url_makes_the_realm_whatever_the_host_header(start_client, accounts):
+async def test_public_url_makes_the_realm_whatever_the_host_header(start_client, data_dir):
+    write_accounts(data_dir)
     client = await start_client(
         listen="0.0.0.0:5000", public_url="https://registry.example.com/", auth=auth_section()
     )
@@ -33,7 +34,8 @@ async def test_public_url_makes_the_realm_whatever_the_host_header(start_client,
     assert await _realm(client) == "https://registry.example.com/token"
 
 
-async def test_auth_realm_wins_over_public_url(start_client, accounts):
+async def test_auth_realm_wins_over_public_url(start_client, data_dir):
+    write_accounts(data_dir)
     client = await start_client(
         listen="0.0.0.0:5000",
         public_url="https://registry.example.com",
@@ -43,15 +45,17 @@ async def test_auth_realm_wins_over_public_url(start_client, accounts):
 
 
 async def test_beyond_loopback_without_configuration_the_realm_is_the_address_connected_to(
-    start_client, accounts
+    start_client, data_dir
 ):
+    write_accounts(data_dir)
     client = await start_client(listen="0.0.0.0:5000", auth=auth_section())
     realm = await _realm(client, EVIL)
     assert "evil.example" not in realm
     assert realm == f"http://127.0.0.1:{client.port}/token"
 
 
-async def test_on_loopback_the_host_header_names_the_realm(start_client, accounts):
+async def test_on_loopback_the_host_header_names_the_realm(start_client, data_dir):
+    write_accounts(data_dir)
     # Every client of a loopback-only server is on this machine: the name it used is the one
     # that reaches the server (localhost, 127.0.0.1, [::1]).
     client = await start_client(auth=auth_section())
