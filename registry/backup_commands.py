@@ -14,7 +14,14 @@ from registry.config import Config
 from registry.preflight import OperatorError
 from registry.progress import terminal_progress
 from storage.backends import open_blob_store
-from storage.backup import BackupError, BackupSummary, backup, check_restore_target, restore
+from storage.backup import (
+    BackupError,
+    BackupSummary,
+    backup,
+    check_restore_target,
+    restore,
+    verify_backup,
+)
 
 
 def add_backup_commands(
@@ -45,7 +52,8 @@ def run_backup_command(config: Config, args: argparse.Namespace, out: TextIO | N
             verb = f"backed up {config.data_dir} to {args.folder}"
         else:
             check_restore_target(config.data_dir)
-            summary = asyncio.run(_restore(config, args.folder))
+            blobs = verify_backup(args.folder, terminal_progress("restore: checking blobs"))
+            summary = asyncio.run(_restore(config, args.folder, blobs))
             verb = f"restored {args.folder} into {config.data_dir}"
     except BackupError as exc:
         raise OperatorError(str(exc)) from None
@@ -77,9 +85,11 @@ async def _backup(config: Config, folder: Path) -> BackupSummary:
         await store.close()
 
 
-async def _restore(config: Config, folder: Path) -> BackupSummary:
+async def _restore(config: Config, folder: Path, blobs: list[tuple[str, int]]) -> BackupSummary:
     store = open_blob_store(config)
     try:
-        return await restore(folder, config.data_dir, store, terminal_progress("restore: blobs"))
+        return await restore(
+            folder, config.data_dir, store, terminal_progress("restore: blobs"), verified=blobs
+        )
     finally:
         await store.close()

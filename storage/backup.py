@@ -168,14 +168,20 @@ def verify_backup(folder: Path, progress: Progress | None = None) -> list[tuple[
 
 
 async def restore(
-    folder: Path, data_dir: Path, store: BlobStore, progress: Progress | None = None
+    folder: Path,
+    data_dir: Path,
+    store: BlobStore,
+    progress: Progress | None = None,
+    *,
+    verified: list[tuple[str, int]] | None = None,
 ) -> BackupSummary:
-    """Restore the backup `folder` into `data_dir` and `store` (check the target first with
-    `check_restore_target`, before the store is opened)."""
+    """Restore the backup `folder` into `data_dir` and `store`. Check the target first with
+    `check_restore_target` and the backup with `verify_backup` (its result is `verified`),
+    before the store is opened: a refused restore leaves nothing behind."""
     target = DataLayout(data_dir).database
     if target.exists():
         raise BackupError(f"{target} exists: restore into a new data directory")
-    blobs = verify_backup(folder)
+    blobs = verify_backup(folder) if verified is None else verified
     data_dir.mkdir(parents=True, exist_ok=True)
     source = DataLayout(folder)
     copied = 0
