@@ -114,3 +114,65 @@ def test_restore_of_a_folder_that_is_no_backup(tmp_path: Path):
     assert result.returncode == 2
     assert "is not a Trustyard backup (no trustyard-backup.json)" in one_line(result)
     assert not (tmp_path / "d").exists()
+
+
+async def test_progress_shows_on_a_terminal_only(start_client, data_dir, tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    from tests.operations.cli import ROOT
+
+    await _pushed(start_client)
+    piped = await asyncio.to_thread(
+        trustyard, "backup", str(tmp_path / "piped"), "--data-dir", str(data_dir)
+    )
+    assert piped.returncode == 0
+    assert piped.stderr == ""  # redirected output carries no progress noise
+
+    def on_a_terminal() -> tuple[int, str]:
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "registry", "backup"),
+                *(str(tmp_path / "tty"), "--data-dir", str(data_dir)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            cwd=ROOT,
+        )
+        os.close(terminal)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(controller)
+        return process.wait(timeout=60), output.decode(errors="replace")
+
+    code, shown = await asyncio.to_thread(on_a_terminal)
+    assert code == 0
+    assert "backup: blobs: 5/5 (100%)" in shown
+
+
+def test_terminal_progress_draws_one_line():
+    import io
+
+    from registry.progress import terminal_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    show = terminal_progress("library import: bytes", out)
+    assert show is not None
+    show(0, 200)
+    show(200, 200)
+    assert out.getvalue().endswith("\rlibrary import: bytes: 200/200 (100%)\n")
+    assert terminal_progress("x", io.StringIO()) is None
