@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 from importlib import metadata
@@ -26,6 +27,7 @@ from policies.library.commands import LIBRARY_COMMANDS, add_library_commands, ru
 from policies.loader import PolicyError
 from registry.app import create_app
 from registry.auth.settings import AuthSettings
+from registry.auth.tokens import load_or_create_key
 from registry.auth.users import PasswordRefused, UsersFileError, UserStore, check_password
 from registry.backup_commands import add_backup_commands, run_backup_command
 from registry.config import Config, ConfigError, load_config
@@ -41,6 +43,7 @@ from registry.preflight import (
 )
 from registry.preflight import tls_context as _tls_context
 from storage.backends import open_blob_store
+from storage.blobstore import StorageUnavailable
 from storage.gc import collect_garbage
 from storage.gc_runs import record_gc_run
 from storage.layout import DataLayout
@@ -115,6 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PermissionError as exc:
         print(f"trustyard: {exc.filename or ''}: permission denied for {_uid()}", file=sys.stderr)
+        return 2
+    except StorageUnavailable as exc:
+        detail = exc.detail if isinstance(exc.detail, dict) else {}
+        reason = detail.get("reason") or detail.get("error") or ""
+        print(
+            f"trustyard: the blob store is unavailable ({reason or exc.message}): check "
+            "storage.s3 (endpoint_url, bucket, credentials) and that the store is up",
+            file=sys.stderr,
+        )
+        return 2
+    except sqlite3.DatabaseError as exc:
+        print(
+            f"trustyard: the metadata database cannot be used ({exc}): is --data-dir a "
+            "Trustyard data directory? Restore a damaged one with `trustyard restore`",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130
@@ -205,6 +224,15 @@ def _check_auth_files(config: Config) -> None:
             "create an EC P-256 key there (openssl ecparam -name prime256v1 -genkey -noout | "
             "openssl pkcs8 -topk8 -nocrypt) or remove the setting to have one generated"
         )
+    if settings.signing_key.exists():
+        try:
+            load_or_create_key(settings.signing_key, configured=True)
+        except (ValueError, OSError) as exc:
+            raise OperatorError(
+                f"token signing key {settings.signing_key} is not a usable EC P-256 private key "
+                f"({str(exc).split('. ')[0]}): replace it with one in PEM form, or remove "
+                "auth.token.signing_key to have one generated"
+            ) from None
     try:
         UserStore(settings.users_file).accounts()
     except UsersFileError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import sqlite3
 import ssl
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ def check_serve_data_dir(data_dir: Path) -> bool:
             ) from None
         created = True
     _check_writable(data_dir)
+    check_database(DataLayout(data_dir).database)
     return created
 
 
@@ -88,6 +90,25 @@ def check_existing_data_dir(data_dir: Path) -> None:
         raise OperatorError(
             f"{database} is not readable and writable by {_who()}: run as the registry's user"
         )
+    check_database(database)
+
+
+def check_database(database: Path) -> None:
+    """Refuse a database file SQLite cannot read, before the server or a command opens it
+    (a damaged file would otherwise stop them half-way, with a connection thread left behind)."""
+    if not database.exists():
+        return
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise OperatorError(
+            f"the metadata database {database} cannot be used ({exc}): is this a Trustyard "
+            "data directory? Restore a damaged one with `trustyard restore`"
+        ) from None
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -206,3 +206,52 @@ def test_version():
     assert result.returncode == 0
     assert result.stdout.startswith("trustyard ")
     assert result.stdout.split()[1][0].isdigit()
+
+
+def test_a_damaged_database_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.sqlite").write_bytes(b"this is not SQLite" * 100)
+    result = trustyard("gc", "--data-dir", str(data), timeout=60)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert f"the metadata database {data / 'metadata.sqlite'} cannot be used" in line
+    assert "file is not a database" in line
+    served = serve(tmp_path, "--data-dir", str(data))
+    assert served.returncode == 2
+    assert "file is not a database" in one_line(served)
+
+
+def test_an_unreachable_s3_store_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    import sqlite3
+
+    sqlite3.connect(data / "metadata.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    env = {
+        "TRUSTYARD_STORAGE__BACKEND": "s3",
+        "TRUSTYARD_STORAGE__S3__BUCKET": "trustyard",
+        "TRUSTYARD_STORAGE__S3__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "TRUSTYARD_STORAGE__S3__MAX_ATTEMPTS": "1",
+        "TRUSTYARD_LOG_LEVEL": "error",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+    }
+    result = trustyard("gc", "--data-dir", str(data), env=env, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("trustyard: ")]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1
+    assert lines[0].startswith("trustyard: the blob store is unavailable")
+    assert "storage.s3" in lines[0]
+
+
+def test_a_token_signing_key_that_is_no_key(tmp_path):
+    (tmp_path / "bad.pem").write_text("not a key\n")
+    config = tmp_path / "trustyard.yaml"
+    config.write_text("auth:\n  token: {signing_key: bad.pem}\n")
+    result = serve(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert f"token signing key {tmp_path / 'bad.pem'} is not a usable EC P-256 private key" in line
+    assert not (tmp_path / "data").exists()
