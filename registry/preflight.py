@@ -14,7 +14,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from storage.layout import DataLayout
+from storage.layout import SCHEMA_VERSION, DataLayout
 
 
 class OperatorError(Exception):
@@ -101,7 +101,11 @@ def check_database(database: Path) -> None:
     try:
         connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
         try:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            version = None
+            if "schema_version" in tables:
+                row = connection.execute("SELECT version FROM schema_version").fetchone()
+                version = row[0] if row else None
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
@@ -109,6 +113,11 @@ def check_database(database: Path) -> None:
             f"the metadata database {database} cannot be used ({exc}): is this a Trustyard "
             "data directory? Restore a damaged one with `trustyard restore`"
         ) from None
+    if version is not None and version != SCHEMA_VERSION:
+        raise OperatorError(
+            f"the metadata database {database} has schema version {version}; this Trustyard "
+            f"knows version {SCHEMA_VERSION}: run the Trustyard release that wrote it"
+        )
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

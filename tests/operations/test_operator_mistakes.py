@@ -255,3 +255,18 @@ def test_a_token_signing_key_that_is_no_key(tmp_path):
     line = one_line(result)
     assert f"token signing key {tmp_path / 'bad.pem'} is not a usable EC P-256 private key" in line
     assert not (tmp_path / "data").exists()
+
+
+def test_a_database_of_another_schema_version_is_one_line(tmp_path):
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "metadata.sqlite")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (999)")
+    db.commit()
+    db.close()
+    result = trustyard("decisions", "--data-dir", str(data))
+    assert result.returncode == 2
+    assert "has schema version 999; this Trustyard knows version" in one_line(result)
