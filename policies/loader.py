@@ -264,10 +264,8 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
         raise PolicyError(source, problems)
     library = Library.from_section(section, trust) if section is not None else None
     rules, rule_problems = _build_rules(document, lines, source, library, trust)
-    problems += rule_problems
-    if problems:
-        raise PolicyError(source, problems)
-    exempt_types, problems = _exempt_types(document.get("artifacts"), lines, source)
+    exempt_types, exempt_problems = _exempt_types(document.get("artifacts"), lines, source)
+    problems += rule_problems + exempt_problems
     if problems:
         raise PolicyError(source, problems)
     return Policy(
