@@ -191,3 +191,4 @@ def test_a_malformed_request_id_is_replaced(tmp_path):
     assert new_request_id("ok-id_1.2") == "ok-id_1.2"
     replaced = new_request_id('bad" id\nx')
     assert len(replaced) == 32 and replaced.isalnum()
+    assert new_request_id(None) != new_request_id(None)
