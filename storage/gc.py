@@ -20,6 +20,7 @@ simulates the same rules, cascade included, in one read snapshot and removes not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from typing import Any
 
 from registry.grammar import parse_digest
 from storage import gc_rules
-from storage.blobstore import BlobStore, StoredObject
-from storage.metadata import MetadataDB
+from storage.blobstore import BlobStore, StorageFull, StoredObject
+from storage.metadata import MetadataDB, record_gc_run
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,16 @@ class GCReport:
         self.orphan_files.sort()
         self.uploads.sort()
         return self
+
+    def summary(self) -> dict[str, int]:
+        """How many of each kind went, and the bytes freed."""
+        return {
+            "manifests": len(self.manifests),
+            "blobs": len(self.blobs),
+            "orphan_files": len(self.orphan_files),
+            "uploads": len(self.uploads),
+            "bytes_freed": self.bytes_freed,
+        }
 
     def lines(self) -> list[str]:
         """One line per removed item, then a summary."""
@@ -133,6 +144,10 @@ async def collect_garbage(
     report.sort()
     for line in report.lines():
         log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
+    if not dry_run:
+        # Remembered for the console; a disk still too full to record it fails nothing.
+        with contextlib.suppress(StorageFull):
+            await record_gc_run(db, now, report.summary())
     return report
 
 

@@ -4,6 +4,7 @@ On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
 
     <data-dir>/
     ├── metadata.sqlite            the metadata database (WAL mode; -wal and -shm beside it)
+    ├── gc-runs.json               how many times `trustyard gc` ran here, and when last
     ├── blobs/                     the content-addressed blob store (filesystem backend)
     │   └── <algorithm>/           sha256 | sha512
     │       └── <hex[0:2]>/
@@ -103,6 +104,7 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 non-empty diff_id and layer digest of each
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
+    gc_runs(started_at, finished_at, summary)   the latest garbage collections (health page)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
@@ -301,6 +303,13 @@ CREATE TABLE IF NOT EXISTS images_without_base (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_without_base_image
     ON images_without_base(repository, image_digest);
+
+CREATE TABLE IF NOT EXISTS gc_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    summary     TEXT NOT NULL          -- JSON: manifests, blobs, orphan_files, uploads, bytes_freed
+);
 """
 
 
@@ -328,6 +337,11 @@ class DataLayout:
     def database(self) -> Path:
         """The SQLite metadata database."""
         return self.root / "metadata.sqlite"
+
+    @property
+    def gc_runs(self) -> Path:
+        """The record of garbage collections run on this directory (for /metrics)."""
+        return self.root / "gc-runs.json"
 
     @property
     def blobs(self) -> Path:

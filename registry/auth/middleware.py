@@ -17,12 +17,14 @@ Answers follow the Docker registry token protocol:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from registry.auth.scopes import CATALOG, covers
 from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
+from registry.auth.sessions import session_caller
 from registry.context import CONTEXT
 from registry.errors import DENIED, UNAUTHORIZED, RegistryError
 from registry.identity import IDENTITY_KEY
@@ -45,11 +47,12 @@ REQUIRED_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 #: Paths the middleware leaves to their handler (the token endpoint authenticates itself).
-UNAUTHENTICATED_PATHS = frozenset({"/token"})
+UNAUTHENTICATED_PATHS = frozenset({"/token", "/healthz", "/readyz"})
 #: POSTs the middleware leaves to their handler: the scanner webhook checks the scanner's own
 #: credential (a bearer token or an HMAC signature from `scanners:`), not a registry account.
 SCANNER_WEBHOOK_PATHS = frozenset({"/api/v1/scans"})
-#: Trustyard's own API (decision log, image status): registry administrators only.
+#: Trustyard's own API (decision log, image status): registry administrators only (`viewer`s
+#: too for GET and HEAD).
 ADMIN_API_PREFIX = "/api/"
 
 
@@ -62,7 +65,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.method == "POST" and request.path in SCANNER_WEBHOOK_PATHS:
         return await handler(request)
     try:
-        caller = await service.authenticate(request)
+        caller = session_caller(request, service) or await service.authenticate(request)
     except RegistryError as exc:
         if exc.error is UNAUTHORIZED:
             bearer = request.headers.get(hdrs.AUTHORIZATION, "")[:7].lower() == "bearer "
@@ -76,7 +79,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if service.settings.metrics_access != "anonymous":
             _require_admin(service, caller, admin=service.settings.metrics_access == "admin")
     elif request.path.startswith(ADMIN_API_PREFIX):
-        _require_admin(service, caller, admin=True)
+        _require_admin(service, caller, admin=True, view=request.method in ("GET", "HEAD"))
     return await handler(request)
 
 
@@ -133,13 +136,34 @@ def challenge(
     request: web.Request, service: AuthService, scope: str | None, *, error: str | None = None
 ) -> dict[str, str]:
     """The `WWW-Authenticate` header sending a client to the token endpoint."""
-    realm = service.settings.realm or f"{request.scheme}://{request.host}/token"
+    realm = realm_of(request, service)
     parts = [f'realm="{realm}"', f'service="{service.settings.service}"']
     if scope:
         parts.append(f'scope="{scope}"')
     if error:
         parts.append(f'error="{error}"')
     return {hdrs.WWW_AUTHENTICATE: "Bearer " + ",".join(parts)}
+
+
+#: A Host header that may go into a challenge as it is (no quotes, commas or spaces).
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def realm_of(request: web.Request, service: AuthService) -> str:
+    """The token endpoint a challenge names: from configuration (`auth.realm`, `public_url`);
+    without it, from the Host header only when the server listens on loopback (every client is
+    on this machine), else from the address the client connected to, which a client cannot
+    forge: a `Host: evil.example` request is never told to send its password to evil.example."""
+    if service.settings.realm:
+        return service.settings.realm
+    if service.settings.loopback_only and _HOST.fullmatch(request.host or ""):
+        return f"{request.scheme}://{request.host}/token"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host = str(sockname[0])
+        host = f"[{host}]" if ":" in host else host
+        return f"{request.scheme}://{host}:{sockname[1]}/token"
+    return f"{request.scheme}://127.0.0.1/token"
 
 
 def _caller(request: web.Request) -> Caller:
@@ -202,12 +226,17 @@ def _require_library_ops(request: web.Request, service: AuthService, name: str) 
         )
 
 
-def _require_admin(service: AuthService, caller: Caller, *, admin: bool) -> None:
-    """An authenticated caller (and with `admin`, a registry administrator) or a refusal."""
+def _require_admin(
+    service: AuthService, caller: Caller, *, admin: bool, view: bool = False
+) -> None:
+    """An authenticated caller (and with `admin`, a registry administrator, or with `view` also
+    a `viewer`) or a refusal."""
     who = caller.identity
     if who.is_anonymous:
         raise RegistryError(
             UNAUTHORIZED, headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="trustyard"'}
         )
+    if view and service.permissions.can_view(who):
+        return
     if admin and not service.permissions.is_admin(who):
         raise RegistryError(DENIED, message="for registry administrators only")
