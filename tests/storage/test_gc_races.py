@@ -140,13 +140,16 @@ async def test_manifest_pushed_after_the_blob_went_is_refused_not_broken(registr
                 {"mediaType": "x", "digest": sha256(layer), "size": len(layer)},
             ],
         }
-        status, _, _ = await put_manifest(client, "app", manifest, reference="late")
-        answers.append(status)
+        body = json.dumps(manifest).encode()
+        resp = await client.put(
+            "/v2/app/manifests/late", data=body, headers={"Content-Type": OCI_MANIFEST}
+        )
+        answers.append((resp.status, error_codes(await resp.json())))
 
     await run_gc(
         registry, store_hook=lambda s: HookedStore(s, late_manifest, {"delete", "empty_trash"})
     )
-    assert answers == [404]
+    assert answers == [(400, ["MANIFEST_BLOB_UNKNOWN"])]
     resp = await client.get("/v2/app/manifests/late")
     assert resp.status == 404
     assert error_codes(await resp.json()) == ["MANIFEST_UNKNOWN"]
