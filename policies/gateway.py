@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.decisions import Action, Outcome, Verdict
+from policies.blob_access import MAX_REFERENCING, BlobAccess, Reader, Standing
+from policies.decisions import Action, Decision, Outcome, RuleVerdict, Verdict
 from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
 from policies.facts import ImageFacts, PolicyRequest, gather_facts
 from policies.library.lineage import Lineage
@@ -108,6 +109,7 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        self.blobs = BlobAccess(db, self.pull_verdict)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class PolicyGate:
             return False
         self.policy = policy
         self._cache.clear()
+        self.blobs.clear()
         log.info(
             "policy %s reloaded: %d rules, version %s",
             self.path,
@@ -255,6 +258,20 @@ class PolicyGate:
         policy = self.policy
         if policy.allows_everything:
             return {}
+        verdict, request = await self.pull_verdict(policy, repository, reference, record, identity)
+        await self._record(verdict, request)
+        return _enforce(verdict)
+
+    async def pull_verdict(
+        self,
+        policy: Policy,
+        repository: str,
+        reference: str,
+        record: ManifestRecord,
+        identity: str,
+    ) -> tuple[Verdict, PolicyRequest]:
+        """The verdict of `policy` on pulling `record`, from the cache keyed by (policy
+        version, repository, digest, evidence version) when it is still valid; unrecorded."""
         key = (
             policy.version,
             Action.PULL,
@@ -276,8 +293,7 @@ class PolicyGate:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = verdict
-        await self._record(verdict, request)
-        return _enforce(verdict)
+        return verdict, request
 
     async def check_delete(self, request: PolicyRequest, record: ManifestRecord) -> dict[str, str]:
         """Decide and record a delete; raise DENIED or return headers."""
@@ -287,6 +303,91 @@ class PolicyGate:
         verdict = await self.evaluate(request, record.media_type, record.content, policy)
         await self._record(verdict, request)
         return _enforce(verdict)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def may_read_quarantined(self, repository: str, reader: Reader) -> bool:
+        """Whether `reader` may read the content of images the pull rules refuse in
+        `repository` (a producer signing what it pushed). Nobody, for now."""
+        return False
+
+    async def check_blob_read(self, repository: str, digest: str, reader: Reader) -> None:
+        """Let a blob be read (GET, HEAD, mounted elsewhere) only if it is part of an image the
+        policy lets be pulled from `repository`; else record the refusal and raise DENIED."""
+        policy = self.policy
+        if policy.allows_everything:
+            return
+        found = await self.blobs.standing(
+            policy, repository, digest, await self.evidence_version(repository)
+        )
+        if found.standing is Standing.PULLABLE:
+            return
+        if found.standing is Standing.QUARANTINED:
+            if self.may_read_quarantined(repository, reader):
+                return
+            assert found.verdict is not None and found.manifest is not None
+            verdict = found.verdict
+            message = (
+                f"blob {digest} is only part of images the policy refuses to pull from "
+                f"{repository}: {denial_message(verdict)}"
+            )
+            manifest = found.manifest
+        else:
+            if reader.producer:
+                return
+            rule = found.rule
+            assert rule is not None
+            reason = (
+                f"blob {digest} is not part of any image of {repository} that may be pulled "
+                "(only those who may push to it can read it)"
+            )
+            verdict = Verdict(
+                Action.PULL,
+                repository,
+                digest,
+                policy.version,
+                (RuleVerdict(rule.name, "enforce", (Decision.deny(reason),)),),
+            )
+            message = f'rule "{rule.name}": {reason}'
+            manifest = digest
+        request = PolicyRequest(Action.PULL, repository, digest, manifest, (), reader.identity)
+        await self._record(verdict, request)
+        raise _denied(verdict, message, {"blob": digest})
+
+    async def check_needed(self, repository: str, digest: str, kind: str, identity: str) -> None:
+        """Refuse (DENIED, naming the rule) to delete a blob or an index child (`kind` 'blob' or
+        'manifest') that a manifest the policy does not let be deleted needs: an immutable
+        release keeps its content."""
+        policy = self.policy
+        if policy.allows_everything:
+            return
+        needing = await self.blobs.needing(repository, digest, kind, MAX_REFERENCING)
+        if needing is None:
+            raise RegistryError(
+                DENIED,
+                {kind: digest},
+                message=f"{kind} {digest} is needed by more than {MAX_REFERENCING} manifests of "
+                f"{repository}; delete those first",
+            )
+        for manifest in needing:
+            record = await self.db.get_manifest(repository, manifest)
+            if record is None:
+                continue
+            tags = tuple(await self.db.tags_of(repository, manifest))
+            request = PolicyRequest(Action.DELETE, repository, manifest, manifest, tags, identity)
+            verdict = await self.evaluate(request, record.media_type, record.content, policy)
+            if verdict.outcome is not Outcome.DENY:
+                continue
+            named = f" ({', '.join(tags)})" if tags else ""
+            await self._record(
+                verdict, PolicyRequest(Action.DELETE, repository, digest, manifest, tags, identity)
+            )
+            raise _denied(
+                verdict,
+                f"{kind} {digest} is needed by manifest {manifest}{named}, which the policy "
+                f"does not let be deleted: {denial_message(verdict)}",
+                {kind: digest, "needed_by": manifest},
+            )
 
     # -- the decision log --------------------------------------------------------------------
 
@@ -376,19 +477,20 @@ def _enforce(verdict: Verdict) -> dict[str, str]:
     if outcome is Outcome.ALLOW:
         return {}
     if outcome is Outcome.DENY:
-        raise RegistryError(
-            DENIED,
-            {
-                "policy_version": verdict.policy_version,
-                "rules": [
-                    {"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures
-                ],
-            },
-            message=denial_message(verdict),
-        )
+        raise _denied(verdict, denial_message(verdict))
     text = "; ".join(r.message() for r in verdict.failures)
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return {"Warning": f'299 trustyard "policy (warn mode): {escaped}"'}
+
+
+def _denied(verdict: Verdict, message: str, extra: dict[str, str] | None = None) -> RegistryError:
+    """DENIED with the failing rules of `verdict` in the detail."""
+    detail: dict[str, Any] = {
+        **(extra or {}),
+        "policy_version": verdict.policy_version,
+        "rules": [{"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures],
+    }
+    return RegistryError(DENIED, detail, message=message)
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

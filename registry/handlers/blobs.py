@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from policies.blob_access import Reader
+from registry.auth.middleware import may_push
 from registry.context import context
 from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
 from registry.grammar import parse_digest
+from registry.identity import identity
+
+
+def reader(request: web.Request, name: str) -> Reader:
+    """The caller of `request` as the blob gate sees them for repository `name`."""
+    return Reader(identity(request).name, may_push(request, name))
 
 
 async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -16,6 +24,8 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     size = await ctx.db.blob_in_repository(name, str(digest))
     if size is None:
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    # Policy: the bytes of an image the pull rules refuse (quarantined) are refused too.
+    await ctx.policy.check_blob_read(name, str(digest), reader(request, name))
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -89,6 +99,8 @@ async def delete_blob(request: web.Request, name: str, reference: str) -> web.St
     digest = parse_digest(reference)
     if not ctx.config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
+    # Policy: content a protected manifest (an immutable release) needs stays.
+    await ctx.policy.check_needed(name, str(digest), "blob", identity(request).name)
     if not await ctx.db.unlink_blob(name, str(digest)):
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

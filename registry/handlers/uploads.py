@@ -8,6 +8,7 @@ from aiohttp import web
 from registry.context import context
 from registry.errors import DIGEST_INVALID, RegistryError
 from registry.grammar import check_name, parse_digest
+from registry.handlers.blobs import reader
 from registry.upload_sessions import ContentRange, upload_headers
 
 
@@ -29,11 +30,14 @@ async def start_upload(request: web.Request, name: str, _: str) -> web.StreamRes
     if mount is not None:
         digest = parse_digest(mount)
         source = request.query.get("from")
-        if source:
-            check_name(source)
-            if await ctx.db.mount_blob(name, source, str(digest)) is not None:
-                return _blob_created(name, str(digest))
-        # Not mountable: fall back to a regular session, as the spec says (202).
+        if (
+            source
+            and await _mountable(request, check_name(source), str(digest))
+            and await ctx.db.mount_blob(name, source, str(digest)) is not None
+        ):
+            return _blob_created(name, str(digest))
+        # Not mountable: fall back to a regular session, as the spec says (202). A client that
+        # really holds the bytes uploads them; one that does not gets nothing.
     digest_text = request.query.get("digest")
     if digest_text is not None and mount is None:
         digest = parse_digest(digest_text)
@@ -44,6 +48,16 @@ async def start_upload(request: web.Request, name: str, _: str) -> web.StreamRes
     return web.Response(
         status=202, headers={**upload_headers(name, upload_id, 0), "Content-Length": "0"}
     )
+
+
+async def _mountable(request: web.Request, source: str, digest: str) -> bool:
+    """Whether the caller may copy the blob out of `source`: as for reading it there, a blob
+    only part of images the policy refuses to pull (quarantined) is not lent out."""
+    try:
+        await context(request).policy.check_blob_read(source, digest, reader(request, source))
+    except RegistryError:
+        return False
+    return True
 
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
