@@ -192,7 +192,14 @@ async def _serve(config: Config, policy: Policy | None) -> None:
     ssl_context = tls_context(config)
     app = create_app(config, policy)
     access_log = logging.getLogger("trustyard.access") if config.access_log else None
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=config.shutdown_timeout)
+    # keepalive_timeout also bounds the wait for a request's headers from the moment a
+    # connection opens or a response ends: a client trickling header bytes is cut off.
+    runner = web.AppRunner(
+        app,
+        access_log=access_log,
+        shutdown_timeout=config.shutdown_timeout,
+        keepalive_timeout=config.idle_timeout,
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

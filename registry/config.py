@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "uploads": {"stale_after": "24h", "cleanup_interval": "1h"},
     "gc": {"grace_period": "1h", "delete_untagged": True},
     "shutdown_timeout": "30s",
+    "idle_timeout": "60s",
 }
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -82,6 +83,12 @@ class Config:
         if section.get("reload", True) is False:
             return None
         return parse_duration(section.get("poll_interval", "2s"))
+
+    @property
+    def idle_timeout(self) -> float:
+        """How long a connection may go without a whole request's headers (a client trickling
+        them, or an idle keep-alive) before it is closed."""
+        return parse_duration(self.raw.get("idle_timeout", DEFAULTS["idle_timeout"]))
 
     @property
     def auth_enabled(self) -> bool:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from policies.blob_access import Reader
 from registry.auth.middleware import may_push
 from registry.context import context
 from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
-from registry.grammar import parse_digest
+from registry.grammar import MAX_DIGITS, parse_digest
 from registry.identity import identity
+
+#: The one form of `Range` served: `bytes=<start>-[<end>]` or `bytes=-<suffix>`, ASCII digits.
+_NUMBER = f"[0-9]{{1,{MAX_DIGITS}}}"
+_RANGE_RE = re.compile(rf"bytes=(?:{_NUMBER}-(?:{_NUMBER})?|-{_NUMBER})")
 
 
 def reader(request: web.Request, name: str) -> Reader:
@@ -74,6 +80,10 @@ def _requested_range(request: web.Request, size: int) -> tuple[int, int]:
         message="requested range not satisfiable",
         headers={"Content-Range": f"bytes */{size}"},
     )
+    # One range of ASCII digits (aiohttp's parser also reads other scripts' digits, and
+    # raises on huge numbers only after converting them).
+    if _RANGE_RE.fullmatch(request.headers["Range"]) is None:
+        raise unsatisfiable
     try:
         requested = request.http_range
     except ValueError:

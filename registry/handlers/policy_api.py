@@ -27,7 +27,7 @@ from registry.errors import (
     QUERY_INVALID,
     RegistryError,
 )
-from registry.grammar import check_name
+from registry.grammar import check_name, parse_count
 from registry.handlers.manifests import find_manifest
 from registry.identity import identity
 
@@ -86,13 +86,15 @@ async def list_decisions(request: web.Request) -> web.StreamResponse:
             raise _bad_query("since", query["since"], str(exc)) from None
     limit = DEFAULT_PAGE
     if query.get("n"):
-        if not query["n"].isdigit():
+        count = parse_count(query["n"])
+        if count is None:
             raise _bad_query("n", query["n"], "n must be an integer >= 0")
-        limit = min(int(query["n"]), MAX_PAGE)
+        limit = min(count, MAX_PAGE)
     if query.get("last"):
-        if not query["last"].isdigit():
+        before = parse_count(query["last"])
+        if before is None:
             raise _bad_query("last", query["last"], "last must be a decision id")
-        filters["before_id"] = int(query["last"])
+        filters["before_id"] = before
     await ctx.policy.flush()
     rows = await ctx.db.list_decisions(limit=limit + 1, **filters)
     more = len(rows) > limit
