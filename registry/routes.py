@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from registry.auth.middleware import authorize, authorize_base, authorize_catalog
 from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
@@ -121,26 +122,40 @@ async def _authorized_catalog(request: web.Request) -> web.StreamResponse:
     return await listing.catalog(request)
 
 
+async def _expect(request: web.Request) -> None:
+    """`Expect: 100-continue` is answered as aiohttp does; any other expectation is ignored
+    (RFC 9110 allows it) instead of being refused outside the error middleware (a 417 without
+    the spec's body, or a 500 for bytes that are not UTF-8)."""
+    if request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue":
+        await _default_expect_handler(request)
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
-    app.router.add_route("*", "/v2", _redirect_base)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch, expect_handler=_expect)
+    app.router.add_route("*", "/v2", _redirect_base, expect_handler=_expect)
+    app.router.add_get("/metrics", metrics_endpoint, expect_handler=_expect)
     # Trustyard's own API (policy decisions and image status), beside the OCI one.
-    app.router.add_get("/api/v1/decisions", policy_api.list_decisions)
+    app.router.add_get("/api/v1/decisions", policy_api.list_decisions, expect_handler=_expect)
     app.router.add_get(
-        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status
+        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status",
+        policy_api.image_status,
+        expect_handler=_expect,
     )
     # The base-image library (policies.library).
-    app.router.add_get("/api/v1/library", library_api.library_overview)
+    app.router.add_get("/api/v1/library", library_api.library_overview, expect_handler=_expect)
     app.router.add_get(
-        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers", library_api.library_consumers
+        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers",
+        library_api.library_consumers,
+        expect_handler=_expect,
     )
     # Scan reports in (the scanner webhook) and out.
-    app.router.add_post("/api/v1/scans", scans_webhook.post_scan)
-    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans)
+    app.router.add_post("/api/v1/scans", scans_webhook.post_scan, expect_handler=_expect)
+    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans, expect_handler=_expect)
     # Events not yet delivered.
-    app.router.add_get("/api/v1/events/deliveries", events_api.list_deliveries)
+    app.router.add_get(
+        "/api/v1/events/deliveries", events_api.list_deliveries, expect_handler=_expect
+    )
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:

@@ -309,6 +309,11 @@ RAW_REQUESTS = {
     + b"\r\n"
     + CLOSE
     + b"\r\n",
+    "expect byte": b"GET /v2/nope/tags/list HTTP/1.1\r\nHost: x\r\nExpect: \x80\r\n"
+    + CLOSE
+    + b"\r\n",
+    "expect unknown": b"PUT /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n"
+    b"Content-Length: 2\r\n" + CLOSE + b"\r\n{}",
     "raw webhook headers": b"POST /api/v1/scans HTTP/1.1\r\nHost: x\r\n"
     b"Trustyard-Timestamp: \xc2\xb2\r\nTrustyard-Signature: sha256=\xff\r\n"
     b"Content-Length: 2\r\n" + CLOSE + b"\r\n{}",
