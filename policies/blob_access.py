@@ -74,10 +74,13 @@ class BlobStanding:
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """Who asks to read a blob: their identity, and whether they may push to its repository."""
+    """Who asks to read a blob: their identity, whether they may push to its repository, and
+    (asked only for quarantined content) why they may read quarantined images of it anyway,
+    None when they may not."""
 
     identity: str
     producer: bool
+    quarantine_reader: Callable[[], str | None] | None = None
 
 
 _Key = tuple[str, str, str, int]

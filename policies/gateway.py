@@ -308,19 +308,31 @@ class PolicyGate:
 
     def may_read_quarantined(self, repository: str, reader: Reader) -> bool:
         """Whether `reader` may read the content of images the pull rules refuse in
-        `repository` (a producer signing what it pushed). Nobody, for now."""
-        return False
+        `repository` (a producer signing what it pushed): the reader's own answer, asked only
+        now; nobody when the handler gives none."""
+        why = reader.quarantine_reader() if reader.quarantine_reader is not None else None
+        if why is not None:
+            log.info("blob of a quarantined image of %s read: %s", repository, why)
+        return why is not None
 
-    async def check_blob_read(self, repository: str, digest: str, reader: Reader) -> None:
-        """Let a blob be read (GET, HEAD, mounted elsewhere) only if it is part of an image the
-        policy lets be pulled from `repository`; else record the refusal and raise DENIED."""
+    async def check_blob_read(
+        self, repository: str, digest: str, reader: Reader, *, content: bool = True
+    ) -> None:
+        """Let a blob be read (GET, mounted elsewhere; HEAD with `content` false) only if it is
+        part of an image the policy lets be pulled from `repository`; else record the refusal
+        and raise DENIED.
+
+        Whoever may push to the repository may always learn that a blob is there (HEAD): clients
+        check each blob before and after uploading it, also when an image they push shares
+        layers with a quarantined one; no bytes leave that way.
+        """
         policy = self.policy
         if policy.allows_everything:
             return
         found = await self.blobs.standing(
             policy, repository, digest, await self.evidence_version(repository)
         )
-        if found.standing is Standing.PULLABLE:
+        if found.standing is Standing.PULLABLE or (reader.producer and not content):
             return
         if found.standing is Standing.QUARANTINED:
             if self.may_read_quarantined(repository, reader):

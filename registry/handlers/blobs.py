@@ -19,8 +19,10 @@ _RANGE_RE = re.compile(rf"bytes=(?:{_NUMBER}-(?:{_NUMBER})?|-{_NUMBER})")
 
 
 def reader(request: web.Request, name: str) -> Reader:
-    """The caller of `request` as the blob gate sees them for repository `name`."""
-    return Reader(identity(request).name, may_push(request, name))
+    """The caller of `request` as the blob gate sees them for repository `name`. Nobody reads
+    quarantined content here unless a quarantine reader is given (who may read a quarantined
+    image is the manifest pull's question, asked the same way)."""
+    return Reader(identity(request).name, may_push(request, name), None)
 
 
 async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -31,7 +33,9 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     if size is None:
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
     # Policy: the bytes of an image the pull rules refuse (quarantined) are refused too.
-    await ctx.policy.check_blob_read(name, str(digest), reader(request, name))
+    await ctx.policy.check_blob_read(
+        name, str(digest), reader(request, name), content=request.method != "HEAD"
+    )
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
