@@ -8,7 +8,8 @@
 
 Workloads: blob push (monolithic, chunked) and pull (single, concurrent); 1,000 small blobs
 pushed and pulled by 16 clients; manifest GET by tag and HEAD by digest at 64 connections;
-the same with a 100-rule policy loaded; a cold `docker pull` of a 10-layer image through a
+the same with a 100-rule policy loaded (a signature rule and a vulnerability rule among them,
+satisfied by a cosign signature and a clean scan report; blob gating on); a cold `docker pull` of a 10-layer image through a
 private dockerd; peak RSS; with `s3` (bench/s3.py), blob push and pull with both registries'
 S3 drivers on one SeaweedFS, redirect off and on. The "limit" column: write+fsync of the same
 bytes for pushes, bench/limit_server.py (plain sendfile) for pulls and manifests, a presigned
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -45,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.evidence import Evidence
 from bench.limit_server import disk_write_limit, small_files_write_limit
 from bench.s3 import (
     S3_KEYS,
@@ -169,17 +172,35 @@ METRICS: list[Metric] = [
         "static",
     ),
     Metric("manifest_head_digest_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
-    Metric("policy_get_tag_rps", "{rules}-rule policy: GET tag", "req/s", "higher", "policy"),
-    Metric("policy_get_tag_p50", "{rules}-rule policy: GET tag p50", "ms", "lower", "policy"),
-    Metric("policy_get_tag_p99", "{rules}-rule policy: GET tag p99", "ms", "lower", "policy"),
     Metric(
-        "policy_head_digest_rps", "{rules}-rule policy: HEAD digest", "req/s", "higher", "policy"
+        "policy_get_tag_rps", "{rules}-rule policy+evidence: GET tag", "req/s", "higher", "policy"
     ),
     Metric(
-        "policy_head_digest_p50", "{rules}-rule policy: HEAD digest p50", "ms", "lower", "policy"
+        "policy_get_tag_p50", "{rules}-rule policy+evidence: GET tag p50", "ms", "lower", "policy"
     ),
     Metric(
-        "policy_head_digest_p99", "{rules}-rule policy: HEAD digest p99", "ms", "lower", "policy"
+        "policy_get_tag_p99", "{rules}-rule policy+evidence: GET tag p99", "ms", "lower", "policy"
+    ),
+    Metric(
+        "policy_head_digest_rps",
+        "{rules}-rule policy+evidence: HEAD digest",
+        "req/s",
+        "higher",
+        "policy",
+    ),
+    Metric(
+        "policy_head_digest_p50",
+        "{rules}-rule policy+evidence: HEAD digest p50",
+        "ms",
+        "lower",
+        "policy",
+    ),
+    Metric(
+        "policy_head_digest_p99",
+        "{rules}-rule policy+evidence: HEAD digest p99",
+        "ms",
+        "lower",
+        "policy",
     ),
     Metric(
         "docker_pull_s",
@@ -327,9 +348,11 @@ def start_trustyard(
     timeout: float,
     policy: Path | None = None,
     s3: tuple[S3Env, bool] | None = None,
+    config: Path | None = None,
 ) -> Server:
-    """Start `python -m registry serve` through the tests' helper (with `--policy` if given;
-    with `s3` = (SeaweedFS, redirect), blobs in S3 through a `--config` file)."""
+    """Start `python -m registry serve` through the tests' helper (with `--policy` and
+    `--config` if given; with `s3` = (SeaweedFS, redirect), blobs in S3 through a `--config`
+    file)."""
     from tests.server_process import start_registry
 
     env = {
@@ -337,6 +360,8 @@ def start_trustyard(
     }
     key = "trustyard" if policy is None else "trustyard_policy"
     extra = [] if policy is None else ["--policy", str(policy)]
+    if config is not None:
+        extra += ["--config", str(config)]
     if s3 is not None:
         key = S3_KEYS[("trustyard", s3[1])]
         (tmp / key).mkdir(parents=True, exist_ok=True)
@@ -387,10 +412,22 @@ def start_limit(tmp: Path, timeout: float) -> Server:
     return server
 
 
-def policy_file(path: Path, rules: int) -> Path:
+def policy_file(path: Path, rules: int, trust_pem: str | None = None) -> Path:
     """A `rules`-rule policy: most rules about other repositories (so the engine has to match
-    and skip them), a few that match pulls of the benchmark repositories and hold, none denying."""
+    and skip them), a few that match pulls of the benchmark repositories and hold, none denying:
+    with `trust_pem`, among them a signature rule (that key) and a vulnerability rule, which the
+    seeded image's evidence (bench/evidence.py) satisfies. Blob gating is on with any policy."""
+    evidence_rules = [
+        ("bench images are signed", "[pull]", "{signature: {any_of: [bench]}}", None),
+        (
+            "bench images are scanned clean",
+            "[pull]",
+            "{vulnerabilities: {max: {critical: 0, high: 0}, require_scan: true}}",
+            None,
+        ),
+    ]
     bench_rules = [
+        *(evidence_rules if trust_pem is not None else []),
         ("bench pulls are OCI or Docker", "[pull]", "{media_types: [oci, docker]}", None),
         ("bench images are small", "[pull]", "{max_size: 1GiB}", None),
         (
@@ -411,7 +448,10 @@ def policy_file(path: Path, rules: int) -> Path:
         "{max_size: 2GiB}",
         "{platforms: {allowed: [linux/amd64, linux/arm64]}}",
     ]
-    lines = ["version: 1", "mode: enforce", "rules:"]
+    lines = ["version: 1", "mode: enforce"]
+    if trust_pem is not None:
+        lines += ["trust:", "  keys:", f"    bench: {{pem: {json.dumps(trust_pem)}}}"]
+    lines.append("rules:")
     n_other = max(0, rules - len(bench_rules))
     for i in range(n_other):
         on = ("[pull]", "[push]", "[push, pull]", "[pull, delete]")[i % 4]
@@ -506,6 +546,7 @@ class Bench:
     registries: list[Server]  # Trustyard and/or the reference, in start order
     limit: Server | None = None
     policy: Server | None = None
+    evidence: Evidence | None = None  # what the policy server's signature and scan rules need
     dockerd: PrivateDockerd | None = None
     image: DockerImage | None = None
     seeds: dict[str, SeededImage] | None = None
@@ -893,9 +934,12 @@ async def setup(b: Bench, servers: list[Server]) -> None:
     async with make_session(8, timeout=args.op_timeout) as session:
         if b.on("manifest") or b.on("policy"):
             for server in seeded_targets:
+                add = None
+                if server is b.policy and b.evidence is not None:
+                    add = functools.partial(b.evidence.add, session, server.url, MANIFEST_REPO)
                 try:
                     b.seeds[server.key] = await asyncio.wait_for(
-                        seed_image(session, server.url, MANIFEST_REPO), 120
+                        seed_image(session, server.url, MANIFEST_REPO, evidence=add), 120
                     )
                 except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     print(f"  ! {server.name}: seeding the manifest failed: {exc}", file=sys.stderr)
@@ -1462,15 +1506,19 @@ def main(argv: list[str] | None = None) -> int:
                     servers.append(server)
                     s3_env.servers[server.key] = server
                     print(f"  {server.name} at {server.url} (pid {server.pid})", flush=True)
-        policy_server = None
+        policy_server, evidence = None, None
         if "policy" in args.workloads and "trustyard" in keys:
             if not server_has_policy_option():
                 args.policy_skipped = "server has no --policy"
                 print("  skipped: server has no --policy", flush=True)
             else:
-                path = policy_file(tmp / "policy.yaml", args.policy_rules)
+                evidence = Evidence()
+                path = policy_file(tmp / "policy.yaml", args.policy_rules, evidence.public_pem())
+                config = evidence.write_config(tmp / "policy-config.json")
                 try:
-                    policy_server = start_trustyard(tmp, args.start_timeout, policy=path)
+                    policy_server = start_trustyard(
+                        tmp, args.start_timeout, policy=path, config=config
+                    )
                 except BenchError as exc:
                     args.policy_skipped = f"Trustyard did not start with the policy: {exc}"
                     print(f"  ! skipped the policy workload: {exc}", file=sys.stderr)
@@ -1489,6 +1537,7 @@ def main(argv: list[str] | None = None) -> int:
             blob,
             registries,
             policy=policy_server,
+            evidence=evidence,
             dockerd=dockerd,
             image=image,
             s3=s3_env,
