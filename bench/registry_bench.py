@@ -9,9 +9,10 @@
 Workloads: blob push (monolithic, chunked) and pull (single, concurrent); 1,000 small blobs
 pushed and pulled by 16 clients; manifest GET by tag and HEAD by digest at 64 connections;
 the same with a 100-rule policy loaded (a signature rule and a vulnerability rule among them,
-satisfied by a cosign signature and a clean scan report; blob gating on); a cold `docker pull` of a 10-layer image through a
-private dockerd; peak RSS; with `s3` (bench/s3.py), blob push and pull with both registries'
-S3 drivers on one SeaweedFS, redirect off and on. The "limit" column: write+fsync of the same
+satisfied by a cosign signature and a clean scan report; blob gating on); a cold
+`docker pull` of a 10-layer image through a private dockerd; peak RSS; with `s3`
+(bench/s3.py), blob push and pull with both registries' S3 drivers on one SeaweedFS, redirect
+off and on. The "limit" column: write+fsync of the same
 bytes for pushes, bench/limit_server.py (plain sendfile) for pulls and manifests, a presigned
 PUT/GET straight to SeaweedFS for the S3 rows.
 
