@@ -55,6 +55,8 @@ def verify(
         return f"{TIMESTAMP_HEADER} must be Unix seconds in ASCII digits"
     if abs((time.time() if now is None else now) - seconds) > tolerance:
         return f"{TIMESTAMP_HEADER} is more than {int(tolerance)}s from the server's clock"
-    if not hmac.compare_digest(given.encode(), signature(secret, timestamp, body).encode()):
+    if not given.isascii() or not hmac.compare_digest(
+        given.encode(), signature(secret, timestamp, body).encode()
+    ):
         return "the signature does not match the body"
     return None

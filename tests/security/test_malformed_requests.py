@@ -314,6 +314,14 @@ RAW_REQUESTS = {
     + b"\r\n",
     "expect unknown": b"PUT /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n"
     b"Content-Length: 2\r\n" + CLOSE + b"\r\n{}",
+    "raw webhook signature": b"POST /api/v1/scans HTTP/1.1\r\nHost: x\r\n"
+    b"Trustyard-Timestamp: " + str(int(time.time())).encode() + b"\r\n"
+    b"Trustyard-Signature: sha256=\xff\xfe\r\nContent-Length: 2\r\n" + CLOSE + b"\r\n{}",
+    "raw webhook scanner": b"POST /api/v1/scans HTTP/1.1\r\nHost: x\r\n"
+    b"Trustyard-Scanner: \xff\r\nTrustyard-Timestamp: 1\r\nTrustyard-Signature: x\r\n"
+    b"Content-Length: 2\r\n" + CLOSE + b"\r\n{}",
+    "raw webhook bearer": b"POST /api/v1/scans HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization: Bearer \xff\xfe\r\nContent-Length: 2\r\n" + CLOSE + b"\r\n{}",
     "raw webhook headers": b"POST /api/v1/scans HTTP/1.1\r\nHost: x\r\n"
     b"Trustyard-Timestamp: \xc2\xb2\r\nTrustyard-Signature: sha256=\xff\r\n"
     b"Content-Length: 2\r\n" + CLOSE + b"\r\n{}",
