@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from registry.grammar import parse_count
+
 ENV_PREFIX = "TRUSTYARD_"
 
 DEFAULTS: dict[str, Any] = {
@@ -161,12 +163,13 @@ def _validate(document: dict[str, Any], source: str) -> None:
 
 def _build(document: dict[str, Any]) -> Config:
     host, _, port_text = str(document["listen"]).rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"listen: expected HOST:PORT, got {document['listen']!r}")
+    port = parse_count(port_text, 5)
+    if not host or port is None or not 0 < port < 65536:
+        raise ConfigError(f"listen: expected HOST:PORT, got {document['listen']!r:.100}")
     storage = document["storage"]
     return Config(
         host=host.strip("[]"),
-        port=int(port_text),
+        port=port,
         data_dir=Path(document["data_dir"]),
         log_level=document["log_level"],
         access_log=document["access_log"],

@@ -138,9 +138,12 @@ _HEADER_NAMES = st.sampled_from(
      "Trustyard-Signature", "Trustyard-Scanner", "If-None-Match", "If-Range", "Transfer-Encoding",
      "Expect", "Cookie", "X-Forwarded-For"]
 )  # fmt: skip
-_HEADER_VALUES = (st.binary(max_size=60) | _VALUES.map(lambda t: t.encode("utf-8"))).filter(
-    lambda b: not any(c in b for c in b"\r\n\x00") and b.strip() == b
-)
+_PREFIXES = st.sampled_from([b"Bearer ", b"Basic ", b"bytes=", b"bytes ", b"sha256=", b"17000"])
+_HEADER_VALUES = (
+    st.binary(max_size=60)
+    | _VALUES.map(lambda t: t.encode("utf-8"))
+    | st.builds(lambda p, b: p + b, _PREFIXES, st.binary(max_size=30) | _DIGITS.map(str.encode))
+).filter(lambda b: not any(c in b for c in b"\r\n\x00") and b.strip() == b)
 
 
 def _percent(text: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from registry.config import ConfigError, load_config
 from registry.context import CONTEXT
 from registry.events.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from tests.oci import error_codes, push_blob, push_image, sha256
@@ -375,3 +376,9 @@ def test_a_client_trickling_headers_is_cut_off(tmp_path: Path) -> None:
         assert 1.5 <= elapsed < 15, elapsed
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("port", ["²", "٣", "5_000", "+5000", "9" * 5000])
+def test_listen_port_must_be_ascii_digits(port: str) -> None:
+    with pytest.raises(ConfigError, match="listen: expected HOST:PORT"):
+        load_config(environ={}, overrides={"listen": f"127.0.0.1:{port}"})
