@@ -132,7 +132,9 @@ async def _expect(request: web.Request) -> None:
 
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch, expect_handler=_expect)
+    # [\s\S]: a path may hold a percent-encoded newline, which `.` does not match; the
+    # dispatcher answers it with the spec's error (NAME_INVALID), not aiohttp's plain 404.
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch, expect_handler=_expect)
     app.router.add_route("*", "/v2", _redirect_base, expect_handler=_expect)
     app.router.add_get("/metrics", metrics_endpoint, expect_handler=_expect)
     # Trustyard's own API (policy decisions and image status), beside the OCI one.

@@ -296,6 +296,7 @@ RAW_REQUESTS = {
     + b"\r\n",
     "raw arabic n": b"GET /v2/app/tags/list?n=\xd9\xa3 HTTP/1.1\r\nHost: x\r\n" + CLOSE + b"\r\n",
     "raw byte n": b"GET /v2/app/tags/list?n=\xff HTTP/1.1\r\nHost: x\r\n" + CLOSE + b"\r\n",
+    "encoded newline": b"GET /v2/%0A/blobs/v1 HTTP/1.1\r\nHost: x\r\n" + CLOSE + b"\r\n",
     "raw bytes name": b"GET /v2/\xff\xfe/tags/list HTTP/1.1\r\nHost: x\r\n" + CLOSE + b"\r\n",
     "raw range": b"GET /v2/app/blobs/sha256:" + b"a" * 64 + b" HTTP/1.1\r\nHost: x\r\n"
     b"Range: bytes=\xd9\xa3-\r\n" + CLOSE + b"\r\n",
