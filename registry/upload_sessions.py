@@ -310,9 +310,9 @@ async def _unless_cancelled(session: _Session, upload_id: str) -> AsyncIterator[
     try:
         yield
     except Exception as exc:
-        if session.cancelled and not (
-            isinstance(exc, RegistryError) and exc.error is BLOB_UPLOAD_UNKNOWN
-        ):
+        # A refusal the request chose (a digest mismatch cancels the session itself) stands.
+        chosen = isinstance(exc, RegistryError) and exc.error.status < 500
+        if session.cancelled and not chosen:
             log.info("upload %s cancelled while a request used it: %s", upload_id, exc)
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id}) from None
         raise

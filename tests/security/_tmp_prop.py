@@ -193,7 +193,7 @@ _REQUESTS = st.tuples(
 
 
 @settings(
-    max_examples=800,
+    max_examples=2000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
