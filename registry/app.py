@@ -20,7 +20,7 @@ from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
-from registry.routes import add_routes
+from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
@@ -41,6 +41,7 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     app.cleanup_ctx.append(_resources(config, policy))
     add_routes(app)
     setup_auth(app, config)
+    add_fallback(app)  # last: every other route first
     return app
 
 

@@ -162,3 +162,27 @@ def add_routes(app: web.Application) -> None:
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMovedPermanently("/v2/")
+
+
+def add_fallback(app: web.Application) -> None:
+    """Answer every path no route serves (and every method a route does not take) with the
+    spec's error body, `Expect` handled as on the API's routes. Added after every other route:
+    the router tries routes in the order they were added."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route, expect_handler=_expect)
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise RegistryError(
+            UNSUPPORTED,
+            {"method": request.method},
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+    raise RegistryError(NOT_FOUND, {"path": request.path[:300]})
