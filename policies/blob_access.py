@@ -115,10 +115,22 @@ class BlobAccess:
         self.db = db
         self._pull_verdict = pull_verdict
         self._cache: dict[_Key, BlobStanding] = {}
+        self._rules: dict[tuple[str, str], list[Rule]] = {}
 
     def clear(self) -> None:
         """Forget every cached standing (a new policy)."""
         self._cache.clear()
+        self._rules.clear()
+
+    def _guards(self, policy: Policy, repository: str) -> list[Rule]:
+        """The push and pull rules concerning `repository`, matched once per policy version."""
+        key = (policy.version, repository)
+        found = self._rules.get(key)
+        if found is None:
+            if len(self._rules) >= CACHE_SIZE:
+                self._rules.clear()
+            found = self._rules[key] = rules_concerning(policy, repository, _PUSH_OR_PULL)
+        return found
 
     async def standing(
         self, policy: Policy, repository: str, digest: str, evidence: int
@@ -126,7 +138,7 @@ class BlobAccess:
         """The blob's standing in `repository` under `policy` (cached by evidence version)."""
         # A repository no rule watches: nothing to hide. One only push rules watch still hides
         # what no manifest needs (the blobs of a refused push).
-        guards = rules_concerning(policy, repository, _PUSH_OR_PULL)
+        guards = self._guards(policy, repository)
         if not guards:
             return BlobStanding(Standing.PULLABLE)
         key = (policy.version, repository, digest, evidence)
