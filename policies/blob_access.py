@@ -7,7 +7,8 @@ or anybody who learns the digests could fetch the layers, or mount them into a r
 rule watches and pull them from there. So a blob of a repository stands as one of:
 
 - **pullable**: some manifest of the repository that needs it (directly, or as the child of an
-  index that may be pulled) may be pulled, or no rule concerns the repository at all. A blob
+  index that may be pulled) may be pulled, or no rule concerns the repository at all (and the
+  policy's decision for requests no rule matches lets them through). A blob
   shared with a pullable image stays pullable: the puller could fetch it through that image.
 - **quarantined**: every manifest of the repository that needs it is refused; the denial names
   the rules of the refused image.
@@ -30,7 +31,7 @@ from enum import StrEnum
 
 from policies.decisions import Action, Outcome, Verdict, earliest
 from policies.engine import Policy
-from policies.facts import PolicyRequest
+from policies.facts import ImageFacts, PolicyRequest
 from policies.rules import Rule
 from storage.metadata import ManifestRecord, MetadataDB
 
@@ -63,12 +64,12 @@ class Standing(StrEnum):
 @dataclass(frozen=True, slots=True)
 class BlobStanding:
     """A blob's standing in a repository, with the refused manifest and its verdict when
-    quarantined, or the first pull rule concerning the repository when unreferenced."""
+    quarantined, or the rule that concerns the repository when unreferenced."""
 
     standing: Standing
     manifest: str | None = None
     verdict: Verdict | None = None
-    rule: Rule | None = None
+    rule: str | None = None  # the rule that makes an unreferenced blob private
     valid_until: float | None = None
 
 
@@ -104,8 +105,26 @@ def rules_concerning(policy: Policy, repository: str, actions: frozenset[Action]
     )
 
 
-_PULL = frozenset({Action.PULL})
 _PUSH_OR_PULL = frozenset({Action.PUSH, Action.PULL})
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    guard: str | None  # the rule named when an unreferenced blob is refused; None: none is
+    pulls_judged: bool  # whether pulls of the repository's manifests can be refused at all
+
+
+def _scope(policy: Policy, repository: str) -> _Scope:
+    """A repository's scope: the rules concerning it, and what the policy decides for a pull
+    no rule matches (its `default:`, when the policy has one)."""
+    rules = rules_concerning(policy, repository, _PUSH_OR_PULL)
+    unmatched = PolicyRequest(Action.PULL, repository, "", "", ())
+    default = policy.evaluate(unmatched, ImageFacts(digest="", media_type=""), [])
+    default_denies = default.outcome is Outcome.DENY
+    pulls_judged = default_denies or any(Action.PULL in r.match.actions for r in rules)
+    if rules:
+        return _Scope(rules[0].name, pulls_judged)
+    return _Scope(default.rule if default_denies else None, pulls_judged)
 
 
 class BlobAccess:
@@ -115,49 +134,49 @@ class BlobAccess:
         self.db = db
         self._pull_verdict = pull_verdict
         self._cache: dict[_Key, BlobStanding] = {}
-        self._rules: dict[tuple[str, str], list[Rule]] = {}
+        self._scopes: dict[tuple[str, str], _Scope] = {}
 
     def clear(self) -> None:
         """Forget every cached standing (a new policy)."""
         self._cache.clear()
-        self._rules.clear()
+        self._scopes.clear()
 
-    def _guards(self, policy: Policy, repository: str) -> list[Rule]:
-        """The push and pull rules concerning `repository`, matched once per policy version."""
+    def _scope(self, policy: Policy, repository: str) -> _Scope:
+        """What the policy says about the repository's blobs, worked out once per policy
+        version: the rule that makes its unreferenced blobs private (None: nothing does), and
+        whether its manifests' pull verdicts must be consulted."""
         key = (policy.version, repository)
-        found = self._rules.get(key)
+        found = self._scopes.get(key)
         if found is None:
-            if len(self._rules) >= CACHE_SIZE:
-                self._rules.clear()
-            found = self._rules[key] = rules_concerning(policy, repository, _PUSH_OR_PULL)
+            if len(self._scopes) >= CACHE_SIZE:
+                self._scopes.clear()
+            found = self._scopes[key] = _scope(policy, repository)
         return found
 
     async def standing(
         self, policy: Policy, repository: str, digest: str, evidence: int
     ) -> BlobStanding:
         """The blob's standing in `repository` under `policy` (cached by evidence version)."""
-        # A repository no rule watches: nothing to hide. One only push rules watch still hides
-        # what no manifest needs (the blobs of a refused push).
-        guards = self._guards(policy, repository)
-        if not guards:
+        scope = self._scope(policy, repository)
+        if scope.guard is None:  # a repository the policy leaves open: nothing to hide
             return BlobStanding(Standing.PULLABLE)
         key = (policy.version, repository, digest, evidence)
         found = self._cache.get(key)
         if found is not None and (found.valid_until is None or time.time() < found.valid_until):
             return found
-        found = await self._decide(policy, repository, digest, guards[0])
+        found = await self._decide(policy, repository, digest, scope)
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
         self._cache[key] = found
         return found
 
     async def _decide(
-        self, policy: Policy, repository: str, digest: str, first_rule: Rule
+        self, policy: Policy, repository: str, digest: str, scope: _Scope
     ) -> BlobStanding:
         needing = await self.db.manifests_needing(repository, digest, "blob", MAX_REFERENCING)
         if not needing:
-            return BlobStanding(Standing.UNREFERENCED, rule=first_rule)
-        if not rules_concerning(policy, repository, _PULL):
+            return BlobStanding(Standing.UNREFERENCED, rule=scope.guard)
+        if not scope.pulls_judged:
             return BlobStanding(Standing.PULLABLE)
         refused: tuple[str, Verdict] | None = None
         moments: list[float | None] = []
@@ -170,7 +189,7 @@ class BlobAccess:
                 refused = (manifest, verdict)
         if refused is None:  # refused only for want of a pullable index above it
             return BlobStanding(
-                Standing.UNREFERENCED, rule=first_rule, valid_until=earliest(moments)
+                Standing.UNREFERENCED, rule=scope.guard, valid_until=earliest(moments)
             )
         return BlobStanding(
             Standing.QUARANTINED, refused[0], refused[1], valid_until=earliest(moments)

@@ -368,9 +368,9 @@ class PolicyGate:
                 repository,
                 digest,
                 policy.version,
-                (RuleVerdict(rule.name, "enforce", (Decision.deny(reason),)),),
+                (RuleVerdict(rule, "enforce", (Decision.deny(reason),)),),
             )
-            message = f'rule "{rule.name}": {reason}'
+            message = f'rule "{rule}": {reason}'
             manifest = digest
         request = PolicyRequest(Action.PULL, repository, digest, manifest, (), reader.identity)
         await self._record(verdict, request)
