@@ -204,6 +204,20 @@ METRICS: list[Metric] = [
         "policy",
     ),
     Metric(
+        "pair_get_tag_rps",
+        "GET tag, both at once: req/s with / without policy",
+        "x",
+        "higher",
+        "policy",
+    ),
+    Metric(
+        "pair_get_tag_p99",
+        "GET tag, both at once: p99 with / without policy",
+        "x",
+        "lower",
+        "policy",
+    ),
+    Metric(
         "docker_pull_s",
         "docker pull, {docker_layers} layers, {docker_size}, cold",
         "s",
@@ -879,6 +893,46 @@ async def measure_manifests(
                     rec.add(f"{prefix}_gen_cpu", server.column, gen_cores)
 
 
+async def measure_paired(b: Bench, round_no: int) -> None:
+    """GET by tag on the Trustyard without a policy and the one with it, both loaded at the
+    same time (each with its own wrk and `--connections`): they share whatever else runs on the
+    machine, so the ratio of the two stays fair when the machine is busy, where runs one after
+    the other measure the background as much as the servers."""
+    args, rec, seeds = b.args, b.rec, b.seeds or {}
+    plain = next((s for s in b.registries if s.key == "trustyard"), None)
+    gated = b.policy
+    metrics = ["pair_get_tag_rps", "pair_get_tag_p99"]
+    if plain is None or gated is None or plain.key not in seeds or gated.key not in seeds:
+        rec.fail(metrics, "trustyard", "both Trustyards must be running and seeded")
+        return
+    runs = []
+    for i, server in enumerate((plain, gated)):
+        seed = seeds[server.key]
+        workdir = b.tmp / f"pair-{i}"
+        workdir.mkdir(exist_ok=True)
+        url = f"{server.url}/v2/{seed.name}/manifests/{seed.tag}"
+        runs.append(load(url, "GET", args, args.duration, workdir))
+    try:
+        without, with_policy = await asyncio.wait_for(asyncio.gather(*runs), args.duration + 120)
+    except (BenchError, TimeoutError, OSError) as exc:
+        rec.fail(metrics, "trustyard", f"round {round_no + 1}: {exc}")
+        return
+    for res in (without, with_policy):
+        if res.requests == 0 or res.error_count > res.requests * 0.01:
+            rec.fail(metrics, "trustyard", f"{res.error_count} of {res.requests} failed")
+            return
+    rps = with_policy.rps / without.rps
+    p99 = with_policy.p99_ms / without.p99_ms
+    note(
+        gated,
+        "GET tag, both at once",
+        f"{with_policy.rps:7.0f} vs {without.rps:7.0f} req/s ({rps:.2f}x), "
+        f"p99 {with_policy.p99_ms:.1f} vs {without.p99_ms:.1f} ms ({p99:.2f}x)",
+    )
+    rec.add("pair_get_tag_rps", "trustyard", rps)
+    rec.add("pair_get_tag_p99", "trustyard", p99)
+
+
 async def docker_cli(daemon: PrivateDockerd, *args: str, timeout: float) -> tuple[int, str]:
     """Run the docker CLI against the private daemon; killed on timeout or cancellation."""
     proc = await asyncio.create_subprocess_exec(
@@ -1047,6 +1101,7 @@ async def run_bench(b: Bench, servers: list[Server]) -> Recorder:
             phases.append(
                 (None, lambda t=[b.policy], r=round_no: measure_manifests(b, t, r, "policy"))
             )
+            phases.append((None, lambda r=round_no: measure_paired(b, r)))
         if b.on("docker") and b.dockerd is not None:
             phases.append((None, lambda o=order, r=round_no: measure_docker(b, o, r)))
         if b.on("s3") and b.s3 is not None and b.blob is not None:
@@ -1160,7 +1215,7 @@ def build_report(rec: Recorder, keys: list[str], args: argparse.Namespace) -> di
         t = entry.get("trustyard", {}).get("median")
         r = entry.get("reference", {}).get("median")
         entry["ratio_trustyard_to_reference"] = t / r if t is not None and r else None
-        if m.workload == "policy":  # compared with the same workload without a policy
+        if m.key.startswith("policy_"):  # compared with the same workload without a policy
             base = m.key.replace("policy_", "manifest_", 1)
             plain = summarize(rec.samples[base].get("trustyard", []))["median"]
             entry["ratio_to_no_policy"] = t / plain if t is not None and plain else None
