@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from aiohttp import web
 
 from policies.blob_access import Reader
 from registry.auth.middleware import may_push
+from registry.auth.producers import quarantine_reader
 from registry.context import context
 from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
 from registry.grammar import MAX_DIGITS, parse_digest
@@ -19,10 +21,12 @@ _RANGE_RE = re.compile(rf"bytes=(?:{_NUMBER}-(?:{_NUMBER})?|-{_NUMBER})")
 
 
 def reader(request: web.Request, name: str) -> Reader:
-    """The caller of `request` as the blob gate sees them for repository `name`. Nobody reads
-    quarantined content here unless a quarantine reader is given (who may read a quarantined
-    image is the manifest pull's question, asked the same way)."""
-    return Reader(identity(request).name, may_push(request, name), None)
+    """The caller of `request` as the blob gate sees them for repository `name`; who may read a
+    quarantined image's blobs is who may read the image (`quarantine_reader`, as for its
+    manifest)."""
+    return Reader(
+        identity(request).name, may_push(request, name), partial(quarantine_reader, request, name)
+    )
 
 
 async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
