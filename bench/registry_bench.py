@@ -156,6 +156,9 @@ METRICS: list[Metric] = [
     ),
     Metric("manifest_get_tag_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
     Metric(
+        "manifest_get_tag_cpu_us", "  server CPU per request", "µs", "lower", "manifest", "static"
+    ),
+    Metric(
         "manifest_head_digest_rps", "manifest HEAD digest", "req/s", "higher", "manifest", "static"
     ),
     Metric(
@@ -181,6 +184,13 @@ METRICS: list[Metric] = [
     ),
     Metric(
         "policy_get_tag_p99", "{rules}-rule policy+evidence: GET tag p99", "ms", "lower", "policy"
+    ),
+    Metric(
+        "policy_get_tag_cpu_us",
+        "  server CPU per request",
+        "µs",
+        "lower",
+        "policy",
     ),
     Metric(
         "policy_head_digest_rps",
@@ -887,6 +897,10 @@ async def measure_manifests(
             rec.add(f"{prefix}_rps", server.column, res.rps)
             rec.add(f"{prefix}_p50", server.column, res.p50_ms)
             rec.add(f"{prefix}_p99", server.column, res.p99_ms)
+            if f"{prefix}_cpu_us" in METRIC_BY_KEY and res.rps:
+                # CPU per request: what the server itself spends, little moved by what else
+                # runs on the machine (which moves req/s and latency a lot).
+                rec.add(f"{prefix}_cpu_us", server.column, srv_cores / res.rps * 1e6)
             if has_cpu:
                 rec.add(f"{prefix}_srv_cpu", server.column, srv_cores)
                 if gen_cores is not None:
