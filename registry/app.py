@@ -13,9 +13,11 @@ from aiohttp import web
 from policies.decisions import Action
 from policies.engine import Policy
 from policies.gateway import PolicyGate, startup_policy
+from registry.api_routes import add_api_routes
 from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
 from registry.config import Config
+from registry.console import setup_console
 from registry.context import CONTEXT, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
@@ -50,6 +52,8 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     app.cleanup_ctx.append(_resources(config, policy))
     add_routes(app)
     setup_auth(app, config)
+    add_api_routes(app)
+    setup_console(app)
     add_fallback(app)  # last: every other route first
     return app
 

@@ -133,31 +133,25 @@ async def _expect(request: web.Request) -> None:
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
     # [\s\S]: a path may hold a percent-encoded newline, which `.` does not match; the
-    # dispatcher answers it with the spec's error (NAME_INVALID), not aiohttp's plain 404.
-    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch, expect_handler=_expect)
-    app.router.add_route("*", "/v2", _redirect_base, expect_handler=_expect)
-    app.router.add_get("/metrics", metrics_endpoint, expect_handler=_expect)
+    # dispatcher answers it with the spec's error, not aiohttp's plain 404.
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch)
+    app.router.add_route("*", "/v2", _redirect_base)
+    app.router.add_get("/metrics", metrics_endpoint)
     # Trustyard's own API (policy decisions and image status), beside the OCI one.
-    app.router.add_get("/api/v1/decisions", policy_api.list_decisions, expect_handler=_expect)
+    app.router.add_get("/api/v1/decisions", policy_api.list_decisions)
     app.router.add_get(
-        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status",
-        policy_api.image_status,
-        expect_handler=_expect,
+        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status
     )
     # The base-image library (policies.library).
-    app.router.add_get("/api/v1/library", library_api.library_overview, expect_handler=_expect)
+    app.router.add_get("/api/v1/library", library_api.library_overview)
     app.router.add_get(
-        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers",
-        library_api.library_consumers,
-        expect_handler=_expect,
+        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers", library_api.library_consumers
     )
     # Scan reports in (the scanner webhook) and out.
-    app.router.add_post("/api/v1/scans", scans_webhook.post_scan, expect_handler=_expect)
-    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans, expect_handler=_expect)
+    app.router.add_post("/api/v1/scans", scans_webhook.post_scan)
+    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans)
     # Events not yet delivered.
-    app.router.add_get(
-        "/api/v1/events/deliveries", events_api.list_deliveries, expect_handler=_expect
-    )
+    app.router.add_get("/api/v1/events/deliveries", events_api.list_deliveries)
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:
@@ -166,9 +160,13 @@ async def _redirect_base(request: web.Request) -> web.StreamResponse:
 
 def add_fallback(app: web.Application) -> None:
     """Answer every path no route serves (and every method a route does not take) with the
-    spec's error body, `Expect` handled as on the API's routes. Added after every other route:
-    the router tries routes in the order they were added."""
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route, expect_handler=_expect)
+    spec's error body, and let every route answer `Expect` through `_expect`. Called after
+    every other route is added: the router tries routes in the order they were added."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route)
+    for route in app.router.routes():
+        # aiohttp takes an expect handler only per route, when it is added; setting it here
+        # covers the routes other modules add (the management API, the console) too.
+        route._expect_handler = _expect
 
 
 async def _no_route(request: web.Request) -> web.StreamResponse:
