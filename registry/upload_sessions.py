@@ -186,10 +186,9 @@ class UploadSessions:
 
     async def _drop_after_full_disk(self, upload_id: str) -> None:
         """Remove an upload the full disk stopped: its bytes first (that frees the space), then
-        its session when the database can still record that."""
-        session = self._sessions.pop(upload_id, None)
-        if session is not None:
-            session.cancelled = True
+        its session when the database can still record that. (Not marked cancelled: the
+        507 is this request's own answer, not a cancellation by another.)"""
+        self._sessions.pop(upload_id, None)
         await self.store.abort(upload_id)
         with contextlib.suppress(StorageFull):
             await self.db.end_upload(upload_id)
