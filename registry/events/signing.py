@@ -48,7 +48,9 @@ def verify(
     given = headers.get(SIGNATURE_HEADER)
     if not timestamp or not given:
         return f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} headers are required"
-    if not timestamp.isdigit():
+    # ASCII digits only (str.isdigit also takes other scripts' digits), and short: int() of a
+    # 5000-digit string raises instead of answering.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         return f"{TIMESTAMP_HEADER} must be Unix seconds"
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         return f"{TIMESTAMP_HEADER} is more than {int(tolerance)}s from the server's clock"

@@ -124,8 +124,14 @@ def test_labels_wrong_value_on_an_index_child() -> None:
 
 
 def test_labels_unreadable_config_and_artifacts() -> None:
-    assert not Labels(SOURCE).evaluate(ctx(images=(Image(NEW),))).allowed
-    assert Labels(SOURCE).evaluate(ctx(is_artifact=True)).allowed
+    decision = Labels(SOURCE).evaluate(ctx(images=(Image(NEW),)))
+    assert not decision.allowed
+    assert decision.reason == "the image config could not be read to check labels"
+    decision = Labels(SOURCE).evaluate(ctx(images=()))
+    assert not decision.allowed
+    assert decision.reason == "the image's config could not be read to check its labels"
+    decision = Labels(SOURCE).evaluate(ctx(is_artifact=True))
+    assert decision.allowed and decision.reason == "not a container image; labels do not apply"
 
 
 def test_annotations() -> None:

@@ -1,0 +1,269 @@
+"""Keyless cosign signatures from a private Fulcio and Rekor made here: an attacker with a valid
+certificate of their own (another e-mail, another OIDC issuer) or a Rekor entry logging another
+certificate must not pass as the trusted identity. Each refusal is checked word for word."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from policies.signatures.cosign import (
+    BUNDLE_ANNOTATION,
+    CERTIFICATE_ANNOTATION,
+    CHAIN_ANNOTATION,
+    SIGNATURE_ANNOTATION,
+    verify_layer,
+)
+from policies.signatures.keyless import ISSUER_V2
+from policies.signatures.trust import TrustConfig, parse_trust
+from tests.policies.test_signatures_cosign import rekor_bundle
+from tests.signing import public_pem, sign, simple_signing_payload, spki
+
+ISSUER = "https://issuer.acme.example"
+EMAIL = "release@acme.example"
+IMAGE = "sha256:" + "ef" * 32
+NOW = datetime.datetime.now(datetime.UTC)
+#: rekor_bundle logs at this time: the Fulcio certificates below are valid around it.
+LOGGED = datetime.datetime.fromtimestamp(1_700_000_000, datetime.UTC)
+
+
+def _der_utf8(text: str) -> bytes:
+    raw = text.encode()
+    assert len(raw) < 128
+    return bytes([0x0C, len(raw)]) + raw
+
+
+class Fulcio:
+    """A private Fulcio: a root CA issuing ten-minute code-signing certificates."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme-fulcio")])
+        self.name = name
+        self.root = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(LOGGED - datetime.timedelta(days=365))
+            .not_valid_after(NOW + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_usage(ca=True), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def issue(
+        self, signer: ec.EllipticCurvePrivateKey, email: str, issuer: str
+    ) -> x509.Certificate:
+        """A leaf naming `email` (SAN) and the OIDC `issuer` (Fulcio's v2 extension)."""
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.name)
+            .public_key(signer.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(LOGGED - datetime.timedelta(minutes=1))
+            .not_valid_after(LOGGED + datetime.timedelta(minutes=9))
+            .add_extension(_usage(ca=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+            .add_extension(x509.UnrecognizedExtension(ISSUER_V2, _der_utf8(issuer)), False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+
+def _usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def write_trusted_root(folder: Path, fulcio: Fulcio, rekor: ec.EllipticCurvePrivateKey) -> None:
+    """A Sigstore trusted root naming the private Fulcio and Rekor."""
+    der = fulcio.root.public_bytes(serialization.Encoding.DER)
+    document = {
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [
+            {
+                "baseUrl": "https://rekor.acme.example",
+                "hashAlgorithm": "SHA2_256",
+                "publicKey": {
+                    "rawBytes": base64.b64encode(spki(rekor)).decode(),
+                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": {"start": "2020-01-01T00:00:00Z"},
+                },
+                "logId": {"keyId": base64.b64encode(hashlib.sha256(spki(rekor)).digest()).decode()},
+            }
+        ],
+        "certificateAuthorities": [
+            {
+                "subject": {"commonName": "acme-fulcio"},
+                "uri": "https://fulcio.acme.example",
+                "certChain": {"certificates": [{"rawBytes": base64.b64encode(der).decode()}]},
+                "validFor": {"start": "2020-01-01T00:00:00Z"},
+            }
+        ],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    }
+    (folder / "acme_root.json").write_text(json.dumps(document))
+
+
+def hashedrekord_of(certificate_pem: bytes, payload: bytes, signature: bytes) -> str:
+    """The Rekor entry body cosign's keyless signing logs: the certificate, not a key."""
+    body = {
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+            "signature": {
+                "content": base64.b64encode(signature).decode(),
+                "publicKey": {"content": base64.b64encode(certificate_pem).decode()},
+            },
+        },
+    }
+    return base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    fulcio, rekor = Fulcio(), ec.generate_private_key(ec.SECP256R1())
+    write_trusted_root(tmp_path, fulcio, rekor)
+    return {"folder": tmp_path, "fulcio": fulcio, "rekor": rekor}
+
+
+def trust_identity(folder: Path, **identity: str) -> TrustConfig:
+    entry = {"issuer": ISSUER, "trusted_root": "acme_root.json", **identity}
+    config, problems = parse_trust({"identities": {"release": entry}}, folder)
+    assert not problems, problems
+    return config
+
+
+def trusted(world: dict[str, Any]) -> TrustConfig:
+    """Trust exactly EMAIL from ISSUER, certified by the private Fulcio."""
+    return trust_identity(world["folder"], subject=EMAIL)
+
+
+def keyless_layer(
+    world: dict[str, Any],
+    email: str = EMAIL,
+    issuer: str = ISSUER,
+    logged_certificate: bytes | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A keyless `.sig` layer (payload, annotations) by `email` from `issuer`, logged in Rekor
+    (the entry naming `logged_certificate`, by default the signing certificate itself)."""
+    signer = ec.generate_private_key(ec.SECP256R1())
+    certificate = _pem(world["fulcio"].issue(signer, email, issuer))
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    signature = sign(signer, payload)
+    body = hashedrekord_of(logged_certificate or certificate, payload, signature)
+    return payload, {
+        SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        CERTIFICATE_ANNOTATION: certificate.decode(),
+        CHAIN_ANNOTATION: _pem(world["fulcio"].root).decode(),
+        BUNDLE_ANNOTATION: rekor_bundle(world["rekor"], body),
+    }
+
+
+def test_the_trusted_identity_proves(world: dict[str, Any]) -> None:
+    payload, annotations = keyless_layer(world)
+    [finding] = verify_layer(
+        trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
+    )
+    assert (finding.valid, finding.signer, finding.detail) == (
+        True,
+        "release",
+        f"{EMAIL} from {ISSUER}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("email", "issuer"),
+    [
+        ("mallory@evil.example", ISSUER),  # a valid certificate for someone else
+        (EMAIL, "https://accounts.evil.example"),  # the same e-mail from another issuer
+        ("release@acme.example.evil.example", ISSUER),  # the trusted name as a prefix
+    ],
+    ids=["other-email", "other-issuer", "prefixed-email"],
+)
+def test_another_identity_is_refused_and_named(
+    world: dict[str, Any], email: str, issuer: str
+) -> None:
+    payload, annotations = keyless_layer(world, email=email, issuer=issuer)
+    [finding] = verify_layer(
+        trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
+    )
+    assert not finding.valid
+    assert finding.detail == f"by an unknown identity ({email} from {issuer})"
+
+
+def test_a_subject_regex_matches_only_what_it_says(world: dict[str, Any]) -> None:
+    config = trust_identity(world["folder"], subject_regex=r"^[a-z]+@acme\.example$")
+    payload, annotations = keyless_layer(world)
+    assert [f.valid for f in verify_layer(config, IMAGE, payload, annotations)] == [True]
+    payload, annotations = keyless_layer(world, email="release@acme.example.evil.example")
+    [finding] = verify_layer(config, IMAGE, payload, annotations)
+    assert finding.detail == (
+        f"by an unknown identity (release@acme.example.evil.example from {ISSUER})"
+    )
+
+
+def test_a_rekor_entry_logging_another_certificate_is_refused(world: dict[str, Any]) -> None:
+    # The attacker reuses a genuine Rekor entry of the trusted identity's certificate for a
+    # signature made with their own certificate (or the other way round): the SET verifies, the
+    # signature verifies, only the certificate in the entry tells them apart.
+    other = _pem(world["fulcio"].issue(ec.generate_private_key(ec.SECP256R1()), EMAIL, ISSUER))
+    payload, annotations = keyless_layer(world, logged_certificate=other)
+    [finding] = verify_layer(
+        trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
+    )
+    assert not finding.valid
+    assert finding.detail == "the Rekor entry logs another certificate"
+
+
+def test_a_rekor_entry_logging_a_bare_key_is_refused(world: dict[str, Any]) -> None:
+    payload, annotations = keyless_layer(
+        world, logged_certificate=public_pem(ec.generate_private_key(ec.SECP256R1()))
+    )
+    [finding] = verify_layer(
+        trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
+    )
+    assert finding.detail == "the Rekor entry logs another certificate"
+
+
+def test_a_certificate_from_another_ca_is_refused(world: dict[str, Any]) -> None:
+    payload, annotations = keyless_layer({**world, "fulcio": Fulcio()})
+    [finding] = verify_layer(
+        trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
+    )
+    assert not finding.valid
+    assert finding.detail.startswith("certificate chain does not verify at 2023-11-14T22:13:20Z")
