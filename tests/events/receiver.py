@@ -3,6 +3,7 @@ the README tells receivers to, records what it got, and can be told to fail."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +29,15 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records events; answers 503 while `failures` is above zero (counting down)."""
+    """Records events; answers 503 while `failures` is above zero (counting down). With `hold`,
+    the first request after the failures waits until the test sets it: the sender is then
+    parked mid-attempt, so the outbox can be inspected without racing the next retry."""
 
     secret: str | None = None
     failures: int = 0
     received: list[Received] = field(default_factory=list)
     refused: int = 0
+    hold: asyncio.Event | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -41,6 +45,8 @@ class Receiver:
             self.failures -= 1
             self.refused += 1
             return web.Response(status=503)
+        if self.hold is not None:
+            await self.hold.wait()
         problem = verify(self.secret, request.headers, body) if self.secret else None
         self.received.append(Received(dict(request.headers), body, problem))
         return web.Response(status=204)

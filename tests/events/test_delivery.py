@@ -28,6 +28,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
     hook = Receiver(secret=SECRET)
     runner = await serve(hook, port)
     yield hook, port
+    if hook.hold is not None:
+        hook.hold.set()  # a failed test must not leave the sender parked at shutdown
     await runner.cleanup()
 
 
@@ -123,20 +125,55 @@ async def test_retries_in_order_then_deliveries_api(
 ) -> None:
     hook, port = receiver
     hook.failures = 3
-    client: TestClient = await start_client(events=events_section(port))
+    hook.hold = asyncio.Event()  # the fourth attempt waits: the outbox is then looked at still
+    section = events_section(port)
+    section["endpoints"][0]["timeout"] = "60s"  # the held attempt must not time out meanwhile
+    client: TestClient = await start_client(events=section)
     for tag in ("v1", "v2", "v3"):
         await push_image(client, "prod/app", tag)
-    await until(lambda: hook.refused >= 1)
-    listing = await (await client.get("/api/v1/events/deliveries")).json()
-    assert listing["counts"]["pending"] >= 1
-    assert listing["deliveries"][0]["last_error"] in (None, "HTTP 503")
+
+    async def deliveries() -> dict[str, Any]:
+        resp = await client.get("/api/v1/events/deliveries")
+        assert resp.status == 200
+        return dict(await resp.json())
+
+    # Three refusals of v1, each recorded, then the fourth attempt is held at the receiver.
+    deadline = time.monotonic() + 10
+    while True:
+        listing = await deliveries()
+        if listing["deliveries"] and listing["deliveries"][0]["attempts"] == 3:
+            break
+        assert time.monotonic() < deadline, f"three failed attempts never recorded: {listing}"
+        await asyncio.sleep(0.02)
+    assert hook.refused == 3 and hook.received == []
+    assert listing["counts"] == {"pending": 3, "failed": 0}
+    first, *rest = listing["deliveries"]
+    assert (first["type"], first["state"], first["last_error"]) == (
+        "dev.trustyard.image.pushed",
+        "pending",
+        "HTTP 503",
+    )
+    # v2 and v3 wait behind v1 (order per repository): never tried.
+    assert [(d["attempts"], d["last_error"]) for d in rest] == [(0, None), (0, None)]
+
+    hook.hold.set()
     await until(lambda: len(hook.received) == 3)
     assert [r.event["data"]["tag"] for r in hook.received] == ["v1", "v2", "v3"]
     assert hook.refused == 3
-    listing = await (await client.get("/api/v1/events/deliveries")).json()
-    assert listing == {"counts": {"pending": 0, "failed": 0}, "deliveries": []}
+    await until_delivered(deliveries)
     resp = await client.get("/api/v1/events/deliveries?state=lost")
     assert resp.status == 400
+
+
+async def until_delivered(deliveries: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Until the deliveries API lists nothing (the sender deletes a row after its 2xx)."""
+    deadline = time.monotonic() + timeout
+    while (listing := await deliveries()) != {
+        "counts": {"pending": 0, "failed": 0},
+        "deliveries": [],
+    }:
+        assert time.monotonic() < deadline, f"still listed: {listing}"
+        await asyncio.sleep(0.02)
 
 
 async def test_failing_endpoint_given_up_and_listed(start_client: Any) -> None:
