@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from registry.events.signing import verify
+from tests.server_process import port_of, reserve_port
 
 
 @dataclass
@@ -60,9 +64,26 @@ class Receiver:
         return [r.event["type"].removeprefix("dev.trustyard.") for r in self.received]
 
 
-async def serve(receiver: Receiver, port: int) -> web.AppRunner:
-    """Start `receiver` on 127.0.0.1:`port`."""
+async def serve(receiver: Receiver, sock: socket.socket | None = None) -> tuple[web.AppRunner, int]:
+    """Start `receiver` on `sock` (a socket from `reserve_port`, bound already) or on a port the
+    kernel picks; return the runner and the port. No port is ever freed and taken again."""
+    sock = sock or reserve_port()
     runner = web.AppRunner(receiver.app())
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+    await web.SockSite(runner, sock).start()
+    return runner, port_of(sock)
+
+
+async def until_drained(client: TestClient, timeout: float = 10.0) -> None:
+    """Until the registry's outbox is empty. Every event is written to the outbox with its
+    change, and its row goes only after the receiver answered 2xx: once it is empty, every event
+    the requests so far caused has been received, and none is still on its way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = await client.get("/api/v1/events/deliveries")
+        assert resp.status == 200
+        listing = await resp.json()
+        if listing == {"counts": {"pending": 0, "failed": 0}, "deliveries": []}:
+            return
+        assert time.monotonic() < deadline, f"still listed: {listing}"
+        await asyncio.sleep(0.02)

@@ -16,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from registry.auth.service import AUTH
 from registry.auth.tokens import (
     ALGORITHM,
     InvalidToken,
@@ -223,9 +222,8 @@ def test_forged_tokens_are_refused_by_the_authority(tmp_path) -> None:
         assert str(refused.value) == expected[name], name
 
 
-async def test_forged_tokens_are_refused_over_http(auth_client) -> None:
-    service = auth_client.app[AUTH]
-    key = service.tokens._key
+async def test_forged_tokens_are_refused_over_http(auth_client, data_dir) -> None:
+    key = load_or_create_key(data_dir / "auth" / "token-signing-key.pem", configured=True)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
