@@ -42,7 +42,11 @@ class Target:
     bare: bool = False
 
 
-PYTEST = "python -m pytest -x -q -p no:cacheprovider"
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+#: cosmic-ray and its filters, run by this interpreter (their scripts may not be on PATH).
+COSMIC_RAY = [sys.executable, "-m", "cosmic_ray.cli"]
+FILTER_OPERATORS = [sys.executable, "-m", "cosmic_ray.tools.filters.operators_filter"]
+FILTER_LINES = [sys.executable, "-m", "cosmic_ray.tools.filters.line_filter"]
 BARE = "env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"
 
 TARGETS: dict[str, Target] = {
@@ -214,13 +218,13 @@ def mutate(name: str, target: Target, work: Path, results: Path) -> tuple[int, i
         config = work / f"{stem}.toml"
         session = work / f"{stem}.sqlite"
         config.write_text(config_for(name, target, module))
-        run(["cosmic-ray", "init", str(config), str(session)], work)
-        run(["cr-filter-operators", str(session), str(config)], work)
+        run([*COSMIC_RAY, "init", str(config), str(session)], work)
+        run([*FILTER_OPERATORS, str(session), str(config)], work)
         if target.function is not None:
-            run(["cr-filter-lines", str(session), "--config", str(config)], work)
+            run([*FILTER_LINES, str(session), "--config", str(config)], work)
         started = time.monotonic()
-        run(["cosmic-ray", "exec", str(config), str(session)], work)
-        dump = run(["cosmic-ray", "dump", str(session)], work).stdout
+        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+        dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
         module_killed = module_total = 0
         for line in dump.splitlines():
             item, result = json.loads(line)
