@@ -38,9 +38,12 @@ LOGGED = datetime.datetime.fromtimestamp(1_700_000_000, datetime.UTC)
 
 
 def _der_utf8(text: str) -> bytes:
+    """A DER UTF8String: short-form length below 128 bytes, long form (0x81, 0x82) above."""
     raw = text.encode()
-    assert len(raw) < 128
-    return bytes([0x0C, len(raw)]) + raw
+    if len(raw) < 0x80:
+        return bytes([0x0C, len(raw)]) + raw
+    size = len(raw).to_bytes((len(raw).bit_length() + 7) // 8, "big")
+    return bytes([0x0C, 0x80 | len(size)]) + size + raw
 
 
 class Fulcio:
@@ -67,24 +70,38 @@ class Fulcio:
         )
 
     def issue(
-        self, signer: ec.EllipticCurvePrivateKey, email: str, issuer: str
+        self,
+        signer: ec.EllipticCurvePrivateKey,
+        email: str,
+        issuer: str,
+        *,
+        subject: str | None = None,
+        at: datetime.datetime = LOGGED,
+        issuer_value: bytes | None = None,
     ) -> x509.Certificate:
-        """A leaf naming `email` (SAN) and the OIDC `issuer` (Fulcio's v2 extension)."""
+        """A leaf naming `email` (SAN) and the OIDC `issuer` (Fulcio's v2 extension, or the raw
+        `issuer_value`), valid for ten minutes around `at`; `subject` is its CN if given."""
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else [])
         return (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
+            .subject_name(name)
             .issuer_name(self.name)
             .public_key(signer.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(LOGGED - datetime.timedelta(minutes=1))
-            .not_valid_after(LOGGED + datetime.timedelta(minutes=9))
+            .not_valid_before(at - datetime.timedelta(minutes=1))
+            .not_valid_after(at + datetime.timedelta(minutes=9))
             .add_extension(_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+            # RFC 5280: the SAN is critical exactly when the subject is empty (Fulcio's case).
+            .add_extension(
+                x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=not subject
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
             )
-            .add_extension(x509.UnrecognizedExtension(ISSUER_V2, _der_utf8(issuer)), False)
+            .add_extension(
+                x509.UnrecognizedExtension(ISSUER_V2, issuer_value or _der_utf8(issuer)), False
+            )
             .sign(self.key, hashes.SHA256())
         )
 
@@ -178,11 +195,13 @@ def keyless_layer(
     email: str = EMAIL,
     issuer: str = ISSUER,
     logged_certificate: bytes | None = None,
+    issuer_value: bytes | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """A keyless `.sig` layer (payload, annotations) by `email` from `issuer`, logged in Rekor
     (the entry naming `logged_certificate`, by default the signing certificate itself)."""
     signer = ec.generate_private_key(ec.SECP256R1())
-    certificate = _pem(world["fulcio"].issue(signer, email, issuer))
+    leaf = world["fulcio"].issue(signer, email, issuer, issuer_value=issuer_value)
+    certificate = _pem(leaf)
     payload = simple_signing_payload("registry.example/prod/web", IMAGE)
     signature = sign(signer, payload)
     body = hashedrekord_of(logged_certificate or certificate, payload, signature)
@@ -267,3 +286,174 @@ def test_a_certificate_from_another_ca_is_refused(world: dict[str, Any]) -> None
     )
     assert not finding.valid
     assert finding.detail.startswith("certificate chain does not verify at 2023-11-14T22:13:20Z")
+
+
+def test_a_long_issuer_is_read_whole(world: dict[str, Any]) -> None:
+    # Past 127 bytes the DER length takes the long form: the issuer is still read exactly.
+    long_issuer = "https://issuer.acme.example/" + "x" * 200
+    config = trust_identity(world["folder"], subject=EMAIL, issuer=long_issuer)
+    payload, annotations = keyless_layer(world, issuer=long_issuer)
+    [finding] = verify_layer(config, IMAGE, payload, annotations)
+    assert (finding.valid, finding.detail) == (True, f"{EMAIL} from {long_issuer}")
+    # The trusted issuer as a prefix of a longer one is another issuer.
+    payload, annotations = keyless_layer(world, issuer=ISSUER + ".evil.example")
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert finding.detail == f"by an unknown identity ({EMAIL} from {ISSUER}.evil.example)"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x13\x1b" + ISSUER.encode(),  # a PrintableString, not a UTF8String
+        b"\x0c\x7f" + ISSUER.encode(),  # a length running past the end
+        b"\x0c",  # no length at all
+    ],
+    ids=["wrong-tag", "truncated", "no-length"],
+)
+def test_a_malformed_issuer_extension_names_no_issuer(world: dict[str, Any], value: bytes) -> None:
+    payload, annotations = keyless_layer(world, issuer_value=value)
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == f"by an unknown identity ({EMAIL})"
+
+
+def test_the_second_trusted_root_is_tried_when_the_first_does_not_verify(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    write_trusted_root(other, Fulcio(), ec.generate_private_key(ec.SECP256R1()))
+    (world["folder"] / "other_root.json").write_text((other / "acme_root.json").read_text())
+    section = {
+        "identities": {
+            "elsewhere": {"issuer": ISSUER, "subject": EMAIL, "trusted_root": "other_root.json"},
+            "release": {"issuer": ISSUER, "subject": EMAIL, "trusted_root": "acme_root.json"},
+        }
+    }
+    config, problems = parse_trust(section, world["folder"])
+    assert not problems
+    payload, annotations = keyless_layer(world)
+    assert [(f.valid, f.signer) for f in verify_layer(config, IMAGE, payload, annotations)] == [
+        (True, "release")
+    ]
+
+
+def test_a_keyless_signature_without_trusted_identities_is_unknown(world: dict[str, Any]) -> None:
+    payload, annotations = keyless_layer(world)
+    [finding] = verify_layer(TrustConfig(), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail.startswith("by an unknown certificate (sha256:")
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "reason"),
+    [
+        (CERTIFICATE_ANNOTATION, "not a certificate", "the certificate annotations are not PEM"),
+        (BUNDLE_ANNOTATION, "{not json", "the Rekor bundle annotation is not cosign's bundle JSON"),
+        (BUNDLE_ANNOTATION, "{}", "the Rekor bundle annotation is not cosign's bundle JSON"),
+        (BUNDLE_ANNOTATION, "[]", "the Rekor bundle annotation is not cosign's bundle JSON"),
+    ],
+    ids=["certificate", "bundle-not-json", "bundle-empty", "bundle-list"],
+)
+def test_malformed_keyless_annotations_are_refused_with_a_reason(
+    world: dict[str, Any], annotation: str, value: str, reason: str
+) -> None:
+    payload, annotations = keyless_layer(world)
+    annotations[annotation] = value
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail.startswith(reason)
+
+
+def _rebody(annotations: dict[str, str], world: dict[str, Any], change: Any) -> None:
+    """Re-log the layer with its Rekor entry body changed by `change` (the SET re-signed)."""
+    document = json.loads(annotations[BUNDLE_ANNOTATION])
+    body = json.loads(base64.b64decode(document["Payload"]["body"]))
+    change(body)
+    encoded = base64.b64encode(json.dumps(body).encode()).decode()
+    annotations[BUNDLE_ANNOTATION] = rekor_bundle(world["rekor"], encoded)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda b: b.update(kind="dsse"), "Rekor entry kind 'dsse' is not hashedrekord"),
+        (lambda b: b.update(kind="rekord"), "Rekor entry kind 'rekord' is not hashedrekord"),
+        (lambda b: b.pop("spec"), "the Rekor entry body is not a hashedrekord v0.0.1"),
+        (
+            lambda b: b["spec"]["signature"].pop("publicKey"),
+            "the Rekor entry body is not a hashedrekord v0.0.1",
+        ),
+        (
+            lambda b: b["spec"]["data"]["hash"].update(algorithm="sha1"),
+            "the Rekor entry logs another payload",
+        ),
+        (
+            lambda b: b["spec"]["data"]["hash"].update(algorithm="sha512"),
+            "the Rekor entry logs another payload",
+        ),
+        (
+            lambda b: b["spec"]["data"]["hash"].update(value="0" * 64),
+            "the Rekor entry logs another payload",
+        ),
+        (
+            lambda b: b["spec"]["data"]["hash"].update(value="f" * 64),
+            "the Rekor entry logs another payload",
+        ),
+    ],
+    ids=["dsse", "rekord", "no-spec", "no-key", "sha1", "sha512", "low-hash", "high-hash"],
+)
+def test_a_rekor_entry_body_for_something_else_is_refused(
+    world: dict[str, Any], change: Any, reason: str
+) -> None:
+    payload, annotations = keyless_layer(world)
+    _rebody(annotations, world, change)
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == reason
+
+
+# -- a private PKI (`trust.certificates`): the CA and, when given, the subject ------------------
+
+
+def pki_layer(fulcio: Fulcio, subject: str) -> tuple[bytes, dict[str, str]]:
+    """A `.sig` layer signed with a certificate for CN=`subject` by `fulcio` (as a private
+    CA), valid now, not logged (a private PKI has no Rekor)."""
+    signer = ec.generate_private_key(ec.SECP256R1())
+    leaf = fulcio.issue(signer, EMAIL, ISSUER, subject=subject, at=NOW)
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    return payload, {
+        SIGNATURE_ANNOTATION: base64.b64encode(sign(signer, payload)).decode(),
+        CERTIFICATE_ANNOTATION: _pem(leaf).decode(),
+        CHAIN_ANNOTATION: _pem(fulcio.root).decode(),
+    }
+
+
+def trust_ca(fulcio: Fulcio, subject: str | None) -> TrustConfig:
+    entry: dict[str, Any] = {"pem": _pem(fulcio.root).decode()}
+    if subject is not None:
+        entry["subject"] = subject
+    config, problems = parse_trust({"certificates": {"corp": entry}})
+    assert not problems, problems
+    return config
+
+
+def test_a_private_ca_with_a_subject_accepts_only_that_subject() -> None:
+    ca = Fulcio()
+    payload, annotations = pki_layer(ca, "release-signer")
+    [finding] = verify_layer(trust_ca(ca, "CN=release-signer"), IMAGE, payload, annotations)
+    assert (finding.valid, finding.signer) == (True, "corp")
+    payload, annotations = pki_layer(ca, "intern-laptop")
+    [finding] = verify_layer(trust_ca(ca, "CN=release-signer"), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == "certificate subject 'CN=intern-laptop' is not trusted"
+    # Without a subject, the CA alone decides.
+    [finding] = verify_layer(trust_ca(ca, None), IMAGE, payload, annotations)
+    assert (finding.valid, finding.signer) == (True, "corp")
+
+
+def test_a_private_ca_refuses_another_cas_certificate() -> None:
+    payload, annotations = pki_layer(Fulcio(), "release-signer")
+    [finding] = verify_layer(trust_ca(Fulcio(), None), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail.startswith("certificate chain does not verify at ")
