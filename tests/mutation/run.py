@@ -122,7 +122,7 @@ TARGETS: dict[str, Target] = {
         (
             "tests/policies/test_rules.py",
             "tests/registry/test_policy_enforcement.py",
-            "tests/security/test_mutation_killers.py",
+            "tests/security/test_unreadable_config.py",
         ),
     ),
     "vulnerabilities": Target(
