@@ -24,7 +24,7 @@ from policies.signatures.cosign import (
     SIGNATURE_ANNOTATION,
     verify_layer,
 )
-from policies.signatures.keyless import ISSUER_V2
+from policies.signatures.keyless import ISSUER_V1, ISSUER_V2
 from policies.signatures.trust import TrustConfig, parse_trust
 from tests.policies.test_signatures_cosign import rekor_bundle
 from tests.signing import public_pem, sign, simple_signing_payload, spki
@@ -78,11 +78,12 @@ class Fulcio:
         subject: str | None = None,
         at: datetime.datetime = LOGGED,
         issuer_value: bytes | None = None,
+        extra: tuple[x509.UnrecognizedExtension, ...] = (),
     ) -> x509.Certificate:
         """A leaf naming `email` (SAN) and the OIDC `issuer` (Fulcio's v2 extension, or the raw
         `issuer_value`), valid for ten minutes around `at`; `subject` is its CN if given."""
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else [])
-        return (
+        name = _name(subject) if subject else x509.Name([])
+        builder = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(self.name)
@@ -99,11 +100,28 @@ class Fulcio:
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
             )
-            .add_extension(
-                x509.UnrecognizedExtension(ISSUER_V2, issuer_value or _der_utf8(issuer)), False
-            )
-            .sign(self.key, hashes.SHA256())
         )
+        for extension in extra:
+            builder = builder.add_extension(extension, critical=False)
+        if issuer:
+            value = issuer_value or _der_utf8(issuer)
+            builder = builder.add_extension(x509.UnrecognizedExtension(ISSUER_V2, value), False)
+        return builder.sign(self.key, hashes.SHA256())
+
+
+_ATTRIBUTES = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+}
+
+
+def _name(subject: str) -> x509.Name:
+    """`CN=a,O=b` (or a bare common name) as an x509 name."""
+    if "=" not in subject:
+        subject = f"CN={subject}"
+    pairs = [part.split("=", 1) for part in subject.split(",")]
+    return x509.Name([x509.NameAttribute(_ATTRIBUTES[k], v) for k, v in pairs])
 
 
 def _usage(*, ca: bool) -> x509.KeyUsage:
@@ -457,3 +475,79 @@ def test_a_private_ca_refuses_another_cas_certificate() -> None:
     [finding] = verify_layer(trust_ca(Fulcio(), None), IMAGE, payload, annotations)
     assert not finding.valid
     assert finding.detail.startswith("certificate chain does not verify at ")
+
+
+GITHUB_REPOSITORY = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.5")
+
+
+def test_only_the_issuer_extensions_name_the_issuer(world: dict[str, Any]) -> None:
+    # Fulcio certificates carry other 1.3.6.1.4.1.57264.1.* values (repository, workflow...):
+    # one of them spelling the trusted issuer must not stand in for a missing issuer.
+    signer = ec.generate_private_key(ec.SECP256R1())
+    spoof = x509.UnrecognizedExtension(GITHUB_REPOSITORY, ISSUER.encode())
+    leaf = world["fulcio"].issue(signer, EMAIL, "", extra=(spoof,))
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    signature = sign(signer, payload)
+    annotations = {
+        SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        CERTIFICATE_ANNOTATION: _pem(leaf).decode(),
+        CHAIN_ANNOTATION: _pem(world["fulcio"].root).decode(),
+        BUNDLE_ANNOTATION: rekor_bundle(
+            world["rekor"], hashedrekord_of(_pem(leaf), payload, signature)
+        ),
+    }
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == f"by an unknown identity ({EMAIL})"
+
+
+def test_the_v1_issuer_extension_is_read(world: dict[str, Any]) -> None:
+    signer = ec.generate_private_key(ec.SECP256R1())
+    v1 = x509.UnrecognizedExtension(ISSUER_V1, ISSUER.encode())
+    leaf = world["fulcio"].issue(signer, EMAIL, "", extra=(v1,))
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    signature = sign(signer, payload)
+    annotations = {
+        SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        CERTIFICATE_ANNOTATION: _pem(leaf).decode(),
+        CHAIN_ANNOTATION: _pem(world["fulcio"].root).decode(),
+        BUNDLE_ANNOTATION: rekor_bundle(
+            world["rekor"], hashedrekord_of(_pem(leaf), payload, signature)
+        ),
+    }
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert (finding.valid, finding.detail) == (True, f"{EMAIL} from {ISSUER}")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["CN=release-signer", "CN=release-signer,O=Acme,OU=Interns"],
+    ids=["fewer-names", "more-names"],
+)
+def test_a_private_ca_subject_must_match_exactly(subject: str) -> None:
+    ca = Fulcio()
+    payload, annotations = pki_layer(ca, subject)
+    [finding] = verify_layer(trust_ca(ca, "CN=release-signer, O=Acme"), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail.startswith("certificate subject ")
+    assert finding.detail.endswith(" is not trusted")
+    # The same names in another order and spacing are the same subject.
+    payload, annotations = pki_layer(ca, "O=Acme,CN=release-signer")
+    [finding] = verify_layer(trust_ca(ca, "CN=release-signer, O=Acme"), IMAGE, payload, annotations)
+    assert (finding.valid, finding.signer) == (True, "corp")
+
+
+def test_the_second_private_ca_is_tried_when_the_first_does_not_verify() -> None:
+    first, second = Fulcio(), Fulcio()
+    section = {
+        "certificates": {
+            "first": {"pem": _pem(first.root).decode()},
+            "second": {"pem": _pem(second.root).decode()},
+        }
+    }
+    config, problems = parse_trust(section)
+    assert not problems
+    payload, annotations = pki_layer(second, "release-signer")
+    assert [(f.valid, f.signer) for f in verify_layer(config, IMAGE, payload, annotations)] == [
+        (True, "second")
+    ]
