@@ -88,6 +88,7 @@ TARGETS: dict[str, Target] = {
         (
             "tests/policies/test_signatures_cosign.py",
             "tests/security/test_keyless_identity.py",
+            "tests/security/test_cosign_payloads.py",
         ),
         bare=True,
     ),

@@ -24,7 +24,7 @@ from policies.signatures.cosign import (
     SIGNATURE_ANNOTATION,
     verify_layer,
 )
-from policies.signatures.keyless import ISSUER_V1, ISSUER_V2
+from policies.signatures.keyless import ISSUER_V1, ISSUER_V2, certificate_identity
 from policies.signatures.trust import TrustConfig, parse_trust
 from tests.policies.test_signatures_cosign import rekor_bundle
 from tests.signing import public_pem, sign, simple_signing_payload, spki
@@ -323,10 +323,11 @@ def test_a_long_issuer_is_read_whole(world: dict[str, Any]) -> None:
     "value",
     [
         b"\x13\x1b" + ISSUER.encode(),  # a PrintableString, not a UTF8String
+        b"\x04\x1b" + ISSUER.encode(),  # an OCTET STRING (a tag below UTF8String's)
         b"\x0c\x7f" + ISSUER.encode(),  # a length running past the end
         b"\x0c",  # no length at all
     ],
-    ids=["wrong-tag", "truncated", "no-length"],
+    ids=["printable-string", "octet-string", "truncated", "no-length"],
 )
 def test_a_malformed_issuer_extension_names_no_issuer(world: dict[str, Any], value: bytes) -> None:
     payload, annotations = keyless_layer(world, issuer_value=value)
@@ -551,3 +552,24 @@ def test_the_second_private_ca_is_tried_when_the_first_does_not_verify() -> None
     assert [(f.valid, f.signer) for f in verify_layer(config, IMAGE, payload, annotations)] == [
         (True, "second")
     ]
+
+
+def test_a_certificate_without_sans_names_no_subject() -> None:
+    # Chain verification refuses such a leaf first; the identity reader must not raise on it.
+    ca, signer = Fulcio(), ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("release-signer"))
+        .issuer_name(ca.name)
+        .public_key(signer.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(minutes=1))
+        .not_valid_after(NOW + datetime.timedelta(minutes=9))
+        .sign(ca.key, hashes.SHA256())
+    )
+    identity = certificate_identity(leaf)
+    assert (identity.subjects, identity.issuer, identity.subject_dn) == (
+        (),
+        None,
+        "CN=release-signer",
+    )
