@@ -4,6 +4,8 @@
     python3 tests/mutation/run.py auth keyless   # some targets
     python3 tests/mutation/run.py --smoke        # the CI subset: every mutant must be killed
     python3 tests/mutation/run.py --list         # the targets and their test files
+    python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
+                                                 # only that session's survivors, current tests
 
 Each target pairs modules with the test files that guard them, so a mutant is judged by the tests
 that claim to cover it and a run stays short. cosmic-ray edits the source in place: this script
@@ -259,13 +261,50 @@ def mutate(name: str, target: Target, work: Path, results: Path) -> tuple[int, i
     return killed, total, survivors
 
 
+def recheck(session: Path) -> int:
+    """Run each survivor of an earlier session again against the current tests (after writing
+    the tests that should kill them); print what still survives."""
+    import sqlite3
+
+    rows = (
+        sqlite3.connect(session)
+        .execute(
+            "SELECT m.module_path, m.operator_name, m.occurrence, m.start_pos_row "
+            "FROM work_results r JOIN mutation_specs m ON m.job_id = r.job_id "
+            "WHERE r.test_outcome = 'SURVIVED' ORDER BY m.module_path, m.start_pos_row"
+        )
+        .fetchall()
+    )
+    still = 0
+    with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
+        work = Path(tmp)
+        copy_tree(work)
+        for module, operator, occurrence, line in rows:
+            name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
+            tests = " ".join(t for t in target.tests if (ROOT / t).exists())
+            command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+            out = run(
+                [*COSMIC_RAY, "mutate-and-test", module, operator, str(occurrence), command],
+                work,
+            ).stdout
+            outcome = json.loads(out)["test_outcome"]
+            still += outcome == "survived"
+            print(f"{outcome:9} {module}:{line} {operator} ({name})", flush=True)
+    print(f"{len(rows) - still}/{len(rows)} earlier survivors now killed")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="targets to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="the CI subset; fail on a survivor")
     parser.add_argument("--list", action="store_true", help="list the targets")
     parser.add_argument("--results", default=".mutation", help="where session files are kept")
+    parser.add_argument("--recheck", type=Path, help="rerun this session's survivors only")
     args = parser.parse_args()
+    if args.recheck is not None:
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        return recheck(args.recheck.resolve())
     if args.list:
         for name, target in TARGETS.items():
             print(f"{name}: {', '.join(target.modules)}\n    tests: {', '.join(target.tests)}")
