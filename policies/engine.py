@@ -24,6 +24,7 @@ class Policy:
     version: str = "none"
     source: str = "(no policy)"
     library: Library | None = None  # the `library:` section (base images), when declared
+    files: tuple[str, ...] = ()  # files the policy references (keys, certificates, roots)
 
     @property
     def allows_everything(self) -> bool:

@@ -1,10 +1,12 @@
 """The policy gate the registry's handlers call: decide, cache, record, reload.
 
 One `PolicyGate` lives in the application. It holds the current `Policy` (swapped whole on reload,
-so a request sees one policy from start to end), caches pull decisions by
-(policy version, repository, digest, evidence version), each until its `valid_until` (when time
-alone can change it: a scan ageing out, an exception expiring), and writes every decision to the
-log: denials at once, an allowed push once its manifest is stored (`PolicyGate.pushed`), repeated
+so a request sees one policy from start to end; the policy version covers the file and every key,
+certificate and trusted root it references, and the file watch looks at all of them), caches pull
+decisions by (policy version, repository, digest, evidence version), each until its `valid_until`
+(when time alone can change it: a scan ageing out, an exception expiring, a certificate a
+signature proof relied on expiring), and writes every decision to the log: denials at once, an
+allowed push once its manifest is stored (`PolicyGate.pushed`), repeated
 allowed pulls folded into one row with a count and flushed every second.
 """
 
@@ -101,7 +103,7 @@ class PolicyGate:
         self.store = store
         self.policy = policy
         self.path = path
-        self._stamp = _stamp(path)
+        self._stamp = self._stamps(policy)
         self._cache: dict[_CacheKey, Verdict] = {}
         self._evidence: dict[str, int] = {}
         self._changes: dict[str, int] = {}
@@ -133,16 +135,17 @@ class PolicyGate:
         if self.path is None:
             log.warning("reload asked but no policy file is configured; %s", NO_POLICY_WARNING)
             return False
-        self._stamp = _stamp(self.path)
         try:
             policy = load_policy(self.path)
         except PolicyError as exc:
+            self._stamp = self._stamps(self.policy)
             log.error(
                 "policy reload refused; keeping version %s in force:\n%s",
                 self.policy.version[:19],
                 exc,
             )
             return False
+        self._stamp = self._stamps(policy)
         if policy.version == self.policy.version:
             return False
         self.policy = policy
@@ -155,10 +158,17 @@ class PolicyGate:
         )
         return True
 
+    def _stamps(self, policy: Policy) -> tuple[tuple[int, int, int] | None, ...]:
+        """What the watch compares: the policy file's and every file it references (a key, a
+        certificate, a trusted root), so replacing one of them reloads the policy."""
+        if self.path is None:
+            return ()
+        return tuple(_stamp(Path(p)) for p in (self.path, *policy.files))
+
     async def _watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if _stamp(self.path) != self._stamp:
+            if self._stamps(self.policy) != self._stamp:
                 self.reload()
 
     @contextlib.asynccontextmanager
@@ -391,11 +401,11 @@ def _enforce(verdict: Verdict) -> dict[str, str]:
     return {"Warning": f'299 trustyard "policy (warn mode): {escaped}"'}
 
 
-def _stamp(path: Path | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    # The inode too: a file replaced by rename (how editors and config tools write) is new even
+    # when its size and modification time match the old one's.
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino

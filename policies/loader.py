@@ -207,9 +207,14 @@ def _schema_problems(document: Any, lines: _Lines, source: str) -> Iterator[Prob
         yield Problem(line, format_path(path), message, source)
 
 
-def policy_version(content: bytes) -> str:
-    """The policy's version: the sha256 of the file's bytes."""
-    return "sha256:" + hashlib.sha256(content).hexdigest()
+def policy_version(content: bytes, trust_version: str | None = None) -> str:
+    """The policy's version: the sha256 of the file's bytes and, when it trusts any signer, of
+    the trust config's version (which covers every key, certificate and trusted root file it
+    references), so that replacing a referenced file makes a new version."""
+    digest = hashlib.sha256(content)
+    if trust_version is not None:
+        digest.update(b"\ntrust:" + trust_version.encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
@@ -260,9 +265,10 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
     return Policy(
         rules=tuple(rules),
         mode=document.get("mode", "enforce"),
-        version=policy_version(raw),
+        version=policy_version(raw, trust.version if trust.names else None),
         source=source,
         library=library,
+        files=trust.files,
     )
 
 

@@ -69,6 +69,10 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 digest, configured scanner); a new one replaces it
     scan_findings(digest, scanner, vulnerability, severity, package, installed, fixed)
                                                 its findings (deleted with the report)
+    scan_signatures(signature, scanner, expires_at)
+                                                HMAC signatures of stored scan posts, kept while
+                                                their timestamp is inside the tolerance window:
+                                                the same signed request again is a replay
     event_outbox(id, endpoint, repository, type, body, created_at, attempts, next_attempt_at,
                  state, last_error)             one row per (event, endpoint) to deliver, written
                                                 in the transaction of the change it reports;
@@ -227,6 +231,12 @@ CREATE TABLE IF NOT EXISTS scan_findings (
     FOREIGN KEY (digest, scanner) REFERENCES scan_reports(digest, scanner) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS scan_findings_report ON scan_findings(digest, scanner);
+
+CREATE TABLE IF NOT EXISTS scan_signatures (
+    signature   TEXT PRIMARY KEY,      -- Trustyard-Signature of a stored post (sha256=<hex>)
+    scanner     TEXT NOT NULL,
+    expires_at  REAL NOT NULL          -- when its timestamp leaves the tolerance window
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS event_outbox (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -27,6 +27,7 @@ recorded there like any other proof.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from policies.library.declaration import Library, LibraryImage
@@ -36,6 +37,7 @@ from policies.library.lineage import Candidate
 from policies.signatures.discovery import signed_subject
 from policies.signatures.findings import Finding
 from policies.signatures.proofs import findings_for, recorded, verify_and_record
+from policies.signatures.references import repository_of, signs_for
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
@@ -59,11 +61,22 @@ def wanted(image: LibraryImage) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def _verdict(image: LibraryImage, findings: list[Finding]) -> str | None:
-    """None when a finding proves one of `signed_by`, else why not."""
-    if any(f.valid and f.signer in image.signed_by for f in findings):
-        return None
-    found = "; ".join(dict.fromkeys(f.describe() for f in findings)) or "found no signature"
+def _verdict(image: LibraryImage, findings: list[Finding], repository: str) -> str | None:
+    """None when a finding proves one of `signed_by` now, for this repository (a signature that
+    signs a reference must name it, as the `signature` rule's default), else why not."""
+    now = time.time()
+    shown = []
+    for f in findings:
+        if not (f.valid and f.signer in image.signed_by):
+            shown.append(f.describe())
+        elif not f.counts_at(now):
+            shown.append(f"by {f.signer} but expired")
+        elif not signs_for(f, repository):
+            assert f.docker_reference is not None
+            shown.append(f"by {f.signer} but for repository {repository_of(f.docker_reference)}")
+        else:
+            return None
+    found = "; ".join(dict.fromkeys(shown)) or "found no signature"
     return f"not signed by {wanted(image)} ({found})"
 
 
@@ -85,7 +98,7 @@ async def unsigned(
         findings = await verify_and_record(db, store, library.trust, repository, digest)
     else:
         findings = await findings_for(db, store, library.trust, repository, digest)
-    return _verdict(image, findings)
+    return _verdict(image, findings, repository)
 
 
 async def signature_arrived(
@@ -141,8 +154,9 @@ async def _recorded_reason(
     db: MetadataDB, library: Library, image: LibraryImage, digest: str
 ) -> str:
     """Why a pending digest is not signed, from recorded proofs only (reports verify nothing)."""
-    findings = await recorded(db, library.trust, library.repository(image.name), digest)
-    return _verdict(image, findings or []) or f"not signed by {wanted(image)}"
+    repository = library.repository(image.name)
+    findings = await recorded(db, library.trust, repository, digest)
+    return _verdict(image, findings or [], repository) or f"not signed by {wanted(image)}"
 
 
 async def pending_candidates(

@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 import rfc8785
@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from policies.signatures.cosign import verify_with_key
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.keyless import certificate_identity
+from policies.signatures.references import statement_reference
 from policies.signatures.trust import (
     PublicKey,
     SigstoreRoot,
@@ -131,9 +132,10 @@ def verify_layer(trust: TrustConfig, image_digest: str, content: bytes) -> list[
 # Certificate-based bundles: the `sigstore` package.
 
 
-@cache
-def _verifier(path: str) -> Any:
-    """One `sigstore` verifier per trusted root file (parsing a root costs milliseconds)."""
+@lru_cache(maxsize=16)
+def _verifier(path: str, digest: str = "") -> Any:
+    """One `sigstore` verifier per trusted root file content (parsing a root costs
+    milliseconds; a replaced file, with another `digest`, gets a verifier of its own)."""
     from sigstore.models import TrustedRoot
     from sigstore.verify import Verifier
 
@@ -181,13 +183,14 @@ def _verify_certificate(
         by_root.setdefault(identity.root.path, []).append(identity)
     reasons: list[str] = []
     for path, identities in by_root.items():
-        verifier = _verifier(path)
+        verifier = _verifier(path, identities[0].root.digest)
         policy = _TrustedIdentities(identities)
-        predicate_type = None
+        predicate_type = reference = None
         try:
             if bundle._dsse_envelope is not None:
                 payload_type, payload = verifier.verify_dsse(bundle, policy)
                 predicate_type = _statement_for(image_digest, payload_type, payload)
+                reference = statement_reference(payload, image_digest)
             else:
                 algorithm, _, hex_part = image_digest.partition(":")
                 if algorithm != "sha256":
@@ -200,7 +203,7 @@ def _verify_certificate(
         cert = bundle.signing_certificate
         who = certificate_identity(cert)
         return [
-            Finding(digest, "bundle", True, i.name, _who(cert), None, predicate_type)
+            Finding(digest, "bundle", True, i.name, _who(cert), reference, predicate_type)
             for i in identities
             if i.matches(who.issuer, who.subjects)
         ]
@@ -252,6 +255,7 @@ def _verify_keyed(
             if not proved:
                 return [unknown(digest, kind)]
             predicate_type = _statement_for(image_digest, payload_type, payload)
+            reference = statement_reference(payload, image_digest)
             logged = _LoggedDsse(payload, signed)
         elif "messageSignature" in document:
             message = document["messageSignature"]
@@ -267,7 +271,7 @@ def _verify_keyed(
             if "sha256:" + signed_digest.hex() != image_digest:
                 signed_for = short("sha256:" + signed_digest.hex())
                 return [invalid(digest, kind, f"for another image ({signed_for})")]
-            predicate_type = None
+            predicate_type = reference = None
             logged = _LoggedDsse(None, signed_digest)
         else:
             raise BundleError("the bundle holds neither a DSSE envelope nor a message signature")
@@ -277,7 +281,9 @@ def _verify_keyed(
             if key.rekor is not None:
                 verify_logged(entries, key.rekor, logged, signature)
             found.append(
-                Finding(digest, kind, True, key.name, f"by key {key.key_id}", None, predicate_type)
+                Finding(
+                    digest, kind, True, key.name, f"by key {key.key_id}", reference, predicate_type
+                )
             )
         return found
     except BundleError as exc:

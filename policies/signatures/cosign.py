@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from policies.signatures.findings import Finding, invalid, short, unknown
+from policies.signatures.references import repository_of as repository_of
 from policies.signatures.trust import PublicKey, TrustConfig, TrustedKey
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -49,6 +51,15 @@ MAX_PAYLOAD = 64 * 1024
 
 class FormatError(ValueError):
     """The bytes are not what the format says they must be."""
+
+
+def go_b64decode(text: str | bytes) -> bytes:
+    """Standard base64 read as Go's `base64.StdEncoding` reads it (cosign, Rekor): carriage
+    returns and line feeds anywhere are ignored, anything else outside the alphabet and wrong
+    padding are errors (`binascii.Error`)."""
+    if isinstance(text, str):
+        text = text.encode("ascii", "strict") if text.isascii() else b"\x00"
+    return base64.b64decode(text.replace(b"\r", b"").replace(b"\n", b""), validate=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,7 @@ class CosignSignature:
         if not encoded:
             raise FormatError(f"layer has no {SIGNATURE_ANNOTATION} annotation")
         try:
-            signature = base64.b64decode(encoded, validate=True)
+            signature = go_b64decode(encoded)
         except (binascii.Error, ValueError):
             raise FormatError(f"{SIGNATURE_ANNOTATION} is not base64") from None
 
@@ -153,18 +164,6 @@ def verify_with_key(key: PublicKey, data: bytes, signature: bytes) -> bool:
     return False
 
 
-def repository_of(reference: str) -> str:
-    """The repository path of a docker reference: without registry host, tag or digest."""
-    name = reference.split("@", 1)[0]
-    last = name.rsplit("/", 1)
-    if ":" in last[-1]:
-        name = name[: name.rindex(":")]
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return rest
-    return name
-
-
 def verify_layer(
     trust: TrustConfig, image_digest: str, payload: bytes, annotations: Mapping[str, str]
 ) -> list[Finding]:
@@ -209,7 +208,7 @@ def verify_layer(
             )
         ]
     return [
-        Finding(f.signature_digest, kind, True, f.signer, f.detail, signed.docker_reference)
+        dataclasses.replace(f, kind=kind, valid=True, docker_reference=signed.docker_reference)
         for f in found
     ]
 

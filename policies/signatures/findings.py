@@ -3,6 +3,8 @@ database and read by the `signature` rule."""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -25,8 +27,18 @@ class Finding:
     valid: bool
     signer: str | None = None
     detail: str = ""
-    docker_reference: str | None = None  # the reference a simple signing payload names
+    # The reference the signature signs (a simple signing payload's `docker-reference`, an
+    # in-toto subject's name when it names a repository); None: it signs the digest only.
+    docker_reference: str | None = None
     predicate_type: str | None = None  # an in-toto statement's predicate type (DSSE bundles)
+    # When the proof stops counting (Unix seconds): a certificate checked at "now" (private CA,
+    # Notation) expires, a Notation signature's own expiry passes. None: it never expires
+    # (a key, or a Fulcio certificate checked at the time Rekor logged the signature).
+    valid_until: float | None = None
+
+    def counts_at(self, now: float) -> bool:
+        """Whether the finding proves its signer at `now` (valid and not yet expired)."""
+        return self.valid and (self.valid_until is None or now < self.valid_until)
 
     def describe(self) -> str:
         """How a denial shows this finding: `by release`, `by an unknown key (sha256:…)`."""
@@ -45,3 +57,13 @@ def unknown(signature_digest: str, kind: str, what: str = "key") -> Finding:
 def invalid(signature_digest: str, kind: str, why: str) -> Finding:
     """A signature that cannot count, with why (`for another image (sha256:…)`)."""
     return Finding(signature_digest, kind, False, None, why)
+
+
+def not_after(certificates: Iterable[object]) -> float | None:
+    """The earliest end of validity of these certificates (Unix seconds), None for none."""
+    ends = [
+        c.not_valid_after_utc.timestamp()
+        for c in certificates
+        if isinstance(getattr(c, "not_valid_after_utc", None), datetime.datetime)
+    ]
+    return min(ends) if ends else None

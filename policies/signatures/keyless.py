@@ -19,7 +19,6 @@ issuer is in extension 1.3.6.1.4.1.57264.1.8 (a DER UTF8String) or, in older cer
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import json
@@ -39,8 +38,13 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from policies.signatures.cosign import CosignSignature, FormatError, verify_with_key
-from policies.signatures.findings import Finding, short
+from policies.signatures.cosign import (
+    CosignSignature,
+    FormatError,
+    go_b64decode,
+    verify_with_key,
+)
+from policies.signatures.findings import Finding, not_after, short
 from policies.signatures.trust import PublicKey, TrustConfig, TrustedIdentity
 
 ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -160,7 +164,7 @@ def verify_signed_entry(
     naming this signature, this payload and this certificate (or key)."""
     try:
         document = json.loads(bundle)
-        set_signature = base64.b64decode(document["SignedEntryTimestamp"])
+        set_signature = go_b64decode(document["SignedEntryTimestamp"])
         entry = document["Payload"]
         canonical = rfc8785.dumps(
             {
@@ -170,7 +174,14 @@ def verify_signed_entry(
                 "logIndex": entry["logIndex"],
             }
         )
-        body = json.loads(base64.b64decode(entry["body"]))
+        body = json.loads(go_b64decode(entry["body"]))
+        if not isinstance(body, dict):
+            raise TypeError("the entry body is not a JSON object")
+        integrated_time, log_index = entry["integratedTime"], entry["logIndex"]
+        if not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in (integrated_time, log_index)
+        ):
+            raise TypeError("integratedTime and logIndex must be integers")
     except (ValueError, KeyError, TypeError):
         raise FormatError("the Rekor bundle annotation is not cosign's bundle JSON") from None
     key = rekor_keys.get(str(entry["logID"]))
@@ -184,7 +195,7 @@ def verify_signed_entry(
     except (InvalidSignature, TypeError):
         raise KeylessError("the Rekor signed entry timestamp does not verify") from None
     _check_entry_body(body, signature, payload, certificate_pem, public_key)
-    return SignedEntry(int(entry["integratedTime"]), int(entry["logIndex"]), str(entry["logID"]))
+    return SignedEntry(integrated_time, log_index, str(entry["logID"]))
 
 
 def _check_entry_body(
@@ -198,9 +209,11 @@ def _check_entry_body(
         raise KeylessError(f"Rekor entry kind {body.get('kind')!r} is not hashedrekord")
     try:
         spec = body["spec"]
-        logged_signature = base64.b64decode(spec["signature"]["content"])  # type: ignore[index]
-        logged_key = base64.b64decode(spec["signature"]["publicKey"]["content"])  # type: ignore[index]
+        logged_signature = go_b64decode(spec["signature"]["content"])  # type: ignore[index]
+        logged_key = go_b64decode(spec["signature"]["publicKey"]["content"])  # type: ignore[index]
         logged_hash = spec["data"]["hash"]  # type: ignore[index]
+        if not isinstance(logged_hash, dict):
+            raise TypeError("the logged hash is not an object")
     except (KeyError, TypeError, ValueError):
         raise FormatError("the Rekor entry body is not a hashedrekord v0.0.1") from None
     if logged_signature != signature:
@@ -211,10 +224,13 @@ def _check_entry_body(
     ):
         raise KeylessError("the Rekor entry logs another payload")
     if certificate_pem is not None:
-        logged = (
-            x509.load_pem_x509_certificate(logged_key) if b"CERTIFICATE" in logged_key else None
-        )
-        ours = x509.load_pem_x509_certificate(certificate_pem)
+        try:
+            logged = (
+                x509.load_pem_x509_certificate(logged_key) if b"CERTIFICATE" in logged_key else None
+            )
+            ours = x509.load_pem_x509_certificate(certificate_pem)
+        except ValueError:
+            raise FormatError("the Rekor entry logs a certificate that is not PEM") from None
         if logged is None or logged != ours:
             raise KeylessError("the Rekor entry logs another certificate")
     elif public_key is not None:
@@ -239,6 +255,7 @@ class KeylessResult:
     identity: CertificateIdentity
     entry: SignedEntry | None
     leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()  # the verified chain, leaf first
 
 
 def verify_certificate_signature(
@@ -268,18 +285,19 @@ def verify_certificate_signature(
             raise KeylessError("no Rekor bundle: a keyless signature must be logged")
         entry = verify_signed_entry(bundle, rekor_keys, signature, payload, certificate_pem)
         at = entry.time
-    verify_chain(leaf, chain, roots, at, private_pki=rekor_keys is None)
+    verified = verify_chain(leaf, chain, roots, at, private_pki=rekor_keys is None)
     key = leaf.public_key()
     if not verify_with_key(key, payload, signature):  # type: ignore[arg-type]
         raise KeylessError("the signature does not verify with the certificate's key")
-    return KeylessResult(certificate_identity(leaf), entry, leaf)
+    return KeylessResult(certificate_identity(leaf), entry, leaf, tuple(verified))
 
 
 def verify_against(
     trust: TrustConfig, signature: CosignSignature, digest: str
 ) -> tuple[list[Finding], str]:
     """Which trusted identities (Fulcio) and certificate authorities (private PKI) a
-    certificate-carrying simple signing layer proves; with the reason when none."""
+    certificate-carrying simple signing layer proves; when none, why, for each configured signer
+    in turn (`gha-release: certificate chain does not verify ...; corp-ca: ...`)."""
     found: list[Finding] = []
     reasons: list[str] = []
     assert signature.certificate is not None
@@ -288,6 +306,7 @@ def verify_against(
         by_root.setdefault(identity.root.path, []).append(identity)
     for identities in by_root.values():
         root = identities[0].root
+        names = ", ".join(i.name for i in identities)
         try:
             result = verify_certificate_signature(
                 signature.certificate,
@@ -299,14 +318,14 @@ def verify_against(
                 signature.payload,
             )
         except (KeylessError, FormatError) as exc:
-            reasons.append(str(exc))
+            reasons.append(f"{names}: {exc}")
             continue
         who = result.identity
-        for identity in identities:
-            if identity.matches(who.issuer, who.subjects):
-                found.append(Finding(digest, "cosign-keyless", True, identity.name, _who(result)))
-        if not found:
-            reasons.append(f"by an unknown identity ({_who(result)})")
+        matched = [i for i in identities if i.matches(who.issuer, who.subjects)]
+        for identity in matched:
+            found.append(Finding(digest, "cosign-keyless", True, identity.name, _who(result)))
+        if not matched:
+            reasons.append(f"{names}: by an unknown identity ({_who(result)})")
     for authority in trust.certificates.values():
         try:
             result = verify_certificate_signature(
@@ -319,15 +338,24 @@ def verify_against(
                 signature.payload,
             )
         except (KeylessError, FormatError) as exc:
-            reasons.append(str(exc))
+            reasons.append(f"{authority.name}: {exc}")
             continue
         if authority.subject is None or same_dn(authority.subject, result.identity.subject_dn):
-            found.append(Finding(digest, "cosign-keyless", True, authority.name, _who(result)))
+            # Checked at "now", not at a logged time: the proof ends with the chain's validity.
+            until = not_after(result.chain)
+            found.append(
+                Finding(
+                    digest, "cosign-keyless", True, authority.name, _who(result), valid_until=until
+                )
+            )
         else:
-            reasons.append(f"certificate subject {result.identity.subject_dn!r} is not trusted")
-    if not trust.identities and not trust.certificates:
-        reasons.append(f"by an unknown certificate ({short(digest)})")
-    return found, (reasons[-1] if reasons else f"by an unknown certificate ({short(digest)})")
+            reasons.append(
+                f"{authority.name}: certificate subject {result.identity.subject_dn!r} is not "
+                "trusted"
+            )
+    if not reasons:
+        return found, f"by an unknown certificate ({short(digest)})"
+    return found, "by no trusted signer (" + "; ".join(reasons) + ")"
 
 
 def _who(result: KeylessResult) -> str:

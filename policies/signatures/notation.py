@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from policies.signatures.findings import Finding, invalid, short
+from policies.signatures.findings import Finding, invalid, not_after, short
 from policies.signatures.keyless import KeylessError, same_dn, verify_chain
 from policies.signatures.trust import TrustConfig, TrustedCertificates
 
@@ -283,5 +283,15 @@ def verify_layer(
         if authority.subject is not None and not same_dn(authority.subject, subject):
             reason = f"by {subject}, not the subject {authority.name} requires"
             continue
-        found.append(Finding(digest, "notation", True, authority.name, f"by {subject}"))
+        # The chain is checked at "now": the proof ends when a certificate or the signature
+        # expires, whichever comes first.
+        ends = [t for t in (not_after(envelope.chain), _expiry(envelope)) if t is not None]
+        until = min(ends) if ends else None
+        found.append(
+            Finding(digest, "notation", True, authority.name, f"by {subject}", valid_until=until)
+        )
     return found or [invalid(digest, "notation", reason)]
+
+
+def _expiry(envelope: Envelope) -> float | None:
+    return None if envelope.expiry is None else envelope.expiry.timestamp()

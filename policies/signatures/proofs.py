@@ -3,15 +3,26 @@
 
 Signatures are verified when they are pushed (the `.sig` tag or a referrer) and, failing that,
 the first time a pull needs them. The rows carry the trust config's version: after a policy reload
-that changes `trust:`, the next uncached pull verifies again under the new config. A pull whose
-image's proofs are recorded costs two indexed reads and no cryptography.
+that changes `trust:` (or a key or trusted root file it names), the next uncached pull verifies
+again under the new config. They also carry a fingerprint of where the image's signatures lived
+when they were verified (`discovery.sources`): once a signature manifest is deleted, untagged,
+replaced or added, the recorded proofs no longer count and the signatures are verified again, so a
+proof dies with the signature that produced it, also across a restart. A pull whose image's proofs
+are recorded costs three indexed reads and no cryptography.
+
+Verification is CPU work: it runs on a small pool of threads (`VERIFY_WORKERS`), off the event
+loop, within the limits `discovery` sets per manifest and per image, and a signature whose fields
+are malformed in a way no verifier foresaw proves nothing (it is never a server error).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +33,9 @@ from policies.signatures.discovery import (
     SignatureManifest,
     find_signatures,
     signed_subject,
+    sources,
 )
+from policies.signatures.discovery import push_problem as _limits_problem
 from policies.signatures.findings import Finding, invalid
 from policies.signatures.trust import TrustConfig
 from storage.blobstore import BlobStore
@@ -37,6 +50,14 @@ _TRUSTS: dict[str, TrustConfig] = {}
 #: Parent indexes whose proofs are read for a platform image pulled by digest, at most.
 MAX_PARENTS = 16
 
+#: Threads verifying signatures: at most this many verifications run at once, whatever the
+#: number of pushes, and none on the event loop.
+VERIFY_WORKERS = 2
+
+_POOL = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="trustyard-verify")
+
+log = logging.getLogger("trustyard.signatures")
+
 
 def register_trust(trust: TrustConfig) -> str:
     """Remember `trust` and return the fact name a requirement using it needs."""
@@ -48,27 +69,53 @@ def verify_manifest(
     trust: TrustConfig, image_digest: str, manifest: SignatureManifest
 ) -> list[Finding]:
     """Every finding of the signature layers of one signature manifest (pure CPU work)."""
+    if manifest.problem is not None:
+        return [invalid(manifest.digest, "signature manifest", manifest.problem)]
     found: list[Finding] = []
     for layer in manifest.layers:
-        if layer.media_type == cosign.SIMPLE_SIGNING:
-            found += cosign.verify_layer(trust, image_digest, layer.content, layer.annotations)
-        elif layer.media_type in SIGSTORE_BUNDLE_TYPES:
-            found += bundles.verify_layer(trust, image_digest, layer.content)
-        elif layer.media_type in NOTATION_ENVELOPES:
-            found += notation.verify_layer(trust, image_digest, layer.media_type, layer.content)
-        else:  # pragma: no cover - discovery only returns the types above
-            found.append(invalid(layer.digest, "unknown", f"unknown media type {layer.media_type}"))
+        try:
+            if layer.media_type == cosign.SIMPLE_SIGNING:
+                found += cosign.verify_layer(trust, image_digest, layer.content, layer.annotations)
+            elif layer.media_type in SIGSTORE_BUNDLE_TYPES:
+                found += bundles.verify_layer(trust, image_digest, layer.content)
+            elif layer.media_type in NOTATION_ENVELOPES:
+                found += notation.verify_layer(trust, image_digest, layer.media_type, layer.content)
+            else:  # pragma: no cover - discovery only returns the types above
+                why = f"unknown media type {layer.media_type}"
+                found.append(invalid(layer.digest, "unknown", why))
+        except Exception as exc:  # a malformed signature proves nothing, never a 500
+            log.warning("signature layer %s of %s: %r", layer.digest, manifest.digest, exc)
+            why = "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
+            found.append(
+                invalid(
+                    layer.digest,
+                    "malformed",
+                    f"a malformed signature layer ({layer.media_type}: {why}); not verified",
+                )
+            )
     return found
+
+
+def _verify_all(
+    trust: TrustConfig, image_digest: str, manifests: list[SignatureManifest]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    for manifest in manifests:
+        findings += verify_manifest(trust, image_digest, manifest)
+    return findings
 
 
 async def verify_and_record(
     db: MetadataDB, store: BlobStore, trust: TrustConfig, repository: str, image_digest: str
 ) -> list[Finding]:
     """Find and verify every signature of an image, replace its recorded proofs, return them."""
+    where = await sources(db, repository, image_digest)
+    manifests = await find_signatures(db, store, repository, image_digest)
     findings: list[Finding] = []
-    for manifest in await find_signatures(db, store, repository, image_digest):
-        findings += verify_manifest(trust, image_digest, manifest)
-    await record(db, trust, repository, image_digest, findings)
+    if manifests:
+        loop = asyncio.get_running_loop()
+        findings = await loop.run_in_executor(_POOL, _verify_all, trust, image_digest, manifests)
+    await record(db, trust, repository, image_digest, findings, where)
     return findings
 
 
@@ -78,8 +125,10 @@ async def record(
     repository: str,
     image_digest: str,
     findings: list[Finding],
+    where: str = "",
 ) -> None:
-    """Replace the recorded proofs of an image (a row with empty digest marks "none found")."""
+    """Replace the recorded proofs of an image (a row with empty digest marks "none found"),
+    verified from the signatures `where` fingerprints (`discovery.sources`)."""
     now = time.time()
     rows = [
         (
@@ -94,13 +143,26 @@ async def record(
                     "reason": f.detail,
                     "docker_reference": f.docker_reference,
                     "predicate_type": f.predicate_type,
+                    "valid_until": f.valid_until,
+                    "sources": where,
                 }
             ),
             trust.version,
             now,
         )
         for f in findings
-    ] or [(repository, image_digest, "", None, 0, "{}", trust.version, now)]
+    ] or [
+        (
+            repository,
+            image_digest,
+            "",
+            None,
+            0,
+            json.dumps({"sources": where}),
+            trust.version,
+            now,
+        )
+    ]
     async with db.transaction() as conn:
         await conn.execute(
             "DELETE FROM signature_proofs WHERE repository = ? AND image_digest = ?",
@@ -116,7 +178,8 @@ async def record(
 async def recorded(
     db: MetadataDB, trust: TrustConfig, repository: str, image_digest: str
 ) -> list[Finding] | None:
-    """The proofs recorded for an image under `trust`, or None when it must be verified."""
+    """The proofs recorded for an image under `trust` from the signatures it has now, or None
+    when it must be verified."""
     rows = await db.read(
         "SELECT signature_digest, signer, valid, detail, trust_version FROM signature_proofs "
         "WHERE repository = ? AND image_digest = ?",
@@ -124,11 +187,15 @@ async def recorded(
     )
     if not rows or any(row[4] != trust.version for row in rows):
         return None
+    metas: list[Mapping[str, Any]] = [json.loads(row[3]) for row in rows]
+    where = await sources(db, repository, image_digest)
+    if any(meta.get("sources") != where for meta in metas):
+        return None  # a signature was deleted, replaced or added since: verify again
     found = []
-    for digest, signer, valid, detail, _ in rows:
+    for (digest, signer, valid, _, _), meta in zip(rows, metas, strict=True):
         if not digest:
             continue
-        meta: Mapping[str, Any] = json.loads(detail)
+        until = meta.get("valid_until")
         found.append(
             Finding(
                 digest,
@@ -138,6 +205,7 @@ async def recorded(
                 str(meta.get("reason", "")),
                 meta.get("docker_reference"),
                 meta.get("predicate_type"),
+                float(until) if isinstance(until, int | float) else None,
             )
         )
     return found
@@ -238,3 +306,13 @@ async def signature_pushed(
     for trust in trusts:
         await verify_and_record(db, store, trust, repository, subject)
     return bool(trusts)
+
+
+def push_problem(policy: Any, content: bytes, tag: str | None) -> str | None:
+    """Why a pushed signature manifest is refused before it is stored (over the verification
+    limits), when the policy verifies signatures; None otherwise."""
+    library = getattr(policy, "library", None)
+    library_signs = library is not None and any(i.signed_by for i in library.images)
+    if not trust_configs(policy) and not library_signs:
+        return None
+    return _limits_problem(content, tag)

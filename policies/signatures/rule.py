@@ -3,9 +3,23 @@
 ```yaml
 require:
   signature: {any_of: [release, gha-release]}   # or all_of: [...], or at_least: 2, of: [...]
-                                                # docker_reference: true, every_platform: true
+                                                # docker_reference: true|false, every_platform: true
                                                 # predicate_type: https://slsa.dev/provenance/v1
 ```
+
+`docker_reference` (the signed reference must name this repository, as containers policy.json's
+`matchRepoDigestOrExact`) has three settings:
+
+* not written (the default): a signature that signs a reference (cosign simple signing's
+  `docker-reference`, an in-toto subject name that names a repository) counts only when that
+  reference names this repository; a signature that signs the digest alone (a Sigstore bundle
+  over the digest, a Notation signature) counts;
+* `true`: only a signature that signs a reference naming this repository counts;
+* `false`: the signed reference is not compared.
+
+Only the repository path is compared, not the registry host (clients reach one registry by
+several names). A proof that expires (a certificate checked at "now") holds until it does: an
+allow carries the earliest expiry of the proofs it relied on (`valid_until`).
 
 It reads recorded proofs (`policies.signatures.proofs`), gathered before evaluation like every
 other costly fact, so `evaluate` is plain code over data in memory. Images are pushed first and
@@ -14,15 +28,16 @@ signed right after, so on push it always holds: the rule is enforced at pull.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.decisions import Action, Decision
+from policies.decisions import Action, Decision, earliest
 from policies.rules import Context
-from policies.signatures.cosign import repository_of
 from policies.signatures.findings import Finding, short
 from policies.signatures.proofs import SignatureEvidence, register_trust
+from policies.signatures.references import repository_of
 from policies.signatures.trust import TrustConfig
 
 
@@ -38,7 +53,7 @@ class SignatureRequirement:
     signers: tuple[str, ...]
     count: int
     trust: TrustConfig
-    docker_reference: bool = False
+    docker_reference: bool | None = None  # None: compared when signed; True: required; False: off
     every_platform: bool = False
     needs: frozenset[str] = field(default=frozenset())
     predicate_type: str | None = None  # only in-toto attestations of this type count
@@ -56,7 +71,7 @@ class SignatureRequirement:
             signers,
             count,
             trust,
-            bool(spec.get("docker_reference", False)),
+            None if spec.get("docker_reference") is None else bool(spec["docker_reference"]),
             bool(spec.get("every_platform", False)),
             frozenset({register_trust(trust)}),
             spec.get("predicate_type"),
@@ -71,33 +86,68 @@ class SignatureRequirement:
             return f"signatures by {_names(self.signers, 'and')}{of}"
         return f"signatures by at least {self.count} of {_names(self.signers, 'and')}{of}"
 
-    def _proved(self, findings: Iterable[Finding], repository: str) -> tuple[set[str], list[str]]:
-        """The wanted signers these findings prove, and how each signature reads in a message."""
-        proved: set[str] = set()
+    def _reference_problem(self, f: Finding, repository: str) -> str | None:
+        """Why a valid finding's signed reference does not let it count here, or None."""
+        if self.docker_reference is False:
+            return None
+        if f.docker_reference is None:
+            if self.docker_reference:
+                return (
+                    f"by {f.signer} but signs no repository name (docker_reference: true "
+                    "requires one)"
+                )
+            return None
+        signed_for = repository_of(f.docker_reference)
+        if signed_for != repository:
+            return f"by {f.signer} but for repository {signed_for}"
+        return None
+
+    def _proved(
+        self, findings: Iterable[Finding], repository: str, now: float
+    ) -> tuple[dict[str, float | None], list[str]]:
+        """The wanted signers these findings prove (each with when its proof ends), and how
+        each signature reads in a message."""
+        proved: dict[str, float | None] = {}
         seen: dict[str, str] = {}
         for f in findings:
             text = f.describe()
             ok = f.valid and f.signer in self.signers
-            if ok and self.docker_reference and f.docker_reference is not None:
-                signed_for = repository_of(f.docker_reference)
-                if signed_for != repository:
-                    ok = False
-                    text = f"by {f.signer} but for repository {signed_for}"
+            if ok and not f.counts_at(now):
+                ok = False
+                assert f.valid_until is not None
+                ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f.valid_until))
+                text = f"by {f.signer} but its certificate or signature expired at {ended}"
+            problem = self._reference_problem(f, repository) if ok else None
+            if problem is not None:
+                ok = False
+                text = problem
             if ok and self.predicate_type and f.predicate_type != self.predicate_type:
                 ok = False
                 what = f.predicate_type or "a plain signature"
                 text = f"by {f.signer} but {what}, not {self.predicate_type}"
             if ok:
-                proved.add(str(f.signer))
+                signer = str(f.signer)
+                until = f.valid_until
+                if signer in proved:  # any proof of this signer will do: keep the longest
+                    known = proved[signer]
+                    until = None if known is None or until is None else max(known, until)
+                proved[signer] = until
             elif f.valid and f.signer not in self.signers and text == f.describe():
                 text = f"by {f.signer}, not one of the required signers"
             if f.signature_digest not in seen or ok:
                 seen[f.signature_digest] = text
         return proved, list(seen.values())
 
-    def _holds(self, findings: Iterable[Finding], repository: str) -> tuple[bool, list[str]]:
-        proved, found = self._proved(findings, repository)
-        return len(proved) >= self.count, found
+    def _holds(
+        self, findings: Iterable[Finding], repository: str, now: float
+    ) -> tuple[bool, list[str], float | None]:
+        """Whether the findings hold the requirement, how they read, and until when."""
+        proved, found = self._proved(findings, repository, now)
+        if len(proved) < self.count:
+            return False, found, None
+        # The allow relies on the `count` longest-lived proofs; it ends with the first of them.
+        ends = sorted(proved.values(), key=lambda t: float("inf") if t is None else -t)
+        return True, found, earliest(ends[: self.count])
 
     def evaluate(self, context: Context) -> Decision:
         """Allow when enough wanted signers signed the image (or, as asked, every platform)."""
@@ -110,16 +160,26 @@ class SignatureRequirement:
         if evidence is None:
             return Decision.deny(f"needs {self.wanted()}; signatures could not be read")
         repository = context.request.repository
-        held, found = self._holds(evidence.image, repository)
+        now = time.time()
+        held, found, until = self._holds(evidence.image, repository, now)
         if held:
-            return Decision.allow(f"signed: {'; '.join(found)}")
+            return Decision.allow(f"signed: {'; '.join(found)}", valid_until=until)
         for parent, findings in evidence.parents.items():
-            if self._holds(findings, repository)[0]:
-                return Decision.allow(f"its index {short(parent)} is signed")
+            parent_held, _, parent_until = self._holds(findings, repository, now)
+            if parent_held:
+                return Decision.allow(
+                    f"its index {short(parent)} is signed", valid_until=parent_until
+                )
         if self.every_platform and evidence.children:
-            missing = [d for d, f in evidence.children.items() if not self._holds(f, repository)[0]]
+            held_children = {
+                d: self._holds(f, repository, now) for d, f in evidence.children.items()
+            }
+            missing = [d for d, h in held_children.items() if not h[0]]
             if not missing:
-                return Decision.allow("every platform image is signed")
+                return Decision.allow(
+                    "every platform image is signed",
+                    valid_until=earliest(h[2] for h in held_children.values()),
+                )
             return Decision.deny(
                 f"needs {self.wanted()} on the index or on every platform image; "
                 f"{len(missing)} of {len(evidence.children)} platform images are not signed "

@@ -2,8 +2,12 @@
 identities (an OIDC issuer and a subject, certified by the Fulcio CA of a Sigstore trusted root).
 
 The `trust:` section of the policy file is read here. Every trusted signer has a name; rules name
-signers (`any_of: [release, gha-release]`), never keys. Keys and certificates are parsed once, when
-the policy is loaded, so a bad PEM is a policy error with a line number, not a failed pull.
+signers (`any_of: [release, gha-release]`), never keys. Keys, certificates and trusted roots are
+read and checked completely each time the policy is loaded (a trusted root by the `sigstore`
+package that verifies bundles with it), so a bad PEM or an incomplete root is a policy error with
+a line number, not a failed push. The trust config's `version` covers the content of every file
+it read, and `files` lists them, so replacing a key or a root file takes effect on the next reload
+(SIGHUP, or the file watch) even when the policy file itself did not change.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class SigstoreRoot:
     path: str
     fulcio: tuple[x509.Certificate, ...]
     rekor: Mapping[str, PublicKey]
+    digest: str = ""  # sha256 of the file's bytes: a replaced root is a new root
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ class TrustConfig:
     certificates: Mapping[str, TrustedCertificates] = field(default_factory=dict)
     identities: Mapping[str, TrustedIdentity] = field(default_factory=dict)
     version: str = "sha256:none"
+    files: tuple[str, ...] = ()  # every file read (keys, certificates, trusted roots)
 
     @property
     def names(self) -> frozenset[str]:
@@ -139,20 +145,29 @@ class TrustConfig:
 
 
 @cache
-def load_sigstore_root(spec: str, base: str = ".") -> SigstoreRoot:
+def _builtin_root(spec: str) -> tuple[str, str]:
+    path = resources.files("sigstore") / "_store" / BUILTIN_ROOTS[spec] / "trusted_root.json"
+    return path.read_text(), str(path)
+
+
+def load_sigstore_root(spec: str, base: str = ".", *, identities: bool = False) -> SigstoreRoot:
     """The Fulcio CAs and Rekor keys of a trusted root: `production` or `staging` (shipped inside
-    the `sigstore` package, read offline) or a `trusted_root.json` path."""
+    the `sigstore` package, read offline) or a `trusted_root.json` path, read afresh each time.
+
+    A file root is checked completely by the `sigstore` package (every field it needs to verify
+    with the root, such as a log's `validFor.start`); with `identities`, it must also hold a
+    Fulcio CA that certificate bundles can be verified against."""
     if spec in BUILTIN_ROOTS:
-        path = resources.files("sigstore") / "_store" / BUILTIN_ROOTS[spec] / "trusted_root.json"
-        text = path.read_text()
-        where = str(path)
+        text, where = _builtin_root(spec)
     else:
         file = Path(base, spec)
         try:
             text = file.read_text()
-        except OSError as exc:
-            raise TrustError(f"cannot read trusted root {file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise TrustError(f"cannot read trusted root {file}: {why}") from None
         where = str(file)
+        _check_with_sigstore(file, identities)
     try:
         document = json.loads(text)
         fulcio = tuple(
@@ -166,9 +181,25 @@ def load_sigstore_root(spec: str, base: str = ".") -> SigstoreRoot:
             public = serialization.load_der_public_key(der)
             if isinstance(public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
                 rekor[hashlib.sha256(der).hexdigest()] = public
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TrustError(f"{where}: not a Sigstore trusted root: {exc}") from None
-    return SigstoreRoot(spec, where, fulcio, rekor)
+    digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return SigstoreRoot(spec, where, fulcio, rekor, digest)
+
+
+def _check_with_sigstore(file: Path, identities: bool) -> None:
+    """Parse a trusted root file as the `sigstore` package will when it verifies with it."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import TrustedRoot
+    from sigstore.verify import Verifier
+
+    try:
+        root = TrustedRoot.from_file(str(file))
+        if identities:
+            Verifier(trusted_root=root)
+    except (SigstoreError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[:2]
+        raise TrustError(f"{file}: not a usable Sigstore trusted root: {' '.join(first)}") from None
 
 
 def _b64(text: str) -> bytes:
@@ -199,7 +230,12 @@ def parse_trust(
     certificates: dict[str, TrustedCertificates] = {}
     identities: dict[str, TrustedIdentity] = {}
     fingerprint: dict[str, Any] = {}
+    files: list[str] = []
     for name, entry in (section.get("keys") or {}).items():
+        if "pem_file" in entry:
+            files.append(str(base / str(entry["pem_file"])))
+        if "rekor" in entry and str(entry["rekor"]) not in BUILTIN_ROOTS:
+            files.append(str(base / str(entry["rekor"])))
         try:
             key = load_public_key(_pem(entry, base))
         except TrustError as exc:
@@ -213,8 +249,10 @@ def parse_trust(
                 problems.append((("keys", name, "rekor"), str(exc)))
                 continue
         keys[name] = TrustedKey(name, key, key_id(key), rekor)
-        fingerprint[f"key:{name}"] = [keys[name].key_id, sorted(rekor.rekor) if rekor else None]
+        fingerprint[f"key:{name}"] = [keys[name].key_id, rekor.digest if rekor else None]
     for name, entry in (section.get("certificates") or {}).items():
+        if "pem_file" in entry:
+            files.append(str(base / str(entry["pem_file"])))
         try:
             roots = load_certificates(_pem(entry, base))
         except TrustError as exc:
@@ -226,6 +264,9 @@ def parse_trust(
             entry.get("subject"),
         ]
     for name, entry in (section.get("identities") or {}).items():
+        spec = str(entry.get("trusted_root", "production"))
+        if spec not in BUILTIN_ROOTS:
+            files.append(str(base / spec))
         regex = None
         if "subject_regex" in entry:
             try:
@@ -239,7 +280,7 @@ def parse_trust(
                 )
                 continue
         try:
-            root = load_sigstore_root(str(entry.get("trusted_root", "production")), str(base))
+            root = load_sigstore_root(spec, str(base), identities=True)
         except TrustError as exc:
             problems.append((("identities", name, "trusted_root"), str(exc)))
             continue
@@ -248,8 +289,7 @@ def parse_trust(
             entry["issuer"],
             entry.get("subject"),
             entry.get("subject_regex"),
-            [c.fingerprint(_sha256()).hex() for c in root.fulcio],
-            sorted(root.rekor),
+            root.digest,
         ]
     names = [*keys, *certificates, *identities]
     for name in {n for n in names if names.count(n) > 1}:
@@ -257,7 +297,9 @@ def parse_trust(
     version = (
         "sha256:" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     )
-    return TrustConfig(keys, certificates, identities, version), problems
+    return TrustConfig(
+        keys, certificates, identities, version, tuple(dict.fromkeys(files))
+    ), problems
 
 
 def _sha256() -> hashes.HashAlgorithm:

@@ -3,16 +3,20 @@ manifests", "Pushing manifests", "Pushing manifests with subject", "Deleting")."
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 
 from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.library.recording import record_library_delete, record_library_push
-from policies.signatures.proofs import signature_pushed
+from policies.signatures.proofs import push_problem, signature_pushed
 from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
     MANIFEST_TOO_LARGE,
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
@@ -22,7 +26,7 @@ from registry.errors import (
 from registry.events.hub import EVENTS
 from registry.grammar import Digest, check_tag, is_digest, parse_digest
 from registry.identity import identity
-from registry.manifest_format import MAX_MANIFEST_SIZE, parse_manifest
+from registry.manifest_format import MAX_MANIFEST_SIZE, ParsedManifest, parse_manifest
 from storage.metadata import (
     ManifestRecord,
     MetadataDB,
@@ -30,6 +34,9 @@ from storage.metadata import (
     Reference,
     Statements,
 )
+
+#: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
+LARGE_MANIFEST = 64 * 1024
 
 
 async def find_manifest(db: MetadataDB, name: str, reference: str) -> ManifestRecord:
@@ -81,7 +88,15 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
             {"expected": str(expected), "actual": str(digest)},
             message="manifest digest did not match the digest in the URL",
         )
-    parsed = parse_manifest(content, request.headers.get("Content-Type"))
+    content_type = request.headers.get("Content-Type")
+    if len(content) > LARGE_MANIFEST:
+        # Reading a large manifest is CPU work: in a thread, the event loop keeps answering
+        # other clients between its steps instead of stalling for the whole parse.
+        parsed = await asyncio.to_thread(
+            _parse, content, content_type, ctx.policy.policy, tag, str(digest)
+        )
+    else:
+        parsed = _parse(content, content_type, ctx.policy.policy, tag, str(digest))
     record = ManifestRecord(
         repository=name,
         digest=str(digest),
@@ -146,6 +161,18 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     if parsed.subject is not None:
         headers["OCI-Subject"] = parsed.subject
     return web.Response(status=201, headers=headers)
+
+
+def _parse(
+    content: bytes, content_type: str | None, policy: Any, tag: str | None, digest: str
+) -> ParsedManifest:
+    """Validate a pushed manifest; a signature the policy would verify is refused up front when
+    it is over the verification limits."""
+    # The limits first: a hostile signature manifest is refused without the full parse.
+    problem = push_problem(policy, content, tag)
+    if problem is not None:
+        raise RegistryError(MANIFEST_INVALID, {"digest": digest}, message=problem)
+    return parse_manifest(content, content_type)
 
 
 async def _store(

@@ -1,6 +1,12 @@
 """Scan reports kept per (manifest digest, scanner) in `scan_reports` / `scan_findings`
 (see `storage.layout`): a scanner's new report replaces its earlier one in one transaction, so
-a reader sees the old report or the new one, never a mix."""
+a reader sees the old report or the new one, never a mix.
+
+A report never replaces a newer one from the same scanner (by `scanned_at`): an older report, a
+late retry or a replayed body is refused (`StaleReport`), so a denied image cannot be flipped to
+allowed by re-posting what the scanner said before. A signed post's HMAC signature is remembered
+(`scan_signatures`) while its timestamp is inside the tolerance window, in the same transaction
+as the report: the very same signed request again is refused (`ReplayedRequest`)."""
 
 from __future__ import annotations
 
@@ -54,6 +60,22 @@ def _iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
+class StaleReport(ValueError):
+    """The scanner already has a newer report on this manifest; the message says which."""
+
+
+class ReplayedRequest(ValueError):
+    """This signed request was already received."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What identifies a signed post: its HMAC signature, remembered until `expires_at`."""
+
+    signature: str
+    expires_at: float
+
+
 class ScanStore:
     """Reads and replaces scan reports in the metadata database."""
 
@@ -78,22 +100,57 @@ class ScanStore:
         return [row[0] for row in rows]
 
     async def replace(
-        self, digest: str, scanner: str, report: ParsedReport, received_at: float | None = None
+        self,
+        digest: str,
+        scanner: str,
+        report: ParsedReport,
+        received_at: float | None = None,
+        *,
+        signed_at: float | None = None,
+        replay: Replay | None = None,
     ) -> StoredReport:
-        """Store `report` as `scanner`'s report on `digest`, replacing its earlier one."""
+        """Store `report` as `scanner`'s report on `digest`, replacing its earlier one unless
+        that one is newer (`StaleReport`); with `replay`, refuse a signature already received
+        (`ReplayedRequest`) and remember this one. A report that does not say when it was
+        scanned is dated by its signature's timestamp (`signed_at`), else by its arrival."""
         received = time.time() if received_at is None else received_at
+        if report.scanned_at is not None:
+            scanned = report.scanned_at
+        else:
+            scanned = signed_at if signed_at is not None else received
         stored = StoredReport(
             digest=digest,
             scanner=scanner,
             tool=report.tool,
             tool_version=report.tool_version,
-            scanned_at=report.scanned_at if report.scanned_at is not None else received,
+            scanned_at=scanned,
             received_at=received,
             format=report.format,
             summary=summarise(report.findings),
             findings=report.findings,
         )
         async with self.db.transaction() as db:
+            if replay is not None:
+                await db.execute("DELETE FROM scan_signatures WHERE expires_at < ?", (received,))
+                cursor = await db.execute(
+                    "INSERT OR IGNORE INTO scan_signatures (signature, scanner, expires_at) "
+                    "VALUES (?, ?, ?)",
+                    (replay.signature, scanner, replay.expires_at),
+                )
+                if cursor.rowcount == 0:
+                    raise ReplayedRequest("this signed request was already received (a replay)")
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT scanned_at FROM scan_reports WHERE digest = ? AND scanner = ?",
+                    (digest, scanner),
+                )
+            )
+            row = rows[0] if rows else None
+            if row is not None and float(row[0]) > scanned:
+                raise StaleReport(
+                    f"scanner {scanner} already has a newer report on {digest} (scanned at "
+                    f"{_iso(float(row[0]))}; this one was scanned at {_iso(scanned)})"
+                )
             # Findings go with their report (ON DELETE CASCADE).
             await db.execute(
                 "DELETE FROM scan_reports WHERE digest = ? AND scanner = ?", (digest, scanner)

@@ -7,10 +7,18 @@
   Query parameters: `digest` (the scanned manifest, when the report does not name it or names
   another), `repository` (require the manifest in this repository), `format` (trivy | grype |
   generic, instead of recognising the body), `scanner_version` (when the report does not say).
-  Answers 201 with the stored summary; 401 wrong credentials, 404 unknown manifest, 400 a body
-  we cannot read (saying where), 413 a body over `scans.max_body`. Nothing is stored unless all
-  is well; a stored report replaces that scanner's earlier one and bumps the evidence version of
+  Answers 201 with the stored summary; 401 wrong credentials or a replayed signed request, 404
+  unknown manifest, 400 a body we cannot read (saying where) or a `scanned_at` in the future
+  (beyond the clock tolerance), 409 `SCAN_STALE` when the scanner already has a newer report on
+  the manifest, 413 a body over `scans.max_body`. Nothing is stored unless all is well; a stored
+  report replaces that scanner's earlier (never a newer) one and bumps the evidence version of
   every repository holding the manifest, so cached pull decisions are made afresh.
+
+  What identifies a replay: an HMAC-signed post carries its timestamp, refused more than
+  `signing.TOLERANCE` seconds from the clock; inside that window its signature is remembered
+  (in the database, so also across a restart) and the same signed request is refused. A replay
+  after the window fails the timestamp check; an older report re-signed or re-posted with a
+  bearer token fails the `scanned_at` order.
 - `GET /api/v1/scans/{digest}`: every scanner's latest report on a manifest, with findings.
 """
 
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +40,13 @@ from registry.events import signing
 from registry.grammar import parse_digest
 from registry.scans.formats import parse_report
 from registry.scans.model import ReportError
-from registry.scans.store import ScanStore
+from registry.scans.store import Replay, ReplayedRequest, ScanStore, StaleReport
 
 #: Trustyard's own error codes for the webhook (not the OCI spec's).
 SCAN_INVALID = ErrorCode("SCAN_INVALID", 400, "scan report invalid")
 SCAN_TOO_LARGE = ErrorCode("SCAN_TOO_LARGE", 413, "scan report too large")
 SCANNER_UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "scanner authentication required")
+SCAN_STALE = ErrorCode("SCAN_STALE", 409, "a newer scan report is stored")
 
 SCANNER_HEADER = "Trustyard-Scanner"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -134,6 +144,7 @@ async def post_scan(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     body = await _read_limited(request, limit)
+    replay = signed_at = None
     if scanner is None:
         scanner, problem = _by_signature(known, request, body)
         if scanner is None:
@@ -141,10 +152,24 @@ async def post_scan(request: web.Request) -> web.StreamResponse:
                 f"scanner authentication failed: {problem} "
                 "(send Authorization: Bearer <token>, or sign the body)"
             )
+        signed_at = float(request.headers[signing.TIMESTAMP_HEADER])
+        replay = Replay(
+            request.headers[signing.SIGNATURE_HEADER], signed_at + signing.TOLERANCE + 1
+        )
     try:
         report = parse_report(body, request.query.get("format"))
     except ReportError as exc:
         raise RegistryError(SCAN_INVALID, message=str(exc)) from None
+    now = time.time()
+    if report.scanned_at is not None and report.scanned_at > now + signing.TOLERANCE:
+        raise RegistryError(
+            SCAN_INVALID,
+            {"scanned_at": report.scanned_at},
+            message=(
+                f"the report says it was scanned at {_iso(report.scanned_at)}, more than "
+                f"{int(signing.TOLERANCE)}s ahead of the server's clock ({_iso(now)})"
+            ),
+        )
     digest = _digest(request.query.get("digest"), report.digests)
     store = ScanStore(ctx.db)
     repositories = await store.repositories_of(digest)
@@ -160,7 +185,14 @@ async def post_scan(request: web.Request) -> web.StreamResponse:
         )
     if not report.tool_version and request.query.get("scanner_version"):
         report = dataclasses.replace(report, tool_version=request.query["scanner_version"])
-    stored = await store.replace(digest, scanner.name, report)
+    try:
+        stored = await store.replace(
+            digest, scanner.name, report, now, signed_at=signed_at, replay=replay
+        )
+    except StaleReport as exc:
+        raise RegistryError(SCAN_STALE, {"digest": digest}, message=str(exc)) from None
+    except ReplayedRequest as exc:
+        raise _unauthorized(f"scanner authentication failed: {exc}") from None
     for repository in repositories:
         await ctx.policy.evidence_arrived(repository)
     return web.json_response(
@@ -198,3 +230,7 @@ async def get_scans(request: web.Request) -> web.StreamResponse:
         "reports": [r.as_json() for r in reports],
     }
     return web.json_response(body)
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -208,11 +208,13 @@ def pem(key: ec.EllipticCurvePrivateKey) -> str:
     )
 
 
-def statement(digest: str, predicate_type: str = COSIGN_SIGN) -> bytes:
+def statement(
+    digest: str, predicate_type: str = COSIGN_SIGN, name: str = "registry.example/prod/web"
+) -> bytes:
     return json.dumps(
         {
             "_type": "https://in-toto.io/Statement/v1",
-            "subject": [{"name": "registry.example/prod/web", "digest": {"sha256": digest[7:]}}],
+            "subject": [{"name": name, "digest": {"sha256": digest[7:]}}],
             "predicateType": predicate_type,
             "predicate": {},
         }

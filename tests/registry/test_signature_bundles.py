@@ -20,6 +20,7 @@ from tests.signing import pull, start_trusting
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 SLSA = "https://slsa.dev/provenance/v1"
+ATTESTED = "registry.example/attested/web"  # the repository the attestations are signed for
 
 POLICY = """\
 version: 1
@@ -108,7 +109,7 @@ async def test_a_predicate_type_rule_counts_only_that_attestation(
     gated: TestClient, release_key: Any
 ) -> None:
     digest, _ = await push_image(gated, "attested/web", "v1")
-    signed, _ = keyed_bundle(release_key, statement(digest))
+    signed, _ = keyed_bundle(release_key, statement(digest, name=ATTESTED))
     await push_bundle_referrer(gated, "attested/web", digest, json.dumps(signed).encode())
     status, message = await pull(gated, "attested/web", "v1")
     assert status == 403
@@ -116,6 +117,6 @@ async def test_a_predicate_type_rule_counts_only_that_attestation(
         'rule "attested has provenance": needs a signature by release (a '
         f"{SLSA} attestation); found 1 signature, by release but {COSIGN_SIGN}, not {SLSA}"
     )
-    provenance, _ = keyed_bundle(release_key, statement(digest, SLSA))
+    provenance, _ = keyed_bundle(release_key, statement(digest, SLSA, ATTESTED))
     await push_bundle_referrer(gated, "attested/web", digest, json.dumps(provenance).encode())
     assert await pull(gated, "attested/web", "v1") == (200, "")
