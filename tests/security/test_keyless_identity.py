@@ -161,7 +161,7 @@ def write_trusted_root(folder: Path, fulcio: Fulcio, rekor: ec.EllipticCurvePriv
         ],
         "certificateAuthorities": [
             {
-                "subject": {"commonName": "acme-fulcio"},
+                "subject": {"organization": "acme", "commonName": "acme-fulcio"},
                 "uri": "https://fulcio.acme.example",
                 "certChain": {"certificates": [{"rawBytes": base64.b64encode(der).decode()}]},
                 "validFor": {"start": "2020-01-01T00:00:00Z"},
@@ -201,6 +201,11 @@ def trust_identity(folder: Path, **identity: str) -> TrustConfig:
     config, problems = parse_trust({"identities": {"release": entry}}, folder)
     assert not problems, problems
     return config
+
+
+def refused(reason: str, signer: str = "release") -> str:
+    """The detail of a keyless layer no trusted signer accepts, `signer` saying why."""
+    return f"by no trusted signer ({signer}: {reason})"
 
 
 def trusted(world: dict[str, Any]) -> TrustConfig:
@@ -260,7 +265,7 @@ def test_another_identity_is_refused_and_named(
         trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
     )
     assert not finding.valid
-    assert finding.detail == f"by an unknown identity ({email} from {issuer})"
+    assert finding.detail == refused(f"by an unknown identity ({email} from {issuer})")
 
 
 def test_a_subject_regex_matches_only_what_it_says(world: dict[str, Any]) -> None:
@@ -269,7 +274,7 @@ def test_a_subject_regex_matches_only_what_it_says(world: dict[str, Any]) -> Non
     assert [f.valid for f in verify_layer(config, IMAGE, payload, annotations)] == [True]
     payload, annotations = keyless_layer(world, email="release@acme.example.evil.example")
     [finding] = verify_layer(config, IMAGE, payload, annotations)
-    assert finding.detail == (
+    assert finding.detail == refused(
         f"by an unknown identity (release@acme.example.evil.example from {ISSUER})"
     )
 
@@ -284,7 +289,7 @@ def test_a_rekor_entry_logging_another_certificate_is_refused(world: dict[str, A
         trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
     )
     assert not finding.valid
-    assert finding.detail == "the Rekor entry logs another certificate"
+    assert finding.detail == refused("the Rekor entry logs another certificate")
 
 
 def test_a_rekor_entry_logging_a_bare_key_is_refused(world: dict[str, Any]) -> None:
@@ -294,7 +299,7 @@ def test_a_rekor_entry_logging_a_bare_key_is_refused(world: dict[str, Any]) -> N
     [finding] = verify_layer(
         trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
     )
-    assert finding.detail == "the Rekor entry logs another certificate"
+    assert finding.detail == refused("the Rekor entry logs another certificate")
 
 
 def test_a_certificate_from_another_ca_is_refused(world: dict[str, Any]) -> None:
@@ -303,7 +308,9 @@ def test_a_certificate_from_another_ca_is_refused(world: dict[str, Any]) -> None
         trust_identity(world["folder"], subject=EMAIL), IMAGE, payload, annotations
     )
     assert not finding.valid
-    assert finding.detail.startswith("certificate chain does not verify at 2023-11-14T22:13:20Z")
+    assert finding.detail.startswith(
+        refused("certificate chain does not verify at 2023-11-14T22:13:20Z")[:-1]
+    )
 
 
 def test_a_long_issuer_is_read_whole(world: dict[str, Any]) -> None:
@@ -316,7 +323,7 @@ def test_a_long_issuer_is_read_whole(world: dict[str, Any]) -> None:
     # The trusted issuer as a prefix of a longer one is another issuer.
     payload, annotations = keyless_layer(world, issuer=ISSUER + ".evil.example")
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
-    assert finding.detail == f"by an unknown identity ({EMAIL} from {ISSUER}.evil.example)"
+    assert finding.detail == refused(f"by an unknown identity ({EMAIL} from {ISSUER}.evil.example)")
 
 
 @pytest.mark.parametrize(
@@ -333,7 +340,7 @@ def test_a_malformed_issuer_extension_names_no_issuer(world: dict[str, Any], val
     payload, annotations = keyless_layer(world, issuer_value=value)
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail == f"by an unknown identity ({EMAIL})"
+    assert finding.detail == refused(f"by an unknown identity ({EMAIL})")
 
 
 def test_the_second_trusted_root_is_tried_when_the_first_does_not_verify(
@@ -381,7 +388,7 @@ def test_malformed_keyless_annotations_are_refused_with_a_reason(
     annotations[annotation] = value
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail.startswith(reason)
+    assert finding.detail.startswith(refused(reason)[:-1])
 
 
 def _rebody(annotations: dict[str, str], world: dict[str, Any], change: Any) -> None:
@@ -429,7 +436,7 @@ def test_a_rekor_entry_body_for_something_else_is_refused(
     _rebody(annotations, world, change)
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail == reason
+    assert finding.detail == refused(reason)
 
 
 # -- a private PKI (`trust.certificates`): the CA and, when given, the subject ------------------
@@ -465,7 +472,9 @@ def test_a_private_ca_with_a_subject_accepts_only_that_subject() -> None:
     payload, annotations = pki_layer(ca, "intern-laptop")
     [finding] = verify_layer(trust_ca(ca, "CN=release-signer"), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail == "certificate subject 'CN=intern-laptop' is not trusted"
+    assert finding.detail == refused(
+        "certificate subject 'CN=intern-laptop' is not trusted", "corp"
+    )
     # Without a subject, the CA alone decides.
     [finding] = verify_layer(trust_ca(ca, None), IMAGE, payload, annotations)
     assert (finding.valid, finding.signer) == (True, "corp")
@@ -475,7 +484,9 @@ def test_a_private_ca_refuses_another_cas_certificate() -> None:
     payload, annotations = pki_layer(Fulcio(), "release-signer")
     [finding] = verify_layer(trust_ca(Fulcio(), None), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail.startswith("certificate chain does not verify at ")
+    assert finding.detail.startswith(
+        "by no trusted signer (corp: certificate chain does not verify at "
+    )
 
 
 GITHUB_REPOSITORY = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.5")
@@ -499,7 +510,7 @@ def test_only_the_issuer_extensions_name_the_issuer(world: dict[str, Any]) -> No
     }
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail == f"by an unknown identity ({EMAIL})"
+    assert finding.detail == refused(f"by an unknown identity ({EMAIL})")
 
 
 def test_the_v1_issuer_extension_is_read(world: dict[str, Any]) -> None:
@@ -530,8 +541,8 @@ def test_a_private_ca_subject_must_match_exactly(subject: str) -> None:
     payload, annotations = pki_layer(ca, subject)
     [finding] = verify_layer(trust_ca(ca, "CN=release-signer, O=Acme"), IMAGE, payload, annotations)
     assert not finding.valid
-    assert finding.detail.startswith("certificate subject ")
-    assert finding.detail.endswith(" is not trusted")
+    assert finding.detail.startswith("by no trusted signer (corp: certificate subject ")
+    assert finding.detail.endswith(" is not trusted)")
     # The same names in another order and spacing are the same subject.
     payload, annotations = pki_layer(ca, "O=Acme,CN=release-signer")
     [finding] = verify_layer(trust_ca(ca, "CN=release-signer, O=Acme"), IMAGE, payload, annotations)
