@@ -91,6 +91,7 @@ TARGETS: dict[str, Target] = {
             "tests/policies/test_signatures_cosign.py",
             "tests/security/test_keyless_identity.py",
             "tests/security/test_cosign_payloads.py",
+            "tests/security/test_trust_section.py",
         ),
         bare=True,
     ),
