@@ -89,3 +89,20 @@ def test_the_second_trusted_key_is_tried_when_the_first_does_not_verify() -> Non
     assert [(f.valid, f.signer) for f in verify_layer(config, IMAGE, payload, annotations)] == [
         (True, "second")
     ]
+
+
+def test_an_identity_describes_its_subject_or_its_pattern() -> None:
+    section = {
+        "identities": {
+            "exact": {"issuer": "https://i.example", "subject": "a@b", "trusted_root": "staging"},
+            "pattern": {
+                "issuer": "https://i.example",
+                "subject_regex": "^ci@",
+                "trusted_root": "staging",
+            },
+        }
+    }
+    config, problems = parse_trust(section)
+    assert not problems
+    assert config.identities["exact"].describe() == "a@b from https://i.example"
+    assert config.identities["pattern"].describe() == "/^ci@/ from https://i.example"
