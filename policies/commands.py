@@ -83,6 +83,7 @@ def check_policy(path: Path, out: TextIO | None = None) -> int:
         f"{policy.version[:19]}",
         file=out,
     )
+    print(f"  {policy.describe_default()}", file=out)
     for rule in policy.rules:
         actions = ",".join(sorted(a.value for a in rule.match.actions))
         print(
@@ -151,8 +152,8 @@ async def explain(
         file=out,
     )
     lines = {rule.name: rule.line for rule in policy.rules}
-    if not verdict.rules:
-        print("  no rule matches", file=out)
+    if not policy.matching(request):
+        print(f"  no rule matches; {policy.describe_default()}", file=out)
     for rule in verdict.rules:
         label = {Outcome.ALLOW: "holds", Outcome.DENY: "DENIES", Outcome.WARN: "warns"}
         print(

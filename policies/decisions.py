@@ -68,8 +68,8 @@ class RuleVerdict:
 
     @property
     def held(self) -> bool:
-        """Whether every requirement of the rule holds."""
-        return all(d.allowed for d in self.decisions)
+        """Whether every requirement of the rule holds (a rule that decided nothing does not)."""
+        return bool(self.decisions) and all(d.allowed for d in self.decisions)
 
     @property
     def outcome(self) -> Outcome:

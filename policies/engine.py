@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.decisions import Verdict
+from policies.decisions import Decision, RuleVerdict, Verdict
 from policies.facts import ImageFacts, PolicyRequest
 from policies.library.declaration import Library
+from policies.quarantine import PRODUCERS_READ, QuarantineReaders
 from policies.rules import Rule
 
 
@@ -25,6 +26,11 @@ class Policy:
     source: str = "(no policy)"
     library: Library | None = None  # the `library:` section (base images), when declared
     files: tuple[str, ...] = ()  # files the policy references (keys, certificates, roots)
+    quarantine: QuarantineReaders = PRODUCERS_READ  # who may read quarantined images
+    # The decision for a request no rule matches (`default:`; allow when the file says nothing).
+    default: str = "allow"
+    # Artifact types (`artifacts.exempt_types`) that skip image rules when nothing is runnable.
+    exempt_types: frozenset[str] = frozenset()
 
     @property
     def allows_everything(self) -> bool:
@@ -46,16 +52,40 @@ class Policy:
         image: ImageFacts,
         matching: list[tuple[Rule, tuple[str, ...]]] | None = None,
     ) -> Verdict:
-        """Every matching rule's verdict on `request` about `image` (all must hold: AND)."""
+        """Every matching rule's verdict on `request` about `image` (all must hold: AND); with
+        no matching rule, the policy's `default:` decision."""
         if matching is None:
             matching = self.matching(request)
+        rules = tuple(rule.evaluate(request, image, tags) for rule, tags in matching)
+        if not rules and self.default == "deny":
+            rules = (DEFAULT_DENY_VERDICT[self.mode],)
         return Verdict(
             action=request.action,
             repository=request.repository,
             digest=request.digest,
             policy_version=self.version,
-            rules=tuple(rule.evaluate(request, image, tags) for rule, tags in matching),
+            rules=rules,
         )
+
+    def describe_default(self) -> str:
+        """What happens to a request no rule matches, in words (start-up log, `policy explain`)."""
+        if self.default == "deny":
+            return "default: deny (a request no rule matches is refused)"
+        return (
+            "default: allow (a request no rule matches is allowed; write default: deny to refuse)"
+        )
+
+
+#: The name a `default: deny` denial carries in messages and the decision log.
+DEFAULT_RULE = "default"
+DEFAULT_DENY_VERDICT = {
+    mode: RuleVerdict(
+        DEFAULT_RULE,
+        mode,
+        (Decision.deny("no rule matches this request and the policy's default is deny"),),
+    )
+    for mode in ("enforce", "warn")
+}
 
 
 #: No policy file: nothing is checked and nothing is recorded. The server says so loudly at

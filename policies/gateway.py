@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,11 @@ def startup_policy(path: Path | None) -> Policy:
         return UNSAFE_ALLOW_EVERYTHING
     policy = load_policy(path)
     log.info(
-        "policy %s loaded: %d rules, mode %s, version %s",
+        "policy %s loaded: %d rules, mode %s, %s, version %s",
         path,
         len(policy.rules),
         policy.mode,
+        policy.describe_default(),
         policy.version[:19],
     )
     return policy
@@ -151,9 +152,10 @@ class PolicyGate:
         self.policy = policy
         self._cache.clear()
         log.info(
-            "policy %s reloaded: %d rules, version %s",
+            "policy %s reloaded: %d rules, %s, version %s",
             self.path,
             len(policy.rules),
+            policy.describe_default(),
             policy.version[:19],
         )
         return True
@@ -235,7 +237,14 @@ class PolicyGate:
             return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
         needs = frozenset().union(*(rule.needs for rule, _ in matching))
         facts = await gather_facts(
-            request, media_type, content, needs, self.db, self.store, policy.library
+            request,
+            media_type,
+            content,
+            needs,
+            self.db,
+            self.store,
+            policy.library,
+            policy.exempt_types,
         )
         return policy.evaluate(request, facts, matching), facts
 
@@ -258,10 +267,17 @@ class PolicyGate:
             await self._record(check.verdict, check.request)
 
     async def check_pull(
-        self, repository: str, reference: str, record: ManifestRecord, identity: str
+        self,
+        repository: str,
+        reference: str,
+        record: ManifestRecord,
+        identity: str,
+        reader: Callable[[], str | None] | None = None,
     ) -> dict[str, str]:
         """Decide (from the cache when possible) and record a pull; raise DENIED or return
-        headers."""
+        headers. `reader`, asked only when the image is quarantined: why the caller may read it
+        all the same (see `policies.quarantine`), or None; such a read is recorded as allowed
+        with that reason."""
         policy = self.policy
         if policy.allows_everything:
             return {}
@@ -286,6 +302,11 @@ class PolicyGate:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = verdict
+        why = reader() if reader is not None and verdict.outcome is Outcome.DENY else None
+        if why is not None:
+            reason = f"{why} ({denial_message(verdict)})"
+            await self._record(verdict, request, reader=reason)
+            return {"Warning": _warning(reason)}
         await self._record(verdict, request)
         return _enforce(verdict)
 
@@ -300,8 +321,13 @@ class PolicyGate:
 
     # -- the decision log --------------------------------------------------------------------
 
-    async def _record(self, verdict: Verdict, request: PolicyRequest) -> None:
-        outcome = verdict.outcome
+    async def _record(
+        self, verdict: Verdict, request: PolicyRequest, *, reader: str | None = None
+    ) -> None:
+        """Log a decision; `reader`: a quarantined image read by who may (logged as allowed,
+        with this reason)."""
+        outcome = Outcome.ALLOW if reader is not None else verdict.outcome
+        reason = reader if reader is not None else verdict.reason
         now = time.time()
         if outcome is Outcome.DENY or request.action is not Action.PULL:
             await self.db.record_decisions([_row(verdict, request, now)])
@@ -314,7 +340,7 @@ class PolicyGate:
             request.digest,
             outcome.value,
             verdict.rule,
-            verdict.reason,
+            reason,
             verdict.policy_version,
         )
         folded = self._folded.get(key)
@@ -397,8 +423,13 @@ def _enforce(verdict: Verdict) -> dict[str, str]:
             message=denial_message(verdict),
         )
     text = "; ".join(r.message() for r in verdict.failures)
+    return {"Warning": _warning(f"policy (warn mode): {text}")}
+
+
+def _warning(text: str) -> str:
+    """A `Warning` header value (RFC 9111 code 299) carrying `text`."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return {"Warning": f'299 trustyard "policy (warn mode): {escaped}"'}
+    return f'299 trustyard "{escaped}"'
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

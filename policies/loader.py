@@ -28,6 +28,7 @@ from policies.engine import Policy
 from policies.globs import GlobSet
 from policies.library.declaration import Library, section_problems
 from policies.library.rule import BaseImage
+from policies.quarantine import QuarantineReaders
 from policies.rules import (
     Annotations,
     Deny,
@@ -45,6 +46,7 @@ from policies.rules import (
 from policies.signatures.rule import SignatureRequirement
 from policies.signatures.trust import TrustConfig, parse_trust
 from registry.config import parse_duration
+from registry.image_kind import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
 
 PathTuple = tuple[str | int, ...]
 
@@ -262,6 +264,9 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
     rules, problems = _build_rules(document, lines, source, library, trust)
     if problems:
         raise PolicyError(source, problems)
+    exempt_types, problems = _exempt_types(document.get("artifacts"), lines, source)
+    if problems:
+        raise PolicyError(source, problems)
     return Policy(
         rules=tuple(rules),
         mode=document.get("mode", "enforce"),
@@ -269,7 +274,36 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
         source=source,
         library=library,
         files=trust.files,
+        quarantine=QuarantineReaders.from_section(document.get("quarantine")),
+        default=document.get("default", "allow"),
+        exempt_types=exempt_types,
     )
+
+
+def _exempt_types(
+    section: Mapping[str, Any] | None, lines: _Lines, source: str
+) -> tuple[frozenset[str], list[Problem]]:
+    """`artifacts.exempt_types`; an image config type there is a mistake: images are never
+    exempt (`registry.image_kind`), so naming one would exempt nothing while seeming to."""
+    if section is None:
+        return frozenset(), []
+    problems = []
+    for position, name in enumerate(section["exempt_types"]):
+        essence = name.split(";")[0].strip().lower()
+        if essence in RUNTIME_CONFIG_TYPES or essence in SIGNATURE_PAYLOAD_TYPES:
+            path: PathTuple = ("artifacts", "exempt_types", position)
+            problems.append(
+                Problem(
+                    lines.of(path),
+                    format_path(path),
+                    f"{name} is an image config type: container runtimes run such manifests, "
+                    "so they are never exempt"
+                    if essence in RUNTIME_CONFIG_TYPES
+                    else f"{name} is a signature payload type: signatures are exempt already",
+                    source,
+                )
+            )
+    return frozenset(section["exempt_types"]), problems
 
 
 def _policy_folder(source: str) -> Path:
@@ -328,11 +362,17 @@ def _build_rules(
             if key == "immutable_tags":
                 if value:
                     requirements.append(ImmutableTags())
+                else:
+                    problem(where, "false requires nothing; leave immutable_tags out")
             elif key == "tag_pattern":
                 requirements.append(TagPattern(regex(where, value)))
             elif key == "labels":
+                if not value:
+                    problem(where, "an empty labels: requires nothing")
                 requirements.append(Labels({k: regex((*where, k), v) for k, v in value.items()}))
             elif key == "annotations":
+                if not value:
+                    problem(where, "an empty annotations: requires nothing")
                 requirements.append(
                     Annotations({k: regex((*where, k), v) for k, v in value.items()})
                 )
@@ -369,6 +409,16 @@ def _build_rules(
                 if library is None:
                     problem(where, "base_image needs a library: section declaring the base images")
                 behind = value.get("max_behind")
+                if (
+                    not value.get("from_library", True)
+                    and value.get("allow_deprecated", True)
+                    and behind is None
+                ):
+                    problem(
+                        where,
+                        "requires nothing (from_library: false, deprecated bases allowed, no "
+                        "max_behind); leave base_image out",
+                    )
                 requirements.append(
                     BaseImage(
                         library=library or Library(),
@@ -378,6 +428,8 @@ def _build_rules(
                         max_behind_text="" if behind is None else behind.strip(),
                     )
                 )
+        if not requirements and ("deny" in entry or require is not None):
+            problem(at, f'rule "{name}" requires nothing: a rule that checks nothing would hold')
         match = entry["match"]
         exclude = match.get("exclude", {})
         rules.append(

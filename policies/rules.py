@@ -15,8 +15,17 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from policies.decisions import Action, Decision, RuleVerdict
-from policies.facts import CHILDREN, CONFIG, TAG_TARGETS, ImageFacts, PolicyRequest, is_cosign_tag
+from policies.facts import (
+    CHILDREN,
+    CONFIG,
+    MANIFEST,
+    TAG_TARGETS,
+    ImageFacts,
+    PolicyRequest,
+    is_cosign_tag,
+)
 from policies.globs import GlobSet
+from registry.image_kind import Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,12 @@ def parse_size(value: int | str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def signature_tag(tag: str, image: ImageFacts) -> bool:
+    """Whether `tag` is a cosign signature tag that holds a signature: the spelling alone
+    exempts nothing (`registry.image_kind` decides by structure)."""
+    return is_cosign_tag(tag) and image.kind is Kind.SIGNATURE
+
+
 # -- requirements ------------------------------------------------------------------------------
 
 
@@ -87,14 +102,15 @@ class ImmutableTags:
     """A matching tag, once it points at a manifest, never moves and is never deleted.
 
     Re-pushing the same manifest to the tag is allowed (clients retry). cosign's
-    `sha256-<hex>.sig|.att|.sbom` tags are exempt: cosign moves them when it adds a signature.
+    `sha256-<hex>.sig|.att` tags are exempt while they hold a signature (by structure): cosign
+    moves them when it adds a signature.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({TAG_TARGETS})
 
     def evaluate(self, context: Context) -> Decision:
         """Deny moving or deleting a matching tag."""
-        tags = [t for t in context.tags if not is_cosign_tag(t)]
+        tags = [t for t in context.tags if not signature_tag(t, context.image)]
         if not tags:
             return Decision.allow("no immutable tag concerned")
         action = context.request.action
@@ -120,7 +136,8 @@ class ImmutableTags:
 
 @dataclass(frozen=True)
 class TagPattern:
-    """Every matching tag must match a regular expression (cosign tags are exempt)."""
+    """Every matching tag must match a regular expression (cosign tags holding a signature are
+    exempt)."""
 
     pattern: re.Pattern[str]
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -128,7 +145,7 @@ class TagPattern:
     def evaluate(self, context: Context) -> Decision:
         """Deny a tag that does not match the pattern."""
         for tag in context.tags:
-            if not is_cosign_tag(tag) and self.pattern.search(tag) is None:
+            if not signature_tag(tag, context.image) and self.pattern.search(tag) is None:
                 return Decision.deny(
                     f"tag {tag} does not match the allowed pattern {self.pattern.pattern}"
                 )
@@ -152,8 +169,8 @@ def _missing_or_wrong(
 class Labels:
     """The image config must carry these labels, each value matching its regex.
 
-    For an index, every child image must. Signatures and other artifacts are not images and are
-    not checked.
+    For an index, every child image must. Signatures (by structure) and artifact types the
+    policy exempts are not checked.
     """
 
     labels: Mapping[str, re.Pattern[str]]
@@ -163,7 +180,7 @@ class Labels:
         """Deny an image whose config lacks a label or whose label value does not match."""
         image = context.image
         if image.is_artifact:
-            return Decision.allow("not a container image; labels do not apply")
+            return Decision.allow(f"{image.kind_reason}; labels do not apply")
         if not image.images:
             return Decision.deny("the image's config could not be read to check its labels")
         for child in image.images:
@@ -201,18 +218,32 @@ class Platforms:
 
     required: tuple[str, ...]
     allowed: tuple[str, ...] | None
-    needs: ClassVar[frozenset[str]] = frozenset({CONFIG})
+    needs: ClassVar[frozenset[str]] = frozenset({CONFIG, CHILDREN})
 
     def evaluate(self, context: Context) -> Decision:
         """Deny a missing required platform or a platform that is not allowed."""
         image = context.image
         if image.is_artifact:
-            return Decision.allow("not a container image; platforms do not apply")
-        if image.is_index:
-            present = list(image.platforms)
+            return Decision.allow(f"{image.kind_reason}; platforms do not apply")
+        if image.is_index and not image.images:
+            present = list(image.platforms)  # an empty index: nothing to run
+            unknown: list[str] = []
         else:
-            present = [i.platform for i in image.images if i.platform]
+            # An index child without a platform in the index is chosen by its config's.
+            present = list(dict.fromkeys(i.platform for i in image.images if i.platform))
+            unknown = [short(i.digest) for i in image.images if i.platform is None]
+        for child in image.images:
+            listed, own = child.platform, child.config_platform
+            if listed and own and listed.split("/")[:2] != own.split("/")[:2]:
+                return Decision.deny(
+                    f"child {short(child.digest)} is listed as {listed} but its config says {own}"
+                )
         if self.allowed is not None:
+            if unknown:
+                return Decision.deny(
+                    f"image {unknown[0]} declares no platform (os and architecture); cannot "
+                    f"tell whether it is allowed (allowed: {', '.join(self.allowed)})"
+                )
             extra = [p for p in present if p not in self.allowed]
             if extra:
                 return Decision.deny(
@@ -228,7 +259,7 @@ class Platforms:
                     f"platform {', '.join(missing)} missing (this {kind} has {found}); push a "
                     f"multi-platform index with {', '.join(self.required)}"
                 )
-        return Decision.allow(f"platforms {', '.join(present) or 'n/a'} acceptable")
+        return Decision.allow(f"platforms {', '.join(present)} acceptable")
 
 
 MEDIA_TYPE_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -353,6 +384,15 @@ class Rule:
         self, request: PolicyRequest, image: ImageFacts, tags: tuple[str, ...]
     ) -> RuleVerdict:
         """Every requirement's decision on the request."""
+        # What the engine could not learn denies: a rule never holds on facts it did not see.
+        for fact in (MANIFEST, *sorted(self.needs)):
+            why = image.unknown.get(fact)
+            if why is not None:
+                return RuleVerdict(
+                    self.name, self.mode, (Decision.deny(f"cannot be judged: {why}"),)
+                )
+        if not self.requirements:
+            return RuleVerdict(self.name, self.mode, (Decision.deny("the rule requires nothing"),))
         context = Context(request, image, tags)
         return RuleVerdict(
             self.name, self.mode, tuple(r.evaluate(context) for r in self.requirements)

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from policies.decisions import Action
 from policies.engine import Policy
 from policies.gateway import PolicyGate, startup_policy
+from registry.api_routes import add_api_routes
 from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
 from registry.config import Config
+from registry.console import setup_console
 from registry.context import CONTEXT, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
@@ -27,6 +30,14 @@ from storage.layout import DataLayout
 from storage.metadata import MetadataDB
 
 log = logging.getLogger(__name__)
+
+ANONYMOUS_QUARANTINE_WARNING = (
+    "authentication is off: every caller is anonymous, so nobody is a producer and an image "
+    "quarantined by the pull rules cannot be read even by its signer (cosign sign, sigstore "
+    "attach and notation sign read the image first). Turn on auth with a CI account allowed to "
+    "push: it may then read and sign what it pushed while deployers stay refused. "
+    "(quarantine.readable_by.users: [anonymous] would open quarantined images to every caller.)"
+)
 
 
 def create_app(config: Config, policy: Policy | None = None) -> web.Application:
@@ -41,6 +52,8 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     app.cleanup_ctx.append(_resources(config, policy))
     add_routes(app)
     setup_auth(app, config)
+    add_api_routes(app)
+    setup_console(app)
     return app
 
 
@@ -59,6 +72,10 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         events.start()
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
+        if not config.auth_enabled and any(
+            Action.PULL in rule.match.actions for rule in policy.rules
+        ):
+            log.warning(ANONYMOUS_QUARANTINE_WARNING)
         try:
             yield
         finally:

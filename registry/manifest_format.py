@@ -7,13 +7,13 @@ only learns what the manifest references, its subject and its artifact type.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from registry.errors import MANIFEST_INVALID, RegistryError
 from registry.grammar import parse_digest
+from registry.unambiguous_json import MANIFEST, AmbiguousJSON, loads
 from storage.metadata import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -48,16 +48,14 @@ class ParsedManifest:
 
 
 def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
-    """Check a pushed manifest and learn its references; MANIFEST_INVALID says what is wrong."""
-    try:
-        document = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid(f"manifest is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise _invalid("manifest must be a JSON object")
+    """Check a pushed manifest and learn its references; MANIFEST_INVALID says what is wrong,
+    also when two clients could read the bytes differently (`registry.unambiguous_json`)."""
+    document = decode_manifest(content)
     media_type = _media_type(document, (content_type or "").split(";")[0].strip().lower())
-    if document.get("schemaVersion") != 2:
-        raise _invalid("schemaVersion must be 2")
+    _unambiguous_kind(document, media_type)
+    version = document.get("schemaVersion")
+    if not isinstance(version, int) or isinstance(version, bool) or version != 2:
+        raise _invalid("schemaVersion must be the integer 2")
     subject = _optional_descriptor(document, "subject")
     annotations = _annotations(document.get("annotations"), "annotations")
     artifact_type = document.get("artifactType")
@@ -91,6 +89,34 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
         artifact_type=artifact_type,
         annotations=annotations,
     )
+
+
+def decode_manifest(content: bytes) -> dict[str, Any]:
+    """The manifest's JSON object, decoded the one way every client reads it (MANIFEST_INVALID
+    with the reason otherwise)."""
+    try:
+        document = loads(content, MANIFEST, what="manifest")
+    except AmbiguousJSON as exc:
+        raise _invalid(str(exc)) from None
+    if not isinstance(document, dict):
+        raise _invalid("manifest must be a JSON object")
+    return document
+
+
+def _unambiguous_kind(document: Mapping[str, Any], media_type: str) -> None:
+    """Refuse a document that is both an index and an image manifest, or whose fields do not
+    fit its media type (containers/image refuses these too): clients that decide by field and
+    clients that decide by media type would read different things."""
+    has_children = "manifests" in document
+    image_fields = [k for k in ("config", "layers") if k in document]
+    if has_children and image_fields:
+        raise _invalid(
+            f"ambiguous manifest: it has both manifests and {' and '.join(image_fields)}"
+        )
+    if media_type in INDEXES and image_fields:
+        raise _invalid(f"an index ({media_type}) must not have {' or '.join(image_fields)}")
+    if media_type in IMAGE_MANIFESTS and has_children:
+        raise _invalid(f"an image manifest ({media_type}) must not have manifests")
 
 
 def platform_string(platform: Mapping[str, Any] | None) -> str | None:
@@ -153,6 +179,13 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
     ):
         raise _invalid(f"{where}.urls must be an array of strings")
     _annotations(value.get("annotations"), f"{where}.annotations")
+    platform = value.get("platform")
+    if platform is not None and (
+        not isinstance(platform, dict)
+        or not all(isinstance(platform.get(k), str) for k in ("os", "architecture"))
+        or not isinstance(platform.get("variant", ""), str)
+    ):
+        raise _invalid(f"{where}.platform must be an object with string os and architecture")
     return value
 
 

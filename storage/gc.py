@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from registry.grammar import parse_digest
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import MetadataDB, record_gc_run
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,16 @@ class GCReport:
     orphan_files: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+
+    def summary(self) -> dict[str, int]:
+        """How many of each kind went, and the bytes freed."""
+        return {
+            "manifests": len(self.manifests),
+            "blobs": len(self.blobs),
+            "orphan_files": len(self.orphan_files),
+            "uploads": len(self.uploads),
+            "bytes_freed": self.bytes_freed,
+        }
 
     def lines(self) -> list[str]:
         """One line per removed item, then a summary."""
@@ -115,4 +125,6 @@ async def collect_garbage(
         report.uploads.append(upload_id)
     for line in report.lines():
         log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
+    if not dry_run:
+        await record_gc_run(db, now, report.summary())
     return report

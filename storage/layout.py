@@ -91,6 +91,7 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 non-empty diff_id and layer digest of each
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
+    gc_runs(started_at, finished_at, summary)   the latest garbage collections (health page)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration.
@@ -287,6 +288,13 @@ CREATE TABLE IF NOT EXISTS images_without_base (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_without_base_image
     ON images_without_base(repository, image_digest);
+
+CREATE TABLE IF NOT EXISTS gc_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    summary     TEXT NOT NULL          -- JSON: manifests, blobs, orphan_files, uploads, bytes_freed
+);
 """
 
 

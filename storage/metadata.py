@@ -444,16 +444,28 @@ class MetadataDB:
         since: float | None = None,
         before_id: int | None = None,
         limit: int = 100,
+        rule: str | None = None,
+        identity: str | None = None,
+        until: float | None = None,
     ) -> list[DecisionRecord]:
         """Logged decisions, newest first, filtered; `before_id` pages backwards."""
         where, args = [], []
-        for column, value in (("repository", repository), ("outcome", outcome), ("action", action)):
+        for column, value in (
+            ("repository", repository),
+            ("outcome", outcome),
+            ("action", action),
+            ("rule", rule),
+            ("identity", identity),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
         if since is not None:
             where.append("last_time >= ?")
             args.append(since)
+        if until is not None:
+            where.append("time < ?")
+            args.append(until)
         if before_id is not None:
             where.append("id < ?")
             args.append(before_id)
@@ -584,3 +596,164 @@ def _manifest(row: Sequence[Any]) -> ManifestRecord:
         annotations=None if row[6] is None else json.loads(row[6]),
         created_at=row[7],
     )
+
+
+# -- the management API's reads (repositories, tags, evidence, decisions over time, GC) -------
+
+
+@dataclass(frozen=True, slots=True)
+class RepositorySummary:
+    """A repository as the repositories listing shows it."""
+
+    name: str
+    tags: int
+    manifests: int
+    updated_at: float  # the latest tag change, or the repository's creation
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    """A tag with what it points at."""
+
+    name: str
+    digest: str
+    media_type: str
+    size: int
+    updated_at: float
+
+
+async def repository_summaries(
+    db: MetadataDB, *, limit: int, after: str | None, prefix: str | None = None
+) -> list[RepositorySummary]:
+    """Repositories in lexical order after `after` (names starting with `prefix`), with counts."""
+    clause, args = "", [after or ""]
+    if prefix:
+        # Prefix ranges instead of LIKE: no wildcard characters to escape, and the index serves it.
+        clause = "AND r.name >= ? AND r.name < ? "
+        args += [prefix, prefix + "\U0010ffff"]
+    rows = await db.read(
+        "SELECT r.name, "
+        "(SELECT count(*) FROM tags t WHERE t.repository = r.name), "
+        "(SELECT count(*) FROM manifests m WHERE m.repository = r.name), "
+        "coalesce((SELECT max(t.updated_at) FROM tags t WHERE t.repository = r.name), "
+        "r.created_at) "
+        f"FROM repositories r WHERE r.name > ? {clause}ORDER BY r.name LIMIT ?",
+        (*args, limit),
+    )
+    return [RepositorySummary(row[0], int(row[1]), int(row[2]), float(row[3])) for row in rows]
+
+
+async def tag_rows(
+    db: MetadataDB, repository: str, *, limit: int, after: str | None
+) -> list[TagRow]:
+    """The tags of a repository in lexical order after `after`, with their manifests."""
+    rows = await db.read(
+        "SELECT t.name, t.digest, m.media_type, m.size, t.updated_at FROM tags t "
+        "JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest "
+        "WHERE t.repository = ? AND t.name > ? ORDER BY t.name LIMIT ?",
+        (repository, after or "", limit),
+    )
+    return [TagRow(row[0], row[1], row[2], int(row[3]), float(row[4])) for row in rows]
+
+
+async def tagged_images(
+    db: MetadataDB, *, limit: int, after: tuple[str, str] | None
+) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) of every tag, ordered by repository then tag, after `after`."""
+    repository, tag = after or ("", "")
+    rows = await db.read(
+        "SELECT repository, name, digest FROM tags WHERE (repository, name) > (?, ?) "
+        "ORDER BY repository, name LIMIT ?",
+        (repository, tag, limit),
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def blob_sizes(db: MetadataDB, digests: Sequence[str]) -> dict[str, int]:
+    """The sizes of the committed blobs among `digests`."""
+    found: dict[str, int] = {}
+    for start in range(0, len(digests), 500):
+        chunk = list(digests[start : start + 500])
+        marks = ", ".join("?" * len(chunk))
+        for row in await db.read(
+            f"SELECT digest, size FROM blobs WHERE digest IN ({marks})", chunk
+        ):
+            found[row[0]] = int(row[1])
+    return found
+
+
+async def signature_proof_rows(
+    db: MetadataDB, repository: str, image_digest: str
+) -> list[tuple[str, str | None, bool, dict[str, Any], str, float]]:
+    """Every recorded signature proof of an image, under whichever trust config:
+    (signature digest, signer, valid, detail, trust version, verified at)."""
+    rows = await db.read(
+        "SELECT signature_digest, signer, valid, detail, trust_version, verified_at "
+        "FROM signature_proofs WHERE repository = ? AND image_digest = ? "
+        "ORDER BY verified_at, signature_digest",
+        (repository, image_digest),
+    )
+    return [(r[0], r[1], bool(r[2]), json.loads(r[3]), r[4], float(r[5])) for r in rows]
+
+
+async def lineage_rows(
+    db: MetadataDB, repository: str, image_digest: str
+) -> list[tuple[str, str, str, str, bool, int, float]]:
+    """The library bases recorded for an image: (platform, library name, library tag, base
+    digest, still current, shared layers, recorded at)."""
+    rows = await db.read(
+        "SELECT platform, library_name, library_tag, base_digest, current, shared_layers, "
+        "recorded_at FROM image_lineage WHERE repository = ? AND image_digest = ? "
+        "ORDER BY platform",
+        (repository, image_digest),
+    )
+    return [(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5]), float(r[6])) for r in rows]
+
+
+async def decision_counts(
+    db: MetadataDB, *, since: float, bucket: float, repository: str | None = None
+) -> list[tuple[float, str, int]]:
+    """Decisions per time bucket and outcome since `since` (repeats counted):
+    (bucket start, outcome, count), oldest first."""
+    clause, args = "", [since]
+    if repository is not None:
+        clause = "AND repository = ? "
+        args.append(repository)
+    rows = await db.read(
+        "SELECT CAST((time - ?) / ? AS INTEGER), outcome, sum(repeats) FROM policy_decisions "
+        f"WHERE time >= ? {clause}GROUP BY 1, 2 ORDER BY 1, 2",
+        (since, bucket, *args),
+    )
+    return [(since + int(row[0]) * bucket, row[1], int(row[2])) for row in rows]
+
+
+async def record_gc_run(db: MetadataDB, started: float, summary: dict[str, int]) -> None:
+    """Remember a garbage collection (only the latest few are kept)."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO gc_runs (started_at, finished_at, summary) VALUES (?, ?, ?)",
+            (started, time.time(), json.dumps(summary)),
+        )
+        await conn.execute(
+            "DELETE FROM gc_runs WHERE id NOT IN (SELECT id FROM gc_runs ORDER BY id DESC LIMIT 20)"
+        )
+
+
+async def last_gc_run(db: MetadataDB) -> tuple[float, float, dict[str, int]] | None:
+    """(started, finished, summary) of the latest garbage collection, or None if none ran."""
+    rows = await db.read(
+        "SELECT started_at, finished_at, summary FROM gc_runs ORDER BY id DESC LIMIT 1"
+    )
+    return None if not rows else (float(rows[0][0]), float(rows[0][1]), json.loads(rows[0][2]))
+
+
+async def event_backlog(db: MetadataDB) -> list[tuple[str, str, int, float, str | None]]:
+    """Undelivered events per endpoint and state: (endpoint, state, count, oldest created at,
+    the newest row's last error)."""
+    rows = await db.read(
+        "SELECT endpoint, state, count(*), min(created_at), "
+        "(SELECT o2.last_error FROM event_outbox o2 WHERE o2.endpoint = o.endpoint "
+        " AND o2.state = o.state AND o2.last_error IS NOT NULL ORDER BY o2.id DESC LIMIT 1) "
+        "FROM event_outbox o GROUP BY endpoint, state ORDER BY endpoint, state"
+    )
+    return [(r[0], r[1], int(r[2]), float(r[3]), r[4]) for r in rows]

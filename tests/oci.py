@@ -47,9 +47,11 @@ async def push_image(
     layers: list[bytes] | None = None,
     media_type: str = OCI_MANIFEST,
     extra: dict[str, Any] | None = None,
+    architecture: str = "amd64",
 ) -> tuple[str, bytes]:
-    """Push config, layers and an image manifest; return (manifest digest, manifest bytes)."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "ref": reference}).encode()
+    """Push config, layers and an image manifest (its config for linux/`architecture`); return
+    (manifest digest, manifest bytes)."""
+    config = json.dumps({"architecture": architecture, "os": "linux", "ref": reference}).encode()
     layers = layers if layers is not None else [b"layer-" + reference.encode()]
     await push_blob(client, name, config)
     for layer in layers:

@@ -11,15 +11,19 @@ A bundle is JSON: `verificationMaterial` (a Fulcio certificate or chain, or only
   SBOMs) too, and their predicate type is recorded so a rule can ask for one.
 
 Certificate-based bundles are verified by the `sigstore` package, offline, against the trusted
-root of each trusted identity (the chain at the logged time, the SCT, the Rekor entry and its
-consistency with the signature, the signature itself); the identity (SAN and OIDC issuer) is
-checked by a `sigstore` verification policy built from the policy's `identities:`.
+root of each trusted identity (the chain at a verified time: the Rekor integrated time or an
+RFC 3161 timestamp; the SCT, the Rekor entry and its consistency with the signature, the signature
+itself), completed in `sigstore_verifier` for what real signers write and `sigstore` refuses
+(`intoto` 0.0.2 entries, proto3 JSON without defaults, closed TSA validity); the identity (SAN
+and OIDC issuer) is checked by a `sigstore` verification policy built from `identities:`. The
+trusted root is read on each verification, so a replaced file counts at once.
 
 Keyed bundles (`verificationMaterial.publicKey`, what cosign 3 writes when signing with a key) are
 refused by `sigstore`; they are verified here with `cryptography`: the signature over the DSSE
 PAE (or over the message digest) by a trusted key, the statement subject, and, only when the
 key's trust entry names a `rekor:` root, a Rekor entry for this very signature proved by its
-signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key.
+signed entry timestamp or by an inclusion proof up to a checkpoint signed by a trusted Rekor key
+(entry kinds `dsse` 0.0.1, `intoto` 0.0.2, `hashedrekord` 0.0.1 and 0.0.2).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from policies.signatures.cosign import verify_with_key
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.keyless import certificate_identity
 from policies.signatures.references import statement_reference
+from policies.signatures.sigstore_verifier import proto3_defaults
 from policies.signatures.trust import (
     PublicKey,
     SigstoreRoot,
@@ -132,14 +137,38 @@ def verify_layer(trust: TrustConfig, image_digest: str, content: bytes) -> list[
 # Certificate-based bundles: the `sigstore` package.
 
 
-@lru_cache(maxsize=16)
-def _verifier(path: str, digest: str = "") -> Any:
-    """One `sigstore` verifier per trusted root file content (parsing a root costs
-    milliseconds; a replaced file, with another `digest`, gets a verifier of its own)."""
-    from sigstore.models import TrustedRoot
-    from sigstore.verify import Verifier
+def _verifier(path: str) -> Any:
+    """The `sigstore` verifier for the trusted root file at `path` as it is now: a replaced file
+    is used at once (the file is read on every verification, which happens on push; parsing is
+    done once per content). `BundleError` when the root is unreadable or malformed."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read()
+    except OSError as exc:
+        raise BundleError(f"the trusted root {path} cannot be read ({exc.strerror})") from None
+    return _verifier_for(path, hashlib.sha256(content).hexdigest(), content)
 
-    return Verifier(trusted_root=TrustedRoot.from_file(path))
+
+@lru_cache(maxsize=32)
+def _verifier_for(path: str, sha256: str, content: bytes) -> Any:
+    """One verifier per trusted root content (the digest is the cache key's cheap part)."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import TrustedRoot
+    from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootMessage
+
+    from policies.signatures.sigstore_verifier import TrustyardVerifier, check_trusted_root
+
+    del sha256
+    try:
+        problem = check_trusted_root(json.loads(content))
+        if problem is not None:
+            raise BundleError(f"the trusted root {path} is malformed: {problem}")
+        root = TrustedRoot(TrustedRootMessage.from_json(content))
+        return TrustyardVerifier(trusted_root=root)
+    except BundleError:
+        raise
+    except (SigstoreError, ValueError) as exc:
+        raise BundleError(f"the trusted root {path} cannot be used ({_first_line(exc)})") from None
 
 
 class _TrustedIdentities:
@@ -174,8 +203,12 @@ def _verify_certificate(
 
     if not trust.identities:
         return [unknown(digest, "bundle", "certificate")]
+    material = json.loads(content)["verificationMaterial"]
+    if isinstance(material, dict) and not material.get("tlogEntries"):
+        # A timestamp alone proves when, not that the signing was made public.
+        return [invalid(digest, "bundle", "not logged in Rekor (no transparency log entry)")]
     try:
-        bundle = Bundle.from_json(content)
+        bundle = Bundle.from_json(proto3_defaults(content))
     except (SigstoreError, ValueError) as exc:
         return [invalid(digest, "bundle", f"not a valid Sigstore bundle ({_first_line(exc)})")]
     by_root: dict[str, list[TrustedIdentity]] = {}
@@ -183,10 +216,10 @@ def _verify_certificate(
         by_root.setdefault(identity.root.path, []).append(identity)
     reasons: list[str] = []
     for path, identities in by_root.items():
-        verifier = _verifier(path, identities[0].root.digest)
         policy = _TrustedIdentities(identities)
         predicate_type = reference = None
         try:
+            verifier = _verifier(path)
             if bundle._dsse_envelope is not None:
                 payload_type, payload = verifier.verify_dsse(bundle, policy)
                 predicate_type = _statement_for(image_digest, payload_type, payload)
@@ -372,6 +405,22 @@ def _check_body(body: Mapping[str, Any], logged: _LoggedDsse, signature: bytes) 
         if payload_hash.get("value") != hashlib.sha256(logged.payload).hexdigest():
             raise BundleError("the Rekor entry logs another payload")
         if encoded not in [s.get("signature") for s in spec.get("signatures", [])]:
+            raise BundleError("the Rekor entry logs another signature")
+    elif kind == "intoto" and logged.payload is not None:
+        # intoto 0.0.2 (cosign `attest`): the envelope's payload and signatures as base64 of
+        # their base64 text, and the payload's hash.
+        content = spec["content"]
+        if content["payloadHash"].get("value") != hashlib.sha256(logged.payload).hexdigest():
+            raise BundleError("the Rekor entry logs another payload")
+        envelope = content["envelope"]
+        if "payload" in envelope:
+            text = _b64(envelope["payload"], "the logged payload").decode("ascii", "replace")
+            if _b64(text, "the logged payload") != logged.payload:
+                raise BundleError("the Rekor entry logs another payload")
+        logged_signatures = [
+            _b64(s.get("sig", ""), "a logged signature").decode() for s in envelope["signatures"]
+        ]
+        if encoded not in logged_signatures:
             raise BundleError("the Rekor entry logs another signature")
     elif kind == "hashedrekord" and "hashedRekordV002" in spec:
         v2 = spec["hashedRekordV002"]

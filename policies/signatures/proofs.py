@@ -58,6 +58,9 @@ _POOL = ThreadPoolExecutor(max_workers=VERIFY_WORKERS, thread_name_prefix="trust
 
 log = logging.getLogger("trustyard.signatures")
 
+#: Verifications in progress from pulls, by (database, trust version, repository, image).
+_VERIFYING: dict[tuple[int, str, str, str], asyncio.Future[list[Finding]]] = {}
+
 
 def register_trust(trust: TrustConfig) -> str:
     """Remember `trust` and return the fact name a requirement using it needs."""
@@ -214,11 +217,24 @@ async def recorded(
 async def findings_for(
     db: MetadataDB, store: BlobStore, trust: TrustConfig, repository: str, image_digest: str
 ) -> list[Finding]:
-    """The recorded proofs of an image, verifying its signatures first when they are not."""
+    """The recorded proofs of an image, verifying its signatures first when they are not.
+
+    Many pulls of one image that all find its proofs stale (a referrer was just pushed) share one
+    verification instead of each queueing its own."""
     known = await recorded(db, trust, repository, image_digest)
     if known is not None:
         return known
-    return await verify_and_record(db, store, trust, repository, image_digest)
+    key = (id(db), trust.version, repository, image_digest)
+    running = _VERIFYING.get(key)
+    if running is not None:
+        return list(await asyncio.shield(running))
+    task = asyncio.ensure_future(verify_and_record(db, store, trust, repository, image_digest))
+    _VERIFYING[key] = task
+    try:
+        return list(await asyncio.shield(task))
+    finally:
+        if _VERIFYING.get(key) is task:
+            del _VERIFYING[key]
 
 
 @dataclass(frozen=True)

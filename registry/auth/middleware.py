@@ -23,6 +23,7 @@ from aiohttp import hdrs, web
 
 from registry.auth.scopes import CATALOG, covers
 from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
+from registry.auth.sessions import session_caller
 from registry.context import CONTEXT
 from registry.errors import DENIED, UNAUTHORIZED, RegistryError
 from registry.identity import IDENTITY_KEY
@@ -49,7 +50,8 @@ UNAUTHENTICATED_PATHS = frozenset({"/token"})
 #: POSTs the middleware leaves to their handler: the scanner webhook checks the scanner's own
 #: credential (a bearer token or an HMAC signature from `scanners:`), not a registry account.
 SCANNER_WEBHOOK_PATHS = frozenset({"/api/v1/scans"})
-#: Trustyard's own API (decision log, image status): registry administrators only.
+#: Trustyard's own API (decision log, image status): registry administrators only (`viewer`s
+#: too for GET and HEAD).
 ADMIN_API_PREFIX = "/api/"
 
 
@@ -62,7 +64,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.method == "POST" and request.path in SCANNER_WEBHOOK_PATHS:
         return await handler(request)
     try:
-        caller = await service.authenticate(request)
+        caller = session_caller(request, service) or await service.authenticate(request)
     except RegistryError as exc:
         if exc.error is UNAUTHORIZED:
             bearer = request.headers.get(hdrs.AUTHORIZATION, "")[:7].lower() == "bearer "
@@ -76,7 +78,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if service.settings.metrics_access != "anonymous":
             _require_admin(service, caller, admin=service.settings.metrics_access == "admin")
     elif request.path.startswith(ADMIN_API_PREFIX):
-        _require_admin(service, caller, admin=True)
+        _require_admin(service, caller, admin=True, view=request.method in ("GET", "HEAD"))
     return await handler(request)
 
 
@@ -202,12 +204,17 @@ def _require_library_ops(request: web.Request, service: AuthService, name: str) 
         )
 
 
-def _require_admin(service: AuthService, caller: Caller, *, admin: bool) -> None:
-    """An authenticated caller (and with `admin`, a registry administrator) or a refusal."""
+def _require_admin(
+    service: AuthService, caller: Caller, *, admin: bool, view: bool = False
+) -> None:
+    """An authenticated caller (and with `admin`, a registry administrator, or with `view` also
+    a `viewer`) or a refusal."""
     who = caller.identity
     if who.is_anonymous:
         raise RegistryError(
             UNAUTHORIZED, headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="trustyard"'}
         )
+    if view and service.permissions.can_view(who):
+        return
     if admin and not service.permissions.is_admin(who):
         raise RegistryError(DENIED, message="for registry administrators only")

@@ -4,6 +4,8 @@ Each rule names repository globs (the policy file's globs, `policies.globs`: `*`
 path segment, `**` crosses segments) and
 gives roles. Roles are cumulative: `pull` < `push` (pull + push) < `delete` (push + delete) <
 `admin` (everything, and registry administration when the rule covers every repository).
+`viewer` stands apart: on a rule covering every repository it reads the management API and the
+console, and it pulls and pushes nothing.
 A caller's actions on a repository are the union over every rule whose glob matches it; nothing
 matches, nothing is allowed.
 """
@@ -22,6 +24,8 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "push": frozenset({"pull", "push"}),
     "delete": frozenset({"pull", "push", "delete"}),
     "admin": frozenset({"pull", "push", "delete", "admin"}),
+    # Reads the management API and the console (on a rule covering every repository), no more.
+    "viewer": frozenset({"view"}),
 }
 NOTHING: frozenset[str] = frozenset()
 #: Globs that cover every repository: `admin` there makes a registry administrator.
@@ -95,5 +99,14 @@ class Permissions:
         return any(
             EVERYTHING_GLOBS.intersection(rule.repositories.globs)
             and "admin" in rule.actions_for(who)
+            for rule in self.rules
+        )
+
+    def can_view(self, who: Identity) -> bool:
+        """Whether `who` may read the management API and the console: a registry administrator,
+        or `viewer` on a rule covering every repository."""
+        return self.is_admin(who) or any(
+            EVERYTHING_GLOBS.intersection(rule.repositories.globs)
+            and "view" in rule.actions_for(who)
             for rule in self.rules
         )

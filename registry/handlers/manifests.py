@@ -4,6 +4,7 @@ manifests", "Pushing manifests", "Pushing manifests with subject", "Deleting")."
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.library.recording import record_library_delete, record_library_push
 from policies.signatures.proofs import push_problem, signature_pushed
+from registry.auth.producers import quarantine_reader
 from registry.context import RegistryContext, context
 from registry.errors import (
     DIGEST_INVALID,
@@ -59,7 +61,9 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     # Policy: a manifest stored but not pullable under the pull rules is quarantined.
     events, actor = request.app[EVENTS], identity(request).name
     async with events.reporting_denials("pull", name, reference, record.digest, actor):
-        policy_headers = await ctx.policy.check_pull(name, reference, record, actor)
+        policy_headers = await ctx.policy.check_pull(
+            name, reference, record, actor, partial(quarantine_reader, request, name)
+        )
     if request.method == "GET":
         tag = None if is_digest(reference) else reference
         await events.pulls.pulled(name, tag, record.digest, record.media_type, record.size, actor)

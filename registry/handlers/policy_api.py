@@ -1,9 +1,10 @@
 """Trustyard's own API about policy (not part of the OCI spec), under `/api/v1/`:
 
 - `GET /api/v1/decisions`: the decision log, newest first; filters `repository`, `outcome`
-  (allow | deny | warn), `action` (push | pull | delete), `since` (epoch seconds, ISO 8601 time,
-  or a duration ago such as `15m`); pages with `n` (default 100, at most 1000) and `last` (the id
-  to continue before), and a `Link` header to the next page.
+  (allow | deny | warn), `action` (push | pull | delete), `rule`, `identity`, `since` and `until`
+  (epoch seconds, ISO 8601 time, or a duration ago such as `15m`); pages with `n` (default
+  100, at most 1000) and `last` (the id to continue before), and a `Link` header to the next
+  page.
 - `GET /api/v1/images/{repository}/{reference}/status`: whether a stored image is pullable or
   quarantined under the current policy, and every matching pull rule's verdict.
 """
@@ -59,7 +60,15 @@ def parse_since(text: str, now: float | None = None) -> float:
                 f"since={text!r}: expected epoch seconds, an ISO 8601 time or a duration "
                 "such as 15m"
             ) from None
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ValueError(f"since={text!r}: a time out of range") from None
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits of a number SQLite can hold (Unicode digits and huge ids are refused)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def _bad_query(name: str, value: str, reason: str) -> RegistryError:
@@ -72,7 +81,7 @@ async def list_decisions(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     query = request.query
     filters: dict[str, Any] = {}
-    for name in ("repository", "outcome", "action"):
+    for name in ("repository", "outcome", "action", "rule", "identity"):
         value = query.get(name)
         if value:
             allowed = _FILTERS.get(name)
@@ -84,13 +93,18 @@ async def list_decisions(request: web.Request) -> web.StreamResponse:
             filters["since"] = parse_since(query["since"])
         except ValueError as exc:
             raise _bad_query("since", query["since"], str(exc)) from None
+    if query.get("until"):
+        try:
+            filters["until"] = parse_since(query["until"])
+        except ValueError as exc:
+            raise _bad_query("until", query["until"], str(exc)) from None
     limit = DEFAULT_PAGE
     if query.get("n"):
-        if not query["n"].isdigit():
+        if not _is_number(query["n"]):
             raise _bad_query("n", query["n"], "n must be an integer >= 0")
         limit = min(int(query["n"]), MAX_PAGE)
     if query.get("last"):
-        if not query["last"].isdigit():
+        if not _is_number(query["last"]):
             raise _bad_query("last", query["last"], "last must be a decision id")
         filters["before_id"] = int(query["last"])
     await ctx.policy.flush()

@@ -197,7 +197,9 @@ def test_a_sigstore_bundle_pushed_with_oras_allows_docker_pull(
     image = get_manifest(signing_registry, name, digest)
     work = e2e_tmp / "bundle"
     work.mkdir()
-    bundle, _ = keyed_bundle(release_key, statement(digest))
+    # The statement names the repository it is pushed to: a statement for another repository
+    # does not count (docker_reference is on by default).
+    bundle, _ = keyed_bundle(release_key, statement(digest, name=f"{signing_registry.host}/{name}"))
     (work / "image.sigstore.json").write_text(json.dumps(bundle))
     client = Client(hostname=signing_registry.host, insecure=True)
     resp = client.push(

@@ -98,7 +98,7 @@ async def test_explain_and_decisions(
     assert lines[2] == "outcome: deny (quarantined: stored but not pullable)"
     out = io.StringIO()
     assert await explain(config, path, f"app/web@{digest}", Action.PUSH, out) == 0
-    assert "no rule matches" in out.getvalue()
+    assert "no rule matches; default: allow (a request no rule matches is allowed" in out.getvalue()
     out = io.StringIO()
     assert await show_decisions(config, decisions_args("--outcome", "deny"), out) == 0
     printed = out.getvalue().splitlines()

@@ -24,6 +24,7 @@ from policies.rules import (
     format_size,
     parse_size,
 )
+from registry.image_kind import Kind
 
 OLD = "sha256:" + "ab12" * 16
 NEW = "sha256:" + "cd34" * 16
@@ -71,8 +72,13 @@ def test_cosign_tags_are_exempt() -> None:
     assert is_cosign_tag(SIG_TAG)
     assert is_cosign_tag(SIG_TAG.replace(".sig", ".att"))
     assert not is_cosign_tag("sha256-abc.sig")
-    assert ImmutableTags().evaluate(ctx(tags=(SIG_TAG,), tag_targets={SIG_TAG: OLD})).allowed
-    assert TagPattern(re.compile(r"^v\d")).evaluate(ctx(tags=(SIG_TAG,))).allowed
+    signature = {"kind": Kind.SIGNATURE}
+    moved = {"tag_targets": {SIG_TAG: OLD}}
+    assert ImmutableTags().evaluate(ctx(tags=(SIG_TAG,), **moved, **signature)).allowed
+    assert TagPattern(re.compile(r"^v\d")).evaluate(ctx(tags=(SIG_TAG,), **signature)).allowed
+    # The spelling alone exempts nothing: an image under a cosign-looking tag is judged.
+    assert not ImmutableTags().evaluate(ctx(tags=(SIG_TAG,), **moved)).allowed
+    assert not TagPattern(re.compile(r"^v\d")).evaluate(ctx(tags=(SIG_TAG,))).allowed
 
 
 def test_immutable_tags_ignore_pulls() -> None:

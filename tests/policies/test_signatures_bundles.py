@@ -461,3 +461,60 @@ def test_a_keyed_message_signature_over_the_image_digest() -> None:
     assert verdicts(verify_layer(config, IMAGE, content)) == [(True, "release")]
     [finding] = verify_layer(config, "sha256:" + "0" * 64, content)
     assert not finding.valid and finding.detail.startswith("for another image")
+
+
+def intoto_entry_body(key: ec.EllipticCurvePrivateKey, payload: bytes, signature: bytes) -> bytes:
+    """A Rekor v1 `intoto` 0.0.2 entry body for the envelope (what cosign `attest` logs): the
+    payload and signatures as base64 of their base64 text."""
+
+    def twice(data: bytes) -> str:
+        return base64.b64encode(base64.b64encode(data)).decode()
+
+    return json.dumps(
+        {
+            "apiVersion": "0.0.2",
+            "kind": "intoto",
+            "spec": {
+                "content": {
+                    "envelope": {
+                        "payload": twice(payload),
+                        "payloadType": "application/vnd.in-toto+json",
+                        "signatures": [
+                            {"sig": twice(signature), "publicKey": twice(pem(key).encode())}
+                        ],
+                    },
+                    "hash": {"algorithm": "sha256", "value": "00" * 32},
+                    "payloadHash": {
+                        "algorithm": "sha256",
+                        "value": hashlib.sha256(payload).hexdigest(),
+                    },
+                }
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def test_a_keyed_bundle_logged_as_intoto_verifies_and_fails_when_it_logs_another(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    entry = promised_entry(rekor, intoto_entry_body(key, payload, signature))
+    entry["kindVersion"] = {"kind": "intoto", "version": "0.0.2"}
+    bundle["verificationMaterial"]["tlogEntries"] = [entry]
+    strict = trust({"keys": {"release": {"pem": pem(key), "rekor": "trusted_root.json"}}}, tmp_path)
+    assert verdicts(verify_layer(strict, IMAGE, json.dumps(bundle).encode())) == [(True, "release")]
+
+    _, other_signature = keyed_bundle(key, payload)
+    other = promised_entry(rekor, intoto_entry_body(key, payload, other_signature))
+    bundle["verificationMaterial"]["tlogEntries"] = [other]
+    [finding] = verify_layer(strict, IMAGE, json.dumps(bundle).encode())
+    assert finding.detail == "the Rekor entry logs another signature"
+
+    other_payload = statement(IMAGE, "https://slsa.dev/provenance/v1")
+    logged = promised_entry(rekor, intoto_entry_body(key, other_payload, signature))
+    bundle["verificationMaterial"]["tlogEntries"] = [logged]
+    [finding] = verify_layer(strict, IMAGE, json.dumps(bundle).encode())
+    assert finding.detail == "the Rekor entry logs another payload"

@@ -23,6 +23,7 @@ from tests.oci import (
     push_image,
     sha256,
 )
+from tests.security.crafted import push_runnable, push_simple_signature
 
 POLICY = """\
 version: 1
@@ -157,8 +158,13 @@ async def test_cosign_signature_tags_are_exempt(gated: TestClient) -> None:
     immutable_everything = POLICY.replace('tags: ["v*"], on: [push, delete]', "on: [push]")
     gated.server.app[CONTEXT].policy.policy = parse_policy(immutable_everything)
     signature = "sha256-" + "ab" * 32 + ".sig"
-    await push_image(gated, "app/web", signature, layers=[b"sig1"])
-    await push_image(gated, "app/web", signature, layers=[b"sig2"])
+    # cosign moves its tag when it adds a signature: allowed while the tag holds signatures.
+    assert (await push_simple_signature(gated, "app/web", signature, b'{"s":1}')).status == 201
+    assert (await push_simple_signature(gated, "app/web", signature, b'{"s":2}')).status == 201
+    # The spelling alone exempts nothing: a runnable image cannot move the tag.
+    resp = await push_runnable(gated, "app/web", signature)
+    assert resp.status == 403
+    assert "already points to" in (await resp.json())["errors"][0]["message"]
     await push_image(gated, "app/web", "dev", layers=[b"one"])
     resp, _ = await push_labelled(gated, "app/web", "dev", layer=b"two")
     assert resp.status == 403
@@ -286,7 +292,9 @@ async def test_index_needs_every_required_platform(start_client: Any, tmp_path: 
     client = await start_client(policy={"file": str(path)})
     children = []
     for arch in ("amd64", "arm64"):
-        _digest, body = await push_image(client, "multi", f"child-{arch}", layers=[arch.encode()])
+        _digest, body = await push_image(
+            client, "multi", f"child-{arch}", layers=[arch.encode()], architecture=arch
+        )
         children.append(
             {**descriptor(OCI_MANIFEST, body), "platform": {"os": "linux", "architecture": arch}}
         )

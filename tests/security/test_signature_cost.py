@@ -9,6 +9,7 @@ by `bench/hostile_signature_bench.py`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -452,3 +453,44 @@ async def test_a_deeply_nested_simple_signing_payload_is_a_reason_not_a_500(
         RULE + f"found 1 signature, a malformed signature layer ({cosign_module.SIMPLE_SIGNING}: "
         "nested too deeply); not verified",
     )
+
+
+async def test_concurrent_pulls_share_one_verification(
+    gated: TestClient, release_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A referrer that is not a signature (an SBOM) makes the recorded proofs stale; the pulls
+    that then arrive together verify the image's signatures once, not once each."""
+    digest, _ = await push_image(gated, "prod/app", "v1")
+    payload = simple_signing_payload(REF, digest)
+    await push_cosign_signature(gated, "prod/app", digest, payload, sign(release_key, payload))
+    calls: list[int] = []
+    real = cosign_module.verify_layer
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(cosign_module, "verify_layer", counting)
+    sbom = b'{"spdxVersion": "SPDX-2.3"}'
+    await push_blob(gated, "prod/app", b"{}")
+    await push_blob(gated, "prod/app", sbom)
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/spdx+json",
+            "config": descriptor("application/vnd.oci.empty.v1+json", b"{}"),
+            "layers": [descriptor("application/spdx+json", sbom)],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 1},
+        }
+    ).encode()
+    resp = await gated.put(
+        f"/v2/prod/app/manifests/{descriptor('', body)['digest']}",
+        data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+    assert calls == []  # not a signature: nothing verified at push
+    results = await asyncio.gather(*(pull(gated, "prod/app", "v1") for _ in range(20)))
+    assert results == [(200, "")] * 20
+    assert calls == [1]

@@ -287,3 +287,13 @@ async def test_a_report_dated_in_the_future_is_refused(scanning: TestClient) -> 
     assert "300s ahead of the server's clock" in message
     # Within the clock tolerance it is accepted.
     assert await post(scanning, digest, report([], now + 60), bearer()) == (201, "", "")
+
+
+async def test_the_same_report_signed_again_is_accepted(scanning: TestClient) -> None:
+    """A scanner retrying its own post (signed afresh) is not refused: a report as new as the
+    stored one replaces it; only an older one is stale."""
+    digest, _ = await push_image(scanning, "prod/app", "v1")
+    dirty = report(CRITICAL, time.time() - 60)
+    assert await post(scanning, digest, dirty, hmac_sign(HMAC_SECRET, dirty)) == (201, "", "")
+    again = hmac_sign(HMAC_SECRET, dirty, now=time.time() + 1)
+    assert await post(scanning, digest, dirty, again) == (201, "", "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
 import io
 import json
 import signal
@@ -62,7 +63,7 @@ rules:
 RULE = 'rule "prod is signed by release": needs a signature by release; found 1 signature, '
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
     """Wait until `check()` holds (polling), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not await check():
@@ -280,6 +281,9 @@ rules:
       signature: {any_of: [corp-ca]}
 """
 
+#: How long the short-lived proofs live: long enough for a push and a first pull on a busy machine.
+LIFETIME = 8
+
 CA_RULE = 'rule "prod is signed by corp-ca": needs a signature by corp-ca; found 1 signature, '
 
 
@@ -289,17 +293,25 @@ def pem(certificate: x509.Certificate) -> str:
 
 @pytest.fixture
 def short_lived(tmp_path: Path) -> tuple[Any, x509.Certificate, x509.Certificate, float, Any]:
-    """A private CA (`ca.pem` beside the policy) and a signing certificate valid 3 more seconds."""
+    """A private CA (`ca.pem` beside the policy) and a signing certificate that ends in a few
+    seconds (`LIFETIME`)."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
     root = issue("Acme Root", root_key, "Acme Root", root_key, ca=True, until=far)
     key = ec.generate_private_key(ec.SECP256R1())
-    # Certificates carry whole seconds: the leaf ends on the second, 3 to 4 seconds from now.
-    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
+        seconds=LIFETIME
+    )
     leaf = issue("release", key, "Acme Root", root_key, ca=False, until=end)
     (tmp_path / "ca.pem").write_text(pem(root))
     (tmp_path / "policy.yaml").write_text(CA_POLICY)
     return key, leaf, root, end.timestamp(), root_key
+
+
+def soon() -> datetime.datetime:
+    """`LIFETIME` seconds from now, on a whole second (certificates carry whole seconds)."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    return now + datetime.timedelta(seconds=LIFETIME)
 
 
 def expired_at(moment: float) -> str:
@@ -355,7 +367,9 @@ async def test_a_notation_signature_stops_counting_at_its_expiry(
     leaf = issue("release", key, "Acme Root", root_key, ca=False, until=far)
     client = await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
     digest, _ = await push_image(client, "prod/app", "v1")
-    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(seconds=4)
+    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
+        seconds=LIFETIME
+    )
     envelope = make_jws(key, [leaf, root], digest, **{"io.cncf.notary.expiry": end.isoformat()})
     await push_notation(client, digest, envelope)
     assert await pull(client, "prod/app", "v1") == (200, "")
@@ -399,3 +413,45 @@ async def test_sighup_to_the_running_server_revokes_a_replaced_key(tmp_path: Pat
             assert message.startswith(RULE + "by an unknown key (sha256:")
     finally:
         assert await asyncio.to_thread(server.stop) == 0
+
+
+def test_a_replaced_identity_trusted_root_is_verified_against_at_once(tmp_path: Path) -> None:
+    """A certificate bundle is verified by the `sigstore` package against the identity's trusted
+    root file as it is now: a root replaced under the same path is not served from a cache."""
+    from importlib import resources
+
+    from policies.signatures import bundles
+    from policies.signatures.trust import parse_trust
+
+    vectors = Path(__file__).parent.parent / "policies" / "vectors" / "sigstore-python"
+    store = resources.files("sigstore") / "_store"
+    roots = {
+        name: (store / folder / "trusted_root.json").read_text()
+        for name, folder in (
+            ("production", "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"),
+            ("staging", "https%3A%2F%2Ftuf-repo-cdn.sigstage.dev"),
+        )
+    }
+    section = {
+        "identities": {
+            "rfc8785": {
+                "issuer": "https://token.actions.githubusercontent.com",
+                "subject": "https://github.com/trailofbits/rfc8785.py/.github/workflows/"
+                "release.yml@refs/tags/v0.1.2",
+                "trusted_root": "trusted_root.json",
+            }
+        }
+    }
+    wheel = vectors / "bundle_v3_github.whl"
+    image = "sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+    content = (vectors / "bundle_v3_github.whl.sigstore").read_bytes()
+
+    def verdicts() -> list[tuple[bool, str | None]]:
+        config, problems = parse_trust(section, tmp_path)
+        assert problems == []
+        return [(f.valid, f.signer) for f in bundles.verify_layer(config, image, content)]
+
+    (tmp_path / "trusted_root.json").write_text(roots["production"])
+    assert verdicts() == [(True, "rfc8785")]
+    (tmp_path / "trusted_root.json").write_text(roots["staging"])  # same path, other root
+    assert verdicts() == [(False, None)]

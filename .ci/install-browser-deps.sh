@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install Debian's Chromium and its WebDriver for the console's browser tests (tests/console):
+# the tests drive /usr/bin/chromium through /usr/bin/chromedriver with Selenium, headless, so no
+# browser is ever downloaded at test time. Idempotent; run as root (or with sudo).
+set -euo pipefail
+
+PACKAGES=(chromium chromium-driver fonts-dejavu-core)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+
+for binary in chromium chromedriver; do
+  command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }
+done
+echo "browser dependencies installed: ${PACKAGES[*]}"
