@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -584,3 +585,37 @@ def test_a_certificate_without_sans_names_no_subject() -> None:
         None,
         "CN=release-signer",
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("integratedTime", "1700000000"),
+        ("integratedTime", 1700000000.0),
+        ("logIndex", True),
+        ("logIndex", "42"),
+    ],
+    ids=["time-string", "time-float", "index-bool", "index-string"],
+)
+def test_a_rekor_bundle_with_non_integer_time_or_index_is_refused(
+    world: dict[str, Any], field: str, value: Any
+) -> None:
+    # Signed by the trusted Rekor key as it stands: only the type is wrong.
+    payload, annotations = keyless_layer(world)
+    entry = json.loads(annotations[BUNDLE_ANNOTATION])["Payload"]
+    entry[field] = value
+    timestamp = world["rekor"].sign(rfc8785.dumps(entry), ec.ECDSA(hashes.SHA256()))
+    annotations[BUNDLE_ANNOTATION] = json.dumps(
+        {"SignedEntryTimestamp": base64.b64encode(timestamp).decode(), "Payload": entry}
+    )
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == refused("the Rekor bundle annotation is not cosign's bundle JSON")
+
+
+def test_a_rekor_entry_logging_a_broken_certificate_is_refused(world: dict[str, Any]) -> None:
+    broken = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    payload, annotations = keyless_layer(world, logged_certificate=broken)
+    [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == refused("the Rekor entry logs a certificate that is not PEM")
