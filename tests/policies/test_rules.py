@@ -136,8 +136,10 @@ def test_labels_unreadable_config_and_artifacts() -> None:
     decision = Labels(SOURCE).evaluate(ctx(images=()))
     assert not decision.allowed
     assert decision.reason == "the image's config could not be read to check its labels"
-    decision = Labels(SOURCE).evaluate(ctx(is_artifact=True))
-    assert decision.allowed and decision.reason == "not a container image; labels do not apply"
+    artifact = ctx(is_artifact=True, kind_reason="a cosign signature, not an image")
+    decision = Labels(SOURCE).evaluate(artifact)
+    assert decision.allowed
+    assert decision.reason == "a cosign signature, not an image; labels do not apply"
 
 
 def test_annotations() -> None:
