@@ -84,8 +84,29 @@ def test_a_signature_of_another_image_proves_nothing(signed: str, pulled: str) -
             "not a cosign signature (payload type is 'dosign container image signature', not "
             "'cosign container image signature')",
         ),
+        (
+            simple_signing_payload("registry.example/prod/web", LOW).replace(
+                f'"{LOW}"'.encode(), b"123"
+            ),
+            "not a cosign signature (payload digest and reference must be strings)",
+        ),
+        (
+            simple_signing_payload("registry.example/prod/web", LOW).replace(
+                b'"registry.example/prod/web"', b"123"
+            ),
+            "not a cosign signature (payload digest and reference must be strings)",
+        ),
     ],
-    ids=["list", "empty", "critical-list", "not-utf8", "atomic-type", "later-type"],
+    ids=[
+        "list",
+        "empty",
+        "critical-list",
+        "not-utf8",
+        "atomic-type",
+        "later-type",
+        "digest-number",
+        "reference-number",
+    ],
 )
 def test_a_payload_that_is_not_a_cosign_signature_proves_nothing(
     payload: bytes, reason: str
