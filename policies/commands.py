@@ -39,6 +39,7 @@ def add_policy_commands(
     check = actions.add_parser("check", help="validate a policy file; exit 1 when invalid")
     common(check)
     check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="print the result as one JSON object")
     explain = actions.add_parser(
         "explain", help="evaluate a policy file against an image in the registry"
     )
@@ -48,6 +49,7 @@ def add_policy_commands(
     explain.add_argument(
         "--action", choices=[a.value for a in Action], default="pull", help="default: pull"
     )
+    explain.add_argument("--json", action="store_true", help="print the verdict as JSON")
     decisions = commands.add_parser("decisions", help="show the policy decision log")
     common(decisions)
     decisions.add_argument("--repository")
@@ -64,20 +66,42 @@ def run_policy_command(config: Config, args: argparse.Namespace, out: TextIO | N
     if args.command == "decisions":
         return asyncio.run(show_decisions(config, args, out))
     if args.action == "check":
-        return check_policy(args.file, out)
-    return asyncio.run(explain(config, args.file, args.image, Action(args.action), out))
+        return check_policy(args.file, out, as_json=args.json)
+    return asyncio.run(
+        explain(config, args.file, args.image, Action(args.action), out, as_json=args.json)
+    )
 
 
-def check_policy(path: Path, out: TextIO | None = None) -> int:
-    """Validate a policy file: print every problem (exit 1) or a summary (exit 0)."""
+def check_policy(path: Path, out: TextIO | None = None, *, as_json: bool = False) -> int:
+    """Validate a policy file: print every problem (exit 1) or a summary (exit 0); with
+    `as_json`, one JSON object on `out` either way."""
     out = out or sys.stdout
     try:
         policy = load_policy(path)
     except PolicyError as exc:
+        if as_json:
+            problems = [
+                {"line": p.line, "path": p.path, "message": p.message} for p in exc.problems
+            ]
+            print(json.dumps({"file": str(path), "valid": False, "problems": problems}), file=out)
+            return 1
         print(exc, file=sys.stderr)
         count = len(exc.problems)
         print(f"{path}: invalid ({count} problem{'s' if count != 1 else ''})", file=sys.stderr)
         return 1
+    if as_json:
+        rules = [
+            {
+                "name": rule.name,
+                "line": rule.line,
+                "on": sorted(a.value for a in rule.match.actions),
+                "mode": rule.mode,
+            }
+            for rule in policy.rules
+        ]
+        summary = {"mode": policy.mode, "version": policy.version, "rules": rules}
+        print(json.dumps({"file": str(path), "valid": True, "problems": [], **summary}), file=out)
+        return 0
     print(
         f"{path}: valid, {len(policy.rules)} rules, mode {policy.mode}, version "
         f"{policy.version[:19]}",
@@ -110,7 +134,13 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 async def explain(
-    config: Config, path: Path, image: str, action: Action, out: TextIO | None = None
+    config: Config,
+    path: Path,
+    image: str,
+    action: Action,
+    out: TextIO | None = None,
+    *,
+    as_json: bool = False,
 ) -> int:
     """Print each matching rule's verdict on `action` of `image`: exit 0 allowed, 1 denied."""
     out = out or sys.stdout
@@ -146,6 +176,34 @@ async def explain(
     finally:
         await db.close()
         await store.close()
+    lines = {rule.name: rule.line for rule in policy.rules}
+    if as_json:
+        verdicts = [
+            {
+                "rule": rule.rule,
+                "line": lines.get(rule.rule, 0),
+                "mode": rule.mode,
+                "outcome": rule.outcome.value,
+                "reason": rule.reason,
+            }
+            for rule in verdict.rules
+        ]
+        print(
+            json.dumps(
+                {
+                    "policy": str(path),
+                    "policy_version": policy.version,
+                    "action": action.value,
+                    "repository": repository,
+                    "reference": reference,
+                    "digest": record.digest,
+                    "rules": verdicts,
+                    "outcome": verdict.outcome.value,
+                }
+            ),
+            file=out,
+        )
+        return 1 if verdict.outcome is Outcome.DENY else 0
     print(
         f"policy {path} ({policy.version[:19]}): {action.value} {repository} {reference} "
         f"({record.digest[:19]}…)",

@@ -111,6 +111,8 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        #: Called with every recorded decision (the registry's metrics count them).
+        self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -326,6 +328,8 @@ class PolicyGate:
     ) -> None:
         """Log a decision; `reader`: a quarantined image read by who may (logged as allowed,
         with this reason)."""
+        for observe in self.observers:
+            observe(verdict, request)
         outcome = Outcome.ALLOW if reader is not None else verdict.outcome
         reason = reader if reader is not None else verdict.reason
         now = time.time()

@@ -247,24 +247,25 @@ def parse_policy(content: bytes | str, source: str = "<policy>") -> Policy:
     ]
     problems += _schema_problems(document, lines, source)
     if problems:
-        raise PolicyError(source, problems)
+        # Report what the rules' and the trust section's own checks find too, so that one
+        # run shows every problem (the trust section only when the schema found it well formed).
+        problems += _rule_problems(document, lines, source)
+        if isinstance(document, dict) and not any(p.path.startswith("trust") for p in problems):
+            problems += _trust_problems(document, lines, source)[1]
+        raise PolicyError(source, sorted(set(problems)))
     section = document.get("library")
-    trust, trust_problems = parse_trust(document.get("trust"), _policy_folder(source))
-    problems += [
+    trust, trust_problems = _trust_problems(document, lines, source)
+    library_problems = [
         Problem(lines.of(("library", *path)), format_path(("library", *path)), message, source)
         for path, message in section_problems(section or {}, trust.names)
     ]
-    problems += [
-        Problem(lines.of(("trust", *path)), format_path(("trust", *path)), message, source)
-        for path, message in trust_problems
-    ]
-    if problems:
+    problems += library_problems + trust_problems
+    if library_problems:
         raise PolicyError(source, problems)
     library = Library.from_section(section, trust) if section is not None else None
-    rules, problems = _build_rules(document, lines, source, library, trust)
-    if problems:
-        raise PolicyError(source, problems)
-    exempt_types, problems = _exempt_types(document.get("artifacts"), lines, source)
+    rules, rule_problems = _build_rules(document, lines, source, library, trust)
+    exempt_types, exempt_problems = _exempt_types(document.get("artifacts"), lines, source)
+    problems += rule_problems + exempt_problems
     if problems:
         raise PolicyError(source, problems)
     return Policy(
@@ -320,6 +321,72 @@ def load_policy(path: Path) -> Policy:
             str(path), [Problem(0, "", f"cannot read: {exc.strerror}", str(path))]
         ) from None
     return parse_policy(content, str(path))
+
+
+def _trust_problems(
+    document: Mapping[str, Any], lines: _Lines, source: str
+) -> tuple[TrustConfig, list[Problem]]:
+    """The `trust:` section as loaded, and its problems (a key file that cannot be read...)."""
+    trust, found = parse_trust(document.get("trust"), _policy_folder(source))
+    return trust, [
+        Problem(lines.of(("trust", *path)), format_path(("trust", *path)), message, source)
+        for path, message in found
+    ]
+
+
+def _declared_signers(document: Mapping[str, Any]) -> set[str]:
+    """Every signer name the `trust:` section declares, loaded or not."""
+    trust = document.get("trust")
+    if not isinstance(trust, dict):
+        return set()
+    return {
+        str(name) for section in trust.values() if isinstance(section, dict) for name in section
+    }
+
+
+def _rule_problems(document: Any, lines: _Lines, source: str) -> list[Problem]:
+    """The rules' own checks (duplicate names, regular expressions, a rule that requires
+    nothing) on a document the schema refused, read defensively: whatever has the wrong shape
+    is the schema's problem, already reported."""
+    problems: list[Problem] = []
+    rules = document.get("rules") if isinstance(document, dict) else None
+    if not isinstance(rules, list):
+        return problems
+    names: dict[str, int] = {}
+
+    def problem(path: PathTuple, message: str) -> None:
+        problems.append(Problem(lines.of(path), format_path(path), message, source))
+
+    def regex(path: PathTuple, text: Any) -> None:
+        if isinstance(text, str):
+            try:
+                re.compile(text)
+            except re.error as exc:
+                problem(path, f"not a valid regular expression: {exc}")
+
+    for index, entry in enumerate(rules):
+        at: PathTuple = ("rules", index)
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problem(
+                    (*at, "name"), f'duplicate rule name "{name}" (first at rules[{names[name]}])'
+                )
+            names.setdefault(name, index)
+        require = entry.get("require")
+        if require is None and "deny" not in entry:
+            problem(at, "a rule needs require: or deny:")
+        if not isinstance(require, dict):
+            continue
+        regex((*at, "require", "tag_pattern"), require.get("tag_pattern"))
+        for key in ("labels", "annotations"):
+            patterns = require.get(key)
+            if isinstance(patterns, dict):
+                for label, pattern in patterns.items():
+                    regex((*at, "require", key, label), pattern)
+    return problems
 
 
 def _build_rules(
@@ -396,7 +463,9 @@ def _build_rules(
                 trust = trust or TrustConfig()
                 signer_list = value.get("any_of") or value.get("all_of") or value.get("of") or []
                 for signer in signer_list:
-                    if signer not in trust.names:
+                    # A signer whose key file failed to load is declared: its problem is the
+                    # file, reported by the trust section, not a second "unknown signer".
+                    if signer not in trust.names and signer not in _declared_signers(document):
                         declared = ", ".join(sorted(trust.names)) or "none"
                         problem(
                             where,

@@ -21,6 +21,8 @@ from registry.console import setup_console
 from registry.context import CONTEXT, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
+from registry.health import add_health_routes
+from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
 from registry.routes import add_routes
@@ -44,13 +46,21 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     """The registry application for `config` (resources open when the app starts); `policy` is
     the one `config` names when the caller has loaded it already (else it is loaded at start)."""
     app = web.Application(
-        middlewares=[in_flight_middleware, metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            in_flight_middleware,
+            metrics_middleware,
+            error_middleware,
+            auth_middleware,
+        ],
         client_max_size=4 * 1024 * 1024 + 1,
     )
+    app.on_response_prepare.append(add_request_id_header)
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources(config, policy))
     add_routes(app)
+    add_health_routes(app)
     setup_auth(app, config)
     add_api_routes(app)
     setup_console(app)
@@ -66,6 +76,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         uploads = UploadSessions(db, store)
         gate = PolicyGate(db, store, policy, path=config.policy_file)
         gate.start(poll_interval=config.policy_poll_interval)
+        gate.observers.append(app[METRICS].count_decision)
         app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))

@@ -1,11 +1,17 @@
 """Configuration: built-in defaults, then a YAML file, then `TRUSTYARD_*` variables, then flags.
 
 Every key, its type and its default is in `config_schema.json` beside this module; a config that
-does not match is refused with every problem listed at once.
+does not match is refused with every problem listed at once, each with where it came from
+(`trustyard.yaml:7: gc.grace_priod: unknown key; did you mean grace_period?`, or the
+`TRUSTYARD_*` variable, or the command line). Relative paths in the file (`data_dir`,
+`policy.file`, `tls.*`, `auth.users_file`, `auth.token.signing_key`) are read relative to the
+file's folder, as the policy file's own paths are; paths from variables and flags relative to the
+working directory.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -24,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "listen": "127.0.0.1:5000",
     "data_dir": "./trustyard-data",
     "log_level": "info",
+    "log_format": "text",
     "access_log": False,
     "storage": {"backend": "filesystem", "fsync": True, "delete_enabled": True},
     "uploads": {"stale_after": "24h", "cleanup_interval": "1h"},
@@ -33,6 +40,17 @@ DEFAULTS: dict[str, Any] = {
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+#: Keys whose values are file system paths: relative ones in a file resolve against its folder.
+PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data_dir",),
+    ("policy", "file"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("auth", "users_file"),
+    ("auth", "token", "signing_key"),
+)
 
 
 class ConfigError(ValueError):
@@ -58,6 +76,7 @@ class Config:
     data_dir: Path
     log_level: str
     access_log: bool
+    log_format: str
     fsync: bool
     delete_enabled: bool
     stale_upload_age: float
@@ -84,6 +103,12 @@ class Config:
         return parse_duration(section.get("poll_interval", "2s"))
 
     @property
+    def public_url(self) -> str | None:
+        """The URL clients reach this registry at (`public_url`, no trailing slash), if set."""
+        url = self.raw.get("public_url")
+        return url.rstrip("/") if url else None
+
+    @property
     def auth_enabled(self) -> bool:
         """Whether an `auth` section turns authentication on (absent: an open registry)."""
         section = self.raw.get("auth")
@@ -98,20 +123,109 @@ def load_config(
 ) -> Config:
     """Merge defaults, the YAML file at `path`, `TRUSTYARD_*` variables and `overrides`."""
     merged = json.loads(json.dumps(DEFAULTS))
+    origins = _Origins()
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        loaded, origins.file_lines = _read_file(path)
+        origins.file = str(path)
+        _resolve_paths(loaded, path.parent)
         _merge(merged, loaded)
-    _merge(merged, _from_environment(os.environ if environ is None else environ))
-    _merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
-    _validate(merged, str(path) if path else "configuration")
+    from_env = _from_environment(os.environ if environ is None else environ)
+    origins.env = {leaf: ENV_PREFIX + "__".join(leaf).upper() for leaf in _leaves(from_env)}
+    _merge(merged, from_env)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    origins.flags = _leaves(flags)
+    _merge(merged, flags)
+    _validate(merged, origins)
     return _build(merged)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The YAML mapping at `path` and the line of every key in it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        detail = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {detail}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(current: yaml.Node, at: tuple[str, ...]) -> None:
+        lines.setdefault(at, current.start_mark.line + 1)
+        if isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                lines[(*at, str(key.value))] = key.start_mark.line + 1
+                walk(value, (*at, str(key.value)))
+        elif isinstance(current, yaml.SequenceNode):
+            for index, item in enumerate(current.value):
+                walk(item, (*at, str(index)))
+
+    if node is not None:
+        walk(node, ())
+    return loaded, lines
+
+
+def _resolve_paths(document: dict[str, Any], folder: Path) -> None:
+    """Make the relative paths of a configuration file relative to the file's folder."""
+    for keys in PATH_KEYS:
+        node: Any = document
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            value = node[keys[-1]]
+            if value and not Path(value).is_absolute():
+                node[keys[-1]] = str(folder / value)
+
+
+class _Origins:
+    """Where each setting came from, to say so in an error."""
+
+    def __init__(self) -> None:
+        self.file: str | None = None
+        self.file_lines: dict[tuple[str, ...], int] = {}
+        self.env: dict[tuple[str, ...], str] = {}
+        self.flags: set[tuple[str, ...]] = set()
+
+    def of(self, path: tuple[str, ...]) -> str:
+        """`file:line`, `TRUSTYARD_X__Y`, `command line` or `configuration` for `path`."""
+        if any(_related(leaf, path) for leaf in self.flags):
+            return "command line"
+        for leaf, name in self.env.items():
+            if _related(leaf, path):
+                return name
+        if self.file is not None:
+            at = path
+            while at not in self.file_lines and at:
+                at = at[:-1]
+            if at in self.file_lines:
+                return f"{self.file}:{self.file_lines[at]}"
+        return "configuration"
+
+
+def _related(leaf: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """Whether a value set at `leaf` is (or holds, or is held by) the setting at `path`."""
+    shorter = min(len(leaf), len(path))
+    return leaf[:shorter] == path[:shorter]
+
+
+def _leaves(document: Mapping[str, Any], at: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The paths of every non-mapping value in `document`."""
+    found: set[tuple[str, ...]] = set()
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            found |= _leaves(value, (*at, str(key)))
+        else:
+            found.add((*at, str(key)))
+    return found
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -139,17 +253,65 @@ def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
             into[key] = value
 
 
-def _validate(document: dict[str, Any], source: str) -> None:
+def _validate(document: dict[str, Any], origins: _Origins) -> None:
     schema = json.loads(resources.files("registry").joinpath("config_schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
-    problems = [
-        f"{source}: {'.'.join(str(p) for p in error.absolute_path) or '(top level)'}: "
-        f"{error.message}"
-        for error in errors
-    ]
+    problems: set[tuple[tuple[int, int], str]] = set()
+    for error in validator.iter_errors(document):
+        path = tuple(str(p) for p in error.absolute_path)
+        for at, message in _explain(error, path):
+            origin = origins.of(at)
+            line = origin.rpartition(":")[2]
+            order = (0, int(line)) if line.isdigit() else (1, 0)
+            problems.add((order, f"{origin}: {_dotted(at) or '(top level)'}: {message}"))
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        lines = [text for _, text in sorted(problems)]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(f"[{p}]" if p.isdigit() else p for p in path).replace(".[", "[")
+
+
+def _explain(
+    error: jsonschema.ValidationError, path: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], str]]:
+    """The problems one schema error stands for, in words, with "did you mean" for typos."""
+    shown = json.dumps(error.instance, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        out = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            expected = (
+                f"did you mean {hint[0]}?" if hint else f"expected one of {', '.join(allowed)}"
+            )
+            out.append(((*path, key), f"unknown key; {expected}"))
+        return out
+    if error.validator == "required":
+        missing = re.match(r"'([^']+)'", error.message)
+        return [(path, f"missing required key {missing.group(1) if missing else error.message}")]
+    if error.validator == "type":
+        wanted = error.validator_value
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
+        return [(path, f"expected {' or '.join(names)}, got {shown}")]
+    if error.validator == "enum":
+        choices = [str(c) for c in error.validator_value]
+        hint = difflib.get_close_matches(str(error.instance), choices, n=1)
+        return [
+            (
+                path,
+                f"expected one of {', '.join(choices)}, got {shown}"
+                + (f"; did you mean {hint[0]}?" if hint else ""),
+            )
+        ]
+    if error.validator == "pattern":
+        wanted = error.schema.get("description") or f"text matching {error.validator_value}"
+        return [(path, f"expected {wanted}; got {shown}")]
+    if error.validator == "anyOf" and error.schema.get("description"):
+        return [(path, f"expected {error.schema['description']}; got {shown}")]
+    return [(path, error.message)]
 
 
 def _build(document: dict[str, Any]) -> Config:
@@ -163,6 +325,7 @@ def _build(document: dict[str, Any]) -> Config:
         data_dir=Path(document["data_dir"]),
         log_level=document["log_level"],
         access_log=document["access_log"],
+        log_format=document["log_format"],
         fsync=storage["fsync"],
         delete_enabled=storage["delete_enabled"],
         stale_upload_age=parse_duration(document["uploads"]["stale_after"]),

@@ -35,8 +35,10 @@ BLOB_UNKNOWN = _register("BLOB_UNKNOWN", 404, "blob unknown to registry")
 BLOB_UPLOAD_INVALID = _register("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
 BLOB_UPLOAD_UNKNOWN = _register("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
 DIGEST_INVALID = _register("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+#: 400, as Distribution and Zot answer (the spec names the code, not the status): the client
+#: sent a manifest it cannot yet push, a client error, not a missing resource at the URL.
 MANIFEST_BLOB_UNKNOWN = _register(
-    "MANIFEST_BLOB_UNKNOWN", 404, "manifest references a manifest or blob unknown to registry"
+    "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"
 )
 MANIFEST_INVALID = _register("MANIFEST_INVALID", 400, "manifest invalid")
 MANIFEST_TOO_LARGE = ErrorCode("MANIFEST_INVALID", 413, "manifest too large")
@@ -44,6 +46,9 @@ MANIFEST_UNKNOWN = _register("MANIFEST_UNKNOWN", 404, "manifest unknown to regis
 NAME_INVALID = _register("NAME_INVALID", 400, "invalid repository name")
 NAME_UNKNOWN = _register("NAME_UNKNOWN", 404, "repository name not known to registry")
 SIZE_INVALID = _register("SIZE_INVALID", 400, "provided length did not match content length")
+#: Only for a manifest PUT to a tag outside the spec's grammar (as Distribution answers; the spec
+#: calls it a legacy code clients may meet). A GET, HEAD or DELETE of such a reference answers
+#: 404 MANIFEST_UNKNOWN: it can only mean "not found".
 TAG_INVALID = _register("TAG_INVALID", 400, "manifest tag did not match URI")
 UNAUTHORIZED = _register("UNAUTHORIZED", 401, "authentication required")
 DENIED = _register("DENIED", 403, "requested access to the resource is denied")

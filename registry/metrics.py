@@ -1,7 +1,9 @@
-"""Prometheus metrics: request counts and latencies by route and status, bytes in and out.
+"""Prometheus metrics: requests by route and status, policy decisions, event deliveries, GC.
 
 Served at `GET /metrics` in the Prometheus text exposition format. Counters live in this process
-only; labels are bounded (route names from `registry.routes`, not raw paths).
+only; labels are bounded: route names from `registry.routes` for `/v2/`, the route's pattern
+for everything else (`/api/v1/images/{repository}/{reference}/status`), never raw paths; rule
+names come from the policy file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from policies.decisions import Verdict
+from policies.facts import PolicyRequest
 from registry.context import context
+from registry.events.hub import EVENTS
+from storage.gc_runs import read_gc_runs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -29,7 +35,13 @@ class Metrics:
             lambda: [0] * len(BUCKETS)
         )
         self.duration_sum: dict[tuple[str, str], float] = defaultdict(float)
+        self.decisions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.started = time.time()
+
+    def count_decision(self, verdict: Verdict, request: PolicyRequest) -> None:
+        """Count one policy decision by action, outcome and the rule that decided it."""
+        key = (request.action.value, verdict.outcome.value, verdict.rule or "")
+        self.decisions[key] += 1
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""
@@ -41,8 +53,15 @@ class Metrics:
             if seconds <= bound:
                 buckets[position] += 1
 
-    def render(self, uploads_in_progress: int, upload_bytes: int) -> str:
-        """The text exposition format."""
+    def render(
+        self,
+        uploads_in_progress: int,
+        upload_bytes: int,
+        events: dict[str, int] | None = None,
+        gc: dict[str, float] | None = None,
+    ) -> str:
+        """The text exposition format (`events`: outbox rows by state and failed attempts;
+        `gc`: what `trustyard gc` recorded of its runs)."""
         lines = [
             "# HELP trustyard_http_requests_total Requests handled, by method, route and status.",
             "# TYPE trustyard_http_requests_total counter",
@@ -68,6 +87,36 @@ class Metrics:
                 f"{self.duration_sum[(method, route)]:.6f}"
             )
             lines.append(f"trustyard_http_request_duration_seconds_count{{{labels}}} {buckets[-1]}")
+        lines += [
+            "# HELP trustyard_policy_decisions_total Policy decisions, by action, outcome and "
+            "deciding rule.",
+            "# TYPE trustyard_policy_decisions_total counter",
+        ]
+        for (action, outcome, rule), count in sorted(self.decisions.items()):
+            lines.append(
+                f'trustyard_policy_decisions_total{{action="{action}",outcome="{outcome}",'
+                f'rule="{_label(rule)}"}} {count}'
+            )
+        if events is not None:
+            lines += [
+                "# HELP trustyard_event_deliveries Events not yet delivered: pending (to be "
+                "retried) and failed (given up).",
+                "# TYPE trustyard_event_deliveries gauge",
+                f'trustyard_event_deliveries{{state="pending"}} {events.get("pending", 0)}',
+                f'trustyard_event_deliveries{{state="failed"}} {events.get("failed", 0)}',
+                "# HELP trustyard_event_delivery_failures_total Failed delivery attempts.",
+                "# TYPE trustyard_event_delivery_failures_total counter",
+                f"trustyard_event_delivery_failures_total {events.get('failed_attempts', 0)}",
+            ]
+        if gc is not None:
+            lines += [
+                "# HELP trustyard_gc_runs_total Garbage collections run on this data directory.",
+                "# TYPE trustyard_gc_runs_total counter",
+                f"trustyard_gc_runs_total {int(gc.get('runs', 0))}",
+                "# HELP trustyard_gc_last_run_timestamp_seconds When the last collection ended.",
+                "# TYPE trustyard_gc_last_run_timestamp_seconds gauge",
+                f"trustyard_gc_last_run_timestamp_seconds {gc.get('last_run', 0):.3f}",
+            ]
         lines += [
             "# HELP trustyard_blob_bytes_received_total Blob bytes accepted in uploads.",
             "# TYPE trustyard_blob_bytes_received_total counter",
@@ -101,12 +150,37 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        route = request.get(ROUTE_KEY, "other")
+        route = request.get(ROUTE_KEY) or route_name(request)
         request.app[METRICS].observe(request.method, route, status, time.perf_counter() - started)
+
+
+def route_name(request: web.Request) -> str:
+    """A bounded name for a request outside `/v2/`: its route's pattern, or `other`."""
+    route = request.match_info.route
+    resource = getattr(route, "resource", None)
+    canonical = getattr(resource, "canonical", None) if resource is not None else None
+    if not canonical or canonical.startswith("/v2"):
+        return "other"
+    return str(canonical)
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
     """`GET /metrics`."""
-    uploads = context(request).uploads
-    text = request.app[METRICS].render(uploads.in_progress, uploads.bytes_received)
+    registry = context(request)
+    uploads = registry.uploads
+    hub = request.app.get(EVENTS)
+    events = None
+    if hub is not None:
+        events = {**await hub.outbox.counts(), "failed_attempts": hub.outbox.failed_attempts}
+    text = request.app[METRICS].render(
+        uploads.in_progress,
+        uploads.bytes_received,
+        events=events,
+        gc=read_gc_runs(registry.config.data_dir),
+    )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -4,6 +4,7 @@ On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
 
     <data-dir>/
     ├── metadata.sqlite            the metadata database (WAL mode; -wal and -shm beside it)
+    ├── gc-runs.json               how many times `trustyard gc` ran here, and when last
     ├── blobs/                     the content-addressed blob store (filesystem backend)
     │   └── <algorithm>/           sha256 | sha512
     │       └── <hex[0:2]>/
@@ -308,6 +309,11 @@ class DataLayout:
     def database(self) -> Path:
         """The SQLite metadata database."""
         return self.root / "metadata.sqlite"
+
+    @property
+    def gc_runs(self) -> Path:
+        """The record of garbage collections run on this directory (for /metrics)."""
+        return self.root / "gc-runs.json"
 
     @property
     def blobs(self) -> Path:

@@ -24,6 +24,7 @@ from policies.library.rule import format_age
 from policies.loader import PolicyError, load_policy
 from policies.rules import short
 from registry.config import Config
+from registry.progress import terminal_progress
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -77,7 +78,13 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     try:
         result = await import_image(
-            db, store, library, args.path, args.reference, ref_name=args.ref
+            db,
+            store,
+            library,
+            args.path,
+            args.reference,
+            ref_name=args.ref,
+            progress=terminal_progress("library import: bytes"),
         )
     except LibraryImportError as exc:
         print(f"trustyard: library import: {exc}", file=sys.stderr)

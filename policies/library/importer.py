@@ -20,7 +20,7 @@ import json
 import logging
 import tarfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -132,6 +132,10 @@ class _Importer:
         self.repository = repository
         self.added = 0
         self.present = 0
+        #: Called with (bytes read, size of the archive) as blobs are copied (a terminal's bar).
+        self.progress: Callable[[int, int], None] | None = None
+        self.archive_size = 0
+        self.bytes_read = 0
         self.manifests: list[tuple[ManifestRecord, list[Any]]] = []  # children first
 
     def read_small(self, name: str, what: str, limit: int = 8 << 20) -> bytes:
@@ -176,6 +180,9 @@ class _Importer:
                     hasher.update(chunk)
                     total += len(chunk)
                     await self.store.append(upload_id, chunk)
+                    if self.progress is not None:
+                        self.bytes_read += len(chunk)
+                        self.progress(min(self.bytes_read, self.archive_size), self.archive_size)
             actual = f"{algorithm}:{hasher.hexdigest()}"
             if digest is not None and actual != digest:
                 raise LibraryImportError(f"{what} {name}: content is {actual}, expected {digest}")
@@ -392,6 +399,13 @@ def open_source(path: Path) -> tuple[_Source, str]:
     )
 
 
+def _size_of(path: Path) -> int:
+    """Bytes of an archive file, or of every file under a layout directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 async def import_image(
     db: MetadataDB,
     store: BlobStore,
@@ -400,9 +414,10 @@ async def import_image(
     reference: str,
     *,
     ref_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Import the image at `path` as library tag `reference` (`python:3.12-slim`), which the
-    policy's `library:` section must declare."""
+    policy's `library:` section must declare (`progress`: told bytes copied of the archive's)."""
     try:
         name, tag = parse_reference(reference)
     except ValueError as exc:
@@ -417,6 +432,9 @@ async def import_image(
     repository = library.repository(name)
     source, kind = open_source(path)
     importer = _Importer(db, store, source, repository)
+    if progress is not None:
+        importer.progress = progress
+        importer.archive_size = max(_size_of(path), 1)
     try:
         if kind == "oci-layout":
             record, platforms = await importer.oci_layout(ref_name)
@@ -425,6 +443,8 @@ async def import_image(
         await importer.store_manifests(tag)
     finally:
         source.close()
+    if progress is not None:  # blobs already stored were not read: the copy is complete
+        progress(importer.archive_size, importer.archive_size)
     # With `signed_by`, the library tag follows once the imported digest is signed.
     image = library.image(name)
     pending = None if image is None else await unsigned(db, store, library, image, record.digest)

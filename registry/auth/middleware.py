@@ -17,6 +17,7 @@ Answers follow the Docker registry token protocol:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
@@ -46,7 +47,7 @@ REQUIRED_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 #: Paths the middleware leaves to their handler (the token endpoint authenticates itself).
-UNAUTHENTICATED_PATHS = frozenset({"/token"})
+UNAUTHENTICATED_PATHS = frozenset({"/token", "/healthz", "/readyz"})
 #: POSTs the middleware leaves to their handler: the scanner webhook checks the scanner's own
 #: credential (a bearer token or an HMAC signature from `scanners:`), not a registry account.
 SCANNER_WEBHOOK_PATHS = frozenset({"/api/v1/scans"})
@@ -135,13 +136,34 @@ def challenge(
     request: web.Request, service: AuthService, scope: str | None, *, error: str | None = None
 ) -> dict[str, str]:
     """The `WWW-Authenticate` header sending a client to the token endpoint."""
-    realm = service.settings.realm or f"{request.scheme}://{request.host}/token"
+    realm = realm_of(request, service)
     parts = [f'realm="{realm}"', f'service="{service.settings.service}"']
     if scope:
         parts.append(f'scope="{scope}"')
     if error:
         parts.append(f'error="{error}"')
     return {hdrs.WWW_AUTHENTICATE: "Bearer " + ",".join(parts)}
+
+
+#: A Host header that may go into a challenge as it is (no quotes, commas or spaces).
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def realm_of(request: web.Request, service: AuthService) -> str:
+    """The token endpoint a challenge names: from configuration (`auth.realm`, `public_url`);
+    without it, from the Host header only when the server listens on loopback (every client is
+    on this machine), else from the address the client connected to, which a client cannot
+    forge: a `Host: evil.example` request is never told to send its password to evil.example."""
+    if service.settings.realm:
+        return service.settings.realm
+    if service.settings.loopback_only and _HOST.fullmatch(request.host or ""):
+        return f"{request.scheme}://{request.host}/token"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host = str(sockname[0])
+        host = f"[{host}]" if ":" in host else host
+        return f"{request.scheme}://{host}:{sockname[1]}/token"
+    return f"{request.scheme}://127.0.0.1/token"
 
 
 def _caller(request: web.Request) -> Caller:

@@ -94,6 +94,12 @@ class Permissions:
         """Whether `who` may perform `action` on `repository`."""
         return action in self.actions(who, repository)
 
+    @property
+    def anonymous_pull_anywhere(self) -> bool:
+        """Whether some namespace lets anonymous callers pull (then they may list the catalog,
+        which shows them only what they may pull)."""
+        return any("pull" in rule.anonymous for rule in self.rules)
+
     def is_admin(self, who: Identity) -> bool:
         """Whether `who` administers the registry (`admin` on a rule covering everything)."""
         return any(

@@ -67,7 +67,13 @@ class AuthService:
         """Every action `who` may take on a resource (what a token for them may carry)."""
         if resource_type == "repository":
             return self.permissions.actions(who, name) - {"admin"}
-        if resource_type == "registry" and name == CATALOG and not who.is_anonymous:
+        # The catalog lists only what the caller may pull: anyone who may pull something may
+        # ask for it (anonymous callers when some namespace grants them pull).
+        if (
+            resource_type == "registry"
+            and name == CATALOG
+            and (not who.is_anonymous or self.permissions.anonymous_pull_anywhere)
+        ):
             return frozenset({"*"})
         return frozenset()
 

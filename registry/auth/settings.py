@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.config import Config, parse_duration
+from registry.preflight import is_loopback
 
 #: Where generated or default auth files live, under the data directory.
 AUTH_DIR = "auth"
@@ -18,6 +19,8 @@ class AuthSettings:
 
     service: str
     issuer: str
+    #: The token endpoint named in challenges: `auth.realm`, else `public_url` + `/token`, else
+    #: None (then built per request, see `registry.auth.middleware.realm_of`).
     realm: str | None
     users_file: Path
     signing_key: Path
@@ -29,6 +32,9 @@ class AuthSettings:
     max_failures_per_source: int
     metrics_access: str
     permissions: list[dict[str, Any]]
+    #: Whether the server listens on loopback only: then (and only then) a realm may be built
+    #: from the request's Host header, since every client is on this machine.
+    loopback_only: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings:
@@ -41,7 +47,8 @@ class AuthSettings:
         return cls(
             service=section.get("service", "trustyard"),
             issuer=section.get("issuer", "trustyard"),
-            realm=section.get("realm"),
+            realm=section.get("realm")
+            or (f"{config.public_url}/token" if config.public_url else None),
             users_file=Path(section.get("users_file") or auth_dir / "users.yaml"),
             signing_key=Path(key) if key else auth_dir / "token-signing-key.pem",
             signing_key_configured=bool(key),
@@ -52,4 +59,5 @@ class AuthSettings:
             max_failures_per_source=int(limits.get("max_failures_per_source", 30)),
             metrics_access=section.get("metrics", "admin"),
             permissions=list(section.get("permissions", [])),
+            loopback_only=is_loopback(config.host),
         )

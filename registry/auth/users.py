@@ -52,6 +52,32 @@ class UsersFileError(ValueError):
     """The users file cannot be read or a name is refused; the message says why."""
 
 
+class PasswordRefused(ValueError):
+    """A new password is refused; the message says why (said once, nothing is changed)."""
+
+
+#: The shortest password `trustyard user add` accepts (NIST SP 800-63B's minimum).
+MIN_PASSWORD_LENGTH = 8
+#: Longer passwords are refused: Argon2 would hash them, but nobody types 1,000 characters.
+MAX_PASSWORD_LENGTH = 1024
+
+
+def check_password(password: str) -> str:
+    """`password` when it may be set; `PasswordRefused` saying why not."""
+    if not password:
+        raise PasswordRefused("empty password refused; nothing was changed")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise PasswordRefused(
+            f"password too short: use at least {MIN_PASSWORD_LENGTH} characters; "
+            "nothing was changed"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise PasswordRefused(f"password longer than {MAX_PASSWORD_LENGTH} characters refused")
+    if password.strip() != password:
+        raise PasswordRefused("password starts or ends with white space; nothing was changed")
+    return password
+
+
 @dataclass(frozen=True)
 class Account:
     """One entry of the users file."""
@@ -121,7 +147,8 @@ class UserStore:
         return account if _verify_password(account.secret_hash, secret) else None
 
     def add_user(self, name: str, password: str, groups: list[str], *, replace: bool) -> None:
-        """Add (or with `replace`, update) a user with an Argon2id-hashed password."""
+        """Add (or with `replace`, update) a user with an Argon2id-hashed password (the command
+        line checks the password with `check_password` first)."""
         self._add(name, "users", {"password": hash_password(password)}, groups, replace)
 
     def add_robot(self, name: str, groups: list[str], *, replace: bool) -> str:

@@ -79,6 +79,8 @@ class Outbox:
         self.db = db
         self.settings = settings
         self.wakeup = asyncio.Event()
+        #: Failed delivery attempts since start (for /metrics).
+        self.failed_attempts = 0
 
     def statements(self, events: Iterable[Event]) -> Statements:
         """INSERTs putting `events` in the outbox, for the transaction of the change they report
@@ -131,6 +133,7 @@ class Outbox:
     ) -> None:
         """Record a failed try: retry after the backoff, or give the row up (`failed`)."""
         now = time.time() if now is None else now
+        self.failed_attempts += 1
         attempts = delivery.attempts + 1
         async with self.db.transaction() as db:
             await db.execute(

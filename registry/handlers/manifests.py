@@ -42,16 +42,31 @@ LARGE_MANIFEST = 64 * 1024
 
 
 async def find_manifest(db: MetadataDB, name: str, reference: str) -> ManifestRecord:
-    """The manifest a tag or digest names; NAME_UNKNOWN or MANIFEST_UNKNOWN if there is none."""
+    """The manifest a tag or digest names; NAME_UNKNOWN or MANIFEST_UNKNOWN if there is none
+    (also for a reference outside the grammar: no manifest can have it, spec: "Pulling
+    manifests")."""
+    key = valid_reference(name, reference)
     if is_digest(reference):
-        record = await db.get_manifest(name, str(parse_digest(reference)))
+        record = await db.get_manifest(name, key)
     else:
-        record = await db.get_tagged_manifest(name, check_tag(reference))
+        record = await db.get_tagged_manifest(name, key)
     if record is None:
         if not await db.repository_exists(name):
             raise RegistryError(NAME_UNKNOWN, {"name": name})
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
     return record
+
+
+def valid_reference(name: str, reference: str) -> str:
+    """The tag or digest `reference`, checked; a reference no manifest can have is answered
+    404 MANIFEST_UNKNOWN (with the grammar's reason), as the spec says of a manifest not found."""
+    try:
+        return str(parse_digest(reference)) if is_digest(reference) else check_tag(reference)
+    except RegistryError as exc:
+        raise RegistryError(
+            MANIFEST_UNKNOWN,
+            {"name": name, "reference": reference[:200], "reason": exc.detail},
+        ) from None
 
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -226,8 +241,9 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
     ctx = context(request)
     if not ctx.config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
-    digest = str(parse_digest(reference)) if is_digest(reference) else None
-    tag = check_tag(reference) if digest is None else None
+    key = valid_reference(name, reference)
+    digest = key if is_digest(reference) else None
+    tag = key if digest is None else None
     # Policy: checked before deleting; an unknown manifest or tag falls through to 404.
     if digest is not None:
         record = await ctx.db.get_manifest(name, digest)

@@ -202,14 +202,29 @@ async def test_catalog_lists_only_what_the_caller_may_pull(auth_client):
     assert "last=library%2Fbase" in page.headers["Link"]
     everything = await olga.get("/v2/_catalog")
     assert len((await everything.json())["repositories"]) == 6
+    # `anonymous: pull` on library/** lets anonymous callers list what they may pull.
     anonymous = await auth_client.get("/v2/_catalog")
+    assert anonymous.status == 200
+    assert (await anonymous.json())["repositories"] == ["library/base"]
+    anonymous_token = await fetch_token(auth_client, "registry:catalog:*")
+    listed = await As(auth_client, bearer(anonymous_token)).get("/v2/_catalog")
+    assert (await listed.json())["repositories"] == ["library/base"]
+    token = await fetch_token(auth_client, "registry:catalog:*", user="bob")
+    bob = await As(auth_client, bearer(token)).get("/v2/_catalog")
+    assert (await bob.json())["repositories"] == ["library/base"]
+
+
+async def test_catalog_needs_a_login_when_anonymous_may_pull_nothing(start_client, accounts):
+    client = await start_client(
+        auth=auth_section(permissions=[{"namespace": "**", "authenticated": "pull"}])
+    )
+    anonymous = await client.get("/v2/_catalog")
     assert anonymous.status == 401
     assert challenge_params(anonymous.headers["WWW-Authenticate"])["scope"] == (
         "registry:catalog:*"
     )
-    token = await fetch_token(auth_client, "registry:catalog:*", user="bob")
-    bob = await As(auth_client, bearer(token)).get("/v2/_catalog")
-    assert (await bob.json())["repositories"] == ["library/base"]
+    alice = await As(client, basic("alice", PASSWORDS["alice"])).get("/v2/_catalog")
+    assert alice.status == 200
 
 
 async def test_failed_logins_are_rate_limited_per_user(start_client, accounts):

@@ -211,7 +211,7 @@ async def test_outbox_rows_only_with_the_change(start_client: Any, dead_port: in
         data=json.dumps(manifest).encode(),
         headers={"Content-Type": OCI_MANIFEST},
     )
-    assert resp.status == 404
+    assert resp.status == 400  # MANIFEST_BLOB_UNKNOWN
     db = client.server.app[CONTEXT].db
     assert await db.read("SELECT COUNT(*) FROM event_outbox") == [(0,)]
     await push_image(client, "prod/app", "v1")

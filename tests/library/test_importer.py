@@ -3,6 +3,7 @@ checked, digests preserved, written through the registry's storage."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -15,6 +16,8 @@ from policies.library.history import tag_history
 from policies.library.importer import LibraryImportError, import_image
 from registry.cli import main
 from registry.context import CONTEXT
+from storage.layout import DataLayout
+from storage.metadata import MetadataDB
 from tests.library.images import (
     Image,
     layer_tar,
@@ -118,6 +121,11 @@ async def test_an_undeclared_tag_or_unknown_format_is_refused(
         await run_import(registry, tmp_path / "empty", "python:3.12-slim")
 
 
+async def _create_database(data: Path) -> None:
+    db = await MetadataDB.open(DataLayout(data).database)
+    await db.close()
+
+
 def test_the_command_imports_and_reports(
     tmp_path: Path, policy_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,6 +133,12 @@ def test_the_command_imports_and_reports(
     data = tmp_path / "data"
     argv = ["library", "import", str(tmp_path / "layout"), "--as", "python:3.12-slim"]
     argv += ["--data-dir", str(data), "--policy", str(policy_file)]
+    # Into a data directory that does not exist: refused, nothing created (a typo or the wrong
+    # folder must not start a second, empty registry).
+    assert main(argv) == 2
+    assert f"data directory {data} does not exist" in capsys.readouterr().err
+    assert not data.exists()
+    asyncio.run(_create_database(data))
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"imported library/python:3.12-slim = {top}" in out

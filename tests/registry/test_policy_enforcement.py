@@ -136,7 +136,7 @@ async def test_an_allowed_push_the_storage_refuses_logs_no_allow(gated: TestClie
         data=json.dumps(manifest).encode(),
         headers={"Content-Type": OCI_MANIFEST},
     )
-    assert resp.status == 404
+    assert resp.status == 400
     assert error_codes(await resp.json()) == ["MANIFEST_BLOB_UNKNOWN"]
     # The policy allowed it, but nothing was stored: no "allow" row claims it was pushed.
     assert await decisions(gated, action="push") == []
