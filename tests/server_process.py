@@ -43,8 +43,9 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
-#: What the server logs when its port is taken (the errno text, or the one-line refusal).
-_PORT_TAKEN = ("address already in use", "errno 98")
+#: What the server says when its port is taken ("cannot listen on …: the port is already in
+#: use", or the errno text "Address already in use").
+_PORT_TAKEN = ("already in use",)
 
 
 @dataclass

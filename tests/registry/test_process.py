@@ -185,3 +185,28 @@ def test_invalid_config_is_refused_with_every_problem(tmp_path):
     assert "storage.backend" in result.stderr
     assert "unknown_key" in result.stderr
     assert "listen" in result.stderr
+
+
+def test_start_registry_moves_on_when_its_port_is_taken(tmp_path, monkeypatch):
+    # Another process takes the chosen port first: the helper starts again on another port
+    # instead of failing the test (or talking to the other process).
+    import tests.server_process as server_process
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    choices = iter([taken])
+    real = server_process.free_port
+    monkeypatch.setattr(server_process, "free_port", lambda: next(choices, None) or real())
+    try:
+        server = server_process.start_registry(tmp_path / "data")
+        try:
+            assert server.port != taken
+            status, _, _ = request(f"{server.url}/v2/")
+            assert status == 200
+        finally:
+            server.stop()
+        assert "already in use" in (tmp_path / f"registry-{taken}.log").read_text()
+    finally:
+        held.close()
