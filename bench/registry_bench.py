@@ -8,9 +8,11 @@
 
 Workloads: blob push (monolithic, chunked) and pull (single, concurrent); 1,000 small blobs
 pushed and pulled by 16 clients; manifest GET by tag and HEAD by digest at 64 connections;
-the same with a 100-rule policy loaded; a cold `docker pull` of a 10-layer image through a
-private dockerd; peak RSS; with `s3` (bench/s3.py), blob push and pull with both registries'
-S3 drivers on one SeaweedFS, redirect off and on. The "limit" column: write+fsync of the same
+the same with a 100-rule policy loaded (a signature rule and a vulnerability rule among them,
+satisfied by a cosign signature and a clean scan report; blob gating on); a cold
+`docker pull` of a 10-layer image through a private dockerd; peak RSS; with `s3`
+(bench/s3.py), blob push and pull with both registries' S3 drivers on one SeaweedFS, redirect
+off and on. The "limit" column: write+fsync of the same
 bytes for pushes, bench/limit_server.py (plain sendfile) for pulls and manifests, a presigned
 PUT/GET straight to SeaweedFS for the S3 rows.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -45,6 +48,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.evidence import Evidence
 from bench.limit_server import disk_write_limit, small_files_write_limit
 from bench.s3 import (
     S3_KEYS,
@@ -152,6 +156,9 @@ METRICS: list[Metric] = [
     ),
     Metric("manifest_get_tag_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
     Metric(
+        "manifest_get_tag_cpu_us", "  server CPU per request", "µs", "lower", "manifest", "static"
+    ),
+    Metric(
         "manifest_head_digest_rps", "manifest HEAD digest", "req/s", "higher", "manifest", "static"
     ),
     Metric(
@@ -169,17 +176,56 @@ METRICS: list[Metric] = [
         "static",
     ),
     Metric("manifest_head_digest_srv_cpu", "  server CPU", "cores", "info", "manifest", "static"),
-    Metric("policy_get_tag_rps", "{rules}-rule policy: GET tag", "req/s", "higher", "policy"),
-    Metric("policy_get_tag_p50", "{rules}-rule policy: GET tag p50", "ms", "lower", "policy"),
-    Metric("policy_get_tag_p99", "{rules}-rule policy: GET tag p99", "ms", "lower", "policy"),
     Metric(
-        "policy_head_digest_rps", "{rules}-rule policy: HEAD digest", "req/s", "higher", "policy"
+        "policy_get_tag_rps", "{rules}-rule policy+evidence: GET tag", "req/s", "higher", "policy"
     ),
     Metric(
-        "policy_head_digest_p50", "{rules}-rule policy: HEAD digest p50", "ms", "lower", "policy"
+        "policy_get_tag_p50", "{rules}-rule policy+evidence: GET tag p50", "ms", "lower", "policy"
     ),
     Metric(
-        "policy_head_digest_p99", "{rules}-rule policy: HEAD digest p99", "ms", "lower", "policy"
+        "policy_get_tag_p99", "{rules}-rule policy+evidence: GET tag p99", "ms", "lower", "policy"
+    ),
+    Metric(
+        "policy_get_tag_cpu_us",
+        "  server CPU per request",
+        "µs",
+        "lower",
+        "policy",
+    ),
+    Metric(
+        "policy_head_digest_rps",
+        "{rules}-rule policy+evidence: HEAD digest",
+        "req/s",
+        "higher",
+        "policy",
+    ),
+    Metric(
+        "policy_head_digest_p50",
+        "{rules}-rule policy+evidence: HEAD digest p50",
+        "ms",
+        "lower",
+        "policy",
+    ),
+    Metric(
+        "policy_head_digest_p99",
+        "{rules}-rule policy+evidence: HEAD digest p99",
+        "ms",
+        "lower",
+        "policy",
+    ),
+    Metric(
+        "pair_get_tag_rps",
+        "GET tag, both at once: req/s with / without policy",
+        "x",
+        "higher",
+        "policy",
+    ),
+    Metric(
+        "pair_get_tag_p99",
+        "GET tag, both at once: p99 with / without policy",
+        "x",
+        "lower",
+        "policy",
     ),
     Metric(
         "docker_pull_s",
@@ -327,9 +373,11 @@ def start_trustyard(
     timeout: float,
     policy: Path | None = None,
     s3: tuple[S3Env, bool] | None = None,
+    config: Path | None = None,
 ) -> Server:
-    """Start `python -m registry serve` through the tests' helper (with `--policy` if given;
-    with `s3` = (SeaweedFS, redirect), blobs in S3 through a `--config` file)."""
+    """Start `python -m registry serve` through the tests' helper (with `--policy` and
+    `--config` if given; with `s3` = (SeaweedFS, redirect), blobs in S3 through a `--config`
+    file)."""
     from tests.server_process import start_registry
 
     env = {
@@ -337,6 +385,8 @@ def start_trustyard(
     }
     key = "trustyard" if policy is None else "trustyard_policy"
     extra = [] if policy is None else ["--policy", str(policy)]
+    if config is not None:
+        extra += ["--config", str(config)]
     if s3 is not None:
         key = S3_KEYS[("trustyard", s3[1])]
         (tmp / key).mkdir(parents=True, exist_ok=True)
@@ -387,10 +437,22 @@ def start_limit(tmp: Path, timeout: float) -> Server:
     return server
 
 
-def policy_file(path: Path, rules: int) -> Path:
+def policy_file(path: Path, rules: int, trust_pem: str | None = None) -> Path:
     """A `rules`-rule policy: most rules about other repositories (so the engine has to match
-    and skip them), a few that match pulls of the benchmark repositories and hold, none denying."""
+    and skip them), a few that match pulls of the benchmark repositories and hold, none denying:
+    with `trust_pem`, among them a signature rule (that key) and a vulnerability rule, which the
+    seeded image's evidence (bench/evidence.py) satisfies. Blob gating is on with any policy."""
+    evidence_rules = [
+        ("bench images are signed", "[pull]", "{signature: {any_of: [bench]}}", None),
+        (
+            "bench images are scanned clean",
+            "[pull]",
+            "{vulnerabilities: {max: {critical: 0, high: 0}, require_scan: true}}",
+            None,
+        ),
+    ]
     bench_rules = [
+        *(evidence_rules if trust_pem is not None else []),
         ("bench pulls are OCI or Docker", "[pull]", "{media_types: [oci, docker]}", None),
         ("bench images are small", "[pull]", "{max_size: 1GiB}", None),
         (
@@ -411,7 +473,10 @@ def policy_file(path: Path, rules: int) -> Path:
         "{max_size: 2GiB}",
         "{platforms: {allowed: [linux/amd64, linux/arm64]}}",
     ]
-    lines = ["version: 1", "mode: enforce", "rules:"]
+    lines = ["version: 1", "mode: enforce"]
+    if trust_pem is not None:
+        lines += ["trust:", "  keys:", f"    bench: {{pem: {json.dumps(trust_pem)}}}"]
+    lines.append("rules:")
     n_other = max(0, rules - len(bench_rules))
     for i in range(n_other):
         on = ("[pull]", "[push]", "[push, pull]", "[pull, delete]")[i % 4]
@@ -506,6 +571,7 @@ class Bench:
     registries: list[Server]  # Trustyard and/or the reference, in start order
     limit: Server | None = None
     policy: Server | None = None
+    evidence: Evidence | None = None  # what the policy server's signature and scan rules need
     dockerd: PrivateDockerd | None = None
     image: DockerImage | None = None
     seeds: dict[str, SeededImage] | None = None
@@ -831,10 +897,54 @@ async def measure_manifests(
             rec.add(f"{prefix}_rps", server.column, res.rps)
             rec.add(f"{prefix}_p50", server.column, res.p50_ms)
             rec.add(f"{prefix}_p99", server.column, res.p99_ms)
+            if f"{prefix}_cpu_us" in METRIC_BY_KEY and res.rps:
+                # CPU per request: what the server itself spends, little moved by what else
+                # runs on the machine (which moves req/s and latency a lot).
+                rec.add(f"{prefix}_cpu_us", server.column, srv_cores / res.rps * 1e6)
             if has_cpu:
                 rec.add(f"{prefix}_srv_cpu", server.column, srv_cores)
                 if gen_cores is not None:
                     rec.add(f"{prefix}_gen_cpu", server.column, gen_cores)
+
+
+async def measure_paired(b: Bench, round_no: int) -> None:
+    """GET by tag on the Trustyard without a policy and the one with it, both loaded at the
+    same time (each with its own wrk and `--connections`): they share whatever else runs on the
+    machine, so the ratio of the two stays fair when the machine is busy, where runs one after
+    the other measure the background as much as the servers."""
+    args, rec, seeds = b.args, b.rec, b.seeds or {}
+    plain = next((s for s in b.registries if s.key == "trustyard"), None)
+    gated = b.policy
+    metrics = ["pair_get_tag_rps", "pair_get_tag_p99"]
+    if plain is None or gated is None or plain.key not in seeds or gated.key not in seeds:
+        rec.fail(metrics, "trustyard", "both Trustyards must be running and seeded")
+        return
+    runs = []
+    for i, server in enumerate((plain, gated)):
+        seed = seeds[server.key]
+        workdir = b.tmp / f"pair-{i}"
+        workdir.mkdir(exist_ok=True)
+        url = f"{server.url}/v2/{seed.name}/manifests/{seed.tag}"
+        runs.append(load(url, "GET", args, args.duration, workdir))
+    try:
+        without, with_policy = await asyncio.wait_for(asyncio.gather(*runs), args.duration + 120)
+    except (BenchError, TimeoutError, OSError) as exc:
+        rec.fail(metrics, "trustyard", f"round {round_no + 1}: {exc}")
+        return
+    for res in (without, with_policy):
+        if res.requests == 0 or res.error_count > res.requests * 0.01:
+            rec.fail(metrics, "trustyard", f"{res.error_count} of {res.requests} failed")
+            return
+    rps = with_policy.rps / without.rps
+    p99 = with_policy.p99_ms / without.p99_ms
+    note(
+        gated,
+        "GET tag, both at once",
+        f"{with_policy.rps:7.0f} vs {without.rps:7.0f} req/s ({rps:.2f}x), "
+        f"p99 {with_policy.p99_ms:.1f} vs {without.p99_ms:.1f} ms ({p99:.2f}x)",
+    )
+    rec.add("pair_get_tag_rps", "trustyard", rps)
+    rec.add("pair_get_tag_p99", "trustyard", p99)
 
 
 async def docker_cli(daemon: PrivateDockerd, *args: str, timeout: float) -> tuple[int, str]:
@@ -893,9 +1003,12 @@ async def setup(b: Bench, servers: list[Server]) -> None:
     async with make_session(8, timeout=args.op_timeout) as session:
         if b.on("manifest") or b.on("policy"):
             for server in seeded_targets:
+                add = None
+                if server is b.policy and b.evidence is not None:
+                    add = functools.partial(b.evidence.add, session, server.url, MANIFEST_REPO)
                 try:
                     b.seeds[server.key] = await asyncio.wait_for(
-                        seed_image(session, server.url, MANIFEST_REPO), 120
+                        seed_image(session, server.url, MANIFEST_REPO, evidence=add), 120
                     )
                 except (BenchError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     print(f"  ! {server.name}: seeding the manifest failed: {exc}", file=sys.stderr)
@@ -1002,6 +1115,7 @@ async def run_bench(b: Bench, servers: list[Server]) -> Recorder:
             phases.append(
                 (None, lambda t=[b.policy], r=round_no: measure_manifests(b, t, r, "policy"))
             )
+            phases.append((None, lambda r=round_no: measure_paired(b, r)))
         if b.on("docker") and b.dockerd is not None:
             phases.append((None, lambda o=order, r=round_no: measure_docker(b, o, r)))
         if b.on("s3") and b.s3 is not None and b.blob is not None:
@@ -1115,7 +1229,7 @@ def build_report(rec: Recorder, keys: list[str], args: argparse.Namespace) -> di
         t = entry.get("trustyard", {}).get("median")
         r = entry.get("reference", {}).get("median")
         entry["ratio_trustyard_to_reference"] = t / r if t is not None and r else None
-        if m.workload == "policy":  # compared with the same workload without a policy
+        if m.key.startswith("policy_"):  # compared with the same workload without a policy
             base = m.key.replace("policy_", "manifest_", 1)
             plain = summarize(rec.samples[base].get("trustyard", []))["median"]
             entry["ratio_to_no_policy"] = t / plain if t is not None and plain else None
@@ -1462,15 +1576,19 @@ def main(argv: list[str] | None = None) -> int:
                     servers.append(server)
                     s3_env.servers[server.key] = server
                     print(f"  {server.name} at {server.url} (pid {server.pid})", flush=True)
-        policy_server = None
+        policy_server, evidence = None, None
         if "policy" in args.workloads and "trustyard" in keys:
             if not server_has_policy_option():
                 args.policy_skipped = "server has no --policy"
                 print("  skipped: server has no --policy", flush=True)
             else:
-                path = policy_file(tmp / "policy.yaml", args.policy_rules)
+                evidence = Evidence()
+                path = policy_file(tmp / "policy.yaml", args.policy_rules, evidence.public_pem())
+                config = evidence.write_config(tmp / "policy-config.json")
                 try:
-                    policy_server = start_trustyard(tmp, args.start_timeout, policy=path)
+                    policy_server = start_trustyard(
+                        tmp, args.start_timeout, policy=path, config=config
+                    )
                 except BenchError as exc:
                     args.policy_skipped = f"Trustyard did not start with the policy: {exc}"
                     print(f"  ! skipped the policy workload: {exc}", file=sys.stderr)
@@ -1489,6 +1607,7 @@ def main(argv: list[str] | None = None) -> int:
             blob,
             registries,
             policy=policy_server,
+            evidence=evidence,
             dockerd=dockerd,
             image=image,
             s3=s3_env,

@@ -237,9 +237,14 @@ def _small_layer() -> tuple[bytes, str]:
 
 
 async def seed_image(
-    session: aiohttp.ClientSession, base_url: str, name: str, tag: str = "bench"
+    session: aiohttp.ClientSession,
+    base_url: str,
+    name: str,
+    tag: str = "bench",
+    evidence: Callable[[str], Awaitable[None]] | None = None,
 ) -> SeededImage:
-    """Push config blob + one layer + an OCI image manifest tagged `tag`, over HTTP."""
+    """Push config blob + one layer + an OCI image manifest tagged `tag`, over HTTP; then
+    `evidence(digest)` (signatures, scans the policy asks for) before the pulls are checked."""
     layer, diff_id = _small_layer()
     config = json.dumps(
         {
@@ -273,6 +278,8 @@ async def seed_image(
         answered = resp.headers.get("Docker-Content-Digest")
     if answered and answered != digest:
         raise BenchError(f"manifest digest mismatch: server {answered}, computed {digest}")
+    if evidence is not None:
+        await evidence(digest)
     # Check both access paths once, so the timed runs measure successes.
     async with session.get(
         f"{base_url}/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}
@@ -284,6 +291,10 @@ async def seed_image(
         f"{base_url}/v2/{name}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
     ) as resp:
         await _expect(resp, 200, what=f"HEAD manifest {name}@{digest}")
+    async with session.get(f"{base_url}/v2/{name}/blobs/{layer_digest}") as resp:
+        await _expect(resp, 200, what=f"GET blob {name}@{layer_digest}")
+        if await resp.read() != layer:
+            raise BenchError("GET blob returned other bytes than were pushed")
     return SeededImage(name, tag, digest, len(manifest), manifest)
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.decisions import Action, Outcome, Verdict
+from policies.blob_access import MAX_REFERENCING, BlobAccess, Reader, Standing
+from policies.decisions import Action, Decision, Outcome, RuleVerdict, Verdict
 from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
 from policies.facts import ImageFacts, PolicyRequest, gather_facts
 from policies.library.lineage import Lineage
@@ -111,6 +112,7 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        self.blobs = BlobAccess(db, self.pull_verdict)
         #: Called with every recorded decision (the registry's metrics count them).
         self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
 
@@ -153,6 +155,7 @@ class PolicyGate:
             return False
         self.policy = policy
         self._cache.clear()
+        self.blobs.clear()
         log.info(
             "policy %s reloaded: %d rules, %s, version %s",
             self.path,
@@ -283,6 +286,25 @@ class PolicyGate:
         policy = self.policy
         if policy.allows_everything:
             return {}
+        verdict, request = await self.pull_verdict(policy, repository, reference, record, identity)
+        why = reader() if reader is not None and verdict.outcome is Outcome.DENY else None
+        if why is not None:
+            reason = f"{why} ({denial_message(verdict)})"
+            await self._record(verdict, request, reader=reason)
+            return {"Warning": _warning(reason)}
+        await self._record(verdict, request)
+        return _enforce(verdict)
+
+    async def pull_verdict(
+        self,
+        policy: Policy,
+        repository: str,
+        reference: str,
+        record: ManifestRecord,
+        identity: str,
+    ) -> tuple[Verdict, PolicyRequest]:
+        """The verdict of `policy` on pulling `record`, from the cache keyed by (policy
+        version, repository, digest, evidence version) when it is still valid; unrecorded."""
         key = (
             policy.version,
             Action.PULL,
@@ -304,13 +326,7 @@ class PolicyGate:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = verdict
-        why = reader() if reader is not None and verdict.outcome is Outcome.DENY else None
-        if why is not None:
-            reason = f"{why} ({denial_message(verdict)})"
-            await self._record(verdict, request, reader=reason)
-            return {"Warning": _warning(reason)}
-        await self._record(verdict, request)
-        return _enforce(verdict)
+        return verdict, request
 
     async def check_delete(self, request: PolicyRequest, record: ManifestRecord) -> dict[str, str]:
         """Decide and record a delete; raise DENIED or return headers."""
@@ -320,6 +336,103 @@ class PolicyGate:
         verdict = await self.evaluate(request, record.media_type, record.content, policy)
         await self._record(verdict, request)
         return _enforce(verdict)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def may_read_quarantined(self, repository: str, reader: Reader) -> bool:
+        """Whether `reader` may read the content of images the pull rules refuse in
+        `repository` (a producer signing what it pushed): the reader's own answer, asked only
+        now; nobody when the handler gives none."""
+        why = reader.quarantine_reader() if reader.quarantine_reader is not None else None
+        if why is not None:
+            log.info("blob of a quarantined image of %s read: %s", repository, why)
+        return why is not None
+
+    async def check_blob_read(
+        self, repository: str, digest: str, reader: Reader, *, content: bool = True
+    ) -> None:
+        """Let a blob be read (GET, mounted elsewhere; HEAD with `content` false) only if it is
+        part of an image the policy lets be pulled from `repository`; else record the refusal
+        and raise DENIED.
+
+        Whoever may push to the repository may always learn that a blob is there (HEAD): clients
+        check each blob before and after uploading it, also when an image they push shares
+        layers with a quarantined one; no bytes leave that way.
+        """
+        policy = self.policy
+        if policy.allows_everything:
+            return
+        found = await self.blobs.standing(
+            policy, repository, digest, await self.evidence_version(repository)
+        )
+        if found.standing is Standing.PULLABLE or (reader.producer and not content):
+            return
+        if found.standing is Standing.QUARANTINED:
+            if self.may_read_quarantined(repository, reader):
+                return
+            assert found.verdict is not None and found.manifest is not None
+            verdict = found.verdict
+            message = (
+                f"blob {digest} is only part of images the policy refuses to pull from "
+                f"{repository}: {denial_message(verdict)}"
+            )
+            manifest = found.manifest
+        else:
+            if reader.producer:
+                return
+            rule = found.rule
+            assert rule is not None
+            reason = (
+                f"blob {digest} is not part of any image of {repository} that may be pulled "
+                "(only those who may push to it can read it)"
+            )
+            verdict = Verdict(
+                Action.PULL,
+                repository,
+                digest,
+                policy.version,
+                (RuleVerdict(rule, "enforce", (Decision.deny(reason),)),),
+            )
+            message = f'rule "{rule}": {reason}'
+            manifest = digest
+        request = PolicyRequest(Action.PULL, repository, digest, manifest, (), reader.identity)
+        await self._record(verdict, request)
+        raise _denied(verdict, message, {"blob": digest})
+
+    async def check_needed(self, repository: str, digest: str, kind: str, identity: str) -> None:
+        """Refuse (DENIED, naming the rule) to delete a blob or an index child (`kind` 'blob' or
+        'manifest') that a manifest the policy does not let be deleted needs: an immutable
+        release keeps its content."""
+        policy = self.policy
+        if policy.allows_everything:
+            return
+        needing = await self.blobs.needing(repository, digest, kind, MAX_REFERENCING)
+        if needing is None:
+            raise RegistryError(
+                DENIED,
+                {kind: digest},
+                message=f"{kind} {digest} is needed by more than {MAX_REFERENCING} manifests of "
+                f"{repository}; delete those first",
+            )
+        for manifest in needing:
+            record = await self.db.get_manifest(repository, manifest)
+            if record is None:
+                continue
+            tags = tuple(await self.db.tags_of(repository, manifest))
+            request = PolicyRequest(Action.DELETE, repository, manifest, manifest, tags, identity)
+            verdict = await self.evaluate(request, record.media_type, record.content, policy)
+            if verdict.outcome is not Outcome.DENY:
+                continue
+            named = f" ({', '.join(tags)})" if tags else ""
+            await self._record(
+                verdict, PolicyRequest(Action.DELETE, repository, digest, manifest, tags, identity)
+            )
+            raise _denied(
+                verdict,
+                f"{kind} {digest} is needed by manifest {manifest}{named}, which the policy "
+                f"does not let be deleted: {denial_message(verdict)}",
+                {kind: digest, "needed_by": manifest},
+            )
 
     # -- the decision log --------------------------------------------------------------------
 
@@ -416,16 +529,7 @@ def _enforce(verdict: Verdict) -> dict[str, str]:
     if outcome is Outcome.ALLOW:
         return {}
     if outcome is Outcome.DENY:
-        raise RegistryError(
-            DENIED,
-            {
-                "policy_version": verdict.policy_version,
-                "rules": [
-                    {"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures
-                ],
-            },
-            message=denial_message(verdict),
-        )
+        raise _denied(verdict, denial_message(verdict))
     text = "; ".join(r.message() for r in verdict.failures)
     return {"Warning": _warning(f"policy (warn mode): {text}")}
 
@@ -434,6 +538,16 @@ def _warning(text: str) -> str:
     """A `Warning` header value (RFC 9111 code 299) carrying `text`."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 trustyard "{escaped}"'
+
+
+def _denied(verdict: Verdict, message: str, extra: dict[str, str] | None = None) -> RegistryError:
+    """DENIED with the failing rules of `verdict` in the detail."""
+    detail: dict[str, Any] = {
+        **(extra or {}),
+        "policy_version": verdict.policy_version,
+        "rules": [{"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures],
+    }
+    return RegistryError(DENIED, detail, message=message)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

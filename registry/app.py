@@ -25,7 +25,7 @@ from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
-from registry.routes import add_routes
+from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
@@ -64,6 +64,7 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     setup_auth(app, config)
     add_api_routes(app)
     setup_console(app)
+    add_fallback(app)  # last: every other route first
     return app
 
 

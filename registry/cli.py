@@ -387,11 +387,14 @@ async def _serve(
     """
     app = create_app(config, policy)
     access_log = logging.getLogger(ACCESS_LOGGER) if config.access_log else None
+    # keepalive_timeout also bounds the wait for a request's headers from the moment a
+    # connection opens or a response ends: a client trickling header bytes is cut off.
     runner = web.AppRunner(
         app,
         access_log=access_log,
         access_log_class=AccessLogger,
         shutdown_timeout=config.shutdown_timeout,
+        keepalive_timeout=config.idle_timeout,
     )
     await runner.setup()
     stop = asyncio.Event()

@@ -24,6 +24,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from registry.grammar import parse_count
+
 ENV_PREFIX = "TRUSTYARD_"
 
 DEFAULTS: dict[str, Any] = {
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "uploads": {"stale_after": "24h", "cleanup_interval": "1h"},
     "gc": {"grace_period": "1h", "delete_untagged": True},
     "shutdown_timeout": "30s",
+    "idle_timeout": "60s",
 }
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -101,6 +104,12 @@ class Config:
         if section.get("reload", True) is False:
             return None
         return parse_duration(section.get("poll_interval", "2s"))
+
+    @property
+    def idle_timeout(self) -> float:
+        """How long a connection may go without a whole request's headers (a client trickling
+        them, or an idle keep-alive) before it is closed."""
+        return parse_duration(self.raw.get("idle_timeout", DEFAULTS["idle_timeout"]))
 
     @property
     def public_url(self) -> str | None:
@@ -316,12 +325,13 @@ def _explain(
 
 def _build(document: dict[str, Any]) -> Config:
     host, _, port_text = str(document["listen"]).rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"listen: expected HOST:PORT, got {document['listen']!r}")
+    port = parse_count(port_text, 5)
+    if not host or port is None or not 0 < port < 65536:
+        raise ConfigError(f"listen: expected HOST:PORT, got {document['listen']!r:.100}")
     storage = document["storage"]
     return Config(
         host=host.strip("[]"),
-        port=int(port_text),
+        port=port,
         data_dir=Path(document["data_dir"]),
         log_level=document["log_level"],
         access_log=document["access_log"],

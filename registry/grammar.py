@@ -18,6 +18,11 @@ NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+#: Plain ASCII digits: `int()` and `str.isdigit()` also take `٣`, `²`, `1_000`, ` 7` and `+7`.
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+#: Most digits a count, offset or timestamp from a request may have (int64 has 19).
+MAX_DIGITS = 18
 
 #: Longest repository name accepted (the reference registry's limit).
 MAX_NAME_LENGTH = 255
@@ -67,6 +72,18 @@ def parse_digest(text: str) -> Digest:
             },
         )
     return Digest(algorithm, encoded)
+
+
+def parse_count(text: str, max_digits: int = MAX_DIGITS) -> int | None:
+    """The non-negative integer `text` spells in ASCII digits (at most `max_digits`), or None.
+
+    Everything a client sends as a number (`n=`, `Content-Range`, `Range`, timestamps) is read
+    here: Python's `int()` accepts other scripts' digits, underscores, signs and spaces, and
+    raises on more than 4,300 digits.
+    """
+    if len(text) > max_digits or _DIGITS_RE.fullmatch(text) is None:
+        return None
+    return int(text)
 
 
 def is_digest(reference: str) -> bool:

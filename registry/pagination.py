@@ -8,6 +8,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from registry.errors import PAGINATION_NUMBER_INVALID, RegistryError
+from registry.grammar import parse_count
+from registry.query import single
 
 #: Most entries one page returns, whatever `n` asks; the `Link` header leads to the rest.
 MAX_PAGE = 10_000
@@ -23,16 +25,18 @@ class Page:
     @classmethod
     def from_request(cls, request: web.Request) -> Page:
         """Read `n` and `last`; PAGINATION_NUMBER_INVALID for an `n` that is not a count."""
-        text = request.query.get("n")
+        text = single(request, "n", PAGINATION_NUMBER_INVALID)
         if text is None or text == "":
             limit = MAX_PAGE
-        elif text.isdigit():
-            limit = min(int(text), MAX_PAGE)
         else:
-            raise RegistryError(
-                PAGINATION_NUMBER_INVALID, {"n": text[:50], "reason": "n must be an integer >= 0"}
-            )
-        return cls(limit, request.query.get("last") or None)
+            count = parse_count(text)
+            if count is None:
+                raise RegistryError(
+                    PAGINATION_NUMBER_INVALID,
+                    {"n": text[:50], "reason": f"n must be 0 to {MAX_PAGE} in ASCII digits"},
+                )
+            limit = min(count, MAX_PAGE)
+        return cls(limit, single(request, "last", PAGINATION_NUMBER_INVALID) or None)
 
     def link(self, path: str, entries: list[str], more: bool) -> dict[str, str]:
         """The `Link` header to the next page, if there is one."""

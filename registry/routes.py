@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from registry.auth.middleware import authorize, authorize_base, authorize_catalog
 from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
@@ -121,9 +122,19 @@ async def _authorized_catalog(request: web.Request) -> web.StreamResponse:
     return await listing.catalog(request)
 
 
+async def _expect(request: web.Request) -> None:
+    """`Expect: 100-continue` is answered as aiohttp does; any other expectation is ignored
+    (RFC 9110 allows it) instead of being refused outside the error middleware (a 417 without
+    the spec's body, or a 500 for bytes that are not UTF-8)."""
+    if request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue":
+        await _default_expect_handler(request)
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    # [\s\S]: a path may hold a percent-encoded newline, which `.` does not match; the
+    # dispatcher answers it with the spec's error, not aiohttp's plain 404.
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch)
     app.router.add_route("*", "/v2", _redirect_base)
     app.router.add_get("/metrics", metrics_endpoint)
     # Trustyard's own API (policy decisions and image status), beside the OCI one.
@@ -145,3 +156,31 @@ def add_routes(app: web.Application) -> None:
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMovedPermanently("/v2/")
+
+
+def add_fallback(app: web.Application) -> None:
+    """Answer every path no route serves (and every method a route does not take) with the
+    spec's error body, and let every route answer `Expect` through `_expect`. Called after
+    every other route is added: the router tries routes in the order they were added."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route)
+    for route in app.router.routes():
+        # aiohttp takes an expect handler only per route, when it is added; setting it here
+        # covers the routes other modules add (the management API, the console) too.
+        route._expect_handler = _expect
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise RegistryError(
+            UNSUPPORTED,
+            {"method": request.method},
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+    raise RegistryError(NOT_FOUND, {"path": request.path[:300]})

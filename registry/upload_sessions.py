@@ -9,6 +9,7 @@ bytes back, so the bytes on storage are always the truth and sessions survive re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -25,7 +26,7 @@ from registry.errors import (
     SIZE_INVALID,
     RegistryError,
 )
-from registry.grammar import UPLOAD_ID_RE, Digest
+from registry.grammar import UPLOAD_ID_RE, Digest, parse_count
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
@@ -44,6 +45,8 @@ class _Session:
     offset: int
     hasher: hashlib._Hash | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when the session is cancelled while a request still streams into it.
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,11 @@ class ContentRange:
             text = text[6:].strip()
         text = text.split("/", 1)[0]
         start_text, sep, end_text = text.partition("-")
-        if not sep or not start_text.isdigit() or not end_text.isdigit():
+        start, end = parse_count(start_text), parse_count(end_text)
+        if not sep or start is None or end is None:
             raise RegistryError(
                 RANGE_INVALID, {"Content-Range": header[:100], "reason": "expected <start>-<end>"}
             )
-        start, end = int(start_text), int(end_text)
         if end < start:
             raise RegistryError(
                 RANGE_INVALID, {"Content-Range": header[:100], "reason": "end before start"}
@@ -121,7 +124,7 @@ class UploadSessions:
         """Append a chunk; return the new offset. Out-of-order chunks answer 416."""
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with session.lock:
+        async with session.lock, _unless_cancelled(session, upload_id):
             offset = await self._current_offset(upload_id, session)
             await self._receive(
                 repository, upload_id, session, offset, body, content_range, content_length
@@ -145,13 +148,15 @@ class UploadSessions:
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with session.lock:
+        async with session.lock, _unless_cancelled(session, upload_id):
             offset = await self._current_offset(upload_id, session)
             if body is not None:
                 await self._receive(
                     repository, upload_id, session, offset, body, content_range, content_length
                 )
             actual = await self._digest(upload_id, session, digest.algorithm)
+            if session.cancelled:
+                raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
             if actual != digest:
                 await self.cancel(repository, upload_id)
                 raise RegistryError(
@@ -173,7 +178,9 @@ class UploadSessions:
 
     async def discard(self, upload_id: str) -> None:
         """Drop a session by id alone (cancellation, stale-session cleanup)."""
-        self._sessions.pop(upload_id, None)
+        session = self._sessions.pop(upload_id, None)
+        if session is not None:
+            session.cancelled = True
         await self.store.abort(upload_id)
         await self.db.end_upload(upload_id)
 
@@ -294,6 +301,21 @@ class UploadSessions:
             session.offset = -1
             raise
         return received
+
+
+@contextlib.asynccontextmanager
+async def _unless_cancelled(session: _Session, upload_id: str) -> AsyncIterator[None]:
+    """Turn what fails because the session was cancelled meanwhile (its bytes vanish under the
+    request that writes them) into BLOB_UPLOAD_UNKNOWN, as if it had been cancelled before."""
+    try:
+        yield
+    except Exception as exc:
+        # A refusal the request chose (a digest mismatch cancels the session itself) stands.
+        chosen = isinstance(exc, RegistryError) and exc.error.status < 500
+        if session.cancelled and not chosen:
+            log.info("upload %s cancelled while a request used it: %s", upload_id, exc)
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id}) from None
+        raise
 
 
 def upload_location(repository: str, upload_id: str) -> str:

@@ -377,6 +377,20 @@ class MetadataDB:
             for row in rows
         ]
 
+    async def manifests_needing(
+        self, repository: str, digest: str, kind: str, limit: int
+    ) -> list[str]:
+        """Digests of the repository's manifests that reference `digest` (`kind` 'blob' or
+        'manifest': an index child), newest first, at most `limit`."""
+        rows = await self._all(
+            "SELECT r.manifest_digest FROM manifest_references r JOIN manifests m "
+            "ON m.repository = r.repository AND m.digest = r.manifest_digest "
+            "WHERE r.repository = ? AND r.child_digest = ? AND r.kind = ? "
+            "ORDER BY m.created_at DESC, m.digest LIMIT ?",
+            (repository, digest, kind, limit),
+        )
+        return [row[0] for row in rows]
+
     async def tag_target(self, repository: str, tag: str) -> str | None:
         """The digest a tag points at, or None."""
         row = await self._one(

@@ -132,6 +132,14 @@ def pull_filter(request: web.Request) -> Callable[[str], bool] | None:
     return lambda name: service.permissions.allows(who, name, "pull")
 
 
+def may_push(request: web.Request, name: str) -> bool:
+    """Whether the caller may push to repository `name` (everyone, when auth is off)."""
+    service = request.app.get(AUTH)
+    if service is None:
+        return True
+    return _permitted(service, _caller(request), "repository", name, "push")
+
+
 def challenge(
     request: web.Request, service: AuthService, scope: str | None, *, error: str | None = None
 ) -> dict[str, str]:

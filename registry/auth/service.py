@@ -9,7 +9,6 @@ credentials directly (`Basic`), who then has whatever its permissions give. Logi
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 from base64 import b64decode
 from dataclasses import dataclass
@@ -132,7 +131,7 @@ def parse_basic(value: str) -> tuple[str, str]:
     """User and secret of a `Basic` credential; 401 when it does not decode."""
     try:
         decoded = b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII characters
         raise RegistryError(UNAUTHORIZED, message="malformed basic credentials") from None
     user, sep, secret = decoded.partition(":")
     if not sep or not user:

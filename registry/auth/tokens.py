@@ -139,7 +139,7 @@ class TokenAuthority:
                 leeway=self.clock_skew,
                 options={"require": ["iss", "sub", "aud", "exp", "nbf", "iat"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
             raise InvalidToken(str(exc)) from None
         if claims["iat"] > time.time() + self.clock_skew:
             raise InvalidToken("token issued in the future")

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import re
+from functools import partial
+
 from aiohttp import web
 
+from policies.blob_access import Reader
+from registry.auth.middleware import may_push
+from registry.auth.producers import quarantine_reader
 from registry.context import context
 from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
-from registry.grammar import parse_digest
+from registry.grammar import MAX_DIGITS, parse_digest
+from registry.identity import identity
+
+#: The one form of `Range` served: `bytes=<start>-[<end>]` or `bytes=-<suffix>`, ASCII digits.
+_NUMBER = f"[0-9]{{1,{MAX_DIGITS}}}"
+_RANGE_RE = re.compile(rf"bytes=(?:{_NUMBER}-(?:{_NUMBER})?|-{_NUMBER})")
+
+
+def reader(request: web.Request, name: str) -> Reader:
+    """The caller of `request` as the blob gate sees them for repository `name`; who may read a
+    quarantined image's blobs is who may read the image (`quarantine_reader`, as for its
+    manifest)."""
+    return Reader(
+        identity(request).name, may_push(request, name), partial(quarantine_reader, request, name)
+    )
 
 
 async def get_blob(request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -16,6 +36,10 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     size = await ctx.db.blob_in_repository(name, str(digest))
     if size is None:
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    # Policy: the bytes of an image the pull rules refuse (quarantined) are refused too.
+    await ctx.policy.check_blob_read(
+        name, str(digest), reader(request, name), content=request.method != "HEAD"
+    )
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -64,6 +88,10 @@ def _requested_range(request: web.Request, size: int) -> tuple[int, int]:
         message="requested range not satisfiable",
         headers={"Content-Range": f"bytes */{size}"},
     )
+    # One range of ASCII digits (aiohttp's parser also reads other scripts' digits, and
+    # raises on huge numbers only after converting them).
+    if _RANGE_RE.fullmatch(request.headers["Range"]) is None:
+        raise unsatisfiable
     try:
         requested = request.http_range
     except ValueError:
@@ -89,6 +117,8 @@ async def delete_blob(request: web.Request, name: str, reference: str) -> web.St
     digest = parse_digest(reference)
     if not ctx.config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
+    # Policy: content a protected manifest (an immutable release) needs stays.
+    await ctx.policy.check_needed(name, str(digest), "blob", identity(request).name)
     if not await ctx.db.unlink_blob(name, str(digest)):
         raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from registry.errors import ErrorCode, RegistryError
 from registry.events.hub import EVENTS
+from registry.grammar import parse_count
 
 QUERY_INVALID = ErrorCode("QUERY_INVALID", 400, "invalid query parameter")
 MAX_PAGE = 1000
@@ -19,11 +20,8 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     state = request.query.get("state")
     if state not in (None, "pending", "failed"):
         raise RegistryError(QUERY_INVALID, message="state: expected pending or failed")
-    try:
-        limit = int(request.query.get("n", "100"))
-    except ValueError:
-        limit = -1
-    if not 0 < limit <= MAX_PAGE:
+    limit = parse_count(request.query.get("n", "100"))
+    if limit is None or not 0 < limit <= MAX_PAGE:
         raise RegistryError(QUERY_INVALID, message=f"n: expected 1 to {MAX_PAGE}")
     rows = await outbox.list(state=state, endpoint=request.query.get("endpoint"), limit=limit)
     return web.json_response(

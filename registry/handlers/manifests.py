@@ -260,6 +260,9 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
                 PolicyRequest(Action.DELETE, name, reference, record.digest, tags, actor),
                 record,
             )
+        if digest is not None:
+            # An index child goes only if no manifest the policy protects needs it.
+            await ctx.policy.check_needed(name, digest, "manifest", actor)
         outbox = events.delete_statements(record, tag, list(tags), actor)
     if digest is not None:
         deleted = await ctx.db.delete_manifest(name, digest, outbox)

@@ -8,15 +8,17 @@ from typing import Any
 from aiohttp import web
 
 from registry.context import context
+from registry.errors import QUERY_INVALID
 from registry.grammar import parse_digest
 from registry.manifest_format import OCI_INDEX
+from registry.query import single
 
 
 async def list_referrers(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     """An OCI index of the manifests whose subject is `<digest>`; never 404 for a valid digest."""
     ctx = context(request)
     subject = parse_digest(reference)
-    wanted = request.query.get("artifactType")
+    wanted = single(request, "artifactType", QUERY_INVALID)
     descriptors: list[dict[str, Any]] = []
     for referrer in await ctx.db.referrers(name, str(subject)):
         if wanted is not None and referrer.artifact_type != wanted:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.context import context
-from registry.errors import DIGEST_INVALID, RegistryError
+from registry.errors import DIGEST_INVALID, NAME_INVALID, RegistryError
 from registry.grammar import check_name, parse_digest
+from registry.handlers.blobs import reader
+from registry.query import single
 from registry.upload_sessions import ContentRange, upload_headers
 
 
@@ -25,16 +27,19 @@ def _blob_created(name: str, digest: str) -> web.Response:
 async def start_upload(request: web.Request, name: str, _: str) -> web.StreamResponse:
     """Start a session; or upload monolithically with `?digest=`; or mount with `?mount=&from=`."""
     ctx = context(request)
-    mount = request.query.get("mount")
+    mount = single(request, "mount", DIGEST_INVALID)
     if mount is not None:
         digest = parse_digest(mount)
-        source = request.query.get("from")
-        if source:
-            check_name(source)
-            if await ctx.db.mount_blob(name, source, str(digest)) is not None:
-                return _blob_created(name, str(digest))
-        # Not mountable: fall back to a regular session, as the spec says (202).
-    digest_text = request.query.get("digest")
+        source = single(request, "from", NAME_INVALID)
+        if (
+            source
+            and await _mountable(request, check_name(source), str(digest))
+            and await ctx.db.mount_blob(name, source, str(digest)) is not None
+        ):
+            return _blob_created(name, str(digest))
+        # Not mountable: fall back to a regular session, as the spec says (202). A client that
+        # really holds the bytes uploads them; one that does not gets nothing.
+    digest_text = single(request, "digest", DIGEST_INVALID)
     if digest_text is not None and mount is None:
         digest = parse_digest(digest_text)
         upload_id = await ctx.uploads.start(name)
@@ -44,6 +49,16 @@ async def start_upload(request: web.Request, name: str, _: str) -> web.StreamRes
     return web.Response(
         status=202, headers={**upload_headers(name, upload_id, 0), "Content-Length": "0"}
     )
+
+
+async def _mountable(request: web.Request, source: str, digest: str) -> bool:
+    """Whether the caller may copy the blob out of `source`: as for reading it there, a blob
+    only part of images the policy refuses to pull (quarantined) is not lent out."""
+    try:
+        await context(request).policy.check_blob_read(source, digest, reader(request, source))
+    except RegistryError:
+        return False
+    return True
 
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
@@ -65,7 +80,7 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.S
 async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
     """Close the session with `?digest=`, optionally with the last chunk in the body."""
     ctx = context(request)
-    digest_text = request.query.get("digest")
+    digest_text = single(request, "digest", DIGEST_INVALID)
     if not digest_text:
         await ctx.uploads.offset(name, upload_id)  # an unknown session is the first problem
         raise RegistryError(DIGEST_INVALID, {"reason": "the digest query parameter is required"})

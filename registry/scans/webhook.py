@@ -84,7 +84,8 @@ def _unauthorized(message: str) -> RegistryError:
 
 
 def _by_token(known: tuple[Scanner, ...], header: str) -> Scanner | None:
-    token = header[7:].strip().encode()
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes sent.
+    token = header[7:].strip().encode("utf-8", "surrogateescape")
     found = None
     for scanner in known:
         # Compare with every token (constant time each) so timing does not tell which matched.
