@@ -1,4 +1,10 @@
-"""Start the real Trustyard server as a subprocess on a free loopback port."""
+"""Start the real Trustyard server as a subprocess on a free loopback port.
+
+A port cannot be reserved for another process: between choosing a free one and the server
+binding it, something else may take it. `start_registry` therefore waits for the server's own
+"listening" line and, when the bind failed because the port was taken, starts again on another.
+Servers the tests run in-process take a socket already bound (`reserve_port`), never a number.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,30 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken by the time it
+    is used: only for a process that is restarted on collision, as `start_registry` does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def reserve_port() -> socket.socket:
+    """A TCP socket bound to a free 127.0.0.1 port, not listening: connections to it are refused
+    (a receiver that is down), nobody else can take the port, and a server started later takes
+    the socket itself (`aiohttp.web.SockSite`). Close it when done."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    """The port a socket is bound to."""
+    return int(sock.getsockname()[1])
+
+
+#: What the server says when its port is taken ("cannot listen on …: the port is already in
+#: use", or the errno text "Address already in use").
+_PORT_TAKEN = ("already in use",)
 
 
 @dataclass
@@ -67,8 +93,28 @@ def start_registry(
     port: int | None = None,
     timeout: float = 30.0,
 ) -> RegistryProcess:
-    """Start the registry and wait until `GET /v2/` answers."""
-    port = port or free_port()
+    """Start the registry and wait until `GET /v2/` answers.
+
+    Without `port`, a free one is chosen, and chosen again when the server finds it taken
+    (another test's server got there first). With `port`, a collision is an error.
+    """
+    for _attempt in range(5):
+        server = _start_once(data_dir, extra_args, env, port or free_port(), timeout)
+        if server is not None:
+            return server
+        if port is not None:
+            raise RuntimeError(f"port {port} is already in use")
+    raise RuntimeError("no free port found in five attempts")
+
+
+def _start_once(
+    data_dir: Path,
+    extra_args: list[str] | None,
+    env: dict[str, str] | None,
+    port: int,
+    timeout: float,
+) -> RegistryProcess | None:
+    """The running server, or None when its port turned out to be taken."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"registry-{port}.log"
     args = [
@@ -87,21 +133,30 @@ def start_registry(
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
     server = RegistryProcess(data_dir, port, process, log_path, list(extra_args or []), scheme)
+    listening = f"listening on {scheme}://127.0.0.1:{port}"
     # The probe only asks whether the server answers: it need not trust a test certificate.
     probe_tls = ssl._create_unverified_context() if scheme == "https" else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"registry exited with {process.returncode}:\n{server.log()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/v2/", timeout=1, context=probe_tls) as resp:
-                if resp.status == 200:
+            text = server.log()
+            if any(taken in text.lower() for taken in _PORT_TAKEN):
+                return None
+            raise RuntimeError(f"registry exited with {process.returncode}:\n{text}")
+        # Only our own process's "listening" line proves the port is ours: another server
+        # answering /v2/ there would fool a probe alone.
+        if listening in server.log():
+            try:
+                with urllib.request.urlopen(
+                    f"{server.url}/v2/", timeout=1, context=probe_tls
+                ) as resp:
+                    if resp.status == 200:
+                        return server
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # authentication is on: challenging is answering
                     return server
-        except urllib.error.HTTPError as err:
-            if err.code == 401:  # authentication is on: challenging is answering
-                return server
-            time.sleep(0.1)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+        time.sleep(0.05)  # polling interval of the wait above, not a synchronisation
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"registry did not answer within {timeout}s:\n{server.log()}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import stat
 import time
 
 import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from registry.auth.ratelimit import FailedLogins
 from registry.auth.scopes import parse_scopes
@@ -92,9 +95,27 @@ def test_token_round_trip_and_checks(tmp_path):
         _authority(tmp_path, service="other").verify(issued.token)
     with pytest.raises(InvalidToken):  # another issuer
         _authority(tmp_path, issuer="other").verify(issued.token)
-    with pytest.raises(InvalidToken):  # HMAC with the public key as secret: alg confusion
-        forged = jwt.encode({"sub": "alice", "aud": "svc", "iss": "trustyard"}, "k" * 32, "HS256")
+    # Alg confusion: claims the authority would accept, HS256-signed with its public key (what
+    # a verifier that lets the token pick the algorithm would check against). More forgeries:
+    # tests/security/test_auth_decisions.py.
+    from tests.security.test_auth_decisions import forge
+
+    key = load_or_create_key(tmp_path / "key.pem", configured=True)
+    public_pem = key.public_key().public_bytes(  # the half anyone may learn
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    now = int(time.time())
+    claims = {"iss": "trustyard", "sub": "alice", "aud": "svc", "iat": now, "nbf": now}
+    claims |= {"exp": now + 60, "access": []}
+    forged = forge(
+        {"alg": "HS256", "typ": "JWT"},
+        claims,
+        lambda data: hmac.new(public_pem, data, hashlib.sha256).digest(),
+    )
+    with pytest.raises(InvalidToken, match=r"^The specified alg value is not allowed$"):
         authority.verify(forged)
+    # The same claims signed with the key itself pass: only the algorithm was wrong.
+    assert authority.verify(jwt.encode(claims, key, algorithm="ES256")).subject == "alice"
 
 
 def test_signing_key_is_created_once_with_mode_0600(tmp_path):

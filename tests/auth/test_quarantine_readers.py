@@ -4,6 +4,7 @@ and every such read is logged as allowed with its reason."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,19 @@ async def test_without_auth_or_pull_rules_nothing_is_said(
     with caplog.at_level(logging.WARNING):
         await start_client(policy={"file": str(path), "reload": False})
     assert ANONYMOUS_QUARANTINE_WARNING not in caplog.messages
+
+
+async def test_the_producer_reads_the_blobs_of_its_quarantined_image_and_the_deployer_does_not(
+    start_client: Any, tmp_path: Path, accounts: Accounts
+) -> None:
+    """The blob gate asks the same question (`registry.auth.producers.quarantine_reader`)."""
+    client = await start(start_client, tmp_path)
+    robot = As(client, basic("ci", accounts.robot_token))
+    _, body = await push_image(robot, "ci/app", "v1", layers=[b"quarantined layer"])
+    layer = json.loads(body)["layers"][0]["digest"]
+    got = await robot.get(f"/v2/ci/app/blobs/{layer}")
+    assert got.status == 200 and await got.read() == b"quarantined layer"
+    bob = As(client, basic("bob", PASSWORDS["bob"]))
+    refused = await bob.get(f"/v2/ci/app/blobs/{layer}")
+    assert refused.status == 403
+    assert error_codes(await refused.json()) == ["DENIED"]

@@ -42,7 +42,8 @@ ALL_MANIFEST_TYPES = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER
 
 
 def require_binary(name: str, *candidates: str) -> str:
-    """Return the path of an executable, or skip the test when it is not installed."""
+    """Return the path of an executable, or skip the test when it is not installed (a failure
+    under TRUSTYARD_REQUIRE_E2E=1, as in CI: see tests/conftest.py)."""
     for candidate in candidates:
         if os.access(candidate, os.X_OK):
             return candidate

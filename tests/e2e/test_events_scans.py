@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.conftest import DockerDaemon, http, make_rootfs_tar
-from tests.server_process import RegistryProcess, free_port, start_registry
+from tests.server_process import RegistryProcess, port_of, reserve_port, start_registry
 
 pytestmark = pytest.mark.e2e
 
@@ -98,9 +99,10 @@ class Scanner:
 
 
 class Serving:
-    """Runs a scanner's aiohttp app on 127.0.0.1:`port` in a thread with its own loop."""
+    """Runs a scanner's aiohttp app on `sock` (bound on 127.0.0.1) in a thread with its own
+    loop."""
 
-    def __init__(self, scanner: Scanner, port: int) -> None:
+    def __init__(self, scanner: Scanner, sock: socket.socket) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -110,7 +112,7 @@ class Serving:
 
         async def start() -> None:
             await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", port).start()
+            await web.SockSite(self.runner, sock).start()
 
         asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=10)
 
@@ -131,7 +133,8 @@ class Setup:
 @pytest.fixture(scope="module")
 def scanned(e2e_tmp: Path) -> Iterator[Setup]:
     """A registry sending events to a scanner stand-in, which posts its reports back."""
-    hook_port, registry_port = free_port(), free_port()
+    hook_socket = reserve_port()
+    hook_port = port_of(hook_socket)
     policy = e2e_tmp / "scans-policy.yaml"
     policy.write_text(POLICY)
     config = e2e_tmp / "scans-config.yaml"
@@ -154,14 +157,14 @@ def scanned(e2e_tmp: Path) -> Iterator[Setup]:
             }
         )
     )
-    scanner = Scanner(f"http://127.0.0.1:{registry_port}/api/v1/scans")
-    serving = Serving(scanner, hook_port)
+    scanner = Scanner("")  # the registry's port is known once it runs
+    serving = Serving(scanner, hook_socket)
     try:
         registry = start_registry(
             e2e_tmp / "scans-data",
-            port=registry_port,
             extra_args=["--config", str(config), "--policy", str(policy)],
         )
+        scanner.webhook = f"{registry.url}/api/v1/scans"
         try:
             yield Setup(registry, scanner, policy)
         finally:

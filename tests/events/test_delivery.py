@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,29 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from registry.context import CONTEXT
-from tests.events.receiver import Receiver, serve
+from tests.events.receiver import Receiver, serve, until_drained
 from tests.oci import OCI_MANIFEST, descriptor, push_blob, push_image
-from tests.server_process import free_port
+from tests.server_process import port_of, reserve_port
 
 SECRET = "endpoint-secret-0123456789"
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    port = free_port()
     hook = Receiver(secret=SECRET)
-    runner = await serve(hook, port)
+    runner, port = await serve(hook)
     yield hook, port
+    if hook.hold is not None:
+        hook.hold.set()  # a failed test must not leave the sender parked at shutdown
     await runner.cleanup()
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port refusing connections for the whole test: bound by us, never listening."""
+    sock = reserve_port()
+    yield port_of(sock)
+    sock.close()
 
 
 def events_section(port: int, **extra: Any) -> dict[str, Any]:
@@ -123,25 +132,50 @@ async def test_retries_in_order_then_deliveries_api(
 ) -> None:
     hook, port = receiver
     hook.failures = 3
-    client: TestClient = await start_client(events=events_section(port))
+    hook.hold = asyncio.Event()  # the fourth attempt waits: the outbox is then looked at still
+    section = events_section(port)
+    section["endpoints"][0]["timeout"] = "60s"  # the held attempt must not time out meanwhile
+    client: TestClient = await start_client(events=section)
     for tag in ("v1", "v2", "v3"):
         await push_image(client, "prod/app", tag)
-    await until(lambda: hook.refused >= 1)
-    listing = await (await client.get("/api/v1/events/deliveries")).json()
-    assert listing["counts"]["pending"] >= 1
-    assert listing["deliveries"][0]["last_error"] in (None, "HTTP 503")
+
+    async def deliveries() -> dict[str, Any]:
+        resp = await client.get("/api/v1/events/deliveries")
+        assert resp.status == 200
+        return dict(await resp.json())
+
+    # Three refusals of v1, each recorded, then the fourth attempt is held at the receiver.
+    deadline = time.monotonic() + 10
+    while True:
+        listing = await deliveries()
+        if listing["deliveries"] and listing["deliveries"][0]["attempts"] == 3:
+            break
+        assert time.monotonic() < deadline, f"three failed attempts never recorded: {listing}"
+        await asyncio.sleep(0.02)
+    assert hook.refused == 3 and hook.received == []
+    assert listing["counts"] == {"pending": 3, "failed": 0}
+    first, *rest = listing["deliveries"]
+    assert (first["type"], first["state"], first["last_error"]) == (
+        "dev.trustyard.image.pushed",
+        "pending",
+        "HTTP 503",
+    )
+    # v2 and v3 wait behind v1 (order per repository): never tried.
+    assert [(d["attempts"], d["last_error"]) for d in rest] == [(0, None), (0, None)]
+
+    hook.hold.set()
     await until(lambda: len(hook.received) == 3)
     assert [r.event["data"]["tag"] for r in hook.received] == ["v1", "v2", "v3"]
     assert hook.refused == 3
-    listing = await (await client.get("/api/v1/events/deliveries")).json()
-    assert listing == {"counts": {"pending": 0, "failed": 0}, "deliveries": []}
+    await until_drained(client)
     resp = await client.get("/api/v1/events/deliveries?state=lost")
     assert resp.status == 400
 
 
-async def test_failing_endpoint_given_up_and_listed(start_client: Any) -> None:
-    port = free_port()  # nothing listens there
-    section = events_section(port, retry={"initial": "10ms", "max": "10ms", "give_up_after": 0})
+async def test_failing_endpoint_given_up_and_listed(start_client: Any, dead_port: int) -> None:
+    section = events_section(
+        dead_port, retry={"initial": "10ms", "max": "10ms", "give_up_after": 0}
+    )
     client: TestClient = await start_client(events=section)
     started = time.monotonic()
     await push_image(client, "prod/app", "v1")
@@ -159,11 +193,10 @@ async def test_failing_endpoint_given_up_and_listed(start_client: Any) -> None:
     assert rows[0]["attempts"] == 1 and "ClientConnectorError" in rows[0]["last_error"]
 
 
-async def test_outbox_rows_only_with_the_change(start_client: Any) -> None:
+async def test_outbox_rows_only_with_the_change(start_client: Any, dead_port: int) -> None:
     """A push refused for a missing blob writes no event; a stored one writes exactly one per
     endpoint, in the same transaction (checked in the database while the sender is stopped)."""
-    port = free_port()
-    section = events_section(port, retry={"initial": "1h", "max": "1h"})
+    section = events_section(dead_port, retry={"initial": "1h", "max": "1h"})
     client: TestClient = await start_client(events=section)
     config = b'{"architecture": "amd64", "os": "linux"}'
     await push_blob(client, "prod/app", config)
@@ -197,8 +230,7 @@ async def test_endpoint_event_filter_and_library_tag(
     first, _ = await push_image(client, "library/base", "3")
     second, _ = await push_image(client, "library/base", "3", layers=[b"patched"])
     await push_image(client, "prod/app", "v1")
-    await until(lambda: len(hook.received) == 1)
-    await asyncio.sleep(0.2)
+    await until_drained(client)
     (got,) = hook.received
     assert got.event["type"] == "dev.trustyard.library.tag.updated"
     assert got.event["data"]["previous"] == first and got.event["data"]["digest"] == second
@@ -234,8 +266,7 @@ async def test_library_tag_updated_when_the_policy_library_tag_moves(
     await push_image(client, "library/python", "edge", layers=[b"edge 2"])  # not declared
     second, body = await push_image(client, "library/python", "3.12-slim", layers=[b"patched"])
     await push_image(client, "library/python", "3.12-slim", layers=[b"patched"])  # same digest
-    await until(lambda: len(hook.received) == 1)
-    await asyncio.sleep(0.2)
+    await until_drained(client)
     (got,) = hook.received
     assert got.signature_problem is None
     event = got.event

@@ -14,13 +14,16 @@ import yaml
 
 from tests.events.receiver import Receiver, serve
 from tests.oci import push_image
-from tests.server_process import free_port, start_registry
+from tests.server_process import port_of, reserve_port, start_registry
 
 SECRET = "restart-secret-0123456789"
 
 
 async def test_pending_events_delivered_after_kill_and_restart(tmp_path: Path) -> None:
-    hook_port = free_port()
+    # The hook's socket is bound now and listens only once the receiver starts: meanwhile
+    # deliveries are refused, and no other process can take the port.
+    hook_socket = reserve_port()
+    hook_port = port_of(hook_socket)
     config = tmp_path / "trustyard.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -60,7 +63,7 @@ async def test_pending_events_delivered_after_kill_and_restart(tmp_path: Path) -
         server.stop(signal.SIGKILL)
 
     hook = Receiver(secret=SECRET)
-    runner = await serve(hook, hook_port)
+    runner, _ = await serve(hook, hook_socket)
     try:
         server = start_registry(data, extra_args=["--config", str(config)])
         try:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-POLICY = """\
+#: Two years from today: the supported base stays supported whenever the tests run.
+SUPPORTED_UNTIL = (datetime.now(UTC) + timedelta(days=730)).date().isoformat()
+
+POLICY = f"""\
 version: 1
 library:
   namespace: library
@@ -16,7 +20,7 @@ library:
     - name: python
       tags: ["3.12-slim", "3.13-slim"]
       source: docker.io/library/python
-      supported_until: 2027-10-31
+      supported_until: {SUPPORTED_UNTIL}
     - name: distroless/static
       tags: ["nonroot"]
     - name: old
@@ -24,9 +28,9 @@ library:
       supported_until: 2020-01-01
 rules:
   - name: apps build on the library
-    match: {repositories: ["apps/**"], on: [push]}
+    match: {{repositories: ["apps/**"], on: [push]}}
     require:
-      base_image: {from_library: true, allow_deprecated: false, max_behind: 30d}
+      base_image: {{from_library: true, allow_deprecated: false, max_behind: 30d}}
 """
 
 

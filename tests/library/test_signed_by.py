@@ -18,9 +18,8 @@ from policies.library.history import tag_history
 from policies.library.importer import import_image
 from policies.loader import PolicyError, parse_policy
 from registry.context import CONTEXT
-from tests.events.receiver import Receiver, serve
+from tests.events.receiver import Receiver, serve, until_drained
 from tests.library.images import Image, layer_tar, push, write_oci_layout
-from tests.server_process import free_port
 from tests.signing import push_cosign_signature, sign, simple_signing_payload, start_trusting
 
 POLICY = """\
@@ -160,9 +159,8 @@ async def test_library_tag_updated_is_sent_when_the_signature_moves_the_tag(
         )
     )
     (tmp_path / "policy.yaml").write_text(POLICY)
-    port = free_port()
     hook = Receiver(secret="library-secret-0123456789")
-    runner = await serve(hook, port)
+    runner, port = await serve(hook)
     try:
         endpoint = {
             "name": "rebuilds",
@@ -177,7 +175,7 @@ async def test_library_tag_updated_is_sent_when_the_signature_moves_the_tag(
         assert (await push(client, "library/python", "3.12-slim", PYTHON)).status == 201
         await sign_library(client, ops_key, PYTHON.digest)
         assert (await push(client, "library/python", "3.12-slim", PATCHED)).status == 201
-        await asyncio.sleep(0.3)
+        await until_drained(client)
         assert hook.received == []  # the first digest is no move; the patch is not signed yet
         await sign_library(client, ops_key, PATCHED.digest)
         deadline = time.monotonic() + 10

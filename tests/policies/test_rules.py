@@ -130,8 +130,16 @@ def test_labels_wrong_value_on_an_index_child() -> None:
 
 
 def test_labels_unreadable_config_and_artifacts() -> None:
-    assert not Labels(SOURCE).evaluate(ctx(images=(Image(NEW),))).allowed
-    assert Labels(SOURCE).evaluate(ctx(is_artifact=True)).allowed
+    decision = Labels(SOURCE).evaluate(ctx(images=(Image(NEW),)))
+    assert not decision.allowed
+    assert decision.reason == "the image config could not be read to check labels"
+    decision = Labels(SOURCE).evaluate(ctx(images=()))
+    assert not decision.allowed
+    assert decision.reason == "the image's config could not be read to check its labels"
+    artifact = ctx(is_artifact=True, kind_reason="a cosign signature, not an image")
+    decision = Labels(SOURCE).evaluate(artifact)
+    assert decision.allowed
+    assert decision.reason == "a cosign signature, not an image; labels do not apply"
 
 
 def test_annotations() -> None:

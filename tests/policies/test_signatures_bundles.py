@@ -39,25 +39,29 @@ def trust(section: dict[str, Any], base: Path = Path(".")) -> TrustConfig:
 
 
 PRODUCTION = trust({"identities": {"rfc8785": {"issuer": GITHUB, "subject": RFC8785_RELEASE}}})
-STAGING = trust(
-    {
-        "identities": {
-            "github-user": {
-                "issuer": "https://github.com/login/oauth",
-                "subject_regex": "@",
-                "trusted_root": "staging",
-            },
-            "beacon": {"issuer": GITHUB, "subject_regex": BEACON, "trusted_root": "staging"},
-        }
+GITHUB_LOGIN = "https://github.com/login/oauth"
+#: The e-mail each staging bundle's certificate names, by signer name.
+STAGING_USERS = {"tny": "a@tny.town", "yossarian": "william@yossarian.net", "jku": "jku@goto.fi"}
+
+
+def staging(*users: str) -> TrustConfig:
+    """Trust these staging signers (each its exact e-mail) and the beacon workflow."""
+    identities: dict[str, Any] = {
+        name: {"issuer": GITHUB_LOGIN, "subject": STAGING_USERS[name], "trusted_root": "staging"}
+        for name in users
     }
-)
+    identities["beacon"] = {"issuer": GITHUB, "subject_regex": BEACON, "trusted_root": "staging"}
+    return trust({"identities": identities})
+
+
+STAGING = staging(*STAGING_USERS)
 
 #: (bundle, signed file or subject digest, trust, signer)
 REAL = [
     ("bundle_v3_github.whl.sigstore", "bundle_v3_github.whl", PRODUCTION, "rfc8785"),
-    ("bundle.txt.sigstore", "bundle.txt", STAGING, "github-user"),  # v0.1
-    ("bundle_v3.txt.sigstore", "bundle_v3.txt", STAGING, "github-user"),  # v0.3
-    ("staging-rekor-v2.txt.sigstore.json", "staging-rekor-v2.txt", STAGING, "github-user"),
+    ("bundle.txt.sigstore", "bundle.txt", STAGING, "tny"),  # v0.1
+    ("bundle_v3.txt.sigstore", "bundle_v3.txt", STAGING, "yossarian"),  # v0.3
+    ("staging-rekor-v2.txt.sigstore.json", "staging-rekor-v2.txt", STAGING, "jku"),
     ("a.dsse.staging-rekor-v2.txt.sigstore.json", DSSE_SUBJECT, STAGING, "beacon"),
 ]
 
@@ -92,6 +96,23 @@ def test_real_bundles_verify(bundle: str, signed: str, config: TrustConfig, sign
     findings = verify_layer(config, digest_of(signed), (VECTORS / bundle).read_bytes())
     assert verdicts(findings) == [(True, signer)]
     assert findings[0].kind == "bundle"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "signed", "user"),
+    [
+        ("bundle.txt.sigstore", "bundle.txt", "tny"),
+        ("bundle_v3.txt.sigstore", "bundle_v3.txt", "yossarian"),
+        ("staging-rekor-v2.txt.sigstore.json", "staging-rekor-v2.txt", "jku"),
+    ],
+)
+def test_each_staging_bundle_proves_only_its_own_signer(
+    bundle: str, signed: str, user: str
+) -> None:
+    others = staging(*(name for name in STAGING_USERS if name != user))
+    [finding] = verify_layer(others, digest_of(signed), (VECTORS / bundle).read_bytes())
+    assert not finding.valid
+    assert finding.detail == f"by an unknown identity ({STAGING_USERS[user]} from {GITHUB_LOGIN})"
 
 
 def test_the_dsse_attestation_exposes_its_predicate_type() -> None:

@@ -235,13 +235,27 @@ def test_fulcio_rekor_vector_verifies_at_integrated_time() -> None:
 def test_fulcio_rekor_vector_verifies_against_the_shipped_production_root() -> None:
     v = keyless("fulcio-rekor-valid")
     root = load_sigstore_root("production")
-    verify_certificate_signature(
+    result = verify_certificate_signature(
         v["cert"], v["chain"], root.fulcio, root.rekor, v["bundle"], v["signature"], v["payload"]
     )
+    assert result.identity.subjects == ("mitr@redhat.com",)
+    assert result.identity.issuer == "https://github.com/login/oauth"
+    assert result.entry is not None
+    assert result.entry.time == datetime.datetime(2023, 1, 20, 20, 51, 33, tzinfo=datetime.UTC)
+    # Logged by production Rekor: its log id is the one the shipped root names.
+    assert result.entry.log_id in root.rekor
 
 
-@pytest.mark.parametrize("part", ["payload", "signature", "bundle", "cert"])
-def test_fulcio_rekor_vector_fails_on_one_byte(part: str) -> None:
+@pytest.mark.parametrize(
+    ("part", "reason"),
+    [
+        ("payload", "the Rekor entry logs another payload"),
+        ("signature", "the Rekor entry logs another signature"),
+        ("bundle", "the Rekor signed entry timestamp does not verify"),
+        ("cert", "the Rekor entry logs another certificate"),
+    ],
+)
+def test_fulcio_rekor_vector_fails_on_one_byte(part: str, reason: str) -> None:
     v = keyless("fulcio-rekor-valid")
     roots, rekor = _fulcio()
     if part == "bundle":
@@ -256,16 +270,17 @@ def test_fulcio_rekor_vector_fails_on_one_byte(part: str) -> None:
         v["cert"] = ("\n".join(lines) + "\n").encode()
     else:
         v[part] = flip(v[part], 30)
-    with pytest.raises(ValueError):
+    with pytest.raises(KeylessError) as refused:
         verify_certificate_signature(
             v["cert"], v["chain"], roots, rekor, v["bundle"], v["signature"], v["payload"]
         )
+    assert str(refused.value) == reason
 
 
 def test_fulcio_certificate_is_expired_now_without_rekor() -> None:
     v = keyless("fulcio-rekor-valid")
     roots, _ = _fulcio()
-    with pytest.raises(KeylessError):
+    with pytest.raises(KeylessError, match=r"^certificate chain does not verify at .*not valid at"):
         verify_certificate_signature(
             v["cert"], v["chain"], roots, None, None, v["signature"], v["payload"]
         )

@@ -22,5 +22,5 @@ async def test_concurrent_small_uploads_never_lose_a_session(client):
         return statuses
 
     results = await asyncio.gather(*(upload(worker) for worker in range(16)))
-    failures = [s for statuses in results for s in statuses if s not in (200, 201, 202)]
-    assert failures == []
+    # Each of 25 rounds per worker: upload started (202), committed (201), found (200).
+    assert results == [[202, 201, 200] * 25] * 16

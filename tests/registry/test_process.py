@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.server_process import start_registry
@@ -39,6 +40,18 @@ def blob_files(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]
 
 
+def upload_bytes(data_dir: Path) -> int:
+    """Bytes of uploads in progress on disk: above zero once the server is taking a body."""
+    return sum(p.stat().st_size for p in (data_dir / "uploads").rglob("*") if p.is_file())
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_sigterm_lets_in_flight_requests_finish_and_closes_cleanly(tmp_path):
     server = start_registry(tmp_path / "data")
     data = os.urandom(2 << 20)
@@ -46,9 +59,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_closes_cleanly(tmp_path):
     sock = send_partial_upload(
         server.port, f"/v2/graceful/blobs/uploads/?digest={digest}", len(data), data[: 1 << 20]
     )
-    time.sleep(0.3)
+    wait_until(lambda: upload_bytes(server.data_dir) > 0, "the upload to be in flight")
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_until(lambda: "stop signal: finishing 1 requests" in server.log(), "the stop signal")
     sock.sendall(data[1 << 20 :])
     reply = sock.recv(4096).decode()
     sock.close()
@@ -73,7 +86,7 @@ def test_kill_9_mid_upload_leaves_no_visible_or_corrupt_blob(tmp_path):
     sock = send_partial_upload(
         server.port, f"/v2/crash/blobs/uploads/?digest={digest}", len(data), data[: 5 << 20]
     )
-    time.sleep(0.5)
+    wait_until(lambda: upload_bytes(data_dir) > 0, "the upload to be in flight")
     server.stop(signal.SIGKILL)
     sock.close()
     assert blob_files(data_dir) == []
@@ -105,9 +118,9 @@ def test_client_disconnect_mid_chunk_keeps_a_resumable_session(tmp_path):
             "Content-Type: application/octet-stream\r\n\r\n"
         )
         sock.sendall(head.encode() + data[: (2 << 20) + 12345])
-        time.sleep(0.5)
+        wait_until(lambda: upload_bytes(server.data_dir) > 0, "the chunk to be in flight")
         sock.close()
-        time.sleep(0.5)
+        wait_until(lambda: "request body interrupted" in server.log(), "the server to see the cut")
         status, headers, _ = request(f"{server.url}{location}")
         assert status == 204
         received = int(headers["Range"].split("-")[1]) + 1
@@ -172,3 +185,28 @@ def test_invalid_config_is_refused_with_every_problem(tmp_path):
     assert "storage.backend" in result.stderr
     assert "unknown_key" in result.stderr
     assert "listen" in result.stderr
+
+
+def test_start_registry_moves_on_when_its_port_is_taken(tmp_path, monkeypatch):
+    # Another process takes the chosen port first: the helper starts again on another port
+    # instead of failing the test (or talking to the other process).
+    import tests.server_process as server_process
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    choices = iter([taken])
+    real = server_process.free_port
+    monkeypatch.setattr(server_process, "free_port", lambda: next(choices, None) or real())
+    try:
+        server = server_process.start_registry(tmp_path / "data")
+        try:
+            assert server.port != taken
+            status, _, _ = request(f"{server.url}/v2/")
+            assert status == 200
+        finally:
+            server.stop()
+        assert "already in use" in (tmp_path / f"registry-{taken}.log").read_text()
+    finally:
+        held.close()

@@ -197,8 +197,16 @@ async def test_webhook_with_auth_on(start_client: Any, data_dir: Path) -> None:
 
     write_accounts(data_dir)
     client = await start_client(scanners=SCANNERS, auth=auth_section())
-    resp = await client.post("/api/v1/scans", data=TRIVY, headers=bearer())
-    assert resp.status == 400  # authenticated as trivy-ci; the report names no digest
-    resp = await client.post("/api/v1/scans", data=TRIVY, headers=bearer("x" * 20))
+    from tests.auth.conftest import PASSWORDS, As, basic
+
+    olga = As(client, basic("olga", PASSWORDS["olga"]))
+    digest, _ = await push_image(olga, "prod/app", "v1")
+    # The scanner's token stores a report: the webhook took the scanner's own credential.
+    resp = await client.post(f"/api/v1/scans?digest={digest}", data=TRIVY, headers=bearer())
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["scanner"] == "trivy-ci"
+    resp = await client.post(f"/api/v1/scans?digest={digest}", data=TRIVY, headers=bearer("x" * 20))
     assert resp.status == 401
-    assert (await client.get("/api/v1/scans/sha256:" + "0" * 64)).status == 401
+    assert "the bearer token is not a configured scanner's" in await resp.text()
+    assert (await client.get(f"/api/v1/scans/{digest}")).status == 401
+    assert (await olga.get(f"/api/v1/scans/{digest}")).status == 200

@@ -86,9 +86,22 @@ class SeaweedS3:
         ]
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the server and wait until S3 accepts a bucket operation."""
+        """Start the server and wait until S3 accepts a bucket operation. Its nine ports are
+        chosen free but cannot be held for it: when one was taken meanwhile, start again on
+        fresh ones."""
+        for _attempt in range(5):
+            if self._start_once(timeout):
+                return
+            names = tuple(self.ports)
+            self.ports = {name: _free_port() for name in names}
+        raise RuntimeError(f"SeaweedFS found a port taken five times: {self.log_tail()}")
+
+    def _start_once(self, timeout: float) -> bool:
+        """True once S3 answers; False when a port was taken (the server is stopped then)."""
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
-        log = (self.folder / "weed.log").open("ab")
+        log_path = self.folder / "weed.log"
+        log_path.write_bytes(b"")
+        log = log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -96,13 +109,16 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout
         client = self.client()
         while True:
+            if "address already in use" in self.log_tail().lower():
+                self.stop()
+                return False
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.process.returncode}: {self.log_tail()}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1).close()
                 # The S3 gateway answers before the filer and volumes are ready for writes.
                 client.put_object(Bucket="trustyard-probe", Key="probe", Body=b"probe")
-                return
+                return True
             except urllib.error.HTTPError:
                 pass
             except Exception:
@@ -112,7 +128,7 @@ class SeaweedS3:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"SeaweedFS S3 not ready in {timeout}s: {self.log_tail()}")
-            time.sleep(0.25)
+            time.sleep(0.25)  # polling interval of the wait above
 
     def stop(self) -> None:
         """Kill the server (and the processes it started) by its PID, and wait for it."""

@@ -1,0 +1,342 @@
+"""Mutation testing of the security-critical modules with cosmic-ray.
+
+    python3 tests/mutation/run.py                # every target (long: tens of minutes)
+    python3 tests/mutation/run.py auth keyless   # some targets
+    python3 tests/mutation/run.py --smoke        # the CI subset: every mutant must be killed
+    python3 tests/mutation/run.py --list         # the targets and their test files
+    python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
+                                                 # only that session's survivors, current tests
+
+Each target pairs modules with the test files that guard them, so a mutant is judged by the tests
+that claim to cover it and a run stays short. cosmic-ray edits the source in place: this script
+runs it in a throw-away copy of the work tree (the files git knows, plus untracked ones), never in
+the tree itself, so an interrupted run cannot leave a mutant behind. Operators are limited to the
+ones that can change a decision (comparisons, `not`, `and`/`or`, booleans, loops, exception
+handlers); arithmetic and constant swaps are left out. Survivors are printed with their diff;
+`docs/mutation.md` lists the ones judged equivalent and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Modules to mutate, the tests that must kill their mutants, and optionally the one
+    function (of a one-module target) whose mutants count."""
+
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
+    function: str | None = None
+    #: Plain synchronous unit tests: no pytest plugins loaded (a second a mutant, not several).
+    bare: bool = False
+
+
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+#: cosmic-ray and its filters, run by this interpreter (their scripts may not be on PATH).
+COSMIC_RAY = [sys.executable, "-m", "cosmic_ray.cli"]
+FILTER_OPERATORS = [sys.executable, "-m", "cosmic_ray.tools.filters.operators_filter"]
+FILTER_LINES = [sys.executable, "-m", "cosmic_ray.tools.filters.line_filter"]
+BARE = "env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"
+
+TARGETS: dict[str, Target] = {
+    "events-signing": Target(
+        ("registry/events/signing.py",),
+        ("tests/events/test_signing.py", "tests/security/test_event_signatures.py"),
+    ),
+    "events-verify": Target(
+        ("registry/events/signing.py",),
+        ("tests/events/test_signing.py", "tests/security/test_event_signatures.py"),
+        function="verify",
+        bare=True,
+    ),
+    "auth": Target(
+        (
+            "registry/auth/middleware.py",
+            "registry/auth/permissions.py",
+            "registry/auth/scopes.py",
+            "registry/auth/service.py",
+            "registry/auth/tokens.py",
+            "registry/auth/users.py",
+            "registry/auth/ratelimit.py",
+            "registry/auth/token_endpoint.py",
+        ),
+        (
+            "tests/auth/test_permissions.py",
+            "tests/auth/test_scopes.py",
+            "tests/auth/test_accounts.py",
+            "tests/auth/test_api.py",
+            "tests/security/test_auth_decisions.py",
+        ),
+    ),
+    "keyless": Target(
+        (
+            "policies/signatures/keyless.py",
+            "policies/signatures/cosign.py",
+            "policies/signatures/trust.py",
+        ),
+        (
+            "tests/policies/test_signatures_cosign.py",
+            "tests/security/test_keyless_identity.py",
+            "tests/security/test_cosign_payloads.py",
+            "tests/security/test_trust_section.py",
+        ),
+        bare=True,
+    ),
+    "bundles": Target(
+        ("policies/signatures/bundles.py",),
+        (
+            "tests/policies/test_signatures_bundles.py",
+            "tests/security/test_bundle_log_entries.py",
+        ),
+        bare=True,
+    ),
+    "notation": Target(
+        ("policies/signatures/notation.py",),
+        ("tests/policies/test_signatures_notation.py",),
+        bare=True,
+    ),
+    "signature-rule": Target(
+        (
+            "policies/signatures/rule.py",
+            "policies/signatures/discovery.py",
+            "policies/signatures/proofs.py",
+            "policies/signatures/findings.py",
+        ),
+        (
+            "tests/registry/test_signature_rule.py",
+            "tests/registry/test_signature_quorum.py",
+            "tests/registry/test_signature_bundles.py",
+        ),
+    ),
+    "rules": Target(
+        ("policies/rules.py", "policies/facts.py", "policies/gateway.py"),
+        (
+            "tests/policies/test_rules.py",
+            "tests/registry/test_policy_enforcement.py",
+            "tests/security/test_unreadable_config.py",
+        ),
+    ),
+    "vulnerabilities": Target(
+        ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
+        ("tests/scans",),
+    ),
+    "upload-commit": Target(
+        ("registry/upload_sessions.py",),
+        ("tests/registry/test_uploads.py",),
+        function="finish",
+    ),
+}
+
+#: The CI subset: small, fast, and every mutant in it must be killed.
+SMOKE = ("events-verify",)
+
+#: Operators that cannot change a security decision here, or only by crashing.
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_.*",
+    r"core/NumberReplacer",
+    r"core/VariableReplacer",
+    r"core/VariableInserter",
+    r"core/RemoveDecorator",
+    r"core/ReplaceUnaryOperator_(UAdd|USub|Invert)_.*",
+    r"core/ReplaceUnaryOperator_Delete_(USub|Invert)",
+    # `==` to `is`: on strings and ints an identity test is a crash-free alias or a certain
+    # False; the `!=`/`==` swaps already cover the decision.
+    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Lt|LtE|Gt|GtE)",
+]
+
+
+def function_lines(module: str, function: str) -> str:
+    """The line range ("start-end") of `function` in `module`."""
+    import ast
+
+    source = (ROOT / module).read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function:
+            return f"{node.lineno}-{node.end_lineno}"
+    raise SystemExit(f"{module} has no function {function} any more")
+
+
+def copy_tree(into: Path) -> None:
+    """The files git tracks or would track (not ignored), copied without bytecode caches."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for raw in listed:
+        if not raw:
+            continue
+        source = ROOT / raw.decode()
+        if not source.is_file():
+            continue
+        destination = into / raw.decode()
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+
+
+def config_for(name: str, target: Target, module: str) -> str:
+    """The cosmic-ray configuration (TOML) for one module of a target."""
+    tests = " ".join(t for t in target.tests if (ROOT / t).exists())
+    command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+    lines = [
+        "[cosmic-ray]",
+        f'module-path = "{module}"',
+        "timeout = 300.0",
+        "excluded-modules = []",
+        f'test-command = "{command}"',
+        "",
+        "[cosmic-ray.distributor]",
+        'name = "local"',
+        "",
+        "[cosmic-ray.filters.operators-filter]",
+        "exclude-operators = " + json.dumps(EXCLUDED_OPERATORS),
+    ]
+    if target.function is not None:
+        span = function_lines(module, target.function)
+        lines += ["", "[cosmic-ray.filters.line-filter.lines]", f'"{module}" = ["{span}"]']
+    return "\n".join(lines) + "\n"
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def mutate(name: str, target: Target, work: Path, results: Path) -> tuple[int, int, list[dict]]:
+    """Run one target; (killed, total, survivors)."""
+    killed = total = 0
+    survivors: list[dict] = []
+    for module in target.modules:
+        stem = f"{name}--{Path(module).stem}"
+        config = work / f"{stem}.toml"
+        session = work / f"{stem}.sqlite"
+        config.write_text(config_for(name, target, module))
+        run([*COSMIC_RAY, "init", str(config), str(session)], work)
+        run([*FILTER_OPERATORS, str(session), str(config)], work)
+        if target.function is not None:
+            run([*FILTER_LINES, str(session), "--config", str(config)], work)
+        started = time.monotonic()
+        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+        dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
+        module_killed = module_total = 0
+        for line in dump.splitlines():
+            item, result = json.loads(line)
+            if result is None or result["worker_outcome"] != "normal":
+                continue  # skipped by a filter, or the test command failed to start
+            module_total += 1
+            if result["test_outcome"] == "survived":
+                mutation = item["mutations"][0]
+                survivors.append(
+                    {
+                        "module": mutation["module_path"],
+                        "operator": mutation["operator_name"],
+                        "occurrence": mutation["occurrence"],
+                        "line": mutation["start_pos"][0],
+                        "diff": result.get("diff", ""),
+                    }
+                )
+            else:
+                module_killed += 1
+        killed += module_killed
+        total += module_total
+        print(
+            f"  {module}: {module_killed}/{module_total} killed "
+            f"({time.monotonic() - started:.0f}s)",
+            flush=True,
+        )
+        shutil.copy2(session, results / session.name)
+    return killed, total, survivors
+
+
+def recheck(session: Path) -> int:
+    """Run each survivor of an earlier session again against the current tests (after writing
+    the tests that should kill them); print what still survives."""
+    import sqlite3
+
+    rows = (
+        sqlite3.connect(session)
+        .execute(
+            "SELECT m.module_path, m.operator_name, m.occurrence, m.start_pos_row "
+            "FROM work_results r JOIN mutation_specs m ON m.job_id = r.job_id "
+            "WHERE r.test_outcome = 'SURVIVED' ORDER BY m.module_path, m.start_pos_row"
+        )
+        .fetchall()
+    )
+    still = 0
+    with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
+        work = Path(tmp)
+        copy_tree(work)
+        for module, operator, occurrence, line in rows:
+            name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
+            tests = " ".join(t for t in target.tests if (ROOT / t).exists())
+            command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+            out = run(
+                [*COSMIC_RAY, "mutate-and-test", module, operator, str(occurrence), command],
+                work,
+            ).stdout
+            outcome = json.loads(out)["test_outcome"]
+            still += outcome == "survived"
+            print(f"{outcome:9} {module}:{line} {operator} ({name})", flush=True)
+    print(f"{len(rows) - still}/{len(rows)} earlier survivors now killed")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help="targets to run (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="the CI subset; fail on a survivor")
+    parser.add_argument("--list", action="store_true", help="list the targets")
+    parser.add_argument("--results", default=".mutation", help="where session files are kept")
+    parser.add_argument("--recheck", type=Path, help="rerun this session's survivors only")
+    args = parser.parse_args()
+    if args.recheck is not None:
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        return recheck(args.recheck.resolve())
+    if args.list:
+        for name, target in TARGETS.items():
+            print(f"{name}: {', '.join(target.modules)}\n    tests: {', '.join(target.tests)}")
+        return 0
+    names = list(SMOKE) if args.smoke else (args.targets or list(TARGETS))
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        parser.error(f"unknown targets {unknown}; see --list")
+    results = (ROOT / args.results).resolve()
+    results.mkdir(exist_ok=True)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
+    killed = total = 0
+    survivors: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
+        work = Path(tmp)
+        copy_tree(work)
+        for name in names:
+            print(f"== {name}", flush=True)
+            k, t, s = mutate(name, TARGETS[name], work, results)
+            killed, total, survivors = killed + k, total + t, survivors + s
+    for survivor in survivors:
+        print(f"\nSURVIVED {survivor['module']}:{survivor['line']} {survivor['operator']}")
+        print(survivor["diff"])
+    score = 100.0 * killed / total if total else 100.0
+    print(f"\nmutation score: {killed}/{total} killed ({score:.1f}%), {len(survivors)} survived")
+    (results / "survivors.json").write_text(json.dumps(survivors, indent=1))
+    if args.smoke and survivors:
+        print("smoke subset: every mutant must be killed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A policy's `trust:` section written wrong (by mistake or to confuse): every bad entry is
+reported with where it is, the good ones after it are still read, and one signer name cannot
+stand for two kinds of signer."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from policies.signatures.cosign import SIGNATURE_ANNOTATION, verify_layer
+from policies.signatures.trust import parse_trust
+from tests.signing import public_pem, sign, simple_signing_payload
+
+IMAGE = "sha256:" + "ab" * 32
+
+
+def test_every_bad_entry_is_reported_and_the_good_ones_after_it_are_kept(tmp_path: Path) -> None:
+    good = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "broken_root.json").write_text("{not json")
+    section = {
+        "keys": {
+            "garbage": {"pem": "not a key"},
+            "missing-file": {"pem_file": "nowhere.pub"},
+            "bad-rekor": {"pem": public_pem(good).decode(), "rekor": "broken_root.json"},
+            "good": {"pem": public_pem(good).decode()},
+        },
+        "certificates": {
+            "no-certs": {"pem": "not a certificate"},
+            "also-bad": {"pem": "not a certificate either"},
+        },
+        "identities": {
+            "bad-regex": {"issuer": "https://i.example", "subject_regex": "("},
+            "no-root": {"issuer": "https://i.example", "subject": "a@b", "trusted_root": "x.json"},
+        },
+    }
+    config, problems = parse_trust(section, tmp_path)
+    where = [path for path, _ in problems]
+    assert where == [
+        ("keys", "garbage"),
+        ("keys", "missing-file"),
+        ("keys", "bad-rekor", "rekor"),
+        ("certificates", "no-certs"),
+        ("certificates", "also-bad"),
+        ("identities", "bad-regex", "subject_regex"),
+        ("identities", "no-root", "trusted_root"),
+    ]
+    messages = dict(problems)
+    assert messages[("keys", "garbage")].startswith("not a PEM public key")
+    assert messages[("keys", "missing-file")] == (
+        f"cannot read {tmp_path / 'nowhere.pub'}: No such file or directory"
+    )
+    assert messages[("identities", "bad-regex", "subject_regex")].startswith(
+        "not a valid regular expression"
+    )
+    # Only the good key is trusted; a later good entry is never lost behind a bad one.
+    assert list(config.keys) == ["good"]
+    assert not config.certificates and not config.identities
+
+
+def test_one_name_for_two_signers_is_a_problem() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    section = {
+        "keys": {"release": {"pem": public_pem(key).decode()}},
+        "certificates": {"release": {"pem": "not a certificate"}},
+    }
+    _, problems = parse_trust(section)
+    assert ((), "signer name release is used twice; names must be unique") not in problems
+    section["identities"] = {
+        "release": {"issuer": "https://i.example", "subject": "a@b", "trusted_root": "staging"}
+    }
+    _, problems = parse_trust(section)
+    assert ((), "signer name release is used twice; names must be unique") in problems
+
+
+def test_the_second_trusted_key_is_tried_when_the_first_does_not_verify() -> None:
+    first, second = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    section = {
+        "keys": {
+            "first": {"pem": public_pem(first).decode()},
+            "second": {"pem": public_pem(second).decode()},
+        }
+    }
+    config, problems = parse_trust(section)
+    assert not problems
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    annotations = {SIGNATURE_ANNOTATION: base64.b64encode(sign(second, payload)).decode()}
+    assert [(f.valid, f.signer) for f in verify_layer(config, IMAGE, payload, annotations)] == [
+        (True, "second")
+    ]
+
+
+def test_an_identity_describes_its_subject_or_its_pattern() -> None:
+    section = {
+        "identities": {
+            "exact": {"issuer": "https://i.example", "subject": "a@b", "trusted_root": "staging"},
+            "pattern": {
+                "issuer": "https://i.example",
+                "subject_regex": "^ci@",
+                "trusted_root": "staging",
+            },
+        }
+    }
+    config, problems = parse_trust(section)
+    assert not problems
+    assert config.identities["exact"].describe() == "a@b from https://i.example"
+    assert config.identities["pattern"].describe() == "/^ci@/ from https://i.example"
