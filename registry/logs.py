@@ -101,11 +101,14 @@ class AccessLogger(AbstractAccessLogger):
             "duration_s": round(time, 6),
             "user_agent": request.headers.get("User-Agent", ""),
         }
+        # The request line as the common log format writes it (with the protocol version).
         self.logger.info(
-            '%s "%s %s" %d %d %.6fs "%s"',
+            '%s "%s %s HTTP/%d.%d" %d %d %.6fs "%s"',
             request.remote,
             request.method,
             request.path,
+            request.version.major,
+            request.version.minor,
             response.status,
             response.body_length,
             time,

@@ -165,7 +165,7 @@ def test_access_log_logs_even_at_log_level_warning(tmp_path):
     assert headers[REQUEST_ID_HEADER] == "probe-1"
     access = [line for line in log.splitlines() if "trustyard.access" in line]
     assert len(access) == 1, log
-    assert '"GET /healthz" 200' in access[0]
+    assert '"GET /healthz HTTP/1.1" 200' in access[0]
     assert " INFO " in access[0]
     assert "Trustyard listening" not in log  # info lines stay filtered at warning
 
