@@ -18,7 +18,7 @@ from policies.decisions import Verdict
 from policies.facts import PolicyRequest
 from registry.context import context
 from registry.events.hub import EVENTS
-from storage.gc_runs import read_gc_runs
+from storage.metadata import gc_run_totals
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,10 +58,10 @@ class Metrics:
         uploads_in_progress: int,
         upload_bytes: int,
         events: dict[str, int] | None = None,
-        gc: dict[str, float] | None = None,
+        gc: tuple[int, float] | None = None,
     ) -> str:
         """The text exposition format (`events`: outbox rows by state and failed attempts;
-        `gc`: what `trustyard gc` recorded of its runs)."""
+        `gc`: how many collections ran and when the last one ended)."""
         lines = [
             "# HELP trustyard_http_requests_total Requests handled, by method, route and status.",
             "# TYPE trustyard_http_requests_total counter",
@@ -110,12 +110,12 @@ class Metrics:
             ]
         if gc is not None:
             lines += [
-                "# HELP trustyard_gc_runs_total Garbage collections run on this data directory.",
+                "# HELP trustyard_gc_runs_total Garbage collections run on this registry.",
                 "# TYPE trustyard_gc_runs_total counter",
-                f"trustyard_gc_runs_total {int(gc.get('runs', 0))}",
+                f"trustyard_gc_runs_total {gc[0]}",
                 "# HELP trustyard_gc_last_run_timestamp_seconds When the last collection ended.",
                 "# TYPE trustyard_gc_last_run_timestamp_seconds gauge",
-                f"trustyard_gc_last_run_timestamp_seconds {gc.get('last_run', 0):.3f}",
+                f"trustyard_gc_last_run_timestamp_seconds {gc[1]:.3f}",
             ]
         lines += [
             "# HELP trustyard_blob_bytes_received_total Blob bytes accepted in uploads.",
@@ -181,6 +181,6 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
         uploads.in_progress,
         uploads.bytes_received,
         events=events,
-        gc=read_gc_runs(registry.config.data_dir),
+        gc=await gc_run_totals(registry.db),
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -22,7 +22,6 @@ from storage.backends import open_blob_store
 from storage.blobstore import StorageFull
 from storage.fsck import check_blobs
 from storage.gc import collect_garbage
-from storage.gc_runs import record_gc_run
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
 
@@ -114,8 +113,6 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
     finally:
         await db.close()
         await store.close()
-    if not dry_run:
-        record_gc_run(config.data_dir)
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
         return 0

@@ -104,7 +104,7 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 non-empty diff_id and layer digest of each
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
-    gc_runs(started_at, finished_at, summary)   the latest garbage collections (health page)
+    gc_runs(started_at, finished_at, summary)   every garbage collection (health page, /metrics)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
@@ -337,11 +337,6 @@ class DataLayout:
     def database(self) -> Path:
         """The SQLite metadata database."""
         return self.root / "metadata.sqlite"
-
-    @property
-    def gc_runs(self) -> Path:
-        """The record of garbage collections run on this directory (for /metrics)."""
-        return self.root / "gc-runs.json"
 
     @property
     def blobs(self) -> Path:

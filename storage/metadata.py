@@ -767,15 +767,19 @@ async def decision_counts(
 
 
 async def record_gc_run(db: MetadataDB, started: float, summary: dict[str, int]) -> None:
-    """Remember a garbage collection (only the latest few are kept)."""
+    """Remember a garbage collection: a row a run (runs are rare), so `/metrics` can count them
+    and the health page show the latest."""
     async with db.transaction() as conn:
         await conn.execute(
             "INSERT INTO gc_runs (started_at, finished_at, summary) VALUES (?, ?, ?)",
             (started, time.time(), json.dumps(summary)),
         )
-        await conn.execute(
-            "DELETE FROM gc_runs WHERE id NOT IN (SELECT id FROM gc_runs ORDER BY id DESC LIMIT 20)"
-        )
+
+
+async def gc_run_totals(db: MetadataDB) -> tuple[int, float]:
+    """How many garbage collections ran on this registry, and when the last one ended (0: never)."""
+    rows = await db.read("SELECT count(*), max(finished_at) FROM gc_runs")
+    return (int(rows[0][0]), float(rows[0][1] or 0.0)) if rows else (0, 0.0)
 
 
 async def last_gc_run(db: MetadataDB) -> tuple[float, float, dict[str, int]] | None:

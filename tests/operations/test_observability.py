@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from registry.context import CONTEXT
 from registry.logs import REQUEST_ID_HEADER
+from storage.gc import collect_garbage
 from tests.auth.conftest import auth_section, write_accounts
 from tests.oci import error_codes, push_image
 from tests.operations.cli import ROOT, trustyard
@@ -61,11 +63,12 @@ async def test_metrics_name_api_routes_and_count_decisions_and_gc(start_client, 
     await client.get("/api/v1/decisions")
     await client.get("/api/v1/images/app/v1/status")
     await client.get("/healthz")
-    data_dir = client.server.app[CONTEXT].config.data_dir
-    from storage.gc_runs import record_gc_run
-
-    record_gc_run(data_dir, now=1_700_000_000.0)
-    record_gc_run(data_dir, now=1_700_000_100.0)
+    ctx = client.server.app[CONTEXT]
+    before = time.time()
+    for dry_run in (False, True, False):  # a dry run is not a collection
+        await collect_garbage(
+            ctx.db, ctx.store, grace_period=3600, stale_upload_age=3600, dry_run=dry_run
+        )
     text = await (await client.get("/metrics")).text()
     assert (
         'trustyard_http_requests_total{method="GET",route="/api/v1/decisions",status="200"} 1'
@@ -81,7 +84,8 @@ async def test_metrics_name_api_routes_and_count_decisions_and_gc(start_client, 
     assert 'trustyard_event_deliveries{state="pending"} 0' in text
     assert "trustyard_event_delivery_failures_total 0" in text
     assert "trustyard_gc_runs_total 2" in text
-    assert "trustyard_gc_last_run_timestamp_seconds 1700000100.000" in text
+    [last] = re.findall(r"^trustyard_gc_last_run_timestamp_seconds (\S+)$", text, re.M)
+    assert before <= float(last) <= time.time()
 
 
 async def push_image_denied(client) -> None:
