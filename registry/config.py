@@ -12,6 +12,7 @@ working directory.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -238,12 +239,25 @@ def _leaves(document: Mapping[str, Any], at: tuple[str, ...] = ()) -> set[tuple[
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`TRUSTYARD_GC__GRACE_PERIOD=2h` -> {"gc": {"grace_period": "2h"}} (YAML-typed values)."""
+    """`TRUSTYARD_GC__GRACE_PERIOD=2h` -> {"gc": {"grace_period": "2h"}} (YAML-typed values).
+
+    Only variables naming a top-level setting are settings: others with the prefix are not ours
+    to refuse (Kubernetes injects `TRUSTYARD_PORT`, `TRUSTYARD_SERVICE_HOST`, ... for a Service
+    called trustyard; test switches share the prefix). A near miss of a setting's name is refused
+    with the name it resembles, so a typo is not silently ignored."""
+    settings = list(_schema()["properties"])
     found: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in settings:
+            near = difflib.get_close_matches(keys[0], settings, n=1, cutoff=0.8)
+            if near:
+                raise ConfigError(
+                    f"{name}: not a setting; did you mean {ENV_PREFIX}{near[0].upper()}?"
+                )
+            continue
         node = found
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -262,9 +276,14 @@ def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
             into[key] = value
 
 
+@functools.cache
+def _schema() -> dict[str, Any]:
+    """The configuration's JSON schema (`config_schema.json`)."""
+    return json.loads(resources.files("registry").joinpath("config_schema.json").read_text())
+
+
 def _validate(document: dict[str, Any], origins: _Origins) -> None:
-    schema = json.loads(resources.files("registry").joinpath("config_schema.json").read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_schema())
     problems: set[tuple[tuple[int, int], str]] = set()
     for error in validator.iter_errors(document):
         path = tuple(str(p) for p in error.absolute_path)

@@ -74,3 +74,29 @@ def test_bad_listen_and_unreadable_file(tmp_path):
         load_config(environ={}, overrides={"listen": "nowhere"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml", environ={})
+
+
+def test_prefixed_variables_that_name_no_setting_are_not_ours():
+    # Kubernetes injects these for a Service called trustyard; test switches share the prefix.
+    config = load_config(
+        environ={
+            "TRUSTYARD_PORT": "tcp://10.0.0.1:5000",
+            "TRUSTYARD_SERVICE_HOST": "10.0.0.1",
+            "TRUSTYARD_PORT_5000_TCP_ADDR": "10.0.0.1",
+            "TRUSTYARD_REQUIRE_E2E": "1",
+            "TRUSTYARD_LISTEN": "127.0.0.1:5001",
+        }
+    )
+    assert (config.host, config.port) == ("127.0.0.1", 5001)
+
+
+def test_a_near_miss_of_a_setting_name_is_refused_with_the_name():
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"TRUSTYARD_LSTEN": "127.0.0.1:5001"})
+    assert str(caught.value) == "TRUSTYARD_LSTEN: not a setting; did you mean TRUSTYARD_LISTEN?"
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"TRUSTYARD_GC__GRACE_PERIDO": "2h"})
+    assert (
+        "TRUSTYARD_GC__GRACE_PERIDO: gc.grace_perido: unknown key; did you mean grace_period?"
+        in (str(caught.value))
+    )
