@@ -21,7 +21,7 @@ from storage import reserve
 from storage.backends import open_blob_store
 from storage.blobstore import StorageFull
 from storage.fsck import check_blobs
-from storage.gc import collect_garbage
+from storage.gc import GCReport, collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
 
@@ -101,6 +101,21 @@ def _collection_lock(layout: DataLayout) -> Iterator[None]:
 async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
     store = open_blob_store(config)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    show = sys.stderr.isatty()
+    shown = False
+
+    def progress(report: GCReport) -> None:
+        nonlocal shown
+        if show:
+            shown = True
+            print(
+                f"\rgc: {len(report.manifests)} manifests, "
+                f"{len(report.blobs) + len(report.orphan_files)} blobs removed so far",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
     try:
         report = await collect_garbage(
             db,
@@ -109,10 +124,13 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
             stale_upload_age=config.stale_upload_age,
             delete_untagged=config.gc_delete_untagged,
             dry_run=dry_run,
+            progress=progress,
         )
     finally:
         await db.close()
         await store.close()
+    if shown:
+        print(file=sys.stderr)  # end the progress line
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
         return 0

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,15 +126,17 @@ async def collect_garbage(
     dry_run: bool = False,
     now: float | None = None,
     pacing: Pacing | None = None,
+    progress: Callable[[GCReport], None] | None = None,
 ) -> GCReport:
-    """Run one collection (or simulate it with `dry_run`) and report what went."""
+    """Run one collection (or simulate it with `dry_run`) and report what went; `progress`
+    is shown the report so far after every deleting transaction."""
     now = time.time() if now is None else now
     cutoff = now - grace_period
     upload_cutoff = now - stale_upload_age
     if dry_run:
         report = await _simulate(db, store, cutoff, upload_cutoff, delete_untagged)
     else:
-        run = _Collection(db, store, cutoff, pacing or Pacing())
+        run = _Collection(db, store, cutoff, pacing or Pacing(), progress)
         await run.recover_trash()
         if delete_untagged:
             await run.manifests()
@@ -154,11 +157,19 @@ async def collect_garbage(
 class _Collection:
     """One real collection run."""
 
-    def __init__(self, db: MetadataDB, store: BlobStore, cutoff: float, pacing: Pacing) -> None:
+    def __init__(
+        self,
+        db: MetadataDB,
+        store: BlobStore,
+        cutoff: float,
+        pacing: Pacing,
+        progress: Callable[[GCReport], None] | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.cutoff = cutoff
         self.pacing = pacing
+        self.progress = progress
         self.report = GCReport()
 
     async def _delete_each(
@@ -168,6 +179,8 @@ class _Collection:
         try:
             return await self.db.delete_each(sql, rows, evidence=evidence)
         finally:
+            if self.progress is not None:
+                self.progress(self.report)
             await self.pacing.after(time.monotonic() - started)
 
     async def recover_trash(self) -> None:
