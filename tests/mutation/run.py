@@ -79,6 +79,8 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_accounts.py",
             "tests/auth/test_api.py",
             "tests/security/test_auth_decisions.py",
+            "tests/security/test_auth_exemptions.py",
+            "tests/security/test_token_realm.py",
         ),
     ),
     "keyless": Target(
