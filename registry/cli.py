@@ -402,7 +402,9 @@ async def _serve(
         )
         await site.start()
         scheme = "https" if ssl_context else "http"
-        log.info("Trustyard listening on %s://%s:%d", scheme, config.host, config.port)
+        # The bound port, not the configured one: `--listen 127.0.0.1:0` lets the system choose.
+        port = sock.getsockname()[1]
+        log.info("Trustyard listening on %s://%s:%d", scheme, config.host, port)
         await stop.wait()
         in_flight = app[IN_FLIGHT]
         log.info("stop signal: finishing %d requests in progress", in_flight.count)

@@ -345,7 +345,8 @@ def _explain(
 def _build(document: dict[str, Any]) -> Config:
     host, _, port_text = str(document["listen"]).rpartition(":")
     port = parse_count(port_text, 5)
-    if not host or port is None or not 0 < port < 65536:
+    # Port 0 lets the system pick a free port (the server logs the one it bound).
+    if not host or port is None or not 0 <= port < 65536:
         raise ConfigError(f"listen: expected HOST:PORT, got {document['listen']!r:.100}")
     storage = document["storage"]
     return Config(

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,6 @@ import pytest
 
 from tests.deploy.base_image import base_rootfs
 from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd
-from tests.server_process import free_port
 
 ROOT = Path(__file__).parents[2]
 BASE = "trustyard-base:offline"
@@ -75,6 +76,12 @@ def image(daemon: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> s
     return IMAGE
 
 
+def _logs(daemon: PrivateDockerd, name: str) -> str:
+    """What the container printed so far (the server logs to stderr)."""
+    result = daemon.docker("logs", name)
+    return result.stdout + result.stderr
+
+
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -88,10 +95,10 @@ def test_the_image_serves_on_a_fresh_named_volume(daemon: PrivateDockerd, image:
     assert inspected["User"] == "65532:65532"
     assert "/var/lib/trustyard" in inspected["Volumes"]
     assert inspected["Healthcheck"]["Test"][-1].endswith("timeout=2)")
-    volume = f"trustyard-data-{free_port()}"
+    unique = uuid.uuid4().hex[:12]
+    volume = f"trustyard-data-{unique}"
     _docker(daemon, "volume", "create", volume)
-    port = free_port()
-    name = f"trustyard-{port}"
+    name = f"trustyard-{unique}"
     _docker(
         daemon,
         "run",
@@ -101,17 +108,21 @@ def test_the_image_serves_on_a_fresh_named_volume(daemon: PrivateDockerd, image:
         "--network",
         "host",  # the private dockerd has no bridge; the server binds loopback only
         "-e",
-        f"TRUSTYARD_LISTEN=127.0.0.1:{port}",
+        "TRUSTYARD_LISTEN=127.0.0.1:0",  # the system picks a free port; the log names it
         "-v",
         f"{volume}:/var/lib/trustyard",
         image,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        status = 0
+        status, url = 0, ""
         while time.monotonic() < deadline:
+            if not url:
+                bound = re.search(r"listening on (http://127\.0\.0\.1:\d+)", _logs(daemon, name))
+                url = bound.group(1) if bound else ""
             try:
+                if not url:
+                    raise OSError("not listening yet")
                 status, body = _get(f"{url}/readyz")
             except OSError:
                 state = json.loads(_docker(daemon, "inspect", name))[0]["State"]

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.operations.cli import ROOT, one_line, trustyard
-from tests.server_process import free_port
 
 
 def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -51,7 +50,7 @@ def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def serve(tmp_path: Path, *args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    listen = f"127.0.0.1:{port or free_port()}"
+    listen = f"127.0.0.1:{port or 0}"  # port 0: the system picks a free one at bind
     return trustyard("serve", "--listen", listen, *args)
 
 
@@ -146,11 +145,10 @@ def test_data_dir_that_is_not_writable(tmp_path):
 
 def test_serve_creates_a_missing_data_dir_and_says_so(tmp_path):
     data = tmp_path / "new-data"
-    port = free_port()
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "registry", "serve"),
-            *("--listen", f"127.0.0.1:{port}", "--data-dir", str(data)),
+            *("--listen", "127.0.0.1:0", "--data-dir", str(data)),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -228,16 +226,20 @@ def test_an_unreachable_s3_store_is_one_line(tmp_path):
     import sqlite3
 
     sqlite3.connect(data / "metadata.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    # A port held bound but never listening: connections to it are refused for the whole test.
+    unreachable = socket.socket()
+    unreachable.bind(("127.0.0.1", 0))
     env = {
         "TRUSTYARD_STORAGE__BACKEND": "s3",
         "TRUSTYARD_STORAGE__S3__BUCKET": "trustyard",
-        "TRUSTYARD_STORAGE__S3__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "TRUSTYARD_STORAGE__S3__ENDPOINT_URL": f"http://127.0.0.1:{unreachable.getsockname()[1]}",
         "TRUSTYARD_STORAGE__S3__MAX_ATTEMPTS": "1",
         "TRUSTYARD_LOG_LEVEL": "error",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test-secret",
     }
-    result = trustyard("gc", "--data-dir", str(data), env=env, timeout=120)
+    with unreachable:
+        result = trustyard("gc", "--data-dir", str(data), env=env, timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("trustyard: ")]
     assert "Traceback" not in result.stderr
