@@ -75,19 +75,19 @@ _CONTAINERD_DOCKER_LAYERS = frozenset(
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
 IN_TOTO = "application/vnd.in-toto+json"
-#: Layer media types that hold only a signature or an attestation, never a filesystem.
-SIGNATURE_PAYLOAD_TYPES = frozenset(
+SIGSTORE_BUNDLE_TYPES = frozenset(
     {
-        SIMPLE_SIGNING,
-        DSSE_ENVELOPE,
-        IN_TOTO,
         "application/vnd.dev.sigstore.bundle.v0.3+json",
         "application/vnd.dev.sigstore.bundle+json;version=0.3",
         "application/vnd.dev.sigstore.bundle+json;version=0.2",
         "application/vnd.dev.sigstore.bundle+json;version=0.1",
-        "application/jose+json",  # Notation JWS envelope
-        "application/cose",  # Notation COSE envelope
     }
+)
+#: Notation's JWS and COSE envelopes.
+NOTATION_ENVELOPES = frozenset({"application/jose+json", "application/cose"})
+#: Layer media types that hold only a signature or an attestation, never a filesystem.
+SIGNATURE_PAYLOAD_TYPES = (
+    frozenset({SIMPLE_SIGNING, DSSE_ENVELOPE, IN_TOTO}) | SIGSTORE_BUNDLE_TYPES | NOTATION_ENVELOPES
 )
 
 

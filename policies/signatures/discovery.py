@@ -15,21 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.signatures.cosign import SIMPLE_SIGNING
 from registry.grammar import parse_digest
+from registry.image_kind import NOTATION_ENVELOPES, SIGSTORE_BUNDLE_TYPES, SIMPLE_SIGNING
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
-SIGSTORE_BUNDLE_TYPES = frozenset(
-    {
-        "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "application/vnd.dev.sigstore.bundle+json;version=0.3",
-        "application/vnd.dev.sigstore.bundle+json;version=0.2",
-        "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    }
-)
 NOTATION_ARTIFACT = "application/vnd.cncf.notary.signature"
-NOTATION_ENVELOPES = frozenset({"application/jose+json", "application/cose"})
 SIGNATURE_LAYER_TYPES = SIGSTORE_BUNDLE_TYPES | NOTATION_ENVELOPES | {SIMPLE_SIGNING}
 SIGNATURE_ARTIFACT_TYPES = SIGSTORE_BUNDLE_TYPES | {NOTATION_ARTIFACT, SIMPLE_SIGNING}
 
