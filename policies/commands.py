@@ -24,7 +24,7 @@ from registry.config import Config
 from registry.grammar import check_name, check_tag, parse_digest
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 
 POLICY_COMMANDS = ("policy", "decisions")
 
@@ -154,7 +154,7 @@ async def explain(
         print(f"trustyard: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     store = open_blob_store(config)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         if reference.startswith("sha256:") or reference.startswith("sha512:"):
             record = await db.get_manifest(repository, reference)
@@ -237,7 +237,7 @@ async def show_decisions(
     except ValueError as exc:
         print(f"trustyard: {exc}", file=sys.stderr)
         return 2
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         rows = await db.list_decisions(
             repository=args.repository,

@@ -23,11 +23,12 @@ from policies.signatures.proofs import SignatureEvidence, gather_signatures
 from registry.grammar import parse_digest
 from registry.image_kind import PAYLOAD_HEAD, Classification, Kind, classify, inert_payload
 from registry.manifest_format import INDEXES, platform_string
-from registry.scans.store import StoredReport, gather_scans
 from registry.unambiguous_json import IMAGE_CONFIG, AmbiguousJSON, loads
 from registry.unambiguous_json import MANIFEST as MANIFEST_SHAPE
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.metadata.scan_store import gather_scans
+from storage.metadata.scans import StoredReport
 
 #: Not a read: the manifest itself, decoded. Every rule needs it; when it cannot be decoded the
 #: way every client reads it, every matching rule denies.

@@ -35,8 +35,7 @@ from policies.decisions import Decision, day_end, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
 from registry.config import ConfigError, parse_duration
-from registry.scans.model import SEVERITIES
-from registry.scans.store import StoredReport
+from storage.metadata.scans import SEVERITIES, StoredReport
 
 #: IDs named in a reason at most, per count.
 SHOWN_IDS = 5

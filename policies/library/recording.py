@@ -25,7 +25,7 @@ from policies.library.images import platform_images
 from policies.library.lineage import Candidate, ImageLayers, Lineage, find_lineage
 from policies.library.signing import pending_candidates, signature_arrived, unsigned
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import LineageRow, MetadataDB
 
 log = logging.getLogger("trustyard.library")
 
@@ -85,45 +85,20 @@ async def record_lineage(
     recorded. An image with no base at all is remembered by its first layers, to be traced
     again when a library tag gains a digest it may be built on (`retrace_after_move`)."""
     now = time.time() if now is None else now
-    rows = [
-        (
-            repository,
-            digest,
-            lineage.platform or "",
-            lineage.base.name,
-            lineage.base.tag,
-            lineage.base.digest,
-            int(lineage.base.current),
-            lineage.shared,
-            now,
+    bases = [
+        LineageRow(
+            platform=lineage.platform or "",
+            library_name=lineage.base.name,
+            library_tag=lineage.base.tag,
+            base_digest=lineage.base.digest,
+            current=lineage.base.current,
+            shared_layers=lineage.shared,
         )
         for lineage in lineages
         if lineage.base is not None and not lineage.base.pending
     ]
-    async with db.transaction() as conn:
-        await conn.execute(
-            "DELETE FROM image_lineage WHERE repository = ? AND image_digest = ?",
-            (repository, digest),
-        )
-        await conn.executemany(
-            "INSERT OR REPLACE INTO image_lineage (repository, image_digest, platform, "
-            "library_name, library_tag, base_digest, current, shared_layers, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        await conn.execute(
-            "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
-            (repository, digest),
-        )
-        if not rows:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO images_without_base (first_layer, repository, "
-                "image_digest) VALUES (?, ?, ?)",
-                [
-                    (layer, repository, digest)
-                    for layer in sorted(first_layers([lineage.image for lineage in lineages]))
-                ],
-            )
+    layers = [] if bases else sorted(first_layers([lineage.image for lineage in lineages]))
+    await db.record_lineage(repository, digest, bases, layers, now)
 
 
 async def retrace_after_move(
@@ -147,12 +122,7 @@ async def retrace_after_move(
     )
     if not layers:
         return 0
-    found = await db.read(
-        "SELECT DISTINCT repository, image_digest FROM images_without_base "
-        f"WHERE first_layer IN ({', '.join('?' * len(layers))}) AND repository != ? "
-        "ORDER BY repository, image_digest LIMIT ?",
-        (*layers, repository, limit + 1),
-    )
+    found = await db.images_without_base(layers, repository, limit + 1)
     if len(found) > limit:
         log.warning(
             "%s@%s: more than %d images without a base may be built on it; traced the first %d, "
@@ -167,11 +137,7 @@ async def retrace_after_move(
     for image_repository, image_digest in found[:limit]:
         image = await db.get_manifest(image_repository, image_digest)
         if image is None:  # deleted since: nothing to trace
-            async with db.transaction() as conn:
-                await conn.execute(
-                    "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
-                    (image_repository, image_digest),
-                )
+            await db.forget_image_without_base(image_repository, image_digest)
             continue
         images = await platform_images(db, store, image_repository, image_digest, image.content)
         lineages = find_lineage(images, [c for c in known if c.repository != image_repository])

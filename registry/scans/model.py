@@ -1,7 +1,8 @@
 """What a scan report says once parsed, whichever scanner wrote it: findings and who scanned when.
 
 A finding is one vulnerability in one package. Severities are normalised to the lower-case names
-below; a vulnerability is *fixable* when every package it affects has a fixed version.
+of `SEVERITIES`; a vulnerability is *fixable* when every package it affects has a fixed version.
+`Finding`, `SEVERITIES` and `summarise` live with the stored reports (`storage.metadata.scans`).
 """
 
 from __future__ import annotations
@@ -12,33 +13,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-#: Severities from worst to mildest, as stored and as written in policies.
-SEVERITIES = ("critical", "high", "medium", "low", "negligible", "unknown")
+from storage.metadata.scans import SEVERITIES, Finding, summarise
+
+__all__ = [
+    "SEVERITIES",
+    "Finding",
+    "ParsedReport",
+    "ReportError",
+    "digest_of_reference",
+    "field",
+    "objects",
+    "parse_time",
+    "severity",
+    "summarise",
+]
 
 
 class ReportError(ValueError):
     """The body is not a report we understand; the message says precisely where and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One vulnerability found in one installed package."""
-
-    id: str
-    severity: str
-    package: str
-    installed: str
-    fixed: str | None  # the fixed version(s) as the scanner wrote them, None when no fix
-
-    def as_json(self) -> dict[str, Any]:
-        """The finding as the scans API shows it."""
-        return {
-            "id": self.id,
-            "severity": self.severity,
-            "package": self.package,
-            "installed": self.installed,
-            "fixed": self.fixed,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,25 +49,6 @@ def severity(value: str) -> str:
     """A scanner's severity name in our spelling (`CRITICAL`, `Critical` -> `critical`)."""
     name = value.strip().lower()
     return name if name in SEVERITIES else "unknown"
-
-
-def summarise(findings: Iterable[Finding]) -> dict[str, Any]:
-    """Counts by severity: findings, and distinct vulnerabilities fixable and not."""
-    findings = list(findings)
-    by_id: dict[tuple[str, str], list[Finding]] = {}
-    for finding in findings:
-        by_id.setdefault((finding.severity, finding.id), []).append(finding)
-    counts: dict[str, dict[str, int]] = {}
-    for level in SEVERITIES:
-        ids = [group for (sev, _), group in by_id.items() if sev == level]
-        fixable = sum(1 for group in ids if all(f.fixed for f in group))
-        counts[level] = {
-            "findings": sum(len(group) for group in ids),
-            "vulnerabilities": len(ids),
-            "fixable": fixable,
-            "unfixable": len(ids) - fixable,
-        }
-    return {"findings": len(findings), "by_severity": counts}
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")

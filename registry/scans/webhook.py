@@ -40,7 +40,8 @@ from registry.events import signing
 from registry.grammar import parse_digest
 from registry.scans.formats import parse_report
 from registry.scans.model import ReportError
-from registry.scans.store import Replay, ReplayedRequest, ScanStore, StaleReport
+from storage.metadata.scan_store import ScanStore
+from storage.metadata.scans import Replay, ReplayedRequest, StaleReport
 
 #: Trustyard's own error codes for the webhook (not the OCI spec's).
 SCAN_INVALID = ErrorCode("SCAN_INVALID", 400, "scan report invalid")
