@@ -16,9 +16,9 @@ Rules every backend keeps:
 
 * Every method is atomic: a write is one transaction of the backend (an `async with` block
   around its statements), a read sees one consistent state.
-* Rows another concern adds to a write are passed in as values (`OutboxRow`, or an `Announce`
-  that turns a `LibraryMove` into them) and written in that write's transaction: an event
-  exists exactly when its change does.
+* Rows another concern adds to a write are passed in as values (`OutboxRow`s; library changes,
+  `FollowLibraryTag` and `EndLibraryTag`; an `Announce` that turns a `LibraryMove` into outbox
+  rows) and written in that write's transaction: an event exists exactly when its change does.
 * Values in, values out: arguments and results are plain Python values and the dataclasses of
   the group modules; nothing of a driver (connections, cursors, rows, SQL) crosses the interface.
 * A full disk is `storage.blobstore.StorageFull`; a database that cannot be used at all raises

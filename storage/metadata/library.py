@@ -51,6 +51,32 @@ class LibraryMove:
 Announce = Callable[[LibraryMove], Sequence[OutboxRow]]
 
 
+@dataclass(frozen=True, slots=True)
+class FollowLibraryTag:
+    """Part of a registry write (`put_manifest`): the library tag `name:tag` points at
+    `repository@digest` from this write on, so the two never disagree, crash or not. As with
+    `move_library_tag`, nothing changes when it points there already."""
+
+    name: str
+    tag: str
+    repository: str
+    digest: str
+    announce: Announce | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndLibraryTag:
+    """Part of a registry write (`delete_tag`, `delete_manifest`): the library tag `name:tag`
+    points at nothing from this write on."""
+
+    name: str
+    tag: str
+
+
+#: What a registry write may change of the library's tag history, in its own transaction.
+LibraryChange = FollowLibraryTag | EndLibraryTag
+
+
 class LineageRow(NamedTuple):
     """What one platform image of a pushed manifest is built on."""
 

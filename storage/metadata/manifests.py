@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from storage.metadata.library import LibraryChange
 from storage.metadata.outbox import OutboxRow
 
 
@@ -88,8 +89,10 @@ class MissingReferences(Exception):
 class ManifestsAndTags(ABC):
     """Repositories, manifests, their references and tags.
 
-    A write that reports itself (the events outbox) receives its `outbox` rows and writes them
-    in its own transaction: they commit or roll back with the change they describe.
+    A write receives what other concerns add to it as values and writes them in its own
+    transaction, after the change: its `outbox` rows (the events that report it), then its
+    `library` changes (a declared library tag's history following the registry tag). They
+    commit or roll back with the change they describe.
     """
 
     @abstractmethod
@@ -114,12 +117,14 @@ class ManifestsAndTags(ABC):
         references: Iterable[Reference],
         tag: str | None,
         outbox: Sequence[OutboxRow] = (),
-    ) -> None:
+        library: Sequence[LibraryChange] = (),
+    ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it requires is present in the
-        repository (else `MissingReferences`), bump the repository's evidence version and write
-        the `outbox` rows: one transaction, so a concurrent garbage collection can never remove
-        a blob between the check and the insert. A manifest pushed again has its grace period
-        (and its blobs') start over."""
+        repository (else `MissingReferences`), bump the repository's evidence version, write
+        the `outbox` rows and make the `library` changes: one transaction, so a concurrent
+        garbage collection can never remove a blob between the check and the insert. A manifest
+        pushed again has its grace period (and its blobs') start over. The library changes that
+        changed the history (a tag followed to where it already points changes nothing)."""
 
     @abstractmethod
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
@@ -131,16 +136,27 @@ class ManifestsAndTags(ABC):
 
     @abstractmethod
     async def delete_manifest(
-        self, repository: str, digest: str, outbox: Sequence[OutboxRow] = ()
+        self,
+        repository: str,
+        digest: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
-        When it did, the evidence version is bumped and the `outbox` rows written in the same
-        transaction."""
+        When it did, the evidence version is bumped, the `outbox` rows written and the
+        `library` changes made in the same transaction."""
 
     @abstractmethod
-    async def delete_tag(self, repository: str, tag: str, outbox: Sequence[OutboxRow] = ()) -> bool:
+    async def delete_tag(
+        self,
+        repository: str,
+        tag: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
+    ) -> bool:
         """Delete a tag (the manifest stays); whether it existed. When it did, the evidence
-        version is bumped and the `outbox` rows written in the same transaction."""
+        version is bumped, the `outbox` rows written and the `library` changes made in the same
+        transaction."""
 
     @abstractmethod
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:

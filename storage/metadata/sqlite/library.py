@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import aiosqlite
+
 from storage.metadata.library import (
     Announce,
     ConsumerRow,
+    FollowLibraryTag,
+    LibraryChange,
     LibraryMove,
     LineageRow,
     TagHistoryEntry,
@@ -45,51 +49,12 @@ class SQLiteLibrary(SQLiteBase):
     ) -> bool:
         """The library tag `name:tag` points at `digest` from `now` on; whether it moved."""
         async with self.transaction() as conn:
-            row = await fetch_one(
-                conn,
-                "SELECT digest FROM library_tag_history "
-                "WHERE name = ? AND tag = ? AND until IS NULL",
-                (name, tag),
-            )
-            if row is not None and row[0] == digest:
-                return False
-            if row is not None and announce is not None:
-                media_type, size = await fetch_one(
-                    conn,
-                    "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?",
-                    (repository, digest),
-                ) or ("", 0)
-                move = LibraryMove(name, tag, repository, digest, row[0], media_type, size)
-                await write_outbox(conn, announce(move))
-            await conn.execute(
-                "UPDATE library_tag_history SET until = ? "
-                "WHERE name = ? AND tag = ? AND until IS NULL",
-                (now, name, tag),
-            )
-            await conn.execute(
-                f"INSERT INTO library_tag_history ({_HISTORY_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, NULL)",
-                (name, tag, repository, digest, now),
-            )
-            await conn.execute(
-                "UPDATE image_lineage SET current = (base_digest = ?) "
-                "WHERE library_name = ? AND library_tag = ?",
-                (digest, name, tag),
-            )
-        return True
+            return await follow_tag(conn, name, tag, repository, digest, now, announce)
 
     async def end_library_tag(self, name: str, tag: str, now: float) -> None:
         """The library tag `name:tag` points at nothing from `now` on."""
         async with self.transaction() as conn:
-            await conn.execute(
-                "UPDATE library_tag_history SET until = ? "
-                "WHERE name = ? AND tag = ? AND until IS NULL",
-                (now, name, tag),
-            )
-            await conn.execute(
-                "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
-                (name, tag),
-            )
+            await end_tag(conn, name, tag, now)
 
     async def library_tag_history(
         self, name: str | None = None, tag: str | None = None
@@ -215,6 +180,85 @@ class SQLiteLibrary(SQLiteBase):
             "AND t.digest = l.image_digest GROUP BY l.library_name, l.library_tag"
         )
         return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
+
+
+async def follow_tag(
+    conn: aiosqlite.Connection,
+    name: str,
+    tag: str,
+    repository: str,
+    digest: str,
+    now: float,
+    announce: Announce | None,
+) -> bool:
+    """Inside a write transaction: the library tag `name:tag` points at `digest` from `now` on;
+    whether it moved. The previous period ends, lineage flags are recomputed, a move away from
+    an earlier digest is `announce`d."""
+    row = await fetch_one(
+        conn,
+        "SELECT digest FROM library_tag_history WHERE name = ? AND tag = ? AND until IS NULL",
+        (name, tag),
+    )
+    if row is not None and row[0] == digest:
+        return False
+    if row is not None and announce is not None:
+        media_type, size = await fetch_one(
+            conn,
+            "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+        ) or ("", 0)
+        move = LibraryMove(name, tag, repository, digest, row[0], media_type, size)
+        await write_outbox(conn, announce(move))
+    await conn.execute(
+        "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+        (now, name, tag),
+    )
+    await conn.execute(
+        f"INSERT INTO library_tag_history ({_HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
+        (name, tag, repository, digest, now),
+    )
+    await conn.execute(
+        "UPDATE image_lineage SET current = (base_digest = ?) "
+        "WHERE library_name = ? AND library_tag = ?",
+        (digest, name, tag),
+    )
+    return True
+
+
+async def end_tag(conn: aiosqlite.Connection, name: str, tag: str, now: float) -> None:
+    """Inside a write transaction: the library tag `name:tag` points at nothing from `now` on."""
+    await conn.execute(
+        "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+        (now, name, tag),
+    )
+    await conn.execute(
+        "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
+        (name, tag),
+    )
+
+
+async def apply_library_changes(
+    conn: aiosqlite.Connection, changes: Sequence[LibraryChange], now: float
+) -> list[LibraryChange]:
+    """Make `changes` inside a registry write's transaction, in order; those that changed the
+    history."""
+    made: list[LibraryChange] = []
+    for change in changes:
+        if isinstance(change, FollowLibraryTag):
+            if await follow_tag(
+                conn,
+                change.name,
+                change.tag,
+                change.repository,
+                change.digest,
+                now,
+                change.announce,
+            ):
+                made.append(change)
+        else:
+            await end_tag(conn, change.name, change.tag, now)
+            made.append(change)
+    return made
 
 
 def _consumer(row: Sequence[Any]) -> ConsumerRow:

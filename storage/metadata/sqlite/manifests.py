@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
     MissingReferences,
@@ -22,6 +23,7 @@ from storage.metadata.sqlite.connection import (
     ensure_repository,
     write_outbox,
 )
+from storage.metadata.sqlite.library import apply_library_changes
 
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
@@ -72,9 +74,11 @@ class SQLiteManifests(SQLiteBase):
         references: Iterable[Reference],
         tag: str | None,
         outbox: Sequence[OutboxRow] = (),
-    ) -> None:
+        library: Sequence[LibraryChange] = (),
+    ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it references is present,
-        with its `outbox` rows, in one transaction."""
+        with its `outbox` rows and `library` changes, in one transaction; the library changes
+        made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
         async with self.transaction() as db:
@@ -131,6 +135,7 @@ class SQLiteManifests(SQLiteBase):
                 )
             await bump_evidence(db, record.repository)
             await write_outbox(db, outbox)
+            return await apply_library_changes(db, library, now)
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
@@ -151,29 +156,48 @@ class SQLiteManifests(SQLiteBase):
         return None if row is None else _manifest(row)
 
     async def delete_manifest(
-        self, repository: str, digest: str, outbox: Sequence[OutboxRow] = ()
+        self,
+        repository: str,
+        digest: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed."""
         return await self._delete(
-            "DELETE FROM manifests WHERE repository = ? AND digest = ?", repository, digest, outbox
+            "DELETE FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+            outbox,
+            library,
         )
 
-    async def delete_tag(self, repository: str, tag: str, outbox: Sequence[OutboxRow] = ()) -> bool:
+    async def delete_tag(
+        self,
+        repository: str,
+        tag: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
+    ) -> bool:
         """Delete a tag (the manifest stays); whether it existed."""
         return await self._delete(
-            "DELETE FROM tags WHERE repository = ? AND name = ?", repository, tag, outbox
+            "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag), outbox, library
         )
 
     async def _delete(
-        self, sql: str, repository: str, key: str, outbox: Sequence[OutboxRow]
+        self,
+        sql: str,
+        key: tuple[str, str],
+        outbox: Sequence[OutboxRow],
+        library: Sequence[LibraryChange],
     ) -> bool:
         """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
-        the repository's evidence and write `outbox` in the same transaction."""
+        the repository's evidence, write `outbox` and make the `library` changes in the same
+        transaction."""
         async with self.transaction() as db:
-            cursor = await db.execute(sql, (repository, key))
+            cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
-                await bump_evidence(db, repository)
+                await bump_evidence(db, key[0])
                 await write_outbox(db, outbox)
+                await apply_library_changes(db, library, time.time())
             return cursor.rowcount > 0
 
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:
