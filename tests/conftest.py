@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from registry.app import create_app
 from registry.config import Config, load_config
+from tests.postgres_server import PostgresServer, postgres_bin
 from tests.server_process import RegistryProcess, start_registry
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -106,3 +109,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seconds of storm per backend for tests/storage/test_torture.py",
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (a fresh database per test:
+    `postgres_url`), in a temporary folder of its own: pytest's folders are private to the user
+    running the tests, and the server may run as another (`postgres` when the tests run as root)."""
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (bash .ci/install-postgres-deps.sh)")
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="trustyard-pg-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh, empty PostgreSQL database for this test."""
+    return postgres.create_database()

@@ -1,0 +1,132 @@
+"""A real PostgreSQL server for the tests, started in a temporary directory.
+
+Debian's `postgresql` package (`.ci/install-postgres-deps.sh`) puts `initdb`, `pg_ctl` and
+`postgres` under `/usr/lib/postgresql/<major>/bin`. The cluster is created and run as a non-root
+user (PostgreSQL refuses to run as root: when the tests run as root, the `postgres` account the
+package creates runs it). It listens on a unix socket in its own directory only (no TCP port, so
+nothing can collide with another helper's server), trusts local connections, and is stopped (and
+its directory removed with the test session's temporary files) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import uuid
+from pathlib import Path
+
+#: Where Debian installs each major version's server binaries.
+_DEBIAN_ROOT = Path("/usr/lib/postgresql")
+#: The superuser of the test cluster (a role name, not an operating-system account).
+SUPERUSER = "trustyard"
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL server binary folder, or None when none is installed."""
+    if not _DEBIAN_ROOT.is_dir():
+        return None
+    versions = sorted(
+        (p for p in _DEBIAN_ROOT.iterdir() if (p / "bin" / "pg_ctl").exists()),
+        key=lambda p: int(p.name) if p.name.isdigit() else 0,
+    )
+    return versions[-1] / "bin" if versions else None
+
+
+class PostgresServer:
+    """One PostgreSQL cluster in `root`, listening on `root/socket/.s.PGSQL.5432`."""
+
+    def __init__(self, root: Path) -> None:
+        binaries = postgres_bin()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL is not installed (bash .ci/install-postgres-deps.sh)")
+        self.bin = binaries
+        self.root = root
+        self.data = root / "cluster"
+        self.socket_dir = root / "socket"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    def start(self) -> None:
+        """initdb, then start the server and wait until it accepts connections."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if os.getuid() == 0:
+            account = pwd.getpwnam("postgres")
+            for path in (self.root, self.socket_dir):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        init = self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
+        options = (
+            f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
+            # A test cluster: durability is not what these tests measure, speed is welcome.
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200 -c shared_buffers=32MB"
+        )
+        started = self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        if started.returncode != 0:
+            log = (self.root / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {started.stderr.strip()}\n{log}")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and wait for it."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        """A connection URL for `database` over the unix socket."""
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        created = subprocess.run(
+            [
+                str(self.bin / "psql"),
+                "-h",
+                str(self.socket_dir),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f'CREATE DATABASE "{name}"',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"CREATE DATABASE failed: {created.stderr.strip()}")
+        return self.url(name)
