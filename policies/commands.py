@@ -154,7 +154,7 @@ async def explain(
         print(f"trustyard: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     store = open_blob_store(config)
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     try:
         if reference.startswith("sha256:") or reference.startswith("sha512:"):
             record = await db.get_manifest(repository, reference)
@@ -237,7 +237,7 @@ async def show_decisions(
     except ValueError as exc:
         print(f"trustyard: {exc}", file=sys.stderr)
         return 2
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     try:
         rows = await db.list_decisions(
             repository=args.repository,

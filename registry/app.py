@@ -74,7 +74,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         # First, so that an invalid policy stops start-up before anything is opened.
         policy = startup_policy(config.policy_file) if loaded is None else loaded
         store = open_blob_store(config)
-        db = await open_metadata(DataLayout(config.data_dir).database)
+        db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
         # Room for `trustyard gc` to work in should the disk fill up (storage.reserve).
         await asyncio.to_thread(reserve.ensure, DataLayout(config.data_dir))
         uploads = UploadSessions(db, store)

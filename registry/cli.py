@@ -169,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         args.command == "policy" and args.action != "check"
     )
     if needs_data:
-        check_existing_data_dir(config.data_dir)
+        check_existing_data_dir(config.data_dir, config.metadata_url)
     if args.command in POLICY_COMMANDS:
         return run_policy_command(config, args)
     if args.command in LIBRARY_COMMANDS:
@@ -197,7 +197,7 @@ def start_server(config: Config) -> int:
     _check_auth_files(config)
     listening = bind(config.host, config.port)
     try:
-        if check_serve_data_dir(config.data_dir):
+        if check_serve_data_dir(config.data_dir, config.metadata_url):
             log.warning("created the data directory %s (it did not exist)", config.data_dir)
     except OperatorError:
         listening.close()

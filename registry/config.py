@@ -119,6 +119,13 @@ class Config:
         return url.rstrip("/") if url else None
 
     @property
+    def metadata_url(self) -> str | None:
+        """The PostgreSQL URL of the metadata database (`metadata`), or None: SQLite in the data
+        directory."""
+        value = self.raw.get("metadata")
+        return None if value in (None, "sqlite") else str(value)
+
+    @property
     def auth_enabled(self) -> bool:
         """Whether an `auth` section turns authentication on (absent: an open registry)."""
         section = self.raw.get("auth")

@@ -6,6 +6,7 @@ address) and says how to fix it; the command prints it and exits non-zero, never
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -14,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from storage.layout import SCHEMA_VERSION, DataLayout
-from storage.metadata import DATABASE_ERRORS
+from storage.metadata import DATABASE_ERRORS, MetadataUnreachable, is_postgresql
+from storage.metadata.postgresql import redact, schema_version_at
 from storage.metadata.sqlite import schema_version_of
 
 
@@ -22,9 +24,10 @@ class OperatorError(Exception):
     """A mistake in how the command was started; the message is the one line to print."""
 
 
-def check_serve_data_dir(data_dir: Path) -> bool:
+def check_serve_data_dir(data_dir: Path, metadata_url: str | None = None) -> bool:
     """The data directory `serve` writes to: created when missing (returns True then);
-    refused when it is a file or cannot be written."""
+    refused when it is a file or cannot be written. The metadata database is checked too: the
+    SQLite file in it, or the PostgreSQL database at `metadata_url`."""
     created = False
     if data_dir.exists() and not data_dir.is_dir():
         raise OperatorError(
@@ -41,7 +44,11 @@ def check_serve_data_dir(data_dir: Path) -> bool:
             ) from None
         created = True
     _check_writable(data_dir)
-    check_database(DataLayout(data_dir).database)
+    if is_postgresql(metadata_url):
+        assert metadata_url is not None
+        check_postgresql(metadata_url, existing=False)
+    else:
+        check_database(DataLayout(data_dir).database)
     return created
 
 
@@ -71,9 +78,10 @@ def _check_writable(data_dir: Path) -> None:
             )
 
 
-def check_existing_data_dir(data_dir: Path) -> None:
+def check_existing_data_dir(data_dir: Path, metadata_url: str | None = None) -> None:
     """The data directory of an offline command (gc, decisions, policy explain, library,
-    backup): it must exist and hold a database, or the command would work on an empty one."""
+    backup): it must exist and hold a database (the SQLite file, or the PostgreSQL database at
+    `metadata_url`), or the command would work on an empty one."""
     if not data_dir.exists():
         raise OperatorError(
             f"data directory {data_dir} does not exist: give the registry's --data-dir "
@@ -81,6 +89,10 @@ def check_existing_data_dir(data_dir: Path) -> None:
         )
     if not data_dir.is_dir():
         raise OperatorError(f"data directory {data_dir} is a file, not a directory")
+    if is_postgresql(metadata_url):
+        assert metadata_url is not None
+        check_postgresql(metadata_url, existing=True)
+        return
     database = DataLayout(data_dir).database
     if not database.is_file():
         raise OperatorError(
@@ -110,6 +122,25 @@ def check_database(database: Path) -> None:
         raise OperatorError(
             f"the metadata database {database} has schema version {version}; this Trustyard "
             f"knows version {SCHEMA_VERSION}: run the Trustyard release that wrote it"
+        )
+
+
+def check_postgresql(url: str, *, existing: bool) -> None:
+    """Refuse a PostgreSQL metadata database that cannot be reached, refuses us, or has another
+    schema version (`existing`: one that holds no Trustyard schema yet), in one line."""
+    try:
+        version = asyncio.run(schema_version_at(url))
+    except MetadataUnreachable as exc:
+        raise OperatorError(f"the metadata database cannot be used: {exc}") from None
+    if version is None and existing:
+        raise OperatorError(
+            f"the PostgreSQL database {redact(url)} holds no Trustyard schema: give the "
+            "registry's metadata URL (or run `trustyard serve` once to create it)"
+        )
+    if version is not None and version != SCHEMA_VERSION:
+        raise OperatorError(
+            f"the PostgreSQL database {redact(url)} has schema version {version}; this "
+            f"Trustyard knows version {SCHEMA_VERSION}: run `trustyard migrate`"
         )
 
 

@@ -100,7 +100,7 @@ def _collection_lock(layout: DataLayout) -> Iterator[None]:
 
 async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
     store = open_blob_store(config)
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     show = sys.stderr.isatty()
     shown = False
 
@@ -143,7 +143,7 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
 
 async def _fsck(config: Config, *, quarantine: bool, as_json: bool) -> int:
     store = open_blob_store(config)
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int, hashed: int) -> None:

@@ -131,3 +131,12 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> str:
     """The URL of a fresh, empty PostgreSQL database for this test."""
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_url(request: pytest.FixtureRequest) -> str | None:
+    """Each metadata backend in turn: None (SQLite in the test's data directory) or the URL of a
+    fresh PostgreSQL database. Tests of the metadata interface take it to run on both."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")

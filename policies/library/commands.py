@@ -75,7 +75,7 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         print(f"trustyard: invalid policy:\n{exc}", file=sys.stderr)
         return 2
     store = open_blob_store(config)
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     try:
         result = await import_image(
             db,
@@ -111,7 +111,7 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _stale(config: Config, as_json: bool, out: TextIO) -> int:
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     try:
         found = await stale_images(db)
     finally:

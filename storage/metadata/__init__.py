@@ -11,7 +11,8 @@
     ├── scan_store.py    ScanStore and gather_scans: what callers use for scans, over MetadataDB
     ├── proofs.py        signature proofs
     ├── housekeeping.py  garbage collection's marks and deletions, its runs, the probe
-    └── sqlite/          the SQLite implementation, one module per group (all the SQL)
+    ├── sqlite/          the SQLite implementation, one module per group (all the SQL)
+    └── postgresql/      the PostgreSQL implementation: the same statements, rewritten
 
 The schema and where each row lives are described in `storage.layout`. `open_metadata` opens the
 backend; callers hold a `MetadataDB` and call its methods.
@@ -44,8 +45,16 @@ from storage.metadata.manifests import (
     TagRow,
 )
 from storage.metadata.outbox import Backlog, Delivery, OutboxRow
+from storage.metadata.postgresql import DATABASE_ERRORS as _POSTGRESQL_ERRORS
+from storage.metadata.postgresql import SCHEMES as POSTGRESQL_SCHEMES
+from storage.metadata.postgresql import MetadataUnreachable, PostgreSQLMetadata
 from storage.metadata.proofs import ProofRow
-from storage.metadata.sqlite import DATABASE_ERRORS, SQLiteMetadata
+from storage.metadata.sqlite import DATABASE_ERRORS as _SQLITE_ERRORS
+from storage.metadata.sqlite import SQLiteMetadata
+
+#: What a backend raises when its database cannot be used at all (a damaged or foreign SQLite
+#: file, a PostgreSQL server that is down or refuses us), for the command line to explain.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (*_SQLITE_ERRORS, *_POSTGRESQL_ERRORS)
 
 #: Rows an observer adds to a write, written in its transaction (the events outbox).
 OutboxRows = Sequence[OutboxRow]
@@ -53,13 +62,23 @@ OutboxRows = Sequence[OutboxRow]
 Statements = OutboxRows
 
 
-async def open_metadata(path: Path) -> MetadataDB:
-    """Open (creating if needed) the metadata database at `path`."""
+def is_postgresql(url: str | None) -> bool:
+    """Whether the `metadata` setting names a PostgreSQL database (else: SQLite in the data
+    directory)."""
+    return url is not None and url.startswith(POSTGRESQL_SCHEMES)
+
+
+async def open_metadata(path: Path, url: str | None = None) -> MetadataDB:
+    """Open (creating if needed) the metadata database: PostgreSQL at `url` when it is a
+    `postgresql://` URL, else the SQLite file at `path`."""
+    if url is not None and is_postgresql(url):
+        return await PostgreSQLMetadata.open(url)
     return await SQLiteMetadata.open(path)
 
 
 __all__ = [
     "DATABASE_ERRORS",
+    "POSTGRESQL_SCHEMES",
     "Announce",
     "Backlog",
     "ConsumerRow",
@@ -73,9 +92,11 @@ __all__ = [
     "LineageRow",
     "ManifestRecord",
     "MetadataDB",
+    "MetadataUnreachable",
     "MissingReferences",
     "OutboxRow",
     "OutboxRows",
+    "PostgreSQLMetadata",
     "ProofRow",
     "Reference",
     "Referrer",
@@ -85,5 +106,6 @@ __all__ = [
     "Statements",
     "TagHistoryEntry",
     "TagRow",
+    "is_postgresql",
     "open_metadata",
 ]

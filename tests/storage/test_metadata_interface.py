@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: of the file.
 ALLOWED = (
     "storage/metadata/sqlite/",
+    "storage/metadata/postgresql/",
     "storage/gc_rules.py",
     "storage/layout.py",
     "storage/backup.py",

@@ -1,6 +1,6 @@
 """What other concerns add to a registry write is written in its transaction, as values: the
 events outbox rows and a library tag's history following the registry tag commit with the change
-or not at all (through the metadata interface, on a real SQLite file)."""
+or not at all (through the metadata interface, on a real SQLite file and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ MISSING = "sha256:" + "9" * 64
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[MetadataDB]:
-    opened = await open_metadata(tmp_path / "metadata.sqlite")
+async def db(tmp_path: Path, backend_url: str | None) -> AsyncIterator[MetadataDB]:
+    opened = await open_metadata(tmp_path / "metadata.sqlite", backend_url)
     await opened.link_blob("library/python", LAYER, 10)
     try:
         yield opened
