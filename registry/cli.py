@@ -34,6 +34,7 @@ from registry.config import Config, ConfigError, load_config
 from registry.context import CONTEXT
 from registry.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 from registry.middleware import IN_FLIGHT
+from registry.migrate_commands import add_migrate_command, run_migrate_command
 from registry.preflight import (
     OperatorError,
     check_existing_data_dir,
@@ -49,7 +50,7 @@ from storage.commands import (
     run_storage_command,
     storage_overrides,
 )
-from storage.metadata import DATABASE_ERRORS
+from storage.metadata import DATABASE_ERRORS, MetadataUnreachable
 
 log = logging.getLogger("trustyard")
 
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     add_policy_commands(commands, common)
     add_library_commands(commands, common)
     add_backup_commands(commands, common)
+    add_migrate_command(commands, common)
     return parser
 
 
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "storage.s3 (endpoint_url, bucket, credentials) and that the store is up",
             file=sys.stderr,
         )
+        return 2
+    except MetadataUnreachable as exc:
+        print(f"trustyard: the metadata database cannot be used: {exc}", file=sys.stderr)
         return 2
     except DATABASE_ERRORS as exc:
         print(
@@ -182,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         return manage_accounts(config, args)
     if args.command in STORAGE_COMMANDS:
         return run_storage_command(config, args)
+    if args.command == "migrate":
+        return run_migrate_command(config, args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

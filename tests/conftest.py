@@ -55,9 +55,29 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
         report.longrepr = f"{REQUIRE_ALL}=1 and this module would skip: {reason}"
 
 
+#: `TRUSTYARD_TEST_METADATA=postgresql` runs every registry the tests start on a fresh PostgreSQL
+#: database per test: in process through `make_config`, as a subprocess (and its commands)
+#: through the `TRUSTYARD_METADATA` variable they inherit.
+TEST_METADATA = "TRUSTYARD_TEST_METADATA"
+
+
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    """A configuration for tests: defaults, this data dir, no environment."""
+    """A configuration for tests: defaults, this data dir, no environment (but the metadata
+    database of the test under `TRUSTYARD_TEST_METADATA=postgresql`)."""
+    if os.environ.get(TEST_METADATA) == "postgresql" and "TRUSTYARD_METADATA" in os.environ:
+        overrides.setdefault("metadata", os.environ["TRUSTYARD_METADATA"])
     return load_config(environ={}, overrides={"data_dir": str(data_dir), **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _metadata_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `TRUSTYARD_TEST_METADATA=postgresql`, this test's registries use a fresh PostgreSQL
+    database (`TRUSTYARD_METADATA`)."""
+    choice = os.environ.get(TEST_METADATA, "sqlite")
+    if choice not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"{TEST_METADATA} is sqlite or postgresql, not {choice!r}")
+    if choice == "postgresql":
+        monkeypatch.setenv("TRUSTYARD_METADATA", request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

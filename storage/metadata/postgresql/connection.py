@@ -201,9 +201,9 @@ async def connect_pool(url: str) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
     except (TimeoutError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or "no answer in 10 seconds"
         raise MetadataUnreachable(
-            f"PostgreSQL at {redact(url)} is unreachable ({exc.__class__.__name__}: "
-            f"{str(exc) or 'timed out'})"
+            f"PostgreSQL at {redact(url)} is unreachable ({reason})"
         ) from None
     except asyncpg.PostgresError as exc:
         raise MetadataUnreachable(f"PostgreSQL at {redact(url)} refused: {exc}") from None
