@@ -81,22 +81,24 @@ async def _copy(reader: sqlite3.Connection, target: PostgreSQLBase) -> dict[str,
             copied = await connection.fetchval(f"SELECT count(*) FROM {table}")
             if copied != counts[table]:
                 raise CopyRefused(f"{table}: {counts[table]} rows read, {copied} written")
-            if await _has_identity(connection, table):
-                # The next id continues after the copied ones.
-                await connection.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"
-                )
+            for column in ("id", "rowid"):
+                if await _has_identity(connection, table, column):
+                    # The next id continues after the copied ones.
+                    await connection.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                        f"(SELECT COALESCE(max({column}), 0) + 1 FROM {table}), false)"
+                    )
     return counts
 
 
-async def _has_identity(connection: asyncpg.Connection, table: str) -> bool:
+async def _has_identity(connection: asyncpg.Connection, table: str, column: str) -> bool:
     return bool(
         await connection.fetchval(
-            "SELECT pg_get_serial_sequence($1, 'id') IS NOT NULL "
+            "SELECT pg_get_serial_sequence($1, $2) IS NOT NULL "
             "FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = $1 AND column_name = 'id'",
+            "AND table_name = $1 AND column_name = $2",
             table,
+            column,
         )
     )
 
@@ -112,6 +114,8 @@ async def _copy_table(
             table,
         )
     )
+    if "rowid" in types and "rowid" not in columns:
+        columns.append("rowid")  # SQLite's implicit one: the order findings and proofs keep
     convert = [_converter(types[c]) for c in columns]
     cursor = await asyncio.to_thread(reader.execute, f"SELECT {', '.join(columns)} FROM {table}")
     total = 0
