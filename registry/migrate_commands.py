@@ -16,6 +16,8 @@ from storage.layout import SCHEMA_VERSION, DataLayout
 from storage.metadata import is_postgresql, open_metadata
 from storage.metadata.postgresql import redact
 from storage.metadata.postgresql.copy import CopyRefused, copy_sqlite_to_postgresql
+from storage.metadata.postgresql.upgrade import upgrade_postgresql
+from storage.metadata.sqlite.upgrade import UpgradeRefused, upgrade_sqlite
 
 
 def add_migrate_command(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -53,8 +55,21 @@ def run_migrate_command(config: Config, args: argparse.Namespace) -> int:
         if config.metadata_url
         else str(DataLayout(config.data_dir).database)
     )
+    database = DataLayout(config.data_dir).database
+    try:
+        if config.metadata_url:
+            before, _ = asyncio.run(upgrade_postgresql(config.metadata_url))
+        else:
+            before, _ = upgrade_sqlite(database) if database.exists() else (None, None)
+    except UpgradeRefused as exc:
+        raise OperatorError(f"migrate: {exc}") from None
     asyncio.run(_open_and_close(config))
-    print(f"{where}: schema version {SCHEMA_VERSION} (up to date)")
+    if before is None:
+        print(f"{where}: schema version {SCHEMA_VERSION} (created)")
+    elif before == SCHEMA_VERSION:
+        print(f"{where}: schema version {SCHEMA_VERSION} (up to date)")
+    else:
+        print(f"{where}: schema version {SCHEMA_VERSION} (upgraded from {before})")
     return 0
 
 

@@ -327,6 +327,12 @@ MIGRATIONS: list[tuple[str, str, list[str]]] = [
 ]
 
 
+#: Versioned schema changes: the statements (SQLite's dialect, rewritten for PostgreSQL) that
+#: bring a database from version `n - 1` to `n`, applied in order by `trustyard migrate`, each
+#: version in one transaction with its new number. Version 1 is `SCHEMA` itself.
+UPGRADES: dict[int, list[str]] = {}
+
+
 @dataclass(frozen=True)
 class DataLayout:
     """The paths under one data directory."""

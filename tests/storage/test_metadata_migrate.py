@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from storage.metadata import (
     DecisionRecord,
@@ -23,6 +24,8 @@ from storage.metadata import (
     open_metadata,
 )
 from storage.metadata.postgresql.copy import TABLES
+from storage.metadata.postgresql.upgrade import upgrade_postgresql
+from storage.metadata.sqlite.upgrade import UpgradeRefused, upgrade_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
@@ -195,3 +198,63 @@ def test_a_refusing_postgresql_and_a_wrong_url_are_one_line(
     assert wrong.returncode == 2
     assert "metadata" in wrong.stderr and "postgresql://" in wrong.stderr, wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+async def schema_of(db_path: Path, url: str | None) -> tuple[int, list[str]]:
+    """(recorded version, notes of gc_runs) read through the backend's own driver."""
+    if url is None:
+        with sqlite3.connect(db_path) as lite:
+            version = lite.execute("SELECT version FROM schema_version").fetchone()[0]
+            notes = [r[0] for r in lite.execute("SELECT note FROM gc_runs ORDER BY id")]
+        return version, notes
+    connection = await asyncpg.connect(url)
+    try:
+        version = await connection.fetchval("SELECT version FROM schema_version")
+        notes = [r[0] for r in await connection.fetch("SELECT note FROM gc_runs ORDER BY id")]
+    finally:
+        await connection.close()
+    return version, notes
+
+
+async def test_versioned_upgrades_apply_in_order_and_a_failing_one_leaves_the_version(
+    tmp_path: Path, backend_url: str | None
+) -> None:
+    """Version 2 adds a column and fills it; version 3 fails half-way and is rolled back whole:
+    the database stays at version 2 with none of version 3's statements applied."""
+    database = tmp_path / "metadata.sqlite"
+    db = await open_metadata(database, backend_url)
+    await db.record_gc_run(1.0, 2.0, {"blobs": 1})
+    await db.close()
+    steps = {
+        2: ["ALTER TABLE gc_runs ADD COLUMN note TEXT", "UPDATE gc_runs SET note = 'before 2'"],
+        3: ["UPDATE gc_runs SET note = 'half of 3'", "ALTER TABLE no_such_table ADD COLUMN x"],
+    }
+
+    async def upgrade(target: int) -> tuple[int | None, int | None]:
+        if backend_url is None:
+            return upgrade_sqlite(database, steps, target)
+        return await upgrade_postgresql(backend_url, steps, target)
+
+    assert await upgrade(2) == (1, 2)
+    assert await schema_of(database, backend_url) == (2, ["before 2"])
+    assert await upgrade(2) == (2, 2)
+    with pytest.raises((sqlite3.OperationalError, asyncpg.PostgresError)):
+        await upgrade(3)
+    assert await schema_of(database, backend_url) == (2, ["before 2"])
+    with pytest.raises(UpgradeRefused, match="schema version 2, newer than this Trustyard's 1"):
+        await upgrade(1)
+
+
+def test_migrate_reports_the_schema_of_the_configured_database(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    data = str(tmp_path / "data")
+    first = run_with(postgres_url, "migrate", "--data-dir", data)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith("schema version 1 (created)")
+    assert "@/t_" in first.stdout or "/t_" in first.stdout
+    again = run_with(postgres_url, "migrate", "--data-dir", data)
+    assert again.stdout.strip().endswith("schema version 1 (up to date)")
+    lite = run_with("sqlite", "migrate", "--data-dir", data)
+    assert lite.returncode == 0, lite.stderr
+    assert lite.stdout.strip() == f"{data}/metadata.sqlite: schema version 1 (created)"
