@@ -35,7 +35,8 @@ from policies.loader import parse_policy
 from registry.config import load_config
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB, Reference
+from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.manifest import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -84,7 +85,7 @@ async def run(rules: int, iterations: int) -> dict[str, dict[str, float]]:
                 },
             }
         ).encode()
-        from registry.grammar import Digest
+        from storage.oci.digests import Digest
 
         config_digest = Digest.of(config_blob)
         upload = "0" * 32

@@ -21,10 +21,11 @@ from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from policies.loader import PolicyError, load_policy
 from registry.config import Config
-from registry.grammar import check_name, check_tag, parse_digest
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.grammar import check_name, check_tag
 
 POLICY_COMMANDS = ("policy", "decisions")
 

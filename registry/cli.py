@@ -43,13 +43,13 @@ from registry.preflight import (
     listen_error,
 )
 from registry.preflight import tls_context as _tls_context
-from storage.blobstore import StorageUnavailable
 from storage.commands import (
     STORAGE_COMMANDS,
     add_storage_commands,
     run_storage_command,
     storage_overrides,
 )
+from storage.errors import StorageUnavailable
 
 log = logging.getLogger("trustyard")
 

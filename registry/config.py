@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from registry.grammar import parse_count
+from storage.oci.grammar import parse_count
 
 ENV_PREFIX = "TRUSTYARD_"
 

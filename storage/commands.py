@@ -19,7 +19,7 @@ from typing import Any
 from registry.config import Config
 from storage import reserve
 from storage.backends import open_blob_store
-from storage.blobstore import StorageFull
+from storage.errors import StorageFull
 from storage.fsck import check_blobs
 from storage.gc import GCReport, collect_garbage
 from storage.layout import DataLayout

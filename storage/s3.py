@@ -49,9 +49,10 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from registry.config import Config, parse_duration
-from registry.grammar import Digest
-from storage.blobstore import BlobDamaged, StorageFull, StorageUnavailable, StoredObject
+from storage.blobstore import StoredObject
+from storage.errors import BlobDamaged, StorageFull, StorageUnavailable
 from storage.layout import DataLayout, S3Layout, s3_prefix
+from storage.oci.digests import Digest
 
 log = logging.getLogger(__name__)
 

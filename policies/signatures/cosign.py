@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.references import repository_of as repository_of
 from policies.signatures.trust import PublicKey, TrustConfig, TrustedKey
-from registry.image_kind import SIMPLE_SIGNING as SIMPLE_SIGNING  # cosign's payload type
+from storage.oci.media_types import SIMPLE_SIGNING as SIMPLE_SIGNING  # cosign's payload type
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"

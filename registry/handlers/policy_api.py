@@ -23,14 +23,11 @@ from policies.decisions import Action, Outcome, Verdict
 from policies.facts import PolicyRequest
 from registry.config import ConfigError, parse_duration
 from registry.context import context
-from registry.errors import (
-    PAGINATION_NUMBER_INVALID,
-    QUERY_INVALID,
-    RegistryError,
-)
-from registry.grammar import check_name
+from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.identity import identity
+from storage.oci.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID
+from storage.oci.grammar import check_name
 
 #: A filter of the decisions API that is not understood (Trustyard's API, not the OCI spec's).
 

@@ -24,7 +24,7 @@ from policies.rules import (
     format_size,
     parse_size,
 )
-from registry.image_kind import Kind
+from storage.oci.image_kind import Kind
 
 OLD = "sha256:" + "ab12" * 16
 NEW = "sha256:" + "cd34" * 16

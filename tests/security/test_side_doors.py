@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from registry.context import CONTEXT
-from registry.errors import MANIFEST_BLOB_UNKNOWN
+from storage.oci.errors import MANIFEST_BLOB_UNKNOWN
 from tests.auth.conftest import PASSWORDS, As, auth_section, basic, write_accounts
 from tests.oci import (
     OCI_CONFIG,

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry.grammar import parse_digest
 from storage.layout import DataLayout, S3Layout, s3_prefix
+from storage.oci.digests import parse_digest
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, error_codes, push_blob, sha256
 from tests.storage.gc_helpers import image, put_manifest, run_gc
 
