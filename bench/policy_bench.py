@@ -73,7 +73,7 @@ async def run(rules: int, iterations: int) -> dict[str, dict[str, float]]:
     """Measure the three costs on a scratch registry holding one labelled image."""
     scratch = Path(tempfile.mkdtemp(prefix="policy-bench-"))
     config = load_config(environ={}, overrides={"data_dir": str(scratch)})
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(scratch).database)
     try:
         config_blob = json.dumps(

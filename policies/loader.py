@@ -22,12 +22,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from base.durations import parse_duration
+from base.globs import GlobSet
 from policies import vulnerabilities
+from policies.base_image_rule import BaseImage
 from policies.decisions import Action
 from policies.engine import Policy
-from policies.globs import GlobSet
 from policies.library.declaration import Library, section_problems
-from policies.library.rule import BaseImage
 from policies.quarantine import QuarantineReaders
 from policies.rules import (
     Annotations,
@@ -43,9 +44,8 @@ from policies.rules import (
     TagPattern,
     parse_size,
 )
-from policies.signatures.rule import SignatureRequirement
+from policies.signature_rule import SignatureRequirement
 from policies.signatures.trust import TrustConfig, parse_trust
-from registry.config import parse_duration
 from storage.oci.media_types import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
 
 PathTuple = tuple[str | int, ...]

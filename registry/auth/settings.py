@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.config import Config, parse_duration
+from base.durations import parse_duration
+from registry.config import Config
 from registry.preflight import is_loopback
 
 #: Where generated or default auth files live, under the data directory.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policies.globs import GlobSet
-from registry.config import Config, parse_duration
+from base.durations import parse_duration
+from base.globs import GlobSet
+from registry.config import Config
 from registry.events.cloudevents import KINDS
 
 

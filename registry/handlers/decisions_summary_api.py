@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from base.durations import parse_since
 from registry.context import context
-from registry.handlers.policy_api import parse_since
 from registry.handlers.query_params import bad_query, text
 from storage.metadata import decision_counts
 

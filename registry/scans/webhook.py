@@ -44,7 +44,7 @@ from registry.errors import (
 )
 from registry.events import signing
 from registry.scans.formats import parse_report
-from registry.scans.model import ReportError
+from registry.scans.report_fields import ReportError
 from registry.scans.store import Replay, ReplayedRequest, ScanStore, StaleReport
 from storage.oci.digests import parse_digest
 from storage.oci.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, OciError

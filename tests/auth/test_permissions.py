@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.globs import GlobSet
+from base.globs import GlobSet
 from registry.auth.permissions import Permissions
 from registry.identity import ANONYMOUS, Identity
 

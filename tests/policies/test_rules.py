@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from base.globs import GlobSet
 from policies.decisions import Action, Outcome
 from policies.facts import Image, ImageFacts, PolicyRequest, is_cosign_tag
-from policies.globs import GlobSet
 from policies.loader import parse_policy
 from policies.rules import (
     Annotations,

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policies.commands import check_policy
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT
+from registry.policy_commands import check_policy
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.policies.test_signatures_cosign import hashedrekord, rekor_bundle
 from tests.policies.test_signatures_notation import make_jws

@@ -99,7 +99,7 @@ def _collection_lock(layout: DataLayout) -> Iterator[None]:
 
 
 async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
     shown = False
@@ -142,7 +142,7 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
 
 
 async def _fsck(config: Config, *, quarantine: bool, as_json: bool) -> int:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
 

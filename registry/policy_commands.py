@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from base.durations import parse_since
 from policies.decisions import Action, Outcome
 from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
@@ -154,7 +155,7 @@ async def explain(
     except Exception as exc:
         print(f"trustyard: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     try:
         if reference.startswith("sha256:") or reference.startswith("sha512:"):
@@ -231,8 +232,6 @@ async def show_decisions(
 ) -> int:
     """Print the newest logged decisions, filtered."""
     out = out or sys.stdout
-    from registry.handlers.policy_api import parse_since
-
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
