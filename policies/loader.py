@@ -22,8 +22,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-from base.durations import parse_duration
-from base.globs import GlobSet
 from policies import vulnerabilities
 from policies.base_image_rule import BaseImage
 from policies.decisions import Action
@@ -46,6 +44,8 @@ from policies.rules import (
 )
 from policies.signature_rule import SignatureRequirement
 from policies.signatures.trust import TrustConfig, parse_trust
+from shared.durations import parse_duration
+from shared.globs import GlobSet
 from storage.oci.media_types import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
 
 PathTuple = tuple[str | int, ...]

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from base.globs import GlobSet
 from policies.decisions import Action, Decision, RuleVerdict
 from policies.facts import (
     CHILDREN,
@@ -25,6 +24,7 @@ from policies.facts import (
     PolicyRequest,
     is_cosign_tag,
 )
+from shared.globs import GlobSet
 from storage.oci.image_kind import Kind
 
 

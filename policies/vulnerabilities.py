@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
-from base.durations import DurationError, parse_duration
 from policies.decisions import Decision, day_end, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
 from registry.scans.store import StoredReport
+from shared.durations import DurationError, parse_duration
 from storage.scan_reports import SEVERITIES
 
 #: IDs named in a reason at most, per count.

@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from base.durations import parse_duration
+from shared.durations import parse_duration
 from storage.oci.grammar import parse_count
 from storage.settings import BlobStoreSettings, S3Settings
 

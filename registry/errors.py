@@ -119,10 +119,6 @@ class RegistryError(OciError):
         super().__init__(error, detail, message=message)
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
-        """The HTTP response carrying this failure."""
-        return error_response(self)
-
 
 #: Every exception `spec_error` turns into the spec's terms.
 ANSWERABLE = (OciError, StorageError, PolicyDenied)

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from base.durations import parse_since
 from policies.decisions import Action, Outcome
 from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from policies.loader import PolicyError, load_policy
 from registry.config import Config
+from shared.durations import parse_since
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from base.durations import parse_duration
-from base.globs import GlobSet
 from registry.config import Config
 from registry.events.cloudevents import KINDS
+from shared.durations import parse_duration
+from shared.globs import GlobSet
 
 
 @dataclass(frozen=True)

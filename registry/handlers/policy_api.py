@@ -17,13 +17,13 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from base.durations import parse_since
 from policies.decisions import Action, Outcome, Verdict
 from policies.facts import PolicyRequest
 from registry.context import context
 from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.identity import identity
+from shared.durations import parse_since
 from storage.oci.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID
 from storage.oci.grammar import check_name
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("registry", "policies", "storage", "base")
+PACKAGES = ("registry", "policies", "storage", "shared")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -57,28 +57,28 @@ def test_the_tree_keeps_every_contract():
         (
             "storage/gc.py",
             "import registry.config",
-            "Floors: registry over policies over storage over base BROKEN",
+            "Floors: registry over policies over storage over shared BROKEN",
             "storage.gc -> registry.config",
         ),
         # The policy reaching up to an HTTP handler for a helper.
         (
             "policies/engine.py",
             "from registry.handlers import policy_api",
-            "Floors: registry over policies over storage over base BROKEN",
+            "Floors: registry over policies over storage over shared BROKEN",
             "policies.engine -> registry.handlers.policy_api",
         ),
         # The OCI vocabulary reaching up to the policy.
         (
             "storage/oci/digests.py",
             "import policies.decisions",
-            "Floors: registry over policies over storage over base BROKEN",
+            "Floors: registry over policies over storage over shared BROKEN",
             "storage.oci.digests -> policies.decisions",
         ),
         # A storage failure becoming an HTTP answer again.
         (
             "storage/errors.py",
             "from aiohttp import web",
-            "Only registry speaks HTTP: storage, policies and base do not import aiohttp BROKEN",
+            "Only registry speaks HTTP: storage, policies and shared do not import aiohttp BROKEN",
             "storage.errors -> aiohttp",
         ),
         # Two storage modules importing each other (hidden in a function is still a cycle).

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from base.globs import GlobSet
 from policies.decisions import Action, Outcome
 from policies.facts import Image, ImageFacts, PolicyRequest, is_cosign_tag
 from policies.loader import parse_policy
@@ -24,6 +23,7 @@ from policies.rules import (
     format_size,
     parse_size,
 )
+from shared.globs import GlobSet
 from storage.oci.image_kind import Kind
 
 OLD = "sha256:" + "ab12" * 16

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from base.durations import DurationError, parse_duration
 from registry.config import ConfigError, load_config
+from shared.durations import DurationError, parse_duration
 
 
 def test_defaults_are_the_embedded_ones():

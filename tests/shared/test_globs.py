@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from base.globs import GlobSet
+from shared.globs import GlobSet
 
 
 @pytest.mark.parametrize(
