@@ -1,8 +1,9 @@
-"""Manifest media types, and the checks a pushed manifest must pass before it is stored.
+"""The parsed manifest, and the checks a pushed manifest must pass before it is stored.
 
 Covers the OCI image manifest and index and the Docker schema 2 manifest and manifest list
-(OCI Image Spec v1.1, Docker Image Manifest V2 Schema 2). The bytes are never rewritten: parsing
-only learns what the manifest references, its subject and its artifact type.
+(OCI Image Spec v1.1, Docker Image Manifest V2 Schema 2; their media types are in `media_types`).
+The bytes are never rewritten: parsing only learns what the manifest references, its subject and
+its artifact type.
 """
 
 from __future__ import annotations
