@@ -90,12 +90,14 @@ _unanswerable = set(ERROR_CODES.values()) - set(STATUSES)
 if _unanswerable:  # a code added to the vocabulary must be given its status here
     raise RuntimeError(f"error codes without an HTTP status: {sorted(_unanswerable, key=str)}")
 
-#: The spec's code for each domain exception of the floors below.
+#: The spec's code for each domain exception of the floors below (the first that matches).
 DOMAIN_CODES: dict[type[Exception], ErrorCode] = {
     StorageUnavailable: UNAVAILABLE,
     StorageFull: STORAGE_FULL,
     BlobDamaged: BLOB_UNKNOWN,
     PolicyDenied: DENIED,
+    # A storage failure without a code of its own: the storage could not do it, so 503.
+    StorageError: UNAVAILABLE,
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from policies.errors import PolicyDenied
 from registry.errors import STATUSES, RegistryError, error_response, spec_error, status_of
-from storage.errors import BlobDamaged, StorageFull, StorageUnavailable
+from storage.errors import BlobDamaged, StorageError, StorageFull, StorageUnavailable
 from storage.oci.digests import Digest, parse_digest
 from storage.oci.errors import ERROR_CODES, TOOMANYREQUESTS, OciError
 
@@ -88,6 +88,12 @@ def test_the_http_floor_keeps_its_headers():
     assert spec_error(exc) is exc
     response = error_response(exc)
     assert (response.status, response.headers["Retry-After"]) == (429, "30")
+
+
+def test_a_storage_failure_without_a_code_of_its_own_is_unavailable():
+    response = error_response(StorageError("the backend refused", {"reason": "read-only"}))
+    assert response.status == 503
+    assert json.loads(response.text)["errors"][0]["code"] == "UNAVAILABLE"
 
 
 def test_an_exception_with_no_code_is_refused():
