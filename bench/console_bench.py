@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from storage.layout import DataLayout
-from storage.metadata import DecisionRecord, ManifestRecord, Reference, open_metadata
+from storage.metadata import DecisionRecord, ManifestRecord, open_metadata
+from storage.oci.manifest import Reference
 from tests.server_process import start_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

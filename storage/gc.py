@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.grammar import parse_digest
-from storage.blobstore import BlobStore, StorageFull, StoredObject
+from storage.blobstore import BlobStore, StoredObject
+from storage.errors import StorageFull
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
 

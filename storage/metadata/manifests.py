@@ -11,6 +11,17 @@ from dataclasses import dataclass
 
 from storage.metadata.library import LibraryChange
 from storage.metadata.outbox import OutboxRow
+from storage.oci.manifest import Reference
+
+__all__ = [
+    "ManifestRecord",
+    "ManifestsAndTags",
+    "MissingReferences",
+    "Reference",
+    "Referrer",
+    "RepositorySummary",
+    "TagRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +41,6 @@ class ManifestRecord:
     def size(self) -> int:
         """Length of the manifest in bytes."""
         return len(self.content)
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """Something a manifest points at: a blob (config, layer) or a child manifest.
-
-    Every reference protects its target from garbage collection. A `required` one must be in
-    the repository when the manifest is pushed; a foreign layer (one with `urls`) need not be,
-    but when it was pushed it is kept like any other layer.
-    """
-
-    digest: str
-    kind: str  # 'blob' | 'manifest'
-    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)

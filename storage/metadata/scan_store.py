@@ -1,24 +1,15 @@
 """What the scans webhook, the scans API and the `vulnerabilities` rule call to store and read
-scan reports, over the metadata interface (`storage.metadata.scans` holds the stored model)."""
+scan reports, over the metadata interface (`storage.metadata.scans` holds the stored report,
+`storage.scan_reports` what a report says)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from storage.metadata.interface import MetadataDB
-from storage.metadata.scans import Finding, Replay, StoredReport, summarise
-
-
-class ParsedScan(Protocol):
-    """What `ScanStore.replace` needs of a parsed report (`registry.scans.model.ParsedReport`)."""
-
-    format: str
-    tool: str
-    tool_version: str
-    scanned_at: float | None
-    findings: tuple[Finding, ...]
+from storage.metadata.scans import Replay, StoredReport
+from storage.scan_reports import ParsedReport, summarise
 
 
 class ScanStore:
@@ -39,7 +30,7 @@ class ScanStore:
         self,
         digest: str,
         scanner: str,
-        report: ParsedScan,
+        report: ParsedReport,
         received_at: float | None = None,
         *,
         signed_at: float | None = None,

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import asyncpg
 
-from storage.blobstore import StorageFull
+from storage.errors import StorageFull
 from storage.layout import MIGRATIONS, SCHEMA_VERSION
 from storage.metadata.postgresql.dialect import arguments, schema, translate
 

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import aiosqlite
 
-from storage.blobstore import StorageFull
+from storage.errors import StorageFull
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from storage.metadata.outbox import OutboxRow
 

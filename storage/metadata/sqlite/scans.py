@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from storage.metadata.scans import Finding, Replay, ReplayedRequest, StaleReport, StoredReport
+from storage.metadata.scans import Replay, ReplayedRequest, StaleReport, StoredReport
 from storage.metadata.sqlite.connection import SQLiteBase, fetch_one
+from storage.scan_reports import Finding
 
 
 class SQLiteScans(SQLiteBase):

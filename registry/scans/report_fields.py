@@ -1,54 +1,16 @@
-"""What a scan report says once parsed, whichever scanner wrote it: findings and who scanned when.
-
-A finding is one vulnerability in one package. Severities are normalised to the lower-case names
-of `SEVERITIES`; a vulnerability is *fixable* when every package it affects has a fixed version.
-`Finding`, `SEVERITIES` and `summarise` live with the stored reports (`storage.metadata.scans`).
-"""
+"""Reading a scanner's JSON: checked fields, RFC 3339 times, digests in references, and the
+error that says precisely where a report is not what we understand."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from storage.metadata.scans import SEVERITIES, Finding, summarise
-
-__all__ = [
-    "SEVERITIES",
-    "Finding",
-    "ParsedReport",
-    "ReportError",
-    "digest_of_reference",
-    "field",
-    "objects",
-    "parse_time",
-    "severity",
-    "summarise",
-]
 
 
 class ReportError(ValueError):
     """The body is not a report we understand; the message says precisely where and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedReport:
-    """A report reduced to what Trustyard keeps."""
-
-    format: str  # trivy | grype | generic
-    tool: str
-    tool_version: str
-    scanned_at: float | None  # epoch seconds; None when the report does not say
-    digests: tuple[str, ...]  # manifest digests the report names (may be empty)
-    findings: tuple[Finding, ...]
-
-
-def severity(value: str) -> str:
-    """A scanner's severity name in our spelling (`CRITICAL`, `Critical` -> `critical`)."""
-    name = value.strip().lower()
-    return name if name in SEVERITIES else "unknown"
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
