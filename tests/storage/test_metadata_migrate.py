@@ -20,6 +20,7 @@ from storage.metadata import (
     FollowLibraryTag,
     ManifestRecord,
     OutboxRow,
+    ProofRow,
     Reference,
     open_metadata,
 )
@@ -29,6 +30,10 @@ from storage.metadata.sqlite.upgrade import UpgradeRefused, upgrade_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
+PROOFS = [
+    ProofRow("sha256:" + c * 64, signer, valid, {"kind": "cosign"}, "t1", 5.0)
+    for c, signer, valid in (("f", "zeta", True), ("0", "alpha", False), ("8", None, False))
+]
 
 
 def trustyard(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,6 +87,8 @@ async def populate(database: Path, repositories: int = 6, per_repository: int = 
             for i in range(25)
         )
         await db.record_gc_run(now - 10, now - 5, {"manifests": 1, "blobs": 2})
+        # Proofs are read back in the order they were recorded (SQLite's rowid).
+        await db.replace_signature_proofs("team0/app", digests[0], PROOFS)
     finally:
         await db.close()
     return digests
@@ -115,6 +122,7 @@ async def test_migrate_moves_every_row_and_ids_continue(tmp_path: Path, postgres
             assert record.annotations is not None
         assert await db.tag_target("team3/app", "v4") == digests[3 * 7 + 4]
         assert [h.digest for h in await db.library_tag_history("app", "v2")] == [digests[2]]
+        assert await db.signature_proofs("team0/app", digests[0]) == PROOFS
         before = await db.list_decisions(limit=1)
         await db.record_decisions(
             [
