@@ -44,6 +44,7 @@ class PostgresServer:
         self.root = root
         self.data = root / "cluster"
         self.socket_dir = root / "socket"
+        self._options = ""
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = list(args)
@@ -74,12 +75,15 @@ class PostgresServer:
         )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
-        options = (
+        self._options = (
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
             # A test cluster: durability is not what these tests measure, speed is welcome.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200 -c shared_buffers=32MB"
         )
+        self._pg_ctl_start()
+
+    def _pg_ctl_start(self) -> None:
         started = self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -87,7 +91,7 @@ class PostgresServer:
             "-l",
             str(self.root / "server.log"),
             "-o",
-            options,
+            self._options,
             "-w",
             "-t",
             "60",
@@ -96,6 +100,10 @@ class PostgresServer:
         if started.returncode != 0:
             log = (self.root / "server.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"pg_ctl start failed: {started.stderr.strip()}\n{log}")
+
+    def restart(self) -> None:
+        """Start the stopped server again on its existing cluster."""
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and wait for it."""

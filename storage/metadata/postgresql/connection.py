@@ -15,13 +15,14 @@ autocommit, each statement seeing the last committed state, as on SQLite's reade
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import asyncpg
 
-from storage.errors import StorageFull
+from storage.errors import StorageFull, StorageUnavailable
 from storage.layout import MIGRATIONS, SCHEMA_VERSION
 from storage.metadata.postgresql.dialect import arguments, schema, translate
 
@@ -31,6 +32,30 @@ WRITE_LOCK = 0x7472757374796172
 POOL_SIZE = 8
 
 Params = Sequence[Any] | Mapping[str, Any]
+
+log = logging.getLogger("storage.metadata.postgresql")
+
+#: What losing the server looks like: a request is answered 503 UNAVAILABLE (never a 500), and
+#: a write that failed this way was rolled back by the server.
+_CONNECTION_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@asynccontextmanager
+async def _unavailable_when_lost(url: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _CONNECTION_LOST as exc:
+        log.error("metadata database %s: %s: %s", redact(url), type(exc).__name__, exc)
+        raise StorageUnavailable(
+            {"backend": "postgresql", "reason": f"metadata database: {type(exc).__name__}"}
+        ) from exc
 
 
 class MetadataUnreachable(Exception):
@@ -159,7 +184,11 @@ class PostgreSQLBase:
     async def transaction(self) -> AsyncIterator[PGConnection]:
         """A write transaction holding the write lock: committed when the block ends, rolled
         back when it raises. PostgreSQL's "disk full" becomes `StorageFull`."""
-        async with self._write_lock, self._pool.acquire() as connection:
+        async with (
+            self._write_lock,
+            _unavailable_when_lost(self.url),
+            self._pool.acquire() as connection,
+        ):
             try:
                 async with connection.transaction():
                     await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
@@ -193,7 +222,8 @@ class PostgreSQLBase:
 
     async def _all(self, sql: str, args: Params = ()) -> list[Any]:
         text, names = translate(sql)
-        return list(await self._pool.fetch(text, *arguments(names, args)))
+        async with _unavailable_when_lost(self.url):
+            return list(await self._pool.fetch(text, *arguments(names, args)))
 
 
 async def connect_pool(url: str) -> asyncpg.Pool:
