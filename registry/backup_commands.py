@@ -22,6 +22,7 @@ from storage.backup import (
     restore,
     verify_backup,
 )
+from storage.metadata.postgresql import redact
 
 
 def add_backup_commands(
@@ -46,6 +47,13 @@ def add_backup_commands(
 def run_backup_command(config: Config, args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `backup` or `restore`; the process exit code."""
     out = out or sys.stdout
+    if config.metadata_url:
+        # The backup copies the SQLite file: with PostgreSQL it would hold no metadata at all.
+        raise OperatorError(
+            f"{args.command}: the metadata database is PostgreSQL ({redact(config.metadata_url)}): "
+            "back it up with pg_dump and the blobs with your storage's tools; "
+            f"`trustyard {args.command}` copies a SQLite data directory"
+        )
     try:
         if args.command == "backup":
             summary = asyncio.run(_backup(config, args.folder))

@@ -266,3 +266,15 @@ def test_migrate_reports_the_schema_of_the_configured_database(
     lite = run_with("sqlite", "migrate", "--data-dir", data)
     assert lite.returncode == 0, lite.stderr
     assert lite.stdout.strip() == f"{data}/metadata.sqlite: schema version 1 (created)"
+
+
+def test_backup_refuses_a_postgresql_registry(tmp_path: Path, postgres_url: str) -> None:
+    """`backup` copies the SQLite file: on PostgreSQL it would hold no metadata, so it refuses."""
+    data = tmp_path / "data"
+    assert run_with(postgres_url, "migrate", "--data-dir", str(data)).returncode == 0
+    data.mkdir(exist_ok=True)
+    result = run_with(postgres_url, "backup", str(tmp_path / "copy"), "--data-dir", str(data))
+    assert result.returncode == 2, result.stderr
+    assert "the metadata database is PostgreSQL" in result.stderr
+    assert "pg_dump" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "copy").exists()
