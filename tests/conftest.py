@@ -61,6 +61,14 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 TEST_METADATA = "TRUSTYARD_TEST_METADATA"
 
 
+def tests_metadata_url() -> str | None:
+    """The PostgreSQL URL this test's registries use under `TRUSTYARD_TEST_METADATA=postgresql`
+    (None: SQLite in the data directory), for tests that open the metadata database themselves."""
+    if os.environ.get(TEST_METADATA) == "postgresql":
+        return os.environ.get("TRUSTYARD_METADATA")
+    return None
+
+
 def make_config(data_dir: Path, **overrides: Any) -> Config:
     """A configuration for tests: defaults, this data dir, no environment (but the metadata
     database of the test under `TRUSTYARD_TEST_METADATA=postgresql`)."""
