@@ -61,7 +61,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 TEST_METADATA = "TRUSTYARD_TEST_METADATA"
 
 
-def tests_metadata_url() -> str | None:
+def registry_metadata_url() -> str | None:
     """The PostgreSQL URL this test's registries use under `TRUSTYARD_TEST_METADATA=postgresql`
     (None: SQLite in the data directory), for tests that open the metadata database themselves."""
     if os.environ.get(TEST_METADATA) == "postgresql":

@@ -18,7 +18,7 @@ from registry.cli import main
 from registry.context import CONTEXT
 from storage.layout import DataLayout
 from storage.metadata import open_metadata
-from tests.conftest import tests_metadata_url
+from tests.conftest import registry_metadata_url
 from tests.library.images import (
     Image,
     layer_tar,
@@ -123,7 +123,7 @@ async def test_an_undeclared_tag_or_unknown_format_is_refused(
 
 
 async def _create_database(data: Path) -> None:
-    db = await open_metadata(DataLayout(data).database, tests_metadata_url())
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     await db.close()
 
 

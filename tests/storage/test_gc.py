@@ -10,14 +10,14 @@ from storage.gc import collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import open_metadata
 from storage.oci.digests import parse_digest
-from tests.conftest import tests_metadata_url
+from tests.conftest import registry_metadata_url
 from tests.oci import push_blob, push_image, sha256
 
 
 async def run_gc(data_dir, *, grace=0.0, dry_run=False, delete_untagged=True, stale=3600.0):
     layout = DataLayout(data_dir)
     store = FilesystemBlobStore(layout)
-    db = await open_metadata(layout.database, tests_metadata_url())
+    db = await open_metadata(layout.database, registry_metadata_url())
     try:
         return await collect_garbage(
             db,

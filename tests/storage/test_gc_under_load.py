@@ -13,7 +13,7 @@ import time
 from storage.layout import DataLayout
 from storage.metadata import ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
-from tests.conftest import tests_metadata_url
+from tests.conftest import registry_metadata_url
 from tests.oci import OCI_MANIFEST, push_blob
 from tests.storage.gc_helpers import image, put_manifest
 
@@ -32,7 +32,7 @@ async def test_server_writes_stay_fast_while_gc_deletes_thousands(client, data_d
     ]
     # Thousands of untagged manifests, recorded through the storage API (pushing them one by
     # one over HTTP would take most of the test's time).
-    db = await open_metadata(DataLayout(data_dir).database, tests_metadata_url())
+    db = await open_metadata(DataLayout(data_dir).database, registry_metadata_url())
     try:
         for number in range(MANIFESTS):
             body = json.dumps({**base, "annotations": {"n": str(number)}}).encode()

@@ -23,7 +23,7 @@ from storage.layout import DataLayout
 from storage.metadata import open_metadata
 from storage.s3 import S3BlobStore
 from storage.settings import S3Settings
-from tests.conftest import make_config, tests_metadata_url
+from tests.conftest import make_config, registry_metadata_url
 from tests.oci import error_codes, push_blob, push_image, sha256
 from tests.storage.conftest import TEST_PART_SIZE, s3_storage
 from tests.storage.s3_server import SeaweedS3
@@ -180,7 +180,7 @@ async def test_gc_lists_with_pagination_and_deletes_in_batches(
         return real_delete(**kwargs)
 
     store.client.delete_objects = counting_delete  # type: ignore[method-assign]
-    db = await open_metadata(DataLayout(data_dir).database, tests_metadata_url())
+    db = await open_metadata(DataLayout(data_dir).database, registry_metadata_url())
     try:
         report = await collect_garbage(
             db, store, grace_period=0, stale_upload_age=0, now=time.time() + 5
