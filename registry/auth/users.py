@@ -112,17 +112,25 @@ class UserStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._fspath = os.fspath(path)
+        self._stamp: tuple[int, ...] | None = None
         self._accounts: dict[str, Account] = {}
 
     def accounts(self) -> dict[str, Account]:
-        """Every account by name (reloading the file if it changed)."""
+        """Every account by name (reloading the file if it changed).
+
+        Asked on every authenticated request, so that a change made by any process (another
+        worker's or replica's `trustyard user remove`, an edit by hand) decides the very next
+        request everywhere: one `stat` is the whole cost while nothing changed. Every write
+        replaces the file (a new inode, a new ctime), so a rewrite of the same size within one
+        tick of the file system's clock is seen as well as any other.
+        """
         try:
-            stat = self.path.stat()
+            stat = os.stat(self._fspath)
         except FileNotFoundError:
             self._stamp, self._accounts = None, {}
             return self._accounts
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        stamp = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
         if stamp != self._stamp:
             self._accounts = _parse(self._read())
             self._stamp = stamp
