@@ -2,7 +2,7 @@
 
     python -m bench.auth_bench                     # 4 servers, 3 rounds of 10 s, all at once
     python -m bench.auth_bench --rounds 1 --duration 5
-    python -m bench.auth_bench --one-at-a-time     # the servers loaded one after the other
+    python -m bench.auth_bench --together all      # all four at once (none: one at a time)
 
 Four Trustyards run side by side from scratch directories on 127.0.0.1:
 
@@ -22,11 +22,13 @@ robot got from `/token` (Basic with its robot token, scope `repository:bench/man
 sent with every request as docker sends it; wrk then GETs the manifest by tag for `--duration`
 seconds at `--connections` connections per server.
 
-By default every round loads all four servers at the same time, each with its own wrk: they
-share whatever else runs on the machine, so the ratios stay fair when the machine is busy
-(runs one after the other measure the background as much as the servers). The table shows the
-median (min-max) over `--rounds` of req/s and p99, and the ratios auth / open without and with
-the policy (req/s: ↑ better, 1.00x = free; p99: ↓ better).
+By default each round loads every open server together with its authenticated twin (open with
+auth, then open+policy with auth+policy), each with its own wrk: the two share whatever else runs
+on the machine, so their ratio stays fair when the machine is busy (runs one after the other
+measure the background as much as the servers), and on 2 cores each gets about one. The order
+flips every round. The table shows the median (min-max) over `--rounds` of req/s, p50, p99 and
+the server's CPU per request, and the per-round ratios auth / open without and with the policy
+(req/s: ↑ better, 1.00x = free; p99 and CPU: ↓ better).
 """
 
 from __future__ import annotations
@@ -202,6 +204,20 @@ async def load(target: Target, args: argparse.Namespace, workdir: Path) -> tuple
     return result, cores
 
 
+def groups(targets: list[Target], together: str) -> list[list[Target]]:
+    """Which servers are loaded at the same time: each open one with its authenticated twin
+    (`pairs`), all four (`all`), or each alone (`none`)."""
+    if together == "all":
+        return [targets]
+    if together == "none":
+        return [[t] for t in targets]
+    by_variant = {t.variant: t for t in targets}
+    return [
+        [by_variant["open"], by_variant["auth"]],
+        [by_variant["open+policy"], by_variant["auth+policy"]],
+    ]
+
+
 def cell(values: list[float], digits: int = 0) -> str:
     """Median (min-max)."""
     if not values:
@@ -230,13 +246,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for variant in VARIANTS:
             targets.append(await start(tmp, variant, args, evidence))
         for round_no in range(args.rounds):
-            order = targets if round_no % 2 == 0 else list(reversed(targets))
             workdir = tmp / f"round-{round_no}"
-            if args.one_at_a_time:
-                results = [await load(t, args, workdir / t.variant) for t in order]
-            else:
-                results = await asyncio.gather(
-                    *(load(t, args, workdir / t.variant.replace("+", "-")) for t in order)
+            order, results = [], []
+            for group in groups(targets, args.together):
+                group = group if round_no % 2 == 0 else list(reversed(group))
+                order += group
+                results += await asyncio.gather(
+                    *(load(t, args, workdir / t.variant.replace("+", "-")) for t in group)
                 )
             for target, (res, cores) in zip(order, results, strict=True):
                 if res.requests == 0 or res.error_count > res.requests * 0.01:
@@ -244,12 +260,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"{target.variant}: {res.error_count} of {res.requests} failed: "
                         f"{res.errors}"
                     )
+                cpu_us = cores / res.rps * 1e6 if res.rps else 0.0
                 samples[target.variant].append(
-                    {"rps": res.rps, "p50": res.p50_ms, "p99": res.p99_ms, "cores": cores}
+                    {
+                        "rps": res.rps,
+                        "p50": res.p50_ms,
+                        "p99": res.p99_ms,
+                        "cores": cores,
+                        "cpu_us": cpu_us,
+                    }
                 )
                 print(
                     f"round {round_no + 1} {target.variant:12} {res.rps:8.0f} req/s  "
-                    f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  server {cores:.2f} cores",
+                    f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  "
+                    f"server {cores:.2f} cores, {cpu_us:.0f} µs/request",
                     file=sys.stderr,
                 )
     finally:
@@ -263,6 +287,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "auth/open p99": ratio(samples, "p99", "auth", "open"),
             "auth+policy/open+policy req/s": ratio(samples, "rps", "auth+policy", "open+policy"),
             "auth+policy/open+policy p99": ratio(samples, "p99", "auth+policy", "open+policy"),
+            "auth+policy/open+policy CPU per request": ratio(
+                samples, "cpu_us", "auth+policy", "open+policy"
+            ),
         },
     }
 
@@ -271,14 +298,16 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
     """The Markdown table of a run."""
     samples = result["samples"]
     lines = [
-        "| server | GET tag (req/s) ↑ | p50 (ms) ↓ | p99 (ms) ↓ | server CPU (cores) |",
-        "|---|---|---|---|---|",
+        "| server | GET tag (req/s) ↑ | p50 (ms) ↓ | p99 (ms) ↓ | server CPU (cores) "
+        "| CPU per request (µs) ↓ |",
+        "|---|---|---|---|---|---|",
     ]
     for variant in VARIANTS:
         rows = samples[variant]
         lines.append(
             f"| {variant} | {cell([r['rps'] for r in rows])} | {cell([r['p50'] for r in rows], 2)} "
-            f"| {cell([r['p99'] for r in rows], 1)} | {cell([r['cores'] for r in rows], 2)} |"
+            f"| {cell([r['p99'] for r in rows], 1)} | {cell([r['cores'] for r in rows], 2)} "
+            f"| {cell([r['cpu_us'] for r in rows])} |"
         )
     lines.append("")
     for name, values in result["ratios"].items():
@@ -296,7 +325,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="wrk connections per server (32)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads per server (1)")
     p.add_argument("--rules", type=int, default=100, help="rules in the policy file (100)")
-    p.add_argument("--one-at-a-time", action="store_true", help="load the servers in turn")
+    p.add_argument(
+        "--together",
+        choices=("pairs", "all", "none"),
+        default="pairs",
+        help="servers loaded at once: each open one with its auth twin (default), all, none",
+    )
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--tmp-dir", default=None, help="where the scratch directory goes")
     p.add_argument("--json", type=Path, default=None, help="also write the samples here")

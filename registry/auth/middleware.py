@@ -196,10 +196,10 @@ def _require(
     actions: tuple[str, ...],
 ) -> None:
     caller = _caller(request)
-    scope = f"{resource_type}:{name}:{','.join(actions)}"
     allowed = service.allowed(caller.identity, resource_type, name)
     missing = [a for a in actions if a not in allowed and "*" not in allowed]
     if missing:
+        scope = f"{resource_type}:{name}:{','.join(actions)}"
         if caller.identity.is_anonymous:
             raise RegistryError(UNAUTHORIZED, headers=challenge(request, service, scope))
         raise RegistryError(
@@ -212,6 +212,7 @@ def _require(
         )
     token = caller.token_access
     if token is not None and not all(covers(token, resource_type, name, a) for a in actions):
+        scope = f"{resource_type}:{name}:{','.join(actions)}"
         raise RegistryError(
             UNAUTHORIZED,
             message="the token does not grant this access",
