@@ -204,6 +204,12 @@ async def load(target: Target, args: argparse.Namespace, workdir: Path) -> tuple
     return result, cores
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Keep every thread of the server `pid` on one CPU."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
 def groups(targets: list[Target], together: str) -> list[list[Target]]:
     """Which servers are loaded at the same time: each open one with its authenticated twin
     (`pairs`), all four (`all`), or each alone (`none`)."""
@@ -245,6 +251,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for variant in VARIANTS:
             targets.append(await start(tmp, variant, args, evidence))
+        if args.pin is not None:
+            for target in targets:
+                pin(target.pid, args.pin)
         for round_no in range(args.rounds):
             workdir = tmp / f"round-{round_no}"
             order, results = [], []
@@ -330,6 +339,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("pairs", "all", "none"),
         default="pairs",
         help="servers loaded at once: each open one with its auth twin (default), all, none",
+    )
+    p.add_argument(
+        "--pin",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="run every server on this CPU: the two of a pair then share one core equally, "
+        "whatever else the machine runs (wrk is not pinned)",
     )
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--tmp-dir", default=None, help="where the scratch directory goes")
