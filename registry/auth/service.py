@@ -90,14 +90,16 @@ class AuthService:
             return Caller(ANONYMOUS)
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
-            return self._bearer(value.strip())
+            return self.bearer(value.strip())
         if scheme.lower() == "basic":
             user, secret = parse_basic(value)
             account = await self.login(user, secret, request.remote or "unknown")
             return Caller(account.identity())
         raise RegistryError(UNAUTHORIZED, message="unsupported authorization scheme")
 
-    def _bearer(self, token: str) -> Caller:
+    def bearer(self, token: str) -> Caller:
+        """The caller a bearer token stands for: its subject as the users file says now, with
+        the token's scopes; 401 when the token is invalid or its subject is gone."""
         try:
             claims = self.tokens.verify(token)
         except InvalidToken as exc:

@@ -13,7 +13,7 @@ the same bytes is not verified again:
   that window closes the entry is dropped and the token is verified again (and refused);
 - what it holds is the token's claims only: who the subject is and what the token grants. Who
   that subject is *now* (removed, demoted, a deleted robot) is asked of the users file on every
-  request (`AuthService._bearer`), never remembered here;
+  request (`AuthService.bearer`), never remembered here;
 - only tokens that verified are kept (an invalid token costs a full check each time, as before);
 - at most `max_entries` are kept, least recently used first out, so a flood of distinct valid
   tokens (anyone may fetch anonymous ones) costs bounded memory and at worst a verification each.

@@ -139,7 +139,10 @@ class UserStore:
         Every write replaces the file (a new inode and ctime), so a rewrite of the same size
         within one tick of the file system's clock is seen as well as any other.
         """
-        loop = _running_loop()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a thread or a command: no loop, look every time
+            loop = None
         if loop is not None and self._checked_in is loop:
             return self._accounts
         try:
@@ -245,13 +248,6 @@ class UserStore:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # a thread or a command: no loop
-        return None
 
 
 def _verify_password(stored: str, password: str) -> bool:
