@@ -16,7 +16,7 @@ from registry.config import Config
 from storage.backends import open_blob_store
 from storage.blobstore import BlobStore
 from storage.gc import GCReport, collect_garbage
-from storage.metadata import SQLiteMetadata
+from storage.metadata import PostgreSQLMetadata, SQLiteMetadata
 from tests.oci import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -118,7 +118,7 @@ class HookedStore:
         return hooked
 
 
-class HookedDB(SQLiteMetadata):
+class _Hooked:
     """A metadata database that runs `hook` once before its first write transaction."""
 
     hook: Hook | None = None
@@ -140,6 +140,14 @@ class HookedDB(SQLiteMetadata):
         return _Wrapped()
 
 
+class HookedDB(_Hooked, SQLiteMetadata):
+    """The SQLite database, hooked."""
+
+
+class HookedPostgreSQL(_Hooked, PostgreSQLMetadata):
+    """The PostgreSQL database (`TRUSTYARD_TEST_METADATA=postgresql`), hooked."""
+
+
 async def run_gc(
     registry: Registry,
     *,
@@ -152,7 +160,12 @@ async def run_gc(
     """One collection over the registry's storage (with no grace: whatever was pushed before
     it started is old, whatever is pushed while it runs is new)."""
     store: BlobStore = open_blob_store(registry.config.blob_store)
-    db = await HookedDB.open(registry.config.data_dir / "metadata.sqlite")
+    url = registry.config.metadata_url
+    db: HookedDB | HookedPostgreSQL = (
+        await HookedPostgreSQL.open(url)
+        if url
+        else await HookedDB.open(registry.config.data_dir / "metadata.sqlite")
+    )
     db.hook = db_hook
     try:
         return await collect_garbage(
