@@ -25,6 +25,7 @@ from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
+from registry.proxy.routing import setup_proxy
 from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from storage import reserve
@@ -60,6 +61,7 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources(config, policy))
+    setup_proxy(app, config)  # after the resources it uses: closed before them
     add_routes(app)
     add_health_routes(app)
     setup_auth(app, config)

@@ -11,6 +11,7 @@ working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -26,6 +27,7 @@ import jsonschema
 import yaml
 
 from registry.grammar import parse_count
+from registry.proxy.settings import ProxyConfigError, ProxySettings, load_proxy_settings
 
 ENV_PREFIX = "TRUSTYARD_"
 
@@ -91,6 +93,7 @@ class Config:
     raw: dict[str, Any]
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    proxy: ProxySettings | None = None  # the upstreams proxied, if any
 
     @property
     def policy_file(self) -> Path | None:
@@ -138,6 +141,8 @@ def load_config(
         loaded, origins.file_lines = _read_file(path)
         origins.file = str(path)
         _resolve_paths(loaded, path.parent)
+        for upstream in loaded.get("upstreams") or []:  # a list: not in PATH_KEYS
+            _resolve_paths(upstream, path.parent, (("ca_file",), ("password_file",)))
         _merge(merged, loaded)
     from_env = _from_environment(os.environ if environ is None else environ)
     origins.env = {leaf: ENV_PREFIX + "__".join(leaf).upper() for leaf in _leaves(from_env)}
@@ -146,7 +151,13 @@ def load_config(
     origins.flags = _leaves(flags)
     _merge(merged, flags)
     _validate(merged, origins)
-    return _build(merged)
+    try:
+        proxy = load_proxy_settings(
+            merged, os.environ if environ is None else environ, parse_duration
+        )
+    except ProxyConfigError as exc:
+        raise ConfigError(f"invalid configuration:\n  {exc}") from None
+    return dataclasses.replace(_build(merged), proxy=proxy)
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
@@ -184,9 +195,11 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return loaded, lines
 
 
-def _resolve_paths(document: dict[str, Any], folder: Path) -> None:
+def _resolve_paths(
+    document: dict[str, Any], folder: Path, keys_list: tuple[tuple[str, ...], ...] = PATH_KEYS
+) -> None:
     """Make the relative paths of a configuration file relative to the file's folder."""
-    for keys in PATH_KEYS:
+    for keys in keys_list:
         node: Any = document
         for key in keys[:-1]:
             node = node.get(key) if isinstance(node, dict) else None

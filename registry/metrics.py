@@ -37,6 +37,8 @@ class Metrics:
         self.duration_sum: dict[tuple[str, str], float] = defaultdict(float)
         self.decisions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.started = time.time()
+        #: More lines from other parts (the proxy's counters), each rendered on every scrape.
+        self.sections: list[Callable[[], str]] = []
 
     def count_decision(self, verdict: Verdict, request: PolicyRequest) -> None:
         """Count one policy decision by action, outcome and the rule that decided it."""
@@ -183,4 +185,5 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
         events=events,
         gc=await gc_run_totals(registry.db),
     )
+    text += "".join(section() for section in request.app[METRICS].sections)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

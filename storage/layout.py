@@ -105,6 +105,8 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
     gc_runs(started_at, finished_at, summary)   every garbage collection (health page, /metrics)
+    proxy_tags(repository, tag, validated_at)   when a proxied tag was last confirmed upstream
+                                                (its manifest TTL and stale-if-error window)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
@@ -310,6 +312,13 @@ CREATE TABLE IF NOT EXISTS gc_runs (
     finished_at REAL NOT NULL,
     summary     TEXT NOT NULL          -- JSON: manifests, blobs, orphan_files, uploads, bytes_freed
 );
+
+CREATE TABLE IF NOT EXISTS proxy_tags (
+    repository   TEXT NOT NULL,        -- a proxied repository (registry.proxy)
+    tag          TEXT NOT NULL,
+    validated_at REAL NOT NULL,        -- the upstream last confirmed the tag's digest then
+    PRIMARY KEY (repository, tag)
+) WITHOUT ROWID;
 """
 
 

@@ -1,0 +1,305 @@
+"""Proxied blobs: fetched once from upstream, streamed to the client while they are stored.
+
+One fetch per (repository, digest) runs at a time (single flight), in its own task so that a
+client hanging up does not abort it for the others. The bytes go to a blob-store upload and are
+hashed as they arrive; the blob becomes visible (`commit_blob`) only once its digest and length
+are verified, and any failure (upstream gone mid-body, wrong bytes, a short body) drops the
+upload: nothing is stored and the next request fetches again.
+
+The client that started the fetch is streamed the bytes as they come, one chunk behind: the last
+chunk is written only after the digest is verified, so a client is never handed a complete body
+of wrong bytes (its connection is cut instead). Clients that join a running fetch, and requests
+for a byte range, wait for the verified blob and are served from storage like any cached blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from registry.context import RegistryContext
+from registry.errors import BLOB_UNKNOWN, UNAVAILABLE, RegistryError
+from registry.grammar import Digest
+from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.stats import ProxyStats
+from storage.blob_commit import commit_blob
+
+log = logging.getLogger("trustyard.proxy")
+
+#: Bytes read from upstream at a time.
+CHUNK = 1 << 20
+#: Chunks buffered for the streaming client before the fetch waits for it.
+QUEUE_CHUNKS = 8
+#: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
+#: on for the others; it may retry and is then served from storage).
+SLOW_CLIENT = 60.0
+
+Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+
+
+class FetchFailed(Exception):
+    """A blob fetch failed; nothing was stored."""
+
+    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unknown = unknown  # the upstream does not have it (404)
+
+
+@dataclass
+class _Fetch:
+    """One running fetch: its task, who streams it, and its outcome."""
+
+    done: asyncio.Future[None]
+    size: asyncio.Future[int | None]
+    subscriber: asyncio.Queue[tuple[str, Any]] | None = None
+    task: asyncio.Task[None] | None = field(default=None)
+
+
+class BlobFetcher:
+    """Single-flight fetches of proxied blobs into the blob store."""
+
+    def __init__(self, ctx: RegistryContext, stats: ProxyStats) -> None:
+        self.ctx = ctx
+        self.stats = stats
+        self._running: dict[tuple[str, str], _Fetch] = {}
+
+    async def close(self) -> None:
+        """Cancel running fetches (their uploads are dropped)."""
+        for fetch in list(self._running.values()):
+            if fetch.task is not None:
+                fetch.task.cancel()
+        for fetch in list(self._running.values()):
+            if fetch.task is not None:
+                with contextlib.suppress(BaseException):
+                    await fetch.task
+
+    async def cached(self, name: str, digest: Digest) -> bool:
+        """Whether repository `name` can serve blob `digest` from storage now (linking a blob
+        stored already when a manifest of `name` references it, which the digest proves)."""
+        ctx = self.ctx
+        if await ctx.db.blob_in_repository(name, str(digest)) is not None:
+            return True
+        size = await ctx.db.blob_size(str(digest))
+        if size is None or await ctx.store.size(digest) != size:
+            return False
+        if not await ctx.db.manifests_needing(name, str(digest), "blob", 1):
+            return False
+        await ctx.db.link_blob(name, str(digest), size)
+        return True
+
+    def _start(self, client: UpstreamClient, remote: str, name: str, digest: Digest) -> _Fetch:
+        key = (name, str(digest))
+        fetch = self._running.get(key)
+        if fetch is None:
+            loop = asyncio.get_running_loop()
+            fetch = _Fetch(done=loop.create_future(), size=loop.create_future())
+            fetch.subscriber = asyncio.Queue(QUEUE_CHUNKS)
+            self._running[key] = fetch
+            fetch.task = asyncio.create_task(self._run(fetch, client, remote, name, digest, key))
+        return fetch
+
+    async def ensure(self, client: UpstreamClient, remote: str, name: str, digest: Digest) -> None:
+        """Have blob `digest` stored for `name` (fetching it if needed); FetchFailed if not."""
+        if await self.cached(name, digest):
+            return
+        fetch = self._start(client, remote, name, digest)
+        fetch.subscriber = None  # nobody streams it
+        await asyncio.shield(fetch.done)
+
+    async def serve(
+        self,
+        request: web.Request,
+        client: UpstreamClient,
+        remote: str,
+        name: str,
+        digest: Digest,
+        handler: Handler,
+    ) -> web.StreamResponse:
+        """Answer a GET of a blob not yet stored: stream it while it is fetched, or wait for
+        the fetch and serve it from storage."""
+        key = (name, str(digest))
+        leading = key not in self._running
+        fetch = self._start(client, remote, name, digest)
+        queue = fetch.subscriber if leading else None
+        if queue is None or "Range" in request.headers:
+            fetch.subscriber = None
+            await self._wait(fetch)
+            return await handler(request, name, str(digest))
+        try:
+            return await self._stream(request, fetch, queue, digest)
+        finally:
+            if fetch.subscriber is queue:
+                fetch.subscriber = None
+                _drain(queue)
+
+    async def _wait(self, fetch: _Fetch) -> None:
+        try:
+            await asyncio.shield(fetch.done)
+        except FetchFailed as exc:
+            raise _error(exc) from None
+
+    async def _stream(
+        self,
+        request: web.Request,
+        fetch: _Fetch,
+        queue: asyncio.Queue[tuple[str, Any]],
+        digest: Digest,
+    ) -> web.StreamResponse:
+        kind, value = await queue.get()
+        if kind == "error":
+            raise _error(value)
+        size: int | None = value
+        response = web.StreamResponse(
+            headers={
+                "Docker-Content-Digest": str(digest),
+                "Accept-Ranges": "bytes",
+                "Cache-Control": "max-age=31536000",
+            }
+        )
+        response.content_type = "application/octet-stream"
+        if size is not None:
+            response.content_length = size
+        await response.prepare(request)
+        held = b""
+        while True:
+            kind, value = await queue.get()
+            if kind == "chunk":
+                if held:
+                    await response.write(held)
+                held = value
+            elif kind == "done":
+                if held:
+                    await response.write(held)
+                await response.write_eof()
+                return response
+            else:
+                # Cut the connection: the client sees a short body, never wrong bytes whole.
+                log.warning("proxied blob %s: %s; connection to the client cut", digest, value)
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+
+    async def _run(
+        self,
+        fetch: _Fetch,
+        client: UpstreamClient,
+        remote: str,
+        name: str,
+        digest: Digest,
+        key: tuple[str, str],
+    ) -> None:
+        store, db = self.ctx.store, self.ctx.db
+        upload_id = f"proxy-{uuid.uuid4()}"
+        started = False
+        try:
+            async with await _open(client, remote, digest) as response:
+                size = response.content_length
+                await _publish(fetch, ("start", size))
+                await store.start_upload(upload_id)
+                started = True
+                hasher = hashlib.new(digest.algorithm)
+                received = 0
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    received += len(chunk)
+                    if size is not None and received > size:
+                        raise FetchFailed(f"upstream sent more than its {size} bytes")
+                    await asyncio.gather(
+                        asyncio.to_thread(hasher.update, chunk), store.append(upload_id, chunk)
+                    )
+                    await _publish(fetch, ("chunk", chunk))
+                if size is not None and received != size:
+                    raise FetchFailed(f"upstream sent {received} of {size} bytes")
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+            if actual != digest:
+                self.stats.count("digest_mismatch")
+                raise FetchFailed(f"upstream sent bytes of digest {actual}, not {digest}")
+            await commit_blob(store, db, upload_id, digest, received, name)
+            started = False
+            self.stats.count("blob_fetched")
+            self.stats.count_bytes(received)
+            await _publish(fetch, ("done", None))
+            fetch.done.set_result(None)
+        except BaseException as exc:
+            failure = _as_failure(exc)
+            if not isinstance(exc, FetchFailed | UpstreamError | aiohttp.ClientError):
+                if not isinstance(exc, asyncio.CancelledError | TimeoutError):
+                    log.exception("proxied blob %s of %s: fetch failed", digest, name)
+            else:
+                log.warning("proxied blob %s of %s: %s", digest, name, failure.reason)
+            self.stats.count("blob_fetch_failed")
+            if started:
+                with contextlib.suppress(Exception):
+                    await store.abort(upload_id)
+            queue = fetch.subscriber
+            if queue is not None:
+                _drain(queue)
+                queue.put_nowait(("error", failure))
+            if not fetch.done.done():
+                fetch.done.set_exception(failure)
+                fetch.done.exception()  # retrieved: nobody may be waiting
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._running.pop(key, None)
+
+
+async def _open(client: UpstreamClient, remote: str, digest: Digest) -> aiohttp.ClientResponse:
+    response = await client.request("GET", remote, f"blobs/{digest}")
+    if response.status == 404:
+        response.release()
+        raise FetchFailed(f"upstream has no blob {digest} in {remote}", unknown=True)
+    if response.status != 200:
+        response.release()
+        raise FetchFailed(f"upstream answered {response.status} for blob {digest}")
+    return response
+
+
+async def _publish(fetch: _Fetch, item: tuple[str, Any]) -> None:
+    """Hand `item` to the streaming client, if any; a client too slow to take it is dropped."""
+    queue = fetch.subscriber
+    if queue is None:
+        return
+    try:
+        await asyncio.wait_for(queue.put(item), SLOW_CLIENT)
+    except TimeoutError:
+        fetch.subscriber = None
+        _drain(queue)
+        queue.put_nowait(("error", FetchFailed("client too slow")))
+
+
+def _drain(queue: asyncio.Queue[tuple[str, Any]]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+
+
+def _as_failure(exc: BaseException) -> FetchFailed:
+    if isinstance(exc, FetchFailed):
+        return exc
+    if isinstance(exc, UpstreamError):
+        return FetchFailed(exc.reason)
+    if isinstance(exc, asyncio.CancelledError):
+        return FetchFailed("the fetch was cancelled (shutdown)")
+    if isinstance(exc, TimeoutError):
+        return FetchFailed("upstream too slow (read timeout)")
+    return FetchFailed(f"upstream fetch failed ({type(exc).__name__}: {exc})"[:300])
+
+
+def _error(failure: FetchFailed) -> RegistryError:
+    """The client's answer for a failed fetch (nothing was stored)."""
+    if failure.unknown:
+        return RegistryError(BLOB_UNKNOWN, {"reason": failure.reason}, message=failure.reason)
+    return RegistryError(
+        UNAVAILABLE,
+        {"reason": failure.reason},
+        message=f"could not fetch the blob from upstream: {failure.reason}; nothing was cached",
+    )

@@ -1,0 +1,155 @@
+"""The one hook between the `/v2/` router and the proxy.
+
+`serve` is called for every resource request once its name is checked and authorized. Names
+the configuration does not give to an upstream go straight to their handler. Proxied names are
+read-only: anything but GET and HEAD is refused with DENIED naming the upstream. A manifest is
+made present and fresh first, then answered by the ordinary handler (so the pull policy,
+quarantine and pull events apply unchanged); a blob not yet stored is fetched (streamed to the
+first client), then answered by the ordinary handler too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from registry.config import Config
+from registry.context import CONTEXT
+from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
+from registry.grammar import parse_digest
+from registry.handlers.blobs import reader
+from registry.metrics import METRICS
+from registry.proxy.blobs import BlobFetcher
+from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.manifests import ManifestCache
+from registry.proxy.settings import ProxySettings, Upstream
+from registry.proxy.stats import ProxyStats
+
+Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+
+#: Routes of `registry.routes` that only read.
+_READ_ROUTES = frozenset({"blob", "manifest", "tags", "referrers"})
+
+
+@dataclass
+class Proxy:
+    """The running proxy: its settings, one client per upstream, the caches and counters."""
+
+    settings: ProxySettings
+    clients: dict[str, UpstreamClient]
+    stats: ProxyStats
+    blobs: BlobFetcher
+    manifests: ManifestCache
+
+    def metrics(self) -> str:
+        """The proxy's lines of `/metrics`."""
+        return self.stats.render({name: c.requests for name, c in self.clients.items()})
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def setup_proxy(app: web.Application, config: Config) -> None:
+    """Run the proxy in `app` when the configuration names upstreams (after the registry's
+    resources are open, closed before them)."""
+    settings = config.proxy
+    if settings is None:
+        return
+
+    async def running(app: web.Application) -> AsyncIterator[None]:
+        stats = ProxyStats()
+        clients = {u.name: UpstreamClient(u) for u in settings.upstreams}
+        blobs = BlobFetcher(app[CONTEXT], stats)
+        proxy = Proxy(
+            settings, clients, stats, blobs, ManifestCache(app, settings, clients, blobs, stats)
+        )
+        app[PROXY] = proxy
+        app[METRICS].sections.append(proxy.metrics)
+        try:
+            yield
+        finally:
+            await blobs.close()
+            for client in clients.values():
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    app.cleanup_ctx.append(running)
+
+
+async def serve(
+    request: web.Request, route: str, name: str, reference: str, handler: Handler
+) -> web.StreamResponse:
+    """Answer a `/v2/<name>/...` request, through the proxy when `name` is proxied."""
+    proxy = request.app.get(PROXY)
+    routed = proxy.settings.route(name) if proxy is not None else None
+    if proxy is None or routed is None:
+        return await handler(request, name, reference)
+    upstream, path = routed
+    if route not in _READ_ROUTES or request.method not in ("GET", "HEAD"):
+        raise RegistryError(
+            DENIED,
+            {"name": name, "upstream": upstream.name},
+            message=f"{name} is a read-only mirror of {upstream.url} (upstream {upstream.name}): "
+            "push to a repository outside the proxied namespaces",
+        )
+    try:
+        return await _serve_proxied(request, proxy, route, upstream, path, name, reference, handler)
+    except UpstreamError as exc:
+        raise RegistryError(
+            UNAVAILABLE, {"name": name, "reason": exc.reason}, message=str(exc)
+        ) from None
+
+
+async def _serve_proxied(
+    request: web.Request,
+    proxy: Proxy,
+    route: str,
+    upstream: Upstream,
+    path: str,
+    name: str,
+    reference: str,
+    handler: Handler,
+) -> web.StreamResponse:
+    remote = upstream.remote_name(path)
+    client = proxy.clients[upstream.name]
+    if route == "manifest":
+        extra = await proxy.manifests.ensure(upstream, remote, name, reference)
+        response = await handler(request, name, reference)
+        response.headers.update(extra)
+        return response
+    if route == "blob":
+        digest = parse_digest(reference)
+        if await proxy.blobs.cached(name, digest):
+            return await handler(request, name, reference)
+        ctx = request.app[CONTEXT]
+        # The blob gate first: nothing is fetched for a caller who may not read it.
+        head = request.method == "HEAD"
+        await ctx.policy.check_blob_read(name, str(digest), reader(request, name), content=not head)
+        if head:
+            return await _head_upstream(client, remote, name, reference)
+        return await proxy.blobs.serve(request, client, remote, name, digest, handler)
+    return await handler(request, name, reference)
+
+
+async def _head_upstream(
+    client: UpstreamClient, remote: str, name: str, reference: str
+) -> web.StreamResponse:
+    """HEAD of a blob not stored yet: what the upstream says, without fetching it."""
+    response = await client.request("HEAD", remote, f"blobs/{reference}")
+    try:
+        if response.status != 200 or response.content_length is None:
+            raise RegistryError(BLOB_UNKNOWN, {"digest": reference, "name": name})
+        size = response.content_length
+    finally:
+        response.release()
+    return web.Response(
+        headers={
+            "Docker-Content-Digest": reference,
+            "Content-Length": str(size),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+    )
