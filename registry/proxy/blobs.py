@@ -97,23 +97,30 @@ class BlobFetcher:
         await ctx.db.link_blob(name, str(digest), size)
         return True
 
-    def _start(self, client: UpstreamClient, remote: str, name: str, digest: Digest) -> _Fetch:
+    def _start(
+        self, client: UpstreamClient, remote: str, name: str, digest: Digest, *, stream: bool
+    ) -> tuple[_Fetch, asyncio.Queue[tuple[str, Any]] | None]:
+        """The running fetch of `digest` for `name`, started if there is none; with the queue
+        its bytes are streamed to when this call started it and `stream` asks for one."""
         key = (name, str(digest))
         fetch = self._running.get(key)
-        if fetch is None:
-            loop = asyncio.get_running_loop()
-            fetch = _Fetch(done=loop.create_future(), size=loop.create_future())
-            fetch.subscriber = asyncio.Queue(QUEUE_CHUNKS)
-            self._running[key] = fetch
-            fetch.task = asyncio.create_task(self._run(fetch, client, remote, name, digest, key))
-        return fetch
+        if fetch is not None:
+            return fetch, None
+        loop = asyncio.get_running_loop()
+        fetch = _Fetch(done=loop.create_future(), size=loop.create_future())
+        queue: asyncio.Queue[tuple[str, Any]] | None = (
+            asyncio.Queue(QUEUE_CHUNKS) if stream else None
+        )
+        fetch.subscriber = queue
+        self._running[key] = fetch
+        fetch.task = asyncio.create_task(self._run(fetch, client, remote, name, digest, key))
+        return fetch, queue
 
     async def ensure(self, client: UpstreamClient, remote: str, name: str, digest: Digest) -> None:
         """Have blob `digest` stored for `name` (fetching it if needed); FetchFailed if not."""
         if await self.cached(name, digest):
             return
-        fetch = self._start(client, remote, name, digest)
-        fetch.subscriber = None  # nobody streams it
+        fetch, _ = self._start(client, remote, name, digest, stream=False)
         await asyncio.shield(fetch.done)
 
     async def serve(
@@ -127,12 +134,9 @@ class BlobFetcher:
     ) -> web.StreamResponse:
         """Answer a GET of a blob not yet stored: stream it while it is fetched, or wait for
         the fetch and serve it from storage."""
-        key = (name, str(digest))
-        leading = key not in self._running
-        fetch = self._start(client, remote, name, digest)
-        queue = fetch.subscriber if leading else None
-        if queue is None or "Range" in request.headers:
-            fetch.subscriber = None
+        stream = "Range" not in request.headers
+        fetch, queue = self._start(client, remote, name, digest, stream=stream)
+        if queue is None:
             await self._wait(fetch)
             return await handler(request, name, str(digest))
         try:

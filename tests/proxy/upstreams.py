@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -293,13 +294,16 @@ class Front:
         self.target = target
         self.ssl = ssl_context if ssl_context is not None else True
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.answered: Counter[tuple[str, str, int]] = Counter()  # with the upstream's status
         self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut
         self.swap: dict[str, bytes] = {}  # blob digest -> bytes sent instead
         self.down = False
+        self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
         self.runner: web.AppRunner | None = None
         self.port = 0
         self._session: aiohttp.ClientSession | None = None
+        self._closing = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -316,6 +320,7 @@ class Front:
         self._session = aiohttp.ClientSession(auto_decompress=False)
 
     async def close(self) -> None:
+        self._closing.set()
         if self._session is not None:
             await self._session.close()
         if self.runner is not None:
@@ -333,6 +338,10 @@ class Front:
         self.requests[(request.method, request.path)] += 1
         if self.down:
             raise web.HTTPServiceUnavailable(text="down for the test")
+        if self.stall:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 30)
+            raise web.HTTPServiceUnavailable(text="hung for the test")
         headers = {
             k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
         }
@@ -351,6 +360,7 @@ class Front:
                 for k, v in upstream.headers.items()
                 if k.lower() not in ("transfer-encoding", "content-length", "connection")
             }
+            self.answered[(request.method, request.path, upstream.status)] += 1
             digest = request.path.rsplit("/blobs/", 1)[-1] if "/blobs/" in request.path else ""
             response = web.StreamResponse(status=upstream.status, headers=out_headers)
             if upstream.content_length is not None:
