@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from policies.signatures.references import UpstreamIdentity, remap_identity
 from registry.config import Config
 from registry.context import CONTEXT
 from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
@@ -25,7 +26,7 @@ from registry.metrics import METRICS
 from registry.proxy.blobs import BlobFetcher
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.manifests import ManifestCache
-from registry.proxy.settings import ProxySettings, Upstream
+from registry.proxy.settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
 from registry.proxy.stats import ProxyStats
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
@@ -58,6 +59,10 @@ def setup_proxy(app: web.Application, config: Config) -> None:
     settings = config.proxy
     if settings is None:
         return
+    for upstream in settings.upstreams:
+        # Upstream signatures name the upstream's repository: let them count here too.
+        hosts = DOCKER_HUB_HOSTS if upstream.is_docker_hub else frozenset({upstream.host})
+        remap_identity(UpstreamIdentity(upstream.prefix, hosts, upstream.is_docker_hub))
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         stats = ProxyStats()
