@@ -13,6 +13,7 @@ PACKAGES=(
   podman
   uidmap      # newuidmap/newgidmap, wanted by podman/containers-storage
   tar
+  docker-registry  # the reference registry (Distribution 2.8): the proxy's upstream in tests
 )
 
 SUDO=""
@@ -24,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 $SUDO apt-get install -y "${PACKAGES[@]}"
 
-for binary in dockerd docker containerd skopeo podman; do
+for binary in dockerd docker containerd skopeo podman docker-registry; do
   command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }
 done
 echo "e2e dependencies installed: ${PACKAGES[*]}"
