@@ -216,3 +216,27 @@ async def test_slow_or_erroring_upstream_gives_the_stale_copy(start_client, fron
     erroring = await client.get(f"/v2/{NAME}/manifests/v1")
     assert erroring.status == 200
     assert "answered 503" in erroring.headers["Warning"]
+
+
+async def test_wrong_manifest_bytes_are_refused_and_nothing_is_stored(
+    start_client, front, upstream
+):
+    digest, _ = await upstream.push_image("team/app", "v1", [b"real"])
+    other, other_manifest = await upstream.push_image("team/app", "v2", [b"other"])
+    client = await start_client(**proxy_config(front.url, None))
+    # By digest: the upstream answers another manifest.
+    front.swap[digest] = other_manifest
+    resp = await client.get(f"/v2/{NAME}/manifests/{digest}")
+    assert resp.status == 400
+    body = await resp.json()
+    assert error_codes(body) == ["DIGEST_INVALID"]
+    assert f"served a manifest of digest {other} for {digest}" in body["errors"][0]["message"]
+    # By tag: bytes that are not what its Docker-Content-Digest claims.
+    front.swap["v1"] = other_manifest + b" "
+    tagged = await client.get(f"/v2/{NAME}/manifests/v1")
+    assert tagged.status == 400
+    assert error_codes(await tagged.json()) == ["DIGEST_INVALID"]
+    ctx = client.app[CONTEXT]
+    assert await ctx.db.get_manifest(NAME, digest) is None
+    assert await ctx.db.get_tagged_manifest(NAME, "v1") is None
+    assert not await ctx.db.repository_exists(NAME)

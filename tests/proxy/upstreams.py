@@ -296,7 +296,7 @@ class Front:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.answered: Counter[tuple[str, str, int]] = Counter()  # with the upstream's status
         self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut
-        self.swap: dict[str, bytes] = {}  # blob digest -> bytes sent instead
+        self.swap: dict[str, bytes] = {}  # blob digest or last path segment -> bytes sent
         self.down = False
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
@@ -368,8 +368,9 @@ class Front:
             if request.method == "HEAD":
                 await response.prepare(request)
                 return response
-            if digest in self.swap:
-                data = self.swap[digest]
+            swapped = self.swap.get(digest, self.swap.get(request.path.rsplit("/", 1)[-1]))
+            if swapped is not None:
+                data = swapped
                 response.content_length = len(data)
                 await response.prepare(request)
                 await response.write(data)
