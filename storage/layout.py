@@ -107,6 +107,9 @@ In the metadata database (the DDL is `SCHEMA` below)::
     gc_runs(started_at, finished_at, summary)   every garbage collection (health page, /metrics)
     proxy_tags(repository, tag, validated_at)   when a proxied tag was last confirmed upstream
                                                 (its manifest TTL and stale-if-error window)
+    proxy_pulls(repository, digest, last_pulled)
+                                                when a proxied manifest was last pulled (the
+                                                cache's least recently pulled eviction order)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
@@ -318,6 +321,13 @@ CREATE TABLE IF NOT EXISTS proxy_tags (
     tag          TEXT NOT NULL,
     validated_at REAL NOT NULL,        -- the upstream last confirmed the tag's digest then
     PRIMARY KEY (repository, tag)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS proxy_pulls (
+    repository  TEXT NOT NULL,         -- a proxied repository (registry.proxy)
+    digest      TEXT NOT NULL,         -- a manifest of it
+    last_pulled REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
 ) WITHOUT ROWID;
 """
 

@@ -10,6 +10,7 @@ first client), then answered by the ordinary handler too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from registry.handlers.blobs import reader
 from registry.metrics import METRICS
 from registry.proxy.blobs import BlobFetcher
 from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache
 from registry.proxy.settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
 from registry.proxy.stats import ProxyStats
@@ -44,6 +46,7 @@ class Proxy:
     stats: ProxyStats
     blobs: BlobFetcher
     manifests: ManifestCache
+    evictor: Evictor
 
     def metrics(self) -> str:
         """The proxy's lines of `/metrics`."""
@@ -68,14 +71,20 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         stats = ProxyStats()
         clients = {u.name: UpstreamClient(u) for u in settings.upstreams}
         blobs = BlobFetcher(app[CONTEXT], stats)
-        proxy = Proxy(
-            settings, clients, stats, blobs, ManifestCache(app, settings, clients, blobs, stats)
-        )
+        manifests = ManifestCache(app, settings, clients, blobs, stats)
+        evictor = Evictor(app[CONTEXT], settings, stats)
+        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
+        evicting = asyncio.create_task(evictor.run())
         try:
             yield
         finally:
+            evicting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evicting
+            with contextlib.suppress(Exception):
+                await evictor.flush()
             await blobs.close()
             for client in clients.values():
                 with contextlib.suppress(Exception):
@@ -124,6 +133,8 @@ async def _serve_proxied(
         extra = await proxy.manifests.ensure(upstream, remote, name, reference)
         response = await handler(request, name, reference)
         response.headers.update(extra)
+        if request.method == "GET":
+            proxy.evictor.pulled(name, response.headers["Docker-Content-Digest"])
         return response
     if route == "blob":
         digest = parse_digest(reference)

@@ -16,12 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from policies.globs import GlobSet
+from policies.rules import parse_size
 
 #: Defaults of the `proxy` section.
 DEFAULT_MANIFEST_TTL = 300.0
 DEFAULT_STALE_IF_ERROR = 86400.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_EVICT_INTERVAL = 300.0
 
 #: Hosts that serve Docker Hub, where a one-segment name means `library/<name>`.
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
@@ -76,6 +78,8 @@ class ProxySettings:
     local_namespaces: GlobSet
     manifest_ttl: float
     stale_if_error: float
+    cache_limit: int | None = None  # bytes of proxied content kept; None: no limit
+    evict_interval: float = DEFAULT_EVICT_INTERVAL
 
     def route(self, name: str) -> tuple[Upstream, str] | None:
         """The upstream serving repository `name` and the path after its prefix, or None when
@@ -150,6 +154,8 @@ def load_proxy_settings(
         local_namespaces=GlobSet.of(section.get("local_namespaces", ())),
         manifest_ttl=parse_duration(section.get("manifest_ttl", DEFAULT_MANIFEST_TTL)),
         stale_if_error=parse_duration(section.get("stale_if_error", DEFAULT_STALE_IF_ERROR)),
+        cache_limit=parse_size(section["cache_limit"]) if "cache_limit" in section else None,
+        evict_interval=parse_duration(section.get("evict_interval", DEFAULT_EVICT_INTERVAL)),
     )
 
 

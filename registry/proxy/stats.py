@@ -14,6 +14,7 @@ EVENTS = {
     "blob_fetched": "a blob fetched, verified and stored",
     "blob_fetch_failed": "a blob fetch that failed (nothing stored)",
     "digest_mismatch": "content from upstream whose digest was not the one asked for",
+    "evicted": "an image evicted from the cache (least recently pulled first)",
 }
 
 
