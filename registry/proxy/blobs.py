@@ -83,6 +83,12 @@ class BlobFetcher:
                 with contextlib.suppress(BaseException):
                     await fetch.task
 
+    async def settled(self) -> None:
+        """Wait until no fetch is running (each stored or dropped)."""
+        while self._running:
+            tasks = [f.task for f in self._running.values() if f.task is not None]
+            await asyncio.wait(tasks)
+
     async def cached(self, name: str, digest: Digest) -> bool:
         """Whether repository `name` can serve blob `digest` from storage now (linking a blob
         stored already when a manifest of `name` references it, which the digest proves)."""
@@ -217,21 +223,26 @@ class BlobFetcher:
                     received += len(chunk)
                     if size is not None and received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
+                    # Hashed, stored and handed to the streaming client at once: the client
+                    # waits for neither the disk nor the hash (its last chunk waits for both).
                     await asyncio.gather(
-                        asyncio.to_thread(hasher.update, chunk), store.append(upload_id, chunk)
+                        asyncio.to_thread(hasher.update, chunk),
+                        store.append(upload_id, chunk),
+                        _publish(fetch, ("chunk", chunk)),
                     )
-                    await _publish(fetch, ("chunk", chunk))
                 if size is not None and received != size:
                     raise FetchFailed(f"upstream sent {received} of {size} bytes")
             actual = Digest(digest.algorithm, hasher.hexdigest())
             if actual != digest:
                 self.stats.count("digest_mismatch")
                 raise FetchFailed(f"upstream sent bytes of digest {actual}, not {digest}")
+            # Verified: the streaming client may have its last chunk while the blob is made
+            # visible (others wait for that).
+            await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
             self.stats.count("blob_fetched")
             self.stats.count_bytes(received)
-            await _publish(fetch, ("done", None))
             fetch.done.set_result(None)
         except BaseException as exc:
             failure = _as_failure(exc)

@@ -272,8 +272,8 @@ class ManifestCache:
         """Mirror the signatures and attestations of image `digest`: best effort (an image
         without them is stored all the same; the policy decides whether that is enough)."""
         algorithm, _, hex_part = digest.partition(":")
-        for suffix in (".sig", ".att", ""):
-            tag = f"{algorithm}-{hex_part}{suffix}"
+
+        async def tagged(tag: str) -> None:
             try:
                 await self._fetch(client, upstream, remote, name, tag, tag, companions=False)
                 await mark_tag_validated(self.app[CONTEXT].db, name, tag, time.time())
@@ -282,11 +282,19 @@ class ManifestCache:
                     log.warning("%s: companion %s not mirrored: %s", name, tag, exc.message)
             except UpstreamError as exc:
                 log.warning("%s: companion %s not mirrored: %s", name, tag, exc)
-        try:
-            referrers = await self._referrers(client, remote, digest)
-        except UpstreamError as exc:
-            log.warning("%s: referrers of %s not mirrored: %s", name, digest, exc)
-            return
+
+        async def listed() -> list[str]:
+            try:
+                return await self._referrers(client, remote, digest)
+            except UpstreamError as exc:
+                log.warning("%s: referrers of %s not mirrored: %s", name, digest, exc)
+                return []
+
+        # Asked at once: the first pull of an image waits for one round trip, not four.
+        *_, referrers = await asyncio.gather(
+            *(tagged(f"{algorithm}-{hex_part}{suffix}") for suffix in (".sig", ".att", "")),
+            listed(),
+        )
         ctx = self.app[CONTEXT]
         for referrer in referrers[:MAX_REFERRERS]:
             if await ctx.db.get_manifest(name, referrer) is not None:

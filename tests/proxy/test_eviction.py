@@ -20,6 +20,7 @@ async def pull(client, name: str, tag: str) -> dict:
         got = await client.get(f"/v2/{name}/blobs/{blob['digest']}")
         assert got.status == 200, await got.text()
         await got.read()
+    await client.app[PROXY].blobs.settled()
     return manifest
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from registry.context import CONTEXT
 from registry.grammar import parse_digest
+from registry.proxy.routing import PROXY
 from storage.proxy_cache import mark_tag_validated
 from tests.oci import error_codes
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
@@ -20,7 +21,9 @@ NAME = "mirror.test/team/app"
 
 
 async def stored(client, digest: str) -> bool:
-    """Whether the proxy holds blob `digest` anywhere (database or bytes)."""
+    """Whether the proxy holds blob `digest` anywhere (database or bytes), once its fetches
+    have ended (a streaming client has its last bytes while the blob is being committed)."""
+    await client.app[PROXY].blobs.settled()
     ctx = client.app[CONTEXT]
     in_db = await ctx.db.blob_size(digest) is not None
     on_disk = await ctx.store.size(parse_digest(digest)) is not None

@@ -8,6 +8,7 @@ import json
 
 from registry.context import CONTEXT
 from registry.grammar import parse_digest
+from registry.proxy.routing import PROXY
 from tests.oci import error_codes
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
 
@@ -38,6 +39,7 @@ async def test_image_only_upstream_is_pulled_through_then_served_from_the_cache(
     assert by_digest.status == 200 and await by_digest.read() == manifest
 
     # Stored like pushed content: the manifest, its tag, its blobs verified on disk.
+    await client.app[PROXY].blobs.settled()
     ctx = client.app[CONTEXT]
     assert (await ctx.db.get_tagged_manifest("mirror.test/team/app", "v1")).digest == digest
     for layer in layers:

@@ -135,6 +135,7 @@ class ReferenceRegistry:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log_path: Path = field(default_factory=Path)
+    extra_config: dict[str, Any] = field(default_factory=dict)  # e.g. {"proxy": {...}}
 
     @property
     def url(self) -> str:
@@ -159,6 +160,7 @@ class ReferenceRegistry:
         htpasswd = self.root / "htpasswd"
         if htpasswd.exists():
             config["auth"] = {"htpasswd": {"realm": "proxy-test", "path": str(htpasswd)}}
+        config.update(self.extra_config)
         (self.root / "config.yml").write_text(json.dumps(config))
         self.log_path = self.root / f"registry-{time.monotonic_ns()}.log"
         log = self.log_path.open("wb")
@@ -198,7 +200,9 @@ def _binary() -> str:
     return found
 
 
-def reference_registry(root: Path, *, tls: bool = True, auth: bool = True) -> ReferenceRegistry:
+def reference_registry(
+    root: Path, *, tls: bool = True, auth: bool = True, extra_config: dict[str, Any] | None = None
+) -> ReferenceRegistry:
     """Start a reference registry under `root` (htpasswd user `USER`, a private CA)."""
     import bcrypt
 
@@ -207,7 +211,7 @@ def reference_registry(root: Path, *, tls: bool = True, auth: bool = True) -> Re
     if auth:
         hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
         (root / "htpasswd").write_text(f"{USER}:{hashed}\n")
-    registry = ReferenceRegistry(root, ca)
+    registry = ReferenceRegistry(root, ca, extra_config=extra_config or {})
     registry.start()
     return registry
 
