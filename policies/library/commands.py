@@ -1,5 +1,5 @@
-"""The `trustyard library` commands: `import` a base image, list `stale` images (the rebuild
-list).
+"""The `trustyard library` commands: `import` a base image, `sync` declared tags from their
+`source:` upstream, list `stale` images (the rebuild list).
 
 `registry.cli` registers them with `add_library_commands` and hands them over with
 `run_library_command`. Both work on the data directory directly (in process, no HTTP), with the
@@ -25,6 +25,7 @@ from policies.loader import PolicyError, load_policy
 from policies.rules import short
 from registry.config import Config
 from registry.progress import terminal_progress
+from registry.proxy.sync import SyncError, fetch_layout, scratch, targets
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -47,6 +48,12 @@ def add_library_commands(
     imports.add_argument("--as", dest="reference", required=True, help="NAME:TAG, declared")
     imports.add_argument("--ref", help="which image of a layout or archive holding several")
     imports.add_argument("--policy", type=Path, help="policy file declaring the library")
+    sync = actions.add_parser(
+        "sync", help="fetch declared library tags from their source: upstream and import them"
+    )
+    common(sync)
+    sync.add_argument("reference", nargs="?", help="NAME or NAME:TAG (default: every tag)")
+    sync.add_argument("--policy", type=Path, help="policy file declaring the library")
     stale = actions.add_parser("stale", help="images built on a replaced library digest")
     common(stale)
     stale.add_argument("--policy", type=Path, help="policy file declaring the library")
@@ -58,6 +65,8 @@ def run_library_command(config: Config, args: argparse.Namespace, out: TextIO | 
     out = out or sys.stdout
     if args.action == "import":
         return asyncio.run(_import(config, args, out))
+    if args.action == "sync":
+        return asyncio.run(_sync(config, args, out))
     return asyncio.run(_stale(config, args.json, out))
 
 
@@ -108,6 +117,54 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     elif not result.moved:
         print(f"{result.name}:{result.tag} already pointed to {result.digest}", file=out)
     return 0
+
+
+async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    """Fetch each declared tag (or the one named) from its source upstream and import it."""
+    try:
+        library = _library(config, args.policy)
+    except PolicyError as exc:
+        print(f"trustyard: invalid policy:\n{exc}", file=sys.stderr)
+        return 2
+    if library is None:
+        print(
+            "trustyard: library sync: the policy file declares no library: section", file=sys.stderr
+        )
+        return 2
+    if config.proxy is None:
+        print("trustyard: library sync: no upstreams: are configured", file=sys.stderr)
+        return 2
+    try:
+        wanted = targets(library, args.reference)
+    except SyncError as exc:
+        print(f"trustyard: library sync: {exc}", file=sys.stderr)
+        return 2
+    store = open_blob_store(config)
+    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    failed = 0
+    try:
+        for target in wanted:
+            with scratch() as folder:
+                try:
+                    digest, layout = await fetch_layout(config.proxy, target, Path(folder))
+                    result = await import_image(
+                        db, store, library, layout, f"{target.name}:{target.tag}"
+                    )
+                except (SyncError, LibraryImportError) as exc:
+                    print(f"trustyard: library sync: {exc}", file=sys.stderr)
+                    failed += 1
+                    continue
+            where = f"{target.name}:{target.tag} from {target.source}"
+            if result.pending is not None:
+                print(f"{where}: {digest} is not signed yet: {result.pending}", file=out)
+            elif result.moved:
+                print(f"{where}: moved to {digest}", file=out)
+            else:
+                print(f"{where}: unchanged ({digest})", file=out)
+    finally:
+        await db.close()
+        await store.close()
+    return 1 if failed else 0
 
 
 async def _stale(config: Config, as_json: bool, out: TextIO) -> int:
