@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
 
 import aiohttp
@@ -164,7 +164,11 @@ class UpstreamClient:
         url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(query)}"
         try:
             basic = self._basic()
-            headers = {"Authorization": basic} if basic else {}
+            # The upstream names the realm: our password goes there only over TLS, or to the
+            # upstream's own host (never in clear text to a host it merely names).
+            realm_url = urlsplit(realm)
+            safe = realm_url.scheme == "https" or realm_url.netloc == self.upstream.host
+            headers = {"Authorization": basic} if basic and safe else {}
             async with self.session().get(url, headers=headers) as response:
                 if response.status != 200:
                     raise UpstreamError(
