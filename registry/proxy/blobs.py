@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from registry.grammar import Digest
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
+from storage.metadata import MetadataDB
 
 log = logging.getLogger("trustyard.proxy")
 
@@ -104,7 +106,14 @@ class BlobFetcher:
         return True
 
     def _start(
-        self, client: UpstreamClient, remote: str, name: str, digest: Digest, *, stream: bool
+        self,
+        client: UpstreamClient,
+        remote: str,
+        name: str,
+        digest: Digest,
+        size: int,
+        *,
+        stream: bool,
     ) -> tuple[_Fetch, asyncio.Queue[tuple[str, Any]] | None]:
         """The running fetch of `digest` for `name`, started if there is none; with the queue
         its bytes are streamed to when this call started it and `stream` asks for one."""
@@ -119,14 +128,17 @@ class BlobFetcher:
         )
         fetch.subscriber = queue
         self._running[key] = fetch
-        fetch.task = asyncio.create_task(self._run(fetch, client, remote, name, digest, key))
+        fetch.task = asyncio.create_task(self._run(fetch, client, remote, name, digest, size, key))
         return fetch, queue
 
-    async def ensure(self, client: UpstreamClient, remote: str, name: str, digest: Digest) -> None:
-        """Have blob `digest` stored for `name` (fetching it if needed); FetchFailed if not."""
+    async def ensure(
+        self, client: UpstreamClient, remote: str, name: str, digest: Digest, size: int
+    ) -> None:
+        """Have blob `digest` (of `size` bytes, as its descriptor says) stored for `name`,
+        fetching it if needed; FetchFailed if not."""
         if await self.cached(name, digest):
             return
-        fetch, _ = self._start(client, remote, name, digest, stream=False)
+        fetch, _ = self._start(client, remote, name, digest, size, stream=False)
         await asyncio.shield(fetch.done)
 
     async def serve(
@@ -136,12 +148,13 @@ class BlobFetcher:
         remote: str,
         name: str,
         digest: Digest,
+        size: int,
         handler: Handler,
     ) -> web.StreamResponse:
-        """Answer a GET of a blob not yet stored: stream it while it is fetched, or wait for
-        the fetch and serve it from storage."""
+        """Answer a GET of a blob not yet stored (of `size` bytes, as its descriptor says):
+        stream it while it is fetched, or wait for the fetch and serve it from storage."""
         stream = "Range" not in request.headers
-        fetch, queue = self._start(client, remote, name, digest, stream=stream)
+        fetch, queue = self._start(client, remote, name, digest, size, stream=stream)
         if queue is None:
             await self._wait(fetch)
             return await handler(request, name, str(digest))
@@ -206,6 +219,7 @@ class BlobFetcher:
         remote: str,
         name: str,
         digest: Digest,
+        size: int,
         key: tuple[str, str],
     ) -> None:
         store, db = self.ctx.store, self.ctx.db
@@ -213,7 +227,12 @@ class BlobFetcher:
         started = False
         try:
             async with await _open(client, remote, digest) as response:
-                size = response.content_length
+                # The descriptor's size bounds what is read: an upstream cannot fill the disk.
+                if response.content_length not in (None, size):
+                    raise FetchFailed(
+                        f"upstream announced {response.content_length} bytes for blob {digest}, "
+                        f"whose descriptor says {size}"
+                    )
                 await _publish(fetch, ("start", size))
                 await store.start_upload(upload_id)
                 started = True
@@ -221,7 +240,7 @@ class BlobFetcher:
                 received = 0
                 async for chunk in response.content.iter_chunked(CHUNK):
                     received += len(chunk)
-                    if size is not None and received > size:
+                    if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
                     # Hashed, stored and handed to the streaming client at once: the client
                     # waits for neither the disk nor the hash (its last chunk waits for both).
@@ -230,7 +249,7 @@ class BlobFetcher:
                         store.append(upload_id, chunk),
                         _publish(fetch, ("chunk", chunk)),
                     )
-                if size is not None and received != size:
+                if received != size:
                     raise FetchFailed(f"upstream sent {received} of {size} bytes")
             actual = Digest(digest.algorithm, hasher.hexdigest())
             if actual != digest:
@@ -290,6 +309,25 @@ async def _publish(fetch: _Fetch, item: tuple[str, Any]) -> None:
         fetch.subscriber = None
         _drain(queue)
         queue.put_nowait(("error", FetchFailed("client too slow")))
+
+
+async def descriptor_size(db: MetadataDB, name: str, digest: Digest) -> int | None:
+    """The size the manifests of `name` give blob `digest` (config or layer), or None when no
+    manifest stored there references it."""
+    for manifest_digest in await db.manifests_needing(name, str(digest), "blob", 8):
+        record = await db.get_manifest(name, manifest_digest)
+        if record is None:
+            continue
+        try:
+            document = json.loads(record.content)
+        except ValueError:
+            continue
+        for blob in [document.get("config"), *(document.get("layers") or [])]:
+            if isinstance(blob, dict) and blob.get("digest") == str(digest):
+                size = blob.get("size")
+                if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                    return size
+    return None
 
 
 def _drain(queue: asyncio.Queue[tuple[str, Any]]) -> None:

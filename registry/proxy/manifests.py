@@ -254,15 +254,17 @@ class ManifestCache:
                             client, upstream, remote, name, child, None, companions=False
                         )
                 return
-            config = document.get("config")
-            if isinstance(config, dict) and isinstance(config.get("digest"), str):
-                await self.blobs.ensure(client, remote, name, parse_digest(config["digest"]))
+            # The parser checked every descriptor: a digest and a size each.
+            config = document["config"]
+            await self.blobs.ensure(
+                client, remote, name, parse_digest(config["digest"]), config["size"]
+            )
             if _is_artifact(document):
                 for layer in document.get("layers") or []:
-                    if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
-                        continue
-                    if int(layer.get("size") or 0) <= MAX_SIGNATURE_LAYER:
-                        await self.blobs.ensure(client, remote, name, parse_digest(layer["digest"]))
+                    if layer["size"] <= MAX_SIGNATURE_LAYER:
+                        await self.blobs.ensure(
+                            client, remote, name, parse_digest(layer["digest"]), layer["size"]
+                        )
         except FetchFailed as exc:
             raise UpstreamError(upstream, exc.reason) from None
 

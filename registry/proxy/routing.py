@@ -24,7 +24,7 @@ from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
 from registry.grammar import parse_digest
 from registry.handlers.blobs import reader
 from registry.metrics import METRICS
-from registry.proxy.blobs import BlobFetcher
+from registry.proxy.blobs import BlobFetcher, descriptor_size
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache
@@ -141,31 +141,27 @@ async def _serve_proxied(
         if await proxy.blobs.cached(name, digest):
             return await handler(request, name, reference)
         ctx = request.app[CONTEXT]
+        # Only blobs of images pulled through the proxy (which met the policy) are fetched,
+        # bounded by their descriptor's size: the proxy is no open door to the upstream.
+        size = await descriptor_size(ctx.db, name, digest)
+        if size is None:
+            raise RegistryError(
+                BLOB_UNKNOWN,
+                {"digest": reference, "name": name},
+                message=f"blob {reference} is not part of any image of {name} pulled through "
+                "this proxy: pull its manifest first",
+            )
         # The blob gate first: nothing is fetched for a caller who may not read it.
         head = request.method == "HEAD"
         await ctx.policy.check_blob_read(name, str(digest), reader(request, name), content=not head)
         if head:
-            return await _head_upstream(client, remote, name, reference)
-        return await proxy.blobs.serve(request, client, remote, name, digest, handler)
+            return web.Response(
+                headers={
+                    "Docker-Content-Digest": reference,
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                    "Accept-Ranges": "bytes",
+                }
+            )
+        return await proxy.blobs.serve(request, client, remote, name, digest, size, handler)
     return await handler(request, name, reference)
-
-
-async def _head_upstream(
-    client: UpstreamClient, remote: str, name: str, reference: str
-) -> web.StreamResponse:
-    """HEAD of a blob not stored yet: what the upstream says, without fetching it."""
-    response = await client.request("HEAD", remote, f"blobs/{reference}")
-    try:
-        if response.status != 200 or response.content_length is None:
-            raise RegistryError(BLOB_UNKNOWN, {"digest": reference, "name": name})
-        size = response.content_length
-    finally:
-        response.release()
-    return web.Response(
-        headers={
-            "Docker-Content-Digest": reference,
-            "Content-Length": str(size),
-            "Content-Type": "application/octet-stream",
-            "Accept-Ranges": "bytes",
-        }
-    )

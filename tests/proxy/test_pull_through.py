@@ -129,3 +129,25 @@ async def test_wrong_credentials_or_untrusted_ca_are_refused_with_the_reason(
     assert resp.status == 503
     message = (await resp.json())["errors"][0]["message"]
     assert "certificate" in message.lower() or "ssl" in message.lower()
+
+
+async def test_only_blobs_of_pulled_images_are_fetched(start_client, upstream_registry, upstream):
+    layer = random_layer(10_000)
+    await upstream.push_image("team/door", "v1", [layer])
+    client = await start_client(**proxy_config(upstream_registry.url, upstream_registry.ca))
+    # No manifest pulled yet: the proxy is no open door to the upstream's blobs.
+    path = f"/v2/mirror.test/team/door/blobs/{sha256(layer)}"
+    before = upstream_gets(upstream_registry, f"/blobs/{sha256(layer)}")
+    resp = await client.get(path)
+    assert resp.status == 404
+    body = await resp.json()
+    assert error_codes(body) == ["BLOB_UNKNOWN"]
+    assert "pull its manifest first" in body["errors"][0]["message"]
+    assert upstream_gets(upstream_registry, f"/blobs/{sha256(layer)}") == before
+    # Once the image is pulled: HEAD answers from its descriptor, GET fetches.
+    assert (await client.get("/v2/mirror.test/team/door/manifests/v1")).status == 200
+    head = await client.head(path)
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(layer))
+    assert upstream_gets(upstream_registry, f"/blobs/{sha256(layer)}") == before
+    got = await client.get(path)
+    assert got.status == 200 and await got.read() == layer
