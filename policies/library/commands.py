@@ -24,8 +24,10 @@ from policies.library.rule import format_age
 from policies.loader import PolicyError, load_policy
 from policies.rules import short
 from registry.config import Config
+from registry.events.hub import EventHub
+from registry.events.settings import EventSettings
 from registry.progress import terminal_progress
-from registry.proxy.sync import SyncError, fetch_layout, scratch, targets
+from registry.proxy.sync import SYNC_ACTOR, SyncError, fetch_layout, scratch, targets
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -141,6 +143,9 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         return 2
     store = open_blob_store(config)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    # A move is queued as `library.tag.updated` in the outbox, in the move's transaction: the
+    # server delivers it.
+    announce = EventHub(db, EventSettings.from_config(config)).library_moved(SYNC_ACTOR)
     failed = 0
     try:
         for target in wanted:
@@ -148,7 +153,12 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
                 try:
                     digest, layout = await fetch_layout(config.proxy, target, Path(folder))
                     result = await import_image(
-                        db, store, library, layout, f"{target.name}:{target.tag}"
+                        db,
+                        store,
+                        library,
+                        layout,
+                        f"{target.name}:{target.tag}",
+                        announce=announce,
                     )
                 except (SyncError, LibraryImportError) as exc:
                     print(f"trustyard: library sync: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from policies.signatures.references import UpstreamIdentity, remap_identity
 from registry.config import Config
 from registry.context import CONTEXT
 from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
+from registry.events.hub import EVENTS
 from registry.grammar import parse_digest
 from registry.handlers.blobs import reader
 from registry.metrics import METRICS
@@ -30,6 +31,7 @@ from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache
 from registry.proxy.settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
 from registry.proxy.stats import ProxyStats
+from registry.proxy.sync import sync_periodically
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -76,13 +78,17 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
-        evicting = asyncio.create_task(evictor.run())
+        background = [
+            asyncio.create_task(evictor.run()),
+            asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
+        ]
         try:
             yield
         finally:
-            evicting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evicting
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await evictor.flush()
             await blobs.close()

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from policies.globs import GlobSet
-from policies.rules import parse_size
 
 #: Defaults of the `proxy` section.
 DEFAULT_MANIFEST_TTL = 300.0
@@ -98,6 +97,9 @@ def load_proxy_settings(
 ) -> ProxySettings | None:
     """The proxy settings of a merged configuration `document`, or None when it names no
     upstream; ProxyConfigError lists every problem found."""
+    # Imported here: the policy modules read the configuration's durations at import time.
+    from policies.rules import parse_size
+
     items = document.get("upstreams") or []
     section = document.get("proxy") or {}
     problems: list[str] = []

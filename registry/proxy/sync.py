@@ -10,20 +10,31 @@ on the previous digest show up in `library stale`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from policies.library.declaration import Library
+from policies.library.importer import LibraryImportError, import_image
+from registry.context import RegistryContext
+from registry.events.hub import EventHub
 from registry.grammar import parse_digest
 from registry.manifest_format import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.settings import ProxySettings
 
 ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
+#: Who the events and the history name for moves made by a sync.
+SYNC_ACTOR = "library-sync"
+#: How often the server looks for a `library.sync_interval` when the policy sets none.
+IDLE_CHECK = 60.0
+
+log = logging.getLogger("trustyard.library")
 
 
 class SyncError(Exception):
@@ -147,3 +158,53 @@ def _write(layout: Path, digest: str, content: bytes) -> None:
 def scratch() -> tempfile.TemporaryDirectory[str]:
     """A scratch directory for the layouts of one sync."""
     return tempfile.TemporaryDirectory(prefix="trustyard-sync-")
+
+
+async def sync_library(
+    ctx: RegistryContext, events: EventHub, settings: ProxySettings, only: str | None = None
+) -> list[str]:
+    """Inside the server: sync the declared library tags (or `only`), announcing each move
+    as `library.tag.updated`; a line per tag saying what happened."""
+    library = ctx.policy.policy.library
+    if library is None:
+        return []
+    lines = []
+    for target in targets(library, only):
+        with scratch() as folder:
+            try:
+                digest, layout = await fetch_layout(settings, target, Path(folder))
+                result = await import_image(
+                    ctx.db,
+                    ctx.store,
+                    library,
+                    layout,
+                    f"{target.name}:{target.tag}",
+                    announce=events.library_moved(SYNC_ACTOR),
+                )
+            except (SyncError, LibraryImportError) as exc:
+                log.warning("library sync: %s", exc)
+                lines.append(f"{target.name}:{target.tag}: {exc}")
+                continue
+        if result.moved:
+            events.committed()
+            ctx.policy.evidence_changed(result.repository)
+        state = "moved" if result.moved else ("pending" if result.pending else "unchanged")
+        log.info("library sync: %s:%s %s (%s)", target.name, target.tag, state, digest)
+        lines.append(f"{target.name}:{target.tag}: {state} {digest}")
+    return lines
+
+
+async def sync_periodically(
+    ctx: RegistryContext, events: EventHub, settings: ProxySettings
+) -> None:
+    """Run `sync_library` every `library.sync_interval` of the current policy (re-read each
+    time: a reloaded policy changes it); without one, look again every minute."""
+    while True:
+        library = ctx.policy.policy.library
+        interval = library.sync_interval if library is not None else None
+        await asyncio.sleep(interval if interval else IDLE_CHECK)
+        if interval:
+            try:
+                await sync_library(ctx, events, settings)
+            except Exception:
+                log.exception("library sync failed")

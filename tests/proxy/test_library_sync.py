@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from registry.cli import main
+from registry.context import CONTEXT
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
-from tests.proxy.upstreams import PASSWORD, USER, random_layer
+from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
+from tests.server_process import port_of, reserve_port
 
 POLICY = """\
 version: 1
@@ -87,3 +90,49 @@ def test_sync_follows_the_upstream_tag(
     assert main([*argv, "local-only"]) == 2
     assert "not a declared library image or tag with a source:" in capsys.readouterr().err
     assert main([*argv, "python:3.99"]) == 2
+
+
+async def test_the_server_syncs_every_interval_and_announces_moves(
+    start_client, tmp_path: Path, upstream_registry, upstream
+) -> None:
+    first, _ = await upstream.push_image("library/python", "3.12", [random_layer(20_000)])
+    (tmp_path / "policy.yaml").write_text(
+        POLICY.replace("  namespace: library\n", "  namespace: library\n  sync_interval: 0.2s\n")
+    )
+    sock = reserve_port()  # the event endpoint is down: announcements stay in the outbox
+    try:
+        client = await start_client(
+            policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+            events={
+                "endpoints": [{"name": "ci", "url": f"http://127.0.0.1:{port_of(sock)}/"}],
+                "retry": {"initial": "1h", "max": "1h"},
+            },
+            **proxy_config(upstream_registry.url, upstream_registry.ca),
+        )
+        db = client.app[CONTEXT].db
+
+        async def history() -> list[str]:
+            rows = await db.read(
+                "SELECT digest FROM library_tag_history WHERE name = 'python' ORDER BY since"
+            )
+            return [row[0] for row in rows]
+
+        await until(lambda: history(), [first])
+        second, _ = await upstream.push_image("library/python", "3.12", [random_layer(20_000)])
+        await until(lambda: history(), [first, second])
+        rows = await db.read(
+            "SELECT body FROM event_outbox WHERE type = 'dev.trustyard.library.tag.updated'"
+        )
+        moves = [json.loads(row[0])["data"] for row in rows]
+        assert [(m["digest"], m.get("previous")) for m in moves][-1] == (second, first)
+        assert moves[-1]["actor"] == "library-sync"
+    finally:
+        sock.close()
+
+
+async def until(read, expected, timeout: float = 60.0) -> None:
+    """Wait until `await read()` returns `expected` (the sync runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while (found := await read()) != expected:
+        assert time.monotonic() < deadline, f"still {found}, expected {expected}"
+        await asyncio.sleep(0.05)
