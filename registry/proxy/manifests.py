@@ -147,8 +147,10 @@ class ManifestCache:
             age = int(now - validated)
             log.warning("serving %s:%s stale (confirmed upstream %ds ago): %s", name, tag, age, exc)
             self.stats.count("stale_served")
+            # A header value: one line, no quote that would end the warning's text early.
+            reason = " ".join(exc.reason.split()).replace('"', "'").replace("\\", "/")
             return {
-                "Warning": f'110 trustyard "Response is Stale: {exc.reason}; '
+                "Warning": f'110 trustyard "Response is Stale: {reason}; '
                 f'last confirmed upstream {age}s ago"'
             }
         self.stats.count("stale_refused")
