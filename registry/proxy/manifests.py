@@ -149,6 +149,7 @@ class ManifestCache:
             self.stats.count("stale_served")
             # A header value: one line, no quote that would end the warning's text early.
             reason = " ".join(exc.reason.split()).replace('"', "'").replace("\\", "/")
+            reason = reason.encode("ascii", "replace").decode()
             return {
                 "Warning": f'110 trustyard "Response is Stale: {reason}; '
                 f'last confirmed upstream {age}s ago"'
