@@ -27,7 +27,7 @@ from registry.config import Config
 from registry.events.hub import EventHub
 from registry.events.settings import EventSettings
 from registry.progress import terminal_progress
-from registry.proxy.sync import SYNC_ACTOR, SyncError, fetch_layout, scratch, targets
+from registry.proxy.sync import SYNC_ACTOR, SyncError, sync_tags, targets
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
@@ -137,7 +137,7 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         print("trustyard: library sync: no upstreams: are configured", file=sys.stderr)
         return 2
     try:
-        wanted = targets(library, args.reference)
+        targets(library, args.reference)  # a name nothing matches is refused before any work
     except SyncError as exc:
         print(f"trustyard: library sync: {exc}", file=sys.stderr)
         return 2
@@ -146,35 +146,14 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     # A move is queued as `library.tag.updated` in the outbox, in the move's transaction: the
     # server delivers it.
     announce = EventHub(db, EventSettings.from_config(config)).library_moved(SYNC_ACTOR)
-    failed = 0
     try:
-        for target in wanted:
-            with scratch() as folder:
-                try:
-                    digest, layout = await fetch_layout(config.proxy, target, Path(folder))
-                    result = await import_image(
-                        db,
-                        store,
-                        library,
-                        layout,
-                        f"{target.name}:{target.tag}",
-                        announce=announce,
-                    )
-                except (SyncError, LibraryImportError) as exc:
-                    print(f"trustyard: library sync: {exc}", file=sys.stderr)
-                    failed += 1
-                    continue
-            where = f"{target.name}:{target.tag} from {target.source}"
-            if result.pending is not None:
-                print(f"{where}: {digest} is not signed yet: {result.pending}", file=out)
-            elif result.moved:
-                print(f"{where}: moved to {digest}", file=out)
-            else:
-                print(f"{where}: unchanged ({digest})", file=out)
+        done = await sync_tags(db, store, library, config.proxy, announce, args.reference)
     finally:
         await db.close()
         await store.close()
-    return 1 if failed else 0
+    for synced in done:
+        print(synced.line(), file=out if synced.state != "failed" else sys.stderr)
+    return 1 if any(s.state == "failed" for s in done) else 0
 
 
 async def _stale(config: Config, as_json: bool, out: TextIO) -> int:

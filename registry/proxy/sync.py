@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.library.declaration import Library
+from policies.library.history import Announce
 from policies.library.importer import LibraryImportError, import_image
 from registry.context import RegistryContext
 from registry.events.hub import EventHub
@@ -27,6 +28,8 @@ from registry.grammar import parse_digest
 from registry.manifest_format import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.settings import ProxySettings
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
 
 ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
 #: Who the events and the history name for moves made by a sync.
@@ -160,38 +163,73 @@ def scratch() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="trustyard-sync-")
 
 
-async def sync_library(
-    ctx: RegistryContext, events: EventHub, settings: ProxySettings, only: str | None = None
-) -> list[str]:
-    """Inside the server: sync the declared library tags (or `only`), announcing each move
-    as `library.tag.updated`; a line per tag saying what happened."""
-    library = ctx.policy.policy.library
-    if library is None:
-        return []
-    lines = []
+@dataclass(frozen=True)
+class Synced:
+    """What a sync did to one declared tag."""
+
+    target: SyncTarget
+    digest: str | None = None  # the upstream's digest, when fetched
+    state: str = "failed"  # moved | unchanged | pending | failed
+    detail: str = ""  # why pending or failed
+
+    def line(self) -> str:
+        """One line for the operator."""
+        where = f"{self.target.name}:{self.target.tag} from {self.target.source}"
+        if self.state == "moved":
+            return f"{where}: moved to {self.digest}"
+        if self.state == "unchanged":
+            return f"{where}: unchanged ({self.digest})"
+        if self.state == "pending":
+            return f"{where}: {self.digest} is not signed yet: {self.detail}"
+        return f"{where}: {self.detail}"
+
+
+async def sync_tags(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library,
+    settings: ProxySettings,
+    announce: Announce,
+    only: str | None = None,
+) -> list[Synced]:
+    """Fetch each declared tag with a source (or `only`) and import it; a move is `announce`d
+    in its transaction. SyncError when `only` names nothing to sync."""
+    done = []
     for target in targets(library, only):
         with scratch() as folder:
             try:
                 digest, layout = await fetch_layout(settings, target, Path(folder))
                 result = await import_image(
-                    ctx.db,
-                    ctx.store,
-                    library,
-                    layout,
-                    f"{target.name}:{target.tag}",
-                    announce=events.library_moved(SYNC_ACTOR),
+                    db, store, library, layout, f"{target.name}:{target.tag}", announce=announce
                 )
             except (SyncError, LibraryImportError) as exc:
                 log.warning("library sync: %s", exc)
-                lines.append(f"{target.name}:{target.tag}: {exc}")
+                done.append(Synced(target, detail=str(exc)))
                 continue
-        if result.moved:
+        if result.pending is not None:
+            done.append(Synced(target, digest, "pending", result.pending))
+        else:
+            done.append(Synced(target, digest, "moved" if result.moved else "unchanged"))
+        log.info("library sync: %s", done[-1].line())
+    return done
+
+
+async def sync_library(
+    ctx: RegistryContext, events: EventHub, settings: ProxySettings, only: str | None = None
+) -> list[Synced]:
+    """Inside the server: `sync_tags` with the running registry's stores and policy; each move
+    is announced as `library.tag.updated` and wakes the event sender."""
+    library = ctx.policy.policy.library
+    if library is None:
+        return []
+    done = await sync_tags(
+        ctx.db, ctx.store, library, settings, events.library_moved(SYNC_ACTOR), only
+    )
+    for synced in done:
+        if synced.state == "moved":
             events.committed()
-            ctx.policy.evidence_changed(result.repository)
-        state = "moved" if result.moved else ("pending" if result.pending else "unchanged")
-        log.info("library sync: %s:%s %s (%s)", target.name, target.tag, state, digest)
-        lines.append(f"{target.name}:{target.tag}: {state} {digest}")
-    return lines
+            ctx.policy.evidence_changed(library.repository(synced.target.name))
+    return done
 
 
 async def sync_periodically(
