@@ -128,6 +128,10 @@ class UpstreamClient:
                 continue
             if response.status == 401:
                 response.release()
+                if self._basic() is None:
+                    raise UpstreamError(
+                        self.upstream, "401: the upstream wants credentials and none are configured"
+                    )
                 raise UpstreamError(self.upstream, "401: the upstream refuses our credentials")
             if response.status == 429 or response.status >= 500:
                 response.release()
