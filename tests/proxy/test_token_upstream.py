@@ -4,6 +4,7 @@ a token per scope from the realm, cached until it expires), with credentials and
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from registry.app import create_app
+from registry.proxy.routing import PROXY
 from tests.auth.conftest import PASSWORDS, auth_section, basic, write_accounts
 from tests.conftest import make_config
 from tests.oci import error_codes
@@ -127,3 +129,24 @@ async def test_anonymous_token_flow_and_a_scope_the_upstream_refuses(start_clien
     body = await secret.json()
     assert error_codes(body) == ["UNAVAILABLE"]
     assert "upstream ty" in body["errors"][0]["message"]
+
+
+async def test_a_token_is_fetched_again_once_it_expires(start_client, token_upstream, tmp_path):
+    push = Upstream(
+        url_of(token_upstream),
+        None,
+        await bearer_for(token_upstream, "repository:team-a/app:pull,push", "alice"),
+    )
+    await push.push_image("team-a/app", "v1", [b"one"])
+    await push.push_image("team-a/app", "v2", [b"two"])
+    client = await start_client(**config(token_upstream, "alice", tmp_path))
+    before = await tokens_issued(token_upstream)
+    assert (await client.get("/v2/ty.test/team-a/app/manifests/v1")).status == 200
+    assert await tokens_issued(token_upstream) - before == 1
+    # The cached token's lifetime is over (it expired a second ago): the next request in the
+    # same scope asks the realm again instead of sending it.
+    upstream_client = client.app[PROXY].clients["ty"]
+    for scope, (token, _) in list(upstream_client._tokens.items()):
+        upstream_client._tokens[scope] = (token, time.time() - 1)
+    assert (await client.get("/v2/ty.test/team-a/app/manifests/v2")).status == 200
+    assert await tokens_issued(token_upstream) - before == 2
