@@ -145,7 +145,7 @@ def test_podman_pulls_through_a_registries_conf_mirror(
         shutil.rmtree(base / "root", ignore_errors=True)
 
 
-def test_docker_pulls_through_registry_mirrors(proxied: Setup):
+def test_docker_and_containerd_pull_through_mirrors(proxied: Setup):
     if docker_available() is None:
         pytest.skip("dockerd, docker or containerd is not installed (run .ci/install-e2e-deps.sh)")
     daemon = start_dockerd(
@@ -164,5 +164,37 @@ def test_docker_pulls_through_registry_mirrors(proxied: Setup):
         )
         assert inspect.returncode == 0, inspect.stderr
         assert f"proxied@{proxied.images['library/proxied:v1']}" in json.loads(inspect.stdout)
+        # containerd (dockerd's own) with a hosts.toml mirror under the path prefix.
+        hosts = daemon.root / "certs.d" / "docker.io"
+        hosts.mkdir(parents=True)
+        (hosts / "hosts.toml").write_text(
+            'server = "https://registry-1.docker.io"\n\n'
+            f'[host."http://{proxied.trustyard.host}/v2/mirror.test"]\n'
+            '  capabilities = ["pull", "resolve"]\n'
+            "  override_path = true\n"
+        )
+        sockets = list((daemon.root / "ex").rglob("containerd.sock"))
+        assert sockets, "dockerd started no containerd"
+        ctr = require_binary("ctr")
+        pulled = run(
+            [
+                ctr,
+                "--address",
+                str(sockets[0]),
+                "--namespace",
+                "ty-proxy-ctr",
+                "images",
+                "pull",
+                "--hosts-dir",
+                str(daemon.root / "certs.d"),
+                "docker.io/team/podman:v1",
+            ],
+            env={},
+        )
+        listed = run(
+            [ctr, "--address", str(sockets[0]), "--namespace", "ty-proxy-ctr", "images", "ls"],
+            env={},
+        ).stdout
+        assert proxied.images["team/podman:v1"] in listed, pulled.stdout + listed
     finally:
         daemon.stop()
