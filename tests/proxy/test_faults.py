@@ -5,6 +5,7 @@ registry (`Front`) or from stopping the reference registry itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -86,32 +87,37 @@ async def test_wrong_bytes_for_a_digest_are_refused_and_nothing_is_stored(
     assert await good.read() == layer
 
 
-async def test_sixteen_clients_on_one_uncached_blob_cause_one_upstream_fetch(
+async def test_sixteen_clients_on_one_uncached_image_cause_one_upstream_fetch_per_blob(
     start_client, front, upstream, upstream_registry
 ):
-    layer = random_layer(8 * 1024 * 1024)
-    await upstream.push_image("team/app", "v1", [layer])
+    layers = [random_layer(8 * 1024 * 1024), random_layer(1024 * 1024)]
+    _, manifest_bytes = await upstream.push_image("team/app", "v1", layers)
+    manifest = json.loads(manifest_bytes)
+    blobs = {b["digest"]: b["size"] for b in [manifest["config"], *manifest["layers"]]}
     client = await start_client(**proxy_config(front.url, None))
-    digest = sha256(layer)
     front.delay = 0.2  # the upstream is slow to start: the clients pile up on one fetch
 
-    async def pull() -> bytes:
-        manifest = await client.get(f"/v2/{NAME}/manifests/v1")
-        assert manifest.status == 200, await manifest.text()
-        resp = await client.get(f"/v2/{NAME}/blobs/{digest}")
-        assert resp.status == 200, await resp.text()
-        return await resp.read()
+    async def pull() -> dict[str, bytes]:
+        got = await client.get(f"/v2/{NAME}/manifests/v1")
+        assert got.status == 200, await got.text()
+        bodies = {}
+        for digest in blobs:
+            resp = await client.get(f"/v2/{NAME}/blobs/{digest}")
+            assert resp.status == 200, await resp.text()
+            bodies[digest] = await resp.read()
+        return bodies
 
-    bodies = await asyncio.gather(*(pull() for _ in range(16)))
-    assert all(body == layer for body in bodies)
+    pulls = await asyncio.gather(*(pull() for _ in range(16)))
+    for bodies in pulls:
+        assert {d: sha256(b) for d, b in bodies.items()} == {d: d for d in blobs}
     # Counted at the upstream: by the front and by the reference registry's own log.
-    assert front.blob_gets(digest) == 1
-    registry_gets = sum(
-        n
-        for (m, p), n in upstream_registry.requests().items()
-        if m == "GET" and p.endswith(f"/blobs/{digest}")
-    )
-    assert registry_gets == 1
+    registry_requests = upstream_registry.requests()
+    for digest in blobs:
+        assert front.blob_gets(digest) == 1, digest
+        served = sum(
+            n for (m, p), n in registry_requests.items() if m == "GET" and p.endswith(digest)
+        )
+        assert served == 1, digest
     manifest_gets = sum(
         n
         for (m, p, status), n in front.answered.items()
