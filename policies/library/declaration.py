@@ -23,8 +23,8 @@ from datetime import date
 from typing import Any
 
 from policies.signatures.trust import TrustConfig
-from registry.config import parse_duration
-from registry.grammar import NAME_RE, TAG_RE
+from shared.durations import parse_duration
+from storage.oci.grammar import NAME_RE, TAG_RE
 
 DEFAULT_NAMESPACE = "library"
 

@@ -29,11 +29,11 @@ from aiohttp import web
 
 from registry.context import RegistryContext
 from registry.errors import BLOB_UNKNOWN, UNAVAILABLE, RegistryError
-from registry.grammar import Digest
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
 from storage.metadata import MetadataDB
+from storage.oci.digests import Digest
 
 log = logging.getLogger("trustyard.proxy")
 
@@ -74,6 +74,9 @@ class BlobFetcher:
         self.ctx = ctx
         self.stats = stats
         self._running: dict[tuple[str, str], _Fetch] = {}
+        #: Held to decide "stored, running, or start one": only its holder starts a fetch, and
+        #: a fetch links its blob before it leaves `_running`, so no decision sees neither.
+        self._deciding = asyncio.Lock()
 
     async def close(self) -> None:
         """Cancel running fetches (their uploads are dropped)."""
@@ -136,9 +139,10 @@ class BlobFetcher:
     ) -> None:
         """Have blob `digest` (of `size` bytes, as its descriptor says) stored for `name`,
         fetching it if needed; FetchFailed if not."""
-        if await self.cached(name, digest):
-            return
-        fetch, _ = self._start(client, remote, name, digest, size, stream=False)
+        async with self._deciding:
+            if (name, str(digest)) not in self._running and await self.cached(name, digest):
+                return
+            fetch, _ = self._start(client, remote, name, digest, size, stream=False)
         await asyncio.shield(fetch.done)
 
     async def serve(
@@ -154,7 +158,12 @@ class BlobFetcher:
         """Answer a GET of a blob not yet stored (of `size` bytes, as its descriptor says):
         stream it while it is fetched, or wait for the fetch and serve it from storage."""
         stream = "Range" not in request.headers
-        fetch, queue = self._start(client, remote, name, digest, size, stream=stream)
+        async with self._deciding:
+            stored = (name, str(digest)) not in self._running and await self.cached(name, digest)
+            if not stored:
+                fetch, queue = self._start(client, remote, name, digest, size, stream=stream)
+        if stored:  # fetched by another client meanwhile
+            return await handler(request, name, str(digest))
         if queue is None:
             await self._wait(fetch)
             return await handler(request, name, str(digest))

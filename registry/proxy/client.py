@@ -22,7 +22,7 @@ from urllib.request import parse_http_list, parse_keqv_list
 
 import aiohttp
 
-from registry.proxy.settings import Upstream
+from registry.upstream_settings import Upstream
 
 log = logging.getLogger("trustyard.proxy")
 

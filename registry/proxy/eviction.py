@@ -16,8 +16,8 @@ import logging
 import time
 
 from registry.context import RegistryContext
-from registry.proxy.settings import ProxySettings
 from registry.proxy.stats import ProxyStats
+from registry.upstream_settings import ProxySettings
 from storage.proxy_cache import evict_image, eviction_order, exclusive_bytes, mark_pulled
 
 log = logging.getLogger("trustyard.proxy")

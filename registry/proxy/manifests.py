@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from policies.errors import PolicyDenied
 from registry.context import CONTEXT
 from registry.errors import (
     DIGEST_INVALID,
@@ -31,14 +32,18 @@ from registry.errors import (
     UNAVAILABLE,
     RegistryError,
 )
-from registry.grammar import Digest, is_digest, parse_digest
-from registry.manifest_format import INDEXES, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from registry.proxy.blobs import BlobFetcher, FetchFailed
 from registry.proxy.client import UpstreamClient, UpstreamError
-from registry.proxy.settings import ProxySettings, Upstream
 from registry.proxy.stats import ProxyStats
 from registry.proxy.store import parse_pulled, store_pulled_manifest
+from registry.upstream_settings import ProxySettings, Upstream
+from storage.errors import StorageError
 from storage.metadata import ManifestRecord
+from storage.oci.digests import Digest, parse_digest
+from storage.oci.errors import OciError
+from storage.oci.grammar import is_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE
+from storage.oci.media_types import INDEXES, MANIFEST_MEDIA_TYPES
 from storage.proxy_cache import mark_tag_validated, tag_validated_at
 
 log = logging.getLogger("trustyard.proxy")
@@ -233,7 +238,7 @@ class ManifestCache:
             claimed = response.headers.get("Docker-Content-Digest")
             try:
                 digest = parse_digest(claimed) if claimed else None
-            except RegistryError:
+            except OciError:
                 digest = None
             return body, response.headers.get("Content-Type"), digest
 
@@ -282,9 +287,11 @@ class ManifestCache:
             try:
                 await self._fetch(client, upstream, remote, name, tag, tag, companions=False)
                 await mark_tag_validated(self.app[CONTEXT].db, name, tag, time.time())
-            except RegistryError as exc:
+            except OciError as exc:
                 if exc.error is not MANIFEST_UNKNOWN:
                     log.warning("%s: companion %s not mirrored: %s", name, tag, exc.message)
+            except (PolicyDenied, StorageError) as exc:
+                log.warning("%s: companion %s not mirrored: %s", name, tag, exc.message)
             except UpstreamError as exc:
                 log.warning("%s: companion %s not mirrored: %s", name, tag, exc)
 
@@ -306,7 +313,7 @@ class ManifestCache:
                 continue
             try:
                 await self._fetch(client, upstream, remote, name, referrer, None, companions=False)
-            except (RegistryError, UpstreamError) as exc:
+            except (OciError, PolicyDenied, StorageError, UpstreamError) as exc:
                 log.warning("%s: referrer %s not mirrored: %s", name, referrer, exc)
 
     async def _referrers(self, client: UpstreamClient, remote: str, digest: str) -> list[str]:
@@ -340,7 +347,7 @@ def _descriptors(items: object) -> Iterable[str]:
         if isinstance(item, dict) and isinstance(item.get("digest"), str):
             try:
                 found.append(str(parse_digest(item["digest"])))
-            except RegistryError:
+            except OciError:
                 continue
     return found
 

@@ -22,16 +22,18 @@ from registry.config import Config
 from registry.context import CONTEXT
 from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
 from registry.events.hub import EVENTS
-from registry.grammar import parse_digest
 from registry.handlers.blobs import reader
 from registry.metrics import METRICS
 from registry.proxy.blobs import BlobFetcher, descriptor_size
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache
-from registry.proxy.settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
 from registry.proxy.stats import ProxyStats
 from registry.proxy.sync import sync_periodically
+from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
+from storage.oci.digests import parse_digest
+from storage.oci.errors import OciError
+from storage.oci.grammar import check_tag, is_digest
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -136,6 +138,10 @@ async def _serve_proxied(
     remote = upstream.remote_name(path)
     client = proxy.clients[upstream.name]
     if route == "manifest":
+        # A reference outside the grammar never reaches the upstream's URL: the handler answers
+        # it (404 MANIFEST_UNKNOWN with the grammar's reason).
+        if not _in_grammar(reference):
+            return await handler(request, name, reference)
         extra = await proxy.manifests.ensure(upstream, remote, name, reference)
         response = await handler(request, name, reference)
         response.headers.update(extra)
@@ -171,3 +177,15 @@ async def _serve_proxied(
             )
         return await proxy.blobs.serve(request, client, remote, name, digest, size, handler)
     return await handler(request, name, reference)
+
+
+def _in_grammar(reference: str) -> bool:
+    """Whether `reference` is a tag or a digest of the spec's grammar."""
+    try:
+        if is_digest(reference):
+            parse_digest(reference)
+        else:
+            check_tag(reference)
+    except OciError:
+        return False
+    return True

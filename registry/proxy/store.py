@@ -22,9 +22,9 @@ from policies.signatures.proofs import push_problem, signature_pushed
 from registry.context import CONTEXT
 from registry.errors import MANIFEST_INVALID, RegistryError
 from registry.events.hub import EVENTS
-from registry.grammar import Digest
-from registry.manifest_format import ParsedManifest, parse_manifest
 from storage.metadata import ManifestRecord, Reference
+from storage.oci.digests import Digest
+from storage.oci.manifest import ParsedManifest, parse_manifest
 
 #: Manifests larger than this are parsed in a thread.
 LARGE_MANIFEST = 64 * 1024

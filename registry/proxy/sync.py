@@ -24,12 +24,13 @@ from policies.library.history import Announce
 from policies.library.importer import LibraryImportError, import_image
 from registry.context import RegistryContext
 from registry.events.hub import EventHub
-from registry.grammar import parse_digest
-from registry.manifest_format import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from registry.proxy.client import UpstreamClient, UpstreamError
-from registry.proxy.settings import ProxySettings
+from registry.upstream_settings import ProxySettings
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE
+from storage.oci.media_types import MANIFEST_MEDIA_TYPES
 
 ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
 #: Who the events and the history name for moves made by a sync.

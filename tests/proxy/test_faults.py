@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from registry.context import CONTEXT
-from registry.grammar import parse_digest
 from registry.proxy.routing import PROXY
+from storage.oci.digests import parse_digest
 from storage.proxy_cache import mark_tag_validated
 from tests.oci import error_codes
 from tests.proxy.upstreams import proxy_config, random_layer, sha256

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from registry.context import CONTEXT
-from registry.grammar import parse_digest
 from registry.proxy.routing import PROXY
+from storage.oci.digests import parse_digest
 from tests.oci import error_codes
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
 

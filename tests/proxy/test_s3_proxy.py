@@ -7,8 +7,8 @@ import aiohttp
 import pytest
 
 from registry.context import CONTEXT
-from registry.grammar import parse_digest
 from registry.proxy.routing import PROXY
+from storage.oci.digests import parse_digest
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
 from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
 

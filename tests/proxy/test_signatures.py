@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import cosign as cosign_module
+from policies.signatures import simple_signing as cosign_module
 from tests.proxy.upstreams import OCI_CONFIG, OCI_MANIFEST, proxy_config, sha256
 from tests.signing import public_pem, sign, simple_signing_payload
 

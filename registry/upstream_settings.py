@@ -1,4 +1,5 @@
-"""The proxy's configuration: the `upstreams` list and the `proxy` section, checked as a whole.
+"""The proxy's configuration (`registry.proxy`): the `upstreams` list and the `proxy` section,
+checked as a whole.
 
 The JSON schema checks each key's shape; this module checks what spans keys and the world
 outside the file: names and prefixes unique, no prefix inside another, the default upstream
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from policies.globs import GlobSet
+from policies.rules import parse_size
+from shared.globs import GlobSet
 
 #: Defaults of the `proxy` section.
 DEFAULT_MANIFEST_TTL = 300.0
@@ -97,8 +99,6 @@ def load_proxy_settings(
 ) -> ProxySettings | None:
     """The proxy settings of a merged configuration `document`, or None when it names no
     upstream; ProxyConfigError lists every problem found."""
-    # Imported here: the policy modules read the configuration's durations at import time.
-    from policies.rules import parse_size
 
     items = document.get("upstreams") or []
     section = document.get("proxy") or {}
