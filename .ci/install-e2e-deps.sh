@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the end-to-end tests (tests/e2e) need: a Docker daemon and
-# CLI (dockerd starts its own containerd), skopeo and podman, with their recommended packages (what
-# the tests were developed against). Idempotent; run as root.
+# CLI (dockerd starts its own containerd), skopeo, podman and the reference registry
+# (docker-registry: the proxy tests' upstream), with their recommended packages (what the tests
+# were developed against). Idempotent; run as root.
 # The Python client `oras` comes from the project's `test` extra (pip install -e '.[test]').
 set -euo pipefail
 
