@@ -95,3 +95,26 @@ async def test_without_a_limit_nothing_is_evicted(start_client, upstream_registr
     await pull(client, "mirror.test/team/a", "v1")
     assert await client.app[PROXY].evictor.evict_once() == 0
     assert await client.app[CONTEXT].db.get_tagged_manifest("mirror.test/team/a", "v1")
+
+
+async def test_the_library_namespace_is_never_evicted(
+    start_client, upstream_registry, upstream, tmp_path
+):
+    await upstream.push_image("library/base", "v1", [random_layer(50_000)])
+    await upstream.push_image("team/app", "v1", [random_layer(50_000)])
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nlibrary:\n  namespace: library\n  images:\n"
+        "    - name: base\n      tags: [v1]\nrules: []\n"
+    )
+    config = proxy_config(upstream_registry.url, upstream_registry.ca, cache_limit=1)
+    config["proxy"]["default_upstream"] = "ref"  # unprefixed names come from the upstream too
+    client = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}, **config
+    )
+    await pull(client, "library/base", "v1")
+    await pull(client, "mirror.test/team/app", "v1")
+    # Over a one-byte limit: everything proxied goes, except the library's.
+    assert await client.app[PROXY].evictor.evict_once() == 1
+    db = client.app[CONTEXT].db
+    assert await db.get_tagged_manifest("library/base", "v1") is not None
+    assert await db.get_tagged_manifest("mirror.test/team/app", "v1") is None
