@@ -19,6 +19,7 @@ handlers); arithmetic and constant swaps are left out. Survivors are printed wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,9 @@ class Target:
     bare: bool = False
 
 
-PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+PYTEST_ARGS = "-x -q -p no:cacheprovider"
+PYTEST = f"{sys.executable} -m pytest {PYTEST_ARGS}"
+FORK = "tests/mutation/forkserver.py"
 #: cosmic-ray and its filters, run by this interpreter (their scripts may not be on PATH).
 COSMIC_RAY = [sys.executable, "-m", "cosmic_ray.cli"]
 FILTER_OPERATORS = [sys.executable, "-m", "cosmic_ray.tools.filters.operators_filter"]
@@ -142,6 +146,11 @@ TARGETS: dict[str, Target] = {
     ),
 }
 
+#: Run each mutant's tests in a fork of a preloaded server (tests/mutation/forkserver.py).
+FORKING = True
+#: Only these modules of the targets (--module), or all.
+ONLY: tuple[str, ...] = ()
+
 #: The CI subset: small, fast, and every mutant in it must be killed.
 SMOKE = ("events-verify",)
 
@@ -191,10 +200,65 @@ def copy_tree(into: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def config_for(name: str, target: Target, module: str) -> str:
+def target_tests(target: Target) -> list[str]:
+    """The target's test files that exist in this tree."""
+    return [t for t in target.tests if (ROOT / t).exists()]
+
+
+def test_command(target: Target, server: str | None = None) -> str:
+    """The command cosmic-ray runs for each mutant: pytest, or pytest in a fork of `server`."""
+    tests = " ".join(target_tests(target))
+    pytest = PYTEST if server is None else f"{sys.executable} {FORK} run {server} {PYTEST_ARGS}"
+    return f"{BARE} {pytest} {tests}" if target.bare else f"{pytest} {tests}"
+
+
+def warm(work: Path, target: Target) -> None:
+    """Bytecode for the unmutated copy, so a mutant's run compiles only the mutated module.
+
+    One ordinary run writes pytest's rewritten test modules (the tests are never mutated); then
+    every module is compiled again with hash-checked bytecode, which Python uses only while the
+    source's hash matches: a mutant, whatever its size and time, is always compiled afresh."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    first = subprocess.run(
+        [sys.executable, "-m", "pytest", *PYTEST_ARGS.split(), *target_tests(target)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+    )
+    if first.returncode != 0:
+        raise SystemExit(f"the unmutated tree fails its tests ({first.returncode})")
+    packages = [p.name for p in work.iterdir() if (p / "__init__.py").is_file()]
+    compile_all = [sys.executable, "-m", "compileall", "-q", "-f"]
+    run([*compile_all, "--invalidation-mode", "checked-hash", *packages], work)
+
+
+@contextlib.contextmanager
+def fork_server(work: Path, target: Target) -> Iterator[str]:
+    """A fork server (tests/mutation/forkserver.py) preloaded for `target`'s tests; its socket.
+    The unmutated tree must pass through it first, or every mutant would count as killed."""
+    path = str(work / f"fork-{os.getpid()}-{time.monotonic_ns()}.sock")
+    warm(work, target)
+    server = subprocess.Popen(
+        [sys.executable, FORK, "serve", path, *target_tests(target)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise SystemExit("the fork server did not start")
+        baseline = subprocess.run(test_command(target, path), shell=True, cwd=work)
+        if baseline.returncode != 0:
+            raise SystemExit(f"the unmutated tree fails its tests ({baseline.returncode})")
+        yield path
+    finally:
+        server.kill()
+        server.wait()
+
+
+def config_for(name: str, target: Target, module: str, server: str | None = None) -> str:
     """The cosmic-ray configuration (TOML) for one module of a target."""
-    tests = " ".join(t for t in target.tests if (ROOT / t).exists())
-    command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+    command = test_command(target, server)
     lines = [
         "[cosmic-ray]",
         f'module-path = "{module}"',
@@ -222,46 +286,56 @@ def mutate(name: str, target: Target, work: Path, results: Path) -> tuple[int, i
     """Run one target; (killed, total, survivors)."""
     killed = total = 0
     survivors: list[dict] = []
-    for module in target.modules:
-        stem = f"{name}--{Path(module).stem}"
-        config = work / f"{stem}.toml"
-        session = work / f"{stem}.sqlite"
-        config.write_text(config_for(name, target, module))
-        run([*COSMIC_RAY, "init", str(config), str(session)], work)
-        run([*FILTER_OPERATORS, str(session), str(config)], work)
-        if target.function is not None:
-            run([*FILTER_LINES, str(session), "--config", str(config)], work)
-        started = time.monotonic()
-        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
-        dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
-        module_killed = module_total = 0
-        for line in dump.splitlines():
-            item, result = json.loads(line)
-            if result is None or result["worker_outcome"] != "normal":
-                continue  # skipped by a filter, or the test command failed to start
-            module_total += 1
-            if result["test_outcome"] == "survived":
-                mutation = item["mutations"][0]
-                survivors.append(
-                    {
-                        "module": mutation["module_path"],
-                        "operator": mutation["operator_name"],
-                        "occurrence": mutation["occurrence"],
-                        "line": mutation["start_pos"][0],
-                        "diff": result.get("diff", ""),
-                    }
-                )
-            else:
-                module_killed += 1
-        killed += module_killed
-        total += module_total
-        print(
-            f"  {module}: {module_killed}/{module_total} killed "
-            f"({time.monotonic() - started:.0f}s)",
-            flush=True,
-        )
-        shutil.copy2(session, results / session.name)
+    with fork_server(work, target) if FORKING else contextlib.nullcontext() as server:
+        for module in target.modules:
+            if ONLY and module not in ONLY:
+                continue
+            k, t, s = mutate_module(name, target, module, work, results, server)
+            killed, total, survivors = killed + k, total + t, survivors + s
     return killed, total, survivors
+
+
+def mutate_module(
+    name: str, target: Target, module: str, work: Path, results: Path, server: str | None
+) -> tuple[int, int, list[dict]]:
+    """Run one module of a target; (killed, total, survivors)."""
+    survivors: list[dict] = []
+    stem = f"{name}--{Path(module).stem}"
+    config = work / f"{stem}.toml"
+    session = work / f"{stem}.sqlite"
+    config.write_text(config_for(name, target, module, server))
+    run([*COSMIC_RAY, "init", str(config), str(session)], work)
+    run([*FILTER_OPERATORS, str(session), str(config)], work)
+    if target.function is not None:
+        run([*FILTER_LINES, str(session), "--config", str(config)], work)
+    started = time.monotonic()
+    run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
+    module_killed = module_total = 0
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is None or result["worker_outcome"] != "normal":
+            continue  # skipped by a filter, or the test command failed to start
+        module_total += 1
+        if result["test_outcome"] == "survived":
+            mutation = item["mutations"][0]
+            survivors.append(
+                {
+                    "module": mutation["module_path"],
+                    "operator": mutation["operator_name"],
+                    "occurrence": mutation["occurrence"],
+                    "line": mutation["start_pos"][0],
+                    "diff": result.get("diff", ""),
+                }
+            )
+        else:
+            module_killed += 1
+    print(
+        f"  {module}: {module_killed}/{module_total} killed ({time.monotonic() - started:.0f}s)",
+        flush=True,
+    )
+    shutil.copy2(session, results / session.name)
+    return module_killed, module_total, survivors
 
 
 def recheck(session: Path) -> int:
@@ -279,13 +353,18 @@ def recheck(session: Path) -> int:
         .fetchall()
     )
     still = 0
-    with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         copy_tree(work)
+        servers: dict[str, str | None] = {}
         for module, operator, occurrence, line in rows:
             name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
-            tests = " ".join(t for t in target.tests if (ROOT / t).exists())
-            command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+            if name not in servers:
+                servers[name] = stack.enter_context(fork_server(work, target)) if FORKING else None
+            command = test_command(target, servers[name])
             out = run(
                 [*COSMIC_RAY, "mutate-and-test", module, operator, str(occurrence), command],
                 work,
@@ -304,7 +383,13 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the targets")
     parser.add_argument("--results", default=".mutation", help="where session files are kept")
     parser.add_argument("--recheck", type=Path, help="rerun this session's survivors only")
+    parser.add_argument("--module", action="append", help="mutate only this module of a target")
+    parser.add_argument(
+        "--no-fork", action="store_true", help="start pytest afresh for each mutant (slow)"
+    )
     args = parser.parse_args()
+    global FORKING, ONLY
+    FORKING, ONLY = not args.no_fork, tuple(args.module or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         return recheck(args.recheck.resolve())
