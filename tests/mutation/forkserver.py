@@ -7,7 +7,15 @@ never any module of the tree being mutated, then forks a child for each request:
 imports the project's modules fresh from disk (where cosmic-ray has just written the mutant) and
 runs pytest in-process.
 
-    python3 tests/mutation/forkserver.py serve SOCKET TEST_FILE...   # preload, then serve
+Each mutant runs only the tests that reach it. Once, before any mutant, a child runs the whole
+list and records which tests call which functions of the mutated modules. For each request the
+server finds the line cosmic-ray changed (against the modules as they were at start) and runs,
+in their usual order, only the tests that called the function holding it; none when no test
+does (the mutant survives: nothing reaches it). A change outside any function body (a class
+attribute, a default, a decorator: run at import) runs every test, as does a test that reaches
+none of the modules in-process (it may drive a server subprocess).
+
+    python3 tests/mutation/forkserver.py serve SOCKET MODULES TEST_FILE...   # preload, serve
     python3 tests/mutation/forkserver.py run SOCKET PYTEST_ARGS...   # cosmic-ray's test command
 
 `run` exits with pytest's exit status, so cosmic-ray reads it as it would read pytest's.
@@ -15,6 +23,7 @@ runs pytest in-process.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gc
 import importlib
@@ -24,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,13 +44,15 @@ PROBE = """
 import sys, pytest
 class Report:
     def pytest_collection_finish(self, session):
-        print("\\n@@MODULES@@" + " ".join(sorted(sys.modules)))
+        print("\\n@@MODULES@@" + " ".join(sys.modules))
 pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[Report()])
 """
 
 
 def third_party_modules(root: Path, tests: list[str]) -> list[str]:
-    """Names of the modules a collection of `tests` imports that are not the project's own."""
+    """Names of the modules a collection of `tests` imports that are not the project's own, in
+    the order they were first imported (another order can break a package: `_asyncio` imported
+    before `asyncio` leaves asyncio with two registries of the current task)."""
     out = subprocess.run(
         [sys.executable, "-c", PROBE, *tests], cwd=root, capture_output=True, text=True
     ).stdout
@@ -77,6 +89,121 @@ def preload(root: Path, tests: list[str]) -> None:
     gc.freeze()
 
 
+def reached(root: Path, modules: list[str], tests: list[str]) -> tuple[list[str], dict]:
+    """Run every test once in a child: the test ids in order, and for each module the first
+    line of each code object each test called (`{module: {line: [test ids]}}`)."""
+    files = {str((root / m).resolve()): m for m in modules}
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                code = record_calls(root, files, tests, out.name)
+            finally:
+                os._exit(code)
+        if wait(pid) != 0:
+            raise SystemExit("the unmutated tree fails its tests (run them to see why)")
+        data = json.loads(Path(out.name).read_text())
+    return data["order"], data["calls"]
+
+
+def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) -> int:
+    """In the child of `reached`: pytest with a profiler on, the calls written to `out`."""
+    import threading
+
+    import pytest
+
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    current: list[str] = [""]
+    order: list[str] = []
+    calls: dict[str, dict[int, set[str]]] = {m: {} for m in files.values()}
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "call":
+            code = frame.f_code  # type: ignore[attr-defined]
+            module = files.get(code.co_filename)
+            if module is not None:
+                calls[module].setdefault(code.co_firstlineno, set()).add(current[0])
+
+    class Track:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_protocol(self, item: pytest.Item) -> object:
+            current[0] = item.nodeid
+            order.append(item.nodeid)
+            yield
+            current[0] = ""
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    code = int(pytest.main(["-q", "-p", "no:cacheprovider", *tests], plugins=[Track()]))
+    sys.setprofile(None)
+    shown = {m: {str(line): sorted(ids) for line, ids in by.items()} for m, by in calls.items()}
+    Path(out).write_text(json.dumps({"order": order, "calls": shown}))
+    return code
+
+
+class Selector:
+    """Which tests can see a mutant: those that called the function it is in."""
+
+    def __init__(self, root: Path, modules: list[str], tests: list[str]) -> None:
+        self.root = root
+        self.tests = tests
+        self.order, calls = reached(root, modules, tests)
+        self.original = {m: (root / m).read_text() for m in modules}
+        self.calls = {m: {int(line): ids for line, ids in by.items()} for m, by in calls.items()}
+        touching = {i for by in self.calls.values() for ids in by.values() for i in ids}
+        #: Tests that reach no mutated module in-process (a server subprocess): always run.
+        self.always = {i for i in self.order if i not in touching}
+        self.functions = {m: function_spans(text) for m, text in self.original.items()}
+
+    def select(self) -> list[str] | None:
+        """The test ids to run for the tree as it is now; None: every test file."""
+        for module, text in self.original.items():
+            now = (self.root / module).read_text()
+            if now == text:
+                continue
+            first = changed_line(text, now)
+            span = innermost(self.functions[module], first)
+            if span is None:
+                return None  # run at import: every test sees it
+            start, end = span
+            ids = {i for line, by in self.calls[module].items() if start <= line <= end for i in by}
+            return [i for i in self.order if i in ids or i in self.always]
+        return None
+
+
+def changed_line(before: str, after: str) -> int:
+    """The first line (1-based) where `after` differs from `before`."""
+    old, new = before.splitlines(), after.splitlines()
+    for number, (a, b) in enumerate(zip(old, new, strict=False), start=1):
+        if a != b:
+            return number
+    return min(len(old), len(new)) + 1
+
+
+def function_spans(source: str) -> list[tuple[int, int, int]]:
+    """Each function's (first line of its code object, last line, first line of its body)."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            spans.append((first, node.end_lineno or node.lineno, node.body[0].lineno))
+    return spans
+
+
+def innermost(spans: list[tuple[int, int, int]], line: int) -> tuple[int, int] | None:
+    """The code-object lines of the innermost function whose body holds `line`, or None."""
+    best = None
+    for first, end, body in spans:
+        if body <= line <= end and (best is None or first >= best[0]):
+            best = (first, end)
+    return best
+
+
 def child(request: dict) -> None:
     """In the forked child: run pytest as asked, exit with its status (never return)."""
     code = 3
@@ -84,9 +211,11 @@ def child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        # The tests' output is read only when a run must be explained (the unmutated baseline).
+        log = request["env"].get("TRUSTYARD_MUTATION_LOG") or os.devnull
+        sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
         sys.path.insert(0, request["cwd"])
         import pytest
 
@@ -109,10 +238,12 @@ def wait(pid: int) -> int:
         time.sleep(0.01)
 
 
-def serve(path: str, tests: list[str]) -> None:
-    """Preload, then answer one request at a time until killed."""
+def serve(path: str, modules: list[str], tests: list[str]) -> None:
+    """Preload, learn which tests reach which functions, then answer one request at a time
+    until killed."""
     root = Path.cwd().resolve()
     preload(root, tests)
+    selector = Selector(root, modules, tests)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
@@ -127,6 +258,12 @@ def serve(path: str, tests: list[str]) -> None:
                     break
                 data += chunk
             request = json.loads(data)
+            chosen = selector.select()
+            if chosen is not None:
+                if not chosen:
+                    connection.sendall(b"0\n")  # no test reaches the mutant: it survives
+                    continue
+                request["args"] = [a for a in request["args"] if a not in tests] + chosen
             pid = os.fork()
             if pid == 0:
                 server.close()
@@ -155,7 +292,7 @@ def run(path: str, args: list[str]) -> int:
 def main() -> int:
     command, path, *rest = sys.argv[1:]
     if command == "serve":
-        serve(path, rest)
+        serve(path, rest[0].split(","), rest[1:])
         return 0
     return run(path, rest)
 

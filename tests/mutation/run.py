@@ -122,6 +122,7 @@ TARGETS: dict[str, Target] = {
             "policies/signatures/findings.py",
         ),
         (
+            "tests/security/test_signature_requirement.py",
             "tests/registry/test_signature_rule.py",
             "tests/registry/test_signature_quorum.py",
             "tests/registry/test_signature_bundles.py",
@@ -131,8 +132,10 @@ TARGETS: dict[str, Target] = {
         ("policies/rules.py", "policies/facts.py", "policies/gateway.py"),
         (
             "tests/policies/test_rules.py",
-            "tests/registry/test_policy_enforcement.py",
             "tests/security/test_unreadable_config.py",
+            "tests/security/test_engine_fail_closed.py",
+            "tests/security/test_image_classification.py",
+            "tests/registry/test_policy_enforcement.py",
         ),
     ),
     "vulnerabilities": Target(
@@ -226,7 +229,8 @@ def warm(work: Path, target: Target) -> None:
         capture_output=True,
     )
     if first.returncode != 0:
-        raise SystemExit(f"the unmutated tree fails its tests ({first.returncode})")
+        tail = first.stdout.decode(errors="replace")[-3000:]
+        raise SystemExit(f"the unmutated tree fails its tests ({first.returncode}):\n{tail}")
     packages = [p.name for p in work.iterdir() if (p / "__init__.py").is_file()]
     compile_all = [sys.executable, "-m", "compileall", "-q", "-f"]
     run([*compile_all, "--invalidation-mode", "checked-hash", *packages], work)
@@ -239,7 +243,7 @@ def fork_server(work: Path, target: Target) -> Iterator[str]:
     path = str(work / f"fork-{os.getpid()}-{time.monotonic_ns()}.sock")
     warm(work, target)
     server = subprocess.Popen(
-        [sys.executable, FORK, "serve", path, *target_tests(target)],
+        [sys.executable, FORK, "serve", path, ",".join(target.modules), *target_tests(target)],
         cwd=work,
         stdout=subprocess.PIPE,
         text=True,
@@ -249,7 +253,8 @@ def fork_server(work: Path, target: Target) -> Iterator[str]:
             raise SystemExit("the fork server did not start")
         baseline = subprocess.run(test_command(target, path), shell=True, cwd=work)
         if baseline.returncode != 0:
-            raise SystemExit(f"the unmutated tree fails its tests ({baseline.returncode})")
+            code = baseline.returncode
+            raise SystemExit(f"the unmutated tree fails its tests in a fork ({code})")
         yield path
     finally:
         server.kill()
