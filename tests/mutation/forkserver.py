@@ -115,6 +115,9 @@ def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) 
 
     os.chdir(root)
     sys.path.insert(0, str(root))
+    # This run writes pytest's rewritten test modules (never mutated) for every later run; the
+    # project's own bytecode is written again, hash-checked, by `hash_checked_bytecode`.
+    sys.dont_write_bytecode = False
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -146,6 +149,21 @@ def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) 
     return code
 
 
+def hash_checked_bytecode(root: Path) -> None:
+    """Bytecode for the unmutated tree that Python uses only while the source's hash matches:
+    a mutant, whatever its size and time, is always compiled afresh, and nothing else is."""
+    import compileall
+    import py_compile
+
+    for package in sorted(p for p in root.iterdir() if (p / "__init__.py").is_file()):
+        compileall.compile_dir(
+            package,
+            quiet=1,
+            force=True,
+            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+        )
+
+
 class Selector:
     """Which tests can see a mutant: those that called the function it is in."""
 
@@ -153,6 +171,7 @@ class Selector:
         self.root = root
         self.tests = tests
         self.order, calls = reached(root, modules, tests)
+        hash_checked_bytecode(root)
         self.original = {m: (root / m).read_text() for m in modules}
         self.calls = {m: {int(line): ids for line, ids in by.items()} for m, by in calls.items()}
         touching = {i for by in self.calls.values() for ids in by.values() for i in ids}

@@ -215,33 +215,12 @@ def test_command(target: Target, server: str | None = None) -> str:
     return f"{BARE} {pytest} {tests}" if target.bare else f"{pytest} {tests}"
 
 
-def warm(work: Path, target: Target) -> None:
-    """Bytecode for the unmutated copy, so a mutant's run compiles only the mutated module.
-
-    One ordinary run writes pytest's rewritten test modules (the tests are never mutated); then
-    every module is compiled again with hash-checked bytecode, which Python uses only while the
-    source's hash matches: a mutant, whatever its size and time, is always compiled afresh."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    first = subprocess.run(
-        [sys.executable, "-m", "pytest", *PYTEST_ARGS.split(), *target_tests(target)],
-        cwd=work,
-        env=env,
-        capture_output=True,
-    )
-    if first.returncode != 0:
-        tail = first.stdout.decode(errors="replace")[-3000:]
-        raise SystemExit(f"the unmutated tree fails its tests ({first.returncode}):\n{tail}")
-    packages = [p.name for p in work.iterdir() if (p / "__init__.py").is_file()]
-    compile_all = [sys.executable, "-m", "compileall", "-q", "-f"]
-    run([*compile_all, "--invalidation-mode", "checked-hash", *packages], work)
-
-
 @contextlib.contextmanager
 def fork_server(work: Path, target: Target) -> Iterator[str]:
     """A fork server (tests/mutation/forkserver.py) preloaded for `target`'s tests; its socket.
-    The unmutated tree must pass through it first, or every mutant would count as killed."""
+    It starts by running every test on the unmutated tree, and stops if one fails (or every
+    mutant would count as killed)."""
     path = str(work / f"fork-{os.getpid()}-{time.monotonic_ns()}.sock")
-    warm(work, target)
     server = subprocess.Popen(
         [sys.executable, FORK, "serve", path, ",".join(target.modules), *target_tests(target)],
         cwd=work,
@@ -251,10 +230,6 @@ def fork_server(work: Path, target: Target) -> Iterator[str]:
     try:
         if server.stdout is None or server.stdout.readline().strip() != "ready":
             raise SystemExit("the fork server did not start")
-        baseline = subprocess.run(test_command(target, path), shell=True, cwd=work)
-        if baseline.returncode != 0:
-            code = baseline.returncode
-            raise SystemExit(f"the unmutated tree fails its tests in a fork ({code})")
         yield path
     finally:
         server.kill()
