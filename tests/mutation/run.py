@@ -140,7 +140,7 @@ TARGETS: dict[str, Target] = {
     ),
     "vulnerabilities": Target(
         ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
-        ("tests/scans",),
+        ("tests/security/test_vulnerability_limits.py", "tests/scans"),
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
