@@ -261,6 +261,24 @@ def config_for(name: str, target: Target, module: str, server: str | None = None
     return "\n".join(lines) + "\n"
 
 
+def skip_dataclass_flags(session: Path, module: Path) -> None:
+    """Mark as skipped the mutants of `@dataclass(...)` lines (`frozen`, `slots` flipped): no
+    input tells them apart (docs/mutation.md), and each one would run every test."""
+    import sqlite3
+
+    lines = module.read_text().splitlines()
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        pending = db.execute(
+            "SELECT job_id, start_pos_row FROM mutation_specs "
+            "WHERE job_id NOT IN (SELECT job_id FROM work_results)"
+        ).fetchall()
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', 'dataclass flags: equivalent', NULL, '', ?)",
+            [(job,) for job, row in pending if lines[row - 1].lstrip().startswith("@dataclass(")],
+        )
+
+
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
 
@@ -291,6 +309,7 @@ def mutate_module(
     run([*FILTER_OPERATORS, str(session), str(config)], work)
     if target.function is not None:
         run([*FILTER_LINES, str(session), "--config", str(config)], work)
+    skip_dataclass_flags(session, work / module)
     started = time.monotonic()
     run([*COSMIC_RAY, "exec", str(config), str(session)], work)
     dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
