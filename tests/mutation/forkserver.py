@@ -93,16 +93,20 @@ def reached(root: Path, modules: list[str], tests: list[str]) -> tuple[list[str]
     """Run every test once in a child: the test ids in order, and for each module the first
     line of each code object each test called (`{module: {line: [test ids]}}`)."""
     files = {str((root / m).resolve()): m for m in modules}
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out, tempfile.TemporaryFile() as log:
         pid = os.fork()
         if pid == 0:
             code = 3
             try:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
                 code = record_calls(root, files, tests, out.name)
             finally:
                 os._exit(code)
         if wait(pid) != 0:
-            raise SystemExit("the unmutated tree fails its tests (run them to see why)")
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-4000:]
+            raise SystemExit(f"the unmutated tree fails its tests:\n{tail}")
         data = json.loads(Path(out.name).read_text())
     return data["order"], data["calls"]
 
@@ -118,9 +122,6 @@ def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) 
     # This run writes pytest's rewritten test modules (never mutated) for every later run; the
     # project's own bytecode is written again, hash-checked, by `hash_checked_bytecode`.
     sys.dont_write_bytecode = False
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
     current: list[str] = [""]
     order: list[str] = []
     calls: dict[str, dict[int, set[str]]] = {m: {} for m in files.values()}

@@ -132,6 +132,7 @@ TARGETS: dict[str, Target] = {
         ("policies/rules.py", "policies/facts.py", "policies/gateway.py"),
         (
             "tests/policies/test_rules.py",
+            "tests/security/test_image_claims.py",
             "tests/security/test_unreadable_config.py",
             "tests/security/test_engine_fail_closed.py",
             "tests/security/test_image_classification.py",
