@@ -37,8 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-#: A child that runs longer than this is killed: a mutant that loops forever is detected.
-CHILD_DEADLINE = 240.0
+#: A mutant's tests are stopped after four times the unmutated run, and never sooner than this:
+#: a mutant that loops forever is detected (and listed in `timeouts.log`, to be looked at).
+CHILD_DEADLINE = 600.0
+#: The exit status of a run stopped at its deadline.
+TIMED_OUT = 124
 
 PROBE = """
 import sys, pytest
@@ -89,9 +92,10 @@ def preload(root: Path, tests: list[str]) -> None:
     gc.freeze()
 
 
-def reached(root: Path, modules: list[str], tests: list[str]) -> tuple[list[str], dict]:
-    """Run every test once in a child: the test ids in order, and for each module the first
-    line of each code object each test called (`{module: {line: [test ids]}}`)."""
+def reached(root: Path, modules: list[str], tests: list[str]) -> tuple[list[str], dict, float]:
+    """Run every test once in a child: the test ids in order, for each module the first line
+    of each code object each test called (`{module: {line: [test ids]}}`), and how long the
+    run took."""
     files = {str((root / m).resolve()): m for m in modules}
     with tempfile.NamedTemporaryFile(suffix=".json") as out, tempfile.TemporaryFile() as log:
         pid = os.fork()
@@ -101,14 +105,19 @@ def reached(root: Path, modules: list[str], tests: list[str]) -> tuple[list[str]
                 os.dup2(log.fileno(), 1)
                 os.dup2(log.fileno(), 2)
                 code = record_calls(root, files, tests, out.name)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
             finally:
                 os._exit(code)
-        if wait(pid) != 0:
+        started = time.monotonic()
+        if wait(pid, None) != 0:
             log.seek(0)
             tail = log.read().decode(errors="replace")[-4000:]
             raise SystemExit(f"the unmutated tree fails its tests:\n{tail}")
         data = json.loads(Path(out.name).read_text())
-    return data["order"], data["calls"]
+    return data["order"], data["calls"], time.monotonic() - started
 
 
 def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) -> int:
@@ -126,8 +135,10 @@ def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) 
     order: list[str] = []
     calls: dict[str, dict[int, set[str]]] = {m: {} for m in files.values()}
 
+    recording = [True]
+
     def profile(frame: object, event: str, arg: object) -> None:
-        if event == "call":
+        if event == "call" and recording[0]:
             code = frame.f_code  # type: ignore[attr-defined]
             module = files.get(code.co_filename)
             if module is not None:
@@ -143,8 +154,13 @@ def record_calls(root: Path, files: dict[str, str], tests: list[str], out: str) 
 
     sys.setprofile(profile)
     threading.setprofile(profile)
-    code = int(pytest.main(["-q", "-p", "no:cacheprovider", *tests], plugins=[Track()]))
-    sys.setprofile(None)
+    try:
+        code = int(pytest.main(["-q", "-p", "no:cacheprovider", *tests], plugins=[Track()]))
+    finally:
+        # Threads the tests left behind keep the profiler: they must stop recording first.
+        recording[0] = False
+        sys.setprofile(None)
+        threading.setprofile(None)
     shown = {m: {str(line): sorted(ids) for line, ids in by.items()} for m, by in calls.items()}
     Path(out).write_text(json.dumps({"order": order, "calls": shown}))
     return code
@@ -171,7 +187,9 @@ class Selector:
     def __init__(self, root: Path, modules: list[str], tests: list[str]) -> None:
         self.root = root
         self.tests = tests
-        self.order, calls = reached(root, modules, tests)
+        self.order, calls, took = reached(root, modules, tests)
+        #: A mutant's tests may take this long: a run past it loops forever (or nearly).
+        self.deadline = max(CHILD_DEADLINE, 4 * took)
         hash_checked_bytecode(root)
         self.original = {m: (root / m).read_text() for m in modules}
         self.calls = {m: {int(line): ids for line, ids in by.items()} for m, by in calls.items()}
@@ -179,6 +197,14 @@ class Selector:
         #: Tests that reach no mutated module in-process (a server subprocess): always run.
         self.always = {i for i in self.order if i not in touching}
         self.functions = {m: function_spans(text) for m, text in self.original.items()}
+
+    def where(self) -> str:
+        """`module:line` of the change in the tree now, or "" when it is unchanged."""
+        for module, text in self.original.items():
+            now = (self.root / module).read_text()
+            if now != text:
+                return f"{module}:{changed_line(text, now)}"
+        return ""
 
     def select(self) -> list[str] | None:
         """The test ids to run for the tree as it is now; None: every test file."""
@@ -244,17 +270,17 @@ def child(request: dict) -> None:
         os._exit(code)
 
 
-def wait(pid: int) -> int:
-    """The child's exit status; a child past the deadline is killed (a hang is detected)."""
-    deadline = time.monotonic() + CHILD_DEADLINE
+def wait(pid: int, seconds: float | None) -> int:
+    """The child's exit status; a child still running after `seconds` is killed (a hang)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return 124
+            return TIMED_OUT
         time.sleep(0.01)
 
 
@@ -289,7 +315,10 @@ def serve(path: str, modules: list[str], tests: list[str]) -> None:
                 server.close()
                 connection.close()
                 child(request)
-            code = wait(pid)
+            code = wait(pid, selector.deadline)
+            if code == TIMED_OUT:
+                with (root / "timeouts.log").open("a") as log:
+                    log.write(f"{selector.where()}\n")
             connection.sendall(f"{code}\n".encode())
 
 

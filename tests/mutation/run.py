@@ -246,7 +246,9 @@ def config_for(name: str, target: Target, module: str, server: str | None = None
     lines = [
         "[cosmic-ray]",
         f'module-path = "{module}"',
-        "timeout = 300.0",
+        # The fork server stops a run that hangs (after four times the unmutated run): a
+        # timeout here would count a slow run on a loaded machine as a kill.
+        "timeout = 86400.0",
         "excluded-modules = []",
         f'test-command = "{command}"',
         "",
@@ -313,6 +315,11 @@ def mutate_module(
     skip_dataclass_flags(session, work / module)
     started = time.monotonic()
     run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    timeouts = work / "timeouts.log"
+    if timeouts.exists():
+        for place in timeouts.read_text().split():
+            print(f"  stopped at the deadline (counted as killed; look at it): {place}")
+        timeouts.unlink()
     dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
     module_killed = module_total = 0
     for line in dump.splitlines():
