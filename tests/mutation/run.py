@@ -123,6 +123,9 @@ TARGETS: dict[str, Target] = {
         ),
         (
             "tests/security/test_signature_requirement.py",
+            "tests/security/test_signature_cost.py",
+            "tests/security/test_stale_evidence.py",
+            "tests/security/test_docker_reference.py",
             "tests/registry/test_signature_rule.py",
             "tests/registry/test_signature_quorum.py",
             "tests/registry/test_signature_bundles.py",
