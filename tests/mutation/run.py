@@ -123,6 +123,7 @@ TARGETS: dict[str, Target] = {
         ),
         (
             "tests/security/test_signature_requirement.py",
+            "tests/security/test_signature_limits.py",
             "tests/security/test_signature_cost.py",
             "tests/security/test_stale_evidence.py",
             "tests/security/test_docker_reference.py",
