@@ -10,7 +10,9 @@ whole-push attacks (3000 layers, a flood of referrers) are in `test_signature_co
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,13 @@ from policies.signatures.discovery import (
     MAX_SIMPLE_SIGNING_PAYLOAD,
     limits_problem,
     push_problem,
+    read_blob,
     signed_subject,
     subject_of_sig_tag,
 )
+from registry.grammar import parse_digest
+from storage.filesystem import FilesystemBlobStore
+from storage.layout import DataLayout
 
 HEX = "ab" * 32
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -118,3 +124,19 @@ def test_bytes_that_are_not_a_json_object_are_left_to_the_manifest_parser(conten
     assert push_problem(content, SIG_TAG) is None
     assert push_problem(content, None) is None
     assert signed_subject(content, None) is None
+
+
+async def test_a_signature_blob_is_read_up_to_its_limit_and_not_a_byte_more(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(DataLayout(tmp_path), fsync=False)
+    stored = {}
+    for size in (1000, 1001):
+        content = b"x" * size
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        await store.start_upload(f"u{size}")
+        await store.append(f"u{size}", content)
+        await store.commit(f"u{size}", parse_digest(digest))
+        stored[size] = digest
+    assert await read_blob(store, stored[1000], 1000) == b"x" * 1000
+    assert await read_blob(store, stored[1001], 1000) is None
+    assert await read_blob(store, "sha256:" + "0" * 64, 1000) is None  # missing: no signature
+    assert await read_blob(store, "not a digest", 1000) is None
