@@ -106,6 +106,7 @@ TARGETS: dict[str, Target] = {
         (
             "tests/policies/test_signatures_bundles.py",
             "tests/security/test_bundle_log_entries.py",
+            "tests/security/test_bundle_message_signatures.py",
         ),
         bare=True,
     ),
