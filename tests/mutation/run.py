@@ -107,6 +107,7 @@ TARGETS: dict[str, Target] = {
             "tests/policies/test_signatures_bundles.py",
             "tests/security/test_bundle_log_entries.py",
             "tests/security/test_bundle_message_signatures.py",
+            "tests/security/test_bundle_bindings.py",
         ),
         bare=True,
     ),
