@@ -146,6 +146,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_quarantine_reads.py",
             "tests/security/test_stale_evidence.py",
             "tests/registry/test_policy_enforcement.py",
+            "tests/library/test_library_api.py",
         ),
     ),
     "vulnerabilities": Target(
