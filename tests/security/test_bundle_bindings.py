@@ -185,3 +185,15 @@ def test_the_second_trusted_root_is_tried_when_the_first_does_not_verify() -> No
     )
     content = (VECTORS / "bundle.txt.sigstore").read_bytes()
     assert verdict(config, digest_of("bundle.txt"), content) == (True, "tny")
+
+
+def test_junk_around_valid_base64_is_refused() -> None:
+    """Base64 is read strictly: junk a lenient decoder would skip is a refusal, so no other
+    verifier can read these fields differently."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (True, "release")
+    envelope = bundle["dsseEnvelope"]
+    envelope["payload"] = "!" + envelope["payload"] + "\n!"
+    assert verdict(config, IMAGE, bundle) == (False, "the DSSE payload is not base64")
