@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from policies.signatures.bundles import verify_layer
+from policies.signatures.bundles import pae, verify_layer
 from tests.policies.test_signatures_bundles import (
     GITHUB,
     GITHUB_LOGIN,
@@ -197,3 +197,38 @@ def test_junk_around_valid_base64_is_refused() -> None:
     envelope = bundle["dsseEnvelope"]
     envelope["payload"] = "!" + envelope["payload"] + "\n!"
     assert verdict(config, IMAGE, bundle) == (False, "the DSSE payload is not base64")
+
+
+@pytest.mark.parametrize("payload_type", ["application/json", "application/vnd.zz+json", ""])
+def test_a_dsse_payload_of_another_type_is_refused(payload_type: str) -> None:
+    """A genuine signature over a payload typed as something other than an in-toto statement,
+    whichever way the type sorts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, _ = keyed_bundle(key, payload)
+    signature = key.sign(pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
+    bundle["dsseEnvelope"]["payloadType"] = payload_type
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(signature).decode()
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (
+        False,
+        f"a DSSE payload of type {payload_type!r}, not an in-toto statement",
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA2_384", "SHA2_512", "sha2_256"])
+def test_a_message_digest_of_another_algorithm_is_refused(algorithm: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = bytes.fromhex(IMAGE[7:])
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        "verificationMaterial": {"publicKey": {"hint": ""}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": algorithm, "digest": base64.b64encode(digest).decode()},
+            "signature": base64.b64encode(
+                key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            ).decode(),
+        },
+    }
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (False, "the message digest is not SHA2_256")
