@@ -232,3 +232,23 @@ def test_a_message_digest_of_another_algorithm_is_refused(algorithm: str) -> Non
     }
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     assert verdict(config, IMAGE, bundle) == (False, "the message digest is not SHA2_256")
+
+
+def test_an_intoto_entry_whose_envelope_holds_another_payload_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    """The logged hash is right but the logged envelope carries other bytes (sorting before
+    and after the real payload): the entry does not log this payload."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    for other in (b"\x00" + payload, b"\xff" + payload):
+        body = json.loads(intoto_entry_body(key, payload, signature))
+        twice = base64.b64encode(base64.b64encode(other)).decode()
+        body["spec"]["content"]["envelope"]["payload"] = twice
+        entry = intoto_logged(rekor, json.dumps(body, separators=(",", ":")).encode())
+        bundle["verificationMaterial"]["tlogEntries"] = [entry]
+        assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+            False,
+            "the Rekor entry logs another payload",
+        )
