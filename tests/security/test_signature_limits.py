@@ -27,9 +27,9 @@ from policies.signatures.discovery import (
     signed_subject,
     subject_of_sig_tag,
 )
-from registry.grammar import parse_digest
 from storage.filesystem import FilesystemBlobStore
 from storage.layout import DataLayout
+from storage.oci.digests import parse_digest
 
 HEX = "ab" * 32
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"

@@ -19,9 +19,9 @@ import pytest
 from policies.decisions import Action, Decision
 from policies.facts import ImageFacts, PolicyRequest
 from policies.rules import Context
+from policies.signature_rule import SignatureRequirement
 from policies.signatures.findings import Finding
 from policies.signatures.proofs import SignatureEvidence
-from policies.signatures.rule import SignatureRequirement
 from policies.signatures.trust import TrustConfig
 
 IMAGE = "sha256:" + "ab" * 32
