@@ -27,6 +27,7 @@ from tests.policies.test_signatures_bundles import (
     STAGING_USERS,
     VECTORS,
     digest_of,
+    dsse_entry_body,
     intoto_entry_body,
     keyed_bundle,
     pem,
@@ -252,3 +253,20 @@ def test_an_intoto_entry_whose_envelope_holds_another_payload_is_refused(
             False,
             "the Rekor entry logs another payload",
         )
+
+
+@pytest.mark.parametrize("kind", ["cose", "alpine", "a", "dsse2", "hashedrekord"])
+def test_an_entry_of_another_kind_shaped_like_dsse_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, kind: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    body = json.loads(dsse_entry_body(key, payload, signature))
+    body["kind"] = kind
+    entry = promised_entry(rekor, json.dumps(body, separators=(",", ":")).encode())
+    bundle["verificationMaterial"]["tlogEntries"] = [entry]
+    assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+        False,
+        f"Rekor entry kind {kind!r} does not log this bundle's content",
+    )

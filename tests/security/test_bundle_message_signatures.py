@@ -162,3 +162,20 @@ def test_a_dsse_payload_that_is_not_an_in_toto_statement_is_refused(payload: byt
     bundle, _ = keyed_bundle(key, payload)
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     assert verdict(config, bundle) == (False, "the DSSE payload is not an in-toto statement")
+
+
+def test_an_ed25519_key_proves_no_message_signature() -> None:
+    """Ed25519 signs messages, never digests: a trusted Ed25519 key cannot vouch for a
+    signature over the image digest, whatever the signature bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    config = trust({"keys": {"release": {"pem": public.decode()}}})
+    for signature in (key.sign(DIGEST), b"\x00" * 64):
+        valid, detail = verdict(config, message_bundle(signature))
+        assert not valid
+        assert detail.startswith("by an unknown key (sha256:"), detail
