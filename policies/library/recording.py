@@ -19,11 +19,18 @@ import logging
 import time
 from collections.abc import Sequence
 
+import aiosqlite
+
 from policies.library.declaration import Library
-from policies.library.history import Announce, candidates, end_tag, record_tag
+from policies.library.history import Announce, TagGuard, candidates, end_tag_within, move_tag
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate, ImageLayers, Lineage, find_lineage
-from policies.library.signing import pending_candidates, signature_arrived, unsigned
+from policies.library.signing import (
+    follow_tag,
+    pending_candidates,
+    signature_arrived,
+    unsigned,
+)
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 
@@ -183,6 +190,27 @@ async def retrace_after_move(
     return recorded
 
 
+async def move_pushed_tag(
+    conn: aiosqlite.Connection,
+    library: Library | None,
+    repository: str,
+    digest: str,
+    tag: str | None,
+    announce: Announce | None = None,
+) -> bool:
+    """Inside the push's own transaction: a declared library tag of an image that asks no
+    signature follows the registry tag (its history, its `announce`d move), so the two never
+    disagree, crash or not. Whether the history moved. A `signed_by` image's tag follows only
+    once signed, after the commit (`record_library_push`)."""
+    image = None if library is None else library.image_at(repository)
+    if image is None or tag is None or tag not in image.tags or image.signed_by:
+        return False
+    moved = await move_tag(conn, image.name, tag, repository, digest, announce=announce)
+    if moved:
+        log.info("library %s:%s now points to %s", image.name, tag, digest)
+    return moved
+
+
 async def record_library_push(
     db: MetadataDB,
     store: BlobStore,
@@ -193,54 +221,50 @@ async def record_library_push(
     tag: str | None,
     announce: Announce | None = None,
     lineages: Sequence[Lineage] | None = None,
+    *,
+    moved: bool = False,
+    guard: TagGuard | None = None,
 ) -> None:
-    """After a manifest was stored: record the tag history of a declared library tag (once
-    signed, when the image asks `signed_by`; a pushed signature may be what it waited for;
-    `announce` reports a move), then the image's lineage: `lineages` when the policy decision
-    traced it already, unless the push was to a library repository (its tag history or a
-    signature may have changed the candidates). Never raises: the push is stored already, and
-    lineage is a report. A digest the library gained has the images pushed before it traced
-    again (`retrace_after_move`)."""
-    try:
-        image = None if library is None else library.image_at(repository)
-        gained: list[str] = []
-        if library is not None and image is not None and tag is not None and tag in image.tags:
-            why = await unsigned(db, store, library, image, digest)
-            if why is not None:
-                log.info(
-                    "library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why
-                )
-            elif await record_tag(db, image.name, tag, repository, digest, announce=announce):
-                log.info("library %s:%s now points to %s", image.name, tag, digest)
-                gained.append(digest)
-        if library is not None and image is not None:
-            signed = await signature_arrived(db, store, library, repository, content, tag, announce)
-            gained.extend(signed)
-        if lineages is None or image is not None:
-            lineages = await trace_lineage(db, store, repository, digest, content, library)
-        if lineages:
-            await record_lineage(db, repository, digest, lineages)
-        for moved in dict.fromkeys(gained):
-            await retrace_after_move(db, store, library, repository, moved)
-    except Exception:
-        log.exception("recording the library lineage of %s@%s failed", repository, digest)
+    """After a manifest was stored (`moved`: its library tag's history moved in the same
+    transaction, `move_pushed_tag`): the tag history of a declared library tag whose image asks
+    `signed_by`, once signed (a pushed signature may be what it waited for; verified first, then
+    moved under the registry tag's `guard` only if the tag still points there; `announce`
+    reports a move), then the image's lineage: `lineages` when the policy decision traced it
+    already, unless the push was to a library repository (its tag history or a signature may
+    have changed the candidates). A digest the library gained has the images pushed before it
+    traced again (`retrace_after_move`). Runs after the commit, outside the tag guard: a failure
+    is the caller's to log (the push is stored; lineage is a report)."""
+    image = None if library is None else library.image_at(repository)
+    gained: list[str] = [digest] if moved else []
+    if library is not None and image is not None and image.signed_by and tag in image.tags:
+        why = await unsigned(db, store, library, image, digest)
+        if why is not None:
+            log.info("library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why)
+        elif await follow_tag(db, image.name, tag, repository, digest, announce, guard):
+            log.info("library %s:%s now points to %s", image.name, tag, digest)
+            gained.append(digest)
+    if library is not None and image is not None:
+        gained += await signature_arrived(
+            db, store, library, repository, content, tag, announce, guard
+        )
+    if lineages is None or image is not None:
+        lineages = await trace_lineage(db, store, repository, digest, content, library)
+    if lineages:
+        await record_lineage(db, repository, digest, lineages)
+    for gain in dict.fromkeys(gained):
+        await retrace_after_move(db, store, library, repository, gain)
 
 
-async def record_library_delete(
-    db: MetadataDB, library: Library | None, repository: str, tags: Sequence[str]
+async def end_deleted_tags(
+    conn: aiosqlite.Connection, library: Library | None, repository: str, tags: Sequence[str]
 ) -> None:
-    """After tags of `repository` were deleted (a tag, or a manifest with its tags): every
-    declared library tag among them points at nothing from now on, so its history row ends and
-    the images built on it are no longer on its current digest. Never raises: the delete is done.
-    """
+    """Inside the delete's own transaction: every declared library tag among the deleted `tags`
+    of `repository` points at nothing from now on, so its history row ends and the images built
+    on it are no longer on its current digest."""
     image = None if library is None else library.image_at(repository)
     if image is None:
         return
     for tag in tags:
-        if tag not in image.tags:
-            continue
-        try:
-            await end_tag(db, image.name, tag)
+        if tag in image.tags:
+            await end_tag_within(conn, image.name, tag)
             log.info("library %s:%s deleted", image.name, tag)
-        except Exception:
-            log.exception("ending the history of library tag %s:%s failed", image.name, tag)
