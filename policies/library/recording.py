@@ -22,7 +22,14 @@ from collections.abc import Sequence
 import aiosqlite
 
 from policies.library.declaration import Library
-from policies.library.history import Announce, TagGuard, candidates, end_tag_within, move_tag
+from policies.library.history import (
+    Announce,
+    TagGuard,
+    candidates,
+    end_tag_within,
+    move_tag,
+    tag_history,
+)
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate, ImageLayers, Lineage, find_lineage
 from policies.library.signing import (
@@ -39,6 +46,9 @@ log = logging.getLogger("trustyard.library")
 #: Images re-traced, at most, when a library tag gains a digest; more are logged, and traced
 #: when they are pushed again.
 RETRACE_LIMIT = 200
+
+#: Times an image's lineage is recorded again when the library moved while it was traced.
+LINEAGE_ATTEMPTS = 3
 
 
 async def lineage_candidates(
@@ -133,6 +143,44 @@ async def record_lineage(
             )
 
 
+async def record_current_lineage(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library | None,
+    repository: str,
+    digest: str,
+    content: bytes,
+    lineages: Sequence[Lineage],
+) -> None:
+    """`record_lineage`, then make sure the `current` flags it wrote still hold.
+
+    Lineage is traced from the library's history as it was read, and recorded after the push's
+    commit, outside any tag guard: a library tag may move in between (its transaction flips the
+    flags of the rows recorded so far, not of one written after). Read after the write, a
+    history that disagrees with a flag means such a move came first: the image is traced again
+    and recorded afresh (a move after the write flipped the row itself). At most
+    `LINEAGE_ATTEMPTS` tries; a tag moving faster than that is logged."""
+    for attempt in range(1, LINEAGE_ATTEMPTS + 1):
+        await record_lineage(db, repository, digest, lineages)
+        current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
+        if all(
+            lineage.base.current
+            == (current.get((lineage.base.name, lineage.base.tag)) == lineage.base.digest)
+            for lineage in lineages
+            if lineage.base is not None and not lineage.base.pending
+        ):
+            return
+        if attempt < LINEAGE_ATTEMPTS:
+            lineages = await trace_lineage(db, store, repository, digest, content, library)
+    log.warning(
+        "%s@%s: the library moved while its lineage was recorded, %d times; its current flags "
+        "are refreshed by the next move or push",
+        repository,
+        digest,
+        LINEAGE_ATTEMPTS,
+    )
+
+
 async def retrace_after_move(
     db: MetadataDB,
     store: BlobStore,
@@ -183,7 +231,9 @@ async def retrace_after_move(
         images = await platform_images(db, store, image_repository, image_digest, image.content)
         lineages = find_lineage(images, [c for c in known if c.repository != image_repository])
         if any(lineage.base is not None and not lineage.base.pending for lineage in lineages):
-            await record_lineage(db, image_repository, image_digest, lineages)
+            await record_current_lineage(
+                db, store, library, image_repository, image_digest, image.content, lineages
+            )
             recorded += 1
     if recorded:
         log.info("%s@%s: lineage recorded for %d earlier images", repository, digest, recorded)
@@ -250,7 +300,7 @@ async def record_library_push(
     if lineages is None or image is not None:
         lineages = await trace_lineage(db, store, repository, digest, content, library)
     if lineages:
-        await record_lineage(db, repository, digest, lineages)
+        await record_current_lineage(db, store, library, repository, digest, content, lineages)
     for gain in dict.fromkeys(gained):
         await retrace_after_move(db, store, library, repository, gain)
 
