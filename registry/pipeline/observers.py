@@ -34,7 +34,7 @@ from policies.library.recording import end_deleted_tags, move_pushed_tag, record
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
-from storage.metadata import ManifestRecord, MetadataDB
+from storage.metadata import ManifestRecord, MetadataDB, Within
 
 log = logging.getLogger("trustyard.pipeline")
 
@@ -76,12 +76,6 @@ class Staged:
         """Run every `within` on the change's transaction."""
         for work in self.within:
             await work(conn)
-
-
-class Within(Protocol):
-    """Work on the connection of the change's write transaction."""
-
-    async def __call__(self, conn: aiosqlite.Connection, /) -> None: ...
 
 
 class Observer(Protocol):
@@ -236,19 +230,23 @@ class LibraryObserver:
         """A `signed_by` tag, lineage, re-tracing (pushes only)."""
         if change.action != "push" or change.check is None:
             return
-        await record_library_push(
-            self.db,
-            self.store,
-            change.check.policy.library,
-            change.repository,
-            change.digest,
-            change.record.content,
-            change.tag,
-            self.events.library_moved(change.actor),
-            change.check.lineage,
-            moved=change.library_moved,
-            guard=self.gate.tag_guard,
-        )
+        try:
+            await record_library_push(
+                self.db,
+                self.store,
+                change.check.policy.library,
+                change.repository,
+                change.digest,
+                change.record.content,
+                change.tag,
+                self.events.library_moved(change.actor),
+                change.check.lineage,
+                moved=change.library_moved,
+                guard=self.gate.tag_guard,
+            )
+        finally:
+            # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.
+            self.events.committed()
 
     def _library(self, change: Change) -> Library | None:
         if change.check is not None:
