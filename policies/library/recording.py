@@ -162,12 +162,16 @@ async def record_current_lineage(
     `LINEAGE_ATTEMPTS` tries; a tag moving faster than that is logged."""
     for attempt in range(1, LINEAGE_ATTEMPTS + 1):
         await record_lineage(db, repository, digest, lineages)
-        current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
-        if all(
-            lineage.base.current
-            == (current.get((lineage.base.name, lineage.base.tag)) == lineage.base.digest)
+        bases = [
+            lineage.base
             for lineage in lineages
             if lineage.base is not None and not lineage.base.pending
+        ]
+        if not bases:
+            return  # no flag written (an image without a base is traced when the library moves)
+        current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
+        if all(
+            base.current == (current.get((base.name, base.tag)) == base.digest) for base in bases
         ):
             return
         if attempt < LINEAGE_ATTEMPTS:

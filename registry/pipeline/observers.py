@@ -30,11 +30,12 @@ import aiosqlite
 
 from policies.gateway import PolicyGate, PushCheck
 from policies.library.declaration import Library
+from policies.library.history import TagMove
 from policies.library.recording import end_deleted_tags, move_pushed_tag, record_library_push
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
-from storage.metadata import ManifestRecord, MetadataDB, Within
+from storage.metadata import ManifestRecord, MetadataDB, Statements, Within
 
 log = logging.getLogger("trustyard.pipeline")
 
@@ -52,6 +53,8 @@ class Change:
     previous: str | None = None  # a push by tag: the digest the tag pointed at before
     #: Set inside the transaction: the pushed tag's library history moved with it.
     library_moved: bool = False
+    #: Outbox rows staged with the change (none when no endpoint wants its events).
+    outbox_rows: int = 0
 
     @property
     def repository(self) -> str:
@@ -163,10 +166,12 @@ class EventSender:
                 change.record, change.tag, list(change.tags), change.actor
             )
         staged.statements.extend(rows)
+        change.outbox_rows += len(rows)
 
     async def after(self, change: Change) -> None:
-        """Wake the sender."""
-        self.events.committed()
+        """Wake the sender (when there is something for it: each wake reads the outbox)."""
+        if change.outbox_rows:
+            self.events.committed()
 
 
 class DecisionLog:
@@ -217,7 +222,12 @@ class LibraryObserver:
 
             staged.within.append(end)
             return
-        announce = self.events.library_moved(change.actor)
+        rows = self.events.library_moved(change.actor)
+
+        def announce(move: TagMove) -> Statements:
+            statements = rows(move)
+            change.outbox_rows += len(statements)
+            return statements
 
         async def move(conn: aiosqlite.Connection) -> None:
             change.library_moved = await move_pushed_tag(
@@ -230,6 +240,14 @@ class LibraryObserver:
         """A `signed_by` tag, lineage, re-tracing (pushes only)."""
         if change.action != "push" or change.check is None:
             return
+        rows = self.events.library_moved(change.actor)
+        announced: list[int] = []
+
+        def announce(move: TagMove) -> Statements:
+            statements = rows(move)
+            announced.append(len(statements))
+            return statements
+
         try:
             await record_library_push(
                 self.db,
@@ -239,14 +257,15 @@ class LibraryObserver:
                 change.digest,
                 change.record.content,
                 change.tag,
-                self.events.library_moved(change.actor),
+                announce,
                 change.check.lineage,
                 moved=change.library_moved,
                 guard=self.gate.tag_guard,
             )
         finally:
             # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.
-            self.events.committed()
+            if any(announced):
+                self.events.committed()
 
     def _library(self, change: Change) -> Library | None:
         if change.check is not None:
