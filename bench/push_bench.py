@@ -21,10 +21,11 @@ Each round runs, on every server (the order flips every round):
   `?digest=`), then its manifest PUT by tag, `--clients` at once: images/s, p50, p99 of one
   image.
 
-Cells are the median over `--rounds` (min-max in brackets); the last column is this tree over
-the baseline (for rates >1 is faster; for CPU and latencies <1 is cheaper). Server CPU (user +
-system of the server process, from /proc) per operation is the steadiest column on a shared
-machine: other processes' load changes wall times far more than the work a request costs.
+Cells are the median over `--rounds` (min-max in brackets); then this tree over the baseline:
+the ratio of the medians, and the median of each round's ratio (the two ran back to back). For
+rates >1 is faster; for CPU and latencies <1 is cheaper. Server CPU (user + system of the server
+process, from /proc) per operation is the steadiest column on a shared machine: other
+processes' load changes wall times far more than the work a request costs.
 """
 
 from __future__ import annotations
@@ -267,12 +268,19 @@ def render(results: dict, args: argparse.Namespace) -> str:
         lines += [
             f"### {policy}",
             "",
-            "| metric | this tree | baseline | this / baseline |",
-            "| --- | --- | --- | --- |",
+            "| metric | this tree | baseline | this / baseline | paired |",
+            "| --- | --- | --- | --- | --- |",
         ]
         for metric, label, _higher in METRICS:
             ratio = statistics.median(this[metric]) / statistics.median(base[metric])
-            lines.append(f"| {label} | {cell(this[metric])} | {cell(base[metric])} | {ratio:.2f} |")
+            # Each round's pair ran back to back: the median of their ratios.
+            paired = statistics.median(
+                t / b for t, b in zip(this[metric], base[metric], strict=True)
+            )
+            lines.append(
+                f"| {label} | {cell(this[metric])} | {cell(base[metric])} | {ratio:.2f} "
+                f"| {paired:.2f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
