@@ -124,16 +124,11 @@ async def move_tag(
     return True
 
 
-async def end_tag(db: MetadataDB, name: str, tag: str, now: float | None = None) -> None:
-    """The library tag `name:tag` was deleted: it points at nothing from now on."""
-    async with db.transaction() as conn:
-        await end_tag_within(conn, name, tag, now)
-
-
 async def end_tag_within(
     conn: aiosqlite.Connection, name: str, tag: str, now: float | None = None
 ) -> None:
-    """`end_tag` inside the caller's write transaction (the delete of the registry tag)."""
+    """The library tag `name:tag` was deleted: it points at nothing from now on. Runs inside
+    the caller's write transaction (the delete of the registry tag: both commit or neither)."""
     now = time.time() if now is None else now
     await conn.execute(
         "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",

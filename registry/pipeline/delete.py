@@ -10,15 +10,20 @@ observers, each guarded.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
-from registry.errors import MANIFEST_UNKNOWN, RegistryError
+from registry.errors import MANIFEST_UNKNOWN, TOOMANYREQUESTS, RegistryError
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
-from storage.metadata import MetadataDB
+from storage.metadata import ManifestRecord, MetadataDB
+
+#: Times a delete by digest takes the guards again when tags were pushed onto the manifest
+#: while it took those of the tags it found (then it refuses: 429, retry).
+MAX_TAG_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -57,33 +62,66 @@ async def delete_manifest(
     if record is None:
         raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     tags = (tag,) if tag is not None else tuple(await db.tags_of(name, record.digest))
-    async with contextlib.AsyncExitStack() as guards:
-        # Every tag it removes is held, in one order (no two deletes wait on each other): a push
-        # cannot move one of them between the check and the delete.
-        for held in sorted(tags):
-            await guards.enter_async_context(gate.tag_guard(name, held))
-        async with events.reporting_denials(
-            "delete", name, delete.reference, record.digest, delete.actor
-        ):
-            headers = await gate.check_delete(
-                PolicyRequest(
-                    Action.DELETE, name, delete.reference, record.digest, tags, delete.actor
-                ),
-                record,
-            )
-        if digest is not None:
-            # An index child goes only if no manifest the policy protects needs it.
-            await gate.check_needed(name, digest, "manifest", delete.actor)
-        change = Change(
-            "delete", record, delete.actor, tag=tag, tags=() if tag is not None else tags
+    for _ in range(MAX_TAG_ROUNDS):
+        async with _holding(gate, name, tags):
+            if digest is not None:
+                # A tag pushed onto the manifest while the guards were taken would go with it
+                # unchecked (an immutable release deleted as it is tagged): hold it too, and
+                # decide on the tags the manifest has now.
+                now = tuple(await db.tags_of(name, record.digest))
+                if not set(now) <= set(tags):
+                    tags = tuple(sorted({*tags, *now}))
+                    continue
+                tags = now
+            change, headers = await _delete(db, gate, events, observers, delete, record, tags)
+            break
+    else:
+        raise RegistryError(
+            TOOMANYREQUESTS,
+            {"name": name, "reference": delete.reference},
+            message=f"tags keep being added to {record.digest} while it is deleted; retry",
         )
-        staged = await observers.stage(change)
-        if digest is not None:
-            deleted = await db.delete_manifest(name, digest, staged.statements, staged.run_within)
-        else:
-            assert tag is not None
-            deleted = await db.delete_tag(name, tag, staged.statements, staged.run_within)
-    if not deleted:  # deleted by someone else meanwhile
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     await observers.after(change)
     return Deleted(headers)
+
+
+@contextlib.asynccontextmanager
+async def _holding(gate: PolicyGate, repository: str, tags: tuple[str, ...]) -> AsyncIterator[None]:
+    """Hold the guard of every tag, taken in one order (two deletes never wait on each other)."""
+    async with contextlib.AsyncExitStack() as guards:
+        for held in sorted(tags):
+            await guards.enter_async_context(gate.tag_guard(repository, held))
+        yield
+
+
+async def _delete(
+    db: MetadataDB,
+    gate: PolicyGate,
+    events: EventHub,
+    observers: Observers,
+    delete: ManifestDelete,
+    record: ManifestRecord,
+    tags: tuple[str, ...],
+) -> tuple[Change, dict[str, str]]:
+    """Under the guards: the policy check, then the delete with what the observers stage."""
+    name, tag, digest = delete.repository, delete.tag, delete.digest
+    async with events.reporting_denials(
+        "delete", name, delete.reference, record.digest, delete.actor
+    ):
+        headers = await gate.check_delete(
+            PolicyRequest(Action.DELETE, name, delete.reference, record.digest, tags, delete.actor),
+            record,
+        )
+    if digest is not None:
+        # An index child goes only if no manifest the policy protects needs it.
+        await gate.check_needed(name, digest, "manifest", delete.actor)
+    change = Change("delete", record, delete.actor, tag=tag, tags=() if tag is not None else tags)
+    staged = await observers.stage(change)
+    if digest is not None:
+        deleted = await db.delete_manifest(name, digest, staged.statements, staged.run_within)
+    else:
+        assert tag is not None
+        deleted = await db.delete_tag(name, tag, staged.statements, staged.run_within)
+    if not deleted:  # deleted by someone else meanwhile
+        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
+    return change, headers
