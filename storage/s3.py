@@ -40,7 +40,6 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,17 +47,15 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from registry.config import Config, parse_duration
-from registry.grammar import Digest
-from storage.blobstore import BlobDamaged, StorageFull, StorageUnavailable, StoredObject
+from storage.blobstore import StoredObject
+from storage.errors import BlobDamaged, StorageFull, StorageUnavailable
 from storage.layout import DataLayout, S3Layout, s3_prefix
+from storage.oci.digests import Digest
+from storage.settings import S3Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: S3's smallest allowed part (every part but the last).
-MIN_PART_SIZE = 5 * 1024 * 1024
 
 #: Bytes read from S3 per step when a blob or segment is streamed.
 READ_CHUNK = 1 << 20
@@ -71,43 +68,6 @@ DELETE_BATCH = 1000
 MULTIPART_MARK = "multipart "
 
 _MISSING_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload"}
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """The `storage.s3` configuration, with defaults filled in."""
-
-    bucket: str
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    prefix: str = ""
-    addressing_style: str = "auto"
-    redirect: bool = False
-    redirect_expiry: float = 1200.0
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    profile: str | None = None
-    server_side_encryption: str | None = None
-    sse_kms_key_id: str | None = None
-    max_pool_connections: int = 16
-    part_size: int = 8 * 1024 * 1024
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    max_attempts: int = 3
-    create_bucket: bool = True
-
-    @classmethod
-    def from_config(cls, config: Config) -> S3Settings:
-        """Read `storage.s3` from the validated configuration."""
-        raw: dict[str, Any] = dict(config.raw["storage"].get("s3") or {})
-        for key in ("redirect_expiry", "connect_timeout", "read_timeout"):
-            if key in raw:
-                raw[key] = parse_duration(raw[key])
-        settings = cls(**raw)
-        if settings.part_size < MIN_PART_SIZE:
-            raise ValueError(f"storage.s3.part_size must be at least {MIN_PART_SIZE} bytes")
-        return settings
 
 
 class S3BlobStore:

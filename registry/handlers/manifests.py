@@ -9,14 +9,16 @@ from aiohttp import web
 
 from registry.auth.producers import quarantine_reader
 from registry.context import context, pipeline
-from registry.errors import MANIFEST_UNKNOWN, NAME_UNKNOWN, UNSUPPORTED, RegistryError
+from registry.errors import RegistryError
 from registry.events.hub import EVENTS
-from registry.grammar import check_tag, is_digest, parse_digest
 from registry.identity import identity
-from registry.manifest_format import MAX_MANIFEST_SIZE
 from registry.pipeline import ManifestDelete, ManifestPush
 from registry.pipeline.push import read_reference, too_large
 from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.errors import MANIFEST_UNKNOWN, NAME_UNKNOWN, UNSUPPORTED, OciError
+from storage.oci.grammar import check_tag, is_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE
 
 
 async def find_manifest(db: MetadataDB, name: str, reference: str) -> ManifestRecord:
@@ -40,7 +42,7 @@ def valid_reference(name: str, reference: str) -> str:
     404 MANIFEST_UNKNOWN (with the grammar's reason), as the spec says of a manifest not found."""
     try:
         return str(parse_digest(reference)) if is_digest(reference) else check_tag(reference)
-    except RegistryError as exc:
+    except OciError as exc:
         raise RegistryError(
             MANIFEST_UNKNOWN,
             {"name": name, "reference": reference[:200], "reason": exc.detail},

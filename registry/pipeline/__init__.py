@@ -16,9 +16,11 @@ ManifestPush ──> read: reference, size, verification limits, parse          
                 Stored ──> the handler answers 201
 ```
 
-Handlers speak HTTP and call `ManifestPipeline.push` / `.delete`; failures are `RegistryError`s the
-error middleware turns into the spec's error body. A manifest that arrives by other means (a
-pull-through cache) is pushed the same way, with the same checks and observers.
+Handlers speak HTTP and call `ManifestPipeline.push` / `.delete`; failures are the floors' own
+exceptions (`OciError` with the spec's code, `PolicyDenied`, storage errors), which the error
+middleware turns into the spec's error body and status (`registry.errors`). A manifest that
+arrives by other means (a pull-through cache) is pushed the same way, with the same checks and
+observers.
 """
 
 from __future__ import annotations
@@ -49,13 +51,13 @@ class ManifestPipeline:
         self.observers = observers or default_observers(db, store, gate, events)
 
     async def push(self, push: ManifestPush) -> Stored:
-        """Check and store a manifest, then let the observers act; `RegistryError` when nothing
-        was stored."""
+        """Check and store a manifest, then let the observers act; `OciError` or `PolicyDenied`
+        when nothing was stored."""
         return await push_manifest(self.db, self.gate, self.events, self.observers, push)
 
     async def delete(self, delete: ManifestDelete) -> Deleted:
-        """Check and delete a manifest or a tag, then let the observers act; `RegistryError`
-        when nothing was deleted."""
+        """Check and delete a manifest or a tag, then let the observers act; `OciError` or
+        `PolicyDenied` when nothing was deleted."""
         return await delete_manifest(self.db, self.gate, self.events, self.observers, delete)
 
     @property

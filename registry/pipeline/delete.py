@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from policies.decisions import Action
 from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
-from registry.errors import MANIFEST_UNKNOWN, TOOMANYREQUESTS, RegistryError
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
 from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.errors import MANIFEST_UNKNOWN, TOOMANYREQUESTS, OciError
 
 #: Times a delete by digest takes the guards again when tags were pushed onto the manifest
 #: while it took those of the tags it found (then it refuses: 429, retry).
@@ -60,7 +60,7 @@ async def delete_manifest(
         assert tag is not None
         record = await db.get_tagged_manifest(name, tag)
     if record is None:
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
+        raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     tags = (tag,) if tag is not None else tuple(await db.tags_of(name, record.digest))
     for _ in range(MAX_TAG_ROUNDS):
         async with _holding(gate, name, tags):
@@ -76,7 +76,7 @@ async def delete_manifest(
             change, headers = await _delete(db, gate, events, observers, delete, record, tags)
             break
     else:
-        raise RegistryError(
+        raise OciError(
             TOOMANYREQUESTS,
             {"name": name, "reference": delete.reference},
             message=f"tags keep being added to {record.digest} while it is deleted; retry",
@@ -123,5 +123,5 @@ async def _delete(
         assert tag is not None
         deleted = await db.delete_tag(name, tag, staged.statements, staged.run_within)
     if not deleted:  # deleted by someone else meanwhile
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
+        raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     return change, headers

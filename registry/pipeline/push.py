@@ -24,18 +24,19 @@ from policies.engine import Policy
 from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from policies.signatures.proofs import push_problem
-from registry.errors import (
+from registry.events.hub import EventHub
+from registry.pipeline.observers import Change, Observers
+from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.oci.digests import Digest, parse_digest
+from storage.oci.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_TOO_LARGE,
-    RegistryError,
+    OciError,
 )
-from registry.events.hub import EventHub
-from registry.grammar import Digest, check_tag, is_digest, parse_digest
-from registry.manifest_format import MAX_MANIFEST_SIZE, ParsedManifest, parse_manifest
-from registry.pipeline.observers import Change, Observers
-from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.oci.grammar import check_tag, is_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE, ParsedManifest, parse_manifest
 
 #: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
 LARGE_MANIFEST = 64 * 1024
@@ -94,7 +95,7 @@ async def prepare(push: ManifestPush, policy: Policy) -> Prepared:
         raise too_large(len(content))
     digest = Digest.of(content, expected.algorithm if expected else "sha256")
     if expected is not None and digest != expected:
-        raise RegistryError(
+        raise OciError(
             DIGEST_INVALID,
             {"expected": str(expected), "actual": str(digest)},
             message="manifest digest did not match the digest in the URL",
@@ -117,9 +118,9 @@ def read_reference(reference: str) -> tuple[str | None, Digest | None]:
     return check_tag(reference), None
 
 
-def too_large(size: int) -> RegistryError:
+def too_large(size: int) -> OciError:
     """MANIFEST_INVALID (413): a manifest of `size` bytes is over the limit."""
-    return RegistryError(
+    return OciError(
         MANIFEST_TOO_LARGE,
         {"size": size, "limit": MAX_MANIFEST_SIZE},
         message=f"manifest larger than the {MAX_MANIFEST_SIZE} byte limit",
@@ -134,7 +135,7 @@ def _parse(
     # The limits first: a hostile signature manifest is refused without the full parse.
     problem = push_problem(policy, content, tag)
     if problem is not None:
-        raise RegistryError(MANIFEST_INVALID, {"digest": digest}, message=problem)
+        raise OciError(MANIFEST_INVALID, {"digest": digest}, message=problem)
     return parse_manifest(content, content_type)
 
 
@@ -142,7 +143,7 @@ async def push_manifest(
     db: MetadataDB, gate: PolicyGate, events: EventHub, observers: Observers, push: ManifestPush
 ) -> Stored:
     """Check, store and observe one manifest push (see the module's docstring for the order).
-    Raises `RegistryError` (DENIED, MANIFEST_BLOB_UNKNOWN, ...) when nothing was stored; once
+    Raises `PolicyDenied` or `OciError` (MANIFEST_BLOB_UNKNOWN, ...) when nothing was stored; once
     stored, returns whatever the observers do."""
     prepared = await prepare(push, gate.policy)
     name, tag, digest = push.repository, prepared.tag, str(prepared.digest)
@@ -175,7 +176,7 @@ async def push_manifest(
             )
         except MissingReferences as exc:
             missing = exc.missing[0]
-            raise RegistryError(
+            raise OciError(
                 MANIFEST_BLOB_UNKNOWN,
                 {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
                 message=f"manifest references {missing.kind} {missing.digest} unknown to "

@@ -17,11 +17,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from policies.errors import PolicyDenied
 from policies.gateway import PolicyGate
 from policies.library import recording
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT, PIPELINE
-from registry.errors import DENIED, RegistryError
 from registry.pipeline import ManifestPush
 from tests.library.images import Image, layer_tar, push
 from tests.oci import error_codes, push_blob, push_image
@@ -242,9 +242,9 @@ async def test_the_pipeline_takes_manifests_that_did_not_come_over_http(
     stray = Image([layer_tar("from-elsewhere")])
     for blob in stray.blobs():
         await push_blob(registry, "apps/web", blob)
-    with pytest.raises(RegistryError) as refused:
+    with pytest.raises(PolicyDenied) as refused:
         await pipeline.push(ManifestPush("apps/web", "v1", stray.manifest, None, "proxy"))
-    assert refused.value.error is DENIED
+    assert refused.value.message.startswith('rule "apps build on the library": ')
     assert (await registry.get("/v2/apps/web/manifests/v1")).status == 404
     # The observers ran: the library tag's history moved, lineage is recorded for a good app.
     for blob in APP.blobs():
