@@ -192,7 +192,7 @@ class ManifestCache:
         tag: str | None,
         *,
         companions: bool = True,
-    ) -> ManifestRecord:
+    ) -> None:
         """GET a manifest from upstream, verify and store it with what policy needs."""
         try:
             content, content_type, claimed = await self._get(client, remote, reference)
@@ -215,13 +215,12 @@ class ManifestCache:
         parsed = await parse_pulled(self.app, content, content_type, tag, digest)
         document = json.loads(content)
         await self._prerequisites(client, upstream, remote, name, document, parsed.media_type)
-        record = await store_pulled_manifest(
-            self.app, name, tag, content, parsed, digest, upstream.name
+        await store_pulled_manifest(
+            self.app, name, tag, content, content_type, digest, upstream.name
         )
         self.stats.count("manifest_fetched")
         if companions:
             await self._companions(client, upstream, remote, name, str(digest))
-        return record
 
     async def _get(
         self, client: UpstreamClient, remote: str, reference: str
