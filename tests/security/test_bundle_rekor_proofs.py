@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -33,7 +34,7 @@ from tests.policies.test_signatures_bundles import (
     statement,
     trust,
 )
-from tests.signing import write_rekor_root
+from tests.signing import spki, write_rekor_root
 
 
 @pytest.fixture
@@ -250,3 +251,34 @@ def test_an_rsa_pss_message_signature_verifies_and_pkcs1_still_does() -> None:
         [finding] = verify_layer(config, IMAGE, bundle(signature))
         assert not finding.valid
         assert finding.detail.startswith("by an unknown key (sha256:"), finding.detail
+
+
+def test_a_rekor_key_of_another_type_in_the_trusted_root_proves_nothing(tmp_path: Path) -> None:
+    """Rekor signs with ECDSA or Ed25519; an RSA key listed as a Rekor log in the trusted root
+    is not taken as one, so a signed entry timestamp "by" it is refused, whatever its bytes."""
+    log = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = spki(log)  # type: ignore[arg-type]
+    log_id = hashlib.sha256(der).digest()
+    write_rekor_root(tmp_path)
+    root = json.loads((tmp_path / "trusted_root.json").read_text())
+    root["tlogs"][0]["publicKey"]["rawBytes"] = base64.b64encode(der).decode()
+    root["tlogs"][0]["publicKey"]["keyDetails"] = "PKIX_RSA_PKCS1V15_2048_SHA256"
+    root["tlogs"][0]["logId"]["keyId"] = base64.b64encode(log_id).decode()
+    (tmp_path / "trusted_root.json").write_text(json.dumps(root))
+    key = ec.generate_private_key(ec.SECP256R1())
+    entry = promised_entry(ec.generate_private_key(ec.SECP256R1()), body_of(key))
+    entry["logId"]["keyId"] = base64.b64encode(log_id).decode()
+    canonical = rfc8785.dumps(
+        {
+            "body": entry["canonicalizedBody"],
+            "integratedTime": 1700000000,
+            "logID": log_id.hex(),
+            "logIndex": 42,
+        }
+    )
+    for signature in (log.sign(canonical, padding.PKCS1v15(), hashes.SHA256()), b"anything"):
+        entry["inclusionPromise"]["signedEntryTimestamp"] = base64.b64encode(signature).decode()
+        assert verdict(tmp_path, key, entry) == (
+            False,
+            f"Rekor log {log_id.hex()[:12]}… is not in the trusted root",
+        )
