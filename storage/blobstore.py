@@ -78,7 +78,16 @@ class BlobStore(Protocol):
         """Bytes received so far for an upload, or None if it does not exist."""
 
     async def append(self, upload_id: str, data: bytes) -> None:
-        """Append `data` to an upload (called from the event loop; must not block it)."""
+        """Append `data` to an upload (called from the event loop; must not block it). The
+        bytes may stay in memory until `flush`."""
+
+    async def flush(self, upload_id: str) -> None:
+        """Make every byte appended so far durable; `upload_size` counts only flushed bytes
+        (and whatever else is already durable). Called before a request is acknowledged."""
+
+    async def drop_pending(self, upload_id: str) -> None:
+        """Forget what this process holds of an upload beyond what is durable (a request that
+        failed) and release its memory; the durable bytes stay."""
 
     def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """The bytes of an upload so far, in order (to rebuild a hash after a restart)."""

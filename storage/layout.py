@@ -478,18 +478,40 @@ class S3Layout:
         return f"{self.prefix}_quarantine/{digest.algorithm}/{digest.hex}"
 
     def upload(self, upload_id: str) -> str:
-        """The key prefix of one upload's segments."""
+        """The key prefix of one upload's state and pieces."""
         return f"{self.uploads}{upload_id}/"
 
-    def segment(self, upload_id: str, start: int) -> str:
-        """The key of the upload segment that begins at byte `start`."""
+    def upload_state(self, upload_id: str) -> str:
+        """The key of an upload's state (`storage.s3_uploads.UploadState`)."""
+        return f"{self.upload(upload_id)}state"
+
+    def piece(self, upload_id: str, start: int) -> str:
+        """The key of the piece of an upload that begins at byte `start`."""
         return f"{self.upload(upload_id)}{start:020d}"
 
-    def parse_segment(self, key: str) -> tuple[str, int] | None:
-        """(upload id, start) of a segment key, or None if the key is not a segment's."""
+    def upload_of_key(self, key: str) -> str | None:
+        """The upload id of a key under `_uploads/`, or None."""
         if not key.startswith(self.uploads):
             return None
-        upload_id, sep, start = key[len(self.uploads) :].partition("/")
-        if not sep or not upload_id or not start.isdigit():
+        upload_id, sep, rest = key[len(self.uploads) :].partition("/")
+        return upload_id if sep and upload_id and rest else None
+
+    @property
+    def data(self) -> str:
+        """The key prefix of every upload's data objects."""
+        return f"{self.prefix}_data/"
+
+    def upload_data_prefix(self, upload_id: str) -> str:
+        """The key prefix of one upload's data objects."""
+        return f"{self.data}{upload_id}/"
+
+    def upload_data(self, upload_id: str, generation: int) -> str:
+        """The key of an upload's data object (the multipart upload's key) of a generation."""
+        return f"{self.upload_data_prefix(upload_id)}{generation:06d}"
+
+    def upload_of_data(self, key: str) -> str | None:
+        """The upload id of a data object's key, or None if the key is not one."""
+        if not key.startswith(self.data):
             return None
-        return upload_id, int(start)
+        upload_id, sep, generation = key[len(self.data) :].partition("/")
+        return upload_id if sep and upload_id and generation.isdigit() else None
