@@ -25,8 +25,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 from yarl import URL
@@ -36,6 +36,7 @@ from bench.s3 import TRUSTYARD_BUCKET, S3Env, start_seaweed
 from bench.workloads import (
     MIB,
     BlobFile,
+    RssMonitor,
     _expect,
     drop_dirty_pages,
     file_body,
@@ -80,41 +81,46 @@ def direct_upload(env: S3Env, blob: BlobFile, key: str) -> None:
     )
 
 
+async def push_once(
+    mode: str, session: Any, env: S3Env, url: str, repo: str, blob: BlobFile, chunk: int
+) -> None:
+    """One push of the blob in `mode` (see the module docstring)."""
+    if mode == "direct":
+        await asyncio.to_thread(direct_upload, env, blob, f"direct/{repo}")
+    elif mode == "monolithic":
+        await push_blob_monolithic(session, url, repo, blob)
+    elif mode == "stream":
+        await push_stream(session, url, repo, blob)
+    else:
+        await push_blob_chunked(session, url, repo, blob, chunk)
+
+
 async def run(size: int, rounds: int, chunk: int, scratch: Path) -> dict[str, object]:
-    """Every mode once per round; seconds per push."""
+    """Every mode once per round; seconds per push, and Trustyard's peak RSS."""
     env = start_seaweed(scratch, timeout=120)
     server = None
     try:
         server = start_trustyard(scratch, timeout=120, s3=(env, False))
         blob = make_blob_file(scratch / "blob", size)
         seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+        rss = RssMonitor(server.pid).start()
         async with make_session(8, timeout=1800) as session:
             for number in range(rounds):
                 order = MODES[number % len(MODES) :] + MODES[: number % len(MODES)]
                 for mode in order:
-                    repo = f"bench/r{number}-{mode}"
-                    push: Callable[[], Awaitable[object]]
-                    if mode == "direct":
-                        push = lambda: asyncio.to_thread(  # noqa: E731
-                            direct_upload, env, blob, f"direct/r{number}"
-                        )
-                    elif mode == "monolithic":
-                        push = lambda: push_blob_monolithic(session, server.url, repo, blob)  # noqa: E731
-                    elif mode == "stream":
-                        push = lambda: push_stream(session, server.url, repo, blob)  # noqa: E731
-                    else:
-                        push = lambda: push_blob_chunked(session, server.url, repo, blob, chunk)  # noqa: E731
                     drop_dirty_pages()
                     began = time.perf_counter()
-                    await push()
+                    repo = f"bench/r{number}-{mode}"
+                    await push_once(mode, session, env, server.url, repo, blob, chunk)
                     took = time.perf_counter() - began
                     seconds[mode].append(took)
                     print(f"round {number + 1} {mode:10} {size / MB / took:8.1f} MB/s", flush=True)
+        peak = rss.stop()
     finally:
         if server is not None:
             server.stop()
         env.stop()
-    return {"size": size, "rounds": rounds, "chunk": chunk, "seconds": seconds}
+    return {"size": size, "rounds": rounds, "chunk": chunk, "seconds": seconds, "rss": peak}
 
 
 def summary(result: dict[str, object]) -> dict[str, dict[str, float]]:
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**result, "summary": rows}, indent=2))
         return 0
     print(f"\n{args.size // MIB} MiB blob, {args.rounds} rounds, median")
+    print(f"Trustyard peak RSS: {result['rss']['peak_mb']:.0f} MB")  # type: ignore[index]
     print(f"{'':12} {'MB/s':>8} {'x direct':>9}")
     for mode, row in rows.items():
         print(f"{mode:12} {row['mb_s']:>8} {row['ratio']:>9}")

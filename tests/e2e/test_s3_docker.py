@@ -2,8 +2,9 @@
 
 Once with `redirect: false` (Trustyard streams blobs from S3) and once with `redirect: true`
 (blob GETs answer 307 to a presigned SeaweedFS URL on 127.0.0.1, which dockerd follows). The
-image has a layer larger than the 8 MiB part size, so uploads become segments and a multipart
-upload assembled with UploadPartCopy; the small config and second layer take the PutObject path.
+image has a layer larger than the 8 MiB part size, so its upload streams parts into the multipart
+upload of a data object and the blob's key becomes a pointer to it; the small config and second
+layer take the PutObject path (the bytes under the blob's key).
 """
 
 from __future__ import annotations
@@ -156,27 +157,40 @@ def test_docker_push_pull_with_s3(
     assert len(layers) == 2
     assert max(layers.values()) > 2 * PART_SIZE  # the big layer took 3 parts
 
-    # The bucket holds exactly the pushed blobs, under <prefix>/blobs/sha256/<xx>/<hex> with
-    # their sizes, and nothing under _uploads/ (segments are removed once assembled).
-    keys = bucket_keys(seaweed, f"{prefix}/")
-    expected = {f"{prefix}/blobs/sha256/{d[7:9]}/{d[7:]}": size for d, size in blobs.items()}
+    # The bucket holds exactly the pushed blobs, under <prefix>/blobs/sha256/<xx>/<hex>: the
+    # small ones with their bytes, the big layer as an empty pointer naming its data object
+    # under _data/ (its only other key); nothing under _uploads/, no multipart upload left.
+    keys = bucket_keys(seaweed, f"{prefix}/blobs/")
+    expected = {
+        f"{prefix}/blobs/sha256/{d[7:9]}/{d[7:]}": 0 if size >= PART_SIZE else size
+        for d, size in blobs.items()
+    }
     assert keys == expected, keys
     for key in keys:
         found = BLOB_KEY.match(key)
         assert found is not None and found["prefix"] == f"{prefix}/", key
         assert found["xx"] == found["hex"][:2]
+    client: Any = seaweed.client()
+    data_objects = bucket_keys(seaweed, f"{prefix}/_data/")
+    big = max(layers, key=layers.__getitem__)
+    pointer = client.head_object(Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{big[7:9]}/{big[7:]}")
+    data_key = f"{prefix}/{pointer['Metadata']['trustyard-data']}"
+    assert data_objects == {data_key: layers[big]}, data_objects
+    assert set(bucket_keys(seaweed, f"{prefix}/")) == set(keys) | {data_key}
+    uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/")
+    assert uploads.get("Uploads", []) == []
     assert not (registry.data_dir / "blobs").exists() or not any(
         (registry.data_dir / "blobs").rglob("*")
     ), "the S3 backend wrote blobs to the local data directory"
 
-    # With redirect, a blob GET answers 307 to a presigned URL on the same SeaweedFS.
-    big = max(layers, key=layers.__getitem__)
+    # With redirect, a blob GET answers 307 to a presigned URL of the data object on the same
+    # SeaweedFS.
     status, headers = get_no_redirect(f"{registry.url}/v2/{repo}/blobs/{big}")
     if s3_registry.redirect:
         assert status == 307, (status, headers)
         location = urllib.parse.urlsplit(headers["location"])
         assert f"{location.scheme}://{location.netloc}" == seaweed.endpoint, headers["location"]
-        assert location.path == f"/{BUCKET}/{prefix}/blobs/sha256/{big[7:9]}/{big[7:]}"
+        assert location.path == f"/{BUCKET}/{data_key}"
         assert "X-Amz-Signature" in location.query
     else:
         assert status == 200, (status, headers)
