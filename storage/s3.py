@@ -300,7 +300,8 @@ class S3BlobStore:
         upload.buffer += data
         part_size = self.settings.part_size
         while len(upload.buffer) >= part_size:
-            body = bytes(upload.buffer[:part_size])
+            with memoryview(upload.buffer) as view:
+                body = bytes(view[:part_size])  # one copy; the view is released before `del`
             del upload.buffer[:part_size]
             upload.buffer_start += part_size
             await self._send_part(upload_id, upload, body)

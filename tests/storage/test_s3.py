@@ -1,4 +1,4 @@
-"""What only the S3 backend does: bucket creation, the disk spool, redirects, failures, GC.
+"""What only the S3 backend does: bucket creation, pieces and parts, pointers, redirects, GC.
 
 Against a real SeaweedFS; the fault test starts one of its own so that it can kill it.
 """
