@@ -25,11 +25,19 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
     PUSH_DIGEST,
+    ContainersConfig,
     DockerDaemon,
+    OciLayout,
     get_manifest,
+    gzip_bytes,
     make_rootfs_tar,
     repo_digests,
+    require_binary,
+    run,
     sha256_digest,
 )
 from tests.server_process import RegistryProcess, start_registry
@@ -223,3 +231,72 @@ def test_docker_push_pull_with_s3(
     finally:
         dockerd.docker("rm", "--force", container, check=False)
         dockerd.docker("rmi", "--force", ref, check=False)
+
+
+def test_skopeo_copy_multi_layer_image_to_s3(
+    containers_config: ContainersConfig, seaweed: SeaweedS3, s3_registry: S3Registry, tmp_path: Path
+) -> None:
+    """skopeo (one streamed PATCH per blob, then PUT ?digest=) pushes three layers — two larger
+    than a part, one smaller — and copies the image back byte for byte."""
+    skopeo = require_binary("skopeo")
+    registry, prefix = s3_registry.registry, s3_registry.prefix
+    src = tmp_path / "src"
+    layout = OciLayout(src)
+    tars = [
+        make_rootfs_tar({f"data/{name}": os.urandom(size)})
+        for name, size in (("big", 19 * MIB), ("medium", PART_SIZE + 5), ("small", 40 * 1024))
+    ]
+    layers = [gzip_bytes(tar) for tar in tars]
+    layer_digests = [layout.add_blob(layer) for layer in layers]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar) for tar in tars]},
+        }
+    ).encode()
+    config_digest = layout.add_blob(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": len(layer)}
+                for digest, layer in zip(layer_digests, layers, strict=True)
+            ],
+        }
+    ).encode()
+    manifest_digest = layout.add_blob(manifest)
+    layout.tag("1.0", OCI_MANIFEST, manifest_digest, len(manifest))
+
+    def run_skopeo(*args: str) -> str:
+        command = [skopeo, "--policy", str(containers_config.policy), *args]
+        return run(command, env=containers_config.env, timeout=300).stdout
+
+    dest = f"docker://{registry.host}/e2e/skopeo-s3:1.0"
+    run_skopeo("copy", "--dest-tls-verify=false", f"oci:{src}:1.0", dest)
+    resp = get_manifest(registry, "e2e/skopeo-s3", "1.0")
+    assert resp.status == 200
+    assert resp.body == manifest
+
+    # Layers of a part or more are pointers to their data objects; the rest are bytes.
+    client: Any = seaweed.client()
+    for digest, layer in zip(layer_digests, layers, strict=True):
+        key = f"{prefix}/blobs/sha256/{digest[7:9]}/{digest[7:]}"
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        if len(layer) >= PART_SIZE:
+            assert head["ContentLength"] == 0
+            data_key = f"{prefix}/{head['Metadata']['trustyard-data']}"
+            assert client.head_object(Bucket=BUCKET, Key=data_key)["ContentLength"] == len(layer)
+        else:
+            assert head["ContentLength"] == len(layer)
+    assert bucket_keys(seaweed, f"{prefix}/_uploads/") == {}
+    assert (
+        client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/").get("Uploads", []) == []
+    )
+
+    back = tmp_path / "back"
+    run_skopeo("copy", "--src-tls-verify=false", dest, f"oci:{back}:out")
+    for digest, layer in zip(layer_digests, layers, strict=True):
+        assert (back / "blobs" / "sha256" / digest[7:]).read_bytes() == layer
