@@ -180,6 +180,7 @@ class S3BlobStore:
         self.list_page_size = 1000
         #: The part buffers of every upload of this process, together.
         self.memory = UploadMemory(settings.upload_memory, settings.upload_memory_wait)
+        self.memory.evict = self._evict_idle
         #: Upload id -> what this process holds of it (see `_Upload`).
         self._uploads: dict[str, _Upload] = {}
         #: Digest -> (key holding its bytes, when that was seen), for `read` after `verify_size`.
@@ -284,7 +285,9 @@ class S3BlobStore:
             await self.drop_pending(upload_id)
             return None
         upload = self._uploads.get(upload_id)
-        if upload is not None and not upload.active:
+        if upload is not None and not upload.active and upload.state != state:
+            # Continued elsewhere meanwhile: what this process kept is stale.
+            self._drop_cached(upload)
             upload.state = state
         return state.size
 
@@ -341,7 +344,9 @@ class S3BlobStore:
         except BaseException:
             await self.drop_pending(upload_id)
             raise
-        self._deactivate(upload)
+        self._deactivate(upload, keep=True)
+        # Longest idle first for `_evict_idle`.
+        self._uploads[upload_id] = self._uploads.pop(upload_id)
         if dropped:
             # Bytes the parts now hold; a leftover is removed with the upload.
             with contextlib.suppress(StorageUnavailable):
@@ -485,33 +490,67 @@ class S3BlobStore:
         )
 
     async def _activate(self, upload_id: str) -> _Upload:
-        """This process's writer for the upload, with its part buffer filled from the pieces
-        and memory reserved for it (waiting for room, or refused: see UploadMemory)."""
+        """This process's writer for the upload, with its part buffer filled (from the bytes
+        kept since its last request here, else from the pieces) and memory reserved for it
+        (waiting for room, or refused: see UploadMemory)."""
         upload = self._uploads.get(upload_id)
         if upload is not None and upload.active:
             return upload
-        state = upload.state if upload is not None else await self._load_state(upload_id)
-        if state is None:
-            raise FileNotFoundError(f"no upload {upload_id}")
+        if upload is None:
+            state = await self._load_state(upload_id)
+            if state is None:
+                raise FileNotFoundError(f"no upload {upload_id}")
+            upload = self._uploads[upload_id] = _Upload(state)
+        state = upload.state
         holders = sum(1 for other in self._uploads.values() if other.active)
-        await self.memory.acquire(self._slot, holders)
-        upload = self._uploads[upload_id] = _Upload(state)
-        upload.held = self._slot
+        upload.pinned = True
         try:
-            upload.buffer = bytearray()
-            async for chunk in self._read_pieces(upload_id, state):
-                upload.buffer += chunk
+            await self.memory.acquire(self._slot, holders)
+        finally:
+            upload.pinned = False
+        upload.held = self._slot
+        cached, upload.cached = upload.cached, None
+        if upload.cached_held:
+            self.memory.release(upload.cached_held)
+            upload.cached_held = 0
+        try:
+            if cached is not None and len(cached) == state.size - state.parts_end:
+                upload.buffer = cached
+            else:
+                upload.buffer = bytearray()
+                async for chunk in self._read_pieces(upload_id, state):
+                    upload.buffer += chunk
             upload.buffer_start = state.parts_end
         except BaseException:
             await self.drop_pending(upload_id)
             raise
         return upload
 
-    def _deactivate(self, upload: _Upload) -> None:
-        upload.buffer = None
+    def _deactivate(self, upload: _Upload, *, keep: bool = False) -> None:
+        """Give back the part buffer's memory. With `keep` (after a flush), the bytes of the
+        unfinished part stay while memory allows (the next request need not read the pieces
+        back); `_evict_idle` drops them when another upload needs the room."""
+        buffer, upload.buffer = upload.buffer, None
         if upload.held:
             self.memory.release(upload.held)
             upload.held = 0
+        self._drop_cached(upload)
+        if keep and buffer and self.memory.try_acquire(len(buffer)):
+            upload.cached, upload.cached_held = buffer, len(buffer)
+
+    def _drop_cached(self, upload: _Upload) -> None:
+        upload.cached = None
+        if upload.cached_held:
+            self.memory.release(upload.cached_held)
+            upload.cached_held = 0
+
+    def _evict_idle(self, wanted: int) -> None:
+        """Drop kept bytes of idle uploads (longest idle first) until `wanted` bytes are free."""
+        for upload in list(self._uploads.values()):
+            if self.memory.capacity - self.memory.used >= wanted:
+                return
+            if upload.cached is not None and not upload.pinned:
+                self._drop_cached(upload)
 
     @property
     def _slot(self) -> int:
@@ -1016,6 +1055,12 @@ class _Upload:
     sent: list[Part] = field(default_factory=list)
     #: Upload memory held for the buffer.
     held: int = 0
+    #: Between requests: the bytes of the unfinished part (as the pieces hold them), kept while
+    #: memory allows, and the memory they hold.
+    cached: bytearray | None = None
+    cached_held: int = 0
+    #: Being activated: its kept bytes are not evicted.
+    pinned: bool = False
 
     @property
     def active(self) -> bool:

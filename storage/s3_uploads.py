@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from registry.errors import TOOMANYREQUESTS, RegistryError
@@ -112,6 +113,9 @@ class UploadMemory:
         #: The most ever held at once (tests and metrics read it).
         self.peak = 0
         self._waiters: list[asyncio.Future[None]] = []
+        #: Called with the bytes wanted when there is no room: frees what can be dropped
+        #: (bytes kept only to save a read).
+        self.evict: Callable[[int], None] | None = None
 
     def try_acquire(self, size: int) -> bool:
         """Take `size` bytes if they are free now."""
@@ -128,6 +132,10 @@ class UploadMemory:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         while not self.try_acquire(size):
+            if self.evict is not None:
+                self.evict(size)
+                if self.try_acquire(size):
+                    return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise self._refusal(size, holders)
