@@ -402,9 +402,9 @@ class S3BlobStore:
         state = upload.state
         if state.data_size is None and not state.parts and not upload.sent:
             assert upload.buffer is not None
+            # The same verified bytes over whatever is there (a repair if it was damaged).
             data = bytes(upload.buffer)
-            if await self._run("commit", self._blob_size, digest) != len(data):
-                await self._run("commit", self._put, self.keys.blob(digest), data, None)
+            await self._run("commit", self._put, self.keys.blob(digest), data, None)
             return
         if state.data_size is None:
             assert upload.buffer is not None
@@ -446,7 +446,15 @@ class S3BlobStore:
             multipart_id, _, key = upload_id[len(MULTIPART_MARK) :].partition(" ")
             await self._run("abort_multipart", self._abort_multipart, key, multipart_id)
             return
+        known = self._uploads.get(upload_id)
         await self.drop_pending(upload_id)
+        if known is not None:
+            # This process holds the upload's recorded state (refreshed at the start of each
+            # request): delete what it names in one request. Leftovers of requests that failed
+            # (a piece or a multipart upload never recorded) are found by `list_uploads` under
+            # the upload's prefixes and removed by the stale-upload sweep.
+            await self._run("abort", self._abort_known, upload_id, known.state)
+            return
         state = await self._load_state(upload_id)
         keep = (
             self.keys.upload_data(upload_id, state.generation)
@@ -455,6 +463,16 @@ class S3BlobStore:
         )
         await self._run("abort", self._abort_upload, upload_id, keep)
         await self._local(shutil.rmtree, self.layout.spool(upload_id), True)
+
+    def _abort_known(self, upload_id: str, state: UploadState) -> None:
+        if state.multipart is not None and state.data_size is None:
+            self._abort_multipart(
+                self.keys.upload_data(upload_id, state.generation), state.multipart
+            )
+        doomed = [self.keys.piece(upload_id, start) for start, _ in state.pieces]
+        if state.data_size is not None and not state.placed:
+            doomed.append(self.keys.upload_data(upload_id, state.generation))
+        self._delete_keys([*doomed, self.keys.upload_state(upload_id)])
 
     def _abort_upload(self, upload_id: str, keep: str | None) -> None:
         for page in self._pages(
