@@ -12,6 +12,8 @@ import asyncio
 import os
 import random
 import signal
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,10 @@ import yaml
 
 from registry.app import create_app
 from registry.context import CONTEXT
-from storage.s3 import S3BlobStore
+from storage.gc import collect_garbage
+from storage.layout import DataLayout
+from storage.metadata import MetadataDB
+from storage.s3 import S3BlobStore, S3Settings
 from tests.conftest import make_config
 from tests.oci import error_codes, sha256
 from tests.server_process import start_registry
@@ -327,3 +332,37 @@ async def test_upload_continues_on_a_second_process_after_sigkill(seaweed, tmp_p
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_gc_aborts_abandoned_uploads_and_their_multipart_uploads(
+    aiohttp_client, seaweed, data_dir
+):
+    """An upload abandoned with parts in its multipart upload, and a multipart upload whose
+    upload is gone (a crash before its state was written): the stale-upload sweep aborts both
+    (AbortMultipartUpload) and leaves nothing under `_uploads/` or `_data/`."""
+    section = s3_storage(seaweed)
+    await aiohttp_client(create_app(make_config(data_dir, storage=section)))  # the database
+    settings = S3Settings(**{**section["s3"], "connect_timeout": 2.0, "read_timeout": 10.0})
+    store = S3BlobStore(settings, DataLayout(data_dir))
+    abandoned = uuid.uuid4().hex
+    await store.start_upload(abandoned)
+    await store.append(abandoned, os.urandom(TEST_PART_SIZE + MiB))
+    await store.flush(abandoned)
+    lost = uuid.uuid4().hex
+    orphan = store.client.create_multipart_upload(
+        Bucket=settings.bucket, Key=store.keys.upload_data(lost, 0)
+    )
+    assert len(multiparts(seaweed, section)) == 2
+    db = await MetadataDB.open(DataLayout(data_dir).database)
+    try:
+        report = await collect_garbage(
+            db, store, grace_period=0, stale_upload_age=0, now=time.time() + 5
+        )
+    finally:
+        await db.close()
+        await store.close()
+    assert abandoned in report.uploads
+    assert f"multipart {orphan['UploadId']} {orphan['Key']}" in report.uploads
+    assert multiparts(seaweed, section) == []
+    assert bucket(seaweed, section, "_uploads/") == {}
+    assert bucket(seaweed, section, "_data/") == {}
