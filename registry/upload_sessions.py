@@ -97,10 +97,11 @@ class UploadSessions:
         """Stop the hashing threads."""
         self._hash_pool.shutdown(wait=True)
 
-    async def start(self, repository: str) -> str:
-        """Open a new session for `repository` and return its id."""
+    async def start(self, repository: str, *, resumable: bool = True) -> str:
+        """Open a new session for `repository` and return its id. A session that is not
+        `resumable` is finished by the request that opens it (a monolithic POST)."""
         upload_id = uuid.uuid4().hex
-        await self.store.start_upload(upload_id)
+        await self.store.start_upload(upload_id, resumable=resumable)
         try:
             await self.db.start_upload(upload_id, repository)
         except StorageFull:

@@ -71,8 +71,9 @@ class BlobDamaged(RegistryError):
 class BlobStore(Protocol):
     """Content-addressed blob storage with append-only uploads."""
 
-    async def start_upload(self, upload_id: str) -> None:
-        """Create an empty upload."""
+    async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
+        """Create an empty upload. One that is not `resumable` is finished (or dropped) by the
+        request that starts it: a backend may keep its record in memory until then."""
 
     async def upload_size(self, upload_id: str) -> int | None:
         """Bytes received so far for an upload, or None if it does not exist."""

@@ -42,8 +42,8 @@ class FilesystemBlobStore:
                 raise StorageFull("disk") from exc
             raise
 
-    async def start_upload(self, upload_id: str) -> None:
-        """Create an empty upload file."""
+    async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
+        """Create an empty upload file (every upload is resumable here)."""
         await self._run(self.layout.upload(upload_id).touch, 0o644, False)
 
     async def upload_size(self, upload_id: str) -> int | None:

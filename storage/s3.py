@@ -272,14 +272,22 @@ class S3BlobStore:
 
     # -- uploads ------------------------------------------------------------------------------
 
-    async def start_upload(self, upload_id: str) -> None:
-        """Record an empty upload in the bucket (its state object)."""
-        await self._save_state(upload_id, UploadState())
+    async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
+        """Record an empty upload in the bucket (its state object). One that is not
+        `resumable` (finished by the request that starts it, whose id no client knows yet) is
+        recorded in this process only, until its bytes need a record."""
+        if resumable:
+            await self._save_state(upload_id, UploadState())
+        else:
+            self._uploads[upload_id] = _Upload(UploadState(), stored=False)
 
     async def upload_size(self, upload_id: str) -> int | None:
         """The acknowledged bytes (as the upload's state in the bucket says), or None if the
         upload does not exist. Refreshes this process's idea of the upload: another process may
         have continued it meanwhile."""
+        known = self._uploads.get(upload_id)
+        if known is not None and not known.stored:
+            return known.state.size  # not resumable: nobody else knows it
         state = await self._load_state(upload_id)
         if state is None:
             await self.drop_pending(upload_id)
@@ -453,7 +461,7 @@ class S3BlobStore:
             # request): delete what it names in one request. Leftovers of requests that failed
             # (a piece or a multipart upload never recorded) are found by `list_uploads` under
             # the upload's prefixes and removed by the stale-upload sweep.
-            await self._run("abort", self._abort_known, upload_id, known.state)
+            await self._run("abort", self._abort_known, upload_id, known.state, known.stored)
             return
         state = await self._load_state(upload_id)
         keep = (
@@ -464,7 +472,7 @@ class S3BlobStore:
         await self._run("abort", self._abort_upload, upload_id, keep)
         await self._local(shutil.rmtree, self.layout.spool(upload_id), True)
 
-    def _abort_known(self, upload_id: str, state: UploadState) -> None:
+    def _abort_known(self, upload_id: str, state: UploadState, stored: bool) -> None:
         if state.multipart is not None and state.data_size is None:
             self._abort_multipart(
                 self.keys.upload_data(upload_id, state.generation), state.multipart
@@ -472,7 +480,9 @@ class S3BlobStore:
         doomed = [self.keys.piece(upload_id, start) for start, _ in state.pieces]
         if state.data_size is not None and not state.placed:
             doomed.append(self.keys.upload_data(upload_id, state.generation))
-        self._delete_keys([*doomed, self.keys.upload_state(upload_id)])
+        if stored:
+            doomed.append(self.keys.upload_state(upload_id))
+        self._delete_keys(doomed)
 
     def _abort_upload(self, upload_id: str, keep: str | None) -> None:
         for page in self._pages(
@@ -506,6 +516,9 @@ class S3BlobStore:
         await self._run(
             "upload_state", self._put, self.keys.upload_state(upload_id), state.to_json(), None
         )
+        upload = self._uploads.get(upload_id)
+        if upload is not None:
+            upload.stored = True
 
     async def _activate(self, upload_id: str) -> _Upload:
         """This process's writer for the upload, with its part buffer filled (from the bytes
@@ -1079,6 +1092,8 @@ class _Upload:
     cached_held: int = 0
     #: Being activated: its kept bytes are not evicted.
     pinned: bool = False
+    #: Whether its state object exists (false for a non-resumable upload until its commit).
+    stored: bool = True
 
     @property
     def active(self) -> bool:
