@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from storage.layout import DataLayout
-from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB, Reference
+from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB
+from storage.oci.manifest import Reference
 from tests.server_process import start_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -34,7 +34,8 @@ from typing import Any
 import aiohttp
 
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB, Reference
+from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.manifest import Reference
 from tests.server_process import RegistryProcess, start_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -43,7 +43,7 @@ import aiohttp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import cosign
+from policies.signatures import simple_signing
 from policies.signatures.discovery import MAX_SIGNATURE_LAYERS, MAX_SIMPLE_SIGNING_PAYLOAD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def payload(image: str, size: int, salt: str) -> bytes:
         "critical": {
             "identity": {"docker-reference": "localhost/prod/app"},
             "image": {"docker-manifest-digest": image},
-            "type": cosign.SIGNATURE_TYPE,
+            "type": simple_signing.SIGNATURE_TYPE,
         },
         "optional": {"salt": salt, "padding": ""},
     }
@@ -120,9 +120,9 @@ def sig_manifest(
         "config": descriptor(OCI_CONFIG, config),
         "layers": [
             descriptor(
-                cosign.SIMPLE_SIGNING,
+                simple_signing.SIMPLE_SIGNING,
                 data,
-                annotations={cosign.SIGNATURE_ANNOTATION: base64.b64encode(sig).decode()},
+                annotations={simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(sig).decode()},
             )
             for data, sig in layers
         ],

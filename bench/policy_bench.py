@@ -35,7 +35,8 @@ from policies.loader import parse_policy
 from registry.config import load_config
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB, Reference
+from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.manifest import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -72,7 +73,7 @@ async def run(rules: int, iterations: int) -> dict[str, dict[str, float]]:
     """Measure the three costs on a scratch registry holding one labelled image."""
     scratch = Path(tempfile.mkdtemp(prefix="policy-bench-"))
     config = load_config(environ={}, overrides={"data_dir": str(scratch)})
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(scratch).database)
     try:
         config_blob = json.dumps(
@@ -84,7 +85,7 @@ async def run(rules: int, iterations: int) -> dict[str, dict[str, float]]:
                 },
             }
         ).encode()
-        from registry.grammar import Digest
+        from storage.oci.digests import Digest
 
         config_digest = Digest.of(config_blob)
         upload = "0" * 32

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import bundles, cosign
+from policies.signatures import bundles, cosign, simple_signing
 from policies.signatures.trust import TrustConfig, parse_trust
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "policies" / "vectors"
@@ -71,7 +71,7 @@ def cosign_case() -> Callable[[], bool]:
         }
     ).encode()
     signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
-    annotations = {cosign.SIGNATURE_ANNOTATION: signature}
+    annotations = {simple_signing.SIGNATURE_ANNOTATION: signature}
     return lambda: all(f.valid for f in cosign.verify_layer(trust, image, payload, annotations))
 
 

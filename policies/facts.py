@@ -20,14 +20,15 @@ from policies.library.lineage import Lineage
 from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
 from policies.signatures.proofs import SignatureEvidence, gather_signatures
-from registry.grammar import parse_digest
-from registry.image_kind import PAYLOAD_HEAD, Classification, Kind, classify, inert_payload
-from registry.manifest_format import INDEXES, platform_string
 from registry.scans.store import StoredReport, gather_scans
-from registry.unambiguous_json import IMAGE_CONFIG, AmbiguousJSON, loads
-from registry.unambiguous_json import MANIFEST as MANIFEST_SHAPE
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.image_kind import PAYLOAD_HEAD, Classification, Kind, classify, inert_payload
+from storage.oci.manifest import platform_string
+from storage.oci.media_types import INDEXES
+from storage.oci.unambiguous_json import IMAGE_CONFIG, AmbiguousJSON, loads
+from storage.oci.unambiguous_json import MANIFEST as MANIFEST_SHAPE
 
 #: Not a read: the manifest itself, decoded. Every rule needs it; when it cannot be decoded the
 #: way every client reads it, every matching rule denies.
@@ -57,7 +58,7 @@ COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")
 def is_cosign_tag(tag: str) -> bool:
     """Whether `tag` is spelled like cosign's `sha256-<hex>.sig|.att|.sbom`. The spelling alone
     exempts nothing: tag rules let such a tag move only when it holds a signature (by
-    structure, `registry.image_kind`)."""
+    structure, `storage.oci.image_kind`)."""
     return COSIGN_TAG.fullmatch(tag) is not None
 
 
@@ -101,7 +102,7 @@ class ImageFacts:
     is_index: bool = False
     # Exempt from image rules: a signature by structure, or an artifact type the policy exempts.
     is_artifact: bool = False
-    kind: Kind = Kind.IMAGE  # what clients do with it (`registry.image_kind`)
+    kind: Kind = Kind.IMAGE  # what clients do with it (`storage.oci.image_kind`)
     kind_reason: str = ""
     images: tuple[Image, ...] = ()  # the image itself, or the index's children
     platforms: tuple[str, ...] = ()  # an index's platforms (from its descriptors)
@@ -298,7 +299,7 @@ async def _verified(
     classification: Classification, manifest: Mapping[str, Any], store: BlobStore
 ) -> Classification:
     """A signature by media types stays one only when each payload's stored bytes are inert
-    (`registry.image_kind.inert_payload`): podman unpacks a tar whatever its layer type says."""
+    (`storage.oci.image_kind.inert_payload`): podman unpacks a tar whatever its layer type says."""
     if classification.kind is not Kind.SIGNATURE:
         return classification
     raw = manifest.get("layers")
@@ -351,7 +352,7 @@ async def _read_config(
     """The labels and platform in an image's config blob, or why they could not be read.
 
     The config is read whatever its media type: containerd decodes any config as an image
-    config, and docker accepts several loose types (`registry.image_kind`).
+    config, and docker accepts several loose types (`storage.oci.image_kind`).
     """
     config = manifest.get("config")
     if not isinstance(config, dict):

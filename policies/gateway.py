@@ -25,10 +25,10 @@ from typing import Any
 from policies.blob_access import MAX_REFERENCING, BlobAccess, Reader, Standing
 from policies.decisions import Action, Decision, Outcome, RuleVerdict, Verdict
 from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
+from policies.errors import PolicyDenied
 from policies.facts import ImageFacts, PolicyRequest, gather_facts
 from policies.library.lineage import Lineage
 from policies.loader import PolicyError, load_policy
-from registry.errors import DENIED, RegistryError
 from storage.blobstore import BlobStore
 from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB
 
@@ -408,11 +408,10 @@ class PolicyGate:
             return
         needing = await self.blobs.needing(repository, digest, kind, MAX_REFERENCING)
         if needing is None:
-            raise RegistryError(
-                DENIED,
-                {kind: digest},
-                message=f"{kind} {digest} is needed by more than {MAX_REFERENCING} manifests of "
+            raise PolicyDenied(
+                f"{kind} {digest} is needed by more than {MAX_REFERENCING} manifests of "
                 f"{repository}; delete those first",
+                {kind: digest},
             )
         for manifest in needing:
             record = await self.db.get_manifest(repository, manifest)
@@ -540,14 +539,14 @@ def _warning(text: str) -> str:
     return f'299 trustyard "{escaped}"'
 
 
-def _denied(verdict: Verdict, message: str, extra: dict[str, str] | None = None) -> RegistryError:
+def _denied(verdict: Verdict, message: str, extra: dict[str, str] | None = None) -> PolicyDenied:
     """DENIED with the failing rules of `verdict` in the detail."""
     detail: dict[str, Any] = {
         **(extra or {}),
         "policy_version": verdict.policy_version,
         "rules": [{"rule": r.rule, "mode": r.mode, "reason": r.reason} for r in verdict.failures],
     }
-    return RegistryError(DENIED, detail, message=message)
+    return PolicyDenied(message, detail)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -23,11 +23,10 @@ import jsonschema
 import yaml
 
 from policies import vulnerabilities
+from policies.base_image_rule import BaseImage
 from policies.decisions import Action
 from policies.engine import Policy
-from policies.globs import GlobSet
 from policies.library.declaration import Library, section_problems
-from policies.library.rule import BaseImage
 from policies.quarantine import QuarantineReaders
 from policies.rules import (
     Annotations,
@@ -43,10 +42,11 @@ from policies.rules import (
     TagPattern,
     parse_size,
 )
-from policies.signatures.rule import SignatureRequirement
+from policies.signature_rule import SignatureRequirement
 from policies.signatures.trust import TrustConfig, parse_trust
-from registry.config import parse_duration
-from registry.image_kind import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
+from shared.durations import parse_duration
+from shared.globs import GlobSet
+from storage.oci.media_types import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
 
 PathTuple = tuple[str | int, ...]
 
@@ -285,7 +285,7 @@ def _exempt_types(
     section: Mapping[str, Any] | None, lines: _Lines, source: str
 ) -> tuple[frozenset[str], list[Problem]]:
     """`artifacts.exempt_types`; an image config type there is a mistake: images are never
-    exempt (`registry.image_kind`), so naming one would exempt nothing while seeming to."""
+    exempt (`storage.oci.image_kind`), so naming one would exempt nothing while seeming to."""
     if section is None:
         return frozenset(), []
     problems = []

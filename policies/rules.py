@@ -24,8 +24,8 @@ from policies.facts import (
     PolicyRequest,
     is_cosign_tag,
 )
-from policies.globs import GlobSet
-from registry.image_kind import Kind
+from shared.globs import GlobSet
+from storage.oci.image_kind import Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ def parse_size(value: int | str) -> int:
 
 def signature_tag(tag: str, image: ImageFacts) -> bool:
     """Whether `tag` is a cosign signature tag that holds a signature: the spelling alone
-    exempts nothing (`registry.image_kind` decides by structure)."""
+    exempts nothing (`storage.oci.image_kind` decides by structure)."""
     return is_cosign_tag(tag) and image.kind is Kind.SIGNATURE
 
 

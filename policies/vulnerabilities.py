@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 from policies.decisions import Decision, day_end, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
-from registry.config import ConfigError, parse_duration
-from registry.scans.model import SEVERITIES
 from registry.scans.store import StoredReport
+from shared.durations import DurationError, parse_duration
+from storage.scan_reports import SEVERITIES
 
 #: IDs named in a reason at most, per count.
 SHOWN_IDS = 5
@@ -180,7 +180,7 @@ def build(
     if age_text is not None:
         try:
             age = parse_duration(age_text)
-        except ConfigError as exc:
+        except DurationError as exc:
             problem(("max_scan_age",), str(exc))
     return Vulnerabilities(
         max=dict(spec.get("max") or {}),

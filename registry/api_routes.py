@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.errors import NOT_FOUND, RegistryError
+from registry.errors import RegistryError
 from registry.handlers import (
     decisions_summary_api,
     health_api,
@@ -15,6 +15,7 @@ from registry.handlers import (
     quarantine_api,
     repositories_api,
 )
+from storage.oci.errors import NOT_FOUND
 
 #: The fallback route's path: not part of the API, so not in the OpenAPI document.
 FALLBACK = "/api/v1/{tail:.*}"

@@ -73,7 +73,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # First, so that an invalid policy stops start-up before anything is opened.
         policy = startup_policy(config.policy_file) if loaded is None else loaded
-        store = open_blob_store(config)
+        store = open_blob_store(config.blob_store)
         db = await MetadataDB.open(DataLayout(config.data_dir).database)
         # Room for `trustyard gc` to work in should the disk fill up (storage.reserve).
         await asyncio.to_thread(reserve.ensure, DataLayout(config.data_dir))

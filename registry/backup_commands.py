@@ -78,7 +78,7 @@ def run_backup_command(config: Config, args: argparse.Namespace, out: TextIO | N
 
 
 async def _backup(config: Config, folder: Path) -> BackupSummary:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     try:
         return await backup(config.data_dir, store, folder, terminal_progress("backup: blobs"))
     finally:
@@ -86,7 +86,7 @@ async def _backup(config: Config, folder: Path) -> BackupSummary:
 
 
 async def _restore(config: Config, folder: Path, blobs: list[tuple[str, int]]) -> BackupSummary:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     try:
         return await restore(
             folder, config.data_dir, store, terminal_progress("restore: blobs"), verified=blobs

@@ -21,10 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from policies.commands import POLICY_COMMANDS, add_policy_commands, run_policy_command
 from policies.engine import Policy
 from policies.gateway import startup_policy
-from policies.library.commands import LIBRARY_COMMANDS, add_library_commands, run_library_command
 from policies.loader import PolicyError
 from registry.app import create_app
 from registry.auth.settings import AuthSettings
@@ -33,8 +31,10 @@ from registry.auth.users import PasswordRefused, UsersFileError, UserStore, chec
 from registry.backup_commands import add_backup_commands, run_backup_command
 from registry.config import Config, ConfigError, load_config
 from registry.context import CONTEXT
+from registry.library_commands import LIBRARY_COMMANDS, add_library_commands, run_library_command
 from registry.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 from registry.middleware import IN_FLIGHT
+from registry.policy_commands import POLICY_COMMANDS, add_policy_commands, run_policy_command
 from registry.preflight import (
     OperatorError,
     check_existing_data_dir,
@@ -43,13 +43,13 @@ from registry.preflight import (
     listen_error,
 )
 from registry.preflight import tls_context as _tls_context
-from storage.blobstore import StorageUnavailable
-from storage.commands import (
+from registry.storage_commands import (
     STORAGE_COMMANDS,
     add_storage_commands,
     run_storage_command,
     storage_overrides,
 )
+from storage.errors import StorageUnavailable
 
 log = logging.getLogger("trustyard")
 

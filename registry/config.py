@@ -25,7 +25,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from registry.grammar import parse_count
+from shared.durations import parse_duration
+from storage.oci.grammar import parse_count
+from storage.settings import BlobStoreSettings, S3Settings
 
 ENV_PREFIX = "TRUSTYARD_"
 
@@ -42,9 +44,6 @@ DEFAULTS: dict[str, Any] = {
     "idle_timeout": "60s",
 }
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
 
 #: Keys whose values are file system paths: relative ones in a file resolve against its folder.
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
@@ -59,16 +58,6 @@ PATH_KEYS: tuple[tuple[str, ...], ...] = (
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem."""
-
-
-def parse_duration(text: str | float) -> float:
-    """`90s`, `15m`, `1h`, `7d` (or a number of seconds) in seconds."""
-    if isinstance(text, int | float):
-        return float(text)
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ConfigError(f"invalid duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -91,6 +80,17 @@ class Config:
     raw: dict[str, Any]
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @property
+    def blob_store(self) -> BlobStoreSettings:
+        """What `storage.backends.open_blob_store` needs: the backend, its place and options."""
+        storage = self.raw["storage"]
+        return BlobStoreSettings(
+            backend=storage["backend"],
+            data_dir=self.data_dir,
+            fsync=self.fsync,
+            s3=s3_settings(storage.get("s3") or {}) if storage["backend"] == "s3" else None,
+        )
 
     @property
     def policy_file(self) -> Path | None:
@@ -123,6 +123,15 @@ class Config:
         """Whether an `auth` section turns authentication on (absent: an open registry)."""
         section = self.raw.get("auth")
         return isinstance(section, dict) and section.get("enabled", True) is not False
+
+
+def s3_settings(section: Mapping[str, Any]) -> S3Settings:
+    """`storage.s3` as storage's settings object (durations in seconds)."""
+    raw = dict(section or {})
+    for key in ("redirect_expiry", "connect_timeout", "read_timeout", "upload_memory_wait"):
+        if key in raw:
+            raw[key] = parse_duration(raw[key])
+    return S3Settings(**raw)
 
 
 def load_config(

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from policies.engine import UNSAFE_ALLOW_EVERYTHING
 from registry.context import CONTEXT
-from registry.grammar import parse_digest
+from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
 

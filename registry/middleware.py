@@ -8,13 +8,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientPayloadError, web
 
-from registry.errors import BLOB_UPLOAD_INVALID, ErrorCode, RegistryError
+from registry.errors import ANSWERABLE, error_response
+from storage.oci.errors import BLOB_UPLOAD_INVALID, UNKNOWN, OciError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
@@ -61,8 +60,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every failure into the spec's error body; never let a traceback reach a client."""
     try:
         response = await handler(request)
-    except RegistryError as exc:
-        response = exc.response()
+    except ANSWERABLE as exc:  # the spec's codes, and what storage and the policy refuse with
+        response = error_response(exc)
     except web.HTTPException:
         raise
     except asyncio.CancelledError:
@@ -70,11 +69,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ClientPayloadError, ConnectionResetError) as exc:
         # The client went away or sent a truncated body; what was stored so far is kept.
         log.info("%s %s: request body interrupted: %s", request.method, request.path, exc)
-        response = RegistryError(
-            BLOB_UPLOAD_INVALID, {"reason": "request body interrupted"}
-        ).response()
+        response = error_response(
+            OciError(BLOB_UPLOAD_INVALID, {"reason": "request body interrupted"})
+        )
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        response = RegistryError(UNKNOWN).response()
+        response = error_response(OciError(UNKNOWN))
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
     return response

@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from registry.errors import PAGINATION_NUMBER_INVALID, RegistryError
-from registry.grammar import parse_count
+from registry.errors import RegistryError
 from registry.query import single
+from storage.oci.errors import PAGINATION_NUMBER_INVALID
+from storage.oci.grammar import parse_count
 
 #: Most entries one page returns, whatever `n` asks; the `Link` header leads to the rest.
 MAX_PAGE = 10_000

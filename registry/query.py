@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.errors import ErrorCode, RegistryError
+from registry.errors import RegistryError
+from storage.oci.errors import ErrorCode
 
 
 def single(request: web.Request, name: str, error: ErrorCode) -> str | None:

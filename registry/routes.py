@@ -14,8 +14,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from registry.auth.middleware import authorize, authorize_base, authorize_catalog
-from registry.errors import NOT_FOUND, UNSUPPORTED, RegistryError
-from registry.grammar import check_name
+from registry.errors import RegistryError
 from registry.handlers import (
     blobs,
     events_api,
@@ -28,6 +27,8 @@ from registry.handlers import (
 )
 from registry.metrics import ROUTE_KEY, metrics_endpoint
 from registry.scans import webhook as scans_webhook
+from storage.oci.errors import NOT_FOUND, UNSUPPORTED
+from storage.oci.grammar import check_name
 
 ResourceHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 

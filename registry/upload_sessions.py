@@ -19,17 +19,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import StreamReader
 
-from registry.errors import (
-    BLOB_UPLOAD_UNKNOWN,
-    DIGEST_INVALID,
-    RANGE_INVALID,
-    SIZE_INVALID,
-    RegistryError,
-)
-from registry.grammar import UPLOAD_ID_RE, Digest, parse_count
+from registry.errors import ANSWERABLE, RegistryError, status_for
 from storage.blob_commit import commit_blob
-from storage.blobstore import BlobStore, StorageFull
+from storage.blobstore import BlobStore
+from storage.errors import StorageFull
 from storage.metadata import MetadataDB
+from storage.oci.digests import Digest
+from storage.oci.errors import BLOB_UPLOAD_UNKNOWN, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID
+from storage.oci.grammar import UPLOAD_ID_RE, parse_count
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +354,7 @@ async def _unless_cancelled(session: _Session, upload_id: str) -> AsyncIterator[
         yield
     except Exception as exc:
         # A refusal the request chose (a digest mismatch cancels the session itself) stands.
-        chosen = isinstance(exc, RegistryError) and exc.error.status < 500
+        chosen = isinstance(exc, ANSWERABLE) and status_for(exc) < 500
         if session.cancelled and not chosen:
             log.info("upload %s cancelled while a request used it: %s", upload_id, exc)
             raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id}) from None

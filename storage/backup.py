@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.grammar import parse_digest
 from storage.blobstore import BlobStore
 from storage.layout import DataLayout
+from storage.oci.digests import parse_digest
 
 MANIFEST_NAME = "trustyard-backup.json"
 AUTH_DIR = "auth"

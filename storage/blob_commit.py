@@ -10,9 +10,9 @@ moved it before is seen missing here and the blob is placed again from the uploa
 
 from __future__ import annotations
 
-from registry.grammar import Digest
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.digests import Digest
 
 
 async def commit_blob(

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from registry.errors import BLOB_UNKNOWN, STORAGE_FULL, UNAVAILABLE, RegistryError
-from registry.grammar import Digest
+from storage.oci.digests import Digest
 
 
 @dataclass(frozen=True)
@@ -24,48 +23,6 @@ class StoredObject:
     name: str
     size: int
     modified: float
-
-
-class StorageUnavailable(RegistryError):
-    """A backend's storage cannot be reached or failed: the client is answered 503 UNAVAILABLE.
-
-    Raised by remote backends (S3) instead of their client library's exceptions, after the
-    failure was logged with whatever request id the storage service returned.
-    """
-
-    def __init__(self, detail: dict[str, object]) -> None:
-        super().__init__(UNAVAILABLE, detail)
-
-
-class StorageFull(RegistryError):
-    """The disk (or the database's disk) has no room: the client is answered 507 STORAGE_FULL.
-
-    Raised instead of `OSError(ENOSPC)` or SQLite's "database or disk is full", after whatever was
-    half written was removed.
-    """
-
-    def __init__(self, where: str) -> None:
-        super().__init__(
-            STORAGE_FULL,
-            {"reason": f"no space left on the registry's {where}"},
-            message=f"{STORAGE_FULL.message} (no space left on the registry's {where})",
-        )
-
-
-class BlobDamaged(RegistryError):
-    """The stored bytes of a recorded blob are missing or of the wrong length.
-
-    Answered 404 BLOB_UNKNOWN with the reason, never a short body: a client that asks with HEAD
-    before pushing then pushes the blob again, which repairs it.
-    """
-
-    def __init__(self, digest: Digest, expected: int, found: int | None) -> None:
-        what = "missing" if found is None else f"{found} bytes instead of {expected}"
-        super().__init__(
-            BLOB_UNKNOWN,
-            {"digest": str(digest), "reason": f"stored blob is damaged ({what}); push it again"},
-            message=f"blob {digest} is damaged in storage ({what}); push it again to repair it",
-        )
 
 
 class BlobStore(Protocol):

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from registry.grammar import ALGORITHMS, Digest
-from storage.blobstore import BlobDamaged, StorageFull, StoredObject
+from storage.blobstore import StoredObject
+from storage.errors import BlobDamaged, StorageFull
 from storage.layout import DataLayout
+from storage.oci.digests import ALGORITHMS, Digest
 
 T = TypeVar("T")
 

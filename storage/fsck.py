@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.grammar import parse_digest
-from storage.blobstore import BlobDamaged, BlobStore
+from storage.blobstore import BlobStore
+from storage.errors import BlobDamaged
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
 
 #: Blobs hashed at once (each streams in bounded chunks).
 PARALLEL = 4

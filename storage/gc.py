@@ -27,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.grammar import parse_digest
 from storage import gc_rules
-from storage.blobstore import BlobStore, StorageFull, StoredObject
+from storage.blobstore import BlobStore, StoredObject
+from storage.errors import StorageFull
 from storage.metadata import MetadataDB, record_gc_run
+from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
 

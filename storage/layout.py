@@ -124,7 +124,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.grammar import ALGORITHMS, Digest
+from storage.oci.digests import ALGORITHMS, Digest
 
 SCHEMA_VERSION = 1
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import aiosqlite
 
-from storage.blobstore import StorageFull
+from storage.errors import StorageFull
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from storage.oci.manifest import Reference
 
 #: SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13
@@ -45,20 +46,6 @@ class ManifestRecord:
     def size(self) -> int:
         """Length of the manifest in bytes."""
         return len(self.content)
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """Something a manifest points at: a blob (config, layer) or a child manifest.
-
-    Every reference protects its target from garbage collection. A `required` one must be in
-    the repository when the manifest is pushed; a foreign layer (one with `urls`) need not be,
-    but when it was pushed it is kept like any other layer.
-    """
-
-    digest: str
-    kind: str  # 'blob' | 'manifest'
-    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)

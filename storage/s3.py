@@ -56,28 +56,23 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from registry.config import Config, parse_duration
-from registry.errors import BLOB_UPLOAD_INVALID, RegistryError
-from registry.grammar import Digest
-from storage.blobstore import BlobDamaged, StorageFull, StorageUnavailable, StoredObject
+from storage.blobstore import StoredObject
+from storage.errors import BlobDamaged, StorageFull, StorageUnavailable
 from storage.layout import DataLayout, S3Layout, s3_prefix
+from storage.oci.digests import Digest
+from storage.oci.errors import BLOB_UPLOAD_INVALID, OciError
 from storage.s3_uploads import Part, UploadMemory, UploadState
+from storage.settings import APPEND_SLACK, S3Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: S3's smallest allowed part (every part but the last).
-MIN_PART_SIZE = 5 * 1024 * 1024
 
 #: S3's largest part number.
 MAX_PARTS = 10_000
 
 #: The largest range one UploadPartCopy may copy (S3: 5 GiB).
 MAX_COPY_PART = 5 * 1024 * 1024 * 1024
-
-#: What a part buffer may hold beyond one part: the batch of client bytes that overfills it.
-APPEND_SLACK = 1 << 20
 
 #: Bytes read from S3 per step when a blob or piece is streamed.
 READ_CHUNK = 1 << 20
@@ -99,51 +94,6 @@ LOCATED_FRESH = 10.0
 MULTIPART_MARK = "multipart "
 
 _MISSING_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload"}
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """The `storage.s3` configuration, with defaults filled in."""
-
-    bucket: str
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    prefix: str = ""
-    addressing_style: str = "auto"
-    redirect: bool = False
-    redirect_expiry: float = 1200.0
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    profile: str | None = None
-    server_side_encryption: str | None = None
-    sse_kms_key_id: str | None = None
-    max_pool_connections: int = 16
-    part_size: int = 8 * 1024 * 1024
-    upload_parallelism: int = 4
-    upload_memory: int = 256 * 1024 * 1024
-    upload_memory_wait: float = 30.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    max_attempts: int = 3
-    create_bucket: bool = True
-
-    @classmethod
-    def from_config(cls, config: Config) -> S3Settings:
-        """Read `storage.s3` from the validated configuration."""
-        raw: dict[str, Any] = dict(config.raw["storage"].get("s3") or {})
-        for key in ("redirect_expiry", "connect_timeout", "read_timeout", "upload_memory_wait"):
-            if key in raw:
-                raw[key] = parse_duration(raw[key])
-        settings = cls(**raw)
-        if settings.part_size < MIN_PART_SIZE:
-            raise ValueError(f"storage.s3.part_size must be at least {MIN_PART_SIZE} bytes")
-        if settings.upload_memory < settings.part_size + APPEND_SLACK:
-            raise ValueError(
-                "storage.s3.upload_memory must hold at least one part buffer "
-                f"(part_size + {APPEND_SLACK} bytes)"
-            )
-        return settings
 
 
 class S3BlobStore:
@@ -596,7 +546,7 @@ class S3BlobStore:
         state = upload.state
         number = len(state.parts) + len(upload.sent) + len(upload.sending) + 1
         if number > MAX_PARTS:
-            raise RegistryError(
+            raise OciError(
                 BLOB_UPLOAD_INVALID,
                 {"reason": f"larger than {MAX_PARTS} parts of {self.settings.part_size} bytes"},
                 message=f"blob too large for storage.s3.part_size {self.settings.part_size}",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from registry.errors import TOOMANYREQUESTS, RegistryError
+from storage.errors import UploadMemoryExhausted
 
 #: Version of the state document; a state of another version is refused, never guessed at.
 STATE_VERSION = 1
@@ -158,16 +158,11 @@ class UploadMemory:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _refusal(self, size: int, holders: int) -> RegistryError:
+    def _refusal(self, size: int, holders: int) -> UploadMemoryExhausted:
         mib = 1024 * 1024
         reason = (
             f"the registry's upload memory ({self.capacity // mib} MiB, "
             f"storage.s3.upload_memory) is in use by {holders} uploads; "
             f"no room for another {size // mib} MiB part buffer: retry later"
         )
-        return RegistryError(
-            TOOMANYREQUESTS,
-            {"reason": reason},
-            message=f"too many uploads at once: {reason}",
-            headers={"Retry-After": "5"},
-        )
+        return UploadMemoryExhausted(reason, retry_after=5)

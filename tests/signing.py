@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import cosign as cosign_module
+from policies.signatures import simple_signing
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, error_codes, push_blob
 
 
@@ -110,10 +110,10 @@ async def push_cosign_signature(
         "config": descriptor(OCI_CONFIG, config),
         "layers": [
             descriptor(
-                cosign_module.SIMPLE_SIGNING,
+                simple_signing.SIMPLE_SIGNING,
                 payload,
                 annotations={
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
+                    simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
                 },
             )
         ],

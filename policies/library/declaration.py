@@ -23,7 +23,7 @@ from datetime import date
 from typing import Any
 
 from policies.signatures.trust import TrustConfig
-from registry.grammar import NAME_RE, TAG_RE
+from storage.oci.grammar import NAME_RE, TAG_RE
 
 DEFAULT_NAMESPACE = "library"
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from policies.library.lineage import ImageLayers
-from registry.grammar import parse_digest
-from registry.manifest_format import platform_string
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.manifest import platform_string
 
 #: Largest config blob read; image configs are small, a huge one is not parsed.
 MAX_CONFIG_SIZE = 8 * 1024 * 1024

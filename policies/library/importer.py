@@ -30,12 +30,12 @@ from policies.library.history import record_tag
 from policies.library.images import INDEX_TYPES
 from policies.library.recording import record_lineage, retrace_after_move, trace_lineage
 from policies.library.signing import unsigned
-from registry.errors import RegistryError
-from registry.grammar import Digest, parse_digest
-from registry.manifest_format import parse_manifest, platform_string
 from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
 from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.oci.digests import Digest, parse_digest
+from storage.oci.errors import OciError
+from storage.oci.manifest import parse_manifest, platform_string
 
 log = logging.getLogger("trustyard.library")
 
@@ -213,7 +213,7 @@ class _Importer:
     def add_manifest(self, content: bytes, media_type: str | None, what: str) -> ManifestRecord:
         try:
             parsed = parse_manifest(content, media_type)
-        except RegistryError as exc:
+        except OciError as exc:
             raise LibraryImportError(f"{what}: {exc.message}") from None
         record = ManifestRecord(
             repository=self.repository,
@@ -345,7 +345,7 @@ def _check(data: bytes, descriptor: Mapping[str, Any], what: str) -> None:
     digest = str(descriptor.get("digest"))
     try:
         expected = parse_digest(digest)
-    except RegistryError:
+    except OciError:
         raise LibraryImportError(f"{what}: invalid digest {digest!r}") from None
     actual = Digest.of(data, expected.algorithm)
     if actual != expected:

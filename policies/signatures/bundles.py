@@ -45,11 +45,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from policies.signatures.cosign import verify_with_key
 from policies.signatures.findings import Finding, invalid, short, unknown
 from policies.signatures.keyless import certificate_identity
 from policies.signatures.references import statement_reference
 from policies.signatures.sigstore_verifier import proto3_defaults
+from policies.signatures.simple_signing import verify_with_key
 from policies.signatures.trust import (
     PublicKey,
     SigstoreRoot,

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.grammar import parse_digest
-from registry.image_kind import NOTATION_ENVELOPES, SIGSTORE_BUNDLE_TYPES, SIMPLE_SIGNING
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.media_types import NOTATION_ENVELOPES, SIGSTORE_BUNDLE_TYPES, SIMPLE_SIGNING
 
 NOTATION_ARTIFACT = "application/vnd.cncf.notary.signature"
 SIGNATURE_LAYER_TYPES = SIGSTORE_BUNDLE_TYPES | NOTATION_ENVELOPES | {SIMPLE_SIGNING}

@@ -38,13 +38,13 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from policies.signatures.cosign import (
+from policies.signatures.findings import Finding, not_after, short
+from policies.signatures.simple_signing import (
     CosignSignature,
     FormatError,
     go_b64decode,
     verify_with_key,
 )
-from policies.signatures.findings import Finding, not_after, short
 from policies.signatures.trust import PublicKey, TrustConfig, TrustedIdentity
 
 ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")

@@ -21,10 +21,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from policies.signatures import bundles, cosign, notation
 from policies.signatures.discovery import (
@@ -40,6 +40,7 @@ from policies.signatures.findings import Finding, invalid
 from policies.signatures.trust import TrustConfig
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.oci.media_types import SIMPLE_SIGNING
 
 #: The fact name prefix a `signature` requirement needs: `signatures:<trust version>`.
 FACT_PREFIX = "signatures:"
@@ -77,7 +78,7 @@ def verify_manifest(
     found: list[Finding] = []
     for layer in manifest.layers:
         try:
-            if layer.media_type == cosign.SIMPLE_SIGNING:
+            if layer.media_type == SIMPLE_SIGNING:
                 found += cosign.verify_layer(trust, image_digest, layer.content, layer.annotations)
             elif layer.media_type in SIGSTORE_BUNDLE_TYPES:
                 found += bundles.verify_layer(trust, image_digest, layer.content)
@@ -293,10 +294,36 @@ async def gather_signatures(
     return out
 
 
-def trust_configs(policy: Any) -> list[TrustConfig]:
+class _Requiring(Protocol):
+    @property
+    def requirements(self) -> Sequence[object]: ...
+
+
+class _Signed(Protocol):
+    @property
+    def signed_by(self) -> Sequence[str]: ...
+
+
+class _Library(Protocol):
+    @property
+    def images(self) -> Sequence[_Signed]: ...
+
+
+class SignaturePolicy(Protocol):
+    """What this module reads of a loaded policy (`policies.engine.Policy`, a floor above it:
+    the engine's facts gather the proofs recorded here): its rules' requirements and library."""
+
+    @property
+    def rules(self) -> Sequence[_Requiring]: ...
+
+    @property
+    def library(self) -> _Library | None: ...
+
+
+def trust_configs(policy: SignaturePolicy) -> list[TrustConfig]:
     """The distinct trust configs the `signature` requirements of a policy verify against."""
     found: dict[str, TrustConfig] = {}
-    for rule in getattr(policy, "rules", ()):
+    for rule in policy.rules:
         for requirement in rule.requirements:
             trust = getattr(requirement, "trust", None)
             if isinstance(trust, TrustConfig):
@@ -307,7 +334,7 @@ def trust_configs(policy: Any) -> list[TrustConfig]:
 async def signature_pushed(
     db: MetadataDB,
     store: BlobStore,
-    policy: Any,
+    policy: SignaturePolicy,
     repository: str,
     content: bytes,
     tag: str | None,
@@ -324,7 +351,7 @@ async def signature_pushed(
     return bool(trusts)
 
 
-def push_problem(policy: Any, content: bytes, tag: str | None) -> str | None:
+def push_problem(policy: SignaturePolicy, content: bytes, tag: str | None) -> str | None:
     """Why a pushed signature manifest is refused before it is stored (over the verification
     limits), when the policy verifies signatures; None otherwise."""
     library = getattr(policy, "library", None)

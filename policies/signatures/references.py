@@ -15,7 +15,7 @@ import json
 import re
 
 from policies.signatures.findings import Finding
-from registry.grammar import NAME_RE, TAG_RE
+from storage.oci.grammar import NAME_RE, TAG_RE
 
 _HOST = re.compile(r"(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+|[a-zA-Z0-9.-]+:[0-9]+)")
 

@@ -26,9 +26,10 @@ from registry.auth.scopes import CATALOG, covers
 from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
 from registry.auth.sessions import session_caller
 from registry.context import CONTEXT
-from registry.errors import DENIED, UNAUTHORIZED, RegistryError
+from registry.errors import RegistryError
 from registry.identity import IDENTITY_KEY
 from registry.metrics import ROUTE_KEY
+from storage.oci.errors import DENIED, UNAUTHORIZED
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

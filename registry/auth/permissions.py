@@ -1,6 +1,6 @@
 """Who may do what where: roles per namespace glob, for users, groups and anonymous callers.
 
-Each rule names repository globs (the policy file's globs, `policies.globs`: `*` stays within one
+Each rule names repository globs (the policy file's globs, `shared.globs`: `*` stays within one
 path segment, `**` crosses segments) and
 gives roles. Roles are cumulative: `pull` < `push` (pull + push) < `delete` (push + delete) <
 `admin` (everything, and registry administration when the rule covers every repository).
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.globs import GlobSet
 from registry.identity import Identity
+from shared.globs import GlobSet
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "pull": frozenset({"pull"}),

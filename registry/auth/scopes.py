@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from registry.grammar import MAX_NAME_LENGTH, NAME_RE
+from storage.oci.grammar import MAX_NAME_LENGTH, NAME_RE
 
 #: Actions a repository scope can carry, in the order they are written.
 REPOSITORY_ACTIONS = ("pull", "push", "delete")

@@ -22,8 +22,9 @@ from registry.auth.settings import AuthSettings
 from registry.auth.tokens import InvalidToken, TokenAuthority, load_or_create_key
 from registry.auth.users import Account, UserStore
 from registry.config import Config
-from registry.errors import TOOMANYREQUESTS, UNAUTHORIZED, RegistryError
+from registry.errors import RegistryError
 from registry.identity import ANONYMOUS, Identity
+from storage.oci.errors import TOOMANYREQUESTS, UNAUTHORIZED
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.config import Config, parse_duration
+from registry.config import Config
 from registry.preflight import is_loopback
+from shared.durations import parse_duration
 
 #: Where generated or default auth files live, under the data directory.
 AUTH_DIR = "auth"

@@ -17,10 +17,13 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from policies.errors import PolicyDenied
 from registry.auth.scopes import ScopeError, intersect, parse_scopes
 from registry.auth.service import AUTH, AuthService, parse_basic
-from registry.errors import RegistryError
+from registry.errors import ANSWERABLE, spec_error, status_of
 from registry.identity import ANONYMOUS, Identity
+from storage.errors import StorageError
+from storage.oci.errors import OciError
 
 
 async def get_token(request: web.Request) -> web.StreamResponse:
@@ -35,7 +38,7 @@ async def get_token(request: web.Request) -> web.StreamResponse:
                 return _error(400, "invalid_request", "only Basic credentials are accepted here")
             user, secret = parse_basic(value)
             who = await _login(request, service, user, secret)
-    except RegistryError as exc:
+    except ANSWERABLE as exc:
         return _failure(exc)
     scopes = request.query.getall("scope", [])
     return _grant(service, who, scopes, request.query.get("service"), oauth=False)
@@ -53,7 +56,7 @@ async def post_token(request: web.Request) -> web.StreamResponse:
         return _error(400, "invalid_request", "username and password are required")
     try:
         who = await _login(request, service, user, str(form["password"]))
-    except RegistryError as exc:
+    except ANSWERABLE as exc:
         return _failure(exc)
     scopes = [str(s) for s in form.getall("scope", [])]
     asked_service = str(form["service"]) if "service" in form else None
@@ -94,14 +97,16 @@ def _grant(
     return web.json_response(body, headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
-def _failure(exc: RegistryError) -> web.StreamResponse:
+def _failure(exc: OciError | StorageError | PolicyDenied) -> web.StreamResponse:
+    error = spec_error(exc).error
+    status = status_of(error)
     response = _error(
-        exc.error.status,
-        "invalid_grant" if exc.error.status == 401 else "too_many_requests",
+        status,
+        "invalid_grant" if status == 401 else "too_many_requests",
         exc.message,
-        code=exc.error.code,
+        code=error.code,
     )
-    response.headers.update(exc.headers)
+    response.headers.update(getattr(exc, "headers", {}))
     return response
 
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from aiohttp import web
 from yarl import URL
 
-from registry.errors import RegistryError
+from registry.errors import ANSWERABLE, status_for
 
 
 class ApiError(Exception):
@@ -44,8 +44,8 @@ async def api_get(
     sub._match_info = match  # what aiohttp's own dispatch sets before calling a handler
     try:
         response = await match.handler(sub)
-    except RegistryError as exc:
-        raise ApiError(exc.error.status, exc.message) from None
+    except ANSWERABLE as exc:
+        raise ApiError(status_for(exc), exc.message) from None
     except web.HTTPException as exc:
         raise ApiError(exc.status, exc.reason) from None
     body = response.body if isinstance(response, web.Response) else None

@@ -25,7 +25,7 @@ from registry.auth.sessions import (
     same_origin,
 )
 from registry.console.rendering import caller, render
-from registry.errors import RegistryError
+from registry.errors import ANSWERABLE, status_for
 
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOME = "/console/library"
@@ -113,8 +113,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     user = fields["username"].strip()
     try:
         account = await service.login(user, fields["password"], request.remote or "unknown")
-    except RegistryError as exc:
-        return _login_form(request, status=exc.error.status, message=exc.message, user=user)
+    except ANSWERABLE as exc:
+        return _login_form(request, status=status_for(exc), message=exc.message, user=user)
     if account.kind != "user":
         return _login_form(
             request, status=403, message="Robots log in with tokens, not to the console.", user=user

@@ -11,13 +11,14 @@ from aiohttp import web
 
 from policies.library.declaration import Library
 from policies.library.history import Announce, TagMove
-from registry.errors import DENIED, RegistryError
+from registry.errors import ANSWERABLE, spec_error
 from registry.events.cloudevents import Event, manifest_data, subject
 from registry.events.outbox import Outbox
 from registry.events.pulls import PullReporter
 from registry.events.sender import Sender
 from registry.events.settings import EventSettings
 from storage.metadata import ManifestRecord, MetadataDB, Statements
+from storage.oci.errors import DENIED
 
 
 class EventHub:
@@ -111,8 +112,8 @@ class EventHub:
         """Send `policy.denied` when the policy check inside refuses the request."""
         try:
             yield
-        except RegistryError as exc:
-            if exc.error is DENIED:
+        except ANSWERABLE as exc:
+            if spec_error(exc).error is DENIED:
                 data = {
                     "action": action,
                     "reference": reference,

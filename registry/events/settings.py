@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policies.globs import GlobSet
-from registry.config import Config, parse_duration
+from registry.config import Config
 from registry.events.cloudevents import KINDS
+from shared.durations import parse_duration
+from shared.globs import GlobSet
 
 
 @dataclass(frozen=True)

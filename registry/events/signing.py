@@ -18,7 +18,7 @@ import hmac
 import time
 from collections.abc import Mapping
 
-from registry.grammar import parse_count
+from storage.oci.grammar import parse_count
 
 TIMESTAMP_HEADER = "Trustyard-Timestamp"
 SIGNATURE_HEADER = "Trustyard-Signature"

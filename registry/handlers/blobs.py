@@ -11,9 +11,11 @@ from policies.blob_access import Reader
 from registry.auth.middleware import may_push
 from registry.auth.producers import quarantine_reader
 from registry.context import context
-from registry.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED, RegistryError
-from registry.grammar import MAX_DIGITS, parse_digest
+from registry.errors import RegistryError
 from registry.identity import identity
+from storage.oci.digests import parse_digest
+from storage.oci.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED
+from storage.oci.grammar import MAX_DIGITS
 
 #: The one form of `Range` served: `bytes=<start>-[<end>]` or `bytes=-<suffix>`, ASCII digits.
 _NUMBER = f"[0-9]{{1,{MAX_DIGITS}}}"

@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from registry.context import context
-from registry.handlers.policy_api import parse_since
 from registry.handlers.query_params import bad_query, text
+from shared.durations import parse_since
 from storage.metadata import decision_counts
 
 MAX_BUCKETS = 200

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.errors import ErrorCode, RegistryError
+from registry.errors import RegistryError
 from registry.events.hub import EVENTS
-from registry.grammar import parse_count
+from storage.oci.errors import QUERY_INVALID
+from storage.oci.grammar import parse_count
 
-QUERY_INVALID = ErrorCode("QUERY_INVALID", 400, "invalid query parameter")
 MAX_PAGE = 1000
 
 

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from policies.library.reports import consumers, overview
 from registry.context import context
-from registry.errors import NAME_UNKNOWN, RegistryError
+from registry.errors import RegistryError
+from storage.oci.errors import NAME_UNKNOWN
 
 
 async def library_overview(request: web.Request) -> web.StreamResponse:

@@ -9,8 +9,9 @@ from aiohttp import web
 
 from registry.auth.middleware import pull_filter
 from registry.context import RegistryContext, context
-from registry.errors import NAME_UNKNOWN, RegistryError
+from registry.errors import RegistryError
 from registry.pagination import Page
+from storage.oci.errors import NAME_UNKNOWN
 
 
 async def list_tags(request: web.Request, name: str, _: str) -> web.StreamResponse:

@@ -15,7 +15,12 @@ from policies.library.recording import record_library_delete, record_library_pus
 from policies.signatures.proofs import push_problem, signature_pushed
 from registry.auth.producers import quarantine_reader
 from registry.context import RegistryContext, context
-from registry.errors import (
+from registry.errors import RegistryError
+from registry.events.hub import EVENTS
+from registry.identity import identity
+from storage.metadata import ManifestRecord, MetadataDB, MissingReferences, Statements
+from storage.oci.digests import Digest, parse_digest
+from storage.oci.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
@@ -23,19 +28,10 @@ from registry.errors import (
     MANIFEST_UNKNOWN,
     NAME_UNKNOWN,
     UNSUPPORTED,
-    RegistryError,
+    OciError,
 )
-from registry.events.hub import EVENTS
-from registry.grammar import Digest, check_tag, is_digest, parse_digest
-from registry.identity import identity
-from registry.manifest_format import MAX_MANIFEST_SIZE, ParsedManifest, parse_manifest
-from storage.metadata import (
-    ManifestRecord,
-    MetadataDB,
-    MissingReferences,
-    Reference,
-    Statements,
-)
+from storage.oci.grammar import check_tag, is_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE, ParsedManifest, Reference, parse_manifest
 
 #: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
 LARGE_MANIFEST = 64 * 1024
@@ -62,7 +58,7 @@ def valid_reference(name: str, reference: str) -> str:
     404 MANIFEST_UNKNOWN (with the grammar's reason), as the spec says of a manifest not found."""
     try:
         return str(parse_digest(reference)) if is_digest(reference) else check_tag(reference)
-    except RegistryError as exc:
+    except OciError as exc:
         raise RegistryError(
             MANIFEST_UNKNOWN,
             {"name": name, "reference": reference[:200], "reason": exc.detail},

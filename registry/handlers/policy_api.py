@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,16 +19,13 @@ from aiohttp import web
 
 from policies.decisions import Action, Outcome, Verdict
 from policies.facts import PolicyRequest
-from registry.config import ConfigError, parse_duration
 from registry.context import context
-from registry.errors import (
-    PAGINATION_NUMBER_INVALID,
-    QUERY_INVALID,
-    RegistryError,
-)
-from registry.grammar import check_name
+from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.identity import identity
+from shared.durations import parse_since
+from storage.oci.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID
+from storage.oci.grammar import check_name
 
 #: A filter of the decisions API that is not understood (Trustyard's API, not the OCI spec's).
 
@@ -41,29 +36,6 @@ _FILTERS = {
     "outcome": {o.value for o in Outcome},
     "action": {a.value for a in Action},
 }
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """`since` as epoch seconds: a number, an ISO 8601 time, or a duration ago (`15m`, `2h`)."""
-    now = time.time() if now is None else now
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            return now - parse_duration(text)
-        except ConfigError:
-            raise ValueError(
-                f"since={text!r}: expected epoch seconds, an ISO 8601 time or a duration "
-                "such as 15m"
-            ) from None
-    try:
-        return moment.timestamp()
-    except (OverflowError, ValueError, OSError):
-        raise ValueError(f"since={text!r}: a time out of range") from None
 
 
 def _is_number(text: str) -> bool:

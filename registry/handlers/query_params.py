@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from registry.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID, RegistryError
+from registry.errors import RegistryError
+from storage.oci.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID
 
 #: Longest query value echoed back in an error's detail.
 ECHO = 100

@@ -8,10 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from registry.context import context
-from registry.errors import QUERY_INVALID
-from registry.grammar import parse_digest
-from registry.manifest_format import OCI_INDEX
 from registry.query import single
+from storage.oci.digests import parse_digest
+from storage.oci.errors import QUERY_INVALID
+from storage.oci.media_types import OCI_INDEX
 
 
 async def list_referrers(request: web.Request, name: str, reference: str) -> web.StreamResponse:

@@ -21,8 +21,7 @@ from aiohttp import web
 
 from policies.signatures.proofs import findings_for, trust_configs
 from registry.context import context
-from registry.errors import NAME_UNKNOWN, RegistryError
-from registry.grammar import check_name
+from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.handlers.query_params import bad_query, page_size, text
 from registry.scans.store import ScanStore
@@ -33,6 +32,8 @@ from storage.metadata import (
     signature_proof_rows,
     tag_rows,
 )
+from storage.oci.errors import NAME_UNKNOWN
+from storage.oci.grammar import check_name
 
 DEFAULT_PAGE = 100
 #: Config media types of container images (anything else makes a manifest an artifact).

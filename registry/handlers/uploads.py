@@ -6,11 +6,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from registry.context import context
-from registry.errors import DIGEST_INVALID, NAME_INVALID, RegistryError
-from registry.grammar import check_name, parse_digest
+from registry.errors import ANSWERABLE, RegistryError
 from registry.handlers.blobs import reader
 from registry.query import single
 from registry.upload_sessions import ContentRange, upload_headers
+from storage.oci.digests import parse_digest
+from storage.oci.errors import DIGEST_INVALID, NAME_INVALID
+from storage.oci.grammar import check_name
 
 
 def _blob_created(name: str, digest: str) -> web.Response:
@@ -56,7 +58,7 @@ async def _mountable(request: web.Request, source: str, digest: str) -> bool:
     only part of images the policy refuses to pull (quarantined) is not lent out."""
     try:
         await context(request).policy.check_blob_read(source, digest, reader(request, source))
-    except RegistryError:
+    except ANSWERABLE:
         return False
     return True
 

@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from registry.scans import generic, grype, trivy
-from registry.scans.model import ParsedReport, ReportError
+from registry.scans.report_fields import ReportError
+from storage.scan_reports import ParsedReport
 
 PARSERS: dict[str, Callable[[Mapping[str, Any]], ParsedReport]] = {
     "trivy": trivy.parse,

@@ -19,16 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from registry.scans.model import (
-    SEVERITIES,
-    Finding,
-    ParsedReport,
+from registry.scans.report_fields import (
     ReportError,
     digest_of_reference,
     field,
     objects,
     parse_time,
 )
+from storage.scan_reports import SEVERITIES, Finding, ParsedReport
 
 FORMAT = "trustyard.scan.v1"
 

@@ -11,15 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from registry.scans.model import (
-    Finding,
-    ParsedReport,
-    digest_of_reference,
-    field,
-    objects,
-    parse_time,
-    severity,
-)
+from registry.scans.report_fields import digest_of_reference, field, objects, parse_time
+from storage.scan_reports import Finding, ParsedReport, severity
 
 
 def looks_like(document: Mapping[str, Any]) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.scans.model import Finding, ParsedReport, summarise
 from storage.metadata import MetadataDB
+from storage.scan_reports import Finding, ParsedReport, summarise
 
 
 @dataclass(frozen=True, slots=True)

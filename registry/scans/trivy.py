@@ -11,16 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from registry.scans.model import (
-    Finding,
-    ParsedReport,
+from registry.scans.report_fields import (
     ReportError,
     digest_of_reference,
     field,
     objects,
     parse_time,
-    severity,
 )
+from storage.scan_reports import Finding, ParsedReport, severity
 
 
 def looks_like(document: Mapping[str, Any]) -> bool:

@@ -35,19 +35,21 @@ from aiohttp import hdrs, web
 from policies.rules import parse_size
 from registry.config import Config
 from registry.context import context
-from registry.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, ErrorCode, RegistryError
+from registry.errors import (
+    SCAN_INVALID,
+    SCAN_STALE,
+    SCAN_TOO_LARGE,
+    SCANNER_UNAUTHORIZED,
+    RegistryError,
+)
 from registry.events import signing
-from registry.grammar import parse_digest
 from registry.scans.formats import parse_report
-from registry.scans.model import ReportError
+from registry.scans.report_fields import ReportError
 from registry.scans.store import Replay, ReplayedRequest, ScanStore, StaleReport
+from storage.oci.digests import parse_digest
+from storage.oci.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, OciError
 
 #: Trustyard's own error codes for the webhook (not the OCI spec's).
-SCAN_INVALID = ErrorCode("SCAN_INVALID", 400, "scan report invalid")
-SCAN_TOO_LARGE = ErrorCode("SCAN_TOO_LARGE", 413, "scan report too large")
-SCANNER_UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "scanner authentication required")
-SCAN_STALE = ErrorCode("SCAN_STALE", 409, "a newer scan report is stored")
-
 SCANNER_HEADER = "Trustyard-Scanner"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
@@ -205,7 +207,7 @@ def _digest(given: str | None, named: tuple[str, ...]) -> str:
     if given is not None:
         try:
             return str(parse_digest(given))
-        except RegistryError:
+        except OciError:
             raise RegistryError(
                 DIGEST_INVALID, {"digest": given}, message=f"digest={given!r} is not a digest"
             ) from None

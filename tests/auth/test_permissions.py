@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from policies.globs import GlobSet
 from registry.auth.permissions import Permissions
 from registry.identity import ANONYMOUS, Identity
+from shared.globs import GlobSet
 
 RULES = [
     {"namespace": "library/**", "anonymous": "pull", "groups": {"ops": "push"}},

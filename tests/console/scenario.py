@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import cosign as cosign_module
+from policies.signatures import simple_signing
 from tests.e2e.conftest import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -156,11 +156,11 @@ def push_signature(http: Http, name: str, digest: str, key: ec.EllipticCurvePriv
         "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
         "layers": [
             {
-                "mediaType": cosign_module.SIMPLE_SIGNING,
+                "mediaType": simple_signing.SIMPLE_SIGNING,
                 "digest": sha256_digest(payload),
                 "size": len(payload),
                 "annotations": {
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
+                    simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
                 },
             }
         ],

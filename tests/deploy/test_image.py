@@ -57,7 +57,7 @@ def image(daemon: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory) -> s
     context.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, context / name)
-    for name in ("registry", "storage", "policies"):
+    for name in ("registry", "storage", "policies", "shared"):
         shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))
     (context / "deploy").mkdir()
     shutil.copy(ROOT / "deploy" / "Dockerfile", context / "deploy" / "Dockerfile")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from policies.base_image_rule import BaseImage
 from policies.decisions import Action
 from policies.facts import ImageFacts, PolicyRequest
 from policies.library.declaration import Library
 from policies.library.lineage import Candidate, ImageLayers, Lineage
-from policies.library.rule import BaseImage
 from policies.rules import Context
 
 LIBRARY = Library.from_section(

@@ -87,7 +87,7 @@ KNOWN = [
     ),
     Known(
         "a payload whose digest or reference is not a string accepted",
-        "policies/signatures/cosign.py",
+        "policies/signatures/simple_signing.py",
         "if not isinstance(digest, str) or not isinstance(reference, str):",
         "if not isinstance(digest, str) and not isinstance(reference, str):",
         ("tests/security/test_cosign_payloads.py",),

@@ -87,6 +87,7 @@ TARGETS: dict[str, Target] = {
         (
             "policies/signatures/keyless.py",
             "policies/signatures/cosign.py",
+            "policies/signatures/simple_signing.py",
             "policies/signatures/trust.py",
         ),
         (
@@ -112,7 +113,7 @@ TARGETS: dict[str, Target] = {
     ),
     "signature-rule": Target(
         (
-            "policies/signatures/rule.py",
+            "policies/signature_rule.py",
             "policies/signatures/discovery.py",
             "policies/signatures/proofs.py",
             "policies/signatures/findings.py",

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from policies.commands import check_policy, explain, show_decisions, split_image
 from policies.decisions import Action
 from registry.cli import _parser, main
+from registry.policy_commands import check_policy, explain, show_decisions, split_image
 from tests.conftest import make_config
 from tests.oci import push_image
 from tests.server_process import start_registry

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from policies.signatures.cosign import (
-    BUNDLE_ANNOTATION,
-    SIGNATURE_ANNOTATION,
-    go_b64decode,
-    verify_layer,
-)
+from policies.signatures.cosign import verify_layer
+from policies.signatures.simple_signing import BUNDLE_ANNOTATION, SIGNATURE_ANNOTATION, go_b64decode
 from policies.signatures.trust import TrustConfig, parse_trust
 
 VECTORS = Path(__file__).parent / "vectors" / "containers-image"

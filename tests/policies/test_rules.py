@@ -8,7 +8,6 @@ import pytest
 
 from policies.decisions import Action, Outcome
 from policies.facts import Image, ImageFacts, PolicyRequest, is_cosign_tag
-from policies.globs import GlobSet
 from policies.loader import parse_policy
 from policies.rules import (
     Annotations,
@@ -24,7 +23,8 @@ from policies.rules import (
     format_size,
     parse_size,
 )
-from registry.image_kind import Kind
+from shared.globs import GlobSet
+from storage.oci.image_kind import Kind
 
 OLD = "sha256:" + "ab12" * 16
 NEW = "sha256:" + "cd34" * 16

@@ -14,18 +14,18 @@ import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from policies.signatures.cosign import (
-    BUNDLE_ANNOTATION,
-    SIGNATURE_ANNOTATION,
-    SimpleSigningPayload,
-    repository_of,
-    verify_layer,
-    verify_with_key,
-)
+from policies.signatures.cosign import verify_layer
 from policies.signatures.keyless import (
     KeylessError,
     certificate_identity,
     verify_certificate_signature,
+)
+from policies.signatures.references import repository_of
+from policies.signatures.simple_signing import (
+    BUNDLE_ANNOTATION,
+    SIGNATURE_ANNOTATION,
+    SimpleSigningPayload,
+    verify_with_key,
 )
 from policies.signatures.trust import (
     TrustConfig,

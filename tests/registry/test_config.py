@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.config import ConfigError, load_config, parse_duration
+from registry.config import ConfigError, load_config
+from shared.durations import DurationError, parse_duration
 
 
 def test_defaults_are_the_embedded_ones():
@@ -58,7 +59,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 @pytest.mark.parametrize("text", ["", "1h1", "-5s", "5 years"])
 def test_bad_durations(text):
-    with pytest.raises(ConfigError):
+    with pytest.raises(DurationError):
         parse_duration(text)
 
 

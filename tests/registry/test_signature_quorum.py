@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures.cosign import SIGNATURE_ANNOTATION
-from registry.image_kind import SIMPLE_SIGNING
+from policies.signatures.simple_signing import SIGNATURE_ANNOTATION
+from storage.oci.media_types import SIMPLE_SIGNING
 from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.signing import pull, simple_signing_payload, start_trusting
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from registry.scans.formats import parse_report
-from registry.scans.model import ReportError, summarise
+from registry.scans.report_fields import ReportError
+from storage.scan_reports import summarise
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRIVY = FIXTURES / "trivy-alpine-39-high-critical.json"

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures.cosign import (
+from policies.signatures.cosign import verify_layer
+from policies.signatures.references import repository_of
+from policies.signatures.simple_signing import (
     BUNDLE_ANNOTATION,
     SIGNATURE_ANNOTATION,
     SimpleSigningPayload,
-    repository_of,
-    verify_layer,
 )
 from policies.signatures.trust import TrustConfig, parse_trust
 from tests.policies.test_signatures_cosign import hashedrekord, rekor_bundle

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from policies.commands import check_policy
 from policies.decisions import Action, Outcome, RuleVerdict
 from policies.facts import MAX_CHILDREN, PolicyRequest
 from policies.gateway import startup_policy
 from policies.loader import PolicyError, parse_policy
 from registry.context import CONTEXT
+from registry.policy_commands import check_policy
 from tests.oci import (
     OCI_CONFIG,
     OCI_INDEX,

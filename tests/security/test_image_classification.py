@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from registry.image_kind import PAYLOAD_HEAD, Kind, classify, inert_payload, runtime_unpacks
+from storage.oci.image_kind import PAYLOAD_HEAD, Kind, classify, inert_payload, runtime_unpacks
 from tests.oci import (
     DOCKER_MANIFEST,
     OCI_CONFIG,

@@ -18,14 +18,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policies.signatures.cosign import (
+from policies.signatures.cosign import verify_layer
+from policies.signatures.keyless import ISSUER_V1, ISSUER_V2, certificate_identity
+from policies.signatures.simple_signing import (
     BUNDLE_ANNOTATION,
     CERTIFICATE_ANNOTATION,
     CHAIN_ANNOTATION,
     SIGNATURE_ANNOTATION,
-    verify_layer,
 )
-from policies.signatures.keyless import ISSUER_V1, ISSUER_V2, certificate_identity
 from policies.signatures.trust import TrustConfig, parse_trust
 from tests.policies.test_signatures_cosign import rekor_bundle
 from tests.signing import public_pem, sign, simple_signing_payload, spki

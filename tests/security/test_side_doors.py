@@ -12,7 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from registry.context import CONTEXT
-from registry.errors import MANIFEST_BLOB_UNKNOWN
+from registry.errors import status_of
+from storage.oci.errors import MANIFEST_BLOB_UNKNOWN
 from tests.auth.conftest import PASSWORDS, As, auth_section, basic, write_accounts
 from tests.oci import (
     OCI_CONFIG,
@@ -159,7 +160,9 @@ async def test_a_quarantined_blob_cannot_be_mounted_elsewhere(gated: TestClient)
         "layers": [{"mediaType": OCI_LAYER, "digest": layer, "size": 19}],
     }
     status, _, body = await push_manifest(gated, "scratch/copy", "latest", manifest, OCI_MANIFEST)
-    assert status == MANIFEST_BLOB_UNKNOWN.status and error_codes(body) == ["MANIFEST_BLOB_UNKNOWN"]
+    assert status == status_of(MANIFEST_BLOB_UNKNOWN) and error_codes(body) == [
+        "MANIFEST_BLOB_UNKNOWN"
+    ]
 
 
 async def test_a_pullable_blob_still_mounts(gated: TestClient) -> None:

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from policies.signatures import cosign as cosign_module
+from policies.signatures import simple_signing
 from policies.signatures.discovery import (
     MAX_SIGNATURE_LAYERS,
     MAX_SIMPLE_SIGNING_PAYLOAD,
@@ -92,10 +93,10 @@ def sig_manifest(
         "config": descriptor(OCI_CONFIG, config),
         "layers": [
             descriptor(
-                cosign_module.SIMPLE_SIGNING,
+                simple_signing.SIMPLE_SIGNING,
                 payload,
                 annotations={
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
+                    simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()
                 },
             )
             for payload, signature in layers
@@ -177,7 +178,7 @@ async def test_a_payload_larger_than_the_limit_is_refused_at_push(
     assert await refused(await put_sig(gated, digest, [(big, sign(release_key, big))])) == (
         400,
         "MANIFEST_INVALID",
-        f"signature manifest has a {cosign_module.SIMPLE_SIGNING} layer of {len(big)} bytes "
+        f"signature manifest has a {simple_signing.SIMPLE_SIGNING} layer of {len(big)} bytes "
         f"(layer 0), more than the limit of {MAX_SIMPLE_SIGNING_PAYLOAD}",
     )
 
@@ -328,11 +329,11 @@ async def test_a_malformed_rekor_bundle_is_a_reason_not_a_500(
         "config": descriptor(OCI_CONFIG, config),
         "layers": [
             descriptor(
-                cosign_module.SIMPLE_SIGNING,
+                simple_signing.SIMPLE_SIGNING,
                 payload,
                 annotations={
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
-                    cosign_module.BUNDLE_ANNOTATION: make(rekor, release_key, payload, signature),
+                    simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+                    simple_signing.BUNDLE_ANNOTATION: make(rekor, release_key, payload, signature),
                 },
             )
         ],
@@ -386,11 +387,11 @@ async def test_a_replayed_null_body_bundle_does_not_break_the_genuine_signature(
         "config": descriptor(OCI_CONFIG, config),
         "layers": [
             descriptor(
-                cosign_module.SIMPLE_SIGNING,
+                simple_signing.SIMPLE_SIGNING,
                 payload,
                 annotations={
-                    cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
-                    cosign_module.BUNDLE_ANNOTATION: bundle,
+                    simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+                    simple_signing.BUNDLE_ANNOTATION: bundle,
                 },
             )
         ],
@@ -450,7 +451,7 @@ async def test_a_deeply_nested_simple_signing_payload_is_a_reason_not_a_500(
     await push_cosign_signature(gated, "prod/app", digest, nested, b"\x30\x00")
     assert await pull(gated, "prod/app", "v1") == (
         403,
-        RULE + f"found 1 signature, a malformed signature layer ({cosign_module.SIMPLE_SIGNING}: "
+        RULE + f"found 1 signature, a malformed signature layer ({simple_signing.SIMPLE_SIGNING}: "
         "nested too deeply); not verified",
     )
 

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policies.commands import check_policy
-from policies.signatures import cosign as cosign_module
+from policies.signatures import simple_signing
 from registry.context import CONTEXT
+from registry.policy_commands import check_policy
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.policies.test_signatures_cosign import hashedrekord, rekor_bundle
 from tests.policies.test_signatures_notation import make_jws
@@ -148,14 +148,16 @@ async def test_a_replaced_trusted_root_is_used_without_a_restart(
     await push_blob(client, "prod/app", config)
     await push_blob(client, "prod/app", payload)
     annotations = {
-        cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
-        cosign_module.BUNDLE_ANNOTATION: rekor_bundle(rekor, hashedrekord(key, payload, signature)),
+        simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        simple_signing.BUNDLE_ANNOTATION: rekor_bundle(
+            rekor, hashedrekord(key, payload, signature)
+        ),
     }
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(cosign_module.SIMPLE_SIGNING, payload, annotations=annotations)],
+        "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
     }
     resp = await client.put(
         f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
@@ -167,7 +169,7 @@ async def test_a_replaced_trusted_root_is_used_without_a_restart(
     # The operator rotates the Rekor key: the old log's entries no longer count.
     write_rekor_root(tmp_path)
     assert client.app[CONTEXT].policy.reload() is True
-    log_id = json.loads(annotations[cosign_module.BUNDLE_ANNOTATION])["Payload"]["logID"]
+    log_id = json.loads(annotations[simple_signing.BUNDLE_ANNOTATION])["Payload"]["logID"]
     assert await pull(client, "prod/app", "v1") == (
         403,
         RULE + "by release, but without a valid Rekor entry: "
@@ -330,15 +332,15 @@ async def test_a_private_ca_cosign_signature_stops_counting_when_its_certificate
     await push_blob(client, "prod/app", config)
     await push_blob(client, "prod/app", payload)
     annotations = {
-        cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
-        cosign_module.CERTIFICATE_ANNOTATION: pem(leaf),
-        cosign_module.CHAIN_ANNOTATION: pem(root),
+        simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        simple_signing.CERTIFICATE_ANNOTATION: pem(leaf),
+        simple_signing.CHAIN_ANNOTATION: pem(root),
     }
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(cosign_module.SIMPLE_SIGNING, payload, annotations=annotations)],
+        "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
     }
     resp = await client.put(
         f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures.cosign import SIGNATURE_ANNOTATION, verify_layer
+from policies.signatures.cosign import verify_layer
+from policies.signatures.simple_signing import SIGNATURE_ANNOTATION
 from policies.signatures.trust import parse_trust
 from tests.signing import public_pem, sign, simple_signing_payload
 

@@ -151,7 +151,7 @@ async def run_gc(
 ) -> GCReport:
     """One collection over the registry's storage (with no grace: whatever was pushed before
     it started is old, whatever is pushed while it runs is new)."""
-    store: BlobStore = open_blob_store(registry.config)
+    store: BlobStore = open_blob_store(registry.config.blob_store)
     db = await HookedDB.open(registry.config.data_dir / "metadata.sqlite")
     db.hook = db_hook
     try:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry.grammar import parse_digest
 from storage.layout import DataLayout, S3Layout, s3_prefix
+from storage.oci.digests import parse_digest
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, error_codes, push_blob, sha256
 from tests.storage.gc_helpers import image, put_manifest, run_gc
 
@@ -75,9 +75,10 @@ def damage(registry: Any, digest: str, keep: int) -> None:
         path = DataLayout(registry.data_dir).blob(parsed)
         path.write_bytes(path.read_bytes()[:keep])
         return
-    from storage.s3 import S3BlobStore, S3Settings
 
-    store = S3BlobStore(S3Settings.from_config(registry.config), DataLayout(registry.data_dir))
+    from storage.s3 import S3BlobStore
+
+    store = S3BlobStore(registry.config.blob_store.s3, DataLayout(registry.data_dir))
     key = S3Layout(s3_prefix(section["s3"]["prefix"])).blob(parsed)
     body = store.client.get_object(Bucket=store.settings.bucket, Key=key)["Body"].read()
     store.client.put_object(Bucket=store.settings.bucket, Key=key, Body=body[:keep])
@@ -115,9 +116,9 @@ async def test_missing_blob_file_answers_blob_unknown_not_500(registry):
     if registry.config.raw["storage"]["backend"] == "filesystem":
         DataLayout(registry.data_dir).blob(parsed).unlink()
     else:
-        from storage.s3 import S3BlobStore, S3Settings
+        from storage.s3 import S3BlobStore
 
-        store = S3BlobStore(S3Settings.from_config(registry.config), DataLayout(registry.data_dir))
+        store = S3BlobStore(registry.config.blob_store.s3, DataLayout(registry.data_dir))
         await store.delete(parsed)
         await store.close()
     resp = await client.get(f"/v2/app/blobs/{digest}")
@@ -159,9 +160,9 @@ async def test_fsck_finds_reports_and_quarantines_corrupt_blobs(registry, tmp_pa
     if registry.config.raw["storage"]["backend"] == "filesystem":
         DataLayout(registry.data_dir).blob(parse_digest(flipped)).write_bytes(b"WILL be flipped")
     else:
-        from storage.s3 import S3BlobStore, S3Settings
+        from storage.s3 import S3BlobStore
 
-        store = S3BlobStore(S3Settings.from_config(registry.config), DataLayout(registry.data_dir))
+        store = S3BlobStore(registry.config.blob_store.s3, DataLayout(registry.data_dir))
         store.client.put_object(
             Bucket=store.settings.bucket,
             Key=store.keys.blob(parse_digest(flipped)),

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from registry.grammar import Digest
 from storage.blobstore import BlobStore
 from storage.filesystem import FilesystemBlobStore
 from storage.layout import DataLayout
-from storage.s3 import S3BlobStore, S3Settings
+from storage.oci.digests import Digest
+from storage.s3 import S3BlobStore
+from storage.settings import S3Settings
 from tests.storage.conftest import TEST_PART_SIZE, s3_storage
 
 StoreFactory = Callable[[], BlobStore]

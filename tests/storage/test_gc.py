@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from registry.grammar import parse_digest
 from storage.filesystem import FilesystemBlobStore
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
 from tests.oci import push_blob, push_image, sha256
 
 

@@ -11,7 +11,8 @@ import sys
 import time
 
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB, Reference
+from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.manifest import Reference
 from tests.oci import OCI_MANIFEST, push_blob
 from tests.storage.gc_helpers import image, put_manifest
 

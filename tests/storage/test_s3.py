@@ -21,7 +21,8 @@ from registry.app import create_app
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
-from storage.s3 import S3BlobStore, S3Settings
+from storage.s3 import S3BlobStore
+from storage.settings import S3Settings
 from tests.conftest import make_config
 from tests.oci import error_codes, push_blob, push_image, sha256
 from tests.storage.conftest import TEST_PART_SIZE, s3_storage

@@ -27,7 +27,8 @@ from registry.context import CONTEXT
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
-from storage.s3 import S3BlobStore, S3Settings
+from storage.s3 import S3BlobStore
+from storage.settings import S3Settings
 from tests.conftest import make_config
 from tests.oci import error_codes, sha256
 from tests.server_process import start_registry

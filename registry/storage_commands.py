@@ -19,7 +19,7 @@ from typing import Any
 from registry.config import Config
 from storage import reserve
 from storage.backends import open_blob_store
-from storage.blobstore import StorageFull
+from storage.errors import StorageFull
 from storage.fsck import check_blobs
 from storage.gc import GCReport, collect_garbage
 from storage.layout import DataLayout
@@ -99,7 +99,7 @@ def _collection_lock(layout: DataLayout) -> Iterator[None]:
 
 
 async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
     shown = False
@@ -142,7 +142,7 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
 
 
 async def _fsck(config: Config, *, quarantine: bool, as_json: bool) -> int:
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
 

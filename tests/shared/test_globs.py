@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.globs import GlobSet
+from shared.globs import GlobSet
 
 
 @pytest.mark.parametrize(

@@ -45,17 +45,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-#: Config media types that docker or containers/image pull as an image config.
-RUNTIME_CONFIG_TYPES = frozenset(
-    {
-        "application/vnd.docker.container.image.v1+json",
-        "application/vnd.oci.image.config.v1+json",
-        "application/octet-stream",
-        "application/json",
-        "text/html",
-        "",
-    }
-)
+from storage.oci.media_types import RUNTIME_CONFIG_TYPES, SIGNATURE_PAYLOAD_TYPES
 
 #: Layer media type prefixes docker accepts (then `.`, or the whole type), lower-cased.
 _DOCKER_LAYER_PREFIXES = ("application/vnd.oci.image", "application/vnd.docker")
@@ -70,24 +60,6 @@ _CONTAINERD_DOCKER_LAYERS = frozenset(
         "application/vnd.docker.image.rootfs.foreign.diff.tar",
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     }
-)
-
-SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
-IN_TOTO = "application/vnd.in-toto+json"
-SIGSTORE_BUNDLE_TYPES = frozenset(
-    {
-        "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "application/vnd.dev.sigstore.bundle+json;version=0.3",
-        "application/vnd.dev.sigstore.bundle+json;version=0.2",
-        "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    }
-)
-#: Notation's JWS and COSE envelopes.
-NOTATION_ENVELOPES = frozenset({"application/jose+json", "application/cose"})
-#: Layer media types that hold only a signature or an attestation, never a filesystem.
-SIGNATURE_PAYLOAD_TYPES = (
-    frozenset({SIMPLE_SIGNING, DSSE_ENVELOPE, IN_TOTO}) | SIGSTORE_BUNDLE_TYPES | NOTATION_ENVELOPES
 )
 
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from policies.base_image_rule import format_age
 from policies.library.declaration import Library
 from policies.library.importer import LibraryImportError, import_image
 from policies.library.reports import stale_images
-from policies.library.rule import format_age
 from policies.loader import PolicyError, load_policy
 from policies.rules import short
 from registry.config import Config
@@ -74,7 +74,7 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     except PolicyError as exc:
         print(f"trustyard: invalid policy:\n{exc}", file=sys.stderr)
         return 2
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     try:
         result = await import_image(

@@ -1,8 +1,9 @@
-"""Manifest media types, and the checks a pushed manifest must pass before it is stored.
+"""The parsed manifest, and the checks a pushed manifest must pass before it is stored.
 
 Covers the OCI image manifest and index and the Docker schema 2 manifest and manifest list
-(OCI Image Spec v1.1, Docker Image Manifest V2 Schema 2). The bytes are never rewritten: parsing
-only learns what the manifest references, its subject and its artifact type.
+(OCI Image Spec v1.1, Docker Image Manifest V2 Schema 2; their media types are in `media_types`).
+The bytes are never rewritten: parsing only learns what the manifest references, its subject and
+its artifact type.
 """
 
 from __future__ import annotations
@@ -11,23 +12,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from registry.errors import MANIFEST_INVALID, RegistryError
-from registry.grammar import parse_digest
-from registry.unambiguous_json import MANIFEST, AmbiguousJSON, loads
-from storage.metadata import Reference
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = (
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+from storage.oci.digests import parse_digest
+from storage.oci.errors import MANIFEST_INVALID, OciError
+from storage.oci.media_types import (
+    DOCKER_SCHEMA1,
+    IMAGE_MANIFESTS,
+    INDEXES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
 )
+from storage.oci.unambiguous_json import MANIFEST, AmbiguousJSON, loads
 
-IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-MANIFEST_MEDIA_TYPES = IMAGE_MANIFESTS | INDEXES
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Something a manifest points at: a blob (config, layer) or a child manifest.
+
+    Every reference protects its target from garbage collection. A `required` one must be in
+    the repository when the manifest is pushed; a foreign layer (one with `urls`) need not be,
+    but when it was pushed it is kept like any other layer.
+    """
+
+    digest: str
+    kind: str  # 'blob' | 'manifest'
+    required: bool = True
+
 
 #: Content-Type values that say nothing about the manifest: the body's mediaType decides.
 _GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "application/octet-stream"})
@@ -49,7 +59,7 @@ class ParsedManifest:
 
 def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
     """Check a pushed manifest and learn its references; MANIFEST_INVALID says what is wrong,
-    also when two clients could read the bytes differently (`registry.unambiguous_json`)."""
+    also when two clients could read the bytes differently (`storage.oci.unambiguous_json`)."""
     document = decode_manifest(content)
     media_type = _media_type(document, (content_type or "").split(";")[0].strip().lower())
     _unambiguous_kind(document, media_type)
@@ -169,7 +179,7 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
         raise _invalid(f"{where}.digest must be a string")
     try:
         parse_digest(digest)
-    except RegistryError as exc:
+    except OciError as exc:
         raise _invalid(f"{where}.digest {digest[:80]!r} is not a valid digest") from exc
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -205,7 +215,5 @@ def _annotations(value: Any, where: str) -> dict[str, str] | None:
     return value
 
 
-def _invalid(reason: str) -> RegistryError:
-    return RegistryError(
-        MANIFEST_INVALID, {"reason": reason}, message=f"manifest invalid: {reason}"
-    )
+def _invalid(reason: str) -> OciError:
+    return OciError(MANIFEST_INVALID, {"reason": reason}, message=f"manifest invalid: {reason}")

@@ -21,10 +21,12 @@ from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from policies.loader import PolicyError, load_policy
 from registry.config import Config
-from registry.grammar import check_name, check_tag, parse_digest
+from shared.durations import parse_since
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.grammar import check_name, check_tag
 
 POLICY_COMMANDS = ("policy", "decisions")
 
@@ -153,7 +155,7 @@ async def explain(
     except Exception as exc:
         print(f"trustyard: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    store = open_blob_store(config)
+    store = open_blob_store(config.blob_store)
     db = await MetadataDB.open(DataLayout(config.data_dir).database)
     try:
         if reference.startswith("sha256:") or reference.startswith("sha512:"):
@@ -230,8 +232,6 @@ async def show_decisions(
 ) -> int:
     """Print the newest logged decisions, filtered."""
     out = out or sys.stdout
-    from registry.handlers.policy_api import parse_since
-
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
