@@ -38,9 +38,11 @@ request id when there is one, and never a hang.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -120,6 +122,25 @@ class S3BlobStore:
                 read_timeout=settings.read_timeout,
                 retries={"max_attempts": settings.max_attempts, "mode": "standard"},
                 s3={"addressing_style": settings.addressing_style},
+            ),
+        )
+        # Bodies of uploads go through a second client that leaves the payload unsigned: each
+        # carries its SHA-256 as `x-amz-checksum-sha256` (a signed header) that S3 verifies, so
+        # the integrity is a signed payload's, and the hash is taken while the bytes arrive
+        # instead of once more, serially, before each request (botocore's signing over http).
+        self.data_client = session.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            config=BotoConfig(
+                signature_version="s3v4",
+                max_pool_connections=settings.max_pool_connections,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+                s3={
+                    "addressing_style": settings.addressing_style,
+                    "payload_signing_enabled": False,
+                },
             ),
         )
         self._pool = ThreadPoolExecutor(
@@ -258,14 +279,20 @@ class S3BlobStore:
             # Completed for a commit that did not finish, and now receiving bytes again.
             await self._rebase(upload_id, upload.state)
         assert upload.buffer is not None
-        upload.buffer += data
         part_size = self.settings.part_size
-        while len(upload.buffer) >= part_size:
-            with memoryview(upload.buffer) as view:
-                body = bytes(view[:part_size])  # one copy; the view is released before `del`
-            del upload.buffer[:part_size]
-            upload.buffer_start += part_size
-            await self._send_part(upload_id, upload, body)
+        rest = memoryview(data)
+        while rest:
+            take, rest = (
+                rest[: part_size - len(upload.buffer)],
+                rest[part_size - len(upload.buffer) :],
+            )
+            await self._hash_part(upload, take)
+            upload.buffer += take
+            if len(upload.buffer) >= part_size:
+                body = bytes(upload.buffer)
+                upload.buffer.clear()
+                upload.buffer_start += len(body)
+                await self._send_part(upload_id, upload, body, upload.take_checksum())
 
     async def flush(self, upload_id: str) -> None:
         """Make every appended byte durable, then record them in the upload's state: parts sent
@@ -361,8 +388,8 @@ class S3BlobStore:
         if state.data_size is None and not state.parts and not upload.sent:
             assert upload.buffer is not None
             # The same verified bytes over whatever is there (a repair if it was damaged).
-            data = bytes(upload.buffer)
-            await self._run("commit", self._put, self.keys.blob(digest), data, None)
+            data, checksum = bytes(upload.buffer), upload.checksum()
+            await self._run("commit", self._put, self.keys.blob(digest), data, None, checksum)
             return
         if state.data_size is None:
             assert upload.buffer is not None
@@ -370,7 +397,8 @@ class S3BlobStore:
                 body = bytes(upload.buffer)
                 upload.buffer.clear()
                 upload.buffer_start += len(body)
-                await self._send_part(upload_id, upload, body, last=True)
+                checksum = upload.take_checksum()
+                await self._send_part(upload_id, upload, body, checksum, last=True)
                 await self._settle(upload)
             parts = state.parts + upload.sent
             key = self.keys.upload_data(upload_id, state.generation)
@@ -502,6 +530,8 @@ class S3BlobStore:
                 async for chunk in self._read_pieces(upload_id, state):
                     upload.buffer += chunk
             upload.buffer_start = state.parts_end
+            upload.part_hash = hashlib.sha256()
+            await self._hash_part(upload, upload.buffer)
         except BaseException:
             await self.drop_pending(upload_id)
             raise
@@ -539,7 +569,7 @@ class S3BlobStore:
         return self.settings.part_size + APPEND_SLACK
 
     async def _send_part(
-        self, upload_id: str, upload: _Upload, body: bytes, *, last: bool = False
+        self, upload_id: str, upload: _Upload, body: bytes, checksum: str, *, last: bool = False
     ) -> None:
         """Send a part; while memory allows and fewer than `upload_parallelism` are in flight,
         in the background (so the client's next bytes are read meanwhile), else now."""
@@ -561,21 +591,35 @@ class S3BlobStore:
                 self._slot
             ):
                 upload.sending.append(
-                    asyncio.ensure_future(self._held_part(key, multipart, number, body))
+                    asyncio.ensure_future(self._held_part(key, multipart, number, body, checksum))
                 )
                 return
             if not upload.sending:
                 break
             await self._settle_one(upload)
         upload.sent.append(
-            await self._run("upload_part", self._upload_part, key, multipart, number, body)
+            await self._run(
+                "upload_part", self._upload_part, key, multipart, number, body, checksum
+            )
         )
 
-    async def _held_part(self, key: str, multipart: str, number: int, body: bytes) -> Part:
+    async def _held_part(
+        self, key: str, multipart: str, number: int, body: bytes, checksum: str
+    ) -> Part:
         try:
-            return await self._run("upload_part", self._upload_part, key, multipart, number, body)
+            return await self._run(
+                "upload_part", self._upload_part, key, multipart, number, body, checksum
+            )
         finally:
             self.memory.release(self._slot)
+
+    async def _hash_part(self, upload: _Upload, data: memoryview | bytearray) -> None:
+        """Add bytes to the SHA-256 of the part they will be sent in (in a thread: hashlib lets
+        go of the GIL, so this runs beside the blob's own running hash)."""
+        if data:
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, upload.part_hash.update, data
+            )
 
     async def _settle_one(self, upload: _Upload) -> None:
         task = upload.sending.pop(0)
@@ -653,11 +697,19 @@ class S3BlobStore:
 
     # Blocking S3 calls (run in the pool by `_run`).
 
-    def _put(self, key: str, body: bytes, metadata: dict[str, str] | None) -> None:
+    def _put(
+        self, key: str, body: bytes, metadata: dict[str, str] | None, checksum: str | None = None
+    ) -> None:
         extra: dict[str, Any] = dict(self._sse)
         if metadata:
             extra["Metadata"] = metadata
-        self.client.put_object(Bucket=self.settings.bucket, Key=key, Body=body, **extra)
+        self.data_client.put_object(
+            Bucket=self.settings.bucket,
+            Key=key,
+            Body=body,
+            ChecksumSHA256=checksum or _sha256_b64(body),
+            **extra,
+        )
 
     def _put_pointer(self, key: str, data_key: str, size: int) -> None:
         relative = data_key[len(self.keys.prefix) :]
@@ -674,19 +726,22 @@ class S3BlobStore:
 
     def _create_multipart(self, key: str) -> str:
         answer = self.client.create_multipart_upload(
-            Bucket=self.settings.bucket, Key=key, **self._sse
+            Bucket=self.settings.bucket, Key=key, ChecksumAlgorithm="SHA256", **self._sse
         )
         return str(answer["UploadId"])
 
-    def _upload_part(self, key: str, multipart: str, number: int, body: bytes) -> Part:
-        answer = self.client.upload_part(
+    def _upload_part(
+        self, key: str, multipart: str, number: int, body: bytes, checksum: str
+    ) -> Part:
+        answer = self.data_client.upload_part(
             Bucket=self.settings.bucket,
             Key=key,
             UploadId=multipart,
             PartNumber=number,
             Body=body,
+            ChecksumSHA256=checksum,
         )
-        return Part(str(answer["ETag"]), len(body))
+        return Part(str(answer["ETag"]), len(body), checksum)
 
     def _copy_part(
         self, key: str, multipart: str, number: int, source: str, start: int, end: int
@@ -699,7 +754,8 @@ class S3BlobStore:
             CopySource={"Bucket": self.settings.bucket, "Key": source},
             CopySourceRange=f"bytes={start}-{end - 1}",
         )
-        return Part(str(answer["CopyPartResult"]["ETag"]), end - start)
+        result = answer["CopyPartResult"]
+        return Part(str(result["ETag"]), end - start, result.get("ChecksumSHA256"))
 
     def _complete(self, key: str, multipart: str, parts: list[Part]) -> None:
         self.client.complete_multipart_upload(
@@ -709,6 +765,7 @@ class S3BlobStore:
             MultipartUpload={
                 "Parts": [
                     {"PartNumber": number, "ETag": part.etag}
+                    | ({"ChecksumSHA256": part.checksum} if part.checksum else {})
                     for number, part in enumerate(parts, 1)
                 ]
             },
@@ -1021,6 +1078,7 @@ class S3BlobStore:
             await self.drop_pending(upload_id)
         self._pool.shutdown(wait=True)
         self.client.close()
+        self.data_client.close()
 
 
 @dataclass
@@ -1042,6 +1100,8 @@ class _Upload:
     cached_held: int = 0
     #: Being activated: its kept bytes are not evicted.
     pinned: bool = False
+    #: SHA-256 of the buffer's bytes so far (the part they will be sent in).
+    part_hash: Any = field(default_factory=hashlib.sha256)
     #: Whether its state object exists (false for a non-resumable upload until its commit).
     stored: bool = True
 
@@ -1049,6 +1109,16 @@ class _Upload:
     def active(self) -> bool:
         """Receiving or committing in this process now."""
         return self.buffer is not None
+
+    def checksum(self) -> str:
+        """`x-amz-checksum-sha256` of the buffer's bytes."""
+        return base64.b64encode(self.part_hash.digest()).decode()
+
+    def take_checksum(self) -> str:
+        """The buffer's checksum; the next part's hash starts empty."""
+        checksum = self.checksum()
+        self.part_hash = hashlib.sha256()
+        return checksum
 
 
 def _merge_upload(
@@ -1059,6 +1129,10 @@ def _merge_upload(
         size += previous.size
         modified = max(modified, previous.modified)
     found[upload_id] = StoredObject(upload_id, size, modified)
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def _missing(exc: ClientError) -> bool:

@@ -30,6 +30,8 @@ class Part:
 
     etag: str
     size: int
+    #: Its SHA-256 (base64) as S3 verified it; completion names it again.
+    checksum: str | None = None
 
 
 @dataclass
@@ -71,7 +73,7 @@ class UploadState:
                 "version": STATE_VERSION,
                 "generation": self.generation,
                 "multipart": self.multipart,
-                "parts": [[part.etag, part.size] for part in self.parts],
+                "parts": [[part.etag, part.size, part.checksum] for part in self.parts],
                 "pieces": [list(piece) for piece in self.pieces],
                 "data_size": self.data_size,
                 "digest": self.digest,
@@ -90,7 +92,7 @@ class UploadState:
         return cls(
             generation=int(doc["generation"]),
             multipart=doc["multipart"],
-            parts=[Part(str(etag), int(size)) for etag, size in doc["parts"]],
+            parts=[Part(str(etag), int(size), checksum) for etag, size, checksum in doc["parts"]],
             pieces=[(int(start), int(size)) for start, size in doc["pieces"]],
             data_size=doc["data_size"],
             digest=doc["digest"],

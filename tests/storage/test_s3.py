@@ -6,6 +6,8 @@ Against a real SeaweedFS; the fault test starts one of its own so that it can ki
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import socket
@@ -98,15 +100,22 @@ async def test_each_byte_is_sent_once_for_a_part_aligned_stream(s3_store):
     """Bytes that fill parts go to S3 once: no piece is written when a request ends on a part
     boundary, and the commit only completes the multipart upload (no copy)."""
     sent: list[tuple[str, int]] = []
-    for name in ("put_object", "upload_part", "upload_part_copy", "copy_object"):
-        real = getattr(s3_store.client, name)
+    for client in (s3_store.client, s3_store.data_client):
+        for name in ("put_object", "upload_part", "upload_part_copy", "copy_object"):
+            real = getattr(client, name)
 
-        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
-            body = kwargs.get("Body", b"")
-            sent.append((_name, len(body) if isinstance(body, bytes) else 0))
-            return _real(*args, **kwargs)
+            def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                body = kwargs.get("Body", b"")
+                sent.append((_name, len(body) if isinstance(body, bytes) else 0))
+                if isinstance(body, bytes):
+                    # Every body carries its SHA-256 for S3 to verify (the payload is unsigned).
+                    assert (
+                        kwargs["ChecksumSHA256"]
+                        == base64.b64encode(hashlib.sha256(body).digest()).decode()
+                    )
+                return _real(*args, **kwargs)
 
-        setattr(s3_store.client, name, counting)
+            setattr(client, name, counting)
     data = os.urandom(3 * TEST_PART_SIZE)
     digest = await put(s3_store, data, chunk=TEST_PART_SIZE)
     assert sum(size for name, size in sent if name == "upload_part") == len(data)
