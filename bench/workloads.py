@@ -352,10 +352,16 @@ async def run_wrk(
     duration: float,
     workdir: Path,
     threads: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Run wrk for `duration` seconds with a Lua script that prints JSON from `done`."""
+    """Run wrk for `duration` seconds with a Lua script that prints JSON from `done` (with
+    `headers` added to every request, e.g. a bearer token)."""
     script = workdir / f"wrk-{method.lower()}.lua"
-    script.write_text(WRK_LUA.format(method=method, accept=OCI_MANIFEST))
+    extra = "".join(
+        f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n"
+        for name, value in (headers or {}).items()
+    )
+    script.write_text(WRK_LUA.format(method=method, accept=OCI_MANIFEST) + extra)
     threads = threads or max(1, min(connections, os.cpu_count() or 1))
     args = [
         wrk,

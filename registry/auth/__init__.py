@@ -2,7 +2,8 @@
 
 `setup_auth(app, config)` turns it on when the configuration has an `auth` section; without one
 the registry stays open. The modules: `scopes` (token scopes, parse and intersect), `tokens`
-(ES256 JWTs), `users` (the users file), `permissions` (roles per namespace glob), `ratelimit`
+(ES256 JWTs), `token_cache` (tokens verified once, until they expire), `users` (the users
+file), `permissions` (roles per namespace glob), `ratelimit`
 (failed logins), `service` (authenticating a request), `middleware` (where it sits on the
 request path), `token_endpoint` (`/token`).
 """

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from registry.auth.scopes import CATALOG, covers
+from registry.auth.scopes import CATALOG, covers, covers_all
 from registry.auth.service import AUTH, CALLER_KEY, AuthService, Caller
 from registry.auth.sessions import session_caller
 from registry.context import CONTEXT
@@ -65,11 +65,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if request.method == "POST" and request.path in SCANNER_WEBHOOK_PATHS:
         return await handler(request)
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
     try:
-        caller = session_caller(request, service) or await service.authenticate(request)
+        if header[:7].lower() == "bearer ":  # the hot path: no cookie, no coroutine
+            caller = service.bearer(header[7:].strip())
+        else:
+            caller = session_caller(request, service) or await service.authenticate(request)
     except RegistryError as exc:
         if exc.error is UNAUTHORIZED:
-            bearer = request.headers.get(hdrs.AUTHORIZATION, "")[:7].lower() == "bearer "
+            bearer = header[:7].lower() == "bearer "
             exc.headers.update(
                 challenge(request, service, None, error="invalid_token" if bearer else None)
             )
@@ -197,10 +201,10 @@ def _require(
     actions: tuple[str, ...],
 ) -> None:
     caller = _caller(request)
-    scope = f"{resource_type}:{name}:{','.join(actions)}"
     allowed = service.allowed(caller.identity, resource_type, name)
     missing = [a for a in actions if a not in allowed and "*" not in allowed]
     if missing:
+        scope = f"{resource_type}:{name}:{','.join(actions)}"
         if caller.identity.is_anonymous:
             raise RegistryError(UNAUTHORIZED, headers=challenge(request, service, scope))
         raise RegistryError(
@@ -212,7 +216,8 @@ def _require(
             ),
         )
     token = caller.token_access
-    if token is not None and not all(covers(token, resource_type, name, a) for a in actions):
+    if token is not None and not covers_all(token, resource_type, name, actions):
+        scope = f"{resource_type}:{name}:{','.join(actions)}"
         raise RegistryError(
             UNAUTHORIZED,
             message="the token does not grant this access",

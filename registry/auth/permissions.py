@@ -8,10 +8,17 @@ gives roles. Roles are cumulative: `pull` < `push` (pull + push) < `delete` (pus
 console, and it pulls and pushes nothing.
 A caller's actions on a repository are the union over every rule whose glob matches it; nothing
 matches, nothing is allowed.
+
+The rules are fixed for the life of a `Permissions` object, so what they give one caller on one
+repository is derived once and remembered (bounded, least recently used first out). The key is the
+caller's whole identity as the users file says it *now* (name, kind and groups, read per request
+by the caller of `actions`): a demoted user or a robot moved to another group is another key, and
+gets the actions of its current groups from its next request on.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +37,9 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
 NOTHING: frozenset[str] = frozenset()
 #: Globs that cover every repository: `admin` there makes a registry administrator.
 EVERYTHING_GLOBS = frozenset({"*", "**"})
+#: (caller, repository) answers remembered at most: a flood of distinct repository names or
+#: callers costs bounded memory and, at worst, the derivation each time as without the memo.
+MAX_REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,9 @@ class Rule:
 class Permissions:
     """The rules of `auth.permissions`, asked per caller and repository."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
-        self.rules = list(rules)
+    def __init__(self, rules: Iterable[Rule], *, remembered: int = MAX_REMEMBERED) -> None:
+        self.rules = tuple(rules)
+        self._actions = functools.lru_cache(maxsize=remembered)(self._derive)
 
     @classmethod
     def from_config(cls, entries: Iterable[Mapping[str, Any]]) -> Permissions:
@@ -84,6 +95,9 @@ class Permissions:
 
     def actions(self, who: Identity, repository: str) -> frozenset[str]:
         """Every action `who` may perform on `repository`."""
+        return self._actions(who, repository)
+
+    def _derive(self, who: Identity, repository: str) -> frozenset[str]:
         allowed: set[str] = set()
         for rule in self.rules:
             if rule.matches(repository):

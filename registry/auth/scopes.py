@@ -111,3 +111,14 @@ def covers(granted: Iterable[Scope], resource_type: str, name: str, action: str)
         and (action in scope.actions or "*" in scope.actions)
         for scope in granted
     )
+
+
+def covers_all(
+    granted: Iterable[Scope], resource_type: str, name: str, actions: Iterable[str]
+) -> bool:
+    """Whether `granted` includes every one of `actions` on the resource (`covers` for each)."""
+    held: set[str] = set()
+    for scope in granted:
+        if scope.type == resource_type and scope.name == name:
+            held |= scope.actions
+    return "*" in held or held.issuperset(actions)

@@ -9,13 +9,14 @@ credentials directly (`Basic`), who then has whatever its permissions give. Logi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from base64 import b64decode
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
-from registry.auth.permissions import Permissions
+from registry.auth.permissions import MAX_REMEMBERED, Permissions
 from registry.auth.ratelimit import FailedLogins
 from registry.auth.scopes import CATALOG, Scope
 from registry.auth.settings import AuthSettings
@@ -45,6 +46,9 @@ class AuthService:
         self.settings = settings
         self.users = UserStore(settings.users_file)
         self.permissions = Permissions.from_config(settings.permissions)
+        # A pure function of the caller's current identity and the fixed rules (see
+        # `registry.auth.permissions`): derived once per (identity, resource), bounded.
+        self._allowed = functools.lru_cache(maxsize=MAX_REMEMBERED)(self._derive_allowed)
         self.tokens = TokenAuthority(
             load_or_create_key(settings.signing_key, configured=settings.signing_key_configured),
             issuer=settings.issuer,
@@ -65,6 +69,9 @@ class AuthService:
 
     def allowed(self, who: Identity, resource_type: str, name: str) -> frozenset[str]:
         """Every action `who` may take on a resource (what a token for them may carry)."""
+        return self._allowed(who, resource_type, name)
+
+    def _derive_allowed(self, who: Identity, resource_type: str, name: str) -> frozenset[str]:
         if resource_type == "repository":
             return self.permissions.actions(who, name) - {"admin"}
         # The catalog lists only what the caller may pull: anyone who may pull something may
@@ -84,14 +91,16 @@ class AuthService:
             return Caller(ANONYMOUS)
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
-            return self._bearer(value.strip())
+            return self.bearer(value.strip())
         if scheme.lower() == "basic":
             user, secret = parse_basic(value)
             account = await self.login(user, secret, request.remote or "unknown")
             return Caller(account.identity())
         raise RegistryError(UNAUTHORIZED, message="unsupported authorization scheme")
 
-    def _bearer(self, token: str) -> Caller:
+    def bearer(self, token: str) -> Caller:
+        """The caller a bearer token stands for: its subject as the users file says now, with
+        the token's scopes; 401 when the token is invalid or its subject is gone."""
         try:
             claims = self.tokens.verify(token)
         except InvalidToken as exc:

@@ -110,9 +110,13 @@ def setup_sessions(app: web.Application) -> None:
 def session_caller(request: web.Request, service: AuthService) -> Caller | None:
     """The caller a session cookie authenticates for this request, or None (then the request's
     `Authorization` header, or nothing, decides)."""
+    # The header is looked at first: the registry's hot path (a client with a token, no cookie)
+    # then never parses cookies.
+    if request.headers.get(hdrs.AUTHORIZATION) or hdrs.COOKIE not in request.headers:
+        return None
     store = request.app.get(SESSIONS)
     token = request.cookies.get(SESSION_COOKIE)
-    if store is None or not token or request.headers.get(hdrs.AUTHORIZATION):
+    if store is None or not token:
         return None
     safe = request.method in SAFE_METHODS and request.path.startswith(SESSION_PREFIXES)
     if not safe and not (request.method == "POST" and request.path == LOGOUT_PATH):

@@ -4,7 +4,9 @@ The signing key is an EC P-256 private key in PEM: configured (`auth.token.signi
 generated on first start into `<data_dir>/auth/token-signing-key.pem` with mode 0600. A token
 carries the granted scopes in the `access` claim, as the Docker registry token protocol does.
 Verification checks the signature (ES256 only: no `none`, no HMAC confusion), `iss`, `aud`,
-`exp`, `nbf` and `iat`, tolerating `clock_skew` seconds of drift.
+`exp`, `nbf` and `iat`, tolerating `clock_skew` seconds of drift. A token that passed is
+remembered by its exact bytes until it expires (`registry.auth.token_cache`), so the signature
+of the token a client sends with every request is checked once, not per request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.auth.scopes import Scope, ScopeError, parse_scope
+from registry.auth.token_cache import MAX_TOKENS, VerifiedTokens
 
 ALGORITHM = "ES256"
 
@@ -101,6 +104,7 @@ class TokenAuthority:
         service: str,
         ttl: float,
         clock_skew: float,
+        max_cached: int = MAX_TOKENS,
     ) -> None:
         self._key = key
         self._public = key.public_key()
@@ -109,6 +113,8 @@ class TokenAuthority:
         self.service = service
         self.ttl = ttl
         self.clock_skew = clock_skew
+        #: Tokens verified by this authority (its key, issuer and audience), until they expire.
+        self.verified: VerifiedTokens[TokenClaims] = VerifiedTokens(max_cached)
 
     def issue(self, subject: str, access: list[Scope], *, now: float | None = None) -> IssuedToken:
         """Sign a token for `subject` (empty for anonymous) granting `access`."""
@@ -128,7 +134,14 @@ class TokenAuthority:
         return IssuedToken(token, expires_in, issued)
 
     def verify(self, token: str) -> TokenClaims:
-        """The claims of a valid token; `InvalidToken` for anything else."""
+        """The claims of a valid token; `InvalidToken` for anything else.
+
+        A token verified before is answered from `verified` while inside the window its first
+        verification accepted; outside it, or never seen, the token is verified in full.
+        """
+        cached = self.verified.get(token, time.time())
+        if cached is not None:
+            return cached
         try:
             claims = jwt.decode(
                 token,
@@ -141,13 +154,23 @@ class TokenAuthority:
             )
         except (jwt.PyJWTError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
             raise InvalidToken(str(exc)) from None
-        if claims["iat"] > time.time() + self.clock_skew:
+        if int(claims["iat"]) > time.time() + self.clock_skew:
             raise InvalidToken("token issued in the future")
         try:
             access = tuple(_scopes(claims.get("access", [])))
         except (ScopeError, KeyError, TypeError) as exc:
             raise InvalidToken(f"malformed access claim: {exc}") from None
-        return TokenClaims(str(claims["sub"]), access, float(claims["exp"]))
+        verified = TokenClaims(str(claims["sub"]), access, float(claims["exp"]))
+        # The window PyJWT and the check above accept, with their integer reading of the
+        # claims (PyJWT checked `int()` takes them): nbf and iat no later than now + skew, exp
+        # later than now - skew.
+        self.verified.put(
+            token,
+            verified,
+            valid_from=max(int(claims["nbf"]), int(claims["iat"])) - self.clock_skew,
+            valid_until=int(claims["exp"]) + self.clock_skew,
+        )
+        return verified
 
 
 def _scopes(entries: list[dict[str, Any]]) -> list[Scope]:

@@ -16,6 +16,7 @@ space. The file is written atomically with mode 0600 and re-read when it changes
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -89,6 +90,11 @@ class Account:
 
     def identity(self) -> Identity:
         """The identity a successful login with this account gets."""
+        return self._identity
+
+    @functools.cached_property
+    def _identity(self) -> Identity:
+        # Made once per account as read from the file (a changed file makes new accounts).
         return Identity(self.name, self.kind, self.groups)
 
 
@@ -112,21 +118,51 @@ class UserStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._fspath = os.fspath(path)
+        self._stamp: tuple[int, ...] | None = None
         self._accounts: dict[str, Account] = {}
+        #: The event loop in whose current iteration the file was last looked at, if any.
+        self._checked_in: asyncio.AbstractEventLoop | None = None
 
     def accounts(self) -> dict[str, Account]:
-        """Every account by name (reloading the file if it changed)."""
+        """Every account by name (reloading the file if it changed).
+
+        The file decides every request as it is after that request arrived, whichever process
+        changed it (another worker's or replica's `trustyard user remove`, an edit by hand). It
+        is looked at (one `stat`; read again only when it changed) at most once per iteration of
+        the event loop: a request's bytes are read in one iteration and its handler runs in a
+        later one, so the look that decides it is always taken after it arrived. (A `stat` per
+        request would cost more than the rest of authentication: it lets the database thread
+        take the GIL, and the loop then waits to get it back.) Off the loop (a thread) the file
+        is looked at on every call.
+
+        Every write replaces the file (a new inode and ctime), so a rewrite of the same size
+        within one tick of the file system's clock is seen as well as any other.
+        """
         try:
-            stat = self.path.stat()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a thread or a command: no loop, look every time
+            loop = None
+        if loop is not None and self._checked_in is loop:
+            return self._accounts
+        try:
+            stat = os.stat(self._fspath)
         except FileNotFoundError:
             self._stamp, self._accounts = None, {}
-            return self._accounts
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._accounts = _parse(self._read())
-            self._stamp = stamp
+        else:
+            stamp = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+            if stamp != self._stamp:
+                self._accounts = _parse(self._read())
+                self._stamp = stamp
+        if loop is not None:
+            # Callbacks queued from now on run in the next iteration, after this one: every
+            # request that arrives after this look is decided by a new one.
+            self._checked_in = loop
+            loop.call_soon(self._look_again)
         return self._accounts
+
+    def _look_again(self) -> None:
+        self._checked_in = None
 
     def get(self, name: str) -> Account | None:
         """The account called `name`, if any."""
