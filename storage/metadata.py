@@ -13,7 +13,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,10 @@ class MissingReferences(Exception):
 #: Statements a caller adds to a write transaction (the event outbox: rows that must commit or roll
 #: back with the change they report).
 Statements = Sequence[tuple[str, Sequence[Any]]]
+
+#: Work a caller runs on the connection of a write transaction, after the change itself (a
+#: library tag's history following the registry tag it moved): it commits or rolls back with it.
+Within = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
@@ -285,11 +289,13 @@ class MetadataDB:
         references: Iterable[Reference],
         tag: str | None,
         extra: Statements = (),
+        within: Within | None = None,
     ) -> None:
         """Store a manifest (and point `tag` at it) if everything it references is present.
 
         The check and the insert are one transaction, so a concurrent garbage collection can
-        never remove a blob between the two. `extra` statements run in the same transaction.
+        never remove a blob between the two. `extra` statements run in the same transaction,
+        then `within` (what must commit or roll back with the tag move: a library tag's history).
         """
         refs = list(dict.fromkeys(references))
         now = time.time()
@@ -347,6 +353,8 @@ class MetadataDB:
                 )
             await _bump_evidence(db, record.repository)
             await _run(db, extra)
+            if within is not None:
+                await within(db)
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
@@ -366,28 +374,41 @@ class MetadataDB:
         )
         return None if row is None else _manifest(row)
 
-    async def delete_manifest(self, repository: str, digest: str, extra: Statements = ()) -> bool:
+    async def delete_manifest(
+        self, repository: str, digest: str, extra: Statements = (), within: Within | None = None
+    ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
-        `extra` statements run in the same transaction, only when something was deleted."""
+        `extra` statements, then `within`, run in the same transaction, only when something was
+        deleted."""
         return await self._delete(
-            "DELETE FROM manifests WHERE repository = ? AND digest = ?", repository, digest, extra
+            "DELETE FROM manifests WHERE repository = ? AND digest = ?",
+            repository,
+            digest,
+            extra,
+            within,
         )
 
-    async def delete_tag(self, repository: str, tag: str, extra: Statements = ()) -> bool:
-        """Delete a tag (the manifest stays); whether it existed. `extra` statements run in the
-        same transaction, only when something was deleted."""
+    async def delete_tag(
+        self, repository: str, tag: str, extra: Statements = (), within: Within | None = None
+    ) -> bool:
+        """Delete a tag (the manifest stays); whether it existed. `extra` statements, then
+        `within`, run in the same transaction, only when something was deleted."""
         return await self._delete(
-            "DELETE FROM tags WHERE repository = ? AND name = ?", repository, tag, extra
+            "DELETE FROM tags WHERE repository = ? AND name = ?", repository, tag, extra, within
         )
 
-    async def _delete(self, sql: str, repository: str, key: str, extra: Statements) -> bool:
+    async def _delete(
+        self, sql: str, repository: str, key: str, extra: Statements, within: Within | None
+    ) -> bool:
         """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
-        the repository's evidence and run `extra` in the same transaction."""
+        the repository's evidence and run `extra` and `within` in the same transaction."""
         async with self.transaction() as db:
             cursor = await db.execute(sql, (repository, key))
             if cursor.rowcount > 0:
                 await _bump_evidence(db, repository)
                 await _run(db, extra)
+                if within is not None:
+                    await within(db)
             return cursor.rowcount > 0
 
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+
+import aiosqlite
 
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
@@ -53,6 +56,11 @@ class TagMove:
 #: `library.tag.updated` rows), so the report exists exactly when the move does.
 Announce = Callable[[TagMove], Statements]
 
+#: Held while a registry tag may move (`PolicyGate.tag_guard`): a library tag's history that
+#: follows the registry tag after the push's commit (a `signed_by` image once signed) moves
+#: under it, so it cannot follow a registry tag that has moved on meanwhile.
+TagGuard = Callable[[str, str | None], AbstractAsyncContextManager[None]]
+
 _COLUMNS = "name, tag, repository, digest, since, until"
 
 
@@ -68,52 +76,68 @@ async def record_tag(
     """The library tag `name:tag` points at `digest` from now on; whether it moved (a push of
     the digest it already points at changes nothing). A move away from an earlier digest is
     `announce`d in the same transaction."""
-    now = time.time() if now is None else now
     async with db.transaction() as conn:
+        return await move_tag(conn, name, tag, repository, digest, now, announce)
+
+
+async def move_tag(
+    conn: aiosqlite.Connection,
+    name: str,
+    tag: str,
+    repository: str,
+    digest: str,
+    now: float | None = None,
+    announce: Announce | None = None,
+) -> bool:
+    """`record_tag` inside the caller's write transaction (the push that moves the registry
+    tag: both commit or neither does)."""
+    now = time.time() if now is None else now
+    async with conn.execute(
+        "SELECT digest FROM library_tag_history WHERE name = ? AND tag = ? AND until IS NULL",
+        (name, tag),
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0] == digest:
+        return False
+    if row is not None and announce is not None:
         async with conn.execute(
-            "SELECT digest FROM library_tag_history WHERE name = ? AND tag = ? AND until IS NULL",
-            (name, tag),
+            "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
         ) as cursor:
-            row = await cursor.fetchone()
-        if row is not None and row[0] == digest:
-            return False
-        if row is not None and announce is not None:
-            async with conn.execute(
-                "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?",
-                (repository, digest),
-            ) as cursor:
-                media_type, size = await cursor.fetchone() or ("", 0)
-            move = TagMove(name, tag, repository, digest, row[0], media_type, size)
-            for sql, args in announce(move):
-                await conn.execute(sql, args)
-        await conn.execute(
-            "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
-            (now, name, tag),
-        )
-        await conn.execute(
-            f"INSERT INTO library_tag_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
-            (name, tag, repository, digest, now),
-        )
-        await conn.execute(
-            "UPDATE image_lineage SET current = (base_digest = ?) "
-            "WHERE library_name = ? AND library_tag = ?",
-            (digest, name, tag),
-        )
+            media_type, size = await cursor.fetchone() or ("", 0)
+        move = TagMove(name, tag, repository, digest, row[0], media_type, size)
+        for sql, args in announce(move):
+            await conn.execute(sql, args)
+    await conn.execute(
+        "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+        (now, name, tag),
+    )
+    await conn.execute(
+        f"INSERT INTO library_tag_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
+        (name, tag, repository, digest, now),
+    )
+    await conn.execute(
+        "UPDATE image_lineage SET current = (base_digest = ?) "
+        "WHERE library_name = ? AND library_tag = ?",
+        (digest, name, tag),
+    )
     return True
 
 
-async def end_tag(db: MetadataDB, name: str, tag: str, now: float | None = None) -> None:
-    """The library tag `name:tag` was deleted: it points at nothing from now on."""
+async def end_tag_within(
+    conn: aiosqlite.Connection, name: str, tag: str, now: float | None = None
+) -> None:
+    """The library tag `name:tag` was deleted: it points at nothing from now on. Runs inside
+    the caller's write transaction (the delete of the registry tag: both commit or neither)."""
     now = time.time() if now is None else now
-    async with db.transaction() as conn:
-        await conn.execute(
-            "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
-            (now, name, tag),
-        )
-        await conn.execute(
-            "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
-            (name, tag),
-        )
+    await conn.execute(
+        "UPDATE library_tag_history SET until = ? WHERE name = ? AND tag = ? AND until IS NULL",
+        (now, name, tag),
+    )
+    await conn.execute(
+        "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
+        (name, tag),
+    )
 
 
 async def tag_history(
