@@ -131,7 +131,7 @@ class Config:
 def s3_settings(section: Mapping[str, Any]) -> S3Settings:
     """`storage.s3` as storage's settings object (durations in seconds)."""
     raw = dict(section or {})
-    for key in ("redirect_expiry", "connect_timeout", "read_timeout"):
+    for key in ("redirect_expiry", "connect_timeout", "read_timeout", "upload_memory_wait"):
         if key in raw:
             raw[key] = parse_duration(raw[key])
     return S3Settings(**raw)
