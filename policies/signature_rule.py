@@ -145,8 +145,9 @@ class SignatureRequirement:
         proved, found = self._proved(findings, repository, now)
         if len(proved) < self.count:
             return False, found, None
-        # The allow relies on the `count` longest-lived proofs; it ends with the first of them.
-        ends = sorted(proved.values(), key=lambda t: float("inf") if t is None else -t)
+        # The allow relies on the `count` longest-lived proofs (one that never ends first); it
+        # ends with the first of them.
+        ends = sorted(proved.values(), key=lambda t: float("-inf") if t is None else -t)
         return True, found, earliest(ends[: self.count])
 
     def evaluate(self, context: Context) -> Decision:

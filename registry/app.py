@@ -18,13 +18,14 @@ from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
 from registry.config import Config
 from registry.console import setup_console
-from registry.context import CONTEXT, RegistryContext
+from registry.context import CONTEXT, PIPELINE, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
 from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
+from registry.pipeline import ManifestPipeline
 from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from storage import reserve
@@ -85,6 +86,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
         events.start()
+        app[PIPELINE] = ManifestPipeline(db, store, gate, events)
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
         if not config.auth_enabled and any(
