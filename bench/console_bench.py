@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from storage.layout import DataLayout
-from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB
+from storage.metadata import DecisionRecord, ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
 from tests.server_process import start_registry
 
@@ -56,7 +56,7 @@ def digest(data: bytes) -> str:
 
 async def populate(data_dir: Path, repositories: int, decisions: int) -> list[str]:
     """Write the repositories and the decision log; the repository names."""
-    db = await MetadataDB.open(DataLayout(data_dir).database)
+    db = await open_metadata(DataLayout(data_dir).database)
     names = []
     try:
         for i in range(repositories):

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB
+from storage.metadata import ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
 from tests.server_process import RegistryProcess, start_registry
 
@@ -58,7 +58,7 @@ def _manifest(number: int, kind: str) -> tuple[str, bytes]:
 
 async def fill(data_dir: Path, untagged: int, *, tagged: bool) -> None:
     """Record `untagged` untagged manifests (and the tagged ones once) in repository `bench`."""
-    db = await MetadataDB.open(DataLayout(data_dir).database)
+    db = await open_metadata(DataLayout(data_dir).database)
     try:
         await db.link_blob("bench", "sha256:" + "c" * 64, 2)
         references = [Reference("sha256:" + "c" * 64, "blob")]

@@ -35,7 +35,7 @@ from policies.loader import parse_policy
 from registry.config import load_config
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB
+from storage.metadata import ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -74,7 +74,7 @@ async def run(rules: int, iterations: int) -> dict[str, dict[str, float]]:
     scratch = Path(tempfile.mkdtemp(prefix="policy-bench-"))
     config = load_config(environ={}, overrides={"data_dir": str(scratch)})
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(scratch).database)
+    db = await open_metadata(DataLayout(scratch).database)
     try:
         config_blob = json.dumps(
             {

@@ -20,9 +20,10 @@ from policies.library.lineage import Lineage
 from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
 from policies.signatures.proofs import SignatureEvidence, gather_signatures
-from registry.scans.store import StoredReport, gather_scans
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
+from storage.metadata.scan_store import gather_scans
+from storage.metadata.scans import StoredReport
 from storage.oci.digests import parse_digest
 from storage.oci.image_kind import PAYLOAD_HEAD, Classification, Kind, classify, inert_payload
 from storage.oci.manifest import platform_string

@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 from policies.decisions import Decision, day_end, earliest
 from policies.facts import SCANS
 from policies.rules import Context, short
-from registry.scans.store import StoredReport
 from shared.durations import DurationError, parse_duration
+from storage.metadata.scans import StoredReport
 from storage.scan_reports import SEVERITIES
 
 #: IDs named in a reason at most, per count.

@@ -32,7 +32,7 @@ from registry.upload_sessions import UploadSessions
 from storage import reserve
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         # First, so that an invalid policy stops start-up before anything is opened.
         policy = startup_policy(config.policy_file) if loaded is None else loaded
         store = open_blob_store(config.blob_store)
-        db = await MetadataDB.open(DataLayout(config.data_dir).database)
+        db = await open_metadata(DataLayout(config.data_dir).database)
         # Room for `trustyard gc` to work in should the disk fill up (storage.reserve).
         await asyncio.to_thread(reserve.ensure, DataLayout(config.data_dir))
         uploads = UploadSessions(db, store)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import socket
-import sqlite3
 import ssl
 import sys
 from importlib import metadata
@@ -50,6 +49,7 @@ from registry.storage_commands import (
     storage_overrides,
 )
 from storage.errors import StorageUnavailable
+from storage.metadata import DATABASE_ERRORS
 
 log = logging.getLogger("trustyard")
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except sqlite3.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         print(
             f"trustyard: the metadata database cannot be used ({exc}): is --data-dir a "
             "Trustyard data directory? Restore a damaged one with `trustyard restore`",

@@ -39,7 +39,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if context is None:
         checks["startup"] = "still starting"
     else:
-        checks["database"] = await _check(context.db.read("SELECT 1"))
+        checks["database"] = await _check(context.db.ping())
         checks["blob_store"] = await _check(context.store.size(_EMPTY))
         configured = context.config.policy_file is not None
         loaded = context.policy.policy is not UNSAFE_ALLOW_EVERYTHING

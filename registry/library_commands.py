@@ -30,7 +30,7 @@ from registry.progress import terminal_progress
 from registry.proxy.sync import SYNC_ACTOR, SyncError, sync_tags, targets
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 
 LIBRARY_COMMANDS = ("library",)
 
@@ -86,7 +86,7 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         print(f"trustyard: invalid policy:\n{exc}", file=sys.stderr)
         return 2
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         result = await import_image(
             db,
@@ -142,7 +142,7 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         print(f"trustyard: library sync: {exc}", file=sys.stderr)
         return 2
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     # A move is queued as `library.tag.updated` in the outbox, in the move's transaction: the
     # server delivers it.
     announce = EventHub(db, EventSettings.from_config(config)).library_moved(SYNC_ACTOR)
@@ -157,7 +157,7 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _stale(config: Config, as_json: bool, out: TextIO) -> int:
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         found = await stale_images(db)
     finally:

@@ -18,7 +18,6 @@ from policies.decisions import Verdict
 from policies.facts import PolicyRequest
 from registry.context import PIPELINE, context
 from registry.events.hub import EVENTS
-from storage.metadata import gc_run_totals
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -196,7 +195,7 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
         uploads.in_progress,
         uploads.bytes_received,
         events=events,
-        gc=await gc_run_totals(registry.db),
+        gc=await registry.db.gc_run_totals(),
         observer_failures=request.app[PIPELINE].failures if PIPELINE in request.app else None,
     )
     text += "".join(section() for section in request.app[METRICS].sections)

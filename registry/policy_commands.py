@@ -24,7 +24,7 @@ from registry.config import Config
 from shared.durations import parse_since
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from storage.oci.digests import parse_digest
 from storage.oci.grammar import check_name, check_tag
 
@@ -156,7 +156,7 @@ async def explain(
         print(f"trustyard: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         if reference.startswith("sha256:") or reference.startswith("sha512:"):
             record = await db.get_manifest(repository, reference)
@@ -237,7 +237,7 @@ async def show_decisions(
     except ValueError as exc:
         print(f"trustyard: {exc}", file=sys.stderr)
         return 2
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     try:
         rows = await db.list_decisions(
             repository=args.repository,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import sqlite3
 import ssl
 import tempfile
 from pathlib import Path
 
 from storage.layout import SCHEMA_VERSION, DataLayout
+from storage.metadata import DATABASE_ERRORS
+from storage.metadata.sqlite import schema_version_of
 
 
 class OperatorError(Exception):
@@ -99,16 +100,8 @@ def check_database(database: Path) -> None:
     if not database.exists():
         return
     try:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-        try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-            version = None
-            if "schema_version" in tables:
-                row = connection.execute("SELECT version FROM schema_version").fetchone()
-                version = row[0] if row else None
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as exc:
+        version = schema_version_of(database)
+    except DATABASE_ERRORS as exc:
         raise OperatorError(
             f"the metadata database {database} cannot be used ({exc}): is this a Trustyard "
             "data directory? Restore a damaged one with `trustyard restore`"

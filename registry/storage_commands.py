@@ -23,7 +23,7 @@ from storage.errors import StorageFull
 from storage.fsck import check_blobs
 from storage.gc import GCReport, collect_garbage
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 
 STORAGE_COMMANDS = frozenset({"gc", "fsck"})
 
@@ -100,7 +100,7 @@ def _collection_lock(layout: DataLayout) -> Iterator[None]:
 
 async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
     shown = False
 
@@ -143,7 +143,7 @@ async def _gc(config: Config, *, dry_run: bool, as_json: bool) -> int:
 
 async def _fsck(config: Config, *, quarantine: bool, as_json: bool) -> int:
     store = open_blob_store(config.blob_store)
-    db = await MetadataDB.open(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database)
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int, hashed: int) -> None:

@@ -88,7 +88,7 @@ async def check_blobs(
     """Re-hash every recorded blob; report (and quarantine) the damaged ones."""
     started = time.monotonic()
     report = FsckReport()
-    total = int((await db.read("SELECT COUNT(*) FROM blobs"))[0][0])
+    total = await db.blob_count()
     limit = asyncio.Semaphore(PARALLEL)
 
     async def check(digest_text: str, size: int) -> None:
@@ -105,10 +105,7 @@ async def check_blobs(
 
     after = ""
     while True:
-        page = await db.read(
-            "SELECT digest, size FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?",
-            (after, PAGE),
-        )
+        page = await db.blobs_after(after, PAGE)
         if not page:
             break
         after = page[-1][0]

@@ -23,14 +23,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import gc_rules
 from storage.blobstore import BlobStore, StoredObject
 from storage.errors import StorageFull
-from storage.metadata import MetadataDB, record_gc_run
+from storage.metadata import MetadataDB
 from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ async def collect_garbage(
     if not dry_run:
         # Remembered for the console; a disk still too full to record it fails nothing.
         with contextlib.suppress(StorageFull):
-            await record_gc_run(db, now, report.summary())
+            await db.record_gc_run(now, time.time(), report.summary())
     return report
 
 
@@ -173,12 +172,11 @@ class _Collection:
         self.progress = progress
         self.report = GCReport()
 
-    async def _delete_each(
-        self, sql: str, rows: list[dict[str, Any]], *, evidence: bool = False
-    ) -> list[int]:
+    async def _paced(self, deletion: Awaitable[list[int]]) -> list[int]:
+        """Run one deleting transaction, then show progress and pause."""
         started = time.monotonic()
         try:
-            return await self.db.delete_each(sql, rows, evidence=evidence)
+            return await deletion
         finally:
             if self.progress is not None:
                 self.progress(self.report)
@@ -201,21 +199,12 @@ class _Collection:
             deleted_in_pass = 0
             after = ("", "")
             while True:
-                page = await self.db.read(
-                    gc_rules.MARK_MANIFESTS,
-                    {
-                        "cutoff": self.cutoff,
-                        "repository": after[0],
-                        "digest": after[1],
-                        "limit": self.pacing.size,
-                    },
-                )
+                page = await self.db.collectable_manifests(self.cutoff, after, self.pacing.size)
                 if not page:
                     break
-                after = (page[-1][0], page[-1][1])
-                rows = [{"cutoff": self.cutoff, "repository": r, "digest": d} for r, d in page]
-                for position in await self._delete_each(
-                    gc_rules.DELETE_MANIFEST, rows, evidence=True
+                after = page[-1]
+                for position in await self._paced(
+                    self.db.delete_manifests_if_collectable(self.cutoff, page)
                 ):
                     self.report.manifests.append((page[position][0], page[position][1]))
                     deleted_in_pass += 1
@@ -226,18 +215,18 @@ class _Collection:
         """Delete collectable blobs by the deletion protocol, a batch at a time."""
         after = ""
         while True:
-            page = await self.db.read(
-                gc_rules.MARK_BLOBS,
-                {"cutoff": self.cutoff, "digest": after, "limit": self.pacing.size},
-            )
+            page = await self.db.collectable_blobs(self.cutoff, after, self.pacing.size)
             if not page:
                 return
             after = page[-1][0]
             digests = [parse_digest(row[0]) for row in page]
             await self.store.move_to_trash(digests)
-            rows = [{"cutoff": self.cutoff, "digest": row[0]} for row in page]
             try:
-                deleted = set(await self._delete_each(gc_rules.DELETE_BLOB, rows))
+                deleted = set(
+                    await self._paced(
+                        self.db.delete_blobs_if_collectable(self.cutoff, [d for d, _ in page])
+                    )
+                )
             except BaseException:
                 await self.store.restore_from_trash(digests)
                 raise
@@ -285,8 +274,7 @@ class _Collection:
         stale = await self.db.uploads_started_before(upload_cutoff)
         for first in range(0, len(stale), self.pacing.size):
             ids = stale[first : first + self.pacing.size]
-            rows = [{"id": upload_id, "cutoff": upload_cutoff} for upload_id in ids]
-            for position in await self._delete_each(gc_rules.DELETE_UPLOAD, rows):
+            for position in await self._paced(self.db.delete_uploads_if_stale(upload_cutoff, ids)):
                 await self.store.abort(ids[position])
                 self.report.uploads.append(ids[position])
         sessions = await self.db.upload_ids()
@@ -305,22 +293,12 @@ async def _simulate(
 ) -> GCReport:
     """What a real run would remove now: the same rules, cascade included, in one snapshot."""
     report = GCReport(dry_run=True)
-    async with db.snapshot() as conn:
-        await conn.execute(gc_rules.SIMULATION_TABLE)
-        while delete_untagged:
-            cursor = await conn.execute(gc_rules.SIMULATE_MANIFESTS, {"cutoff": cutoff})
-            if cursor.rowcount <= 0:
-                break
-        async with conn.execute("SELECT repository, digest FROM temp.gc_gone") as cursor:
-            report.manifests = [(row[0], row[1]) async for row in cursor]
-        async with conn.execute(gc_rules.SIMULATE_BLOBS, {"cutoff": cutoff}) as cursor:
-            async for digest, size in cursor:
-                report.blobs.append(digest)
-                report.bytes_freed += int(size)
-        async with conn.execute(
-            "SELECT id FROM uploads WHERE started_at < ?", (upload_cutoff,)
-        ) as cursor:
-            report.uploads = [row[0] async for row in cursor]
+    simulated = await db.simulate_collection(cutoff, upload_cutoff, delete_untagged=delete_untagged)
+    report.manifests = list(simulated.manifests)
+    for digest, size in simulated.blobs:
+        report.blobs.append(digest)
+        report.bytes_freed += size
+    report.uploads = list(simulated.uploads)
     trashed = [digest async for digest in store.list_trash()]
     known = await db.known_among([str(d) for d in trashed])
     report.orphan_files += [str(d) for d in trashed if str(d) not in known]

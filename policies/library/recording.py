@@ -19,15 +19,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-import aiosqlite
-
 from policies.library.declaration import Library
 from policies.library.history import (
     Announce,
     TagGuard,
     candidates,
-    end_tag_within,
-    move_tag,
     tag_history,
 )
 from policies.library.images import platform_images
@@ -39,7 +35,7 @@ from policies.library.signing import (
     unsigned,
 )
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import EndLibraryTag, FollowLibraryTag, LineageRow, MetadataDB
 
 log = logging.getLogger("trustyard.library")
 
@@ -102,45 +98,20 @@ async def record_lineage(
     recorded. An image with no base at all is remembered by its first layers, to be traced
     again when a library tag gains a digest it may be built on (`retrace_after_move`)."""
     now = time.time() if now is None else now
-    rows = [
-        (
-            repository,
-            digest,
-            lineage.platform or "",
-            lineage.base.name,
-            lineage.base.tag,
-            lineage.base.digest,
-            int(lineage.base.current),
-            lineage.shared,
-            now,
+    bases = [
+        LineageRow(
+            platform=lineage.platform or "",
+            library_name=lineage.base.name,
+            library_tag=lineage.base.tag,
+            base_digest=lineage.base.digest,
+            current=lineage.base.current,
+            shared_layers=lineage.shared,
         )
         for lineage in lineages
         if lineage.base is not None and not lineage.base.pending
     ]
-    async with db.transaction() as conn:
-        await conn.execute(
-            "DELETE FROM image_lineage WHERE repository = ? AND image_digest = ?",
-            (repository, digest),
-        )
-        await conn.executemany(
-            "INSERT OR REPLACE INTO image_lineage (repository, image_digest, platform, "
-            "library_name, library_tag, base_digest, current, shared_layers, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        await conn.execute(
-            "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
-            (repository, digest),
-        )
-        if not rows:
-            await conn.executemany(
-                "INSERT OR IGNORE INTO images_without_base (first_layer, repository, "
-                "image_digest) VALUES (?, ?, ?)",
-                [
-                    (layer, repository, digest)
-                    for layer in sorted(first_layers([lineage.image for lineage in lineages]))
-                ],
-            )
+    layers = [] if bases else sorted(first_layers([lineage.image for lineage in lineages]))
+    await db.record_lineage(repository, digest, bases, layers, now)
 
 
 async def record_current_lineage(
@@ -206,12 +177,7 @@ async def retrace_after_move(
     )
     if not layers:
         return 0
-    found = await db.read(
-        "SELECT DISTINCT repository, image_digest FROM images_without_base "
-        f"WHERE first_layer IN ({', '.join('?' * len(layers))}) AND repository != ? "
-        "ORDER BY repository, image_digest LIMIT ?",
-        (*layers, repository, limit + 1),
-    )
+    found = await db.images_without_base(layers, repository, limit + 1)
     if len(found) > limit:
         log.warning(
             "%s@%s: more than %d images without a base may be built on it; traced the first %d, "
@@ -226,11 +192,7 @@ async def retrace_after_move(
     for image_repository, image_digest in found[:limit]:
         image = await db.get_manifest(image_repository, image_digest)
         if image is None:  # deleted since: nothing to trace
-            async with db.transaction() as conn:
-                await conn.execute(
-                    "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
-                    (image_repository, image_digest),
-                )
+            await db.forget_image_without_base(image_repository, image_digest)
             continue
         images = await platform_images(db, store, image_repository, image_digest, image.content)
         lineages = find_lineage(images, [c for c in known if c.repository != image_repository])
@@ -244,25 +206,21 @@ async def retrace_after_move(
     return recorded
 
 
-async def move_pushed_tag(
-    conn: aiosqlite.Connection,
+def follow_pushed_tag(
     library: Library | None,
     repository: str,
     digest: str,
     tag: str | None,
     announce: Announce | None = None,
-) -> bool:
-    """Inside the push's own transaction: a declared library tag of an image that asks no
-    signature follows the registry tag (its history, its `announce`d move), so the two never
-    disagree, crash or not. Whether the history moved. A `signed_by` image's tag follows only
-    once signed, after the commit (`record_library_push`)."""
+) -> FollowLibraryTag | None:
+    """What the push's own transaction changes of the library: a declared library tag of an
+    image that asks no signature follows the registry tag (its history, its `announce`d move),
+    so the two never disagree, crash or not. None when nothing follows. A `signed_by` image's
+    tag follows only once signed, after the commit (`record_library_push`)."""
     image = None if library is None else library.image_at(repository)
     if image is None or tag is None or tag not in image.tags or image.signed_by:
-        return False
-    moved = await move_tag(conn, image.name, tag, repository, digest, announce=announce)
-    if moved:
-        log.info("library %s:%s now points to %s", image.name, tag, digest)
-    return moved
+        return None
+    return FollowLibraryTag(image.name, tag, repository, digest, announce)
 
 
 async def record_library_push(
@@ -309,16 +267,13 @@ async def record_library_push(
         await retrace_after_move(db, store, library, repository, gain)
 
 
-async def end_deleted_tags(
-    conn: aiosqlite.Connection, library: Library | None, repository: str, tags: Sequence[str]
-) -> None:
-    """Inside the delete's own transaction: every declared library tag among the deleted `tags`
-    of `repository` points at nothing from now on, so its history row ends and the images built
-    on it are no longer on its current digest."""
+def end_deleted_tags(
+    library: Library | None, repository: str, tags: Sequence[str]
+) -> list[EndLibraryTag]:
+    """What the delete's own transaction changes of the library: every declared library tag
+    among the deleted `tags` of `repository` points at nothing from now on, so its history row
+    ends and the images built on it are no longer on its current digest."""
     image = None if library is None else library.image_at(repository)
     if image is None:
-        return
-    for tag in tags:
-        if tag in image.tags:
-            await end_tag_within(conn, image.name, tag)
-            log.info("library %s:%s deleted", image.name, tag)
+        return []
+    return [EndLibraryTag(image.name, tag) for tag in tags if tag in image.tags]

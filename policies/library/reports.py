@@ -17,7 +17,7 @@ from typing import Any
 from policies.library.declaration import Library
 from policies.library.history import TagHistoryEntry, tag_history
 from policies.library.signing import Pending, pending_tags
-from storage.metadata import MetadataDB
+from storage.metadata import ConsumerRow, MetadataDB
 
 
 @dataclass
@@ -51,68 +51,51 @@ class Consumer:
         return {**asdict(self), "base": self.base, "behind_seconds": round(self.behind(now))}
 
 
-_CONSUMERS = (
-    "SELECT l.repository, t.name, l.image_digest, l.library_name, l.library_tag, l.base_digest, "
-    "l.current, "
-    "(SELECT h.digest FROM library_tag_history h WHERE h.name = l.library_name "
-    " AND h.tag = l.library_tag AND h.until IS NULL), "
-    "(SELECT max(h.until) FROM library_tag_history h WHERE h.name = l.library_name "
-    " AND h.tag = l.library_tag AND h.digest = l.base_digest), "
-    "l.platform "
-    "FROM image_lineage l JOIN tags t ON t.repository = l.repository AND t.digest = l.image_digest "
-)
-
-
-def _consumers(rows: Sequence[Sequence[Any]]) -> list[Consumer]:
+def _consumers(rows: Sequence[ConsumerRow]) -> list[Consumer]:
+    """One `Consumer` per tagged image and base, its platforms gathered (rows come ordered)."""
     grouped: dict[tuple[str, ...], Consumer] = {}
     for row in rows:
-        key = tuple(row[:6])
+        key = (
+            row.repository,
+            row.tag,
+            row.image_digest,
+            row.library_name,
+            row.library_tag,
+            row.base_digest,
+        )
         consumer = grouped.get(key)
         if consumer is None:
             consumer = grouped[key] = Consumer(
-                repository=row[0],
-                tag=row[1],
-                digest=row[2],
-                library_name=row[3],
-                library_tag=row[4],
-                base_digest=row[5],
-                current=bool(row[6]),
-                current_digest=row[7],
-                replaced_at=None if row[6] else row[8],
+                repository=row.repository,
+                tag=row.tag,
+                digest=row.image_digest,
+                library_name=row.library_name,
+                library_tag=row.library_tag,
+                base_digest=row.base_digest,
+                current=row.current,
+                current_digest=row.current_digest,
+                replaced_at=None if row.current else row.replaced_at,
             )
-        if row[9]:
-            consumer.platforms.append(row[9])
+        if row.platform:
+            consumer.platforms.append(row.platform)
     return list(grouped.values())
 
 
 async def consumers(db: MetadataDB, name: str, tag: str) -> list[Consumer]:
     """Tagged images built on library tag `name:tag` (any digest it ever pointed at)."""
-    rows = await db.read(
-        _CONSUMERS + "WHERE l.library_name = ? AND l.library_tag = ? "
-        "ORDER BY l.repository, t.name, l.platform",
-        (name, tag),
-    )
-    return _consumers(rows)
+    return _consumers(await db.library_consumers(name, tag))
 
 
 async def stale_images(db: MetadataDB) -> list[Consumer]:
     """The rebuild list: tagged images whose base digest is no longer its tag's current one,
     longest behind first."""
-    rows = await db.read(
-        _CONSUMERS + "WHERE l.current = 0 ORDER BY l.repository, t.name, l.platform"
-    )
+    rows = await db.stale_consumers()
     return sorted(_consumers(rows), key=lambda c: (c.replaced_at or 0.0, c.repository, c.tag))
 
 
 async def consumer_counts(db: MetadataDB) -> dict[tuple[str, str], tuple[int, int]]:
     """(library name, tag) -> (tagged consumers, of which stale)."""
-    rows = await db.read(
-        "SELECT l.library_name, l.library_tag, count(DISTINCT l.repository || '\n' || t.name), "
-        "count(DISTINCT CASE WHEN l.current = 0 THEN l.repository || '\n' || t.name END) "
-        "FROM image_lineage l JOIN tags t ON t.repository = l.repository "
-        "AND t.digest = l.image_digest GROUP BY l.library_name, l.library_tag"
-    )
-    return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
+    return await db.consumer_counts()
 
 
 def _iso(moment: float | None) -> str | None:

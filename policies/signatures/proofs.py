@@ -18,7 +18,6 @@ are malformed in a way no verifier foresaw proves nothing (it is never a server 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from policies.signatures.discovery import push_problem as _limits_problem
 from policies.signatures.findings import Finding, invalid
 from policies.signatures.trust import TrustConfig
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import MetadataDB, ProofRow
 from storage.oci.media_types import SIMPLE_SIGNING
 
 #: The fact name prefix a `signature` requirement needs: `signatures:<trust version>`.
@@ -134,49 +133,25 @@ async def record(
     """Replace the recorded proofs of an image (a row with empty digest marks "none found"),
     verified from the signatures `where` fingerprints (`discovery.sources`)."""
     now = time.time()
-    rows = [
-        (
-            repository,
-            image_digest,
+    proofs = [
+        ProofRow(
             f.signature_digest,
             f.signer,
-            int(f.valid),
-            json.dumps(
-                {
-                    "kind": f.kind,
-                    "reason": f.detail,
-                    "docker_reference": f.docker_reference,
-                    "predicate_type": f.predicate_type,
-                    "valid_until": f.valid_until,
-                    "sources": where,
-                }
-            ),
+            f.valid,
+            {
+                "kind": f.kind,
+                "reason": f.detail,
+                "docker_reference": f.docker_reference,
+                "predicate_type": f.predicate_type,
+                "valid_until": f.valid_until,
+                "sources": where,
+            },
             trust.version,
             now,
         )
         for f in findings
-    ] or [
-        (
-            repository,
-            image_digest,
-            "",
-            None,
-            0,
-            json.dumps({"sources": where}),
-            trust.version,
-            now,
-        )
-    ]
-    async with db.transaction() as conn:
-        await conn.execute(
-            "DELETE FROM signature_proofs WHERE repository = ? AND image_digest = ?",
-            (repository, image_digest),
-        )
-        await conn.executemany(
-            "INSERT INTO signature_proofs (repository, image_digest, signature_digest, signer, "
-            "valid, detail, trust_version, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+    ] or [ProofRow("", None, False, {"sources": where}, trust.version, now)]
+    await db.replace_signature_proofs(repository, image_digest, proofs)
 
 
 async def recorded(
@@ -184,19 +159,16 @@ async def recorded(
 ) -> list[Finding] | None:
     """The proofs recorded for an image under `trust` from the signatures it has now, or None
     when it must be verified."""
-    rows = await db.read(
-        "SELECT signature_digest, signer, valid, detail, trust_version FROM signature_proofs "
-        "WHERE repository = ? AND image_digest = ?",
-        (repository, image_digest),
-    )
-    if not rows or any(row[4] != trust.version for row in rows):
+    rows = await db.signature_proofs(repository, image_digest)
+    if not rows or any(row.trust_version != trust.version for row in rows):
         return None
-    metas: list[Mapping[str, Any]] = [json.loads(row[3]) for row in rows]
+    metas: list[Mapping[str, Any]] = [row.detail for row in rows]
     where = await sources(db, repository, image_digest)
     if any(meta.get("sources") != where for meta in metas):
         return None  # a signature was deleted, replaced or added since: verify again
     found = []
-    for (digest, signer, valid, _, _), meta in zip(rows, metas, strict=True):
+    for row, meta in zip(rows, metas, strict=True):
+        digest, signer, valid = row.signature_digest, row.signer, row.valid
         if not digest:
             continue
         until = meta.get("valid_until")
@@ -267,12 +239,7 @@ async def gather(
                 children[child] = tuple(await findings_for(db, store, trust, repository, child))
     parents: dict[str, tuple[Finding, ...]] = {}
     if not any(f.valid for f in image) and not children:
-        rows = await db.read(
-            "SELECT manifest_digest FROM manifest_references WHERE repository = ? AND "
-            "child_digest = ? AND kind = 'manifest' LIMIT ?",
-            (repository, digest, MAX_PARENTS),
-        )
-        for (parent,) in rows:
+        for parent in await db.parent_indexes(repository, digest, MAX_PARENTS):
             parents[parent] = tuple(await findings_for(db, store, trust, repository, parent))
     return SignatureEvidence(image, children, parents)
 

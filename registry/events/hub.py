@@ -10,14 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from policies.library.declaration import Library
-from policies.library.history import Announce, TagMove
 from registry.errors import ANSWERABLE, spec_error
 from registry.events.cloudevents import Event, manifest_data, subject
 from registry.events.outbox import Outbox
 from registry.events.pulls import PullReporter
 from registry.events.sender import Sender
 from registry.events.settings import EventSettings
-from storage.metadata import ManifestRecord, MetadataDB, Statements
+from storage.metadata import Announce, LibraryMove, ManifestRecord, MetadataDB, OutboxRows
 from storage.oci.errors import DENIED
 
 
@@ -50,10 +49,10 @@ class EventHub:
 
     def library_moved(self, actor: str) -> Announce:
         """`library.tag.updated` rows for the transaction that moves a declared library tag's
-        history (see `policies.library.history.record_tag`): images built on the previous
+        history (`MetadataDB.move_library_tag`): images built on the previous
         digest need a rebuild."""
 
-        def rows(move: TagMove) -> Statements:
+        def rows(move: LibraryMove) -> OutboxRows:
             data = manifest_data(
                 tag=move.tag,
                 digest=move.digest,
@@ -73,7 +72,7 @@ class EventHub:
 
     def push_statements(
         self, record: ManifestRecord, tag: str | None, actor: str, previous: str | None = None
-    ) -> Statements:
+    ) -> OutboxRows:
         """Outbox rows for a manifest push, for the push's own transaction."""
         data = _record_data(record, tag, actor)
         where = subject(record.repository, tag, record.digest)
@@ -91,7 +90,7 @@ class EventHub:
 
     def delete_statements(
         self, record: ManifestRecord, tag: str | None, tags: list[str], actor: str
-    ) -> Statements:
+    ) -> OutboxRows:
         """Outbox rows for deleting a tag (`tag`) or a manifest (with its `tags`)."""
         data = _record_data(record, tag, actor)
         if tag is not None:

@@ -13,7 +13,6 @@ from aiohttp import web
 from registry.context import context
 from registry.handlers.query_params import bad_query, text
 from shared.durations import parse_since
-from storage.metadata import decision_counts
 
 MAX_BUCKETS = 200
 OUTCOMES = ("allow", "warn", "deny")
@@ -37,7 +36,7 @@ async def decisions_summary(request: web.Request) -> web.StreamResponse:
     width = max((now - since) / buckets, 1.0)
     repository = text(request.query, "repository", 255)
     await ctx.policy.flush()
-    rows = await decision_counts(ctx.db, since=since, bucket=width, repository=repository)
+    rows = await ctx.db.decision_counts(since=since, bucket=width, repository=repository)
     series: list[dict[str, Any]] = [
         {"start": since + i * width, **dict.fromkeys(OUTCOMES, 0)} for i in range(buckets)
     ]

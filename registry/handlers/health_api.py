@@ -16,7 +16,6 @@ from aiohttp import web
 
 from registry.context import context
 from registry.events.hub import EVENTS
-from storage.metadata import event_backlog, last_gc_run
 
 #: The policy text shown, at most (a policy file is a few kilobytes).
 MAX_POLICY_TEXT = 1024 * 1024
@@ -71,7 +70,7 @@ async def health(request: web.Request) -> web.StreamResponse:
         e.name: {"name": e.name, "pending": 0, "failed": 0, "oldest": None, "last_error": None}
         for e in request.app[EVENTS].settings.endpoints
     }
-    for name, state, count, oldest, error in await event_backlog(ctx.db):
+    for name, state, count, oldest, error in await ctx.db.event_backlog():
         entry = endpoints.setdefault(
             name, {"name": name, "pending": 0, "failed": 0, "oldest": None, "last_error": None}
         )
@@ -80,7 +79,7 @@ async def health(request: web.Request) -> web.StreamResponse:
         first = entry["oldest"]
         entry["oldest"] = _iso(oldest) if first is None else min(first, _iso(oldest) or first)
         entry["last_error"] = entry["last_error"] or error
-    gc = await last_gc_run(ctx.db)
+    gc = await ctx.db.last_gc_run()
     return web.json_response(
         {
             "version": _trustyard_version(),

@@ -26,7 +26,6 @@ from registry.context import context
 from registry.handlers.query_params import bad_query, page_size, text
 from registry.identity import identity
 from registry.scans.webhook import scanners as configured_scanners
-from storage.metadata import tagged_images
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
@@ -68,7 +67,7 @@ async def list_quarantine(request: web.Request) -> web.StreamResponse:
     limit = page_size(request.query, DEFAULT_PAGE, MAX_PAGE)
     after = _cursor(text(request.query, "last", 400))
     policy = ctx.policy.policy
-    rows = await tagged_images(ctx.db, limit=limit + 1, after=after)
+    rows = await ctx.db.tagged_images(limit=limit + 1, after=after)
     page = rows[:limit]
     images: list[dict[str, Any]] = []
     deadline = time.monotonic() + BUDGET

@@ -24,14 +24,7 @@ from registry.context import context
 from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.handlers.query_params import bad_query, page_size, text
-from registry.scans.store import ScanStore
-from storage.metadata import (
-    blob_sizes,
-    lineage_rows,
-    repository_summaries,
-    signature_proof_rows,
-    tag_rows,
-)
+from storage.metadata.scan_store import ScanStore
 from storage.oci.errors import NAME_UNKNOWN
 from storage.oci.grammar import check_name
 
@@ -62,7 +55,7 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
     limit = page_size(request.query, DEFAULT_PAGE, MAX_PAGE)
     prefix = text(request.query, "prefix", 255)
     last = text(request.query, "last", 255)
-    rows = await repository_summaries(ctx.db, limit=limit + 1, after=last, prefix=prefix)
+    rows = await ctx.db.repository_summaries(limit=limit + 1, after=last, prefix=prefix)
     body: dict[str, Any] = {
         "repositories": [
             {
@@ -88,7 +81,7 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
         raise RegistryError(NAME_UNKNOWN, {"name": name})
     limit = page_size(request.query, DEFAULT_PAGE, MAX_PAGE)
     last = text(request.query, "last", 128)
-    rows = await tag_rows(ctx.db, name, limit=limit + 1, after=last)
+    rows = await ctx.db.tag_rows(name, limit=limit + 1, after=last)
     body: dict[str, Any] = {
         "repository": name,
         "tags": [
@@ -171,9 +164,11 @@ async def _signatures(ctx: Any, repository: str, digest: str) -> list[dict[str, 
         versions.add(trust.version)
         await findings_for(ctx.db, ctx.store, trust, repository, digest)
     shown = []
-    for sig, signer, valid, detail, trust_version, verified_at in await signature_proof_rows(
-        ctx.db, repository, digest
-    ):
+    proofs = sorted(
+        await ctx.db.signature_proofs(repository, digest),
+        key=lambda proof: (proof.verified_at, proof.signature_digest),
+    )
+    for sig, signer, valid, detail, trust_version, verified_at in proofs:
         if not sig:
             continue  # "looked, found no signature" marker
         shown.append(
@@ -236,7 +231,7 @@ async def manifest_details(request: web.Request) -> web.StreamResponse:
     else:
         kind = "image"
     platforms = await _platforms(ctx, name, document) if kind == "index" else []
-    stored_sizes = await blob_sizes(ctx.db, [d["digest"] for d in layers])
+    stored_sizes = await ctx.db.blob_sizes([d["digest"] for d in layers])
     for layer in layers:
         layer["stored"] = layer["digest"] in stored_sizes
     size = record.size + (
@@ -244,7 +239,7 @@ async def manifest_details(request: web.Request) -> web.StreamResponse:
     )
     signatures = await _signatures(ctx, name, record.digest)
     referrers = await ctx.db.referrers(name, record.digest)
-    lineage = await lineage_rows(ctx.db, name, record.digest)
+    lineage = await ctx.db.lineage_of(name, record.digest)
     scanned = [record.digest, *(p["digest"] for p in platforms)]
     return web.json_response(
         {

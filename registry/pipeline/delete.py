@@ -118,10 +118,10 @@ async def _delete(
     change = Change("delete", record, delete.actor, tag=tag, tags=() if tag is not None else tags)
     staged = await observers.stage(change)
     if digest is not None:
-        deleted = await db.delete_manifest(name, digest, staged.statements, staged.run_within)
+        deleted = await db.delete_manifest(name, digest, staged.statements, staged.library)
     else:
         assert tag is not None
-        deleted = await db.delete_tag(name, tag, staged.statements, staged.run_within)
+        deleted = await db.delete_tag(name, tag, staged.statements, staged.library)
     if not deleted:  # deleted by someone else meanwhile
         raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     return change, headers

@@ -24,18 +24,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-import aiosqlite
+from typing import Literal, Protocol
 
 from policies.gateway import PolicyGate, PushCheck
 from policies.library.declaration import Library
 from policies.library.history import TagMove
-from policies.library.recording import end_deleted_tags, move_pushed_tag, record_library_push
+from policies.library.recording import end_deleted_tags, follow_pushed_tag, record_library_push
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
-from storage.metadata import ManifestRecord, MetadataDB, Statements, Within
+from storage.metadata import LibraryChange, ManifestRecord, MetadataDB, OutboxRow, OutboxRows
 
 log = logging.getLogger("trustyard.pipeline")
 
@@ -51,7 +49,7 @@ class Change:
     tags: tuple[str, ...] = ()  # a delete by digest: the tags it removes with the manifest
     check: PushCheck | None = None  # a push: what the policy decided
     previous: str | None = None  # a push by tag: the digest the tag pointed at before
-    #: Set inside the transaction: the pushed tag's library history moved with it.
+    #: Set by the store: the pushed tag's library history moved in its transaction.
     library_moved: bool = False
     #: Outbox rows staged with the change (none when no endpoint wants its events).
     outbox_rows: int = 0
@@ -69,16 +67,11 @@ class Change:
 
 @dataclass
 class Staged:
-    """What the observers add to a change's transaction: outbox rows, then work on the
-    transaction's connection (in the order added)."""
+    """What the observers add to a change's transaction, as values the metadata interface
+    writes in it: outbox rows, then library changes (in the order added)."""
 
-    statements: list[tuple[str, Sequence[Any]]] = field(default_factory=list)
-    within: list[Within] = field(default_factory=list)
-
-    async def run_within(self, conn: aiosqlite.Connection) -> None:
-        """Run every `within` on the change's transaction."""
-        for work in self.within:
-            await work(conn)
+    statements: list[OutboxRow] = field(default_factory=list)
+    library: list[LibraryChange] = field(default_factory=list)
 
 
 class Observer(Protocol):
@@ -216,34 +209,34 @@ class LibraryObserver:
             return
         if change.action == "delete":
             tags = (change.tag,) if change.tag is not None else change.tags
-
-            async def end(conn: aiosqlite.Connection) -> None:
-                await end_deleted_tags(conn, library, change.repository, tags)
-
-            staged.within.append(end)
+            staged.library.extend(end_deleted_tags(library, change.repository, tags))
             return
         rows = self.events.library_moved(change.actor)
 
-        def announce(move: TagMove) -> Statements:
+        def announce(move: TagMove) -> OutboxRows:
             statements = rows(move)
             change.outbox_rows += len(statements)
             return statements
 
-        async def move(conn: aiosqlite.Connection) -> None:
-            change.library_moved = await move_pushed_tag(
-                conn, library, change.repository, change.digest, change.tag, announce
-            )
-
-        staged.within.append(move)
+        follow = follow_pushed_tag(library, change.repository, change.digest, change.tag, announce)
+        if follow is not None:
+            staged.library.append(follow)
 
     async def after(self, change: Change) -> None:
         """A `signed_by` tag, lineage, re-tracing (pushes only)."""
         if change.action != "push" or change.check is None:
             return
+        if change.library_moved:
+            log.info(
+                "library tag of %s:%s now points to %s",
+                change.repository,
+                change.tag,
+                change.digest,
+            )
         rows = self.events.library_moved(change.actor)
         announced: list[int] = []
 
-        def announce(move: TagMove) -> Statements:
+        def announce(move: TagMove) -> OutboxRows:
             statements = rows(move)
             announced.append(len(statements))
             return statements

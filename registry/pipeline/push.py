@@ -177,7 +177,9 @@ async def push_manifest(
             references = prepared.parsed.references
             if push.references_fetched_later:
                 references = [Reference(r.digest, r.kind, required=False) for r in references]
-            await db.put_manifest(record, references, tag, staged.statements, staged.run_within)
+            moved = await db.put_manifest(
+                record, references, tag, staged.statements, staged.library
+            )
         except MissingReferences as exc:
             missing = exc.missing[0]
             raise OciError(
@@ -186,5 +188,6 @@ async def push_manifest(
                 message=f"manifest references {missing.kind} {missing.digest} unknown to "
                 f"repository {name}",
             ) from None
+        change.library_moved = bool(moved)
     await observers.after(change)
     return Stored(name, digest, prepared.parsed.subject, check.headers)

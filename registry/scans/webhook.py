@@ -45,7 +45,8 @@ from registry.errors import (
 from registry.events import signing
 from registry.scans.formats import parse_report
 from registry.scans.report_fields import ReportError
-from registry.scans.store import Replay, ReplayedRequest, ScanStore, StaleReport
+from storage.metadata.scan_store import ScanStore
+from storage.metadata.scans import Replay, ReplayedRequest, StaleReport
 from storage.oci.digests import parse_digest
 from storage.oci.errors import DIGEST_INVALID, MANIFEST_UNKNOWN, OciError
 

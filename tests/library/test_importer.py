@@ -17,7 +17,7 @@ from policies.library.importer import LibraryImportError, import_image
 from registry.cli import main
 from registry.context import CONTEXT
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from tests.library.images import (
     Image,
     layer_tar,
@@ -122,7 +122,7 @@ async def test_an_undeclared_tag_or_unknown_format_is_refused(
 
 
 async def _create_database(data: Path) -> None:
-    db = await MetadataDB.open(DataLayout(data).database)
+    db = await open_metadata(DataLayout(data).database)
     await db.close()
 
 

@@ -16,7 +16,7 @@ from registry.config import Config
 from storage.backends import open_blob_store
 from storage.blobstore import BlobStore
 from storage.gc import GCReport, collect_garbage
-from storage.metadata import MetadataDB
+from storage.metadata import SQLiteMetadata
 from tests.oci import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -118,7 +118,7 @@ class HookedStore:
         return hooked
 
 
-class HookedDB(MetadataDB):
+class HookedDB(SQLiteMetadata):
     """A metadata database that runs `hook` once before its first write transaction."""
 
     hook: Hook | None = None

@@ -8,7 +8,7 @@ import time
 from storage.filesystem import FilesystemBlobStore
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from storage.oci.digests import parse_digest
 from tests.oci import push_blob, push_image, sha256
 
@@ -16,7 +16,7 @@ from tests.oci import push_blob, push_image, sha256
 async def run_gc(data_dir, *, grace=0.0, dry_run=False, delete_untagged=True, stale=3600.0):
     layout = DataLayout(data_dir)
     store = FilesystemBlobStore(layout)
-    db = await MetadataDB.open(layout.database)
+    db = await open_metadata(layout.database)
     try:
         return await collect_garbage(
             db,

@@ -11,7 +11,7 @@ import sys
 import time
 
 from storage.layout import DataLayout
-from storage.metadata import ManifestRecord, MetadataDB
+from storage.metadata import ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
 from tests.oci import OCI_MANIFEST, push_blob
 from tests.storage.gc_helpers import image, put_manifest
@@ -31,7 +31,7 @@ async def test_server_writes_stay_fast_while_gc_deletes_thousands(client, data_d
     ]
     # Thousands of untagged manifests, recorded through the storage API (pushing them one by
     # one over HTTP would take most of the test's time).
-    db = await MetadataDB.open(DataLayout(data_dir).database)
+    db = await open_metadata(DataLayout(data_dir).database)
     try:
         for number in range(MANIFESTS):
             body = json.dumps({**base, "annotations": {"n": str(number)}}).encode()

@@ -22,7 +22,7 @@ import pytest
 from registry.app import create_app
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from storage.s3 import S3BlobStore
 from storage.settings import S3Settings
 from tests.conftest import make_config
@@ -253,7 +253,7 @@ async def test_gc_lists_with_pagination_and_deletes_in_batches(
         return real_delete(**kwargs)
 
     store.client.delete_objects = counting_delete  # type: ignore[method-assign]
-    db = await MetadataDB.open(DataLayout(data_dir).database)
+    db = await open_metadata(DataLayout(data_dir).database)
     try:
         report = await collect_garbage(
             db, store, grace_period=0, stale_upload_age=0, now=time.time() + 5

@@ -1,0 +1,310 @@
+"""Manifests and tags in SQLite (`storage.metadata.manifests`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from storage.metadata.library import LibraryChange
+from storage.metadata.manifests import (
+    ManifestRecord,
+    MissingReferences,
+    Reference,
+    Referrer,
+    RepositorySummary,
+    TagRow,
+)
+from storage.metadata.outbox import OutboxRow
+from storage.metadata.sqlite.connection import (
+    SQLiteBase,
+    bump_evidence,
+    ensure_repository,
+    write_outbox,
+)
+from storage.metadata.sqlite.library import apply_library_changes
+
+_MANIFEST_COLUMNS = (
+    "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
+)
+#: The same columns of `manifests m`, for joins.
+_M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+
+
+class SQLiteManifests(SQLiteBase):
+    """`ManifestsAndTags` on SQLite."""
+
+    async def repository_exists(self, name: str) -> bool:
+        """Whether anything was ever linked into the repository."""
+        return await self._one("SELECT 1 FROM repositories WHERE name = ?", (name,)) is not None
+
+    async def list_repositories(self, limit: int, after: str | None) -> list[str]:
+        """Repository names in lexical order, after `after`, at most `limit`."""
+        rows = await self._all(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (after or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    async def repository_summaries(
+        self, *, limit: int, after: str | None, prefix: str | None = None
+    ) -> list[RepositorySummary]:
+        """Repositories in lexical order after `after` (names starting with `prefix`), with
+        counts."""
+        clause, args = "", [after or ""]
+        if prefix:
+            # Prefix ranges instead of LIKE: no wildcard to escape, and the index serves it.
+            clause = "AND r.name >= ? AND r.name < ? "
+            args += [prefix, prefix + "\U0010ffff"]
+        rows = await self._all(
+            "SELECT r.name, "
+            "(SELECT count(*) FROM tags t WHERE t.repository = r.name), "
+            "(SELECT count(*) FROM manifests m WHERE m.repository = r.name), "
+            "coalesce((SELECT max(t.updated_at) FROM tags t WHERE t.repository = r.name), "
+            "r.created_at) "
+            f"FROM repositories r WHERE r.name > ? {clause}ORDER BY r.name LIMIT ?",
+            (*args, limit),
+        )
+        return [RepositorySummary(row[0], int(row[1]), int(row[2]), float(row[3])) for row in rows]
+
+    async def put_manifest(
+        self,
+        record: ManifestRecord,
+        references: Iterable[Reference],
+        tag: str | None,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
+    ) -> list[LibraryChange]:
+        """Store a manifest (and point `tag` at it) if everything it references is present,
+        with its `outbox` rows and `library` changes, in one transaction; the library changes
+        made."""
+        refs = list(dict.fromkeys(references))
+        now = time.time()
+        async with self.transaction() as db:
+            missing = []
+            for ref in refs:
+                if not ref.required:
+                    continue
+                if ref.kind == "blob":
+                    sql = "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?"
+                else:
+                    sql = "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?"
+                async with db.execute(sql, (record.repository, ref.digest)) as cursor:
+                    if await cursor.fetchone() is None:
+                        missing.append(ref)
+            if missing:
+                raise MissingReferences(missing)
+            await ensure_repository(db, record.repository, now)
+            await db.execute(
+                "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
+                "annotations, size, content, created_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                # Pushed again: its grace period starts over, as a re-uploaded blob's does.
+                "ON CONFLICT (repository, digest) DO UPDATE SET last_seen = excluded.last_seen",
+                (
+                    record.repository,
+                    record.digest,
+                    record.media_type,
+                    record.artifact_type,
+                    record.subject,
+                    None if record.annotations is None else json.dumps(record.annotations),
+                    record.size,
+                    record.content,
+                    now,
+                    now,
+                ),
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_references "
+                "(repository, manifest_digest, child_digest, kind) VALUES (?, ?, ?, ?)",
+                [(record.repository, record.digest, ref.digest, ref.kind) for ref in refs],
+            )
+            if refs:
+                # Blobs a manifest refers to are in use now: restart their grace period.
+                await db.executemany(
+                    "UPDATE blobs SET last_seen = ? WHERE digest = ?",
+                    [(now, ref.digest) for ref in refs if ref.kind == "blob"],
+                )
+            if tag is not None:
+                await db.execute(
+                    "INSERT INTO tags (repository, name, digest, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (repository, name) DO UPDATE SET "
+                    "digest = excluded.digest, updated_at = excluded.updated_at",
+                    (record.repository, tag, record.digest, now),
+                )
+            await bump_evidence(db, record.repository)
+            await write_outbox(db, outbox)
+            return await apply_library_changes(db, library, now)
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        """The manifest with this digest in the repository, or None."""
+        row = await self._one(
+            f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+        )
+        return None if row is None else _manifest(row)
+
+    async def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
+        """The manifest a tag points at, or None."""
+        row = await self._one(
+            f"SELECT {_M_MANIFEST_COLUMNS} FROM tags t JOIN manifests m "
+            "ON m.repository = t.repository AND m.digest = t.digest "
+            "WHERE t.repository = ? AND t.name = ?",
+            (repository, tag),
+        )
+        return None if row is None else _manifest(row)
+
+    async def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
+    ) -> bool:
+        """Delete a manifest, its references and every tag pointing at it; whether it existed."""
+        return await self._delete(
+            "DELETE FROM manifests WHERE repository = ? AND digest = ?",
+            (repository, digest),
+            outbox,
+            library,
+        )
+
+    async def delete_tag(
+        self,
+        repository: str,
+        tag: str,
+        outbox: Sequence[OutboxRow] = (),
+        library: Sequence[LibraryChange] = (),
+    ) -> bool:
+        """Delete a tag (the manifest stays); whether it existed."""
+        return await self._delete(
+            "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag), outbox, library
+        )
+
+    async def _delete(
+        self,
+        sql: str,
+        key: tuple[str, str],
+        outbox: Sequence[OutboxRow],
+        library: Sequence[LibraryChange],
+    ) -> bool:
+        """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
+        the repository's evidence, write `outbox` and make the `library` changes in the same
+        transaction."""
+        async with self.transaction() as db:
+            cursor = await db.execute(sql, key)
+            if cursor.rowcount > 0:
+                await bump_evidence(db, key[0])
+                await write_outbox(db, outbox)
+                await apply_library_changes(db, library, time.time())
+            return cursor.rowcount > 0
+
+    async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:
+        """Tags of a repository in lexical order, after `after`, at most `limit`."""
+        rows = await self._all(
+            "SELECT name FROM tags WHERE repository = ? AND name > ? ORDER BY name LIMIT ?",
+            (repository, after or "", limit),
+        )
+        return [row[0] for row in rows]
+
+    async def tag_rows(self, repository: str, *, limit: int, after: str | None) -> list[TagRow]:
+        """The tags of a repository in lexical order after `after`, with their manifests."""
+        rows = await self._all(
+            "SELECT t.name, t.digest, m.media_type, m.size, t.updated_at FROM tags t "
+            "JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest "
+            "WHERE t.repository = ? AND t.name > ? ORDER BY t.name LIMIT ?",
+            (repository, after or "", limit),
+        )
+        return [TagRow(row[0], row[1], row[2], int(row[3]), float(row[4])) for row in rows]
+
+    async def tagged_images(
+        self, *, limit: int, after: tuple[str, str] | None
+    ) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest) of every tag, by repository then tag, after `after`."""
+        repository, tag = after or ("", "")
+        rows = await self._all(
+            "SELECT repository, name, digest FROM tags WHERE (repository, name) > (?, ?) "
+            "ORDER BY repository, name LIMIT ?",
+            (repository, tag, limit),
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def tag_target(self, repository: str, tag: str) -> str | None:
+        """The digest a tag points at, or None."""
+        row = await self._one(
+            "SELECT digest FROM tags WHERE repository = ? AND name = ?", (repository, tag)
+        )
+        return None if row is None else str(row[0])
+
+    async def tags_of(self, repository: str, digest: str) -> list[str]:
+        """The tags pointing at a manifest, in lexical order."""
+        rows = await self._all(
+            "SELECT name FROM tags WHERE repository = ? AND digest = ? ORDER BY name",
+            (repository, digest),
+        )
+        return [row[0] for row in rows]
+
+    async def referrers(self, repository: str, subject: str) -> list[Referrer]:
+        """Manifests of the repository whose subject is `subject`, oldest first."""
+        rows = await self._all(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+            "WHERE repository = ? AND subject = ? ORDER BY created_at, digest",
+            (repository, subject),
+        )
+        return [
+            Referrer(row[0], row[1], row[2], row[3], None if row[4] is None else json.loads(row[4]))
+            for row in rows
+        ]
+
+    async def manifests_needing(
+        self, repository: str, digest: str, kind: str, limit: int
+    ) -> list[str]:
+        """Digests of the repository's manifests that reference `digest`, newest first."""
+        rows = await self._all(
+            "SELECT r.manifest_digest FROM manifest_references r JOIN manifests m "
+            "ON m.repository = r.repository AND m.digest = r.manifest_digest "
+            "WHERE r.repository = ? AND r.child_digest = ? AND r.kind = ? "
+            "ORDER BY m.created_at DESC, m.digest LIMIT ?",
+            (repository, digest, kind, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def parent_indexes(self, repository: str, digest: str, limit: int) -> list[str]:
+        """Digests of indexes of the repository that list the manifest `digest`."""
+        rows = await self._all(
+            "SELECT manifest_digest FROM manifest_references WHERE repository = ? AND "
+            "child_digest = ? AND kind = 'manifest' LIMIT ?",
+            (repository, digest, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def repositories_holding(self, digest: str) -> list[str]:
+        """The repositories holding a manifest with this digest, in lexical order."""
+        rows = await self._all(
+            "SELECT DISTINCT repository FROM manifests WHERE digest = ? ORDER BY repository",
+            (digest,),
+        )
+        return [row[0] for row in rows]
+
+    async def index_children(self, digest: str) -> list[str]:
+        """The manifests an index with this digest lists (empty for an image)."""
+        rows = await self._all(
+            "SELECT DISTINCT child_digest FROM manifest_references "
+            "WHERE manifest_digest = ? AND kind = 'manifest'",
+            (digest,),
+        )
+        return [row[0] for row in rows]
+
+
+def _manifest(row: Sequence[Any]) -> ManifestRecord:
+    return ManifestRecord(
+        repository=row[0],
+        digest=row[1],
+        media_type=row[2],
+        content=bytes(row[3]),
+        subject=row[4],
+        artifact_type=row[5],
+        annotations=None if row[6] is None else json.loads(row[6]),
+        created_at=row[7],
+    )
