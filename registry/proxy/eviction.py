@@ -18,7 +18,6 @@ import time
 from registry.context import RegistryContext
 from registry.proxy.stats import ProxyStats
 from registry.upstream_settings import ProxySettings
-from storage.proxy_cache import evict_image, eviction_order, exclusive_bytes, mark_pulled
 
 log = logging.getLogger("trustyard.proxy")
 
@@ -43,7 +42,7 @@ class Evictor:
     async def flush(self) -> None:
         """Write the pulls noted so far."""
         pulls, self._pulls = self._pulls, {}
-        await mark_pulled(self.ctx.db, [(r, d, t) for (r, d), t in pulls.items()])
+        await self.ctx.db.mark_pulled([(r, d, t) for (r, d), t in pulls.items()])
 
     async def run(self) -> None:
         """Flush and evict every `evict_interval`, for as long as the proxy runs."""
@@ -57,10 +56,12 @@ class Evictor:
     async def proxied_repositories(self) -> list[str]:
         """Repositories an upstream serves, outside the library's namespace."""
         library = self.ctx.policy.policy.library
-        rows = await self.ctx.db.read("SELECT name FROM repositories ORDER BY name")
+        names: list[str] = []
+        while page := await self.ctx.db.list_repositories(1000, names[-1] if names else None):
+            names += page
         return [
             name
-            for (name,) in rows
+            for name in names
             if self.settings.route(name) is not None
             and not (library is not None and library.in_namespace(name))
         ]
@@ -73,14 +74,14 @@ class Evictor:
             if limit is None:
                 return 0
             repositories = await self.proxied_repositories()
-            used = await exclusive_bytes(self.ctx.db, repositories)
+            used = await self.ctx.db.exclusive_bytes(repositories)
             evicted = 0
             while used > limit:
-                batch = await eviction_order(self.ctx.db, repositories, BATCH)
+                batch = await self.ctx.db.eviction_order(repositories, BATCH)
                 if not batch:
                     break
                 for image in batch:
-                    gone = await evict_image(self.ctx.db, image.repository, image.digest)
+                    gone = await self.ctx.db.evict_image(image.repository, image.digest)
                     self.ctx.policy.evidence_changed(image.repository)
                     evicted += 1
                     self.stats.count("evicted")
@@ -94,7 +95,7 @@ class Evictor:
                         len(gone),
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(image.last_pulled)),
                     )
-                    used = await exclusive_bytes(self.ctx.db, repositories)
+                    used = await self.ctx.db.exclusive_bytes(repositories)
                     if used <= limit:
                         break
             return evicted

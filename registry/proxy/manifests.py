@@ -44,7 +44,6 @@ from storage.oci.errors import OciError
 from storage.oci.grammar import is_digest
 from storage.oci.manifest import MAX_MANIFEST_SIZE
 from storage.oci.media_types import INDEXES, MANIFEST_MEDIA_TYPES
-from storage.proxy_cache import mark_tag_validated, tag_validated_at
 
 log = logging.getLogger("trustyard.proxy")
 
@@ -120,7 +119,7 @@ class ManifestCache:
             return {}
         tag = reference
         record = await ctx.db.get_tagged_manifest(name, tag)
-        validated = await tag_validated_at(ctx.db, name, tag) if record is not None else None
+        validated = await ctx.db.tag_validated_at(name, tag) if record is not None else None
         now = time.time()
         fresh = validated is not None and now - validated < self.settings.manifest_ttl
         if record is not None and fresh:
@@ -132,7 +131,7 @@ class ManifestCache:
                 self.stats.count("manifest_revalidated")
             else:
                 await self._fetch(client, upstream, remote, name, tag, tag)
-            await mark_tag_validated(ctx.db, name, tag, time.time())
+            await ctx.db.mark_tag_validated(name, tag, time.time())
             return {}
         except UpstreamError as exc:
             return self._stale(exc, record, validated, now, name, tag)
@@ -285,7 +284,7 @@ class ManifestCache:
         async def tagged(tag: str) -> None:
             try:
                 await self._fetch(client, upstream, remote, name, tag, tag, companions=False)
-                await mark_tag_validated(self.app[CONTEXT].db, name, tag, time.time())
+                await self.app[CONTEXT].db.mark_tag_validated(name, tag, time.time())
             except OciError as exc:
                 if exc.error is not MANIFEST_UNKNOWN:
                     log.warning("%s: companion %s not mirrored: %s", name, tag, exc.message)

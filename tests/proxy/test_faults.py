@@ -14,7 +14,6 @@ import pytest
 from registry.context import CONTEXT
 from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
-from storage.proxy_cache import mark_tag_validated
 from tests.oci import error_codes
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
 
@@ -142,7 +141,7 @@ async def test_tag_moved_upstream_is_served_after_the_ttl(start_client, front, u
 
     # The TTL passed (confirmed two hours ago): a HEAD finds the new digest, which is fetched.
     ctx = client.app[CONTEXT]
-    await mark_tag_validated(ctx.db, NAME, "v1", time.time() - 7200)
+    await ctx.db.mark_tag_validated(NAME, "v1", time.time() - 7200)
     after = await client.get(f"/v2/{NAME}/manifests/v1")
     assert after.status == 200
     assert after.headers["Docker-Content-Digest"] == new
@@ -156,7 +155,7 @@ async def test_tag_moved_upstream_is_served_after_the_ttl(start_client, front, u
     assert sum(front.requests.values()) == asked
 
     # Unchanged upstream after the TTL: one HEAD revalidates, nothing is fetched again.
-    await mark_tag_validated(ctx.db, NAME, "v1", time.time() - 7200)
+    await ctx.db.mark_tag_validated(NAME, "v1", time.time() - 7200)
     gets = sum(n for (m, p), n in front.requests.items() if m == "GET" and "/manifests/" in p)
     again = await client.get(f"/v2/{NAME}/manifests/v1")
     assert again.headers["Docker-Content-Digest"] == new
@@ -178,7 +177,7 @@ async def test_upstream_down_stale_within_the_window_refused_after(
     ctx = client.app[CONTEXT]
 
     # TTL passed, inside the stale-if-error window: the cached copy, with a Warning.
-    await mark_tag_validated(ctx.db, NAME, "v1", time.time() - 600)
+    await ctx.db.mark_tag_validated(NAME, "v1", time.time() - 600)
     stale = await client.get(f"/v2/{NAME}/manifests/v1")
     assert stale.status == 200
     assert await stale.read() == manifest
@@ -186,7 +185,7 @@ async def test_upstream_down_stale_within_the_window_refused_after(
     assert "unreachable" in stale.headers["Warning"]
 
     # Past the window: refused, saying why.
-    await mark_tag_validated(ctx.db, NAME, "v1", time.time() - 300 - 3600 - 60)
+    await ctx.db.mark_tag_validated(NAME, "v1", time.time() - 300 - 3600 - 60)
     refused = await client.get(f"/v2/{NAME}/manifests/v1")
     assert refused.status == 503
     body = await refused.json()
@@ -216,7 +215,7 @@ async def test_slow_or_erroring_upstream_gives_the_stale_copy(start_client, fron
     ctx = client.app[CONTEXT]
 
     front.stall = True  # hung: the read timeout gives up
-    await mark_tag_validated(ctx.db, NAME, "v1", time.time() - 5400)
+    await ctx.db.mark_tag_validated(NAME, "v1", time.time() - 5400)
     slow = await client.get(f"/v2/{NAME}/manifests/v1")
     assert slow.status == 200
     assert "timed out" in slow.headers["Warning"]

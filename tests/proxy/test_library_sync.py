@@ -14,7 +14,7 @@ import pytest
 from registry.cli import main
 from registry.context import CONTEXT
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
 from tests.server_process import port_of, reserve_port
 
@@ -33,7 +33,7 @@ rules: []
 
 
 async def _history(data: Path) -> list[tuple[str, float | None]]:
-    db = await MetadataDB.open(DataLayout(data).database)
+    db = await open_metadata(DataLayout(data).database)
     try:
         rows = await db.read(
             "SELECT digest, until FROM library_tag_history WHERE name = 'python' ORDER BY since"
@@ -44,7 +44,7 @@ async def _history(data: Path) -> list[tuple[str, float | None]]:
 
 
 async def _create_database(data: Path) -> None:
-    db = await MetadataDB.open(DataLayout(data).database)
+    db = await open_metadata(DataLayout(data).database)
     await db.close()
 
 

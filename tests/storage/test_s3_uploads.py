@@ -26,7 +26,7 @@ from registry.app import create_app
 from registry.context import CONTEXT
 from storage.gc import collect_garbage
 from storage.layout import DataLayout
-from storage.metadata import MetadataDB
+from storage.metadata import open_metadata
 from storage.s3 import S3BlobStore
 from storage.settings import S3Settings
 from tests.conftest import make_config
@@ -354,7 +354,7 @@ async def test_gc_aborts_abandoned_uploads_and_their_multipart_uploads(
         Bucket=settings.bucket, Key=store.keys.upload_data(lost, 0)
     )
     assert len(multiparts(seaweed, section)) == 2
-    db = await MetadataDB.open(DataLayout(data_dir).database)
+    db = await open_metadata(DataLayout(data_dir).database)
     try:
         report = await collect_garbage(
             db, store, grace_period=0, stale_upload_age=0, now=time.time() + 5
