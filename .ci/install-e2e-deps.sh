@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the end-to-end tests (tests/e2e) need: a Docker daemon and
-# CLI (dockerd starts its own containerd), skopeo and podman, with their recommended packages (what
-# the tests were developed against). Idempotent; run as root.
+# CLI (dockerd starts its own containerd), skopeo, podman and the reference registry
+# (docker-registry: the proxy tests' upstream), with their recommended packages (what the tests
+# were developed against). Idempotent; run as root.
 # The Python client `oras` comes from the project's `test` extra (pip install -e '.[test]').
 set -euo pipefail
 
@@ -13,6 +14,7 @@ PACKAGES=(
   podman
   uidmap      # newuidmap/newgidmap, wanted by podman/containers-storage
   tar
+  docker-registry  # the reference registry (Distribution 2.8): the proxy's upstream in tests
 )
 
 SUDO=""
@@ -24,7 +26,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 $SUDO apt-get install -y "${PACKAGES[@]}"
 
-for binary in dockerd docker containerd skopeo podman; do
+for binary in dockerd docker containerd skopeo podman docker-registry; do
   command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }
 done
 echo "e2e dependencies installed: ${PACKAGES[*]}"

@@ -37,7 +37,7 @@ from policies.decisions import Action, Decision, earliest
 from policies.rules import Context
 from policies.signatures.findings import Finding, short
 from policies.signatures.proofs import SignatureEvidence, register_trust
-from policies.signatures.references import repository_of
+from policies.signatures.references import names_repository_for, repository_of
 from policies.signatures.trust import TrustConfig
 
 
@@ -97,9 +97,8 @@ class SignatureRequirement:
                     "requires one)"
                 )
             return None
-        signed_for = repository_of(f.docker_reference)
-        if signed_for != repository:
-            return f"by {f.signer} but for repository {signed_for}"
+        if not names_repository_for(f.docker_reference, repository):
+            return f"by {f.signer} but for repository {repository_of(f.docker_reference)}"
         return None
 
     def _proved(
@@ -145,8 +144,9 @@ class SignatureRequirement:
         proved, found = self._proved(findings, repository, now)
         if len(proved) < self.count:
             return False, found, None
-        # The allow relies on the `count` longest-lived proofs; it ends with the first of them.
-        ends = sorted(proved.values(), key=lambda t: float("inf") if t is None else -t)
+        # The allow relies on the `count` longest-lived proofs (one that never ends first); it
+        # ends with the first of them.
+        ends = sorted(proved.values(), key=lambda t: float("-inf") if t is None else -t)
         return True, found, earliest(ends[: self.count])
 
     def evaluate(self, context: Context) -> Decision:

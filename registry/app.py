@@ -18,13 +18,15 @@ from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
 from registry.config import Config
 from registry.console import setup_console
-from registry.context import CONTEXT, RegistryContext
+from registry.context import CONTEXT, PIPELINE, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
 from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
+from registry.pipeline import ManifestPipeline
+from registry.proxy.routing import setup_proxy
 from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from storage import reserve
@@ -60,6 +62,7 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources(config, policy))
+    setup_proxy(app, config)  # after the resources it uses: closed before them
     add_routes(app)
     add_health_routes(app)
     setup_auth(app, config)
@@ -85,6 +88,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
         events.start()
+        app[PIPELINE] = ManifestPipeline(db, store, gate, events)
         cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
         log.info("serving data directory %s", config.data_dir.resolve())
         if not config.auth_enabled and any(

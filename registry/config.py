@@ -11,6 +11,7 @@ working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -25,6 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from registry.upstream_settings import ProxyConfigError, ProxySettings, load_proxy_settings
 from shared.durations import parse_duration
 from storage.oci.grammar import parse_count
 from storage.settings import BlobStoreSettings, S3Settings
@@ -80,6 +82,7 @@ class Config:
     raw: dict[str, Any]
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    proxy: ProxySettings | None = None  # the upstreams proxied, if any
 
     @property
     def blob_store(self) -> BlobStoreSettings:
@@ -135,7 +138,7 @@ class Config:
 def s3_settings(section: Mapping[str, Any]) -> S3Settings:
     """`storage.s3` as storage's settings object (durations in seconds)."""
     raw = dict(section or {})
-    for key in ("redirect_expiry", "connect_timeout", "read_timeout"):
+    for key in ("redirect_expiry", "connect_timeout", "read_timeout", "upload_memory_wait"):
         if key in raw:
             raw[key] = parse_duration(raw[key])
     return S3Settings(**raw)
@@ -154,6 +157,8 @@ def load_config(
         loaded, origins.file_lines = _read_file(path)
         origins.file = str(path)
         _resolve_paths(loaded, path.parent)
+        for upstream in loaded.get("upstreams") or []:  # a list: not in PATH_KEYS
+            _resolve_paths(upstream, path.parent, (("ca_file",), ("password_file",)))
         _merge(merged, loaded)
     from_env = _from_environment(os.environ if environ is None else environ)
     origins.env = {leaf: ENV_PREFIX + "__".join(leaf).upper() for leaf in _leaves(from_env)}
@@ -162,7 +167,13 @@ def load_config(
     origins.flags = _leaves(flags)
     _merge(merged, flags)
     _validate(merged, origins)
-    return _build(merged)
+    try:
+        proxy = load_proxy_settings(
+            merged, os.environ if environ is None else environ, parse_duration
+        )
+    except ProxyConfigError as exc:
+        raise ConfigError(f"invalid configuration:\n  {exc}") from None
+    return dataclasses.replace(_build(merged), proxy=proxy)
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
@@ -200,9 +211,11 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return loaded, lines
 
 
-def _resolve_paths(document: dict[str, Any], folder: Path) -> None:
+def _resolve_paths(
+    document: dict[str, Any], folder: Path, keys_list: tuple[tuple[str, ...], ...] = PATH_KEYS
+) -> None:
     """Make the relative paths of a configuration file relative to the file's folder."""
-    for keys in PATH_KEYS:
+    for keys in keys_list:
         node: Any = document
         for key in keys[:-1]:
             node = node.get(key) if isinstance(node, dict) else None

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from policies.gateway import PolicyGate
 from registry.config import Config
+from registry.pipeline import ManifestPipeline
 from registry.upload_sessions import UploadSessions
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
@@ -30,3 +31,12 @@ CONTEXT = web.AppKey("context", RegistryContext)
 def context(request: web.Request) -> RegistryContext:
     """The registry context of the application serving `request`."""
     return request.app[CONTEXT]
+
+
+PIPELINE = web.AppKey("pipeline", ManifestPipeline)
+"""The manifest pipeline every push and delete goes through (`registry.pipeline`)."""
+
+
+def pipeline(request: web.Request) -> ManifestPipeline:
+    """The manifest pipeline of the application serving `request`."""
+    return request.app[PIPELINE]

@@ -14,7 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from policies.errors import PolicyDenied
-from storage.errors import BlobDamaged, StorageError, StorageFull, StorageUnavailable
+from storage.errors import (
+    BlobDamaged,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    UploadMemoryExhausted,
+)
 from storage.oci.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -95,6 +101,7 @@ DOMAIN_CODES: dict[type[Exception], ErrorCode] = {
     StorageUnavailable: UNAVAILABLE,
     StorageFull: STORAGE_FULL,
     BlobDamaged: BLOB_UNKNOWN,
+    UploadMemoryExhausted: TOOMANYREQUESTS,
     PolicyDenied: DENIED,
     # A storage failure without a code of its own: the storage could not do it, so 503.
     StorageError: UNAVAILABLE,

@@ -1,5 +1,5 @@
-"""The `trustyard library` commands: `import` a base image, list `stale` images (the rebuild
-list).
+"""The `trustyard library` commands: `import` a base image, `sync` declared tags from their
+`source:` upstream, list `stale` images (the rebuild list).
 
 `registry.cli` registers them with `add_library_commands` and hands them over with
 `run_library_command`. Both work on the data directory directly (in process, no HTTP), with the
@@ -24,7 +24,10 @@ from policies.library.reports import stale_images
 from policies.loader import PolicyError, load_policy
 from policies.rules import short
 from registry.config import Config
+from registry.events.hub import EventHub
+from registry.events.settings import EventSettings
 from registry.progress import terminal_progress
+from registry.proxy.sync import SYNC_ACTOR, SyncError, sync_tags, targets
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
 from storage.metadata import open_metadata
@@ -47,6 +50,12 @@ def add_library_commands(
     imports.add_argument("--as", dest="reference", required=True, help="NAME:TAG, declared")
     imports.add_argument("--ref", help="which image of a layout or archive holding several")
     imports.add_argument("--policy", type=Path, help="policy file declaring the library")
+    sync = actions.add_parser(
+        "sync", help="fetch declared library tags from their source: upstream and import them"
+    )
+    common(sync)
+    sync.add_argument("reference", nargs="?", help="NAME or NAME:TAG (default: every tag)")
+    sync.add_argument("--policy", type=Path, help="policy file declaring the library")
     stale = actions.add_parser("stale", help="images built on a replaced library digest")
     common(stale)
     stale.add_argument("--policy", type=Path, help="policy file declaring the library")
@@ -58,6 +67,8 @@ def run_library_command(config: Config, args: argparse.Namespace, out: TextIO | 
     out = out or sys.stdout
     if args.action == "import":
         return asyncio.run(_import(config, args, out))
+    if args.action == "sync":
+        return asyncio.run(_sync(config, args, out))
     return asyncio.run(_stale(config, args.json, out))
 
 
@@ -108,6 +119,41 @@ async def _import(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     elif not result.moved:
         print(f"{result.name}:{result.tag} already pointed to {result.digest}", file=out)
     return 0
+
+
+async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    """Fetch each declared tag (or the one named) from its source upstream and import it."""
+    try:
+        library = _library(config, args.policy)
+    except PolicyError as exc:
+        print(f"trustyard: invalid policy:\n{exc}", file=sys.stderr)
+        return 2
+    if library is None:
+        print(
+            "trustyard: library sync: the policy file declares no library: section", file=sys.stderr
+        )
+        return 2
+    if config.proxy is None:
+        print("trustyard: library sync: no upstreams: are configured", file=sys.stderr)
+        return 2
+    try:
+        targets(library, args.reference)  # a name nothing matches is refused before any work
+    except SyncError as exc:
+        print(f"trustyard: library sync: {exc}", file=sys.stderr)
+        return 2
+    store = open_blob_store(config.blob_store)
+    db = await open_metadata(DataLayout(config.data_dir).database)
+    # A move is queued as `library.tag.updated` in the outbox, in the move's transaction: the
+    # server delivers it.
+    announce = EventHub(db, EventSettings.from_config(config)).library_moved(SYNC_ACTOR)
+    try:
+        done = await sync_tags(db, store, library, config.proxy, announce, args.reference)
+    finally:
+        await db.close()
+        await store.close()
+    for synced in done:
+        print(synced.line(), file=out if synced.state != "failed" else sys.stderr)
+    return 1 if any(s.state == "failed" for s in done) else 0
 
 
 async def _stale(config: Config, as_json: bool, out: TextIO) -> int:

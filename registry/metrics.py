@@ -16,7 +16,7 @@ from aiohttp import web
 
 from policies.decisions import Verdict
 from policies.facts import PolicyRequest
-from registry.context import context
+from registry.context import PIPELINE, context
 from registry.events.hub import EVENTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,6 +36,8 @@ class Metrics:
         self.duration_sum: dict[tuple[str, str], float] = defaultdict(float)
         self.decisions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.started = time.time()
+        #: More lines from other parts (the proxy's counters), each rendered on every scrape.
+        self.sections: list[Callable[[], str]] = []
 
     def count_decision(self, verdict: Verdict, request: PolicyRequest) -> None:
         """Count one policy decision by action, outcome and the rule that decided it."""
@@ -58,9 +60,11 @@ class Metrics:
         upload_bytes: int,
         events: dict[str, int] | None = None,
         gc: tuple[int, float] | None = None,
+        observer_failures: dict[str, int] | None = None,
     ) -> str:
         """The text exposition format (`events`: outbox rows by state and failed attempts;
-        `gc`: how many collections ran and when the last one ended)."""
+        `gc`: how many collections ran and when the last one ended; `observer_failures`: what
+        failed after a manifest change was committed, by observer)."""
         lines = [
             "# HELP trustyard_http_requests_total Requests handled, by method, route and status.",
             "# TYPE trustyard_http_requests_total counter",
@@ -107,6 +111,17 @@ class Metrics:
                 "# TYPE trustyard_event_delivery_failures_total counter",
                 f"trustyard_event_delivery_failures_total {events.get('failed_attempts', 0)}",
             ]
+        if observer_failures is not None:
+            lines += [
+                "# HELP trustyard_pipeline_observer_failures_total Failures after a manifest "
+                "push or delete was stored (logged; the change stays stored), by observer.",
+                "# TYPE trustyard_pipeline_observer_failures_total counter",
+            ]
+            for observer, count in sorted(observer_failures.items()):
+                lines.append(
+                    f'trustyard_pipeline_observer_failures_total{{observer="{_label(observer)}"}} '
+                    f"{count}"
+                )
         if gc is not None:
             lines += [
                 "# HELP trustyard_gc_runs_total Garbage collections run on this registry.",
@@ -181,5 +196,7 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
         uploads.bytes_received,
         events=events,
         gc=await registry.db.gc_run_totals(),
+        observer_failures=request.app[PIPELINE].failures if PIPELINE in request.app else None,
     )
+    text += "".join(section() for section in request.app[METRICS].sections)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -26,6 +26,7 @@ from registry.handlers import (
     uploads,
 )
 from registry.metrics import ROUTE_KEY, metrics_endpoint
+from registry.proxy.routing import serve as proxied
 from registry.scans import webhook as scans_webhook
 from storage.oci.errors import NOT_FOUND, UNSUPPORTED
 from storage.oci.grammar import check_name
@@ -102,7 +103,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 headers={"Allow": ", ".join(methods)},
             )
         name = check_name(match["name"])
-        return await handler(authorize(request, name), name, match["ref"])
+        # Proxied names (registry.proxy) are served through the proxy, others straight.
+        return await proxied(authorize(request, name), route, name, match["ref"], handler)
     raise RegistryError(NOT_FOUND, {"path": request.path[:300]})
 
 

@@ -94,10 +94,11 @@ class UploadSessions:
         """Stop the hashing threads."""
         self._hash_pool.shutdown(wait=True)
 
-    async def start(self, repository: str) -> str:
-        """Open a new session for `repository` and return its id."""
+    async def start(self, repository: str, *, resumable: bool = True) -> str:
+        """Open a new session for `repository` and return its id. A session that is not
+        `resumable` is finished by the request that opens it (a monolithic POST)."""
         upload_id = uuid.uuid4().hex
-        await self.store.start_upload(upload_id)
+        await self.store.start_upload(upload_id, resumable=resumable)
         try:
             await self.db.start_upload(upload_id, repository)
         except StorageFull:
@@ -128,9 +129,15 @@ class UploadSessions:
         session = self._session(upload_id)
         async with session.lock, _unless_cancelled(session, upload_id):
             offset = await self._current_offset(upload_id, session)
-            await self._receive(
-                repository, upload_id, session, offset, body, content_range, content_length
-            )
+            try:
+                await self._receive(
+                    repository, upload_id, session, offset, body, content_range, content_length
+                )
+                # Acknowledged (202 with this offset) only once every byte is durable.
+                await self.store.flush(upload_id)
+            except BaseException:
+                await self._forget_pending(upload_id, session)
+                raise
             return session.offset
 
     async def finish(
@@ -151,30 +158,48 @@ class UploadSessions:
         await self._check(repository, upload_id)
         session = self._session(upload_id)
         async with session.lock, _unless_cancelled(session, upload_id):
-            offset = await self._current_offset(upload_id, session)
-            if body is not None:
-                await self._receive(
-                    repository, upload_id, session, offset, body, content_range, content_length
-                )
-            actual = await self._digest(upload_id, session, digest.algorithm)
-            if session.cancelled:
-                raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
-            if actual != digest:
-                await self.cancel(repository, upload_id)
-                raise RegistryError(
-                    DIGEST_INVALID,
-                    {"expected": str(digest), "actual": str(actual)},
-                    message="provided digest did not match uploaded content",
-                )
-            size = session.offset
             try:
-                await commit_blob(self.store, self.db, upload_id, digest, size, repository)
-            except StorageFull:
-                await self._drop_after_full_disk(upload_id)
+                offset = await self._current_offset(upload_id, session)
+                if body is not None:
+                    await self._receive(
+                        repository, upload_id, session, offset, body, content_range, content_length
+                    )
+                if digest.algorithm != RUNNING_ALGORITHM:
+                    # Hashed again from storage: only what is durable can be read back.
+                    await self.store.flush(upload_id)
+                actual = await self._digest(upload_id, session, digest.algorithm)
+                if session.cancelled:
+                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+                if actual != digest:
+                    await self.cancel(repository, upload_id)
+                    raise RegistryError(
+                        DIGEST_INVALID,
+                        {"expected": str(digest), "actual": str(actual)},
+                        message="provided digest did not match uploaded content",
+                    )
+                size = session.offset
+                try:
+                    await commit_blob(self.store, self.db, upload_id, digest, size, repository)
+                except StorageFull:
+                    await self._drop_after_full_disk(upload_id)
+                    raise
+            except BaseException:
+                await self._forget_pending(upload_id, session)
                 raise
             await self.db.end_upload(upload_id)
             self._sessions.pop(upload_id, None)
             return size
+
+    async def _forget_pending(self, upload_id: str, session: _Session) -> None:
+        """After a failed request: the store forgets bytes it did not make durable; unless the
+        running hash saw exactly the durable bytes, it is rebuilt from storage next time."""
+        durable = None
+        with contextlib.suppress(Exception):
+            await self.store.drop_pending(upload_id)
+            durable = await self.store.upload_size(upload_id)
+        if durable is None or durable != session.offset:
+            session.hasher = None
+            session.offset = -1
 
     async def cancel(self, repository: str, upload_id: str) -> None:
         """Drop a session and its bytes."""

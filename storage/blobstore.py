@@ -28,14 +28,24 @@ class StoredObject:
 class BlobStore(Protocol):
     """Content-addressed blob storage with append-only uploads."""
 
-    async def start_upload(self, upload_id: str) -> None:
-        """Create an empty upload."""
+    async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
+        """Create an empty upload. One that is not `resumable` is finished (or dropped) by the
+        request that starts it: a backend may keep its record in memory until then."""
 
     async def upload_size(self, upload_id: str) -> int | None:
         """Bytes received so far for an upload, or None if it does not exist."""
 
     async def append(self, upload_id: str, data: bytes) -> None:
-        """Append `data` to an upload (called from the event loop; must not block it)."""
+        """Append `data` to an upload (called from the event loop; must not block it). The
+        bytes may stay in memory until `flush`."""
+
+    async def flush(self, upload_id: str) -> None:
+        """Make every byte appended so far durable; `upload_size` counts only flushed bytes
+        (and whatever else is already durable). Called before a request is acknowledged."""
+
+    async def drop_pending(self, upload_id: str) -> None:
+        """Forget what this process holds of an upload beyond what is durable (a request that
+        failed) and release its memory; the durable bytes stay."""
 
     def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """The bytes of an upload so far, in order (to rebuild a hash after a restart)."""

@@ -59,3 +59,13 @@ class BlobDamaged(StorageError):
             f"blob {digest} is damaged in storage ({what}); push it again to repair it",
             {"digest": str(digest), "reason": f"stored blob is damaged ({what}); push it again"},
         )
+
+
+class UploadMemoryExhausted(StorageError):
+    """The part buffers of all S3 uploads of this process fill their memory budget
+    (`storage.s3.upload_memory`) and none made room in time (the client is answered
+    TOOMANYREQUESTS with `Retry-After`)."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(f"too many uploads at once: {reason}", {"reason": reason})
+        self.headers = {"Retry-After": str(retry_after)}

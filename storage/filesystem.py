@@ -43,8 +43,8 @@ class FilesystemBlobStore:
                 raise StorageFull("disk") from exc
             raise
 
-    async def start_upload(self, upload_id: str) -> None:
-        """Create an empty upload file."""
+    async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
+        """Create an empty upload file (every upload is resumable here)."""
         await self._run(self.layout.upload(upload_id).touch, 0o644, False)
 
     async def upload_size(self, upload_id: str) -> int | None:
@@ -57,6 +57,15 @@ class FilesystemBlobStore:
     async def append(self, upload_id: str, data: bytes) -> None:
         """Append to the upload file."""
         await self._run(_append, self.layout.upload(upload_id), data)
+
+    async def flush(self, upload_id: str) -> None:
+        """Appends are written at once; with `fsync` on, fsync them before the acknowledgement."""
+        if self.fsync:
+            with contextlib.suppress(FileNotFoundError):
+                await self._run(_fsync_file, self.layout.upload(upload_id))
+
+    async def drop_pending(self, upload_id: str) -> None:
+        """Nothing is held in memory: what was appended is in the file."""
 
     async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """Stream the upload file."""
@@ -270,6 +279,14 @@ def _append(path: Path, data: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 

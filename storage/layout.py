@@ -30,24 +30,31 @@ With the S3 backend (`storage.backend: s3`), blobs and uploads live in the bucke
 
     s3://<bucket>/<prefix>
     ├── blobs/
-    │   └── <algorithm>/<hex[0:2]>/<hex>   the blob's bytes, immutable; created only after the
-    │                                      digest was verified (CompleteMultipartUpload, CopyObject
-    │                                      or PutObject onto this key)
-    ├── _gc-trash/<algorithm>/<hex>        the blob while garbage collection decides (as `.gc`)
-    ├── _quarantine/<algorithm>/<hex>      blobs `trustyard fsck` found corrupt
+    │   └── <algorithm>/<hex[0:2]>/<hex>   the blob, created only after the digest was verified:
+    │                                      its bytes (a blob smaller than one part, PutObject),
+    │                                      or an empty *pointer* whose metadata names its data
+    │                                      object (`trustyard-data`, `trustyard-size`)
+    ├── _data/
+    │   └── <upload-id>/<generation:06d>   an upload's data object: a multipart upload its parts
+    │                                      stream into while it is received, completed (whole,
+    │                                      at once) after the digest is verified; a pointer
+    │                                      names it from then on
+    ├── _gc-trash/<algorithm>/<hex>        the blob (or its pointer) while garbage collection
+    │                                      decides (as `.gc`)
+    ├── _quarantine/<algorithm>/<hex>      blobs (or pointers) `trustyard fsck` found corrupt
     └── _uploads/
-        └── <upload-id>/<start:020d>       one segment of an upload in progress: its bytes
-                                           [start, start + object size), each at least one part
-                                           (`storage.s3.part_size`, >= 5 MiB)
+        └── <upload-id>/
+            ├── state                      what was acknowledged: the parts sent (ETags, sizes)
+            │                              and the pieces; rewritten after each request
+            └── <start:020d>               a piece: acknowledged bytes [start, start + size)
+                                           that did not fill a part when their request ended
 
-    <data-dir>/s3-spool/<upload-id>/<start>
-                                           the upload's tail not yet a full part, on local disk;
-                                           `start` is where it begins (the segments' end)
-
-At commit the segments become the parts of one multipart upload onto the blob's key
-(UploadPartCopy, server side) and the spooled tail its last part. A crash before that leaves only
-`_uploads/` objects, spool files and at worst an incomplete multipart upload, all of which garbage
-collection removes after the stale-upload age; nothing is ever visible under `blobs/` unverified.
+Each client byte goes to S3 once, as part of the data object's multipart upload (pieces, at most
+a part per request, go once more inside the next part). Nothing of an upload lives on local disk,
+so any process can continue it. A crash leaves `_uploads/` objects and at worst an incomplete
+multipart upload, which garbage collection removes after the stale-upload age; nothing is ever
+visible under `blobs/` unverified. (`<data-dir>/s3-spool/` is where an older version spooled;
+garbage collection removes what it left.)
 
 Every blob is stored once, whatever the number of repositories that link it. Manifests are small
 (at most 4 MiB) and kept in the database with their exact bytes.
@@ -105,6 +112,11 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
     gc_runs(started_at, finished_at, summary)   every garbage collection (health page, /metrics)
+    proxy_tags(repository, tag, validated_at)   when a proxied tag was last confirmed upstream
+                                                (its manifest TTL and stale-if-error window)
+    proxy_pulls(repository, digest, last_pulled)
+                                                when a proxied manifest was last pulled (the
+                                                cache's least recently pulled eviction order)
 
 The policy, scan, event and library tables are additive (`CREATE ... IF NOT EXISTS`), so a
 version-1 database gains them on open without a migration; added columns are in `MIGRATIONS`.
@@ -310,6 +322,20 @@ CREATE TABLE IF NOT EXISTS gc_runs (
     finished_at REAL NOT NULL,
     summary     TEXT NOT NULL          -- JSON: manifests, blobs, orphan_files, uploads, bytes_freed
 );
+
+CREATE TABLE IF NOT EXISTS proxy_tags (
+    repository   TEXT NOT NULL,        -- a proxied repository (registry.proxy)
+    tag          TEXT NOT NULL,
+    validated_at REAL NOT NULL,        -- the upstream last confirmed the tag's digest then
+    PRIMARY KEY (repository, tag)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS proxy_pulls (
+    repository  TEXT NOT NULL,         -- a proxied repository (registry.proxy)
+    digest      TEXT NOT NULL,         -- a manifest of it
+    last_pulled REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
 """
 
 
@@ -409,11 +435,11 @@ class DataLayout:
 
     @property
     def s3_spool(self) -> Path:
-        """The S3 backend's local spool: upload tails smaller than one part."""
+        """Where an older version of the S3 backend spooled upload tails (cleaned up by GC)."""
         return self.root / "s3-spool"
 
     def spool(self, upload_id: str) -> Path:
-        """The folder holding an S3 upload's spooled tail (one file, named by its start)."""
+        """An older version's spool folder of one S3 upload."""
         return self.s3_spool / upload_id
 
     def create(self) -> None:
@@ -484,18 +510,40 @@ class S3Layout:
         return f"{self.prefix}_quarantine/{digest.algorithm}/{digest.hex}"
 
     def upload(self, upload_id: str) -> str:
-        """The key prefix of one upload's segments."""
+        """The key prefix of one upload's state and pieces."""
         return f"{self.uploads}{upload_id}/"
 
-    def segment(self, upload_id: str, start: int) -> str:
-        """The key of the upload segment that begins at byte `start`."""
+    def upload_state(self, upload_id: str) -> str:
+        """The key of an upload's state (`storage.s3_uploads.UploadState`)."""
+        return f"{self.upload(upload_id)}state"
+
+    def piece(self, upload_id: str, start: int) -> str:
+        """The key of the piece of an upload that begins at byte `start`."""
         return f"{self.upload(upload_id)}{start:020d}"
 
-    def parse_segment(self, key: str) -> tuple[str, int] | None:
-        """(upload id, start) of a segment key, or None if the key is not a segment's."""
+    def upload_of_key(self, key: str) -> str | None:
+        """The upload id of a key under `_uploads/`, or None."""
         if not key.startswith(self.uploads):
             return None
-        upload_id, sep, start = key[len(self.uploads) :].partition("/")
-        if not sep or not upload_id or not start.isdigit():
+        upload_id, sep, rest = key[len(self.uploads) :].partition("/")
+        return upload_id if sep and upload_id and rest else None
+
+    @property
+    def data(self) -> str:
+        """The key prefix of every upload's data objects."""
+        return f"{self.prefix}_data/"
+
+    def upload_data_prefix(self, upload_id: str) -> str:
+        """The key prefix of one upload's data objects."""
+        return f"{self.data}{upload_id}/"
+
+    def upload_data(self, upload_id: str, generation: int) -> str:
+        """The key of an upload's data object (the multipart upload's key) of a generation."""
+        return f"{self.upload_data_prefix(upload_id)}{generation:06d}"
+
+    def upload_of_data(self, key: str) -> str | None:
+        """The upload id of a data object's key, or None if the key is not one."""
+        if not key.startswith(self.data):
             return None
-        return upload_id, int(start)
+        upload_id, sep, generation = key[len(self.data) :].partition("/")
+        return upload_id if sep and upload_id and generation.isdigit() else None

@@ -9,6 +9,9 @@ from pathlib import Path
 #: S3's smallest allowed part (every part but the last).
 MIN_PART_SIZE = 5 * 1024 * 1024
 
+#: What an S3 upload's part buffer may hold beyond one part: the batch that overfills it.
+APPEND_SLACK = 1 << 20
+
 
 @dataclass(frozen=True)
 class S3Settings:
@@ -29,6 +32,9 @@ class S3Settings:
     sse_kms_key_id: str | None = None
     max_pool_connections: int = 16
     part_size: int = 8 * 1024 * 1024
+    upload_parallelism: int = 4
+    upload_memory: int = 256 * 1024 * 1024
+    upload_memory_wait: float = 30.0
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 3
@@ -37,6 +43,11 @@ class S3Settings:
     def __post_init__(self) -> None:
         if self.part_size < MIN_PART_SIZE:
             raise ValueError(f"storage.s3.part_size must be at least {MIN_PART_SIZE} bytes")
+        if self.upload_memory < self.part_size + APPEND_SLACK:
+            raise ValueError(
+                "storage.s3.upload_memory must hold at least one part buffer "
+                f"(part_size + {APPEND_SLACK} bytes)"
+            )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from datetime import date
 from typing import Any
 
 from policies.signatures.trust import TrustConfig
+from shared.durations import parse_duration
 from storage.oci.grammar import NAME_RE, TAG_RE
 
 DEFAULT_NAMESPACE = "library"
@@ -34,7 +35,7 @@ class LibraryImage:
 
     name: str
     tags: tuple[str, ...]
-    source: str | None = None  # where `library sync` will fetch from
+    source: str | None = None  # where `library sync` fetches from
     signed_by: tuple[str, ...] = ()  # signature identities required of the base itself
     supported_until: date | None = None  # after this day the image is deprecated
 
@@ -50,6 +51,7 @@ class Library:
     namespace: str = DEFAULT_NAMESPACE
     images: tuple[LibraryImage, ...] = ()
     trust: TrustConfig = field(default_factory=TrustConfig)  # who `signed_by` names
+    sync_interval: float | None = None  # seconds between the server's `library sync` runs
 
     def repository(self, name: str) -> str:
         """Where library image `name` is stored: `library/python`."""
@@ -96,6 +98,9 @@ class Library:
                 for entry in section.get("images", ())
             ),
             trust=trust or TrustConfig(),
+            sync_interval=(
+                parse_duration(section["sync_interval"]) if "sync_interval" in section else None
+            ),
         )
 
 

@@ -9,6 +9,8 @@ the same transaction. The rows are `library_tag_history`, kept by the metadata i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
@@ -18,8 +20,14 @@ from storage.metadata import Announce, LibraryMove, MetadataDB, TagHistoryEntry
 #: A library tag's move, as the metadata interface reports it to an `Announce`.
 TagMove = LibraryMove
 
+#: Held while a registry tag may move (`PolicyGate.tag_guard`): a library tag's history that
+#: follows the registry tag after the push's commit (a `signed_by` image once signed) moves
+#: under it, so it cannot follow a registry tag that has moved on meanwhile.
+TagGuard = Callable[[str, str | None], AbstractAsyncContextManager[None]]
+
 __all__ = [
     "Announce",
+    "TagGuard",
     "TagHistoryEntry",
     "TagMove",
     "candidates",

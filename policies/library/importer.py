@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from policies.library.declaration import Library, parse_reference
-from policies.library.history import record_tag
+from policies.library.history import Announce, record_tag
 from policies.library.images import INDEX_TYPES
 from policies.library.recording import record_lineage, retrace_after_move, trace_lineage
 from policies.library.signing import unsigned
@@ -417,9 +417,11 @@ async def import_image(
     *,
     ref_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    announce: Announce | None = None,
 ) -> ImportResult:
     """Import the image at `path` as library tag `reference` (`python:3.12-slim`), which the
-    policy's `library:` section must declare (`progress`: told bytes copied of the archive's)."""
+    policy's `library:` section must declare (`progress`: told bytes copied of the archive's;
+    `announce`: reports a move of the tag, as `library.tag.updated`, in its transaction)."""
     try:
         name, tag = parse_reference(reference)
     except ValueError as exc:
@@ -450,7 +452,9 @@ async def import_image(
     # With `signed_by`, the library tag follows once the imported digest is signed.
     image = library.image(name)
     pending = None if image is None else await unsigned(db, store, library, image, record.digest)
-    moved = pending is None and await record_tag(db, name, tag, repository, record.digest)
+    moved = pending is None and await record_tag(
+        db, name, tag, repository, record.digest, announce=announce
+    )
     lineages = await trace_lineage(db, store, repository, record.digest, record.content, library)
     if lineages:
         await record_lineage(db, repository, record.digest, lineages)

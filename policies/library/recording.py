@@ -20,18 +20,31 @@ import time
 from collections.abc import Sequence
 
 from policies.library.declaration import Library
-from policies.library.history import Announce, candidates, end_tag, record_tag
+from policies.library.history import (
+    Announce,
+    TagGuard,
+    candidates,
+    tag_history,
+)
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate, ImageLayers, Lineage, find_lineage
-from policies.library.signing import pending_candidates, signature_arrived, unsigned
+from policies.library.signing import (
+    follow_tag,
+    pending_candidates,
+    signature_arrived,
+    unsigned,
+)
 from storage.blobstore import BlobStore
-from storage.metadata import LineageRow, MetadataDB
+from storage.metadata import EndLibraryTag, FollowLibraryTag, LineageRow, MetadataDB
 
 log = logging.getLogger("trustyard.library")
 
 #: Images re-traced, at most, when a library tag gains a digest; more are logged, and traced
 #: when they are pushed again.
 RETRACE_LIMIT = 200
+
+#: Times an image's lineage is recorded again when the library moved while it was traced.
+LINEAGE_ATTEMPTS = 3
 
 
 async def lineage_candidates(
@@ -101,6 +114,48 @@ async def record_lineage(
     await db.record_lineage(repository, digest, bases, layers, now)
 
 
+async def record_current_lineage(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library | None,
+    repository: str,
+    digest: str,
+    content: bytes,
+    lineages: Sequence[Lineage],
+) -> None:
+    """`record_lineage`, then make sure the `current` flags it wrote still hold.
+
+    Lineage is traced from the library's history as it was read, and recorded after the push's
+    commit, outside any tag guard: a library tag may move in between (its transaction flips the
+    flags of the rows recorded so far, not of one written after). Read after the write, a
+    history that disagrees with a flag means such a move came first: the image is traced again
+    and recorded afresh (a move after the write flipped the row itself). At most
+    `LINEAGE_ATTEMPTS` tries; a tag moving faster than that is logged."""
+    for attempt in range(1, LINEAGE_ATTEMPTS + 1):
+        await record_lineage(db, repository, digest, lineages)
+        bases = [
+            lineage.base
+            for lineage in lineages
+            if lineage.base is not None and not lineage.base.pending
+        ]
+        if not bases:
+            return  # no flag written (an image without a base is traced when the library moves)
+        current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
+        if all(
+            base.current == (current.get((base.name, base.tag)) == base.digest) for base in bases
+        ):
+            return
+        if attempt < LINEAGE_ATTEMPTS:
+            lineages = await trace_lineage(db, store, repository, digest, content, library)
+    log.warning(
+        "%s@%s: the library moved while its lineage was recorded, %d times; its current flags "
+        "are refreshed by the next move or push",
+        repository,
+        digest,
+        LINEAGE_ATTEMPTS,
+    )
+
+
 async def retrace_after_move(
     db: MetadataDB,
     store: BlobStore,
@@ -142,11 +197,30 @@ async def retrace_after_move(
         images = await platform_images(db, store, image_repository, image_digest, image.content)
         lineages = find_lineage(images, [c for c in known if c.repository != image_repository])
         if any(lineage.base is not None and not lineage.base.pending for lineage in lineages):
-            await record_lineage(db, image_repository, image_digest, lineages)
+            await record_current_lineage(
+                db, store, library, image_repository, image_digest, image.content, lineages
+            )
             recorded += 1
     if recorded:
         log.info("%s@%s: lineage recorded for %d earlier images", repository, digest, recorded)
     return recorded
+
+
+def follow_pushed_tag(
+    library: Library | None,
+    repository: str,
+    digest: str,
+    tag: str | None,
+    announce: Announce | None = None,
+) -> FollowLibraryTag | None:
+    """What the push's own transaction changes of the library: a declared library tag of an
+    image that asks no signature follows the registry tag (its history, its `announce`d move),
+    so the two never disagree, crash or not. None when nothing follows. A `signed_by` image's
+    tag follows only once signed, after the commit (`record_library_push`)."""
+    image = None if library is None else library.image_at(repository)
+    if image is None or tag is None or tag not in image.tags or image.signed_by:
+        return None
+    return FollowLibraryTag(image.name, tag, repository, digest, announce)
 
 
 async def record_library_push(
@@ -159,54 +233,47 @@ async def record_library_push(
     tag: str | None,
     announce: Announce | None = None,
     lineages: Sequence[Lineage] | None = None,
+    *,
+    moved: bool = False,
+    guard: TagGuard | None = None,
 ) -> None:
-    """After a manifest was stored: record the tag history of a declared library tag (once
-    signed, when the image asks `signed_by`; a pushed signature may be what it waited for;
-    `announce` reports a move), then the image's lineage: `lineages` when the policy decision
-    traced it already, unless the push was to a library repository (its tag history or a
-    signature may have changed the candidates). Never raises: the push is stored already, and
-    lineage is a report. A digest the library gained has the images pushed before it traced
-    again (`retrace_after_move`)."""
-    try:
-        image = None if library is None else library.image_at(repository)
-        gained: list[str] = []
-        if library is not None and image is not None and tag is not None and tag in image.tags:
-            why = await unsigned(db, store, library, image, digest)
-            if why is not None:
-                log.info(
-                    "library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why
-                )
-            elif await record_tag(db, image.name, tag, repository, digest, announce=announce):
-                log.info("library %s:%s now points to %s", image.name, tag, digest)
-                gained.append(digest)
-        if library is not None and image is not None:
-            signed = await signature_arrived(db, store, library, repository, content, tag, announce)
-            gained.extend(signed)
-        if lineages is None or image is not None:
-            lineages = await trace_lineage(db, store, repository, digest, content, library)
-        if lineages:
-            await record_lineage(db, repository, digest, lineages)
-        for moved in dict.fromkeys(gained):
-            await retrace_after_move(db, store, library, repository, moved)
-    except Exception:
-        log.exception("recording the library lineage of %s@%s failed", repository, digest)
+    """After a manifest was stored (`moved`: its library tag's history moved in the same
+    transaction, `move_pushed_tag`): the tag history of a declared library tag whose image asks
+    `signed_by`, once signed (a pushed signature may be what it waited for; verified first, then
+    moved under the registry tag's `guard` only if the tag still points there; `announce`
+    reports a move), then the image's lineage: `lineages` when the policy decision traced it
+    already, unless the push was to a library repository (its tag history or a signature may
+    have changed the candidates). A digest the library gained has the images pushed before it
+    traced again (`retrace_after_move`). Runs after the commit, outside the tag guard: a failure
+    is the caller's to log (the push is stored; lineage is a report)."""
+    image = None if library is None else library.image_at(repository)
+    gained: list[str] = [digest] if moved else []
+    if library is not None and image is not None and image.signed_by and tag in image.tags:
+        why = await unsigned(db, store, library, image, digest)
+        if why is not None:
+            log.info("library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why)
+        elif await follow_tag(db, image.name, tag, repository, digest, announce, guard):
+            log.info("library %s:%s now points to %s", image.name, tag, digest)
+            gained.append(digest)
+    if library is not None and image is not None:
+        gained += await signature_arrived(
+            db, store, library, repository, content, tag, announce, guard
+        )
+    if lineages is None or image is not None:
+        lineages = await trace_lineage(db, store, repository, digest, content, library)
+    if lineages:
+        await record_current_lineage(db, store, library, repository, digest, content, lineages)
+    for gain in dict.fromkeys(gained):
+        await retrace_after_move(db, store, library, repository, gain)
 
 
-async def record_library_delete(
-    db: MetadataDB, library: Library | None, repository: str, tags: Sequence[str]
-) -> None:
-    """After tags of `repository` were deleted (a tag, or a manifest with its tags): every
-    declared library tag among them points at nothing from now on, so its history row ends and
-    the images built on it are no longer on its current digest. Never raises: the delete is done.
-    """
+def end_deleted_tags(
+    library: Library | None, repository: str, tags: Sequence[str]
+) -> list[EndLibraryTag]:
+    """What the delete's own transaction changes of the library: every declared library tag
+    among the deleted `tags` of `repository` points at nothing from now on, so its history row
+    ends and the images built on it are no longer on its current digest."""
     image = None if library is None else library.image_at(repository)
     if image is None:
-        return
-    for tag in tags:
-        if tag not in image.tags:
-            continue
-        try:
-            await end_tag(db, image.name, tag)
-            log.info("library %s:%s deleted", image.name, tag)
-        except Exception:
-            log.exception("ending the history of library tag %s:%s failed", image.name, tag)
+        return []
+    return [EndLibraryTag(image.name, tag) for tag in tags if tag in image.tags]

@@ -26,12 +26,13 @@ recorded there like any other proof.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from policies.library.declaration import Library, LibraryImage
-from policies.library.history import Announce, record_tag, tag_history
+from policies.library.history import Announce, TagGuard, record_tag, tag_history
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from policies.signatures.discovery import signed_subject
@@ -109,10 +110,13 @@ async def signature_arrived(
     content: bytes,
     tag: str | None,
     announce: Announce | None = None,
+    guard: TagGuard | None = None,
 ) -> list[str]:
     """After a manifest push to a library repository: when it is a signature of a digest that a
     declared tag points at and now holds `signed_by`, the library tag moves to that digest
-    (`announce`d as it moves). The digests the library gained: that one, or none."""
+    (`announce`d as it moves, under the registry tag's `guard`, and only if the registry tag
+    still points at the digest once the signature is verified). The digests the library gained:
+    that one, or none."""
     image = library.image_at(repository)
     if image is None or not image.signed_by:
         return []
@@ -124,10 +128,31 @@ async def signature_arrived(
         return []
     gained = []
     for library_tag in tags:
-        if await record_tag(db, image.name, library_tag, repository, subject, announce=announce):
+        if await follow_tag(db, image.name, library_tag, repository, subject, announce, guard):
             log.info("library %s:%s now points to %s (signed)", image.name, library_tag, subject)
             gained = [subject]
     return gained
+
+
+async def follow_tag(
+    db: MetadataDB,
+    name: str,
+    tag: str,
+    repository: str,
+    digest: str,
+    announce: Announce | None = None,
+    guard: TagGuard | None = None,
+) -> bool:
+    """Move the library tag `name:tag` to `digest` after a verification that ran outside the
+    registry tag's guard; whether it moved. Verifying takes time, and the registry tag may have
+    moved meanwhile (a push racing the signature): under the guard, the library follows only a
+    registry tag that still points at `digest`, so it never goes back to a digest the registry
+    tag has left."""
+    async with guard(repository, tag) if guard is not None else contextlib.nullcontext():
+        if await db.tag_target(repository, tag) != digest:
+            log.info("library %s:%s: the registry tag moved on from %s", name, tag, digest)
+            return False
+        return await record_tag(db, name, tag, repository, digest, announce=announce)
 
 
 async def pending_tags(db: MetadataDB, library: Library | None) -> list[Pending]:

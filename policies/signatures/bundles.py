@@ -398,6 +398,8 @@ def verify_logged(
 
 def _check_body(body: Mapping[str, Any], logged: _LoggedDsse, signature: bytes) -> None:
     """The entry body names this signature over this content."""
+    if not isinstance(body, dict):
+        raise BundleError("the Rekor entry is malformed")
     kind, spec = body.get("kind"), body.get("spec") or {}
     encoded = base64.b64encode(signature).decode()
     if kind == "dsse" and logged.payload is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from policies.signatures.findings import Finding
 from storage.oci.grammar import NAME_RE, TAG_RE
@@ -32,11 +33,57 @@ def repository_of(reference: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class UpstreamIdentity:
+    """A proxied namespace and the upstream whose names its signatures carry (as containers
+    policy.json's `remapIdentity`): `<prefix>/<path>` here is `<host>/<path>` upstream."""
+
+    prefix: str
+    hosts: frozenset[str]  # the upstream's host[:port] and its aliases (Docker Hub's)
+    docker_hub: bool  # one-segment names are `library/<name>`
+
+
+#: Proxied namespaces by prefix (set by `registry.proxy` from the configuration).
+_UPSTREAMS: dict[str, UpstreamIdentity] = {}
+
+
+def remap_identity(identity: UpstreamIdentity) -> None:
+    """Let signatures naming the upstream's repository count for the proxied one."""
+    _UPSTREAMS[identity.prefix] = identity
+
+
+def names_repository_for(reference: str, repository: str) -> bool:
+    """Whether a signed reference names `repository`: its own name (any registry host), or,
+    for a proxied repository, the upstream's name on the upstream's host only."""
+    if repository_of(reference) == repository:
+        return True
+    for prefix, identity in _UPSTREAMS.items():
+        if repository.startswith(prefix + "/"):
+            return _upstream_names(reference, identity, repository[len(prefix) + 1 :])
+    return False
+
+
+def _upstream_names(reference: str, identity: UpstreamIdentity, path: str) -> bool:
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: name.rindex(":")]
+    first, slash, rest = name.partition("/")
+    has_host = bool(slash) and ("." in first or ":" in first or first == "localhost")
+    host, remote = (first, rest) if has_host else ("docker.io", name)
+    if identity.docker_hub:
+        if "/" not in remote:
+            remote = f"library/{remote}"
+        if "/" not in path:
+            path = f"library/{path}"
+    return host in identity.hosts and remote == path
+
+
 def signs_for(finding: Finding, repository: str) -> bool:
     """Whether a finding may count for `repository` under the default `docker_reference`
     setting: it signs no reference, or one that names this repository."""
     reference = finding.docker_reference
-    return reference is None or repository_of(reference) == repository
+    return reference is None or names_repository_for(reference, repository)
 
 
 def names_repository(name: str) -> bool:

@@ -3,38 +3,22 @@ manifests", "Pushing manifests", "Pushing manifests with subject", "Deleting")."
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
-from typing import Any
 
 from aiohttp import web
 
-from policies.decisions import Action
-from policies.facts import PolicyRequest
-from policies.library.recording import record_library_delete, record_library_push
-from policies.signatures.proofs import push_problem, signature_pushed
 from registry.auth.producers import quarantine_reader
-from registry.context import RegistryContext, context
+from registry.context import context, pipeline
 from registry.errors import RegistryError
 from registry.events.hub import EVENTS
 from registry.identity import identity
-from storage.metadata import ManifestRecord, MetadataDB, MissingReferences, Statements
-from storage.oci.digests import Digest, parse_digest
-from storage.oci.errors import (
-    DIGEST_INVALID,
-    MANIFEST_BLOB_UNKNOWN,
-    MANIFEST_INVALID,
-    MANIFEST_TOO_LARGE,
-    MANIFEST_UNKNOWN,
-    NAME_UNKNOWN,
-    UNSUPPORTED,
-    OciError,
-)
+from registry.pipeline import ManifestDelete, ManifestPush
+from registry.pipeline.push import read_reference, too_large
+from storage.metadata import ManifestRecord, MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.errors import MANIFEST_UNKNOWN, NAME_UNKNOWN, UNSUPPORTED, OciError
 from storage.oci.grammar import check_tag, is_digest
-from storage.oci.manifest import MAX_MANIFEST_SIZE, ParsedManifest, Reference, parse_manifest
-
-#: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
-LARGE_MANIFEST = 64 * 1024
+from storage.oci.manifest import MAX_MANIFEST_SIZE
 
 
 async def find_manifest(db: MetadataDB, name: str, reference: str) -> ManifestRecord:
@@ -91,183 +75,53 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
 
 
 async def put_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
-    """Validate and store a manifest, tagging it when pushed by tag."""
-    ctx = context(request)
-    tag = None if is_digest(reference) else check_tag(reference)
-    expected = parse_digest(reference) if tag is None else None
-    content = await _read_body(request)
-    digest = Digest.of(content, expected.algorithm if expected else "sha256")
-    if expected is not None and digest != expected:
-        raise RegistryError(
-            DIGEST_INVALID,
-            {"expected": str(expected), "actual": str(digest)},
-            message="manifest digest did not match the digest in the URL",
-        )
-    content_type = request.headers.get("Content-Type")
-    if len(content) > LARGE_MANIFEST:
-        # Reading a large manifest is CPU work: in a thread, the event loop keeps answering
-        # other clients between its steps instead of stalling for the whole parse.
-        parsed = await asyncio.to_thread(
-            _parse, content, content_type, ctx.policy.policy, tag, str(digest)
-        )
-    else:
-        parsed = _parse(content, content_type, ctx.policy.policy, tag, str(digest))
-    record = ManifestRecord(
+    """Store a manifest (tagging it when pushed by tag): 201 with its location and digest."""
+    read_reference(reference)  # TAG_INVALID or DIGEST_INVALID before the body is read
+    push = ManifestPush(
         repository=name,
-        digest=str(digest),
-        media_type=parsed.media_type,
-        content=content,
-        subject=parsed.subject,
-        artifact_type=parsed.artifact_type,
-        annotations=parsed.annotations,
+        reference=reference,
+        content=await _read_body(request),
+        content_type=request.headers.get("Content-Type"),
+        actor=identity(request).name,
     )
-    # Policy: checked before anything is stored, so a denied push leaves no manifest and no tag
-    # (the denial is logged at once); an allowed push is logged only once stored.
-    # The tag is held from check to store: two pushes to one tag cannot both pass immutability.
-    events, actor = request.app[EVENTS], identity(request).name
-    async with (
-        ctx.policy.tag_guard(name, tag),
-        events.reporting_denials("push", name, reference, str(digest), actor),
-    ):
-        check = await ctx.policy.check_push(
-            PolicyRequest(
-                Action.PUSH,
-                name,
-                reference,
-                str(digest),
-                () if tag is None else (tag,),
-                actor,
-            ),
-            parsed.media_type,
-            content,
-        )
-        # Events are written in the transaction that stores the manifest (the outbox).
-        library = check.policy.library
-        legacy = tag is not None and events.is_library(name, library)  # deprecated globs
-        previous = await ctx.db.tag_target(name, tag) if tag and legacy else None
-        outbox = events.push_statements(record, tag, actor, previous)
-        await _store(ctx, record, parsed.references, tag, outbox)
-        await ctx.policy.pushed(check)
-        # The base-image library: a declared library tag's history (its move announced as
-        # `library.tag.updated`, in the same transaction), the image's lineage.
-        await record_library_push(
-            ctx.db,
-            ctx.store,
-            library,
-            name,
-            str(digest),
-            content,
-            tag,
-            events.library_moved(actor),
-            check.lineage,
-        )
-    ctx.policy.evidence_changed(name)
-    events.committed()
-    # A signature (`.sig` tag or signature referrer) is verified now and its proofs recorded,
-    # so pulls of the image it signs cost no cryptography.
-    if await signature_pushed(ctx.db, ctx.store, ctx.policy.policy, name, content, tag):
-        await ctx.policy.evidence_arrived(name)
+    stored = await pipeline(request).push(push)
     headers = {
-        "Location": f"/v2/{name}/manifests/{digest}",
-        "Docker-Content-Digest": str(digest),
+        "Location": f"/v2/{name}/manifests/{stored.digest}",
+        "Docker-Content-Digest": stored.digest,
         "Content-Length": "0",
-        **check.headers,
+        **stored.headers,
     }
-    if parsed.subject is not None:
-        headers["OCI-Subject"] = parsed.subject
+    if stored.subject is not None:
+        headers["OCI-Subject"] = stored.subject
     return web.Response(status=201, headers=headers)
-
-
-def _parse(
-    content: bytes, content_type: str | None, policy: Any, tag: str | None, digest: str
-) -> ParsedManifest:
-    """Validate a pushed manifest; a signature the policy would verify is refused up front when
-    it is over the verification limits."""
-    # The limits first: a hostile signature manifest is refused without the full parse.
-    problem = push_problem(policy, content, tag)
-    if problem is not None:
-        raise RegistryError(MANIFEST_INVALID, {"digest": digest}, message=problem)
-    return parse_manifest(content, content_type)
-
-
-async def _store(
-    ctx: RegistryContext,
-    record: ManifestRecord,
-    references: list[Reference],
-    tag: str | None,
-    outbox: Statements = (),
-) -> None:
-    """Store the manifest (and move the tag) with its outbox rows; MANIFEST_BLOB_UNKNOWN names
-    what is missing."""
-    try:
-        await ctx.db.put_manifest(record, references, tag, outbox)
-    except MissingReferences as exc:
-        missing = exc.missing[0]
-        raise RegistryError(
-            MANIFEST_BLOB_UNKNOWN,
-            {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
-            message=f"manifest references {missing.kind} {missing.digest} unknown to "
-            f"repository {record.repository}",
-        ) from None
 
 
 async def _read_body(request: web.Request) -> bytes:
     """The request body, refused with 413 past the manifest size limit without reading it all."""
     declared = request.content_length
     if declared is not None and declared > MAX_MANIFEST_SIZE:
-        raise _too_large(declared)
+        raise too_large(declared)
     body = bytearray()
     async for chunk in request.content.iter_chunked(1 << 16):
         body += chunk
         if len(body) > MAX_MANIFEST_SIZE:
-            raise _too_large(len(body))
+            raise too_large(len(body))
     return bytes(body)
 
 
-def _too_large(size: int) -> RegistryError:
-    return RegistryError(
-        MANIFEST_TOO_LARGE,
-        {"size": size, "limit": MAX_MANIFEST_SIZE},
-        message=f"manifest larger than the {MAX_MANIFEST_SIZE} byte limit",
-    )
-
-
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
-    """Delete a manifest by digest (with its tags), or only a tag by tag."""
-    ctx = context(request)
-    if not ctx.config.delete_enabled:
+    """Delete a manifest by digest (with its tags), or only a tag by tag: 202."""
+    if not context(request).config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
     key = valid_reference(name, reference)
-    digest = key if is_digest(reference) else None
-    tag = key if digest is None else None
-    # Policy: checked before deleting; an unknown manifest or tag falls through to 404.
-    if digest is not None:
-        record = await ctx.db.get_manifest(name, digest)
-    else:
-        record = await ctx.db.get_tagged_manifest(name, reference)
-    policy_headers: dict[str, str] = {}
-    events, actor = request.app[EVENTS], identity(request).name
-    outbox: Statements = ()
-    tags: tuple[str, ...] = ()
-    if record is not None:
-        tags = (tag,) if tag is not None else tuple(await ctx.db.tags_of(name, record.digest))
-        async with events.reporting_denials("delete", name, reference, record.digest, actor):
-            policy_headers = await ctx.policy.check_delete(
-                PolicyRequest(Action.DELETE, name, reference, record.digest, tags, actor),
-                record,
-            )
-        if digest is not None:
-            # An index child goes only if no manifest the policy protects needs it.
-            await ctx.policy.check_needed(name, digest, "manifest", actor)
-        outbox = events.delete_statements(record, tag, list(tags), actor)
-    if digest is not None:
-        deleted = await ctx.db.delete_manifest(name, digest, outbox)
-    else:
-        deleted = await ctx.db.delete_tag(name, reference, outbox)
-    if not deleted:
-        raise RegistryError(MANIFEST_UNKNOWN, {"name": name, "reference": reference})
-    # The base-image library: a deleted library tag's history ends.
-    await record_library_delete(ctx.db, ctx.policy.policy.library, name, tags)
-    ctx.policy.evidence_changed(name)
-    events.committed()
-    return web.Response(status=202, headers=policy_headers)
+    by_digest = is_digest(reference)
+    deleted = await pipeline(request).delete(
+        ManifestDelete(
+            repository=name,
+            reference=reference,
+            actor=identity(request).name,
+            digest=key if by_digest else None,
+            tag=None if by_digest else key,
+        )
+    )
+    return web.Response(status=202, headers=deleted.headers)

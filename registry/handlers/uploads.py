@@ -44,7 +44,7 @@ async def start_upload(request: web.Request, name: str, _: str) -> web.StreamRes
     digest_text = single(request, "digest", DIGEST_INVALID)
     if digest_text is not None and mount is None:
         digest = parse_digest(digest_text)
-        upload_id = await ctx.uploads.start(name)
+        upload_id = await ctx.uploads.start(name, resumable=False)
         await ctx.uploads.finish(name, upload_id, digest, request.content)
         return _blob_created(name, str(digest))
     upload_id = await ctx.uploads.start(name)

@@ -39,6 +39,7 @@ from storage.metadata.library import LibraryRecords
 from storage.metadata.manifests import ManifestsAndTags
 from storage.metadata.outbox import OutboxRecords
 from storage.metadata.proofs import SignatureProofs
+from storage.metadata.proxy import ProxyRecords
 from storage.metadata.scans import ScanRecords
 
 
@@ -51,6 +52,7 @@ class MetadataDB(
     ScanRecords,
     SignatureProofs,
     Housekeeping,
+    ProxyRecords,
 ):
     """Trustyard's metadata database, whichever engine keeps it (see the module docstring)."""
 

@@ -120,7 +120,13 @@ class PrivateDockerd:
 
 
 def _start_one(
-    dockerd: str, client: str, driver: str, namespace: str, prefix: str, timeout: float
+    dockerd: str,
+    client: str,
+    driver: str,
+    namespace: str,
+    prefix: str,
+    timeout: float,
+    extra_args: tuple[str, ...] = (),
 ) -> PrivateDockerd:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     sock = root / "d.sock"
@@ -155,6 +161,7 @@ def _start_one(
                 # keep out of the namespaces a system dockerd would use.
                 f"--containerd-namespace={namespace}",
                 f"--containerd-plugins-namespace={namespace}-plugins",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -186,16 +193,18 @@ def start_dockerd(
     namespace: str = "ty-bench",
     prefix: str = "ty-bdk-",
     timeout: float = 60,
+    extra_args: tuple[str, ...] = (),
 ) -> PrivateDockerd:
     """Start a private dockerd with the first storage driver of `drivers` that works, its
-    containerd in `namespace`, its directory `/tmp/<prefix>...` (RuntimeError if none starts)."""
+    containerd in `namespace`, its directory `/tmp/<prefix>...`, `extra_args` for dockerd (such as
+    `--registry-mirror=URL`) (RuntimeError if none starts)."""
     found = docker_available()
     if found is None:
         raise RuntimeError("dockerd, docker or containerd is not installed")
     errors = []
     for driver in drivers:
         try:
-            return _start_one(*found, driver, namespace, prefix, timeout)
+            return _start_one(*found, driver, namespace, prefix, timeout, extra_args)
         except (RuntimeError, OSError) as exc:
             errors.append(str(exc))
     raise RuntimeError("\n".join(errors))

@@ -2,8 +2,9 @@
 
 Once with `redirect: false` (Trustyard streams blobs from S3) and once with `redirect: true`
 (blob GETs answer 307 to a presigned SeaweedFS URL on 127.0.0.1, which dockerd follows). The
-image has a layer larger than the 8 MiB part size, so uploads become segments and a multipart
-upload assembled with UploadPartCopy; the small config and second layer take the PutObject path.
+image has a layer larger than the 8 MiB part size, so its upload streams parts into the multipart
+upload of a data object and the blob's key becomes a pointer to it; the small config and second
+layer take the PutObject path (the bytes under the blob's key).
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
     PUSH_DIGEST,
+    ContainersConfig,
     DockerDaemon,
+    OciLayout,
     get_manifest,
+    gzip_bytes,
     make_rootfs_tar,
     repo_digests,
+    require_binary,
+    run,
     sha256_digest,
 )
 from tests.server_process import RegistryProcess, start_registry
@@ -156,27 +165,40 @@ def test_docker_push_pull_with_s3(
     assert len(layers) == 2
     assert max(layers.values()) > 2 * PART_SIZE  # the big layer took 3 parts
 
-    # The bucket holds exactly the pushed blobs, under <prefix>/blobs/sha256/<xx>/<hex> with
-    # their sizes, and nothing under _uploads/ (segments are removed once assembled).
-    keys = bucket_keys(seaweed, f"{prefix}/")
-    expected = {f"{prefix}/blobs/sha256/{d[7:9]}/{d[7:]}": size for d, size in blobs.items()}
+    # The bucket holds exactly the pushed blobs, under <prefix>/blobs/sha256/<xx>/<hex>: the
+    # small ones with their bytes, the big layer as an empty pointer naming its data object
+    # under _data/ (its only other key); nothing under _uploads/, no multipart upload left.
+    keys = bucket_keys(seaweed, f"{prefix}/blobs/")
+    expected = {
+        f"{prefix}/blobs/sha256/{d[7:9]}/{d[7:]}": 0 if size >= PART_SIZE else size
+        for d, size in blobs.items()
+    }
     assert keys == expected, keys
     for key in keys:
         found = BLOB_KEY.match(key)
         assert found is not None and found["prefix"] == f"{prefix}/", key
         assert found["xx"] == found["hex"][:2]
+    client: Any = seaweed.client()
+    data_objects = bucket_keys(seaweed, f"{prefix}/_data/")
+    big = max(layers, key=layers.__getitem__)
+    pointer = client.head_object(Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{big[7:9]}/{big[7:]}")
+    data_key = f"{prefix}/{pointer['Metadata']['trustyard-data']}"
+    assert data_objects == {data_key: layers[big]}, data_objects
+    assert set(bucket_keys(seaweed, f"{prefix}/")) == set(keys) | {data_key}
+    uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/")
+    assert uploads.get("Uploads", []) == []
     assert not (registry.data_dir / "blobs").exists() or not any(
         (registry.data_dir / "blobs").rglob("*")
     ), "the S3 backend wrote blobs to the local data directory"
 
-    # With redirect, a blob GET answers 307 to a presigned URL on the same SeaweedFS.
-    big = max(layers, key=layers.__getitem__)
+    # With redirect, a blob GET answers 307 to a presigned URL of the data object on the same
+    # SeaweedFS.
     status, headers = get_no_redirect(f"{registry.url}/v2/{repo}/blobs/{big}")
     if s3_registry.redirect:
         assert status == 307, (status, headers)
         location = urllib.parse.urlsplit(headers["location"])
         assert f"{location.scheme}://{location.netloc}" == seaweed.endpoint, headers["location"]
-        assert location.path == f"/{BUCKET}/{prefix}/blobs/sha256/{big[7:9]}/{big[7:]}"
+        assert location.path == f"/{BUCKET}/{data_key}"
         assert "X-Amz-Signature" in location.query
     else:
         assert status == 200, (status, headers)
@@ -209,3 +231,72 @@ def test_docker_push_pull_with_s3(
     finally:
         dockerd.docker("rm", "--force", container, check=False)
         dockerd.docker("rmi", "--force", ref, check=False)
+
+
+def test_skopeo_copy_multi_layer_image_to_s3(
+    containers_config: ContainersConfig, seaweed: SeaweedS3, s3_registry: S3Registry, tmp_path: Path
+) -> None:
+    """skopeo (one streamed PATCH per blob, then PUT ?digest=) pushes three layers — two larger
+    than a part, one smaller — and copies the image back byte for byte."""
+    skopeo = require_binary("skopeo")
+    registry, prefix = s3_registry.registry, s3_registry.prefix
+    src = tmp_path / "src"
+    layout = OciLayout(src)
+    tars = [
+        make_rootfs_tar({f"data/{name}": os.urandom(size)})
+        for name, size in (("big", 19 * MIB), ("medium", PART_SIZE + 5), ("small", 40 * 1024))
+    ]
+    layers = [gzip_bytes(tar) for tar in tars]
+    layer_digests = [layout.add_blob(layer) for layer in layers]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar) for tar in tars]},
+        }
+    ).encode()
+    config_digest = layout.add_blob(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": len(layer)}
+                for digest, layer in zip(layer_digests, layers, strict=True)
+            ],
+        }
+    ).encode()
+    manifest_digest = layout.add_blob(manifest)
+    layout.tag("1.0", OCI_MANIFEST, manifest_digest, len(manifest))
+
+    def run_skopeo(*args: str) -> str:
+        command = [skopeo, "--policy", str(containers_config.policy), *args]
+        return run(command, env=containers_config.env, timeout=300).stdout
+
+    dest = f"docker://{registry.host}/e2e/skopeo-s3:1.0"
+    run_skopeo("copy", "--dest-tls-verify=false", f"oci:{src}:1.0", dest)
+    resp = get_manifest(registry, "e2e/skopeo-s3", "1.0")
+    assert resp.status == 200
+    assert resp.body == manifest
+
+    # Layers of a part or more are pointers to their data objects; the rest are bytes.
+    client: Any = seaweed.client()
+    for digest, layer in zip(layer_digests, layers, strict=True):
+        key = f"{prefix}/blobs/sha256/{digest[7:9]}/{digest[7:]}"
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        if len(layer) >= PART_SIZE:
+            assert head["ContentLength"] == 0
+            data_key = f"{prefix}/{head['Metadata']['trustyard-data']}"
+            assert client.head_object(Bucket=BUCKET, Key=data_key)["ContentLength"] == len(layer)
+        else:
+            assert head["ContentLength"] == len(layer)
+    assert bucket_keys(seaweed, f"{prefix}/_uploads/") == {}
+    assert (
+        client.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/").get("Uploads", []) == []
+    )
+
+    back = tmp_path / "back"
+    run_skopeo("copy", "--src-tls-verify=false", dest, f"oci:{back}:out")
+    for digest, layer in zip(layer_digests, layers, strict=True):
+        assert (back / "blobs" / "sha256" / digest[7:]).read_bytes() == layer

@@ -34,6 +34,7 @@ class Known:
 KEYLESS_TESTS = ("tests/security/test_keyless_identity.py",)
 BUNDLE_TESTS = ("tests/security/test_bundle_log_entries.py",)
 AUTH_TESTS = ("tests/security/test_auth_decisions.py",)
+PROOF_TESTS = ("tests/security/test_bundle_rekor_proofs.py",)
 
 KNOWN = [
     Known(
@@ -105,6 +106,62 @@ KNOWN = [
         "if lines[1:2] != [str(size)] or checkpoint_root != tree_root:",
         "if False:",
         BUNDLE_TESTS,
+    ),
+    Known(
+        "an inclusion proof for the leaf one past the tree",
+        "policies/signatures/bundles.py",
+        "if not 0 <= index < size:",
+        "if not 0 <= index <= size:",
+        PROOF_TESTS,
+    ),
+    Known(
+        "an inclusion proof stopping short of the root",
+        "policies/signatures/bundles.py",
+        '    if sn != 0:\n        raise BundleError("the inclusion proof is too short")',
+        '    if sn < 0:\n        raise BundleError("the inclusion proof is too short")',
+        PROOF_TESTS,
+    ),
+    Known(
+        "a checkpoint note read only when it has at most three lines",
+        "policies/signatures/bundles.py",
+        "if len(lines) >= 3 else",
+        "if len(lines) <= 3 else",
+        PROOF_TESTS,
+    ),
+    Known(
+        "a checkpoint note read only when it has exactly three lines",
+        "policies/signatures/bundles.py",
+        "if len(lines) >= 3 else",
+        "if len(lines) == 3 else",
+        PROOF_TESTS,
+    ),
+    Known(
+        "a checkpoint line that is not a signature ending the search",
+        "policies/signatures/bundles.py",
+        '        if not line.startswith("\\u2014 "):\n            continue',
+        '        if not line.startswith("\\u2014 "):\n            break',
+        PROOF_TESTS,
+    ),
+    Known(
+        "base64 fields of non-ASCII text not named",
+        "policies/signatures/bundles.py",
+        '    except (binascii.Error, ValueError):\n        raise BundleError(f"{what}',
+        '    except binascii.Error:\n        raise BundleError(f"{what}',
+        PROOF_TESTS,
+    ),
+    Known(
+        "an RSA-PSS message signature never tried",
+        "policies/signatures/bundles.py",
+        "            except InvalidSignature:\n                pss",
+        "            except OSError:\n                pss",
+        PROOF_TESTS,
+    ),
+    Known(
+        "the per-image signature byte budget never spent",
+        "policies/signatures/discovery.py",
+        'budget.bytes -= len(content or b"")',
+        'budget.bytes -= len(content and b"")',
+        ("tests/security/test_signature_cost.py",),
     ),
     Known(
         "manifest and blob DELETE need only pull",

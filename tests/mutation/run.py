@@ -19,6 +19,7 @@ handlers); arithmetic and constant swaps are left out. Survivors are printed wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,9 @@ class Target:
     bare: bool = False
 
 
-PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+PYTEST_ARGS = "-x -q -p no:cacheprovider"
+PYTEST = f"{sys.executable} -m pytest {PYTEST_ARGS}"
+FORK = "tests/mutation/forkserver.py"
 #: cosmic-ray and its filters, run by this interpreter (their scripts may not be on PATH).
 COSMIC_RAY = [sys.executable, "-m", "cosmic_ray.cli"]
 FILTER_OPERATORS = [sys.executable, "-m", "cosmic_ray.tools.filters.operators_filter"]
@@ -103,6 +107,8 @@ TARGETS: dict[str, Target] = {
         (
             "tests/policies/test_signatures_bundles.py",
             "tests/security/test_bundle_log_entries.py",
+            "tests/security/test_bundle_message_signatures.py",
+            "tests/security/test_bundle_bindings.py",
         ),
         bare=True,
     ),
@@ -119,6 +125,11 @@ TARGETS: dict[str, Target] = {
             "policies/signatures/findings.py",
         ),
         (
+            "tests/security/test_signature_requirement.py",
+            "tests/security/test_signature_limits.py",
+            "tests/security/test_signature_cost.py",
+            "tests/security/test_stale_evidence.py",
+            "tests/security/test_docker_reference.py",
             "tests/registry/test_signature_rule.py",
             "tests/registry/test_signature_quorum.py",
             "tests/registry/test_signature_bundles.py",
@@ -128,13 +139,20 @@ TARGETS: dict[str, Target] = {
         ("policies/rules.py", "policies/facts.py", "policies/gateway.py"),
         (
             "tests/policies/test_rules.py",
-            "tests/registry/test_policy_enforcement.py",
+            "tests/security/test_image_claims.py",
             "tests/security/test_unreadable_config.py",
+            "tests/security/test_engine_fail_closed.py",
+            "tests/security/test_image_classification.py",
+            "tests/security/test_side_doors.py",
+            "tests/security/test_quarantine_reads.py",
+            "tests/security/test_stale_evidence.py",
+            "tests/registry/test_policy_enforcement.py",
+            "tests/library/test_library_api.py",
         ),
     ),
     "vulnerabilities": Target(
         ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
-        ("tests/scans",),
+        ("tests/security/test_vulnerability_limits.py", "tests/scans"),
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
@@ -142,6 +160,11 @@ TARGETS: dict[str, Target] = {
         function="finish",
     ),
 }
+
+#: Run each mutant's tests in a fork of a preloaded server (tests/mutation/forkserver.py).
+FORKING = True
+#: Only these modules of the targets (--module), or all.
+ONLY: tuple[str, ...] = ()
 
 #: The CI subset: small, fast, and every mutant in it must be killed.
 SMOKE = ("events-verify",)
@@ -192,14 +215,48 @@ def copy_tree(into: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def config_for(name: str, target: Target, module: str) -> str:
+def target_tests(target: Target) -> list[str]:
+    """The target's test files that exist in this tree."""
+    return [t for t in target.tests if (ROOT / t).exists()]
+
+
+def test_command(target: Target, server: str | None = None) -> str:
+    """The command cosmic-ray runs for each mutant: pytest, or pytest in a fork of `server`."""
+    tests = " ".join(target_tests(target))
+    pytest = PYTEST if server is None else f"{sys.executable} {FORK} run {server} {PYTEST_ARGS}"
+    return f"{BARE} {pytest} {tests}" if target.bare else f"{pytest} {tests}"
+
+
+@contextlib.contextmanager
+def fork_server(work: Path, target: Target) -> Iterator[str]:
+    """A fork server (tests/mutation/forkserver.py) preloaded for `target`'s tests; its socket.
+    It starts by running every test on the unmutated tree, and stops if one fails (or every
+    mutant would count as killed)."""
+    path = str(work / f"fork-{os.getpid()}-{time.monotonic_ns()}.sock")
+    server = subprocess.Popen(
+        [sys.executable, FORK, "serve", path, ",".join(target.modules), *target_tests(target)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise SystemExit("the fork server did not start")
+        yield path
+    finally:
+        server.kill()
+        server.wait()
+
+
+def config_for(name: str, target: Target, module: str, server: str | None = None) -> str:
     """The cosmic-ray configuration (TOML) for one module of a target."""
-    tests = " ".join(t for t in target.tests if (ROOT / t).exists())
-    command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+    command = test_command(target, server)
     lines = [
         "[cosmic-ray]",
         f'module-path = "{module}"',
-        "timeout = 300.0",
+        # The fork server stops a run that hangs (after four times the unmutated run): a
+        # timeout here would count a slow run on a loaded machine as a kill.
+        "timeout = 86400.0",
         "excluded-modules = []",
         f'test-command = "{command}"',
         "",
@@ -215,6 +272,24 @@ def config_for(name: str, target: Target, module: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def skip_dataclass_flags(session: Path, module: Path) -> None:
+    """Mark as skipped the mutants of `@dataclass(...)` lines (`frozen`, `slots` flipped): no
+    input tells them apart (docs/mutation.md), and each one would run every test."""
+    import sqlite3
+
+    lines = module.read_text().splitlines()
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        pending = db.execute(
+            "SELECT job_id, start_pos_row FROM mutation_specs "
+            "WHERE job_id NOT IN (SELECT job_id FROM work_results)"
+        ).fetchall()
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', 'dataclass flags: equivalent', NULL, '', ?)",
+            [(job,) for job, row in pending if lines[row - 1].lstrip().startswith("@dataclass(")],
+        )
+
+
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
 
@@ -223,46 +298,62 @@ def mutate(name: str, target: Target, work: Path, results: Path) -> tuple[int, i
     """Run one target; (killed, total, survivors)."""
     killed = total = 0
     survivors: list[dict] = []
-    for module in target.modules:
-        stem = f"{name}--{Path(module).stem}"
-        config = work / f"{stem}.toml"
-        session = work / f"{stem}.sqlite"
-        config.write_text(config_for(name, target, module))
-        run([*COSMIC_RAY, "init", str(config), str(session)], work)
-        run([*FILTER_OPERATORS, str(session), str(config)], work)
-        if target.function is not None:
-            run([*FILTER_LINES, str(session), "--config", str(config)], work)
-        started = time.monotonic()
-        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
-        dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
-        module_killed = module_total = 0
-        for line in dump.splitlines():
-            item, result = json.loads(line)
-            if result is None or result["worker_outcome"] != "normal":
-                continue  # skipped by a filter, or the test command failed to start
-            module_total += 1
-            if result["test_outcome"] == "survived":
-                mutation = item["mutations"][0]
-                survivors.append(
-                    {
-                        "module": mutation["module_path"],
-                        "operator": mutation["operator_name"],
-                        "occurrence": mutation["occurrence"],
-                        "line": mutation["start_pos"][0],
-                        "diff": result.get("diff", ""),
-                    }
-                )
-            else:
-                module_killed += 1
-        killed += module_killed
-        total += module_total
-        print(
-            f"  {module}: {module_killed}/{module_total} killed "
-            f"({time.monotonic() - started:.0f}s)",
-            flush=True,
-        )
-        shutil.copy2(session, results / session.name)
+    with fork_server(work, target) if FORKING else contextlib.nullcontext() as server:
+        for module in target.modules:
+            if ONLY and module not in ONLY:
+                continue
+            k, t, s = mutate_module(name, target, module, work, results, server)
+            killed, total, survivors = killed + k, total + t, survivors + s
     return killed, total, survivors
+
+
+def mutate_module(
+    name: str, target: Target, module: str, work: Path, results: Path, server: str | None
+) -> tuple[int, int, list[dict]]:
+    """Run one module of a target; (killed, total, survivors)."""
+    survivors: list[dict] = []
+    stem = f"{name}--{Path(module).stem}"
+    config = work / f"{stem}.toml"
+    session = work / f"{stem}.sqlite"
+    config.write_text(config_for(name, target, module, server))
+    run([*COSMIC_RAY, "init", str(config), str(session)], work)
+    run([*FILTER_OPERATORS, str(session), str(config)], work)
+    if target.function is not None:
+        run([*FILTER_LINES, str(session), "--config", str(config)], work)
+    skip_dataclass_flags(session, work / module)
+    started = time.monotonic()
+    run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    timeouts = work / "timeouts.log"
+    if timeouts.exists():
+        for place in timeouts.read_text().split():
+            print(f"  stopped at the deadline (counted as killed; look at it): {place}")
+        timeouts.unlink()
+    dump = run([*COSMIC_RAY, "dump", str(session)], work).stdout
+    module_killed = module_total = 0
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is None or result["worker_outcome"] != "normal":
+            continue  # skipped by a filter, or the test command failed to start
+        module_total += 1
+        if result["test_outcome"] == "survived":
+            mutation = item["mutations"][0]
+            survivors.append(
+                {
+                    "module": mutation["module_path"],
+                    "operator": mutation["operator_name"],
+                    "occurrence": mutation["occurrence"],
+                    "line": mutation["start_pos"][0],
+                    "diff": result.get("diff", ""),
+                }
+            )
+        else:
+            module_killed += 1
+    print(
+        f"  {module}: {module_killed}/{module_total} killed ({time.monotonic() - started:.0f}s)",
+        flush=True,
+    )
+    shutil.copy2(session, results / session.name)
+    return module_killed, module_total, survivors
 
 
 def recheck(session: Path) -> int:
@@ -280,13 +371,18 @@ def recheck(session: Path) -> int:
         .fetchall()
     )
     still = 0
-    with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         copy_tree(work)
+        servers: dict[str, str | None] = {}
         for module, operator, occurrence, line in rows:
             name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
-            tests = " ".join(t for t in target.tests if (ROOT / t).exists())
-            command = f"{BARE} {PYTEST} {tests}" if target.bare else f"{PYTEST} {tests}"
+            if name not in servers:
+                servers[name] = stack.enter_context(fork_server(work, target)) if FORKING else None
+            command = test_command(target, servers[name])
             out = run(
                 [*COSMIC_RAY, "mutate-and-test", module, operator, str(occurrence), command],
                 work,
@@ -305,7 +401,13 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the targets")
     parser.add_argument("--results", default=".mutation", help="where session files are kept")
     parser.add_argument("--recheck", type=Path, help="rerun this session's survivors only")
+    parser.add_argument("--module", action="append", help="mutate only this module of a target")
+    parser.add_argument(
+        "--no-fork", action="store_true", help="start pytest afresh for each mutant (slow)"
+    )
     args = parser.parse_args()
+    global FORKING, ONLY
+    FORKING, ONLY = not args.no_fork, tuple(args.module or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         return recheck(args.recheck.resolve())

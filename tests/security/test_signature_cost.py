@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from policies.signatures import cosign as cosign_module
 from policies.signatures import simple_signing
 from policies.signatures.discovery import (
+    MAX_SIGNATURE_BLOB,
+    MAX_SIGNATURE_BYTES,
     MAX_SIGNATURE_LAYERS,
     MAX_SIMPLE_SIGNING_PAYLOAD,
     MAX_VERIFICATIONS,
@@ -224,6 +226,50 @@ async def test_signatures_verified_per_image_are_bounded(
     )
     # The `.sig` tag is read before the referrers: a flood cannot crowd out the signature cosign
     # stores there.
+    await push_cosign_signature(gated, "prod/app", digest, payload, sign(release_key, payload))
+    assert await pull(gated, "prod/app", "v1") == (200, "")
+
+
+async def test_signature_bytes_read_per_image_are_bounded(
+    gated: TestClient, release_key: Any
+) -> None:
+    """Bytes read are spent from one budget per image: a referrer of Sigstore bundle layers at
+    their size limit spends it all, and a genuine referrer after it is not read."""
+    digest, _ = await push_image(gated, "prod/app", "v1")
+    config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
+    await push_blob(gated, "prod/app", config)
+    bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    layers = []
+    for n in range(MAX_SIGNATURE_BYTES // MAX_SIGNATURE_BLOB):  # each one at its limit
+        head = b'{"n":%d,"pad":"' % n
+        blob = head + b"x" * (MAX_SIGNATURE_BLOB - len(head) - 2) + b'"}'
+        await push_blob(gated, "prod/app", blob)
+        layers.append(descriptor(bundle_type, blob))
+    heavy = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": layers,
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 1},
+    }
+    body = json.dumps(heavy).encode()
+    resp = await gated.put(
+        f"/v2/prod/app/manifests/{descriptor('', body)['digest']}",
+        data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201
+    payload = simple_signing_payload(REF, digest)
+    genuine = [(payload, sign(release_key, payload))]
+    assert (await put_sig(gated, digest, genuine, referrer=True)).status == 201
+    junk = MAX_SIGNATURE_BYTES // MAX_SIGNATURE_BLOB
+    assert await pull(gated, "prod/app", "v1") == (
+        403,
+        RULE + f"found {junk + 1} signatures, " + "not a Sigstore bundle; " * junk + "signature "
+        f"manifest would exceed the limit of {MAX_SIGNATURE_BYTES} signature bytes read per "
+        "image: not verified",
+    )
+    # The `.sig` tag is read first, before the budget is spent.
     await push_cosign_signature(gated, "prod/app", digest, payload, sign(release_key, payload))
     assert await pull(gated, "prod/app", "v1") == (200, "")
 

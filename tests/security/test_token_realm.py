@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
+from registry.app import create_app
 from tests.auth.conftest import auth_section, write_accounts
 from tests.auth.test_api import challenge_params
+from tests.conftest import make_config
 from tests.server_process import free_port
 
 EVIL = {"Host": "evil.example"}
@@ -107,3 +109,14 @@ def test_start_up_warns_when_listening_beyond_loopback(tmp_path, auth, expected)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+async def test_beyond_loopback_an_ipv6_address_connected_to_names_the_realm(
+    aiohttp_client, data_dir
+):
+    """An IPv6 socket address has four parts: the address and port are still the realm's."""
+    write_accounts(data_dir)
+    app = create_app(make_config(data_dir, listen="0.0.0.0:5000", auth=auth_section()))
+    client = await aiohttp_client(app, server_kwargs={"host": "::1"})
+    realm = await _realm(client, EVIL)
+    assert realm == f"http://[::1]:{client.port}/token"

@@ -64,7 +64,7 @@ def merge_storage(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
 
 @pytest.fixture
 def s3_data_dir(tmp_path: Path) -> Path:
-    """The local data directory (database, spool) of an S3-backed registry."""
+    """The local data directory (the database) of an S3-backed registry."""
     return tmp_path / "data"
 
 

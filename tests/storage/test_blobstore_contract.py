@@ -66,6 +66,7 @@ async def upload(store: BlobStore, data: bytes, chunk: int = 1 << 20) -> str:
     await store.start_upload(upload_id)
     for offset in range(0, len(data), chunk):
         await store.append(upload_id, data[offset : offset + chunk])
+    await store.flush(upload_id)
     return upload_id
 
 
@@ -111,6 +112,7 @@ async def test_upload_size_and_read_upload_follow_appends(open_store):
     assert await store.upload_size(upload_id) == 0
     for offset in range(0, len(data), 1 << 20):
         await store.append(upload_id, data[offset : offset + (1 << 20)])
+        await store.flush(upload_id)
         assert await store.upload_size(upload_id) == min(offset + (1 << 20), len(data))
     assert await collect(store.read_upload(upload_id)) == data
     assert await store.upload_size(uuid.uuid4().hex) is None
@@ -169,7 +171,7 @@ async def test_resume_after_restart(open_store):
     assert await second.upload_size(upload_id) == half
     assert await collect(second.read_upload(upload_id)) == data[:half]
     await second.append(upload_id, data[half:])
-    await second.commit(upload_id, digest_of(data))
+    await second.commit(upload_id, digest_of(data))  # the last bytes need no flush
     assert await collect(second.read(digest_of(data))) == data
 
 

@@ -1,4 +1,4 @@
-"""What only the S3 backend does: bucket creation, the disk spool, redirects, failures, GC.
+"""What only the S3 backend does: bucket creation, pieces and parts, pointers, redirects, GC.
 
 Against a real SeaweedFS; the fault test starts one of its own so that it can kill it.
 """
@@ -6,6 +6,8 @@ Against a real SeaweedFS; the fault test starts one of its own so that it can ki
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import socket
@@ -64,46 +66,117 @@ async def test_bucket_is_created_when_missing(seaweed, tmp_path):
         await store.close()
 
 
-async def test_small_chunks_wait_on_local_disk_until_a_part_is_full(s3_store, tmp_path):
+def multiparts(store: S3BlobStore) -> list[dict[str, Any]]:
+    answer = store.client.list_multipart_uploads(
+        Bucket=store.settings.bucket, Prefix=store.keys.prefix
+    )
+    return list(answer.get("Uploads", []))
+
+
+async def test_small_chunks_are_pieces_until_a_part_is_full(s3_store, tmp_path):
     upload_id = await upload(s3_store, os.urandom(4 * MiB))
-    spool = DataLayout(tmp_path / "data").spool(upload_id)
-    assert keys(s3_store, "_uploads/") == []
-    assert [(p.name, p.stat().st_size) for p in spool.iterdir()] == [("0", 4 * MiB)]
+    # Acknowledged bytes below one part: a piece object and the state, no multipart upload.
+    assert keys(s3_store, "_uploads/") == [
+        s3_store.keys.piece(upload_id, 0),
+        s3_store.keys.upload_state(upload_id),
+    ]
+    assert multiparts(s3_store) == []
+    assert not (tmp_path / "data" / "s3-spool").exists()  # nothing on local disk
 
     await s3_store.append(upload_id, os.urandom(MiB))
-    assert keys(s3_store, "_uploads/") == [s3_store.keys.segment(upload_id, 0)]
-    assert [(p.name, p.stat().st_size) for p in spool.iterdir()] == [(str(TEST_PART_SIZE), 0)]
+    await s3_store.flush(upload_id)
+    # One full part went to the data object's multipart upload; the piece it absorbed is gone.
+    assert keys(s3_store, "_uploads/") == [s3_store.keys.upload_state(upload_id)]
+    [multipart] = multiparts(s3_store)
+    assert multipart["Key"] == s3_store.keys.upload_data(upload_id, 0)
+    parts = s3_store.client.list_parts(
+        Bucket=s3_store.settings.bucket, Key=multipart["Key"], UploadId=multipart["UploadId"]
+    )["Parts"]
+    assert [part["Size"] for part in parts] == [TEST_PART_SIZE]
     assert await s3_store.upload_size(upload_id) == 5 * MiB
 
 
-async def test_crash_between_segment_and_new_spool_file_is_reconciled(seaweed, tmp_path):
+async def test_each_byte_is_sent_once_for_a_part_aligned_stream(s3_store):
+    """Bytes that fill parts go to S3 once: no piece is written when a request ends on a part
+    boundary, and the commit only completes the multipart upload (no copy)."""
+    sent: list[tuple[str, int]] = []
+    for client in (s3_store.client, s3_store.data_client):
+        for name in ("put_object", "upload_part", "upload_part_copy", "copy_object"):
+            real = getattr(client, name)
+
+            def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                body = kwargs.get("Body", b"")
+                sent.append((_name, len(body) if isinstance(body, bytes) else 0))
+                if isinstance(body, bytes):
+                    # Every body carries its SHA-256 for S3 to verify (the payload is unsigned).
+                    assert (
+                        kwargs["ChecksumSHA256"]
+                        == base64.b64encode(hashlib.sha256(body).digest()).decode()
+                    )
+                return _real(*args, **kwargs)
+
+            setattr(client, name, counting)
+    data = os.urandom(3 * TEST_PART_SIZE)
+    digest = await put(s3_store, data, chunk=TEST_PART_SIZE)
+    assert sum(size for name, size in sent if name == "upload_part") == len(data)
+    assert [name for name, _ in sent if name in ("upload_part_copy", "copy_object")] == []
+    # Besides the parts: the state twice (start, flush) and the pointer, all small.
+    assert all(size < 4096 for name, size in sent if name == "put_object")
+    assert await collect(s3_store.read(digest)) == data
+
+
+async def test_unacknowledged_bytes_are_not_counted_after_a_crash(seaweed, tmp_path):
+    """A process that dies mid-request leaves the upload as its last acknowledgement said;
+    another process reads exactly those bytes back (rebuilding the hash) and continues."""
     section = s3_storage(seaweed)
     layout = DataLayout(tmp_path / "data")
-    data = os.urandom(TEST_PART_SIZE + MiB)
+    data = os.urandom(3 * TEST_PART_SIZE + MiB)
+    acknowledged = TEST_PART_SIZE + 2 * MiB
     first = S3BlobStore(settings_of(section), layout)
-    upload_id = await upload(first, data)
+    upload_id = await upload(first, data[:acknowledged])
+    # More bytes arrive (one more part is even sent) but the request never ends.
+    await first.append(upload_id, data[acknowledged : acknowledged + TEST_PART_SIZE])
     await first.close()
-    # As if the process died after storing segment 0 but before removing the old spool file.
-    (layout.spool(upload_id) / "0").write_bytes(data[:TEST_PART_SIZE])
     second = S3BlobStore(settings_of(section), layout)
     try:
-        assert await second.upload_size(upload_id) == len(data)
-        assert await collect(second.read_upload(upload_id)) == data
-        assert sorted(p.name for p in layout.spool(upload_id).iterdir()) == [str(TEST_PART_SIZE)]
+        assert await second.upload_size(upload_id) == acknowledged
+        assert await collect(second.read_upload(upload_id)) == data[:acknowledged]
+        # Reading it back completed the first multipart upload and started the next
+        # generation with a server-side copy of the acknowledged parts.
+        [multipart] = multiparts(second)
+        assert multipart["Key"] == second.keys.upload_data(upload_id, 1)
+        assert await second.upload_size(upload_id) == acknowledged
+        await second.append(upload_id, data[acknowledged:])
         await second.commit(upload_id, digest_of(data))
         assert await collect(second.read(digest_of(data))) == data
+        assert multiparts(second) == []
+        assert keys(second, "_uploads/") == []
+        assert keys(second, "_data/") == [second.keys.upload_data(upload_id, 1)]
     finally:
         await second.close()
 
 
-async def test_commit_leaves_no_upload_objects_and_no_multipart_upload(s3_store):
+async def test_commit_leaves_a_pointer_and_its_data_object_and_no_multipart_upload(s3_store):
     data = os.urandom(2 * TEST_PART_SIZE + 777)
     digest = await put(s3_store, data, chunk=MiB)
+    [data_key] = keys(s3_store, "_data/")
+    assert keys(s3_store) == [data_key, s3_store.keys.blob(digest)]
+    head = s3_store.client.head_object(Bucket=s3_store.settings.bucket, Key=keys(s3_store)[1])
+    assert head["ContentLength"] == 0
+    assert head["Metadata"] == {
+        "trustyard-data": data_key[len(s3_store.keys.prefix) :],
+        "trustyard-size": str(len(data)),
+    }
+    assert multiparts(s3_store) == []
+    assert await s3_store.size(digest) == len(data)
+    # A pointer whose data object is gone is a damaged blob, not a short one.
+    s3_store.client.delete_object(Bucket=s3_store.settings.bucket, Key=data_key)
+    assert await s3_store.size(digest) is None
+
+
+async def test_small_blob_is_one_object_under_its_key(s3_store):
+    digest = await put(s3_store, b"a config blob")
     assert keys(s3_store) == [s3_store.keys.blob(digest)]
-    answer = s3_store.client.list_multipart_uploads(
-        Bucket=s3_store.settings.bucket, Prefix=s3_store.keys.prefix
-    )
-    assert answer.get("Uploads", []) == []
 
 
 async def test_redirect_answers_307_to_a_presigned_url(aiohttp_client, seaweed, data_dir):
@@ -193,10 +266,11 @@ async def test_gc_lists_with_pagination_and_deletes_in_batches(
     assert stale in report.uploads
     assert f"multipart {multipart['UploadId']} {multipart['Key']}" in report.uploads
     # Listed 10 at a time; each batch of orphans is one DeleteObjects moving them to the trash
-    # and one emptying it (plus the same two for the one unreferenced blob).
+    # and one emptying it (plus the same two for the one unreferenced blob); the abandoned
+    # upload is its piece, then its state (deleted last, so a half-done abort stays listed).
     assert max(delete_calls) <= 10
-    assert sum(delete_calls) == 2 * (23 + 1)
-    assert len(delete_calls) <= 2 * 3 + 2
+    assert sum(delete_calls) == 2 * (23 + 1) + 2
+    assert len(delete_calls) <= 2 * 3 + 2 + 2
     assert not DataLayout(data_dir).spool(stale).exists()
     assert (
         store.client.list_multipart_uploads(

@@ -60,6 +60,15 @@ def s3_keys(seaweed: SeaweedS3, section: dict[str, Any], under: str) -> list[str
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
+def s3_multiparts(seaweed: SeaweedS3, section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every incomplete multipart upload under the test's prefix."""
+    client: Any = seaweed.client()
+    answer = client.list_multipart_uploads(
+        Bucket=section["s3"]["bucket"], Prefix=f"{section['s3']['prefix']}/"
+    )
+    return list(answer.get("Uploads", []))
+
+
 async def test_s3_digest_mismatch_keeps_nothing(client, seaweed, s3_section):
     data = os.urandom(6 * 1024 * 1024)
     resp = await client.post("/v2/a/blobs/uploads/")
@@ -76,23 +85,26 @@ async def test_s3_blob_is_stored_once_across_repositories(client, seaweed, s3_se
     assert len(s3_keys(seaweed, s3_section, "blobs/")) == 1
 
 
-async def test_s3_cancel_leaves_no_segment_and_no_spool(client, seaweed, s3_section, data_dir):
+async def test_s3_cancel_leaves_no_piece_part_or_state(client, seaweed, s3_section, data_dir):
     resp = await client.post("/v2/a/blobs/uploads/")
     location = resp.headers["Location"]
     resp = await client.patch(location, data=os.urandom(7 * 1024 * 1024))
     assert resp.status == 202
-    assert len(s3_keys(seaweed, s3_section, "_uploads/")) == 1
+    # A part in the data object's multipart upload, a piece with the rest, the state.
+    assert len(s3_keys(seaweed, s3_section, "_uploads/")) == 2
+    assert len(s3_multiparts(seaweed, s3_section)) == 1
     assert (await client.delete(location)).status == 204
     assert (await client.get(location)).status == 404
     assert s3_keys(seaweed, s3_section, "") == []
-    assert list((data_dir / "s3-spool").iterdir()) == []
+    assert s3_multiparts(seaweed, s3_section) == []
+    assert not (data_dir / "s3-spool").exists()
 
 
 async def test_s3_image_push_pull_with_large_chunked_layer(client):
     layer = os.urandom(11 * 1024 * 1024 + 3)
     resp = await client.post("/v2/big/blobs/uploads/")
     location = resp.headers["Location"]
-    step = 3 * 1024 * 1024  # chunks smaller than a part: spooled on disk until one is full
+    step = 3 * 1024 * 1024  # chunks smaller than a part: pieces until a part is full
     for start in range(0, len(layer), step):
         chunk = layer[start : start + step]
         resp = await client.patch(

@@ -18,6 +18,7 @@ from storage.metadata.sqlite.library import SQLiteLibrary
 from storage.metadata.sqlite.manifests import SQLiteManifests
 from storage.metadata.sqlite.outbox import SQLiteOutbox
 from storage.metadata.sqlite.proofs import SQLiteProofs
+from storage.metadata.sqlite.proxy import SQLiteProxy
 from storage.metadata.sqlite.scans import SQLiteScans
 
 #: What the backend raises when its database cannot be used at all (a damaged or foreign file),
@@ -34,6 +35,7 @@ class SQLiteMetadata(
     SQLiteScans,
     SQLiteProofs,
     SQLiteHousekeeping,
+    SQLiteProxy,
     MetadataDB,
 ):
     """The metadata database in one SQLite file (WAL mode), opened with `SQLiteMetadata.open`."""

@@ -1,0 +1,187 @@
+"""The pull-through proxy side by side: cold and warm pulls through Trustyard, straight from the
+upstream, and through the reference registry's own proxy mode (`proxy: remoteurl:`).
+
+    python -m bench.proxy_bench                    # 4 layers x 32 MiB, 3 rounds
+    python -m bench.proxy_bench --layers 8 --layer-size 8MiB --rounds 5 --json
+
+Set-up: the upstream is Debian's `docker-registry` (CNCF Distribution 2.8, plain HTTP on
+127.0.0.1); an image of `--layers` random layers is pushed to it. A pull is what docker does:
+GET the manifest by tag, then the config and every layer, three blobs at a time, bodies read and
+discarded (lengths checked).
+
+Rows, each the median (min-max) over `--rounds`:
+
+* upstream direct: the pull straight from the upstream;
+* Trustyard cold: through a fresh Trustyard (new data directory, nothing cached);
+* Trustyard warm: the same pull again, from Trustyard's cache;
+* Distribution proxy cold / warm: the same through `docker-registry` in proxy mode (fresh
+  storage each round);
+* single flight: `--clients` clients pulling the image at once through a fresh Trustyard; the
+  upstream's own log counts the blob GETs it served (one per blob expected).
+
+Every server listens on 127.0.0.1 and keeps its data in a scratch directory removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from policies.rules import parse_size
+from tests.proxy.upstreams import Upstream, random_layer, reference_registry
+from tests.server_process import RegistryProcess, start_registry
+
+IMAGE = "bench/proxied"
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+async def pull(base: str, name: str, parallel: int = 3) -> int:
+    """Pull `name:v1` from `base` as docker does; the bytes read."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{base}/v2/{name}/manifests/v1", headers={"Accept": ACCEPT}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            manifest = json.loads(await resp.read())
+        blobs = [manifest["config"], *manifest["layers"]]
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(blob: dict[str, Any]) -> int:
+            async with gate, session.get(f"{base}/v2/{name}/blobs/{blob['digest']}") as got:
+                assert got.status == 200, await got.text()
+                size = 0
+                async for chunk in got.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                assert size == blob["size"], (size, blob)
+                return size
+
+        return sum(await asyncio.gather(*(one(b) for b in blobs)))
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    asyncio.run(action())
+    return time.perf_counter() - started
+
+
+def trustyard(scratch: Path, upstream_url: str, tag: str) -> RegistryProcess:
+    folder = scratch / f"trustyard-{tag}"
+    folder.mkdir()
+    config = {"upstreams": [{"name": "up", "url": upstream_url, "prefix": "up.test"}]}
+    (folder / "trustyard.yaml").write_text(json.dumps(config))
+    return start_registry(folder / "data", extra_args=["--config", str(folder / "trustyard.yaml")])
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layer-size", default="32MiB")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="ty-proxy-bench-"))
+    servers: list[Any] = []
+    results: dict[str, list[float]] = {}
+    try:
+        upstream = reference_registry(scratch / "upstream", tls=False, auth=False)
+        servers.append(upstream)
+        layers = [random_layer(parse_size(args.layer_size)) for _ in range(args.layers)]
+        asyncio.run(Upstream(upstream.url, None, None).push_image(IMAGE, "v1", layers))
+        total = sum(len(x) for x in layers)
+        print(f"image: {args.layers} layers, {total / 2**20:.0f} MiB; rounds: {args.rounds}")
+        for round_number in range(args.rounds):
+            results.setdefault("upstream direct", []).append(
+                timed(lambda: pull(upstream.url, IMAGE))
+            )
+            ty = trustyard(scratch, upstream.url, f"r{round_number}")
+            servers.append(ty)
+            results.setdefault("Trustyard cold", []).append(
+                timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
+            )
+            results.setdefault("Trustyard warm", []).append(
+                timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
+            )
+            ty.stop()
+            mirror = reference_registry(
+                scratch / f"distribution-proxy-{round_number}",
+                tls=False,
+                auth=False,
+                extra_config={"proxy": {"remoteurl": upstream.url}},
+            )
+            servers.append(mirror)
+            results.setdefault("Distribution proxy cold", []).append(
+                timed(lambda m=mirror: pull(m.url, IMAGE))
+            )
+            results.setdefault("Distribution proxy warm", []).append(
+                timed(lambda m=mirror: pull(m.url, IMAGE))
+            )
+            mirror.stop()
+        # Single flight: many clients, one fresh Trustyard, blob GETs counted upstream.
+        before = _blob_gets(upstream)
+        ty = trustyard(scratch, upstream.url, "flight")
+        servers.append(ty)
+
+        async def crowd() -> None:
+            await asyncio.gather(*(pull(ty.url, f"up.test/{IMAGE}") for _ in range(args.clients)))
+
+        flight = timed(crowd)
+        fetched = _blob_gets(upstream) - before
+        ty.stop()
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    width = max(len(k) for k in results)
+    for name, values in results.items():
+        mib_s = total / 2**20 / statistics.median(values)
+        print(f"{name:<{width}}  {summary(values)}  {mib_s:8.1f} MiB/s")
+    direct = statistics.median(results["upstream direct"])
+    cold = statistics.median(results["Trustyard cold"])
+    warm = statistics.median(results["Trustyard warm"])
+    reference_warm = statistics.median(results["Distribution proxy warm"])
+    print(f"Trustyard cold / upstream direct: {cold / direct:.2f}")
+    print(f"Trustyard warm / Distribution proxy warm: {warm / reference_warm:.2f} (time)")
+    print(
+        f"single flight: {args.clients} clients in {flight:.3f} s; upstream served "
+        f"{fetched} blob GETs for {args.layers + 1} blobs"
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "rows": results,
+                    "bytes": total,
+                    "single_flight": {
+                        "clients": args.clients,
+                        "seconds": flight,
+                        "upstream_blob_gets": fetched,
+                        "blobs": args.layers + 1,
+                    },
+                }
+            )
+        )
+
+
+def _blob_gets(registry: Any) -> int:
+    return sum(
+        n for (m, p), n in registry.requests().items() if m == "GET" and "/blobs/sha256:" in p
+    )
+
+
+if __name__ == "__main__":
+    main()

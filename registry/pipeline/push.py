@@ -1,0 +1,193 @@
+"""A manifest push, from bytes to stored: the order and the transaction.
+
+1. Read: the reference (a tag in the spec's grammar, or the digest the bytes must have), the
+   size limit, the verification limits of a signature the policy would verify, the parse (in a
+   thread for a large manifest).
+2. Under the tag guard (pushes to one tag one after the other): the policy check (a denial is
+   logged and reported at once, and nothing is stored), then one transaction storing the
+   manifest, moving the tag, and writing what the observers stage with it (the events outbox,
+   a library tag's history). Nothing slow runs here.
+3. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
+   guarded: one failing is logged and counted, never an error for a push that is stored.
+
+A manifest that arrives by other means than an HTTP PUT (a pull-through cache) goes through
+`push_manifest` too: the same checks, the same observers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from policies.decisions import Action
+from policies.engine import Policy
+from policies.facts import PolicyRequest
+from policies.gateway import PolicyGate
+from policies.signatures.proofs import push_problem
+from registry.events.hub import EventHub
+from registry.pipeline.observers import Change, Observers
+from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.oci.digests import Digest, parse_digest
+from storage.oci.errors import (
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_TOO_LARGE,
+    OciError,
+)
+from storage.oci.grammar import check_tag, is_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE, ParsedManifest, Reference, parse_manifest
+
+#: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
+LARGE_MANIFEST = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ManifestPush:
+    """A manifest to store in `repository` under `reference` (a tag, or its digest)."""
+
+    repository: str
+    reference: str
+    content: bytes
+    content_type: str | None  # the media type the pusher declared, if any
+    actor: str  # who pushes: in the decision log and the events
+    #: Pulled through the proxy (`registry.proxy`): what it references need not be here yet (it
+    #: is fetched when asked for); the references still protect their targets from GC.
+    references_fetched_later: bool = False
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A manifest the pipeline stored (and tagged, when pushed by tag)."""
+
+    repository: str
+    digest: str
+    subject: str | None  # the manifest's `subject`, if it has one
+    #: The policy's headers for the answer (a `Warning` in warn mode).
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A push read and validated, not yet decided."""
+
+    push: ManifestPush
+    tag: str | None
+    digest: Digest
+    parsed: ParsedManifest
+
+    def record(self) -> ManifestRecord:
+        """The row to store."""
+        return ManifestRecord(
+            repository=self.push.repository,
+            digest=str(self.digest),
+            media_type=self.parsed.media_type,
+            content=self.push.content,
+            subject=self.parsed.subject,
+            artifact_type=self.parsed.artifact_type,
+            annotations=self.parsed.annotations,
+        )
+
+
+async def prepare(push: ManifestPush, policy: Policy) -> Prepared:
+    """Read and validate a push: TAG_INVALID, DIGEST_INVALID, MANIFEST_INVALID (413 past the size
+    limit) say what is wrong."""
+    content = push.content
+    tag, expected = read_reference(push.reference)
+    if len(content) > MAX_MANIFEST_SIZE:
+        raise too_large(len(content))
+    digest = Digest.of(content, expected.algorithm if expected else "sha256")
+    if expected is not None and digest != expected:
+        raise OciError(
+            DIGEST_INVALID,
+            {"expected": str(expected), "actual": str(digest)},
+            message="manifest digest did not match the digest in the URL",
+        )
+    args = (content, push.content_type, policy, tag, str(digest))
+    if len(content) > LARGE_MANIFEST:
+        # Reading a large manifest is CPU work: in a thread, the event loop keeps answering
+        # other clients between its steps instead of stalling for the whole parse.
+        parsed = await asyncio.to_thread(_parse, *args)
+    else:
+        parsed = _parse(*args)
+    return Prepared(push, tag, digest, parsed)
+
+
+def read_reference(reference: str) -> tuple[str | None, Digest | None]:
+    """The tag, or the digest the manifest must have, that a push names; TAG_INVALID or
+    DIGEST_INVALID when it is outside the spec's grammar."""
+    if is_digest(reference):
+        return None, parse_digest(reference)
+    return check_tag(reference), None
+
+
+def too_large(size: int) -> OciError:
+    """MANIFEST_INVALID (413): a manifest of `size` bytes is over the limit."""
+    return OciError(
+        MANIFEST_TOO_LARGE,
+        {"size": size, "limit": MAX_MANIFEST_SIZE},
+        message=f"manifest larger than the {MAX_MANIFEST_SIZE} byte limit",
+    )
+
+
+def _parse(
+    content: bytes, content_type: str | None, policy: Policy, tag: str | None, digest: str
+) -> ParsedManifest:
+    """Validate a pushed manifest; a signature the policy would verify is refused up front when
+    it is over the verification limits."""
+    # The limits first: a hostile signature manifest is refused without the full parse.
+    problem = push_problem(policy, content, tag)
+    if problem is not None:
+        raise OciError(MANIFEST_INVALID, {"digest": digest}, message=problem)
+    return parse_manifest(content, content_type)
+
+
+async def push_manifest(
+    db: MetadataDB, gate: PolicyGate, events: EventHub, observers: Observers, push: ManifestPush
+) -> Stored:
+    """Check, store and observe one manifest push (see the module's docstring for the order).
+    Raises `PolicyDenied` or `OciError` (MANIFEST_BLOB_UNKNOWN, ...) when nothing was stored; once
+    stored, returns whatever the observers do."""
+    prepared = await prepare(push, gate.policy)
+    name, tag, digest = push.repository, prepared.tag, str(prepared.digest)
+    record = prepared.record()
+    async with gate.tag_guard(name, tag):
+        # Checked before anything is stored: a denied push leaves no manifest and no tag, and
+        # its denial is logged (and reported) at once. The tag stays held from check to commit,
+        # so two pushes to one tag cannot both pass immutability.
+        async with events.reporting_denials("push", name, push.reference, digest, push.actor):
+            check = await gate.check_push(
+                PolicyRequest(
+                    Action.PUSH,
+                    name,
+                    push.reference,
+                    digest,
+                    () if tag is None else (tag,),
+                    push.actor,
+                ),
+                prepared.parsed.media_type,
+                push.content,
+            )
+        change = Change("push", record, push.actor, tag=tag, check=check)
+        if tag is not None and events.is_library(name, check.policy.library):
+            # The deprecated `events.library_repositories`: reports the digest the tag left.
+            change.previous = await db.tag_target(name, tag)
+        staged = await observers.stage(change)
+        try:
+            references = prepared.parsed.references
+            if push.references_fetched_later:
+                references = [Reference(r.digest, r.kind, required=False) for r in references]
+            moved = await db.put_manifest(
+                record, references, tag, staged.statements, staged.library
+            )
+        except MissingReferences as exc:
+            missing = exc.missing[0]
+            raise OciError(
+                MANIFEST_BLOB_UNKNOWN,
+                {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
+                message=f"manifest references {missing.kind} {missing.digest} unknown to "
+                f"repository {name}",
+            ) from None
+        change.library_moved = bool(moved)
+    await observers.after(change)
+    return Stored(name, digest, prepared.parsed.subject, check.headers)

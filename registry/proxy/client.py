@@ -1,0 +1,206 @@
+"""Speaking to one upstream registry: TLS, timeouts, and its authentication.
+
+Anonymous, Basic and the Docker token flow (spec: distribution "Token Authentication"): a `401`
+with `WWW-Authenticate: Bearer realm=...,service=...` sends us to the realm for a token scoped to
+`repository:<name>:pull` (with Basic credentials when configured); tokens are cached per scope
+until they expire, and the challenge is remembered so that later requests go to the realm first
+instead of costing a `401` each. Challenges are parsed with the standard library's RFC 7235
+list parser, never by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+from urllib.request import parse_http_list, parse_keqv_list
+
+import aiohttp
+
+from registry.upstream_settings import Upstream
+
+log = logging.getLogger("trustyard.proxy")
+
+#: A token is used no later than this many seconds before it expires (clock skew, slow links).
+TOKEN_MARGIN = 10.0
+#: `expires_in` when the token server gives none (the spec's default).
+DEFAULT_TOKEN_LIFETIME = 60.0
+#: Largest token response read.
+MAX_TOKEN_RESPONSE = 1 << 20
+
+
+class UpstreamError(Exception):
+    """The upstream could not answer: unreachable, too slow, or an error status."""
+
+    def __init__(self, upstream: Upstream, reason: str) -> None:
+        super().__init__(f"upstream {upstream.name} ({upstream.url}): {reason}")
+        self.upstream = upstream
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What the upstream asked for in `WWW-Authenticate`."""
+
+    scheme: str  # "basic" | "bearer"
+    params: Mapping[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """The first challenge of a `WWW-Authenticate` header, or None when it is not one we speak."""
+    scheme, _, rest = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme not in ("basic", "bearer"):
+        return None
+    try:
+        params = parse_keqv_list(parse_http_list(rest)) if rest.strip() else {}
+    except ValueError:
+        return None
+    return Challenge(scheme, {k.lower(): v for k, v in params.items()})
+
+
+class UpstreamClient:
+    """One upstream's HTTP client (connection pool, TLS context, credentials, tokens)."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self._session: aiohttp.ClientSession | None = None
+        self._challenge: Challenge | None = None
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._token_locks: dict[str, asyncio.Lock] = {}
+        #: Requests sent upstream, by kind, for /metrics.
+        self.requests = 0
+
+    def session(self) -> aiohttp.ClientSession:
+        """The connection pool, opened on first use (inside the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self.upstream.ssl_context() or True, limit=64)
+            timeout = aiohttp.ClientTimeout(
+                sock_connect=self.upstream.connect_timeout, sock_read=self.upstream.read_timeout
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    def _basic(self) -> str | None:
+        """The `Authorization: Basic` value of the configured credentials, if any."""
+        up = self.upstream
+        if up.username is None or up.password is None:
+            return None
+        return "Basic " + base64.b64encode(f"{up.username}:{up.password}".encode()).decode()
+
+    async def request(
+        self, method: str, repository: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send `method /v2/<repository>/<path>` upstream, authenticating as it asks; the
+        caller releases the response. UpstreamError when the upstream cannot be reached, is
+        too slow, refuses our credentials or answers a server error."""
+        url = f"{self.upstream.url}/v2/{repository}/{path}"
+        scope = f"repository:{repository}:pull"
+        for attempt in range(2):
+            sent = dict(headers or {})
+            auth = await self._authorization(scope)
+            if auth is not None:
+                sent["Authorization"] = auth
+            try:
+                self.requests += 1
+                response = await self.session().request(method, url, headers=sent)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise UpstreamError(self.upstream, _describe(exc)) from None
+            if response.status == 401 and attempt == 0:
+                challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+                response.release()
+                if challenge is None:
+                    raise UpstreamError(self.upstream, "401 without a challenge we can answer")
+                self._challenge = challenge
+                self._tokens.pop(scope, None)
+                continue
+            if response.status == 401:
+                response.release()
+                if self._basic() is None:
+                    raise UpstreamError(
+                        self.upstream, "401: the upstream wants credentials and none are configured"
+                    )
+                raise UpstreamError(self.upstream, "401: the upstream refuses our credentials")
+            if response.status == 429 or response.status >= 500:
+                response.release()
+                raise UpstreamError(self.upstream, f"answered {response.status}")
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _authorization(self, scope: str) -> str | None:
+        """The `Authorization` header for `scope` under the last challenge seen, if any."""
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self._basic()
+        cached = self._tokens.get(scope)
+        if cached is not None and cached[1] > time.time():
+            return f"Bearer {cached[0]}"
+        lock = self._token_locks.setdefault(scope, asyncio.Lock())
+        async with lock:  # many pulls of one image ask the realm once
+            cached = self._tokens.get(scope)
+            if cached is not None and cached[1] > time.time():
+                return f"Bearer {cached[0]}"
+            token, expires = await self._fetch_token(challenge, scope)
+            self._tokens[scope] = (token, expires)
+            return f"Bearer {token}"
+
+    async def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float]:
+        realm = challenge.params.get("realm")
+        if not realm or not realm.startswith(("https://", "http://")):
+            raise UpstreamError(self.upstream, "Bearer challenge without an http(s) realm")
+        query = {"scope": scope}
+        if "service" in challenge.params:
+            query["service"] = challenge.params["service"]
+        url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(query)}"
+        try:
+            basic = self._basic()
+            # The upstream names the realm: our password goes there only over TLS, or to the
+            # upstream's own host (never in clear text to a host it merely names).
+            realm_url = urlsplit(realm)
+            safe = realm_url.scheme == "https" or realm_url.netloc == self.upstream.host
+            headers = {"Authorization": basic} if basic and safe else {}
+            async with self.session().get(url, headers=headers) as response:
+                if response.status != 200:
+                    raise UpstreamError(
+                        self.upstream, f"token endpoint {realm} answered {response.status}"
+                    )
+                body = await response.content.read(MAX_TOKEN_RESPONSE)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamError(self.upstream, f"token endpoint: {_describe(exc)}") from None
+        try:
+            document = _json_object(body)
+            token = document.get("token") or document.get("access_token")
+            lifetime = float(document.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, TypeError):
+            raise UpstreamError(self.upstream, "token endpoint answered no JSON token") from None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(self.upstream, "token endpoint answered no token")
+        return token, time.time() + max(lifetime - TOKEN_MARGIN, 0.0)
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise ValueError("not an object")
+    return document
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure to reach the upstream in words."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    return f"unreachable ({type(exc).__name__}: {exc})"[:300]

@@ -1,0 +1,191 @@
+"""The one hook between the `/v2/` router and the proxy.
+
+`serve` is called for every resource request once its name is checked and authorized. Names
+the configuration does not give to an upstream go straight to their handler. Proxied names are
+read-only: anything but GET and HEAD is refused with DENIED naming the upstream. A manifest is
+made present and fresh first, then answered by the ordinary handler (so the pull policy,
+quarantine and pull events apply unchanged); a blob not yet stored is fetched (streamed to the
+first client), then answered by the ordinary handler too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from policies.signatures.references import UpstreamIdentity, remap_identity
+from registry.config import Config
+from registry.context import CONTEXT
+from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
+from registry.events.hub import EVENTS
+from registry.handlers.blobs import reader
+from registry.metrics import METRICS
+from registry.proxy.blobs import BlobFetcher, descriptor_size
+from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.eviction import Evictor
+from registry.proxy.manifests import ManifestCache
+from registry.proxy.stats import ProxyStats
+from registry.proxy.sync import sync_periodically
+from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
+from storage.oci.digests import parse_digest
+from storage.oci.errors import OciError
+from storage.oci.grammar import check_tag, is_digest
+
+Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
+
+#: Routes of `registry.routes` that only read.
+_READ_ROUTES = frozenset({"blob", "manifest", "tags", "referrers"})
+
+
+@dataclass
+class Proxy:
+    """The running proxy: its settings, one client per upstream, the caches and counters."""
+
+    settings: ProxySettings
+    clients: dict[str, UpstreamClient]
+    stats: ProxyStats
+    blobs: BlobFetcher
+    manifests: ManifestCache
+    evictor: Evictor
+
+    def metrics(self) -> str:
+        """The proxy's lines of `/metrics`."""
+        return self.stats.render({name: c.requests for name, c in self.clients.items()})
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def setup_proxy(app: web.Application, config: Config) -> None:
+    """Run the proxy in `app` when the configuration names upstreams (after the registry's
+    resources are open, closed before them)."""
+    settings = config.proxy
+    if settings is None:
+        return
+    for upstream in settings.upstreams:
+        # Upstream signatures name the upstream's repository: let them count here too.
+        hosts = DOCKER_HUB_HOSTS if upstream.is_docker_hub else frozenset({upstream.host})
+        remap_identity(UpstreamIdentity(upstream.prefix, hosts, upstream.is_docker_hub))
+
+    async def running(app: web.Application) -> AsyncIterator[None]:
+        stats = ProxyStats()
+        clients = {u.name: UpstreamClient(u) for u in settings.upstreams}
+        blobs = BlobFetcher(app[CONTEXT], stats)
+        manifests = ManifestCache(app, settings, clients, blobs, stats)
+        evictor = Evictor(app[CONTEXT], settings, stats)
+        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
+        app[PROXY] = proxy
+        app[METRICS].sections.append(proxy.metrics)
+        background = [
+            asyncio.create_task(evictor.run()),
+            asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
+        ]
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await evictor.flush()
+            await blobs.close()
+            for client in clients.values():
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    app.cleanup_ctx.append(running)
+
+
+async def serve(
+    request: web.Request, route: str, name: str, reference: str, handler: Handler
+) -> web.StreamResponse:
+    """Answer a `/v2/<name>/...` request, through the proxy when `name` is proxied."""
+    proxy = request.app.get(PROXY)
+    routed = proxy.settings.route(name) if proxy is not None else None
+    if proxy is None or routed is None:
+        return await handler(request, name, reference)
+    upstream, path = routed
+    if route not in _READ_ROUTES or request.method not in ("GET", "HEAD"):
+        raise RegistryError(
+            DENIED,
+            {"name": name, "upstream": upstream.name},
+            message=f"{name} is a read-only mirror of {upstream.url} (upstream {upstream.name}): "
+            "push to a repository outside the proxied namespaces",
+        )
+    try:
+        return await _serve_proxied(request, proxy, route, upstream, path, name, reference, handler)
+    except UpstreamError as exc:
+        raise RegistryError(
+            UNAVAILABLE, {"name": name, "reason": exc.reason}, message=str(exc)
+        ) from None
+
+
+async def _serve_proxied(
+    request: web.Request,
+    proxy: Proxy,
+    route: str,
+    upstream: Upstream,
+    path: str,
+    name: str,
+    reference: str,
+    handler: Handler,
+) -> web.StreamResponse:
+    remote = upstream.remote_name(path)
+    client = proxy.clients[upstream.name]
+    if route == "manifest":
+        # A reference outside the grammar never reaches the upstream's URL: the handler answers
+        # it (404 MANIFEST_UNKNOWN with the grammar's reason).
+        if not _in_grammar(reference):
+            return await handler(request, name, reference)
+        extra = await proxy.manifests.ensure(upstream, remote, name, reference)
+        response = await handler(request, name, reference)
+        response.headers.update(extra)
+        if request.method == "GET":
+            proxy.evictor.pulled(name, response.headers["Docker-Content-Digest"])
+        return response
+    if route == "blob":
+        digest = parse_digest(reference)
+        if await proxy.blobs.cached(name, digest):
+            return await handler(request, name, reference)
+        ctx = request.app[CONTEXT]
+        # Only blobs of images pulled through the proxy (which met the policy) are fetched,
+        # bounded by their descriptor's size: the proxy is no open door to the upstream.
+        size = await descriptor_size(ctx.db, name, digest)
+        if size is None:
+            raise RegistryError(
+                BLOB_UNKNOWN,
+                {"digest": reference, "name": name},
+                message=f"blob {reference} is not part of any image of {name} pulled through "
+                "this proxy: pull its manifest first",
+            )
+        # The blob gate first: nothing is fetched for a caller who may not read it.
+        head = request.method == "HEAD"
+        await ctx.policy.check_blob_read(name, str(digest), reader(request, name), content=not head)
+        if head:
+            return web.Response(
+                headers={
+                    "Docker-Content-Digest": reference,
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                    "Accept-Ranges": "bytes",
+                }
+            )
+        return await proxy.blobs.serve(request, client, remote, name, digest, size, handler)
+    return await handler(request, name, reference)
+
+
+def _in_grammar(reference: str) -> bool:
+    """Whether `reference` is a tag or a digest of the spec's grammar."""
+    try:
+        if is_digest(reference):
+            parse_digest(reference)
+        else:
+            check_tag(reference)
+    except OciError:
+        return False
+    return True

@@ -1,0 +1,249 @@
+"""`trustyard library sync`: fetch each declared library tag from its `source:` upstream.
+
+A library image's `source:` (`docker.io/library/python`) names a repository under an upstream's
+prefix (`upstreams:` in the configuration). Each of its declared tags is fetched whole (the
+manifest, an index's children, every blob, each verified against its digest) into a scratch
+OCI image layout, then imported by `library import`'s own path: the tag history moves when the
+digest is new (once signed, when the image asks `signed_by`), lineage is traced, and images built
+on the previous digest show up in `library stale`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policies.library.declaration import Library
+from policies.library.history import Announce
+from policies.library.importer import LibraryImportError, import_image
+from registry.context import RegistryContext
+from registry.events.hub import EventHub
+from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.upstream_settings import ProxySettings
+from storage.blobstore import BlobStore
+from storage.metadata import MetadataDB
+from storage.oci.digests import parse_digest
+from storage.oci.manifest import MAX_MANIFEST_SIZE
+from storage.oci.media_types import MANIFEST_MEDIA_TYPES
+
+ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
+#: Who the events and the history name for moves made by a sync.
+SYNC_ACTOR = "library-sync"
+#: How often the server looks for a `library.sync_interval` when the policy sets none.
+IDLE_CHECK = 60.0
+
+log = logging.getLogger("trustyard.library")
+
+
+class SyncError(Exception):
+    """A library tag could not be synced; the message says why."""
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """One declared library tag and where it comes from."""
+
+    name: str
+    tag: str
+    source: str  # the proxied name, e.g. docker.io/library/python
+
+
+def targets(library: Library, only: str | None) -> list[SyncTarget]:
+    """The declared tags to sync: all with a `source:`, or those `only` (NAME or NAME:TAG)
+    names; SyncError when `only` names nothing declared with a source."""
+    name, _, tag = (only or "").partition(":")
+    found = [
+        SyncTarget(image.name, t, image.source)
+        for image in library.images
+        if image.source is not None and (not name or image.name == name)
+        for t in image.tags
+        if not tag or t == tag
+    ]
+    if only and not found:
+        raise SyncError(f"{only}: not a declared library image or tag with a source:")
+    return found
+
+
+async def fetch_layout(
+    settings: ProxySettings, target: SyncTarget, directory: Path
+) -> tuple[str, Path]:
+    """Fetch `target` from its upstream into an OCI image layout under `directory`; its
+    manifest digest and the layout's path."""
+    routed = settings.route(target.source)
+    if routed is None:
+        prefixes = ", ".join(u.prefix for u in settings.upstreams)
+        raise SyncError(
+            f"{target.name}: source {target.source} is under no upstream's prefix ({prefixes})"
+        )
+    upstream, path = routed
+    remote = upstream.remote_name(path)
+    client = UpstreamClient(upstream)
+    layout = directory / f"{target.name.replace('/', '_')}-{target.tag}"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    try:
+        content, media_type, digest = await _manifest(client, remote, target.tag)
+        await _store_tree(client, remote, layout, content)
+        _write(layout, digest, content)
+    except UpstreamError as exc:
+        raise SyncError(f"{target.name}:{target.tag}: {exc}") from None
+    finally:
+        await client.close()
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    entry = {
+        "mediaType": media_type,
+        "digest": digest,
+        "size": len(content),
+        "annotations": {"org.opencontainers.image.ref.name": target.tag},
+    }
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    return digest, layout
+
+
+async def _manifest(client: UpstreamClient, remote: str, reference: str) -> tuple[bytes, str, str]:
+    response = await client.request("GET", remote, f"manifests/{reference}", {"Accept": ACCEPT})
+    async with response:
+        if response.status != 200:
+            raise UpstreamError(client.upstream, f"manifest {reference}: {response.status}")
+        content = await response.content.read(MAX_MANIFEST_SIZE + 1)
+        if len(content) > MAX_MANIFEST_SIZE:
+            raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit")
+        claimed = response.headers.get("Docker-Content-Digest")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    expected = reference if reference.startswith("sha256:") else claimed
+    if expected is not None and expected != digest:
+        raise UpstreamError(client.upstream, f"manifest {reference} is {digest}, not {expected}")
+    document = json.loads(content)
+    return content, document.get("mediaType") or media_type, digest
+
+
+async def _store_tree(client: UpstreamClient, remote: str, layout: Path, content: bytes) -> None:
+    """Every manifest and blob `content` needs, verified, into the layout."""
+    document: dict[str, Any] = json.loads(content)
+    for child in document.get("manifests") or []:
+        child_content, _, child_digest = await _manifest(client, remote, child["digest"])
+        _write(layout, child_digest, child_content)
+        await _store_tree(client, remote, layout, child_content)
+    for blob in [document.get("config"), *(document.get("layers") or [])]:
+        if isinstance(blob, dict) and "digest" in blob:
+            await _blob(client, remote, layout, str(parse_digest(blob["digest"])))
+
+
+async def _blob(client: UpstreamClient, remote: str, layout: Path, digest: str) -> None:
+    target = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+    if target.exists():
+        return
+    partial = target.with_suffix(".partial")
+    hasher = hashlib.sha256()
+    response = await client.request("GET", remote, f"blobs/{digest}")
+    async with response:
+        if response.status != 200:
+            raise UpstreamError(client.upstream, f"blob {digest}: {response.status}")
+        with partial.open("wb") as out:
+            async for chunk in response.content.iter_chunked(1 << 20):
+                hasher.update(chunk)
+                out.write(chunk)
+    if "sha256:" + hasher.hexdigest() != digest:
+        partial.unlink()
+        raise UpstreamError(client.upstream, f"blob {digest}: the bytes are of another digest")
+    partial.rename(target)
+
+
+def _write(layout: Path, digest: str, content: bytes) -> None:
+    (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(content)
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A scratch directory for the layouts of one sync."""
+    return tempfile.TemporaryDirectory(prefix="trustyard-sync-")
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What a sync did to one declared tag."""
+
+    target: SyncTarget
+    digest: str | None = None  # the upstream's digest, when fetched
+    state: str = "failed"  # moved | unchanged | pending | failed
+    detail: str = ""  # why pending or failed
+
+    def line(self) -> str:
+        """One line for the operator."""
+        where = f"{self.target.name}:{self.target.tag} from {self.target.source}"
+        if self.state == "moved":
+            return f"{where}: moved to {self.digest}"
+        if self.state == "unchanged":
+            return f"{where}: unchanged ({self.digest})"
+        if self.state == "pending":
+            return f"{where}: {self.digest} is not signed yet: {self.detail}"
+        return f"{where}: {self.detail}"
+
+
+async def sync_tags(
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library,
+    settings: ProxySettings,
+    announce: Announce,
+    only: str | None = None,
+) -> list[Synced]:
+    """Fetch each declared tag with a source (or `only`) and import it; a move is `announce`d
+    in its transaction. SyncError when `only` names nothing to sync."""
+    done = []
+    for target in targets(library, only):
+        with scratch() as folder:
+            try:
+                digest, layout = await fetch_layout(settings, target, Path(folder))
+                result = await import_image(
+                    db, store, library, layout, f"{target.name}:{target.tag}", announce=announce
+                )
+            except (SyncError, LibraryImportError) as exc:
+                log.warning("library sync: %s", exc)
+                done.append(Synced(target, detail=str(exc)))
+                continue
+        if result.pending is not None:
+            done.append(Synced(target, digest, "pending", result.pending))
+        else:
+            done.append(Synced(target, digest, "moved" if result.moved else "unchanged"))
+        log.info("library sync: %s", done[-1].line())
+    return done
+
+
+async def sync_library(
+    ctx: RegistryContext, events: EventHub, settings: ProxySettings, only: str | None = None
+) -> list[Synced]:
+    """Inside the server: `sync_tags` with the running registry's stores and policy; each move
+    is announced as `library.tag.updated` and wakes the event sender."""
+    library = ctx.policy.policy.library
+    if library is None:
+        return []
+    done = await sync_tags(
+        ctx.db, ctx.store, library, settings, events.library_moved(SYNC_ACTOR), only
+    )
+    for synced in done:
+        if synced.state == "moved":
+            events.committed()
+            ctx.policy.evidence_changed(library.repository(synced.target.name))
+    return done
+
+
+async def sync_periodically(
+    ctx: RegistryContext, events: EventHub, settings: ProxySettings
+) -> None:
+    """Run `sync_library` every `library.sync_interval` of the current policy (re-read each
+    time: a reloaded policy changes it); without one, look again every minute."""
+    while True:
+        library = ctx.policy.policy.library
+        interval = library.sync_interval if library is not None else None
+        await asyncio.sleep(interval if interval else IDLE_CHECK)
+        if interval:
+            try:
+                await sync_library(ctx, events, settings)
+            except Exception:
+                log.exception("library sync failed")

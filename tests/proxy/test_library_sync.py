@@ -1,0 +1,138 @@
+"""`trustyard library sync`: declared library tags follow their `source:` upstream (the
+reference registry, TLS from a private CA, htpasswd): a new upstream digest moves the library
+tag and its history; an unchanged one does not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from registry.cli import main
+from registry.context import CONTEXT
+from storage.layout import DataLayout
+from storage.metadata import open_metadata
+from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
+from tests.server_process import port_of, reserve_port
+
+POLICY = """\
+version: 1
+library:
+  namespace: library
+  images:
+    - name: python
+      tags: ["3.12"]
+      source: mirror.test/library/python
+    - name: local-only
+      tags: ["1"]
+rules: []
+"""
+
+
+async def _history(data: Path) -> list[tuple[str, float | None]]:
+    db = await open_metadata(DataLayout(data).database)
+    try:
+        rows = await db.read(
+            "SELECT digest, until FROM library_tag_history WHERE name = 'python' ORDER BY since"
+        )
+    finally:
+        await db.close()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def _create_database(data: Path) -> None:
+    db = await open_metadata(DataLayout(data).database)
+    await db.close()
+
+
+def test_sync_follows_the_upstream_tag(
+    tmp_path: Path, upstream_registry, upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, _ = asyncio.run(upstream.push_image("library/python", "3.12", [random_layer(50_000)]))
+    data = tmp_path / "data"
+    asyncio.run(_create_database(data))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    config = {
+        "data_dir": str(data),
+        "upstreams": [
+            {
+                "name": "ref",
+                "url": upstream_registry.url,
+                "prefix": "mirror.test",
+                "username": USER,
+                "password": PASSWORD,
+                "ca_file": str(upstream_registry.ca.ca_file),
+            }
+        ],
+    }
+    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
+    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
+    argv += ["--policy", str(tmp_path / "policy.yaml")]
+
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"python:3.12 from mirror.test/library/python: moved to {first}" in out
+    assert main(argv) == 0
+    assert f"unchanged ({first})" in capsys.readouterr().out
+
+    # Upstream patches the base: the library tag follows, its history records both.
+    second, _ = asyncio.run(upstream.push_image("library/python", "3.12", [random_layer(50_000)]))
+    assert main([*argv, "python:3.12"]) == 0
+    assert f"moved to {second}" in capsys.readouterr().out
+    history = asyncio.run(_history(data))
+    assert [digest for digest, _ in history] == [first, second]
+    assert history[0][1] is not None and history[1][1] is None
+
+    # Names that cannot be synced are refused with the reason.
+    assert main([*argv, "local-only"]) == 2
+    assert "not a declared library image or tag with a source:" in capsys.readouterr().err
+    assert main([*argv, "python:3.99"]) == 2
+
+
+async def test_the_server_syncs_every_interval_and_announces_moves(
+    start_client, tmp_path: Path, upstream_registry, upstream
+) -> None:
+    first, _ = await upstream.push_image("library/python", "3.12", [random_layer(20_000)])
+    (tmp_path / "policy.yaml").write_text(
+        POLICY.replace("  namespace: library\n", "  namespace: library\n  sync_interval: 0.2s\n")
+    )
+    sock = reserve_port()  # the event endpoint is down: announcements stay in the outbox
+    try:
+        client = await start_client(
+            policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+            events={
+                "endpoints": [{"name": "ci", "url": f"http://127.0.0.1:{port_of(sock)}/"}],
+                "retry": {"initial": "1h", "max": "1h"},
+            },
+            **proxy_config(upstream_registry.url, upstream_registry.ca),
+        )
+        db = client.app[CONTEXT].db
+
+        async def history() -> list[str]:
+            rows = await db.read(
+                "SELECT digest FROM library_tag_history WHERE name = 'python' ORDER BY since"
+            )
+            return [row[0] for row in rows]
+
+        await until(lambda: history(), [first])
+        second, _ = await upstream.push_image("library/python", "3.12", [random_layer(20_000)])
+        await until(lambda: history(), [first, second])
+        rows = await db.read(
+            "SELECT body FROM event_outbox WHERE type = 'dev.trustyard.library.tag.updated'"
+        )
+        moves = [json.loads(row[0])["data"] for row in rows]
+        assert [(m["digest"], m.get("previous")) for m in moves][-1] == (second, first)
+        assert moves[-1]["actor"] == "library-sync"
+    finally:
+        sock.close()
+
+
+async def until(read, expected, timeout: float = 60.0) -> None:
+    """Wait until `await read()` returns `expected` (the sync runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while (found := await read()) != expected:
+        assert time.monotonic() < deadline, f"still {found}, expected {expected}"
+        await asyncio.sleep(0.05)

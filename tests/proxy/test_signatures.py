@@ -1,0 +1,141 @@
+"""A signed upstream image under a `signature` rule: its cosign signature comes along with it,
+names the upstream's repository (remapped to the proxied name, as containers policy.json's
+`remapIdentity`), and the pull is allowed; without a signature, or with one for another
+repository or another registry, the pull is refused saying why."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from policies.signatures import simple_signing as cosign_module
+from tests.proxy.upstreams import OCI_CONFIG, OCI_MANIFEST, proxy_config, sha256
+from tests.signing import public_pem, sign, simple_signing_payload
+
+POLICY = """\
+version: 1
+trust:
+  keys:
+    release: {pem_file: release.pub}
+rules:
+  - name: mirrored images are signed by release
+    match: {repositories: ["mirror.test/**"], on: [pull]}
+    require:
+      signature: {any_of: [release]}
+"""
+RULE = 'rule "mirrored images are signed by release": needs a signature by release; '
+
+
+async def push_signature(upstream, name: str, image: str, payload: bytes, signature: bytes):
+    """Push a cosign `.sig` manifest for `image` to the upstream, as cosign writes it."""
+    config = json.dumps(
+        {
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]},
+        },
+        separators=(",", ":"),
+    ).encode()
+    layer = {
+        "mediaType": cosign_module.SIMPLE_SIGNING,
+        "digest": sha256(payload),
+        "size": len(payload),
+        "annotations": {cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [layer],
+    }
+    async with aiohttp.ClientSession() as session:
+        await upstream.push_blob(session, name, config)
+        await upstream.push_blob(session, name, payload)
+        tag = image.replace(":", "-") + ".sig"
+        await upstream.put_manifest(
+            session, name, tag, json.dumps(manifest, separators=(",", ":")).encode()
+        )
+
+
+@pytest.fixture
+def release_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+async def gated(start_client, tmp_path: Path, release_key, upstream_registry):
+    (tmp_path / "release.pub").write_bytes(public_pem(release_key))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    return await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+        **proxy_config(upstream_registry.url, upstream_registry.ca),
+    )
+
+
+async def denial(resp) -> str:
+    body = await resp.json()
+    assert body["errors"][0]["code"] == "DENIED"
+    return body["errors"][0]["message"]
+
+
+async def test_upstream_signature_comes_along_and_the_pull_is_allowed(
+    gated, upstream, upstream_registry, release_key
+):
+    digest, manifest = await upstream.push_image("team/app", "v1", [b"signed layer"])
+    host = upstream_registry.url.split("://", 1)[1]
+    payload = simple_signing_payload(f"{host}/team/app", digest)  # the upstream's name
+    await push_signature(upstream, "team/app", digest, payload, sign(release_key, payload))
+
+    resp = await gated.get("/v2/mirror.test/team/app/manifests/v1")
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == manifest
+    sig_tag = digest.replace(":", "-") + ".sig"
+    mirrored = await gated.get(f"/v2/mirror.test/team/app/manifests/{sig_tag}")
+    assert mirrored.status == 200
+
+
+async def test_unsigned_upstream_image_is_refused(gated, upstream):
+    await upstream.push_image("team/unsigned", "v1", [b"unsigned layer"])
+    resp = await gated.get("/v2/mirror.test/team/unsigned/manifests/v1")
+    assert resp.status == 403
+    assert await denial(resp) == RULE + "found no signature"
+
+
+@pytest.mark.parametrize(
+    ("signed_name", "why"),
+    [
+        # Another repository of the same upstream.
+        ("{host}/team/other", "for repository team/other"),
+        # The same path on another registry: not the upstream this namespace mirrors.
+        ("evil.example/team/app", "for repository team/app"),
+    ],
+)
+async def test_signature_for_another_name_does_not_count(
+    gated, upstream, upstream_registry, release_key, signed_name, why
+):
+    digest, _ = await upstream.push_image("team/app", "v1", [b"layer " + signed_name.encode()])
+    host = upstream_registry.url.split("://", 1)[1]
+    payload = simple_signing_payload(signed_name.format(host=host), digest)
+    await push_signature(upstream, "team/app", digest, payload, sign(release_key, payload))
+    resp = await gated.get("/v2/mirror.test/team/app/manifests/v1")
+    assert resp.status == 403
+    message = await denial(resp)
+    assert message.startswith(RULE)
+    assert f"by release but {why}" in message
+
+
+async def test_signature_by_an_unknown_key_does_not_count(gated, upstream, upstream_registry):
+    digest, _ = await upstream.push_image("team/app", "v1", [b"other key layer"])
+    host = upstream_registry.url.split("://", 1)[1]
+    payload = simple_signing_payload(f"{host}/team/app", digest)
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    await push_signature(upstream, "team/app", digest, payload, sign(stranger, payload))
+    resp = await gated.get("/v2/mirror.test/team/app/manifests/v1")
+    assert resp.status == 403
+    assert (await denial(resp)).startswith(RULE)

@@ -1,0 +1,272 @@
+"""What binds a Sigstore bundle to this image and to its Rekor entry, attacked where a comparison
+could be read as an ordering: a message signature over a digest that sorts before or after the
+image's, an `intoto` entry logging a payload whose hash sorts either way, an entry of another
+kind shaped like an `intoto` one, a malformed entry body or a field that is not base64; and a
+keyless bundle whose signer is trusted under the second of two trusted roots.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from policies.signatures.bundles import pae, verify_layer
+from tests.policies.test_signatures_bundles import (
+    GITHUB,
+    GITHUB_LOGIN,
+    IMAGE,
+    RFC8785_RELEASE,
+    STAGING_USERS,
+    VECTORS,
+    digest_of,
+    dsse_entry_body,
+    intoto_entry_body,
+    keyed_bundle,
+    pem,
+    promised_entry,
+    statement,
+    trust,
+)
+from tests.signing import write_rekor_root
+
+
+@pytest.fixture
+def rekor(tmp_path: Path) -> ec.EllipticCurvePrivateKey:
+    return write_rekor_root(tmp_path)
+
+
+def verdict(config: Any, image: str, bundle: dict[str, Any] | bytes) -> tuple[bool, str]:
+    content = bundle if isinstance(bundle, bytes) else json.dumps(bundle).encode()
+    [finding] = verify_layer(config, image, content)
+    return finding.valid, (finding.signer or "") if finding.valid else finding.detail
+
+
+@pytest.mark.parametrize("image", ["sha256:" + "0" * 64, "sha256:" + "f" * 64])
+def test_a_message_signature_of_another_digest_proves_nothing_whichever_way_it_sorts(
+    image: str,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = bytes.fromhex(IMAGE[7:])
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        "verificationMaterial": {"publicKey": {"hint": ""}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": base64.b64encode(digest).decode()},
+            "signature": base64.b64encode(
+                key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            ).decode(),
+        },
+    }
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (True, "release")
+    assert verdict(config, image, bundle) == (False, f"for another image ({IMAGE[:19]}…)")
+
+
+def payloads_sorting_around(real: bytes) -> tuple[bytes, bytes]:
+    """Two statements for the image whose sha256 (hex) sorts before and after `real`'s."""
+    mine = hashlib.sha256(real).hexdigest()
+    before = after = None
+    n = 0
+    while before is None or after is None:
+        n += 1
+        other = statement(IMAGE, f"https://example.com/predicate/{n}")
+        value = hashlib.sha256(other).hexdigest()
+        if value < mine:
+            before = other
+        elif value > mine:
+            after = other
+    return before, after
+
+
+def strict(folder: Path, key: Any) -> Any:
+    return trust({"keys": {"release": {"pem": pem(key), "rekor": "trusted_root.json"}}}, folder)
+
+
+def intoto_logged(rekor: Any, body: bytes, kind: str = "intoto") -> dict[str, Any]:
+    entry = promised_entry(rekor, body)
+    entry["kindVersion"] = {"kind": kind, "version": "0.0.2"}
+    return entry
+
+
+def test_an_intoto_entry_logging_another_payload_is_refused_whichever_way_its_hash_sorts(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    bundle["verificationMaterial"]["tlogEntries"] = [
+        intoto_logged(rekor, intoto_entry_body(key, payload, signature))
+    ]
+    assert verdict(strict(tmp_path, key), IMAGE, bundle) == (True, "release")
+    for other in payloads_sorting_around(payload):
+        body = json.loads(intoto_entry_body(key, payload, signature))
+        body["spec"]["content"]["payloadHash"]["value"] = hashlib.sha256(other).hexdigest()
+        entry = intoto_logged(rekor, json.dumps(body, separators=(",", ":")).encode())
+        bundle["verificationMaterial"]["tlogEntries"] = [entry]
+        assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+            False,
+            "the Rekor entry logs another payload",
+        )
+
+
+@pytest.mark.parametrize("kind", ["rekord", "tuf", "jar", "hashedrekord", "intoto2"])
+def test_an_entry_of_another_kind_shaped_like_intoto_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, kind: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    body = json.loads(intoto_entry_body(key, payload, signature))
+    body["kind"] = kind
+    entry = intoto_logged(rekor, json.dumps(body, separators=(",", ":")).encode(), kind)
+    bundle["verificationMaterial"]["tlogEntries"] = [entry]
+    assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+        False,
+        f"Rekor entry kind {kind!r} does not log this bundle's content",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"kind": "dsse", "spec": {}}', b'{"kind": "dsse", "spec": []}'],
+)
+def test_a_malformed_entry_body_is_refused_with_a_reason(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, body: bytes
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    bundle["verificationMaterial"]["tlogEntries"] = [promised_entry(rekor, body)]
+    assert verdict(strict(tmp_path, key), IMAGE, bundle) == (False, "the Rekor entry is malformed")
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("payload", "the DSSE payload is not base64"),
+        ("sig", "a DSSE signature is not base64"),
+    ],
+)
+@pytest.mark.parametrize("text", ["not base64!", "ZZ\u00e9Z"], ids=["ascii", "not-ascii"])
+def test_a_field_that_is_not_base64_is_refused_with_its_name(
+    where: str, reason: str, text: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    envelope = bundle["dsseEnvelope"]
+    if where == "payload":
+        envelope["payload"] = text
+    else:
+        envelope["signatures"][0]["sig"] = text
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (False, reason)
+
+
+def test_the_second_trusted_root_is_tried_when_the_first_does_not_verify() -> None:
+    """A staging bundle, with a production identity listed first: the staging root still
+    proves it."""
+    config = trust(
+        {
+            "identities": {
+                "rfc8785": {"issuer": GITHUB, "subject": RFC8785_RELEASE},
+                "tny": {
+                    "issuer": GITHUB_LOGIN,
+                    "subject": STAGING_USERS["tny"],
+                    "trusted_root": "staging",
+                },
+            }
+        }
+    )
+    content = (VECTORS / "bundle.txt.sigstore").read_bytes()
+    assert verdict(config, digest_of("bundle.txt"), content) == (True, "tny")
+
+
+def test_junk_around_valid_base64_is_refused() -> None:
+    """Base64 is read strictly: junk a lenient decoder would skip is a refusal, so no other
+    verifier can read these fields differently."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (True, "release")
+    envelope = bundle["dsseEnvelope"]
+    envelope["payload"] = "!" + envelope["payload"] + "\n!"
+    assert verdict(config, IMAGE, bundle) == (False, "the DSSE payload is not base64")
+
+
+@pytest.mark.parametrize("payload_type", ["application/json", "application/vnd.zz+json", ""])
+def test_a_dsse_payload_of_another_type_is_refused(payload_type: str) -> None:
+    """A genuine signature over a payload typed as something other than an in-toto statement,
+    whichever way the type sorts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, _ = keyed_bundle(key, payload)
+    signature = key.sign(pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
+    bundle["dsseEnvelope"]["payloadType"] = payload_type
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(signature).decode()
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (
+        False,
+        f"a DSSE payload of type {payload_type!r}, not an in-toto statement",
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["SHA1", "SHA2_384", "SHA2_512", "sha2_256"])
+def test_a_message_digest_of_another_algorithm_is_refused(algorithm: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = bytes.fromhex(IMAGE[7:])
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        "verificationMaterial": {"publicKey": {"hint": ""}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": algorithm, "digest": base64.b64encode(digest).decode()},
+            "signature": base64.b64encode(
+                key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            ).decode(),
+        },
+    }
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, IMAGE, bundle) == (False, "the message digest is not SHA2_256")
+
+
+def test_an_intoto_entry_whose_envelope_holds_another_payload_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    """The logged hash is right but the logged envelope carries other bytes (sorting before
+    and after the real payload): the entry does not log this payload."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    for other in (b"\x00" + payload, b"\xff" + payload):
+        body = json.loads(intoto_entry_body(key, payload, signature))
+        twice = base64.b64encode(base64.b64encode(other)).decode()
+        body["spec"]["content"]["envelope"]["payload"] = twice
+        entry = intoto_logged(rekor, json.dumps(body, separators=(",", ":")).encode())
+        bundle["verificationMaterial"]["tlogEntries"] = [entry]
+        assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+            False,
+            "the Rekor entry logs another payload",
+        )
+
+
+@pytest.mark.parametrize("kind", ["cose", "alpine", "a", "dsse2", "hashedrekord"])
+def test_an_entry_of_another_kind_shaped_like_dsse_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, kind: str
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = statement(IMAGE)
+    bundle, signature = keyed_bundle(key, payload)
+    body = json.loads(dsse_entry_body(key, payload, signature))
+    body["kind"] = kind
+    entry = promised_entry(rekor, json.dumps(body, separators=(",", ":")).encode())
+    bundle["verificationMaterial"]["tlogEntries"] = [entry]
+    assert verdict(strict(tmp_path, key), IMAGE, bundle) == (
+        False,
+        f"Rekor entry kind {kind!r} does not log this bundle's content",
+    )
