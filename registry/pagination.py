@@ -37,7 +37,10 @@ class Page:
                     {"n": text[:50], "reason": f"n must be 0 to {MAX_PAGE} in ASCII digits"},
                 )
             limit = min(count, MAX_PAGE)
-        return cls(limit, single(request, "last", PAGINATION_NUMBER_INVALID) or None)
+        last = single(request, "last", PAGINATION_NUMBER_INVALID)
+        # No name or tag holds a NUL, so the entries after "a\x00…" are exactly those after "a";
+        # cut there (PostgreSQL text cannot carry a NUL at all).
+        return cls(limit, (last or "").split("\x00", 1)[0] or None)
 
     def link(self, path: str, entries: list[str], more: bool) -> dict[str, str]:
         """The `Link` header to the next page, if there is one."""

@@ -386,3 +386,13 @@ def test_a_client_trickling_headers_is_cut_off(tmp_path: Path) -> None:
 def test_listen_port_must_be_ascii_digits(port: str) -> None:
     with pytest.raises(ConfigError, match="listen: expected HOST:PORT"):
         load_config(environ={}, overrides={"listen": f"127.0.0.1:{port}"})
+
+
+async def test_a_nul_in_last_ends_the_key(client: TestClient) -> None:
+    """No tag holds a NUL: the page after `a\\x00…` is the page after `a`, on every backend."""
+    for tag in ("a", "a0", "b"):
+        await push_image(client, "app", tag)
+    for last, expected in (("a%00zz", ["a0", "b"]), ("%00", ["a", "a0", "b"]), ("a", ["a0", "b"])):
+        resp = await client.get(f"/v2/app/tags/list?last={last}")
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["tags"] == expected

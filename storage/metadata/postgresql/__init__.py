@@ -24,6 +24,7 @@ from storage.metadata.sqlite.library import SQLiteLibrary
 from storage.metadata.sqlite.manifests import SQLiteManifests
 from storage.metadata.sqlite.outbox import SQLiteOutbox
 from storage.metadata.sqlite.proofs import SQLiteProofs
+from storage.metadata.sqlite.proxy import SQLiteProxy
 from storage.metadata.sqlite.scans import SQLiteScans
 
 #: What this backend raises when its database cannot be used at all.
@@ -47,6 +48,7 @@ class PostgreSQLMetadata(  # type: ignore[misc]
     SQLiteScans,
     SQLiteProofs,
     SQLiteHousekeeping,
+    SQLiteProxy,
     MetadataDB,
 ):
     """The metadata database in PostgreSQL, opened with `PostgreSQLMetadata.open(url)`."""
