@@ -156,7 +156,7 @@ TARGETS: dict[str, Target] = {
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
-        ("tests/registry/test_uploads.py",),
+        ("tests/registry/test_uploads.py", "tests/security/test_sha512_upload_digest.py"),
         function="finish",
     ),
 }
