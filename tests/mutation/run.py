@@ -114,7 +114,7 @@ TARGETS: dict[str, Target] = {
     ),
     "notation": Target(
         ("policies/signatures/notation.py",),
-        ("tests/policies/test_signatures_notation.py",),
+        ("tests/policies/test_signatures_notation.py", "tests/security/test_notation_envelopes.py"),
         bare=True,
     ),
     "signature-rule": Target(
