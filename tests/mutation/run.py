@@ -152,7 +152,11 @@ TARGETS: dict[str, Target] = {
     ),
     "vulnerabilities": Target(
         ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
-        ("tests/security/test_vulnerability_limits.py", "tests/scans"),
+        (
+            "tests/security/test_vulnerability_limits.py",
+            "tests/security/test_vulnerability_counting.py",
+            "tests/scans",
+        ),
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
