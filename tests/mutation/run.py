@@ -155,6 +155,7 @@ TARGETS: dict[str, Target] = {
         (
             "tests/security/test_vulnerability_limits.py",
             "tests/security/test_vulnerability_counting.py",
+            "tests/security/test_scan_webhook_decisions.py",
             "tests/scans",
         ),
     ),
