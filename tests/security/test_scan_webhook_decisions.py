@@ -107,3 +107,53 @@ async def test_an_older_report_after_a_newer_one_is_refused(scanning: TestClient
     assert entry["code"] == "SCAN_STALE"
     assert entry["message"].startswith(f"scanner alpha already has a newer report on {digest}")
     assert await reports(scanning, digest) == [("alpha", ["CVE-NEW"])]
+
+
+LIMIT = 100_001  # not a multiple of the size the body is read in
+
+
+@pytest.fixture
+async def limited(start_client: Any) -> TestClient:
+    return await start_client(scanners=SCANNERS, scans={"max_body": LIMIT})
+
+
+def padded(size: int) -> bytes:
+    """A valid report of exactly `size` bytes (JSON allows trailing whitespace)."""
+    body = generic("CVE-1")
+    return body + b" " * (size - len(body))
+
+
+async def test_a_report_of_exactly_the_limit_is_taken_streamed_or_not(limited: TestClient) -> None:
+    digest, _ = await push_image(limited, "prod/app", "v1")
+    body = padded(LIMIT)
+
+    async def streamed() -> Any:  # no Content-Length
+        for start in range(0, len(body), 7_000):
+            yield body[start : start + 7_000]
+
+    for data in (body, streamed()):
+        # The same signed body twice would be a replay: each scanner posts it once.
+        resp = await limited.post(
+            f"/api/v1/scans?digest={digest}",
+            data=data,
+            headers=sign(ALPHA if isinstance(data, bytes) else BETA, body),
+        )
+        assert resp.status == 201, await resp.text()
+    assert await reports(limited, digest) == [("alpha", ["CVE-1"]), ("beta", ["CVE-1"])]
+
+
+async def test_a_streamed_report_over_the_limit_is_refused(limited: TestClient) -> None:
+    digest, _ = await push_image(limited, "prod/app", "v1")
+    body = padded(3 * LIMIT)
+
+    async def streamed() -> Any:
+        for start in range(0, len(body), 7_000):
+            yield body[start : start + 7_000]
+
+    resp = await limited.post(
+        f"/api/v1/scans?digest={digest}", data=streamed(), headers=sign(ALPHA, body)
+    )
+    entry = await error(resp, 413)
+    assert entry["code"] == "SCAN_TOO_LARGE"
+    assert entry["message"] == f"scan report larger than the {LIMIT} byte limit (scans.max_body)"
+    assert await reports(limited, digest) == []
