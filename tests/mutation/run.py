@@ -148,6 +148,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_stale_evidence.py",
             "tests/registry/test_policy_enforcement.py",
             "tests/library/test_library_api.py",
+            "tests/security/test_expired_verdicts.py",
         ),
     ),
     "vulnerabilities": Target(
