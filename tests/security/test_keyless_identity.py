@@ -445,9 +445,12 @@ def test_a_rekor_entry_body_for_something_else_is_refused(
 
 def pki_layer(fulcio: Fulcio, subject: str) -> tuple[bytes, dict[str, str]]:
     """A `.sig` layer signed with a certificate for CN=`subject` by `fulcio` (as a private
-    CA), valid now, not logged (a private PKI has no Rekor)."""
+    CA), valid now (the time of the call, not of the module's import: a long suite outlives a
+    ten-minute certificate), not logged (a private PKI has no Rekor)."""
     signer = ec.generate_private_key(ec.SECP256R1())
-    leaf = fulcio.issue(signer, EMAIL, ISSUER, subject=subject, at=NOW)
+    leaf = fulcio.issue(
+        signer, EMAIL, ISSUER, subject=subject, at=datetime.datetime.now(datetime.UTC)
+    )
     payload = simple_signing_payload("registry.example/prod/web", IMAGE)
     return payload, {
         SIGNATURE_ANNOTATION: base64.b64encode(sign(signer, payload)).decode(),
