@@ -149,6 +149,7 @@ TARGETS: dict[str, Target] = {
             "tests/registry/test_policy_enforcement.py",
             "tests/library/test_library_api.py",
             "tests/security/test_expired_verdicts.py",
+            "tests/security/test_decision_log_flush.py",
         ),
     ),
     "vulnerabilities": Target(
