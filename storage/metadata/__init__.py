@@ -58,8 +58,6 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (*_SQLITE_ERRORS, *_POSTGRESQL_ER
 
 #: Rows an observer adds to a write, written in its transaction (the events outbox).
 OutboxRows = Sequence[OutboxRow]
-#: The earlier name of `OutboxRows` (when they were SQL statements), for callers written with it.
-Statements = OutboxRows
 
 
 def is_postgresql(url: str | None) -> bool:
@@ -103,7 +101,6 @@ __all__ = [
     "RepositorySummary",
     "SQLiteMetadata",
     "Simulation",
-    "Statements",
     "TagHistoryEntry",
     "TagRow",
     "is_postgresql",

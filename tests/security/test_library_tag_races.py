@@ -29,27 +29,12 @@ from policies.library.history import tag_history
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT
 from tests.library.images import Image, layer_tar, push
+from tests.library.test_signed_by import POLICY as SIGNED_POLICY
 from tests.signing import push_cosign_signature, sign, simple_signing_payload, start_trusting
 
 #: Only turns a hang (the property broken) into a failure; nothing waits for it to pass.
 PATIENCE = 60
 
-SIGNED_POLICY = """\
-version: 1
-trust:
-  keys:
-    ops: {pem_file: ops.pub}
-library:
-  images:
-    - name: python
-      tags: ["3.12-slim"]
-      signed_by: [ops]
-rules:
-  - name: apps build on the library
-    match: {repositories: ["apps/**"], on: [push]}
-    require:
-      base_image: {from_library: true}
-"""
 
 POLICY = """\
 version: 1
