@@ -444,7 +444,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown targets {unknown}; see --list")
     results = (ROOT / args.results).resolve()
-    results.mkdir(exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
     killed = total = 0
     survivors: list[dict] = []

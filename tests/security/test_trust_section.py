@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from policies.signatures.cosign import verify_layer
 from policies.signatures.simple_signing import SIGNATURE_ANNOTATION
 from policies.signatures.trust import parse_trust
-from tests.signing import public_pem, sign, simple_signing_payload
+from tests.signing import public_pem, sign, simple_signing_payload, write_rekor_root
 
 IMAGE = "sha256:" + "ab" * 32
 
@@ -107,3 +107,47 @@ def test_an_identity_describes_its_subject_or_its_pattern() -> None:
     assert not problems
     assert config.identities["exact"].describe() == "a@b from https://i.example"
     assert config.identities["pattern"].describe() == "/^ci@/ from https://i.example"
+
+
+def test_an_unusable_trusted_root_is_a_problem_with_its_reason(tmp_path: Path) -> None:
+    """An identity's trusted root without a Fulcio CA (a Rekor-only root, fine for a key's
+    `rekor:`), one that is not UTF-8, missing, or not JSON: each refused when the policy loads,
+    saying why, never a traceback and never an identity that can prove nothing."""
+    write_rekor_root(tmp_path)
+    (tmp_path / "latin1.json").write_bytes(b'{"x": "\xe9"}')
+    (tmp_path / "broken.json").write_text("{not json")
+
+    def identity(root: str) -> dict[str, str]:
+        return {"issuer": "https://i.example", "subject": "a@b", "trusted_root": root}
+
+    section = {
+        "identities": {
+            "rekor-only": identity("trusted_root.json"),
+            "latin1": identity("latin1.json"),
+            "missing": identity("nowhere.json"),
+            "broken": identity("broken.json"),
+        }
+    }
+    config, problems = parse_trust(section, tmp_path)
+    assert not config.identities
+    messages = dict(problems)
+    assert messages[("identities", "rekor-only", "trusted_root")] == (
+        f"{tmp_path / 'trusted_root.json'}: not a usable Sigstore trusted root: "
+        "Fulcio certificates not found in trusted root"
+    )
+    assert messages[("identities", "latin1", "trusted_root")] == (
+        f"cannot read trusted root {tmp_path / 'latin1.json'}: not UTF-8 text"
+    )
+    assert messages[("identities", "missing", "trusted_root")] == (
+        f"cannot read trusted root {tmp_path / 'nowhere.json'}: No such file or directory"
+    )
+    assert messages[("identities", "broken", "trusted_root")].startswith(
+        f"{tmp_path / 'broken.json'}: not a usable Sigstore trusted root: 1 validation error"
+    )
+    # The same Rekor-only root is a usable `rekor:` root for a key.
+    key = ec.generate_private_key(ec.SECP256R1())
+    config, problems = parse_trust(
+        {"keys": {"logged": {"pem": public_pem(key).decode(), "rekor": "trusted_root.json"}}},
+        tmp_path,
+    )
+    assert not problems and list(config.keys) == ["logged"]
