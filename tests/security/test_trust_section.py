@@ -126,10 +126,11 @@ def test_an_unusable_trusted_root_is_a_problem_with_its_reason(tmp_path: Path) -
             "latin1": identity("latin1.json"),
             "missing": identity("nowhere.json"),
             "broken": identity("broken.json"),
+            "good": identity("staging"),
         }
     }
     config, problems = parse_trust(section, tmp_path)
-    assert not config.identities
+    assert list(config.identities) == ["good"]  # read after four bad ones
     messages = dict(problems)
     assert messages[("identities", "rekor-only", "trusted_root")] == (
         f"{tmp_path / 'trusted_root.json'}: not a usable Sigstore trusted root: "
