@@ -99,6 +99,21 @@ TARGETS: dict[str, Target] = {
             "test_a_removal_by_another_process_decides_the_next_request_of_every_server",
         ),
     ),
+    # The bearer token's own checks (signature, claims, the verified-token cache, the credential
+    # it binds) against the tests that attack them: a shorter run than all of `auth`.
+    "auth-tokens": Target(
+        ("registry/auth/tokens.py", "registry/auth/token_cache.py"),
+        (
+            "tests/auth/test_accounts.py",
+            "tests/security/test_auth_caches.py",
+            "tests/security/test_credential_changes.py",
+            "tests/security/test_auth_decisions.py",
+        ),
+        deselect=(
+            "tests/security/test_auth_caches.py::"
+            "test_a_removal_by_another_process_decides_the_next_request_of_every_server",
+        ),
+    ),
     "keyless": Target(
         (
             "policies/signatures/keyless.py",
