@@ -52,6 +52,17 @@ def test_malformed_scopes_are_refused(text):
         parse_scope(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    # Names sorting before and after `catalog`, a longer name it begins, other actions.
+    ["registry:aaa:*", "registry:other:*", "registry:catalogue:*", "registry:catalog:push"],
+)
+def test_only_the_catalog_is_a_registry_scope(text):
+    with pytest.raises(ScopeError) as refused:
+        parse_scope(text)
+    assert str(refused.value) == f"scope {text!r}: only registry:catalog:* is known"
+
+
 def test_several_scopes_merge_per_resource_and_split_on_spaces():
     scopes = parse_scopes(["repository:a:pull repository:b:push", "repository:a:push"])
     assert scopes == [

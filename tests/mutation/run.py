@@ -114,6 +114,18 @@ TARGETS: dict[str, Target] = {
             "test_a_removal_by_another_process_decides_the_next_request_of_every_server",
         ),
     ),
+    # The parts of `auth` its plain unit tests decide (scopes, the users file, login limits): a
+    # mutant that survives them is run again against the HTTP tests (`--recheck`, target `auth`).
+    "auth-units": Target(
+        ("registry/auth/scopes.py", "registry/auth/users.py", "registry/auth/ratelimit.py"),
+        (
+            "tests/auth/test_scopes.py",
+            "tests/auth/test_permissions.py",
+            "tests/auth/test_accounts.py",
+            "tests/auth/test_config.py",
+        ),
+        bare=True,
+    ),
     "keyless": Target(
         (
             "policies/signatures/keyless.py",
