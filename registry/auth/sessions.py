@@ -129,7 +129,11 @@ def session_caller(request: web.Request, service: AuthService) -> Caller | None:
     if session is None:
         return None
     account = service.users.get(session.account)
-    if account is None or account.kind != "user" or account.credential != session.credential:
+    if (
+        account is None
+        or account.kind != "user"
+        or not hmac.compare_digest(account.credential, session.credential)
+    ):
         # Removed, or its password changed since login: the session dies.
         store.end(token)
         return None
