@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from registry.auth.scopes import Scope, ScopeError, covers, intersect, parse_scope, parse_scopes
+from registry.auth.scopes import (
+    Scope,
+    ScopeError,
+    covers,
+    covers_all,
+    intersect,
+    parse_scope,
+    parse_scopes,
+)
+from storage.oci.grammar import MAX_NAME_LENGTH
 
 
 def test_repository_scope_is_parsed():
@@ -95,3 +104,57 @@ def test_covers():
     assert not covers(granted, "repository", "a", "push")
     assert not covers(granted, "repository", "b", "pull")
     assert not covers(granted, "repository", "a/b", "pull")
+
+
+def test_covers_all_needs_every_action_on_that_very_resource():
+    """A token's scopes for neighbours (names sorting before or after, a prefix, a longer name)
+    and for the registry's catalog add nothing to what it grants on a repository."""
+    token = parse_scopes(
+        [
+            "repository:team/app:pull",
+            "repository:team/aaa:push,delete",
+            "repository:team/zzz:push,delete",
+            "repository:team/ap:push,delete",
+            "repository:team/app2:push,delete",
+            "registry:catalog:*",
+        ]
+    )
+    assert covers_all(token, "repository", "team/app", ["pull"])
+    assert not covers_all(token, "repository", "team/app", ["pull", "push"])
+    assert not covers_all(token, "repository", "team/app", ["delete"])
+    # A repository named like the catalog gets nothing from `registry:catalog:*`.
+    assert not covers_all(token, "repository", "catalog", ["pull"])
+    assert covers_all(token, "registry", "catalog", ["*"])
+    assert not covers_all(parse_scopes(["repository:catalog:*"]), "registry", "catalog", ["*"])
+    assert not covers_all([], "repository", "team/app", ["pull"])
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("repository:a", "expected type:name:actions"),
+        ("repository", "expected type:name:actions"),
+        ("repository::pull", "invalid repository name"),
+        ("repository:a:pull,teleport", "unknown actions ['teleport']"),
+        ("image:a:pull", "unknown resource type 'image'"),
+    ],
+)
+def test_malformed_scopes_say_why(text, reason):
+    with pytest.raises(ScopeError) as refused:
+        parse_scope(text)
+    assert str(refused.value) == f"scope {text!r}: {reason}"
+
+
+def test_a_name_of_the_longest_length_is_a_scope_and_one_more_is_not():
+    longest = "a" * MAX_NAME_LENGTH
+    assert parse_scope(f"repository:{longest}:pull").name == longest
+    with pytest.raises(ScopeError) as refused:
+        parse_scope(f"repository:{longest}a:pull")
+    assert str(refused.value).endswith(": invalid repository name")
+
+
+def test_covers_is_about_one_resource_type():
+    token = parse_scopes(["repository:catalog:pull"])
+    assert covers(token, "repository", "catalog", "pull")
+    assert not covers(token, "registry", "catalog", "pull")
+    assert not covers(parse_scopes(["registry:catalog:*"]), "repository", "catalog", "pull")
