@@ -148,6 +148,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_bundle_log_entries.py",
             "tests/security/test_bundle_message_signatures.py",
             "tests/security/test_bundle_bindings.py",
+            "tests/security/test_bundle_rekor_proofs.py",
         ),
         bare=True,
     ),
