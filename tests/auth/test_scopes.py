@@ -158,3 +158,17 @@ def test_covers_is_about_one_resource_type():
     assert covers(token, "repository", "catalog", "pull")
     assert not covers(token, "registry", "catalog", "pull")
     assert not covers(parse_scopes(["registry:catalog:*"]), "repository", "catalog", "pull")
+
+
+def test_a_scope_is_bounded_however_long_its_resource_class():
+    """The resource class is dropped, never checked: only the bound on the whole scope keeps a
+    client from sending kilobytes of it."""
+    bound = MAX_NAME_LENGTH + 64
+    padding = bound - len("repository():a:pull")
+    assert parse_scope(f"repository({'x' * padding}):a:pull") == Scope(
+        "repository", "a", frozenset({"pull"})
+    )
+    for extra in (1, 10_000):
+        with pytest.raises(ScopeError) as refused:
+            parse_scope(f"repository({'x' * (padding + extra)}):a:pull")
+        assert str(refused.value) == "scope too long"
