@@ -149,6 +149,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_bundle_message_signatures.py",
             "tests/security/test_bundle_bindings.py",
             "tests/security/test_bundle_rekor_proofs.py",
+            "tests/policies/test_signatures_sigstore_js.py",
         ),
         bare=True,
     ),

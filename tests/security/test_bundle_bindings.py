@@ -270,3 +270,21 @@ def test_an_entry_of_another_kind_shaped_like_dsse_is_refused(
         False,
         f"Rekor entry kind {kind!r} does not log this bundle's content",
     )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda envelope: envelope.update(signatures=5),
+        lambda envelope: envelope.update(signatures=["not an object"]),
+        lambda envelope: envelope.update(payloadType=None, signatures=[[]]),
+    ],
+    ids=["signatures-a-number", "signature-a-string", "signature-a-list"],
+)
+def test_a_keyed_bundle_with_fields_of_the_wrong_type_is_refused(change: Any) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    change(bundle["dsseEnvelope"])
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
+    assert (finding.valid, finding.detail) == (False, "not a Sigstore bundle")
