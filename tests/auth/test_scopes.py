@@ -158,6 +158,9 @@ def test_covers_is_about_one_resource_type():
     assert covers(token, "repository", "catalog", "pull")
     assert not covers(token, "registry", "catalog", "pull")
     assert not covers(parse_scopes(["registry:catalog:*"]), "repository", "catalog", "pull")
+    # Neighbouring names, sorting before and after, grant nothing on this one.
+    neighbours = parse_scopes(["repository:team/aaa:push", "repository:team/zzz:push"])
+    assert not covers(neighbours, "repository", "team/app", "push")
 
 
 def test_a_scope_is_bounded_however_long_its_resource_class():
