@@ -288,3 +288,15 @@ def test_a_keyed_bundle_with_fields_of_the_wrong_type_is_refused(change: Any) ->
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
     assert (finding.valid, finding.detail) == (False, "not a Sigstore bundle")
+
+
+@pytest.mark.parametrize("public_key", ["a string", ["a", "list"], {}, {"hint": "another key"}])
+def test_the_key_hint_is_advisory_whatever_its_shape(public_key: Any) -> None:
+    """The hint only orders the trusted keys tried: a hint of another shape, none, or one naming
+    another key neither breaks verification nor keeps the right key from being tried."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    bundle["verificationMaterial"]["publicKey"] = public_key
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
+    assert (finding.valid, finding.signer) == (True, "release")

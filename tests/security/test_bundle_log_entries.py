@@ -73,7 +73,7 @@ def _resign_checkpoint(entry: dict[str, Any], rekor: Any, size: str, root: bytes
     entry["inclusionProof"]["checkpoint"]["envelope"] = note + "\n" + line
 
 
-@pytest.mark.parametrize("change", ["size", "root"])
+@pytest.mark.parametrize("change", ["size", "smaller-size", "size-sorting-before", "root"])
 def test_a_checkpoint_for_another_tree_is_refused(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, change: str
 ) -> None:
@@ -88,6 +88,10 @@ def test_a_checkpoint_for_another_tree_is_refused(
     assert [f.valid for f in verify_layer(strict(tmp_path, key), IMAGE, content)] == [True]
     if change == "size":
         _resign_checkpoint(entry, rekor, "8", root)
+    elif change == "smaller-size":
+        _resign_checkpoint(entry, rekor, "6", root)
+    elif change == "size-sorting-before":  # larger, but "10" sorts before "7" as text
+        _resign_checkpoint(entry, rekor, "10", root)
     else:
         _resign_checkpoint(entry, rekor, "7", bytes(32))
     content = json.dumps(bundle).encode()
