@@ -163,3 +163,24 @@ def test_removing_an_unknown_name_changes_nothing(tmp_path):
     after = store.path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert store.remove("alice") is True and store.get("alice") is None
+
+
+def test_password_length_bounds():
+    for short in ("", "a", "seven77"):
+        with pytest.raises(PasswordRefused):
+            check_password(short)
+    assert check_password("eight888") == "eight888"
+    assert check_password("x" * 1024) == "x" * 1024
+    for long in ("x" * 1025, "x" * 5000):
+        with pytest.raises(PasswordRefused) as refused:
+            check_password(long)
+        assert str(refused.value) == "password longer than 1024 characters refused"
+
+
+@pytest.mark.parametrize("entry", ["just text", {"password": 5}, {"groups": ["dev"]}])
+def test_a_users_entry_of_the_wrong_shape_is_refused_with_its_place(tmp_path, entry):
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"alice": entry}}))
+    with pytest.raises(UsersFileError) as refused:
+        UserStore(path).get("alice")
+    assert str(refused.value) == "users.alice: expected a mapping with 'password'"
