@@ -39,12 +39,13 @@ def test_a_cache_of_one_token_keeps_the_last_one() -> None:
 @pytest.mark.parametrize(
     "key",
     [
+        ec.generate_private_key(ec.SECP256K1()),  # the curve names sort before and after P-256's
         ec.generate_private_key(ec.SECP384R1()),
         ec.generate_private_key(ec.SECP521R1()),
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ed25519.Ed25519PrivateKey.generate(),
     ],
-    ids=["p384", "p521", "rsa", "ed25519"],
+    ids=["secp256k1", "p384", "p521", "rsa", "ed25519"],
 )
 def test_a_signing_key_that_is_not_p256_is_refused(tmp_path: Path, key: object) -> None:
     path = tmp_path / "signing.pem"
