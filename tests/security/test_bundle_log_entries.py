@@ -79,7 +79,9 @@ def _resign_checkpoint(entry: dict[str, Any], rekor: Any, size: str, root: bytes
     entry["inclusionProof"]["checkpoint"]["envelope"] = note + "\n" + line
 
 
-@pytest.mark.parametrize("change", ["size", "smaller-size", "size-sorting-before", "root"])
+@pytest.mark.parametrize(
+    "change", ["size", "smaller-size", "size-sorting-before", "root", "root-sorting-after"]
+)
 def test_a_checkpoint_for_another_tree_is_refused(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, change: str
 ) -> None:
@@ -98,6 +100,8 @@ def test_a_checkpoint_for_another_tree_is_refused(
         _resign_checkpoint(entry, rekor, "6", root)
     elif change == "size-sorting-before":  # larger, but "10" sorts before "7" as text
         _resign_checkpoint(entry, rekor, "10", root)
+    elif change == "root-sorting-after":
+        _resign_checkpoint(entry, rekor, "7", b"\xff" * 32)
     else:
         _resign_checkpoint(entry, rekor, "7", bytes(32))
     content = json.dumps(bundle).encode()
