@@ -31,6 +31,7 @@ from registry.proxy.manifests import ManifestCache
 from registry.proxy.stats import ProxyStats
 from registry.proxy.sync import sync_periodically
 from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
+from registry.workers import LEADER
 from storage.oci.digests import parse_digest
 from storage.oci.errors import OciError
 from storage.oci.grammar import check_tag, is_digest
@@ -80,10 +81,15 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
-        background = [
-            asyncio.create_task(evictor.run()),
-            asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
-        ]
+        # Eviction and library sync once per registry: in the leading worker only.
+        background = (
+            [
+                asyncio.create_task(evictor.run()),
+                asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
+            ]
+            if app[LEADER]
+            else []
+        )
         try:
             yield
         finally:
