@@ -4,6 +4,7 @@ On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
 
     <data-dir>/
     ├── metadata.sqlite            the metadata database (WAL mode; -wal and -shm beside it)
+    ├── metadata.sqlite-writelock  flock held by the process writing the database (writers queue)
     ├── gc-runs.json               how many times `trustyard gc` ran here, and when last
     ├── blobs/                     the content-addressed blob store (filesystem backend)
     │   └── <algorithm>/           sha256 | sha512

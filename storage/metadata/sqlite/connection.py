@@ -18,6 +18,8 @@ per statement (which, on a busy event loop, is what limited write throughput).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -48,6 +50,14 @@ class SQLiteBase:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        # Several processes writing one file (`serve --workers`, `trustyard gc`) take turns on
+        # an flock first: the kernel hands it over the moment it is released, where SQLite's
+        # own busy handler would sleep and poll (up to 100 ms a try) for its write lock.
+        self._lock_fd = (
+            os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if path is not None
+            else None
+        )
         self._write_lock = asyncio.Lock()
         self.path = path
         self._group = GroupCommit(self._run_batch, _translate)
@@ -85,13 +95,16 @@ class SQLiteBase:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction (`BEGIN IMMEDIATE`), serialised with every other write of this
         process: committed when the block ends, rolled back when it raises. SQLite's "disk
         full" becomes `StorageFull`."""
-        async with self._write_lock:
+        async with self._write_lock, self._file_lock():
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 try:
@@ -118,7 +131,19 @@ class SQLiteBase:
         async with self._write_lock:
             # aiosqlite runs a function on its connection's thread only through this (private)
             # method: the whole batch is one round trip instead of one per statement.
-            await self._writer._execute(_run_batch, self._writer._conn, batch)
+            await self._writer._execute(_run_batch, self._writer._conn, batch, self._lock_fd)
+
+    @asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        """Hold the cross-process write lock (taken on the writer's thread: it may wait)."""
+        if self._lock_fd is None:
+            yield
+            return
+        await self._writer._execute(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            await self._writer._execute(fcntl.flock, self._lock_fd, fcntl.LOCK_UN)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -157,8 +182,19 @@ class _BatchLost(Exception):
     """SQLite rolled back the whole transaction during one job: no job of it is kept."""
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[Queued]) -> None:
-    """On the writer thread: the batch's jobs, each in its savepoint, then one commit."""
+def _run_batch(conn: sqlite3.Connection, batch: list[Queued], lock_fd: int | None) -> None:
+    """On the writer thread: the batch's jobs, each in its savepoint, then one commit (holding
+    the cross-process write lock `lock_fd` throughout)."""
+    if lock_fd is not None:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        _run_locked(conn, batch)
+    finally:
+        if lock_fd is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         adapter = ThreadConnection(conn)
