@@ -53,7 +53,7 @@ class SQLiteBase:
         # Several processes writing one file (`serve --workers`, `trustyard gc`) take turns on
         # an flock first: the kernel hands it over the moment it is released, where SQLite's
         # own busy handler would sleep and poll (up to 100 ms a try) for its write lock.
-        self._lock_fd = (
+        self._writelock_fd = (
             os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if path is not None
             else None
@@ -95,9 +95,9 @@ class SQLiteBase:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._writelock_fd is not None:
+            os.close(self._writelock_fd)
+            self._writelock_fd = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -131,19 +131,19 @@ class SQLiteBase:
         async with self._write_lock:
             # aiosqlite runs a function on its connection's thread only through this (private)
             # method: the whole batch is one round trip instead of one per statement.
-            await self._writer._execute(_run_batch, self._writer._conn, batch, self._lock_fd)
+            await self._writer._execute(_run_batch, self._writer._conn, batch, self._writelock_fd)
 
     @asynccontextmanager
     async def _file_lock(self) -> AsyncIterator[None]:
         """Hold the cross-process write lock (taken on the writer's thread: it may wait)."""
-        if self._lock_fd is None:
+        if self._writelock_fd is None:
             yield
             return
-        await self._writer._execute(fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+        await self._writer._execute(fcntl.flock, self._writelock_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            await self._writer._execute(fcntl.flock, self._lock_fd, fcntl.LOCK_UN)
+            await self._writer._execute(fcntl.flock, self._writelock_fd, fcntl.LOCK_UN)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
