@@ -218,3 +218,54 @@ def test_workers_is_a_positive_count(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "workers: 0 is less than the minimum of 1" in result.stderr
+
+
+def test_an_immutable_tag_raced_across_workers_is_created_once(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nmode: enforce\nrules:\n"
+        "  - name: releases are immutable\n"
+        "    match: {repositories: ['team/**'], on: [push]}\n"
+        "    require: {immutable_tags: true}\n"
+    )
+    server = start_registry(
+        tmp_path / "data", extra_args=["--workers", "2", "--policy", str(policy)]
+    )
+    try:
+        wait_until(lambda: len(worker_pids(server)) == 2, "both workers ready")
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        layer = b"raced layer"
+        for blob in (config, layer):
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            status, _ = request(
+                f"{server.url}/v2/team/app/blobs/uploads/?digest={digest}", "POST", data=blob
+            )
+            assert status == 201
+
+        def put(n: int) -> tuple[int, bytes]:
+            body = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": descriptor(OCI_CONFIG, config),
+                    "layers": [descriptor(OCI_LAYER, layer)],
+                    "annotations": {"n": str(n)},
+                }
+            ).encode()
+            return request(
+                f"{server.url}/v2/team/app/manifests/v1",
+                "PUT",
+                data=body,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(put, range(16)))
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [201] + [403] * 15, answers
+        for status, body in answers:
+            if status == 403:
+                assert json.loads(body)["errors"][0]["code"] == "DENIED"
+                assert b"immutable" in body
+    finally:
+        server.stop()
