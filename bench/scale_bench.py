@@ -65,6 +65,7 @@ from bench.workloads import (
     push_small_blobs,
     run_wrk,
     seed_image,
+    tree_cpu_seconds,
     wrk_available,
 )
 
@@ -265,6 +266,7 @@ async def start_all(tmp: Path, args: argparse.Namespace, evidence: Evidence) -> 
 
 async def get_by_tag(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
+    cpu = sum(tree_cpu_seconds(pid) for pid in target.pids)
     result = await run_wrk(
         args.wrk,
         f"{target.url}/v2/{REPOSITORY}/manifests/bench",
@@ -276,7 +278,15 @@ async def get_by_tag(target: Target, args: argparse.Namespace, workdir: Path) ->
     )
     if result.requests == 0 or result.error_count > 0:
         raise BenchError(f"{target.name}: {result.errors} of {result.requests} requests failed")
-    return {"get_rps": result.rps, "get_p50": result.p50_ms, "get_p99": result.p99_ms}
+    cores = (sum(tree_cpu_seconds(pid) for pid in target.pids) - cpu) / result.duration_s
+    return {
+        "get_rps": result.rps,
+        "get_p50": result.p50_ms,
+        "get_p99": result.p99_ms,
+        # CPU seconds per second of the server's processes: below 1 per process means the
+        # machine did not give it a whole core (other load), not that it was waiting.
+        "get_cores": cores,
+    }
 
 
 async def manifest_puts(target: Target, args: argparse.Namespace, round_no: int) -> dict:
@@ -331,6 +341,7 @@ ROWS = [
     ("get_rps", "manifest GET by tag, req/s", "get", 0),
     ("get_p50", "manifest GET by tag, p50 ms", "get", 2),
     ("get_p99", "manifest GET by tag, p99 ms", "get", 2),
+    ("get_cores", "manifest GET by tag, server CPU (cores)", "get", 2),
     ("put_rate", "manifest PUT by tag, 16 clients, PUT/s", "put", 0),
     ("put_p50", "manifest PUT by tag, p50 ms", "put", 1),
     ("put_p99", "manifest PUT by tag, p99 ms", "put", 1),

@@ -460,8 +460,14 @@ async def _serve(
             log.info("Trustyard listening on %s://%s:%d", scheme, config.host, port)
         else:
             log.info("worker %d listening on %s://%s:%d", worker.index, scheme, config.host, port)
+
             # The parent says "listening" once every worker is; it stops us when it dies.
-            loop.add_reader(worker.lifeline_fd, stop.set)
+            def parent_gone(fd: int = worker.lifeline_fd) -> None:
+                loop.remove_reader(fd)  # end-of-file stays readable: once is enough
+                log.warning("worker %d: the supervising process is gone: stopping", worker.index)
+                stop.set()
+
+            loop.add_reader(worker.lifeline_fd, parent_gone)
             worker.report_ready()
         await stop.wait()
         in_flight = app[IN_FLIGHT]
