@@ -17,17 +17,18 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from policies.errors import PolicyDenied
 from policies.signatures.references import UpstreamIdentity, remap_identity
 from registry.config import Config
 from registry.context import CONTEXT
-from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
+from registry.errors import BLOB_UNKNOWN, DENIED, RegistryError
 from registry.events.hub import EVENTS
 from registry.handlers.blobs import reader
 from registry.metrics import METRICS
 from registry.proxy.blobs import BlobFetcher, descriptor_size
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.eviction import Evictor
-from registry.proxy.manifests import ManifestCache
+from registry.proxy.manifests import ManifestCache, upstream_refusal
 from registry.proxy.stats import ProxyStats
 from registry.proxy.sync import sync_periodically
 from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
@@ -54,7 +55,7 @@ class Proxy:
 
     def metrics(self) -> str:
         """The proxy's lines of `/metrics`."""
-        return self.stats.render({name: c.requests for name, c in self.clients.items()})
+        return self.stats.render(self.clients)
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -120,9 +121,7 @@ async def serve(
     try:
         return await _serve_proxied(request, proxy, route, upstream, path, name, reference, handler)
     except UpstreamError as exc:
-        raise RegistryError(
-            UNAVAILABLE, {"name": name, "reason": exc.reason}, message=str(exc)
-        ) from None
+        raise upstream_refusal(exc, {"name": name}, str(exc)) from None
 
 
 async def _serve_proxied(
@@ -143,7 +142,14 @@ async def _serve_proxied(
         if not _in_grammar(reference):
             return await handler(request, name, reference)
         extra = await proxy.manifests.ensure(upstream, remote, name, reference)
-        response = await handler(request, name, reference)
+        try:
+            response = await handler(request, name, reference)
+        except PolicyDenied:
+            # A signature may have been added upstream since the image was cached: look
+            # (at most once per manifest TTL), and decide afresh if anything new came.
+            if not await proxy.manifests.refresh_after_denial(upstream, remote, name, reference):
+                raise
+            response = await handler(request, name, reference)
         response.headers.update(extra)
         if request.method == "GET":
             proxy.evictor.pulled(name, response.headers["Docker-Content-Digest"])
