@@ -302,6 +302,8 @@ class Front:
         self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut
         self.swap: dict[str, bytes] = {}  # blob digest or last path segment -> bytes sent
         self.down = False
+        self.too_many = False  # answer 429 Too Many Requests (with `retry_after`, when set)
+        self.retry_after: str | None = None
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
         self.runner: web.AppRunner | None = None
@@ -342,6 +344,9 @@ class Front:
         self.requests[(request.method, request.path)] += 1
         if self.down:
             raise web.HTTPServiceUnavailable(text="down for the test")
+        if self.too_many:
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+            raise web.HTTPTooManyRequests(text="rate limited for the test", headers=headers)
         if self.stall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 30)
