@@ -168,13 +168,7 @@ class ManifestCache:
             age = int(now - validated)
             log.warning("serving %s:%s stale (confirmed upstream %ds ago): %s", name, tag, age, exc)
             self.stats.count("stale_served")
-            # A header value: one line, no quote that would end the warning's text early.
-            reason = " ".join(exc.reason.split()).replace('"', "'").replace("\\", "/")
-            reason = reason.encode("ascii", "replace").decode()
-            return {
-                "Warning": f'110 trustyard "Response is Stale: {reason}; '
-                f'last confirmed upstream {age}s ago"'
-            }
+            return {"Warning": stale_warning(exc.reason, f"last confirmed upstream {age}s ago")}
         self.stats.count("stale_refused")
         if record is not None:
             age = "never" if validated is None else f"{int(now - validated)}s ago"
@@ -481,6 +475,14 @@ def _unavailable(exc: UpstreamError, name: str, reference: str) -> RegistryError
     return upstream_refusal(
         exc, {"name": name, "reference": reference}, f"{exc}; {name}:{reference} is not cached"
     )
+
+
+def stale_warning(reason: str, detail: str) -> str:
+    """A `Warning: 110` value (RFC 7234 "Response is Stale") naming why and what is served."""
+    # A header value: one line, no quote that would end the warning's text early.
+    reason = " ".join(reason.split()).replace('"', "'").replace("\\", "/")
+    reason = reason.encode("ascii", "replace").decode()
+    return f'110 trustyard "Response is Stale: {reason}; {detail}"'
 
 
 def upstream_refusal(exc: UpstreamError, detail: dict[str, str], message: str) -> RegistryError:

@@ -5,7 +5,7 @@ the configuration does not give to an upstream go straight to their handler. Pro
 read-only: anything but GET and HEAD is refused with DENIED naming the upstream. A manifest is
 made present and fresh first, then answered by the ordinary handler (so the pull policy,
 quarantine and pull events apply unchanged); a blob not yet stored is fetched (streamed to the
-first client), then answered by the ordinary handler too.
+first client), then answered by the ordinary handler too; a tag list is the upstream's.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache, upstream_refusal
 from registry.proxy.stats import ProxyStats
 from registry.proxy.sync import sync_periodically
+from registry.proxy.tags import TagLists
 from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
 from storage.oci.digests import parse_digest
 from storage.oci.errors import OciError
@@ -52,6 +53,7 @@ class Proxy:
     blobs: BlobFetcher
     manifests: ManifestCache
     evictor: Evictor
+    tags: TagLists
 
     def metrics(self) -> str:
         """The proxy's lines of `/metrics`."""
@@ -78,7 +80,8 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         blobs = BlobFetcher(app[CONTEXT], stats)
         manifests = ManifestCache(app, settings, clients, blobs, stats)
         evictor = Evictor(app[CONTEXT], settings, stats)
-        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
+        tags = TagLists(settings, clients, stats)
+        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor, tags)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
         background = [
@@ -182,6 +185,8 @@ async def _serve_proxied(
                 }
             )
         return await proxy.blobs.serve(request, client, remote, name, digest, size, handler)
+    if route == "tags":
+        return await proxy.tags.serve(request, upstream, remote, name, handler)
     return await handler(request, name, reference)
 
 

@@ -19,6 +19,8 @@ EVENTS = {
     "evicted": "an image evicted from the cache (least recently pulled first)",
     "companions_refreshed": "a cached image's signatures and referrers checked upstream again",
     "companions_gained": "a signature, attestation or referrer found upstream for a cached image",
+    "tags_listed": "a tag list answered from the upstream's",
+    "tags_cached_served": "a tag list answered from the cache because the upstream failed",
 }
 
 
