@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from policies.errors import PolicyDenied
-from policies.signatures.references import UpstreamIdentity, remap_identity
+from policies.signatures.references import remap_identity
 from registry.config import Config
 from registry.context import CONTEXT
 from registry.errors import BLOB_UNKNOWN, DENIED, RegistryError
@@ -30,9 +30,9 @@ from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.eviction import Evictor
 from registry.proxy.manifests import ManifestCache, upstream_refusal
 from registry.proxy.stats import ProxyStats
-from registry.proxy.sync import sync_periodically
+from registry.proxy.sync import remap_library_sources, sync_periodically
 from registry.proxy.tags import TagLists
-from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
+from registry.upstream_settings import ProxySettings, Upstream
 from storage.oci.digests import parse_digest
 from storage.oci.errors import OciError
 from storage.oci.grammar import check_tag, is_digest
@@ -71,8 +71,7 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         return
     for upstream in settings.upstreams:
         # Upstream signatures name the upstream's repository: let them count here too.
-        hosts = DOCKER_HUB_HOSTS if upstream.is_docker_hub else frozenset({upstream.host})
-        remap_identity(UpstreamIdentity(upstream.prefix, hosts, upstream.is_docker_hub))
+        remap_identity(upstream.identity())
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         stats = ProxyStats()
@@ -82,6 +81,8 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         evictor = Evictor(app[CONTEXT], settings, stats)
         tags = TagLists(settings, clients, stats)
         proxy = Proxy(settings, clients, stats, blobs, manifests, evictor, tags)
+        # Library images synced from a source: their upstream signatures count for them.
+        remap_library_sources(app[CONTEXT].policy.policy.library, settings)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
         background = [

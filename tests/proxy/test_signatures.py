@@ -6,18 +6,14 @@ repository or another registry, the pull is refused saying why."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import simple_signing as cosign_module
 from registry.context import CONTEXT
-from tests.proxy.upstreams import OCI_CONFIG, OCI_MANIFEST, proxy_config, sha256
+from tests.proxy.upstreams import proxy_config, push_signature
 from tests.signing import public_pem, sign, simple_signing_payload
 
 POLICY = """\
@@ -32,38 +28,6 @@ rules:
       signature: {any_of: [release]}
 """
 RULE = 'rule "mirrored images are signed by release": needs a signature by release; '
-
-
-async def push_signature(upstream, name: str, image: str, payload: bytes, signature: bytes):
-    """Push a cosign `.sig` manifest for `image` to the upstream, as cosign writes it."""
-    config = json.dumps(
-        {
-            "architecture": "",
-            "os": "",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]},
-        },
-        separators=(",", ":"),
-    ).encode()
-    layer = {
-        "mediaType": cosign_module.SIMPLE_SIGNING,
-        "digest": sha256(payload),
-        "size": len(payload),
-        "annotations": {cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [layer],
-    }
-    async with aiohttp.ClientSession() as session:
-        await upstream.push_blob(session, name, config)
-        await upstream.push_blob(session, name, payload)
-        tag = image.replace(":", "-") + ".sig"
-        await upstream.put_manifest(
-            session, name, tag, json.dumps(manifest, separators=(",", ":")).encode()
-        )
 
 
 @pytest.fixture
