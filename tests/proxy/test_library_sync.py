@@ -38,7 +38,7 @@ rules: []
 
 
 async def _history(data: Path) -> list[tuple[str, float | None]]:
-    db = await open_metadata(DataLayout(data).database)
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     try:
         rows = await db.read(
             "SELECT digest, until FROM library_tag_history WHERE name = 'python' ORDER BY since"
@@ -49,7 +49,8 @@ async def _history(data: Path) -> list[tuple[str, float | None]]:
 
 
 async def _create_database(data: Path) -> None:
-    db = await open_metadata(DataLayout(data).database)
+    data.mkdir(parents=True, exist_ok=True)  # the data directory (on PostgreSQL, no database)
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     await db.close()
 
 
