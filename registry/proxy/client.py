@@ -155,10 +155,13 @@ class UpstreamClient:
         """Note a 429: the pause starts now (the later end wins when several overlap)."""
         now = time.time()
         self.rate_limited += 1
-        self._strikes += 1
+        if self.backoff_until <= now:
+            # A 429 after the last pause ended doubles the next; those of requests sent
+            # together (answered while the pause is on) are one.
+            self._strikes += 1
         asked = retry_after_seconds(header, now)
         if asked is None:
-            asked = MIN_BACKOFF * 2 ** min(self._strikes - 1, 16)
+            asked = MIN_BACKOFF * 2 ** min(max(self._strikes - 1, 0), 16)
         pause = min(max(asked, MIN_BACKOFF), MAX_BACKOFF)
         self.backoff_until = max(self.backoff_until, now + pause)
         log.warning(

@@ -316,9 +316,15 @@ class ManifestCache:
 
         async def tagged(tag: str) -> None:
             nonlocal gained
-            current = await self._head(client, remote, tag)
-            if current is None or current == await db.tag_target(name, tag):
-                return  # none upstream, or the one we hold: no GET
+            response = await client.request("HEAD", remote, f"manifests/{tag}", {"Accept": ACCEPT})
+            response.release()
+            if response.status == 404:
+                return  # none upstream
+            if response.status != 200:
+                raise UpstreamError(client.upstream, f"HEAD {tag} answered {response.status}")
+            current = response.headers.get("Docker-Content-Digest")
+            if current is not None and current == await db.tag_target(name, tag):
+                return  # the one we hold: no GET (without a digest to compare, GET it)
             if await self._mirror(client, upstream, remote, name, tag, tag):
                 await db.mark_tag_validated(name, tag, time.time())
                 gained += 1

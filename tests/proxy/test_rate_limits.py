@@ -138,10 +138,15 @@ async def test_without_retry_after_the_pause_doubles(front, upstream):
     front.too_many = True
     client = UpstreamClient(_upstream(front.url))
     try:
-        assert (await _rate_limited(client)).retry_after == pytest.approx(MIN_BACKOFF, abs=0.2)
+        # Requests sent together and refused together are one 429 for the pause.
+        burst = await asyncio.gather(*(_rate_limited(client) for _ in range(8)))
+        assert client.rate_limited == sum(front.requests.values()) == 8
+        assert all(r.retry_after == pytest.approx(MIN_BACKOFF, abs=0.2) for r in burst)
+        assert client.backoff_left() == pytest.approx(MIN_BACKOFF, abs=0.2)
+        # The next 429 after the pause: twice as long.
         await _wait_out(client)
         assert (await _rate_limited(client)).retry_after == pytest.approx(2 * MIN_BACKOFF, abs=0.2)
-        assert client.rate_limited == 2 and sum(front.requests.values()) == 2
+        assert client.rate_limited == sum(front.requests.values()) == 9
         # A success ends the streak: the next 429 pauses for the shortest time again.
         await _wait_out(client)
         front.too_many = False
