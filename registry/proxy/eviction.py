@@ -53,6 +53,16 @@ class Evictor:
             except Exception:
                 log.exception("proxy cache eviction failed")
 
+    async def flush_periodically(self) -> None:
+        """Write the noted pulls four times per `evict_interval` (a worker that does not evict:
+        `registry.workers`)."""
+        while True:
+            await asyncio.sleep(self.settings.evict_interval / 4)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing the proxy's pull times failed")
+
     async def proxied_repositories(self) -> list[str]:
         """Repositories an upstream serves, outside the library's namespace."""
         library = self.ctx.policy.policy.library
