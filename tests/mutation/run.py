@@ -150,6 +150,11 @@ TARGETS: dict[str, Target] = {
             "tests/library/test_library_api.py",
             "tests/security/test_expired_verdicts.py",
             "tests/security/test_decision_log_flush.py",
+            "tests/security/test_decision_log_failures.py",
+            "tests/security/test_evidence_races.py",
+            "tests/security/test_blob_delete_races.py",
+            "tests/security/test_quarantine_reader_scope.py",
+            "tests/security/test_policy_watch.py",
         ),
     ),
     "vulnerabilities": Target(
@@ -163,7 +168,11 @@ TARGETS: dict[str, Target] = {
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
-        ("tests/registry/test_uploads.py", "tests/security/test_sha512_upload_digest.py"),
+        (
+            "tests/registry/test_uploads.py",
+            "tests/security/test_sha512_upload_digest.py",
+            "tests/storage/test_disk_full_commit.py",
+        ),
         function="finish",
     ),
 }
