@@ -155,6 +155,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_blob_delete_races.py",
             "tests/security/test_quarantine_reader_scope.py",
             "tests/security/test_policy_watch.py",
+            "tests/security/test_denial_messages.py",
         ),
     ),
     "vulnerabilities": Target(

@@ -5,6 +5,8 @@ quarantined read (nor a quarantined read an allowed pull)."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from tests.auth.conftest import PASSWORDS, As, basic, write_accounts
 from tests.oci import OCI_MANIFEST, push_image
 
 PERMISSIONS: list[dict[str, Any]] = [
-    {"namespace": "team-a/**", "groups": {"dev": "push"}},
+    {"namespace": "team-a/**", "groups": {"dev": "push"}, "users": {"bob": "pull"}},
     {"namespace": "**", "groups": {"ops": "admin"}},
 ]
 
@@ -77,3 +79,23 @@ async def test_a_producer_reads_a_quarantined_image_with_the_warning_and_the_rea
     assert resp.headers["Warning"] == f'299 trustyard "{escaped}"'
     rows = await pulls(client, "team-a/held")
     assert [(r.identity, r.outcome, r.reason) for r in rows] == [("alice", "allow", reason)]
+
+
+async def test_each_read_of_a_quarantined_blob_is_logged_with_who_and_why(
+    start_client: Any, tmp_path: Path, data_dir: Path, caplog: Any
+) -> None:
+    """The operator's log names every quarantined blob a producer reads, and nothing for a
+    reader who was refused (that is in the decision log as a denial)."""
+    client = await start(start_client, tmp_path, data_dir)
+    alice = As(client, basic("alice", PASSWORDS["alice"]))
+    _, manifest = await push_image(alice, "team-a/held", "v1")
+    layer = json.loads(manifest)["layers"][0]["digest"]
+    caplog.set_level(logging.INFO, logger="trustyard.policy")
+    bob = As(client, basic("bob", PASSWORDS["bob"]))
+    assert (await bob.get(f"/v2/team-a/held/blobs/{layer}")).status == 403
+    assert [r for r in caplog.records if "quarantined image" in r.getMessage()] == []
+    assert (await alice.get(f"/v2/team-a/held/blobs/{layer}")).status == 200
+    assert [r.getMessage() for r in caplog.records if "quarantined image" in r.getMessage()] == [
+        "blob of a quarantined image of team-a/held read: "
+        "quarantined; read by a producer of team-a/held"
+    ]
