@@ -156,6 +156,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_quarantine_reader_scope.py",
             "tests/security/test_policy_watch.py",
             "tests/security/test_denial_messages.py",
+            "tests/security/test_config_read_failures.py",
         ),
     ),
     "vulnerabilities": Target(
