@@ -133,6 +133,7 @@ TARGETS: dict[str, Target] = {
             "tests/registry/test_signature_rule.py",
             "tests/registry/test_signature_quorum.py",
             "tests/registry/test_signature_bundles.py",
+            "tests/security/test_signed_index_children.py",
         ),
     ),
     "rules": Target(
