@@ -8,6 +8,7 @@ keep serving the looser one until the next restart, and nobody should have to `t
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,34 @@ async def test_a_policy_file_replaced_by_an_older_one_is_reloaded(
 
     await eventually(reloaded)
     assert await pull(client, "app/web", "v1") == (403, FROZEN)
+
+
+async def test_a_policy_file_briefly_missing_is_reloaded_when_it_returns(
+    start_client: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """An editor or a deploy tool deletes the file and writes it again: while it is missing the
+    policy in force stays (nothing is opened up), and the file that returns is loaded."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(OPEN)
+    client = await start_client(policy={"file": str(path), "poll_interval": "0.05s"})
+    gate = client.server.app[CONTEXT].policy
+    await push_image(client, "old/web", "v1")
+    await push_image(client, "app/web", "v1")
+    loaded = gate.policy.version
+    caplog.set_level(logging.ERROR, logger="trustyard.policy")
+    path.unlink()
+
+    async def refused() -> bool:  # the watch saw the file go, and kept the policy in force
+        return any("policy reload refused" in r.getMessage() for r in caplog.records)
+
+    await eventually(refused)
+    assert gate.policy.version == loaded
+    assert await pull(client, "old/web", "v1") == (403, FROZEN)
+    path.write_text(CLOSED)
+
+    async def reloaded() -> bool:
+        return gate.policy.version != loaded
+
+    await eventually(reloaded)
+    assert await pull(client, "app/web", "v1") == (403, FROZEN)
+    assert await pull(client, "old/web", "v1") == (200, "")
