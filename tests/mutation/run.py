@@ -135,6 +135,7 @@ TARGETS: dict[str, Target] = {
             "tests/registry/test_signature_bundles.py",
             "tests/security/test_signed_index_children.py",
             "tests/security/test_proofs_after_reload.py",
+            "tests/security/test_trust_reload.py",
         ),
     ),
     "rules": Target(
