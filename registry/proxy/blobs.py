@@ -349,9 +349,18 @@ class BlobFetcher:
                 batch: list[bytes] = []
                 batched = received = 0
                 final = b""
-                async for chunk, _ in response.content.iter_chunks():
+                content = response.content
+                while True:
+                    # What arrived so far; when nothing has, the batch goes to the sink first,
+                    # so joiners get every byte that came before the upstream paused.
+                    chunk = content.read_nowait()
                     if not chunk:
-                        continue
+                        if batch:
+                            await _put(batches, stopped, batch)
+                            batch, batched = [], 0
+                        chunk = await content.readany()
+                        if not chunk:
+                            break
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
