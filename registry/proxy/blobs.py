@@ -351,16 +351,16 @@ class BlobFetcher:
                 final = b""
                 content = response.content
                 while True:
-                    # What arrived so far; when nothing has, the batch goes to the sink first,
-                    # so joiners get every byte that came before the upstream paused.
-                    chunk = content.read_nowait()
+                    # Nothing more has arrived: the batch goes to the sink first, so joiners get
+                    # every byte that came before the upstream paused.
+                    if batch and content.total_bytes == received:
+                        await _put(batches, stopped, batch)
+                        batch, batched = [], 0
+                    chunk, _ = await content.readchunk()  # as received: never joined, no copy
                     if not chunk:
-                        if batch:
-                            await _put(batches, stopped, batch)
-                            batch, batched = [], 0
-                        chunk = await content.readany()
-                        if not chunk:
+                        if content.at_eof():
                             break
+                        continue  # the end of an HTTP chunk
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
