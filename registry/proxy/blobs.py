@@ -52,7 +52,7 @@ BATCH = 1 << 20
 #: Batches waiting for the hash and the disk before the fetch stops reading upstream.
 BATCHES_QUEUED = 8
 #: Chunks buffered for the streaming client before the fetch waits for it.
-QUEUE_CHUNKS = 64
+QUEUE_CHUNKS = 32
 #: Bytes a joining client reads from the upload file at a time.
 FOLLOW_READ = 1 << 20
 #: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
@@ -505,6 +505,9 @@ async def _publish(fetch: _Fetch, item: tuple[str, Any]) -> None:
     """Hand `item` to the streaming client, if any; a client too slow to take it is dropped."""
     queue = fetch.subscriber
     if queue is None:
+        return
+    if not queue.full():  # the usual case, without a timer per chunk
+        queue.put_nowait(item)
         return
     try:
         await asyncio.wait_for(queue.put(item), SLOW_CLIENT)
