@@ -73,10 +73,15 @@ async def test_wrong_bytes_for_a_digest_are_refused_and_nothing_is_stored(
 
     # A blob's final byte is served only once its digest is verified: a range ending there is
     # cut short, and a range of that byte alone is answered with the error, never bytes.
+    # (The upstream is held 5 bytes before the end, so the range has begun when it fails.)
+    front.hold[digest] = len(layer) - 5
     tail = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=-10"})
     assert tail.status == 206
+    assert front.holding.is_set() and not front.release.is_set()
+    front.release.set()
     with pytest.raises(aiohttp.ClientPayloadError):
         await tail.read()
+    del front.hold[digest]
     assert not await stored(client, digest)
     ranged = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=-1"})
     assert ranged.status == 503

@@ -382,6 +382,12 @@ class Front:
                 data = swapped
                 response.content_length = len(data)
                 await response.prepare(request)
+                hold = self.hold.get(digest)
+                if hold is not None:
+                    await response.write(data[:hold])
+                    data = data[hold:]
+                    self.holding.set()
+                    await self.release.wait()
                 await response.write(data)
                 await response.write_eof()
                 return response
