@@ -1,4 +1,5 @@
-"""Eviction frees the evicted blobs' bytes at once, on disk and on S3 (SeaweedFS): the store
+"""Eviction frees the evicted blobs' bytes at once, on disk (with SQLite and PostgreSQL
+metadata) and on S3 (SeaweedFS): the store
 shrinks by what only the evicted images held, without a garbage collection; a blob a local
 repository shares, or a push still under way has mounted, stays; freed bytes are logged and
 counted in /metrics."""
@@ -13,7 +14,7 @@ from registry.context import CONTEXT
 from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
 from tests.oci import OCI_MANIFEST, push_blob
-from tests.proxy.test_eviction import pull
+from tests.proxy.test_eviction import on, pull
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
 from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
 
@@ -117,8 +118,12 @@ def limited(url: str, ca) -> dict:
     return proxy_config(url, ca, cache_limit=1)  # set to what d holds before the eviction
 
 
-async def test_eviction_frees_bytes_on_disk(start_client, upstream_registry, upstream, caplog):
-    client = await start_client(**limited(upstream_registry.url, upstream_registry.ca))
+async def test_eviction_frees_bytes_on_disk(
+    start_client, upstream_registry, upstream, caplog, backend_url
+):
+    client = await start_client(
+        **limited(upstream_registry.url, upstream_registry.ca), **on(backend_url)
+    )
     await evict_and_check(client, upstream, caplog)
 
 
