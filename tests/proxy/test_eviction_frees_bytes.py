@@ -1,8 +1,7 @@
 """Eviction frees the evicted blobs' bytes at once, on disk (with SQLite and PostgreSQL
-metadata) and on S3 (SeaweedFS): the store
-shrinks by what only the evicted images held, without a garbage collection; a blob a local
-repository shares, or a push still under way has mounted, stays; freed bytes are logged and
-counted in /metrics."""
+metadata) and on S3 (SeaweedFS): the store shrinks by what only the evicted images held, without
+a garbage collection; a blob a local repository shares, or a push still under way has mounted,
+stays; freed bytes are logged and counted in /metrics."""
 
 from __future__ import annotations
 
