@@ -55,6 +55,25 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
+class TooLarge(Exception):
+    """An upstream's body ran past the limit the reader set."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of `response`, read to its end however many pieces it arrives in;
+    `TooLarge` as soon as it passes `limit` bytes (nothing more is read)."""
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        piece = await response.content.readany()
+        if not piece:
+            return b"".join(pieces)
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        pieces.append(piece)
+
+
 class RateLimited(UpstreamError):
     """The upstream answered 429, or did recently: nothing is sent to it for `retry_after`
     more seconds."""
@@ -265,7 +284,9 @@ class UpstreamClient:
                     raise UpstreamError(
                         self.upstream, f"token endpoint {realm} answered {response.status}"
                     )
-                body = await response.content.read(MAX_TOKEN_RESPONSE)
+                body = await read_body(response, MAX_TOKEN_RESPONSE)
+        except TooLarge:
+            raise UpstreamError(self.upstream, "token endpoint answered too large a body") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamError(self.upstream, f"token endpoint: {_describe(exc)}") from None
         try:

@@ -42,7 +42,13 @@ from registry.errors import (
     RegistryError,
 )
 from registry.proxy.blobs import BlobFetcher, FetchFailed
-from registry.proxy.client import RateLimited, UpstreamClient, UpstreamError
+from registry.proxy.client import (
+    RateLimited,
+    TooLarge,
+    UpstreamClient,
+    UpstreamError,
+    read_body,
+)
 from registry.proxy.stats import ProxyStats
 from registry.proxy.store import parse_pulled, store_pulled_manifest
 from registry.upstream_settings import ProxySettings, Upstream
@@ -242,9 +248,12 @@ class ManifestCache:
                 raise Missing
             if response.status != 200:
                 raise UpstreamError(client.upstream, f"manifest GET answered {response.status}")
-            body = await response.content.read(MAX_MANIFEST_SIZE + 1)
-            if len(body) > MAX_MANIFEST_SIZE or not response.content.at_eof():
-                raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit")
+            try:
+                body = await read_body(response, MAX_MANIFEST_SIZE)
+            except TooLarge:
+                raise UpstreamError(
+                    client.upstream, "manifest larger than the 4 MiB limit"
+                ) from None
             claimed = response.headers.get("Docker-Content-Digest")
             try:
                 digest = parse_digest(claimed) if claimed else None
@@ -432,7 +441,10 @@ class ManifestCache:
         async with response:
             if response.status != 200:
                 return []
-            body = await response.content.read(MAX_MANIFEST_SIZE + 1)
+            try:
+                body = await read_body(response, MAX_MANIFEST_SIZE)
+            except TooLarge:
+                return []
         try:
             document = json.loads(body)
         except ValueError:

@@ -32,7 +32,7 @@ from policies.library.importer import Companion, LibraryImportError, import_imag
 from policies.signatures.references import remap_sources
 from registry.context import RegistryContext
 from registry.events.hub import EventHub
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import TooLarge, UpstreamClient, UpstreamError, read_body
 from registry.upstream_settings import ProxySettings
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
@@ -50,6 +50,8 @@ IDLE_CHECK = 60.0
 #: signature the policy would read); at most this many referrers are.
 MAX_COMPANION_BLOB = 4 * 1024 * 1024
 MAX_REFERRERS = 64
+#: An index may hold indexes; deeper than this, the upstream is not answering an image.
+MAX_INDEX_DEPTH = 4
 
 log = logging.getLogger("trustyard.library")
 
@@ -177,7 +179,7 @@ async def _companion(
             log.warning("library sync: %s of %s is too large to be a signature", reference, remote)
             return None
         for blob in blobs:
-            await _blob(client, remote, layout, str(parse_digest(blob["digest"])))
+            await _blob(client, remote, layout, *_descriptor(blob))
     except (ValueError, KeyError, TypeError, OciError, UpstreamError) as exc:
         log.warning("library sync: %s of %s not brought along: %s", reference, remote, exc)
         return None
@@ -198,10 +200,18 @@ async def _referrers(client: UpstreamClient, remote: str, digest: str) -> list[s
         async with response:
             if response.status != 200:
                 return []
-            body = await response.content.read(MAX_MANIFEST_SIZE + 1)
+            body = await read_body(response, MAX_MANIFEST_SIZE)
         manifests = json.loads(body).get("manifests")
         return [str(parse_digest(m["digest"])) for m in manifests]
-    except (UpstreamError, ValueError, KeyError, TypeError, AttributeError, OciError) as exc:
+    except (
+        UpstreamError,
+        TooLarge,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OciError,
+    ) as exc:
         log.warning("library sync: referrers of %s@%s not listed: %s", remote, digest, exc)
         return []
 
@@ -217,43 +227,80 @@ async def _manifest(
             return b"", "", ""
         if response.status != 200:
             raise UpstreamError(client.upstream, f"manifest {reference}: {response.status}")
-        content = await response.content.read(MAX_MANIFEST_SIZE + 1)
-        if len(content) > MAX_MANIFEST_SIZE:
-            raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit")
+        try:
+            content = await read_body(response, MAX_MANIFEST_SIZE)
+        except TooLarge:
+            raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit") from None
         claimed = response.headers.get("Docker-Content-Digest")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     expected = reference if reference.startswith("sha256:") else claimed
     if expected is not None and expected != digest:
         raise UpstreamError(client.upstream, f"manifest {reference} is {digest}, not {expected}")
-    document = json.loads(content)
-    return content, document.get("mediaType") or media_type, digest
+    try:
+        document = json.loads(content)
+        declared = document.get("mediaType")
+    except (ValueError, AttributeError):
+        raise UpstreamError(client.upstream, f"manifest {reference} is not a JSON object") from None
+    return content, declared if isinstance(declared, str) and declared else media_type, digest
 
 
-async def _store_tree(client: UpstreamClient, remote: str, layout: Path, content: bytes) -> None:
-    """Every manifest and blob `content` needs, verified, into the layout."""
-    document: dict[str, Any] = json.loads(content)
-    for child in document.get("manifests") or []:
-        child_content, _, child_digest = await _manifest(client, remote, child["digest"])
-        _write(layout, child_digest, child_content)
-        await _store_tree(client, remote, layout, child_content)
-    for blob in [document.get("config"), *(document.get("layers") or [])]:
-        if isinstance(blob, dict) and "digest" in blob:
-            await _blob(client, remote, layout, str(parse_digest(blob["digest"])))
+async def _store_tree(
+    client: UpstreamClient, remote: str, layout: Path, content: bytes, depth: int = 0
+) -> None:
+    """Every manifest and blob `content` needs, verified, into the layout. What the upstream
+    answers is not trusted: a document that is not a manifest, an index nested deeper than
+    `MAX_INDEX_DEPTH` or a descriptor without a digest and size refuses the sync."""
+    if depth > MAX_INDEX_DEPTH:
+        raise UpstreamError(client.upstream, f"indexes nested deeper than {MAX_INDEX_DEPTH}")
+    try:
+        document = json.loads(content)
+        children = [_descriptor(child) for child in document.get("manifests") or []]
+        blobs = [
+            _descriptor(blob)
+            for blob in [document.get("config"), *(document.get("layers") or [])]
+            if blob is not None
+        ]
+    except (ValueError, TypeError, AttributeError, KeyError, OciError) as exc:
+        raise UpstreamError(client.upstream, f"not a manifest: {exc}") from None
+    for child_digest, _ in children:
+        child_content, _, verified = await _manifest(client, remote, child_digest)
+        _write(layout, verified, child_content)
+        await _store_tree(client, remote, layout, child_content, depth + 1)
+    for digest, size in blobs:
+        await _blob(client, remote, layout, digest, size)
 
 
-async def _blob(client: UpstreamClient, remote: str, layout: Path, digest: str) -> None:
+def _descriptor(item: Any) -> tuple[str, int]:
+    """(digest, size) of a descriptor; ValueError/KeyError/TypeError when it names none."""
+    size = item["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"descriptor size {size!r}")
+    return str(parse_digest(item["digest"])), size
+
+
+async def _blob(client: UpstreamClient, remote: str, layout: Path, digest: str, size: int) -> None:
+    """Blob `digest` into the layout, verified; the upstream may send no more than the `size`
+    its manifest declares (the bytes go to disk: a runaway body must not fill it)."""
     target = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
     if target.exists():
         return
     partial = target.with_suffix(".partial")
     hasher = hashlib.sha256()
+    received = 0
     response = await client.request("GET", remote, f"blobs/{digest}")
     async with response:
         if response.status != 200:
             raise UpstreamError(client.upstream, f"blob {digest}: {response.status}")
         with partial.open("wb") as out:
             async for chunk in response.content.iter_chunked(1 << 20):
+                received += len(chunk)
+                if received > size:
+                    out.close()
+                    partial.unlink()
+                    raise UpstreamError(
+                        client.upstream, f"blob {digest}: more than the {size} bytes declared"
+                    )
                 hasher.update(chunk)
                 out.write(chunk)
     if "sha256:" + hasher.hexdigest() != digest:

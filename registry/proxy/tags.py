@@ -28,7 +28,7 @@ from aiohttp import web
 
 from registry.errors import NAME_UNKNOWN, RegistryError
 from registry.pagination import Page
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import TooLarge, UpstreamClient, UpstreamError, read_body
 from registry.proxy.manifests import stale_warning, upstream_refusal
 from registry.proxy.stats import ProxyStats
 from registry.upstream_settings import ProxySettings, Upstream
@@ -138,9 +138,10 @@ class TagLists:
                 )
             if response.status != 200:
                 raise UpstreamError(upstream, f"tags/list answered {response.status}")
-            body = await response.content.read(MAX_TAG_PAGE + 1)
-            if len(body) > MAX_TAG_PAGE or not response.content.at_eof():
-                raise UpstreamError(upstream, "tag list page larger than the 8 MiB limit")
+            try:
+                body = await read_body(response, MAX_TAG_PAGE)
+            except TooLarge:
+                raise UpstreamError(upstream, "tag list page larger than the 8 MiB limit") from None
             link = response.links.get("next")
         parse = _tags
         tags = await asyncio.to_thread(parse, body) if len(body) > LARGE_TAG_PAGE else parse(body)

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -231,3 +232,38 @@ def test_sync_brings_upstream_signatures_and_signed_by_counts_them(
     history, pending, tags = asyncio.run(_library_state(data, tmp_path / "policy.yaml"))
     assert (history, pending) == ([digest], [])
     assert sig_tag in tags and "3.12" in tags
+
+
+def test_sync_refuses_a_blob_longer_than_its_manifest_declares(
+    tmp_path: Path, upstream_registry, upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upstream may not send more bytes than the manifest declares (they go to disk): the
+    sync stops reading, refuses with the reason, and the library tag does not move."""
+    layer = random_layer(300_000)
+
+    async def push_understated() -> str:
+        _, body = await upstream.push_image("library/python", "base", [layer])
+        document = json.loads(body)
+        document["layers"][0]["size"] = 1_000  # the blob behind it is 300 000 bytes
+        async with aiohttp.ClientSession() as session:
+            return await upstream.put_manifest(
+                session, "library/python", "3.12", json.dumps(document).encode()
+            )
+
+    asyncio.run(push_understated())
+    data = tmp_path / "data"
+    asyncio.run(_create_database(data))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    config = {
+        "data_dir": str(data),
+        **proxy_config(upstream_registry.url, upstream_registry.ca),
+    }
+    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
+    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
+    argv += ["--policy", str(tmp_path / "policy.yaml"), "python:3.12"]
+
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "more than the 1000 bytes declared" in err, err
+    assert "Traceback" not in err
+    assert asyncio.run(_history(data)) == []
