@@ -106,11 +106,11 @@ class Coordination(ABC):
         """The shared generation `name` ('evidence'): it moves whenever such a change commits,
         whichever process made it (0 before the first)."""
 
+    @abstractmethod
     async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
         """Have `wake` called as soon as a shared generation moves (at the commit of the change,
         by any process), while the returned listener is alive; None where the engine cannot
         tell (SQLite: readers poll `generation`)."""
-        return None
 
 
 class Listener(Protocol):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from storage.metadata.coordination import KeyedLocks, key_hash, poll_lock
+from storage.metadata.coordination import KeyedLocks, Listener, key_hash, poll_lock
 from storage.metadata.sqlite.connection import SQLiteBase
 
 #: Byte offsets of the lock file: 2**62 is far inside what Linux accepts for a record lock.
@@ -63,6 +63,10 @@ class SQLiteCoordination(SQLiteBase):
                 yield True
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+    async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
+        """None: SQLite sends no notices; readers poll `generation`."""
+        return None
 
     async def generation(self, name: str) -> int:
         """The shared generation `name` (0 before its first change)."""
