@@ -1117,7 +1117,8 @@ def _client(session: boto3.session.Session, settings: S3Settings, **s3: Any) -> 
             max_pool_connections=settings.max_pool_connections,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            # botocore's `max_attempts` counts the retries only; the setting counts every try.
+            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
             s3={"addressing_style": settings.addressing_style, **s3},
         ),
     )

@@ -29,7 +29,7 @@ from tests.storage.s3_server import SeaweedS3
 from tests.storage.test_s3 import settings_of
 
 #: One connection per client, and a stalled read fails fast instead of being retried.
-NO_STALL = {"max_pool_connections": 1, "read_timeout": "3s", "max_attempts": 0}
+NO_STALL = {"max_pool_connections": 1, "read_timeout": "3s", "max_attempts": 1}
 
 
 @pytest.fixture
