@@ -38,7 +38,10 @@ class SQLiteProxy(SQLiteBase):
             await conn.executemany(
                 "INSERT INTO proxy_pulls (repository, digest, last_pulled) VALUES (?, ?, ?) "
                 "ON CONFLICT (repository, digest) DO UPDATE SET "
-                "last_pulled = MAX(last_pulled, excluded.last_pulled)",
+                # Not MAX(a, b): PostgreSQL's MAX is the aggregate only, and a bare column is
+                # ambiguous beside `excluded` there.
+                "last_pulled = CASE WHEN excluded.last_pulled > proxy_pulls.last_pulled "
+                "THEN excluded.last_pulled ELSE proxy_pulls.last_pulled END",
                 pulls,
             )
 
