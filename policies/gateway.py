@@ -471,7 +471,17 @@ class PolicyGate:
         if not self._folded:
             return
         folded, self._folded = self._folded, {}
-        await self.db.record_decisions(_unfold(folded.items()))
+        try:
+            await self.db.record_decisions(_unfold(folded.items()))
+        except BaseException:
+            # Not written (a full disk, a cancelled close): keep them for the next flush, merged
+            # with what was folded meanwhile, so a failed write loses no decision.
+            for key, earlier in folded.items():
+                later = self._folded.get(key)
+                if later is not None:
+                    earlier.last, earlier.count = later.last, earlier.count + later.count
+                self._folded[key] = earlier
+            raise
 
     async def _flush_forever(self) -> None:
         while True:

@@ -284,6 +284,30 @@ class _Collection:
                 self.report.uploads.append(stored.name)
 
 
+async def free_unlinked_blobs(
+    db: MetadataDB, store: BlobStore, digests: list[str], *, cutoff: float
+) -> dict[str, int]:
+    """Delete at once, by the blob deletion protocol, those of `digests` that no manifest
+    references, no repository links, and nothing uploaded, mounted or linked since `cutoff`
+    (what evicting a proxied image leaves behind); the sizes of the blobs deleted."""
+    marked = await db.unlinked_blobs_among(cutoff, digests)
+    page = sorted(marked)
+    if not page:
+        return {}
+    trashed = [parse_digest(d) for d in page]
+    await store.move_to_trash(trashed)
+    try:
+        deleted = set(await db.delete_unlinked_blobs(cutoff, page))
+    except BaseException:
+        await store.restore_from_trash(trashed)
+        raise
+    await store.empty_trash([trashed[i] for i in sorted(deleted)])
+    saved = [d for i, d in enumerate(trashed) if i not in deleted]
+    if saved:
+        await store.restore_from_trash(saved)
+    return {page[i]: marked[page[i]] for i in sorted(deleted)}
+
+
 async def _simulate(
     db: MetadataDB,
     store: BlobStore,
