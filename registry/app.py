@@ -32,7 +32,7 @@ from registry.upload_sessions import UploadSessions
 from storage import reserve
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import open_metadata
+from storage.metadata import GenerationWatch, open_metadata
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,10 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         gate = PolicyGate(db, store, policy, path=config.policy_file)
         gate.start(poll_interval=config.policy_poll_interval)
         gate.observers.append(app[METRICS].count_decision)
+        # Evidence another worker or replica changed reaches this one's caches within 250 ms.
+        evidence = GenerationWatch(db, "evidence", gate.forget_evidence)
+        await evidence.check()
+        evidence.start()
         app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
@@ -103,6 +107,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
                 await cleaner
             await uploads.close()
             await events.close()
+            await evidence.close()
             await gate.close()
             await db.close()
             await store.close()

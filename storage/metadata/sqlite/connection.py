@@ -144,11 +144,16 @@ async def fetch_one(db: aiosqlite.Connection, sql: str, args: Params = ()) -> An
 
 
 async def bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
-    """Count one more change of what policy sees of `repository`."""
+    """Count one more change of what policy sees of `repository` (and of any repository: the
+    shared generation every process polls to forget the versions it remembers)."""
     await db.execute(
         "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
         "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
         (repository,),
+    )
+    await db.execute(
+        "INSERT INTO shared_generations (name, generation) VALUES ('evidence', 1) "
+        "ON CONFLICT (name) DO UPDATE SET generation = generation + 1"
     )
 
 
