@@ -55,7 +55,7 @@ def s3_storage(server: SeaweedS3) -> dict[str, Any]:
             "secret_access_key": SECRET_KEY,
             "part_size": PART_SIZE,
             "connect_timeout": "2s",
-            "read_timeout": "5s",
+            "read_timeout": "30s",
             "max_attempts": 2,
         },
     }
