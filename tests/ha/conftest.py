@@ -1,5 +1,8 @@
 """Fixtures of the HA tests: one PostgreSQL (the session's) and one SeaweedFS S3 for the whole
-directory; each module starts its own cluster on a fresh database and S3 prefix (`cluster_of`).
+directory, and one cluster on them (`cluster`: three replicas behind HAProxy, enforcing `POLICY`,
+sending events to `hook`) shared by the modules that leave it whole (a replica a test kills is
+started again by that test). The torture test, whose collections would race the others, starts
+its own cluster on its own database and S3 prefix (`cluster_of`).
 
 dockerd and the containers configuration come from the end-to-end fixtures.
 """
@@ -15,15 +18,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.e2e.conftest import containers_config, dockerd, e2e_tmp  # noqa: F401 (fixtures)
+from tests.events.receiver import Receiver
 from tests.ha.cluster import Cluster, haproxy_binary, start_cluster
+from tests.ha.receiver_thread import ReceiverThread
 from tests.postgres_server import PostgresServer
+from tests.signing import public_pem
 from tests.storage.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
 
 #: The smallest part S3 allows: a blob of a few MiB already spans several parts.
 PART_SIZE = 5 * 1024 * 1024
 BUCKET = "trustyard-ha"
+
+#: What the package's cluster enforces: release tags of race/** are immutable, signed/** is
+#: pulled only with a signature by `release_key`. Other repositories are open.
+POLICY = """\
+version: 1
+trust:
+  keys:
+    release: {pem_file: release.pub}
+rules:
+  - name: release tags are immutable
+    match: {repositories: ["race/**"], tags: ["v*"], on: [push, delete]}
+    require: {immutable_tags: true}
+  - name: signed is signed by release
+    match: {repositories: ["signed/**"], on: [pull]}
+    require:
+      signature: {any_of: [release]}
+"""
+#: The HMAC key of the events endpoint.
+SECRET = "ha-endpoint-secret-0123456789"
 
 
 @pytest.fixture(scope="package")
@@ -87,3 +113,52 @@ def cluster_of(
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def release_key() -> ec.EllipticCurvePrivateKey:
+    """The key `POLICY` trusts as `release`."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="package")
+def hook() -> Iterator[ReceiverThread]:
+    """The events endpoint every replica of `cluster` sends to."""
+    thread = ReceiverThread(Receiver(secret=SECRET))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="package")
+def cluster(
+    postgres: PostgresServer,
+    ha_seaweed: SeaweedS3,
+    release_key: ec.EllipticCurvePrivateKey,
+    hook: ReceiverThread,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """Three replicas behind HAProxy on a fresh database and S3 prefix, enforcing `POLICY`,
+    sending every event but pulls to `hook`."""
+    folder = tmp_path_factory.mktemp("policy")
+    (folder / "release.pub").write_bytes(public_pem(release_key))
+    (folder / "policy.yaml").write_text(POLICY)
+    settings: dict[str, Any] = {
+        "policy": {"file": str(folder / "policy.yaml"), "reload": False},
+        "events": {
+            "endpoints": [
+                {
+                    "name": "hook",
+                    "url": f"http://127.0.0.1:{hook.port}/hook",
+                    "secret": SECRET,
+                    "timeout": "5s",
+                }
+            ],
+            "retry": {"initial": "100ms", "max": "300ms"},
+            "pull_events": {"mode": "off"},
+        },
+    }
+    with cluster_of(postgres, ha_seaweed, settings=settings) as running:
+        yield running

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,19 +29,10 @@ from tests.e2e.conftest import (
     sha256_digest,
 )
 from tests.ha.cluster import Cluster
-from tests.ha.conftest import cluster_of
-from tests.postgres_server import PostgresServer
-from tests.storage.s3_server import SeaweedS3
 
 pytestmark = pytest.mark.e2e
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def cluster(postgres: PostgresServer, ha_seaweed: SeaweedS3) -> Iterator[Cluster]:
-    with cluster_of(postgres, ha_seaweed) as running:
-        yield running
 
 
 def sessions(cluster: Cluster) -> dict[str, int]:

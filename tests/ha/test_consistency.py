@@ -1,6 +1,7 @@
 """One registry, three replicas: what one replica decides holds on the others.
 
-Against three replicas on one PostgreSQL and one S3 bucket, behind HAProxy:
+Against the package's cluster (three replicas on one PostgreSQL and one S3 bucket, behind
+HAProxy, enforcing `tests.ha.conftest.POLICY`, sending events to one endpoint):
 
 * the immutable-tag race: many pushes of `v1`, each a different manifest, sent at once to all
   replicas: exactly one is answered 201, every other the immutability refusal naming the
@@ -18,90 +19,25 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.events.receiver import Receiver
 from tests.ha.cluster import Cluster
-from tests.ha.conftest import cluster_of
 from tests.ha.receiver_thread import ReceiverThread
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, error_codes, push_blob
 from tests.oci import push_image as push_image_via
-from tests.postgres_server import PostgresServer
-from tests.signing import public_pem, push_cosign_signature, sign, simple_signing_payload
-from tests.storage.s3_server import SeaweedS3
+from tests.signing import push_cosign_signature, sign, simple_signing_payload
 
-POLICY = """\
-version: 1
-trust:
-  keys:
-    release: {pem_file: release.pub}
-rules:
-  - name: release tags are immutable
-    match: {repositories: ["race/**"], tags: ["v*"], on: [push, delete]}
-    require: {immutable_tags: true}
-  - name: signed is signed by release
-    match: {repositories: ["signed/**"], on: [pull]}
-    require:
-      signature: {any_of: [release]}
-"""
 UNSIGNED = 'rule "signed is signed by release": needs a signature by release; found no signature'
-SECRET = "ha-endpoint-secret-0123456789"
 
 #: The promise: a change through one replica decides pulls on every other within this.
 WITHIN = 1.0
 #: Only turns a hang into a failure; latencies are asserted separately.
 PATIENCE = 60.0
-
-
-@pytest.fixture(scope="module")
-def release_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-@pytest.fixture(scope="module")
-def hook() -> Iterator[ReceiverThread]:
-    """The events endpoint every replica sends to."""
-    thread = ReceiverThread(Receiver(secret=SECRET))
-    thread.start()
-    try:
-        yield thread
-    finally:
-        thread.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    postgres: PostgresServer,
-    ha_seaweed: SeaweedS3,
-    release_key: ec.EllipticCurvePrivateKey,
-    hook: ReceiverThread,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    folder = tmp_path_factory.mktemp("policy")
-    (folder / "release.pub").write_bytes(public_pem(release_key))
-    (folder / "policy.yaml").write_text(POLICY)
-    settings: dict[str, Any] = {
-        "policy": {"file": str(folder / "policy.yaml"), "reload": False},
-        "events": {
-            "endpoints": [
-                {
-                    "name": "hook",
-                    "url": f"http://127.0.0.1:{hook.port}/hook",
-                    "secret": SECRET,
-                    "timeout": "5s",
-                }
-            ],
-            "retry": {"initial": "100ms", "max": "300ms"},
-            "pull_events": {"mode": "off"},
-        },
-    }
-    with cluster_of(postgres, ha_seaweed, settings=settings) as running:
-        yield running
 
 
 @pytest.fixture
