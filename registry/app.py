@@ -24,7 +24,13 @@ from registry.events.settings import EventSettings
 from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
-from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
+from registry.middleware import (
+    IN_FLIGHT,
+    InFlight,
+    error_middleware,
+    in_flight_middleware,
+    query_text_middleware,
+)
 from registry.pipeline import ManifestPipeline
 from registry.proxy.routing import setup_proxy
 from registry.routes import add_fallback, add_routes
@@ -55,6 +61,7 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
             metrics_middleware,
             error_middleware,
             auth_middleware,
+            query_text_middleware,
         ],
         client_max_size=4 * 1024 * 1024 + 1,
     )
