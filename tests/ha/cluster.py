@@ -35,6 +35,9 @@ from typing import Any
 from tests.server_process import RegistryProcess, free_port, start_registry
 
 HAPROXY = "haproxy"
+#: How long a replica may take to start: only turns a hang into a failure (on a busy 2-core
+#: machine, importing boto3 alone has taken over 15 s while a storm and collections ran).
+STARTUP_PATIENCE = 120.0
 
 
 def haproxy_binary() -> str | None:
@@ -208,6 +211,7 @@ class Cluster:
             extra_args=["--config", str(self.config_path)],
             env=self.env,
             port=port,
+            timeout=STARTUP_PATIENCE,
         )
         self.replicas[name] = replica
         return replica

@@ -2,11 +2,12 @@
 
 The same storm — pushers (chunked, monolithic, mounted), taggers, referrer pushers, tag and
 manifest deleters — goes through HAProxy to three replicas on one PostgreSQL and one S3 bucket,
-so one push's requests land on different replicas. Meanwhile a replica at a time is killed with
-`kill -9` and started again, and two `trustyard gc` loops (grace period 0.3 s, sometimes killed
-half way) collect on the shared database and bucket at once. At the end every replica, asked
-directly, resolves every tag acknowledged with 201 and not deleted by a client to its manifest,
-and serves every blob a surviving manifest or referrer names, byte for byte.
+so one push's requests land on different replicas. Meanwhile replicas are killed with `kill -9`
+(never the last one running) and started again, and two `trustyard gc` loops (grace period
+0.3 s, sometimes killed half way) collect on the shared database and bucket at once. At the end
+every replica, asked directly, resolves every tag acknowledged with 201 and not deleted by a
+client to its manifest, and serves every blob a surviving manifest or referrer names, byte for
+byte.
 """
 
 from __future__ import annotations
@@ -58,16 +59,22 @@ def torture_cluster(postgres: PostgresServer, ha_seaweed: SeaweedS3) -> Iterator
 
 
 async def replica_killer(storm: Storm, cluster: Cluster) -> None:
-    """`kill -9` one replica at a random moment, start it again a moment later; over and over."""
+    """`kill -9` a running replica at random moments and start it again in the background (a
+    start may take long on a busy machine: the kills go on meanwhile), never the last one
+    running."""
+    restarts: dict[str, asyncio.Task[object]] = {}
     while storm.running:
         await asyncio.sleep(storm.rng.uniform(0.8, 2.0))
-        if not storm.running:
-            return
-        victim = storm.rng.choice(sorted(cluster.replicas))
+        running = sorted(name for name in cluster.replicas if name not in restarts)
+        if not storm.running or len(running) < 2:
+            continue
+        victim = storm.rng.choice(running)
         cluster.kill(victim)
         storm.ledger.kills += 1
-        await asyncio.sleep(storm.rng.uniform(0.1, 0.8))  # requests meet the dead replica
-        await asyncio.to_thread(cluster.restart, victim)
+        restarts[victim] = asyncio.create_task(asyncio.to_thread(cluster.restart, victim))
+        restarts[victim].add_done_callback(lambda _, name=victim: restarts.pop(name, None))
+    for task in list(restarts.values()):
+        await task
 
 
 def test_nothing_acknowledged_is_lost_across_replicas(
