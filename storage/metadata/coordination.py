@@ -13,7 +13,9 @@ garbage collector may use one database at once. What one of them decides must ho
 * **Shared generations** (`generation`): a counter per kind of change, bumped in the
   transaction of the change (`shared_generations`, see `storage.layout`). Every process reads
   it a few times a second (`storage.metadata.generations.GenerationWatch`) and forgets what it
-  remembered (evidence versions, the pull decisions keyed by them) when it moved.
+  remembered (evidence versions, the pull decisions keyed by them) when it moved. On PostgreSQL
+  a trigger on the table also sends a notice (`NOTIFY`) at the commit, which wakes the readers
+  at once (`listen_generations`); the reads go on, for SQLite and for a lost listener.
 
 Within one process, holders of one key also wait for each other here (`KeyedLocks`): a POSIX
 lock or a PostgreSQL session lock is the process's, not the coroutine's.
@@ -26,6 +28,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 #: The first and the longest pause between two tries of a lock another process holds.
 FIRST_RETRY = 0.002
@@ -102,3 +105,21 @@ class Coordination(ABC):
     async def generation(self, name: str) -> int:
         """The shared generation `name` ('evidence'): it moves whenever such a change commits,
         whichever process made it (0 before the first)."""
+
+    async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
+        """Have `wake` called as soon as a shared generation moves (at the commit of the change,
+        by any process), while the returned listener is alive; None where the engine cannot
+        tell (SQLite: readers poll `generation`)."""
+        return None
+
+
+class Listener(Protocol):
+    """A subscription to the database's change notices (`listen_generations`)."""
+
+    def alive(self) -> bool:
+        """Whether notices still arrive (False once its connection is gone)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening."""
+        ...

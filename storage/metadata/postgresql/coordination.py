@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Self
 
 import asyncpg
 
@@ -27,6 +28,36 @@ from storage.metadata.postgresql.connection import (
 
 log = logging.getLogger("storage.metadata.postgresql")
 
+#: The channel a moved shared generation is announced on (payload: the generation's name).
+CHANNEL = "trustyard_generations"
+
+_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION trustyard_generation_moved() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', NEW.name);
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql
+"""
+_NOTIFY_TRIGGER = (
+    "CREATE TRIGGER trustyard_generation_moved AFTER INSERT OR UPDATE ON shared_generations "
+    "FOR EACH ROW EXECUTE FUNCTION trustyard_generation_moved()"
+)
+
+
+class _Listening:
+    """A connection of its own that receives the generation notices."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    def alive(self) -> bool:
+        return not self.connection.is_closed()
+
+    async def close(self) -> None:
+        if not self.connection.is_closed():
+            await self.connection.close()
+
 
 class PostgreSQLCoordination(PostgreSQLBase):
     """`Coordination` on PostgreSQL (the shared generations are read by the SQLite group's
@@ -35,6 +66,32 @@ class PostgreSQLCoordination(PostgreSQLBase):
     _lock_connection: asyncpg.Connection | None = None
     _lock_use: asyncio.Lock | None = None
     _keyed: KeyedLocks | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> Self:
+        """Connect, create (or check) the schema, and make sure a moved shared generation is
+        announced (the trigger is created once, by whichever process starts first)."""
+        db = await super().open(url)
+        try:
+            async with db._pool.acquire() as connection, connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                present = await connection.fetchval(
+                    "SELECT 1 FROM pg_trigger WHERE tgname = 'trustyard_generation_moved' "
+                    "AND tgrelid = 'shared_generations'::regclass"
+                )
+                if present is None:
+                    await connection.execute(_NOTIFY_FUNCTION)
+                    await connection.execute(_NOTIFY_TRIGGER)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def listen_generations(self, wake: Callable[[], None]) -> _Listening | None:
+        """Call `wake` at each generation notice, on a connection of its own."""
+        connection = await asyncpg.connect(self.url, timeout=10)
+        await connection.add_listener(CHANNEL, lambda *_: wake())
+        return _Listening(connection)
 
     async def _locker(self) -> asyncpg.Connection:
         if self._lock_connection is None or self._lock_connection.is_closed():

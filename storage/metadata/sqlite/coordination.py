@@ -21,29 +21,31 @@ from storage.metadata.sqlite.connection import SQLiteBase
 _OFFSETS = 1 << 62
 
 
+#: This process's lock file per database (by real path): one descriptor, never closed, and one
+#: set of in-process locks, shared by every handle of the process on that database.
+_LOCK_FILES: dict[str, tuple[int, int, KeyedLocks]] = {}
+
+
+def _lock_file(database: str) -> tuple[int, KeyedLocks]:
+    # Closing any descriptor of the file would drop every lock this process holds on it, so a
+    # handle never opens (or closes) one of its own; a forked worker opens its own (record locks
+    # are not inherited).
+    path = os.path.realpath(f"{database}.locks")
+    entry = _LOCK_FILES.get(path)
+    if entry is None or entry[0] != os.getpid():
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        entry = _LOCK_FILES[path] = (os.getpid(), fd, KeyedLocks())
+    return entry[1], entry[2]
+
+
 class SQLiteCoordination(SQLiteBase):
     """`Coordination` on SQLite."""
-
-    _lock_fd: int | None = None
-    _lock_pid: int | None = None
-    _keyed: KeyedLocks | None = None
-
-    def _lock_file(self) -> int:
-        # Opened once per process (a forked worker opens its own: record locks are not
-        # inherited) and never closed while the process runs, because closing any descriptor of
-        # the file would drop every lock this process holds on it.
-        if self._lock_fd is None or self._lock_pid != os.getpid():
-            assert self.path is not None
-            self._lock_fd = os.open(f"{self.path}.locks", os.O_RDWR | os.O_CREAT, 0o600)
-            self._lock_pid = os.getpid()
-            self._keyed = KeyedLocks()
-        return self._lock_fd
 
     @asynccontextmanager
     async def exclusive(self, key: str, *, wait: bool = True) -> AsyncIterator[bool]:
         """Hold the lock named `key` across the processes on this database file."""
-        fd = self._lock_file()
-        assert self._keyed is not None
+        assert self.path is not None
+        fd, keyed = _lock_file(str(self.path))
         offset = key_hash(key) % _OFFSETS
 
         async def try_once() -> bool:
@@ -53,7 +55,7 @@ class SQLiteCoordination(SQLiteBase):
                 return False
             return True
 
-        async with self._keyed.hold(str(offset), wait=wait) as held:
+        async with keyed.hold(str(offset), wait=wait) as held:
             if not held or not await poll_lock(try_once, wait=wait):
                 yield False
                 return
