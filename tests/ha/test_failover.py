@@ -177,6 +177,7 @@ async def long_request(cluster: Cluster, push: asyncio.subprocess.Process, hold:
         await asyncio.sleep(0.01)  # polling interval of the wait above
 
 
+@pytest.mark.e2e
 async def test_docker_push_cut_by_kill_9_is_retried_through_the_other_replicas(
     dockerd: DockerDaemon, cluster: Cluster, e2e_tmp: Path
 ) -> None:
