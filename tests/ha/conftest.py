@@ -4,7 +4,8 @@ sending events to `hook`) shared by the modules that leave it whole (a replica a
 started again by that test). The torture test, whose collections would race the others, starts
 its own cluster on its own database and S3 prefix (`cluster_of`).
 
-dockerd and the containers configuration come from the end-to-end fixtures.
+The containers configuration and the short temporary folder come from the end-to-end
+fixtures; dockerd is the package's own, stopped when the package is done.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.e2e.conftest import containers_config, dockerd, e2e_tmp  # noqa: F401 (fixtures)
+from tests.e2e.conftest import DockerDaemon, containers_config, e2e_tmp  # noqa: F401 (fixtures)
+from tests.e2e.dockerd import docker_available, start_dockerd
 from tests.events.receiver import Receiver
 from tests.ha.cluster import Cluster, haproxy_binary, start_cluster
 from tests.ha.receiver_thread import ReceiverThread
@@ -50,6 +52,21 @@ rules:
 """
 #: The HMAC key of the events endpoint.
 SECRET = "ha-endpoint-secret-0123456789"
+
+
+@pytest.fixture(scope="package")
+def dockerd() -> Iterator[DockerDaemon]:
+    """A private dockerd (vfs) on its own unix socket, for the HA tests only."""
+    if docker_available() is None:
+        pytest.skip("dockerd, docker or containerd is not installed (run .ci/install-e2e-deps.sh)")
+    try:
+        daemon = start_dockerd(("vfs",), namespace="ty-ha", prefix="ty-hadk-")
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"dockerd did not become ready: {exc}")
+    try:
+        yield DockerDaemon(daemon)
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="package")
