@@ -49,8 +49,9 @@ def haproxy_binary() -> str | None:
 
 def haproxy_config(port: int, replicas: dict[str, int], admin_socket: Path) -> str:
     """HAProxy's configuration: round-robin over the replicas, each checked on /readyz every
-    200 ms and taken out after one failed check; a request whose connection is refused goes to
-    another replica (`retries` + `redispatch`). The replica that answered is named in
+    300 ms and taken out after two failed checks (a check may take up to 5 s: on a busy machine
+    a slow answer is not a dead replica); a request whose connection is refused goes to another
+    replica (`retries` + `redispatch`). The replica that answered is named in
     `X-Trustyard-Replica`."""
     servers = "\n".join(
         f"    server {name} 127.0.0.1:{replica_port} check"
@@ -80,7 +81,8 @@ backend trustyard
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 200ms fastinter 100ms downinter 200ms fall 1 rise 1
+    timeout check 5s
+    default-server inter 300ms fastinter 100ms downinter 300ms fall 2 rise 1
 {servers}
 """
 
