@@ -74,10 +74,11 @@ def run_storage_command(config: Config, args: argparse.Namespace) -> int:
             if args.command == "gc":
                 return asyncio.run(_gc(config, dry_run=args.dry_run, as_json=args.json))
             return asyncio.run(_fsck(config, quarantine=not args.no_quarantine, as_json=args.json))
-    except (BlockingIOError, CollectionRunning):
+    except (BlockingIOError, CollectionRunning) as exc:
+        # The data directory's lock, or the database's (a collection on another machine).
+        where = "this metadata database" if isinstance(exc, CollectionRunning) else layout.root
         print(
-            f"trustyard: another gc or fsck is running on {layout.root}; try again later",
-            file=sys.stderr,
+            f"trustyard: another gc or fsck is running on {where}; try again later", file=sys.stderr
         )
         return BUSY
     except StorageFull as exc:

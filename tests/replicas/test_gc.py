@@ -49,7 +49,7 @@ async def test_a_second_collection_on_the_database_is_refused_while_one_runs(
             assert held
             status, out = await run_gc(replicas, replicas.data_dir)
             assert status == BUSY, out
-            assert "another gc or fsck is running" in out
+            assert "another gc or fsck is running on this metadata database" in out
             status, out = await run_gc(replicas, replicas.data_dir, "--dry-run")
             assert status == 0, out  # a dry run removes nothing: it needs no lock
         status, out = await run_gc(replicas, replicas.data_dir)
