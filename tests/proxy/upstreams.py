@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -35,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from policies.signatures import simple_signing as cosign_module
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -302,6 +305,8 @@ class Front:
         self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut
         self.swap: dict[str, bytes] = {}  # blob digest or last path segment -> bytes sent
         self.down = False
+        self.too_many = False  # answer 429 Too Many Requests (with `retry_after`, when set)
+        self.retry_after: str | None = None
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
         self.runner: web.AppRunner | None = None
@@ -342,6 +347,9 @@ class Front:
         self.requests[(request.method, request.path)] += 1
         if self.down:
             raise web.HTTPServiceUnavailable(text="down for the test")
+        if self.too_many:
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+            raise web.HTTPTooManyRequests(text="rate limited for the test", headers=headers)
         if self.stall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 30)
@@ -419,3 +427,35 @@ def proxy_config(
     if ca is not None:
         item["ca_file"] = str(ca.ca_file)
     return {"upstreams": [item], "proxy": {"manifest_ttl": "1h", **proxy}}
+
+
+async def push_signature(upstream, name: str, image: str, payload: bytes, signature: bytes):
+    """Push a cosign `.sig` manifest for `image` to the upstream, as cosign writes it."""
+    config = json.dumps(
+        {
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]},
+        },
+        separators=(",", ":"),
+    ).encode()
+    layer = {
+        "mediaType": cosign_module.SIMPLE_SIGNING,
+        "digest": sha256(payload),
+        "size": len(payload),
+        "annotations": {cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [layer],
+    }
+    async with aiohttp.ClientSession() as session:
+        await upstream.push_blob(session, name, config)
+        await upstream.push_blob(session, name, payload)
+        tag = image.replace(":", "-") + ".sig"
+        await upstream.put_manifest(
+            session, name, tag, json.dumps(manifest, separators=(",", ":")).encode()
+        )
