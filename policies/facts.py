@@ -330,7 +330,7 @@ async def _payload_problem(layer: Mapping[str, Any], store: BlobStore) -> str | 
         async for chunk in store.read(digest, 0, PAYLOAD_HEAD):
             head += chunk
     except Exception as exc:  # unreadable: it cannot be shown inert
-        return f"its bytes could not be read ({exc})"
+        return f"its bytes could not be read ({_unreadable(exc)})"
     return inert_payload(str(layer.get("mediaType")), head[:PAYLOAD_HEAD])
 
 
@@ -387,7 +387,8 @@ async def _parse_config(
             if len(body) > MAX_CONFIG_SIZE:
                 return None, None, f"the image config is larger than {MAX_CONFIG_SIZE} bytes"
     except Exception as exc:  # a missing or unreadable blob: the rules that need it deny
-        return None, None, f"the image config {short_digest(str(digest))} could not be read ({exc})"
+        why = _unreadable(exc)
+        return None, None, f"the image config {short_digest(str(digest))} could not be read ({why})"
     try:
         if len(body) > DECODE_OFF_LOOP:
             document = await asyncio.to_thread(
@@ -406,6 +407,12 @@ async def _parse_config(
     ):
         return None, None, "the image config's Labels are not an object of strings"
     return dict(labels or {}), platform_string(document), None
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a blob could not be read, as a client may see it: an OSError's text names the file,
+    and where the registry keeps its data is not the client's business."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def short_digest(digest: str) -> str:

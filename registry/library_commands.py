@@ -142,7 +142,7 @@ async def _sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         print(f"trustyard: library sync: {exc}", file=sys.stderr)
         return 2
     store = open_blob_store(config.blob_store)
-    db = await open_metadata(DataLayout(config.data_dir).database)
+    db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
     # A move is queued as `library.tag.updated` in the outbox, in the move's transaction: the
     # server delivers it.
     announce = EventHub(db, EventSettings.from_config(config)).library_moved(SYNC_ACTOR)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from policies.rules import parse_size
+from policies.signatures.references import UpstreamIdentity
 from shared.globs import GlobSet
 
 #: Defaults of the `proxy` section.
@@ -56,6 +57,11 @@ class Upstream:
     def is_docker_hub(self) -> bool:
         """Whether one-segment names mean `library/<name>` (Docker Hub's convention)."""
         return urlsplit(self.url).hostname in DOCKER_HUB_HOSTS
+
+    def identity(self) -> UpstreamIdentity:
+        """How signatures name images of this upstream (its host, and Docker Hub's aliases)."""
+        hosts = DOCKER_HUB_HOSTS if self.is_docker_hub else frozenset({self.host})
+        return UpstreamIdentity(self.prefix, hosts, self.is_docker_hub)
 
     def remote_name(self, path: str) -> str:
         """The upstream's repository name for `path` (the name after the prefix)."""

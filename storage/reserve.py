@@ -44,6 +44,8 @@ def release(layout: DataLayout) -> int:
 def ensure(layout: DataLayout) -> bool:
     """Make the reserve if it is missing and the disk has room for it and as much again;
     whether it is in place. A full disk leaves it missing (and the server running)."""
+    # With blobs on S3 and metadata on PostgreSQL nothing else makes the data directory.
+    layout.root.mkdir(parents=True, exist_ok=True)
     size = reserve_size(layout)
     with contextlib.suppress(FileNotFoundError):
         if layout.reserve.stat().st_size >= size:

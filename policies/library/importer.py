@@ -20,7 +20,7 @@ import json
 import logging
 import tarfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -106,6 +106,16 @@ def _safe(name: str) -> str:
 def _blob_path(digest: str) -> str:
     algorithm, _, hex_part = digest.partition(":")
     return f"blobs/{algorithm}/{hex_part}"
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A signature or attestation of the imported image in the same layout: its descriptor
+    (digest, size, media type) and the tag it goes under (cosign's `sha256-<hex>.sig`), or
+    None for a referrer (found through its `subject`)."""
+
+    descriptor: Mapping[str, Any]
+    tag: str | None
 
 
 @dataclass
@@ -200,7 +210,7 @@ class _Importer:
         self.added += 1
         return actual
 
-    async def store_manifests(self, tag: str) -> None:
+    async def store_manifests(self, tag: str | None) -> None:
         for position, (record, references) in enumerate(self.manifests):
             last = position == len(self.manifests) - 1
             try:
@@ -209,6 +219,17 @@ class _Importer:
                 raise LibraryImportError(
                     f"manifest {record.digest} refers to {exc.missing[0].digest}, not imported"
                 ) from None
+
+    async def store_companion(self, companion: Companion) -> None:
+        """Store a signature or attestation of the layout (its blobs, then its manifest, under
+        its tag when it has one); a failure is logged and the companion left out."""
+        what = f"companion {companion.tag or companion.descriptor.get('digest')}"
+        self.manifests = []
+        try:
+            await self.oci_manifest(companion.descriptor, what)
+            await self.store_manifests(companion.tag)
+        except (LibraryImportError, OciError) as exc:
+            log.warning("%s of %s not imported: %s", what, self.repository, exc)
 
     def add_manifest(self, content: bytes, media_type: str | None, what: str) -> ManifestRecord:
         try:
@@ -418,10 +439,14 @@ async def import_image(
     ref_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     announce: Announce | None = None,
+    companions: Sequence[Companion] = (),
 ) -> ImportResult:
     """Import the image at `path` as library tag `reference` (`python:3.12-slim`), which the
     policy's `library:` section must declare (`progress`: told bytes copied of the archive's;
-    `announce`: reports a move of the tag, as `library.tag.updated`, in its transaction)."""
+    `announce`: reports a move of the tag, as `library.tag.updated`, in its transaction;
+    `companions`: signatures and attestations of the image in the same layout, stored with it
+    before `signed_by` is checked, each on its own: one that cannot be stored is logged and
+    left out, and the image is judged without it)."""
     try:
         name, tag = parse_reference(reference)
     except ValueError as exc:
@@ -445,6 +470,8 @@ async def import_image(
         else:
             record, platforms = await importer.docker_save(ref_name)
         await importer.store_manifests(tag)
+        for companion in companions:
+            await importer.store_companion(companion)
     finally:
         source.close()
     if progress is not None:  # blobs already stored were not read: the copy is complete

@@ -238,7 +238,9 @@ async def gather(
                 child = entry["digest"]
                 children[child] = tuple(await findings_for(db, store, trust, repository, child))
     parents: dict[str, tuple[Finding, ...]] = {}
-    if not any(f.valid for f in image) and not children:
+    # Read also when the image has proofs of its own: they may be by signers the rule does not
+    # ask for, and a platform image is accepted when an index holding it is signed.
+    if not children:
         for parent in await db.parent_indexes(repository, digest, MAX_PARENTS):
             parents[parent] = tuple(await findings_for(db, store, trust, repository, parent))
     return SignatureEvidence(image, children, parents)

@@ -52,10 +52,26 @@ def remap_identity(identity: UpstreamIdentity) -> None:
     _UPSTREAMS[identity.prefix] = identity
 
 
+#: Repositories filled from one upstream repository (a library image's `source:`), with that
+#: upstream and the path there (set by `registry.proxy.sync`).
+_SOURCES: dict[str, tuple[UpstreamIdentity, str]] = {}
+
+
+def remap_sources(mapping: dict[str, tuple[UpstreamIdentity, str]]) -> None:
+    """Let signatures naming each repository's source (the path on its upstream's host) count
+    for it; replaces the whole mapping (a source no longer declared no longer counts)."""
+    _SOURCES.clear()
+    _SOURCES.update(mapping)
+
+
 def names_repository_for(reference: str, repository: str) -> bool:
     """Whether a signed reference names `repository`: its own name (any registry host), or,
-    for a proxied repository, the upstream's name on the upstream's host only."""
+    for a proxied repository, the upstream's name on the upstream's host only, or, for a
+    repository filled from a source upstream, that source on its upstream's host only."""
     if repository_of(reference) == repository:
+        return True
+    source = _SOURCES.get(repository)
+    if source is not None and _upstream_names(reference, *source):
         return True
     for prefix, identity in _UPSTREAMS.items():
         if repository.startswith(prefix + "/"):

@@ -6,12 +6,19 @@ with `WWW-Authenticate: Bearer realm=...,service=...` sends us to the realm for 
 until they expire, and the challenge is remembered so that later requests go to the realm first
 instead of costing a `401` each. Challenges are parsed with the standard library's RFC 7235
 list parser, never by hand.
+
+An upstream that answers `429 Too Many Requests` is left alone for as long as its `Retry-After`
+says (seconds or an HTTP date, bounded to `MIN_BACKOFF`..`MAX_BACKOFF`; without one, a pause
+that doubles with each 429 in a row): meanwhile no request is sent to it at all and every
+caller gets `RateLimited` at once, so the caches serve what they hold (stale within its window)
+instead of hammering an upstream that asked for a pause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import json
 import logging
 import time
@@ -32,6 +39,11 @@ TOKEN_MARGIN = 10.0
 DEFAULT_TOKEN_LIFETIME = 60.0
 #: Largest token response read.
 MAX_TOKEN_RESPONSE = 1 << 20
+#: Bounds of a pause after a 429: at least this long (an upstream answering `Retry-After: 0`
+#: is not hammered), and at most this long (a hostile or broken `Retry-After` cannot take an
+#: upstream away for days).
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
 
 
 class UpstreamError(Exception):
@@ -41,6 +53,53 @@ class UpstreamError(Exception):
         super().__init__(f"upstream {upstream.name} ({upstream.url}): {reason}")
         self.upstream = upstream
         self.reason = reason
+
+
+class TooLarge(Exception):
+    """An upstream's body ran past the limit the reader set."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of `response`, read to its end however many pieces it arrives in;
+    `TooLarge` as soon as it passes `limit` bytes (nothing more is read)."""
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        piece = await response.content.readany()
+        if not piece:
+            return b"".join(pieces)
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        pieces.append(piece)
+
+
+class RateLimited(UpstreamError):
+    """The upstream answered 429, or did recently: nothing is sent to it for `retry_after`
+    more seconds."""
+
+    def __init__(self, upstream: Upstream, retry_after: float) -> None:
+        super().__init__(
+            upstream, f"rate limited (429): backing off, retry in {max(int(retry_after), 1)}s"
+        )
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(header: str | None, now: float) -> float | None:
+    """The pause a `Retry-After` value asks for (RFC 9110: delay-seconds or an HTTP date),
+    or None when there is none or it cannot be read."""
+    if not header:
+        return None
+    value = header.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is not one
+        return None
+    return when.timestamp() - now
 
 
 @dataclass(frozen=True)
@@ -73,8 +132,15 @@ class UpstreamClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
-        #: Requests sent upstream, by kind, for /metrics.
+        #: Requests sent upstream, for /metrics.
         self.requests = 0
+        #: 429 answers received, and requests not sent because of the pause they asked for.
+        self.rate_limited = 0
+        self.held_back = 0
+        #: No request is sent before this time (after a 429); 429s in a row without a
+        #: `Retry-After`, for the doubling pause.
+        self.backoff_until = 0.0
+        self._strikes = 0
 
     def session(self) -> aiohttp.ClientSession:
         """The connection pool, opened on first use (inside the running event loop)."""
@@ -93,6 +159,38 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
+    def backoff_left(self) -> float:
+        """Seconds before the upstream may be asked again (0 when it may be now)."""
+        return max(self.backoff_until - time.time(), 0.0)
+
+    def _hold_back(self) -> None:
+        """RateLimited, without a request, while the upstream's pause lasts."""
+        left = self.backoff_left()
+        if left > 0:
+            self.held_back += 1
+            raise RateLimited(self.upstream, left)
+
+    def _too_many(self, header: str | None) -> RateLimited:
+        """Note a 429: the pause starts now (the later end wins when several overlap)."""
+        now = time.time()
+        self.rate_limited += 1
+        if self.backoff_until <= now:
+            # A 429 after the last pause ended doubles the next; those of requests sent
+            # together (answered while the pause is on) are one.
+            self._strikes += 1
+        asked = retry_after_seconds(header, now)
+        if asked is None:
+            asked = MIN_BACKOFF * 2 ** min(max(self._strikes - 1, 0), 16)
+        pause = min(max(asked, MIN_BACKOFF), MAX_BACKOFF)
+        self.backoff_until = max(self.backoff_until, now + pause)
+        log.warning(
+            "upstream %s answered 429 (Retry-After: %s): nothing is sent to it for %.0fs",
+            self.upstream.name,
+            header or "none",
+            self.backoff_until - now,
+        )
+        return RateLimited(self.upstream, self.backoff_until - now)
+
     def _basic(self) -> str | None:
         """The `Authorization: Basic` value of the configured credentials, if any."""
         up = self.upstream
@@ -109,6 +207,7 @@ class UpstreamClient:
         url = f"{self.upstream.url}/v2/{repository}/{path}"
         scope = f"repository:{repository}:pull"
         for attempt in range(2):
+            self._hold_back()
             sent = dict(headers or {})
             auth = await self._authorization(scope)
             if auth is not None:
@@ -133,7 +232,11 @@ class UpstreamClient:
                         self.upstream, "401: the upstream wants credentials and none are configured"
                     )
                 raise UpstreamError(self.upstream, "401: the upstream refuses our credentials")
-            if response.status == 429 or response.status >= 500:
+            if response.status == 429:
+                response.release()
+                raise self._too_many(response.headers.get("Retry-After"))
+            self._strikes = 0
+            if response.status >= 500:
                 response.release()
                 raise UpstreamError(self.upstream, f"answered {response.status}")
             return response
@@ -173,12 +276,17 @@ class UpstreamClient:
             realm_url = urlsplit(realm)
             safe = realm_url.scheme == "https" or realm_url.netloc == self.upstream.host
             headers = {"Authorization": basic} if basic and safe else {}
+            self._hold_back()
             async with self.session().get(url, headers=headers) as response:
+                if response.status == 429:
+                    raise self._too_many(response.headers.get("Retry-After"))
                 if response.status != 200:
                     raise UpstreamError(
                         self.upstream, f"token endpoint {realm} answered {response.status}"
                     )
-                body = await response.content.read(MAX_TOKEN_RESPONSE)
+                body = await read_body(response, MAX_TOKEN_RESPONSE)
+        except TooLarge:
+            raise UpstreamError(self.upstream, "token endpoint answered too large a body") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamError(self.upstream, f"token endpoint: {_describe(exc)}") from None
         try:

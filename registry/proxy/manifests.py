@@ -11,6 +11,13 @@ Whatever the upstream serves is verified (the digest asked for, or the digest it
 stored through `registry.proxy.store`, with what the policy needs to judge it: an image's config
 blob, an index's child manifests, and the image's signatures and attestations (cosign `.sig`,
 `.att` and `sha256-<hex>` tags, and the Referrers API) with their small layers.
+
+Signatures are often added upstream after the image (signed after the push, attested after a
+scan). So a cached image's companions are looked at again when its tag is revalidated and when a
+pull of it is denied: at most once per `manifest_ttl` per image, each cosign tag with a `HEAD`
+first (fetched only when its digest is new), the referrers list with one `GET`. What is new goes
+through the push pipeline like the rest, so the repository's evidence version moves and the
+next decision is taken afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,11 +37,18 @@ from registry.context import CONTEXT
 from registry.errors import (
     DIGEST_INVALID,
     MANIFEST_UNKNOWN,
+    TOOMANYREQUESTS,
     UNAVAILABLE,
     RegistryError,
 )
 from registry.proxy.blobs import BlobFetcher, FetchFailed
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import (
+    RateLimited,
+    TooLarge,
+    UpstreamClient,
+    UpstreamError,
+    read_body,
+)
 from registry.proxy.stats import ProxyStats
 from registry.proxy.store import parse_pulled, store_pulled_manifest
 from registry.upstream_settings import ProxySettings, Upstream
@@ -53,6 +68,11 @@ ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
 MAX_SIGNATURE_LAYER = 4 * 1024 * 1024
 #: Referrers of one image mirrored at most.
 MAX_REFERRERS = 64
+#: Cached images whose last look at their companions is remembered (the oldest are forgotten:
+#: a forgotten image is looked at again on its next revalidation or denial, no sooner).
+MAX_REFRESH_MEMORY = 65536
+#: The cosign tag suffixes of an image's companions (`sha256-<hex><suffix>`).
+COMPANION_SUFFIXES = (".sig", ".att", "")
 #: Config media types of runnable images.
 IMAGE_CONFIGS = (
     "application/vnd.oci.image.config.v1+json",
@@ -81,6 +101,8 @@ class ManifestCache:
         self.blobs = blobs
         self.stats = stats
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: When each cached image's companions were last mirrored or checked upstream.
+        self._refreshed: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     async def ensure(
         self, upstream: Upstream, remote: str, name: str, reference: str
@@ -129,6 +151,7 @@ class ManifestCache:
             current = await self._head(client, remote, tag) if record is not None else None
             if record is not None and current == record.digest:
                 self.stats.count("manifest_revalidated")
+                await self.refresh_companions(upstream, remote, name, record.digest)
             else:
                 await self._fetch(client, upstream, remote, name, tag, tag)
             await ctx.db.mark_tag_validated(name, tag, time.time())
@@ -151,20 +174,14 @@ class ManifestCache:
             age = int(now - validated)
             log.warning("serving %s:%s stale (confirmed upstream %ds ago): %s", name, tag, age, exc)
             self.stats.count("stale_served")
-            # A header value: one line, no quote that would end the warning's text early.
-            reason = " ".join(exc.reason.split()).replace('"', "'").replace("\\", "/")
-            reason = reason.encode("ascii", "replace").decode()
-            return {
-                "Warning": f'110 trustyard "Response is Stale: {reason}; '
-                f'last confirmed upstream {age}s ago"'
-            }
+            return {"Warning": stale_warning(exc.reason, f"last confirmed upstream {age}s ago")}
         self.stats.count("stale_refused")
         if record is not None:
             age = "never" if validated is None else f"{int(now - validated)}s ago"
-            raise RegistryError(
-                UNAVAILABLE,
-                {"name": name, "reference": tag, "reason": exc.reason},
-                message=f"{exc}; the cached copy of {name}:{tag} was last confirmed upstream "
+            raise upstream_refusal(
+                exc,
+                {"name": name, "reference": tag},
+                f"{exc}; the cached copy of {name}:{tag} was last confirmed upstream "
                 f"{age}, outside the stale-if-error window ({int(window)}s): refused",
             )
         raise _unavailable(exc, name, tag)
@@ -219,6 +236,7 @@ class ManifestCache:
         )
         self.stats.count("manifest_fetched")
         if companions:
+            self._note_refreshed(name, str(digest))
             await self._companions(client, upstream, remote, name, str(digest))
 
     async def _get(
@@ -230,9 +248,12 @@ class ManifestCache:
                 raise Missing
             if response.status != 200:
                 raise UpstreamError(client.upstream, f"manifest GET answered {response.status}")
-            body = await response.content.read(MAX_MANIFEST_SIZE + 1)
-            if len(body) > MAX_MANIFEST_SIZE or not response.content.at_eof():
-                raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit")
+            try:
+                body = await read_body(response, MAX_MANIFEST_SIZE)
+            except TooLarge:
+                raise UpstreamError(
+                    client.upstream, "manifest larger than the 4 MiB limit"
+                ) from None
             claimed = response.headers.get("Docker-Content-Digest")
             try:
                 digest = parse_digest(claimed) if claimed else None
@@ -274,6 +295,100 @@ class ManifestCache:
         except FetchFailed as exc:
             raise UpstreamError(upstream, exc.reason) from None
 
+    def _note_refreshed(self, name: str, digest: str) -> None:
+        self._refreshed[(name, digest)] = time.monotonic()
+        self._refreshed.move_to_end((name, digest))
+        while len(self._refreshed) > MAX_REFRESH_MEMORY:
+            self._refreshed.popitem(last=False)
+
+    def refresh_due(self, name: str, digest: str) -> bool:
+        """Whether the companions of cached image `name@digest` may be looked at upstream now
+        (at most once per `manifest_ttl`)."""
+        last = self._refreshed.get((name, digest))
+        return last is None or time.monotonic() - last >= self.settings.manifest_ttl
+
+    async def refresh_companions(
+        self, upstream: Upstream, remote: str, name: str, digest: str
+    ) -> bool:
+        """Look upstream for signatures, attestations and referrers of cached image
+        `name@digest` that arrived after it was cached, and store them (through the push
+        pipeline); whether any was new. At most once per `manifest_ttl` per image; an upstream
+        failure leaves what is cached as it is."""
+        if not self.refresh_due(name, digest):
+            return False
+        self._note_refreshed(name, digest)  # first: concurrent pulls do not ask again
+        self.stats.count("companions_refreshed")
+        client = self.clients[upstream.name]
+        db = self.app[CONTEXT].db
+        algorithm, _, hex_part = digest.partition(":")
+        gained = 0
+
+        async def tagged(tag: str) -> None:
+            nonlocal gained
+            response = await client.request("HEAD", remote, f"manifests/{tag}", {"Accept": ACCEPT})
+            response.release()
+            if response.status == 404:
+                return  # none upstream
+            if response.status != 200:
+                raise UpstreamError(client.upstream, f"HEAD {tag} answered {response.status}")
+            current = response.headers.get("Docker-Content-Digest")
+            if current is not None and current == await db.tag_target(name, tag):
+                return  # the one we hold: no GET (without a digest to compare, GET it)
+            if await self._mirror(client, upstream, remote, name, tag, tag):
+                await db.mark_tag_validated(name, tag, time.time())
+                gained += 1
+
+        # Asked at once, as on the first pull; one failing does not stop the others.
+        *looked, listed = await asyncio.gather(
+            *(tagged(f"{algorithm}-{hex_part}{suffix}") for suffix in COMPANION_SUFFIXES),
+            self._referrers(client, remote, digest),
+            return_exceptions=True,
+        )
+        for outcome in [*looked, listed]:
+            if isinstance(outcome, UpstreamError):
+                log.warning("%s@%s: companions not refreshed: %s", name, digest, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        referrers = listed if isinstance(listed, list) else []
+        for referrer in referrers[:MAX_REFERRERS]:
+            if await db.get_manifest(name, referrer) is None and await self._mirror(
+                client, upstream, remote, name, referrer, None
+            ):
+                gained += 1
+        if gained:
+            self.stats.count("companions_gained")
+            log.info("%s@%s: %d new signatures or referrers from upstream", name, digest, gained)
+        return gained > 0
+
+    async def refresh_after_denial(
+        self, upstream: Upstream, remote: str, name: str, reference: str
+    ) -> bool:
+        """After a pull of cached `name:reference` was denied: `refresh_companions` of the
+        image it names; whether anything new arrived (then the pull is decided again)."""
+        db = self.app[CONTEXT].db
+        digest = reference if is_digest(reference) else await db.tag_target(name, reference)
+        if digest is None:
+            return False
+        return await self.refresh_companions(upstream, remote, name, digest)
+
+    async def _mirror(
+        self,
+        client: UpstreamClient,
+        upstream: Upstream,
+        remote: str,
+        name: str,
+        reference: str,
+        tag: str | None,
+    ) -> bool:
+        """Fetch and store one companion; whether it was stored (a failure is logged: the image
+        is judged on what it has)."""
+        try:
+            await self._fetch(client, upstream, remote, name, reference, tag, companions=False)
+        except (OciError, PolicyDenied, StorageError, UpstreamError) as exc:
+            log.warning("%s: companion %s not mirrored: %s", name, reference, exc)
+            return False
+        return True
+
     async def _companions(
         self, client: UpstreamClient, upstream: Upstream, remote: str, name: str, digest: str
     ) -> None:
@@ -302,7 +417,7 @@ class ManifestCache:
 
         # Asked at once: the first pull of an image waits for one round trip, not four.
         *_, referrers = await asyncio.gather(
-            *(tagged(f"{algorithm}-{hex_part}{suffix}") for suffix in (".sig", ".att", "")),
+            *(tagged(f"{algorithm}-{hex_part}{suffix}") for suffix in COMPANION_SUFFIXES),
             listed(),
         )
         ctx = self.app[CONTEXT]
@@ -326,7 +441,10 @@ class ManifestCache:
         async with response:
             if response.status != 200:
                 return []
-            body = await response.content.read(MAX_MANIFEST_SIZE + 1)
+            try:
+                body = await read_body(response, MAX_MANIFEST_SIZE)
+            except TooLarge:
+                return []
         try:
             document = json.loads(body)
         except ValueError:
@@ -372,8 +490,27 @@ def _is_filesystem(media_type: object) -> bool:
 
 
 def _unavailable(exc: UpstreamError, name: str, reference: str) -> RegistryError:
-    return RegistryError(
-        UNAVAILABLE,
-        {"name": name, "reference": reference, "reason": exc.reason},
-        message=f"{exc}; {name}:{reference} is not cached",
+    return upstream_refusal(
+        exc, {"name": name, "reference": reference}, f"{exc}; {name}:{reference} is not cached"
     )
+
+
+def stale_warning(reason: str, detail: str) -> str:
+    """A `Warning: 110` value (RFC 7234 "Response is Stale") naming why and what is served."""
+    # A header value: one line, no quote that would end the warning's text early.
+    reason = " ".join(reason.split()).replace('"', "'").replace("\\", "/")
+    reason = reason.encode("ascii", "replace").decode()
+    return f'110 trustyard "Response is Stale: {reason}; {detail}"'
+
+
+def upstream_refusal(exc: UpstreamError, detail: dict[str, str], message: str) -> RegistryError:
+    """The answer when the upstream failed and nothing cached can stand in: 503 UNAVAILABLE, or,
+    while the upstream asks for a pause, 429 TOOMANYREQUESTS with its `Retry-After` (the
+    client waits as we do, instead of retrying at once)."""
+    detail = {**detail, "reason": exc.reason}
+    if isinstance(exc, RateLimited):
+        wait = str(max(int(exc.retry_after + 0.999), 1))
+        return RegistryError(
+            TOOMANYREQUESTS, detail, message=message, headers={"Retry-After": wait}
+        )
+    return RegistryError(UNAVAILABLE, detail, message=message)

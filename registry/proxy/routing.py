@@ -5,7 +5,7 @@ the configuration does not give to an upstream go straight to their handler. Pro
 read-only: anything but GET and HEAD is refused with DENIED naming the upstream. A manifest is
 made present and fresh first, then answered by the ordinary handler (so the pull policy,
 quarantine and pull events apply unchanged); a blob not yet stored is fetched (streamed to the
-first client), then answered by the ordinary handler too.
+first client), then answered by the ordinary handler too; a tag list is the upstream's.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from policies.signatures.references import UpstreamIdentity, remap_identity
+from policies.errors import PolicyDenied
+from policies.signatures.references import remap_identity
 from registry.config import Config
 from registry.context import CONTEXT
-from registry.errors import BLOB_UNKNOWN, DENIED, UNAVAILABLE, RegistryError
+from registry.errors import BLOB_UNKNOWN, DENIED, RegistryError
 from registry.events.hub import EVENTS
 from registry.handlers.blobs import reader
 from registry.metrics import METRICS
 from registry.proxy.blobs import BlobFetcher, descriptor_size
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.eviction import Evictor
-from registry.proxy.manifests import ManifestCache
+from registry.proxy.manifests import ManifestCache, upstream_refusal
 from registry.proxy.stats import ProxyStats
-from registry.proxy.sync import sync_periodically
-from registry.upstream_settings import DOCKER_HUB_HOSTS, ProxySettings, Upstream
+from registry.proxy.sync import remap_library_sources, sync_periodically
+from registry.proxy.tags import TagLists
+from registry.upstream_settings import ProxySettings, Upstream
+from registry.workers import LEADER
 from storage.oci.digests import parse_digest
 from storage.oci.errors import OciError
 from storage.oci.grammar import check_tag, is_digest
@@ -51,10 +54,11 @@ class Proxy:
     blobs: BlobFetcher
     manifests: ManifestCache
     evictor: Evictor
+    tags: TagLists
 
     def metrics(self) -> str:
         """The proxy's lines of `/metrics`."""
-        return self.stats.render({name: c.requests for name, c in self.clients.items()})
+        return self.stats.render(self.clients)
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -68,8 +72,7 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         return
     for upstream in settings.upstreams:
         # Upstream signatures name the upstream's repository: let them count here too.
-        hosts = DOCKER_HUB_HOSTS if upstream.is_docker_hub else frozenset({upstream.host})
-        remap_identity(UpstreamIdentity(upstream.prefix, hosts, upstream.is_docker_hub))
+        remap_identity(upstream.identity())
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         stats = ProxyStats()
@@ -77,13 +80,23 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         blobs = BlobFetcher(app[CONTEXT], stats)
         manifests = ManifestCache(app, settings, clients, blobs, stats)
         evictor = Evictor(app[CONTEXT], settings, stats)
-        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor)
+        tags = TagLists(settings, clients, stats)
+        proxy = Proxy(settings, clients, stats, blobs, manifests, evictor, tags)
+        # Library images synced from a source: their upstream signatures count for them.
+        remap_library_sources(app[CONTEXT].policy.policy.library, settings)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
-        background = [
-            asyncio.create_task(evictor.run()),
-            asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
-        ]
+        # Eviction and library sync once per registry: in the leading worker only; the other
+        # workers write the pulls they noted often, so the leader's pass sees them (a pull it
+        # misses by that much costs one fetch from the upstream again, never a wrong answer).
+        background = (
+            [
+                asyncio.create_task(evictor.run()),
+                asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
+            ]
+            if app[LEADER]
+            else [asyncio.create_task(evictor.flush_periodically())]
+        )
         try:
             yield
         finally:
@@ -120,9 +133,7 @@ async def serve(
     try:
         return await _serve_proxied(request, proxy, route, upstream, path, name, reference, handler)
     except UpstreamError as exc:
-        raise RegistryError(
-            UNAVAILABLE, {"name": name, "reason": exc.reason}, message=str(exc)
-        ) from None
+        raise upstream_refusal(exc, {"name": name}, str(exc)) from None
 
 
 async def _serve_proxied(
@@ -143,7 +154,14 @@ async def _serve_proxied(
         if not _in_grammar(reference):
             return await handler(request, name, reference)
         extra = await proxy.manifests.ensure(upstream, remote, name, reference)
-        response = await handler(request, name, reference)
+        try:
+            response = await handler(request, name, reference)
+        except PolicyDenied:
+            # A signature may have been added upstream since the image was cached: look
+            # (at most once per manifest TTL), and decide afresh if anything new came.
+            if not await proxy.manifests.refresh_after_denial(upstream, remote, name, reference):
+                raise
+            response = await handler(request, name, reference)
         response.headers.update(extra)
         if request.method == "GET":
             proxy.evictor.pulled(name, response.headers["Docker-Content-Digest"])
@@ -176,6 +194,8 @@ async def _serve_proxied(
                 }
             )
         return await proxy.blobs.serve(request, client, remote, name, digest, size, handler)
+    if route == "tags":
+        return await proxy.tags.serve(request, upstream, remote, name, handler)
     return await handler(request, name, reference)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Protocol
 
 #: What each event counter means, for the `# HELP` line.
 EVENTS = {
@@ -15,7 +17,23 @@ EVENTS = {
     "blob_fetch_failed": "a blob fetch that failed (nothing stored)",
     "digest_mismatch": "content from upstream whose digest was not the one asked for",
     "evicted": "an image evicted from the cache (least recently pulled first)",
+    "companions_refreshed": "a cached image's signatures and referrers checked upstream again",
+    "companions_gained": "a signature, attestation or referrer found upstream for a cached image",
+    "tags_listed": "a tag list answered from the upstream's",
+    "tags_cached_served": "a tag list answered from the cache because the upstream failed",
 }
+
+
+class UpstreamCounters(Protocol):
+    """What an upstream's client counts (`registry.proxy.client.UpstreamClient`)."""
+
+    requests: int
+    rate_limited: int
+    held_back: int
+
+    def backoff_left(self) -> float:
+        """Seconds before the upstream may be asked again."""
+        ...
 
 
 class ProxyStats:
@@ -24,6 +42,7 @@ class ProxyStats:
     def __init__(self) -> None:
         self.events: dict[str, int] = defaultdict(int)
         self.bytes_fetched = 0
+        self.bytes_evicted = 0
 
     def count(self, event: str) -> None:
         """Count one `event` (a key of `EVENTS`)."""
@@ -33,7 +52,11 @@ class ProxyStats:
         """Count blob bytes fetched from upstreams."""
         self.bytes_fetched += size
 
-    def render(self, upstream_requests: dict[str, int]) -> str:
+    def count_evicted_bytes(self, size: int) -> None:
+        """Count blob bytes eviction freed."""
+        self.bytes_evicted += size
+
+    def render(self, upstreams: Mapping[str, UpstreamCounters]) -> str:
         """The counters in the Prometheus text format."""
         lines = [
             "# HELP trustyard_proxy_events_total Proxy cache events: "
@@ -46,11 +69,41 @@ class ProxyStats:
             "# HELP trustyard_proxy_upstream_requests_total Requests sent to each upstream.",
             "# TYPE trustyard_proxy_upstream_requests_total counter",
         ]
-        for name, count in sorted(upstream_requests.items()):
-            lines.append(f'trustyard_proxy_upstream_requests_total{{upstream="{name}"}} {count}')
+        for name, client in sorted(upstreams.items()):
+            lines.append(
+                f'trustyard_proxy_upstream_requests_total{{upstream="{name}"}} {client.requests}'
+            )
+        per_upstream = (
+            ("rate_limited_total", "counter", "429 answers from each upstream.", "rate_limited"),
+            (
+                "held_back_total",
+                "counter",
+                "Requests not sent to an upstream while it asked for a pause (429).",
+                "held_back",
+            ),
+        )
+        for metric, kind, text, attribute in per_upstream:
+            lines += [
+                f"# HELP trustyard_proxy_upstream_{metric} {text}",
+                f"# TYPE trustyard_proxy_upstream_{metric} {kind}",
+            ]
+            for name, client in sorted(upstreams.items()):
+                value = getattr(client, attribute)
+                lines.append(f'trustyard_proxy_upstream_{metric}{{upstream="{name}"}} {value}')
+        lines += [
+            "# HELP trustyard_proxy_upstream_backoff_seconds Seconds before an upstream that "
+            "answered 429 is asked again.",
+            "# TYPE trustyard_proxy_upstream_backoff_seconds gauge",
+        ]
+        for name, client in sorted(upstreams.items()):
+            left = round(client.backoff_left(), 3)
+            lines.append(f'trustyard_proxy_upstream_backoff_seconds{{upstream="{name}"}} {left}')
         lines += [
             "# HELP trustyard_proxy_blob_bytes_fetched_total Blob bytes fetched from upstreams.",
             "# TYPE trustyard_proxy_blob_bytes_fetched_total counter",
             f"trustyard_proxy_blob_bytes_fetched_total {self.bytes_fetched}",
+            "# HELP trustyard_proxy_evicted_bytes_total Blob bytes freed by cache eviction.",
+            "# TYPE trustyard_proxy_evicted_bytes_total counter",
+            f"trustyard_proxy_evicted_bytes_total {self.bytes_evicted}",
         ]
         return "\n".join(lines) + "\n"

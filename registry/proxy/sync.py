@@ -6,6 +6,13 @@ manifest, an index's children, every blob, each verified against its digest) int
 OCI image layout, then imported by `library import`'s own path: the tag history moves when the
 digest is new (once signed, when the image asks `signed_by`), lineage is traced, and images built
 on the previous digest show up in `library stale`.
+
+The image's signatures and attestations come with it (cosign's `sha256-<hex>.sig`, `.att` and
+`sha256-<hex>` tags, and the Referrers API's list), verified like the image and stored in the
+library repository before `signed_by` is checked, so an upstream signature can satisfy it. Such
+a signature names the upstream's repository (`docker.io/library/python`), not the library's:
+`remap_library_sources` lets exactly the declared source's name, on its upstream's host, count
+for the library repository (as the proxy does for its namespaces).
 """
 
 from __future__ import annotations
@@ -21,14 +28,16 @@ from typing import Any
 
 from policies.library.declaration import Library
 from policies.library.history import Announce
-from policies.library.importer import LibraryImportError, import_image
+from policies.library.importer import Companion, LibraryImportError, import_image
+from policies.signatures.references import remap_sources
 from registry.context import RegistryContext
 from registry.events.hub import EventHub
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import TooLarge, UpstreamClient, UpstreamError, read_body
 from registry.upstream_settings import ProxySettings
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
 from storage.oci.digests import parse_digest
+from storage.oci.errors import OciError
 from storage.oci.manifest import MAX_MANIFEST_SIZE
 from storage.oci.media_types import MANIFEST_MEDIA_TYPES
 
@@ -37,6 +46,12 @@ ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
 SYNC_ACTOR = "library-sync"
 #: How often the server looks for a `library.sync_interval` when the policy sets none.
 IDLE_CHECK = 60.0
+#: A signature or attestation with a blob larger than this is not brought along (it is no
+#: signature the policy would read); at most this many referrers are.
+MAX_COMPANION_BLOB = 4 * 1024 * 1024
+MAX_REFERRERS = 64
+#: An index may hold indexes; deeper than this, the upstream is not answering an image.
+MAX_INDEX_DEPTH = 4
 
 log = logging.getLogger("trustyard.library")
 
@@ -70,11 +85,30 @@ def targets(library: Library, only: str | None) -> list[SyncTarget]:
     return found
 
 
-async def fetch_layout(
-    settings: ProxySettings, target: SyncTarget, directory: Path
-) -> tuple[str, Path]:
-    """Fetch `target` from its upstream into an OCI image layout under `directory`; its
-    manifest digest and the layout's path."""
+def remap_library_sources(library: Library | None, settings: ProxySettings) -> None:
+    """Let signatures naming each library image's `source:` on its upstream's host count for
+    the library repository (the declared source only; every other name still does not)."""
+    mapping = {}
+    for image in library.images if library is not None else ():
+        routed = settings.route(image.source) if image.source is not None else None
+        if library is not None and routed is not None:
+            upstream, path = routed
+            mapping[library.repository(image.name)] = (upstream.identity(), path)
+    remap_sources(mapping)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A declared tag fetched into a scratch layout, with its signatures and attestations."""
+
+    digest: str
+    layout: Path
+    companions: list[Companion]
+
+
+async def fetch_layout(settings: ProxySettings, target: SyncTarget, directory: Path) -> Fetched:
+    """Fetch `target` and its signatures and attestations from its upstream into an OCI image
+    layout under `directory`."""
     routed = settings.route(target.source)
     if routed is None:
         prefixes = ", ".join(u.prefix for u in settings.upstreams)
@@ -90,6 +124,7 @@ async def fetch_layout(
         content, media_type, digest = await _manifest(client, remote, target.tag)
         await _store_tree(client, remote, layout, content)
         _write(layout, digest, content)
+        companions = await _companions(client, remote, layout, digest)
     except UpstreamError as exc:
         raise SyncError(f"{target.name}:{target.tag}: {exc}") from None
     finally:
@@ -102,51 +137,170 @@ async def fetch_layout(
         "annotations": {"org.opencontainers.image.ref.name": target.tag},
     }
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-    return digest, layout
+    return Fetched(digest, layout, companions)
 
 
-async def _manifest(client: UpstreamClient, remote: str, reference: str) -> tuple[bytes, str, str]:
+async def _companions(
+    client: UpstreamClient, remote: str, layout: Path, digest: str
+) -> list[Companion]:
+    """The signatures and attestations of image `digest` upstream, fetched into the layout:
+    cosign's tags, then the referrers the Referrers API lists. Each is best effort (a missing
+    or oversized one is left out: `signed_by` decides whether what came is enough)."""
+    algorithm, _, hex_part = digest.partition(":")
+    found: list[Companion] = []
+    for suffix in (".sig", ".att", ""):
+        tag = f"{algorithm}-{hex_part}{suffix}"
+        companion = await _companion(client, remote, layout, tag, tag)
+        if companion is not None:
+            found.append(companion)
+    seen = {str(c.descriptor["digest"]) for c in found}
+    for referrer in (await _referrers(client, remote, digest))[:MAX_REFERRERS]:
+        if referrer not in seen:
+            companion = await _companion(client, remote, layout, referrer, None)
+            if companion is not None:
+                found.append(companion)
+    return found
+
+
+async def _companion(
+    client: UpstreamClient, remote: str, layout: Path, reference: str, tag: str | None
+) -> Companion | None:
+    try:
+        content, media_type, digest = await _manifest(client, remote, reference, missing_ok=True)
+    except UpstreamError as exc:
+        log.warning("library sync: %s of %s not brought along: %s", reference, remote, exc)
+        return None
+    if not content:
+        return None  # the upstream has none
+    try:
+        document = json.loads(content)
+        blobs = [document["config"], *document.get("layers", [])]
+        if any(int(blob["size"]) > MAX_COMPANION_BLOB for blob in blobs):
+            log.warning("library sync: %s of %s is too large to be a signature", reference, remote)
+            return None
+        for blob in blobs:
+            await _blob(client, remote, layout, *_descriptor(blob))
+    except (ValueError, KeyError, TypeError, OciError, UpstreamError) as exc:
+        log.warning("library sync: %s of %s not brought along: %s", reference, remote, exc)
+        return None
+    _write(layout, digest, content)
+    descriptor = {"mediaType": media_type, "digest": digest, "size": len(content)}
+    return Companion(descriptor, tag)
+
+
+async def _referrers(client: UpstreamClient, remote: str, digest: str) -> list[str]:
+    """The digests the upstream's Referrers API lists for `digest` (none without the API)."""
+    try:
+        response = await client.request(
+            "GET",
+            remote,
+            f"referrers/{digest}",
+            {"Accept": "application/vnd.oci.image.index.v1+json"},
+        )
+        async with response:
+            if response.status != 200:
+                return []
+            body = await read_body(response, MAX_MANIFEST_SIZE)
+        manifests = json.loads(body).get("manifests")
+        return [str(parse_digest(m["digest"])) for m in manifests]
+    except (
+        UpstreamError,
+        TooLarge,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OciError,
+    ) as exc:
+        log.warning("library sync: referrers of %s@%s not listed: %s", remote, digest, exc)
+        return []
+
+
+async def _manifest(
+    client: UpstreamClient, remote: str, reference: str, *, missing_ok: bool = False
+) -> tuple[bytes, str, str]:
+    """A manifest from upstream, verified against its digest; with `missing_ok`, empty bytes
+    when the upstream has none."""
     response = await client.request("GET", remote, f"manifests/{reference}", {"Accept": ACCEPT})
     async with response:
+        if response.status == 404 and missing_ok:
+            return b"", "", ""
         if response.status != 200:
             raise UpstreamError(client.upstream, f"manifest {reference}: {response.status}")
-        content = await response.content.read(MAX_MANIFEST_SIZE + 1)
-        if len(content) > MAX_MANIFEST_SIZE:
-            raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit")
+        try:
+            content = await read_body(response, MAX_MANIFEST_SIZE)
+        except TooLarge:
+            raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit") from None
         claimed = response.headers.get("Docker-Content-Digest")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     expected = reference if reference.startswith("sha256:") else claimed
     if expected is not None and expected != digest:
         raise UpstreamError(client.upstream, f"manifest {reference} is {digest}, not {expected}")
-    document = json.loads(content)
-    return content, document.get("mediaType") or media_type, digest
+    try:
+        document = json.loads(content)
+        declared = document.get("mediaType")
+    except (ValueError, AttributeError):
+        raise UpstreamError(client.upstream, f"manifest {reference} is not a JSON object") from None
+    return content, declared if isinstance(declared, str) and declared else media_type, digest
 
 
-async def _store_tree(client: UpstreamClient, remote: str, layout: Path, content: bytes) -> None:
-    """Every manifest and blob `content` needs, verified, into the layout."""
-    document: dict[str, Any] = json.loads(content)
-    for child in document.get("manifests") or []:
-        child_content, _, child_digest = await _manifest(client, remote, child["digest"])
-        _write(layout, child_digest, child_content)
-        await _store_tree(client, remote, layout, child_content)
-    for blob in [document.get("config"), *(document.get("layers") or [])]:
-        if isinstance(blob, dict) and "digest" in blob:
-            await _blob(client, remote, layout, str(parse_digest(blob["digest"])))
+async def _store_tree(
+    client: UpstreamClient, remote: str, layout: Path, content: bytes, depth: int = 0
+) -> None:
+    """Every manifest and blob `content` needs, verified, into the layout. What the upstream
+    answers is not trusted: a document that is not a manifest, an index nested deeper than
+    `MAX_INDEX_DEPTH` or a descriptor without a digest and size refuses the sync."""
+    if depth > MAX_INDEX_DEPTH:
+        raise UpstreamError(client.upstream, f"indexes nested deeper than {MAX_INDEX_DEPTH}")
+    try:
+        document = json.loads(content)
+        children = [_descriptor(child) for child in document.get("manifests") or []]
+        blobs = [
+            _descriptor(blob)
+            for blob in [document.get("config"), *(document.get("layers") or [])]
+            if blob is not None
+        ]
+    except (ValueError, TypeError, AttributeError, KeyError, OciError) as exc:
+        raise UpstreamError(client.upstream, f"not a manifest: {exc}") from None
+    for child_digest, _ in children:
+        child_content, _, verified = await _manifest(client, remote, child_digest)
+        _write(layout, verified, child_content)
+        await _store_tree(client, remote, layout, child_content, depth + 1)
+    for digest, size in blobs:
+        await _blob(client, remote, layout, digest, size)
 
 
-async def _blob(client: UpstreamClient, remote: str, layout: Path, digest: str) -> None:
+def _descriptor(item: Any) -> tuple[str, int]:
+    """(digest, size) of a descriptor; ValueError/KeyError/TypeError when it names none."""
+    size = item["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"descriptor size {size!r}")
+    return str(parse_digest(item["digest"])), size
+
+
+async def _blob(client: UpstreamClient, remote: str, layout: Path, digest: str, size: int) -> None:
+    """Blob `digest` into the layout, verified; the upstream may send no more than the `size`
+    its manifest declares (the bytes go to disk: a runaway body must not fill it)."""
     target = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
     if target.exists():
         return
     partial = target.with_suffix(".partial")
     hasher = hashlib.sha256()
+    received = 0
     response = await client.request("GET", remote, f"blobs/{digest}")
     async with response:
         if response.status != 200:
             raise UpstreamError(client.upstream, f"blob {digest}: {response.status}")
         with partial.open("wb") as out:
             async for chunk in response.content.iter_chunked(1 << 20):
+                received += len(chunk)
+                if received > size:
+                    out.close()
+                    partial.unlink()
+                    raise UpstreamError(
+                        client.upstream, f"blob {digest}: more than the {size} bytes declared"
+                    )
                 hasher.update(chunk)
                 out.write(chunk)
     if "sha256:" + hasher.hexdigest() != digest:
@@ -196,12 +350,20 @@ async def sync_tags(
     """Fetch each declared tag with a source (or `only`) and import it; a move is `announce`d
     in its transaction. SyncError when `only` names nothing to sync."""
     done = []
+    remap_library_sources(library, settings)
     for target in targets(library, only):
         with scratch() as folder:
             try:
-                digest, layout = await fetch_layout(settings, target, Path(folder))
+                fetched = await fetch_layout(settings, target, Path(folder))
+                digest = fetched.digest
                 result = await import_image(
-                    db, store, library, layout, f"{target.name}:{target.tag}", announce=announce
+                    db,
+                    store,
+                    library,
+                    fetched.layout,
+                    f"{target.name}:{target.tag}",
+                    announce=announce,
+                    companions=fetched.companions,
                 )
             except (SyncError, LibraryImportError) as exc:
                 log.warning("library sync: %s", exc)

@@ -174,6 +174,9 @@ TARGETS: dict[str, Target] = {
             "tests/registry/test_signature_rule.py",
             "tests/registry/test_signature_quorum.py",
             "tests/registry/test_signature_bundles.py",
+            "tests/security/test_signed_index_children.py",
+            "tests/security/test_proofs_after_reload.py",
+            "tests/security/test_trust_reload.py",
         ),
     ),
     "rules": Target(
@@ -191,6 +194,13 @@ TARGETS: dict[str, Target] = {
             "tests/library/test_library_api.py",
             "tests/security/test_expired_verdicts.py",
             "tests/security/test_decision_log_flush.py",
+            "tests/security/test_decision_log_failures.py",
+            "tests/security/test_evidence_races.py",
+            "tests/security/test_blob_delete_races.py",
+            "tests/security/test_quarantine_reader_scope.py",
+            "tests/security/test_policy_watch.py",
+            "tests/security/test_denial_messages.py",
+            "tests/security/test_config_read_failures.py",
         ),
     ),
     "vulnerabilities": Target(
@@ -204,7 +214,11 @@ TARGETS: dict[str, Target] = {
     ),
     "upload-commit": Target(
         ("registry/upload_sessions.py",),
-        ("tests/registry/test_uploads.py", "tests/security/test_sha512_upload_digest.py"),
+        (
+            "tests/registry/test_uploads.py",
+            "tests/security/test_sha512_upload_digest.py",
+            "tests/storage/test_disk_full_commit.py",
+        ),
         function="finish",
     ),
 }

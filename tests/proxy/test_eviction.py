@@ -1,6 +1,7 @@
 """The cache size limit: least recently pulled proxied images are evicted first, with their
 signatures and children; content a local repository needs stays; an evicted image is fetched
-again on its next pull."""
+again on its next pull. Each test runs on both metadata backends (SQLite, PostgreSQL): the
+eviction's statements are the same on both."""
 
 from __future__ import annotations
 
@@ -24,15 +25,20 @@ async def pull(client, name: str, tag: str) -> dict:
     return manifest
 
 
+def on(backend_url: str | None) -> dict[str, str]:
+    """The configuration naming the test's metadata backend (none: SQLite)."""
+    return {"metadata": backend_url} if backend_url else {}
+
+
 async def test_least_recently_pulled_goes_first_and_local_content_stays(
-    start_client, upstream_registry, upstream
+    start_client, upstream_registry, upstream, backend_url
 ):
     layers = {}
     for name in ("a", "b", "c"):
         layers[name] = random_layer(100_000)
         await upstream.push_image(f"team/{name}", "v1", [layers[name]])
     config = proxy_config(upstream_registry.url, upstream_registry.ca, cache_limit=150_000)
-    client = await start_client(**config)
+    client = await start_client(**config, **on(backend_url))
     evictor = client.app[PROXY].evictor
     for name in ("a", "b", "c"):
         await pull(client, f"mirror.test/team/{name}", "v1")
@@ -89,16 +95,19 @@ async def test_least_recently_pulled_goes_first_and_local_content_stays(
     assert again["layers"][0]["digest"] == sha256(layers["c"])
 
 
-async def test_without_a_limit_nothing_is_evicted(start_client, upstream_registry, upstream):
+async def test_without_a_limit_nothing_is_evicted(
+    start_client, upstream_registry, upstream, backend_url
+):
     await upstream.push_image("team/a", "v1", [random_layer(50_000)])
-    client = await start_client(**proxy_config(upstream_registry.url, upstream_registry.ca))
+    config = proxy_config(upstream_registry.url, upstream_registry.ca)
+    client = await start_client(**config, **on(backend_url))
     await pull(client, "mirror.test/team/a", "v1")
     assert await client.app[PROXY].evictor.evict_once() == 0
     assert await client.app[CONTEXT].db.get_tagged_manifest("mirror.test/team/a", "v1")
 
 
 async def test_the_library_namespace_is_never_evicted(
-    start_client, upstream_registry, upstream, tmp_path
+    start_client, upstream_registry, upstream, tmp_path, backend_url
 ):
     await upstream.push_image("library/base", "v1", [random_layer(50_000)])
     await upstream.push_image("team/app", "v1", [random_layer(50_000)])
@@ -109,7 +118,9 @@ async def test_the_library_namespace_is_never_evicted(
     config = proxy_config(upstream_registry.url, upstream_registry.ca, cache_limit=1)
     config["proxy"]["default_upstream"] = "ref"  # unprefixed names come from the upstream too
     client = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}, **config
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+        **config,
+        **on(backend_url),
     )
     await pull(client, "library/base", "v1")
     await pull(client, "mirror.test/team/app", "v1")

@@ -9,14 +9,20 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from policies.library.signing import pending_tags
+from policies.loader import load_policy
 from registry.cli import main
 from registry.context import CONTEXT
 from storage.layout import DataLayout
 from storage.metadata import open_metadata
-from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
+from tests.conftest import registry_metadata_url
+from tests.proxy.upstreams import PASSWORD, USER, proxy_config, push_signature, random_layer
 from tests.server_process import port_of, reserve_port
+from tests.signing import public_pem, sign, simple_signing_payload
 
 POLICY = """\
 version: 1
@@ -33,7 +39,7 @@ rules: []
 
 
 async def _history(data: Path) -> list[tuple[str, float | None]]:
-    db = await open_metadata(DataLayout(data).database)
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     try:
         rows = await db.read(
             "SELECT digest, until FROM library_tag_history WHERE name = 'python' ORDER BY since"
@@ -44,7 +50,8 @@ async def _history(data: Path) -> list[tuple[str, float | None]]:
 
 
 async def _create_database(data: Path) -> None:
-    db = await open_metadata(DataLayout(data).database)
+    data.mkdir(parents=True, exist_ok=True)  # the data directory (on PostgreSQL, no database)
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     await db.close()
 
 
@@ -136,3 +143,127 @@ async def until(read, expected, timeout: float = 60.0) -> None:
     while (found := await read()) != expected:
         assert time.monotonic() < deadline, f"still {found}, expected {expected}"
         await asyncio.sleep(0.05)
+
+
+SIGNED_POLICY = """\
+version: 1
+trust:
+  keys:
+    release: {pem_file: release.pub}
+library:
+  namespace: library
+  images:
+    - name: python
+      tags: ["3.12"]
+      source: mirror.test/vendor/python
+      signed_by: [release]
+rules: []
+"""
+
+
+async def _library_state(data: Path, policy: Path) -> tuple[list[str], list[str], list[str]]:
+    """(library history digests, reasons of pending tags, tags of the library repository)."""
+    library = load_policy(policy).library
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
+    try:
+        rows = await db.read(
+            "SELECT digest FROM library_tag_history WHERE name = 'python' ORDER BY since"
+        )
+        pending = [p.reason for p in await pending_tags(db, library)]
+        tags = await db.list_tags("library/python", 100, None)
+    finally:
+        await db.close()
+    return [row[0] for row in rows], pending, tags
+
+
+def test_sync_brings_upstream_signatures_and_signed_by_counts_them(
+    tmp_path: Path, upstream_registry, upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "release.pub").write_bytes(public_pem(key))
+    digest, _ = asyncio.run(upstream.push_image("vendor/python", "3.12", [random_layer(20_000)]))
+    data = tmp_path / "data"
+    asyncio.run(_create_database(data))
+    (tmp_path / "policy.yaml").write_text(SIGNED_POLICY)
+    config = {
+        "data_dir": str(data),
+        "upstreams": [
+            {
+                "name": "ref",
+                "url": upstream_registry.url,
+                "prefix": "mirror.test",
+                "username": USER,
+                "password": PASSWORD,
+                "ca_file": str(upstream_registry.ca.ca_file),
+            }
+        ],
+    }
+    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
+    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
+    argv += ["--policy", str(tmp_path / "policy.yaml")]
+    where = "python:3.12 from mirror.test/vendor/python"
+    host = upstream_registry.url.split("://", 1)[1]
+    sig_tag = digest.replace(":", "-") + ".sig"
+
+    def sign_upstream(reference: str) -> None:
+        payload = simple_signing_payload(reference, digest)
+        asyncio.run(push_signature(upstream, "vendor/python", digest, payload, sign(key, payload)))
+
+    # Unsigned upstream: fetched, but the library does not move; the reason is shown and kept.
+    assert main(argv) == 0, capsys.readouterr().err
+    unsigned = "not signed by release (found no signature)"
+    assert f"{where}: {digest} is not signed yet: {unsigned}" in capsys.readouterr().out
+    assert asyncio.run(_library_state(data, tmp_path / "policy.yaml"))[:2] == ([], [unsigned])
+
+    # Signed upstream by the right key, for the same path on another registry: brought along,
+    # and not counted (only the declared source on its upstream's host names this image).
+    sign_upstream("evil.example/vendor/python")
+    assert main(argv) == 0
+    elsewhere = "not signed by release (by release but for repository vendor/python)"
+    assert f"is not signed yet: {elsewhere}" in capsys.readouterr().out
+    history, pending, tags = asyncio.run(_library_state(data, tmp_path / "policy.yaml"))
+    assert (history, pending) == ([], [elsewhere])
+    assert sig_tag in tags
+
+    # Signed upstream for its source: the sync brings the signature and the library follows.
+    sign_upstream(f"{host}/vendor/python")
+    assert main(argv) == 0
+    assert f"{where}: moved to {digest}" in capsys.readouterr().out
+    history, pending, tags = asyncio.run(_library_state(data, tmp_path / "policy.yaml"))
+    assert (history, pending) == ([digest], [])
+    assert sig_tag in tags and "3.12" in tags
+
+
+def test_sync_refuses_a_blob_longer_than_its_manifest_declares(
+    tmp_path: Path, upstream_registry, upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upstream may not send more bytes than the manifest declares (they go to disk): the
+    sync stops reading, refuses with the reason, and the library tag does not move."""
+    layer = random_layer(300_000)
+
+    async def push_understated() -> str:
+        _, body = await upstream.push_image("library/python", "base", [layer])
+        document = json.loads(body)
+        document["layers"][0]["size"] = 1_000  # the blob behind it is 300 000 bytes
+        async with aiohttp.ClientSession() as session:
+            return await upstream.put_manifest(
+                session, "library/python", "3.12", json.dumps(document).encode()
+            )
+
+    asyncio.run(push_understated())
+    data = tmp_path / "data"
+    asyncio.run(_create_database(data))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    config = {
+        "data_dir": str(data),
+        **proxy_config(upstream_registry.url, upstream_registry.ca),
+    }
+    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
+    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
+    argv += ["--policy", str(tmp_path / "policy.yaml"), "python:3.12"]
+
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "more than the 1000 bytes declared" in err, err
+    assert "Traceback" not in err
+    assert asyncio.run(_history(data)) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
+
 from registry.context import CONTEXT
 from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
@@ -151,3 +153,23 @@ async def test_only_blobs_of_pulled_images_are_fetched(start_client, upstream_re
     assert upstream_gets(upstream_registry, f"/blobs/{sha256(layer)}") == before
     got = await client.get(path)
     assert got.status == 200 and await got.read() == layer
+
+
+async def test_a_manifest_arriving_in_many_pieces_is_read_whole(
+    start_client, upstream_registry, upstream
+):
+    """A large manifest reaches the proxy over many reads of the socket; it is read to its end
+    (up to the 4 MiB limit), not cut at the first piece, which would fail its digest."""
+    layer = random_layer(1_000)
+    _, base_body = await upstream.push_image("team/big", "base", [layer])
+    base = json.loads(base_body)
+    base["annotations"] = {f"note.{i}": "x" * 200 for i in range(3_000)}  # about 650 KB
+    body = json.dumps(base).encode()
+    async with aiohttp.ClientSession() as session:
+        digest = await upstream.put_manifest(session, "team/big", "v1", body)
+    client = await start_client(**proxy_config(upstream_registry.url, upstream_registry.ca))
+
+    got = await client.get("/v2/mirror.test/team/big/manifests/v1")
+    assert got.status == 200, await got.text()
+    assert await got.read() == body
+    assert got.headers["Docker-Content-Digest"] == digest

@@ -5,16 +5,15 @@ repository or another registry, the pull is refused saying why."""
 
 from __future__ import annotations
 
-import base64
-import json
+import asyncio
+import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.signatures import simple_signing as cosign_module
-from tests.proxy.upstreams import OCI_CONFIG, OCI_MANIFEST, proxy_config, sha256
+from registry.context import CONTEXT
+from tests.proxy.upstreams import proxy_config, push_signature
 from tests.signing import public_pem, sign, simple_signing_payload
 
 POLICY = """\
@@ -29,38 +28,6 @@ rules:
       signature: {any_of: [release]}
 """
 RULE = 'rule "mirrored images are signed by release": needs a signature by release; '
-
-
-async def push_signature(upstream, name: str, image: str, payload: bytes, signature: bytes):
-    """Push a cosign `.sig` manifest for `image` to the upstream, as cosign writes it."""
-    config = json.dumps(
-        {
-            "architecture": "",
-            "os": "",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]},
-        },
-        separators=(",", ":"),
-    ).encode()
-    layer = {
-        "mediaType": cosign_module.SIMPLE_SIGNING,
-        "digest": sha256(payload),
-        "size": len(payload),
-        "annotations": {cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [layer],
-    }
-    async with aiohttp.ClientSession() as session:
-        await upstream.push_blob(session, name, config)
-        await upstream.push_blob(session, name, payload)
-        tag = image.replace(":", "-") + ".sig"
-        await upstream.put_manifest(
-            session, name, tag, json.dumps(manifest, separators=(",", ":")).encode()
-        )
 
 
 @pytest.fixture
@@ -139,3 +106,83 @@ async def test_signature_by_an_unknown_key_does_not_count(gated, upstream, upstr
     resp = await gated.get("/v2/mirror.test/team/app/manifests/v1")
     assert resp.status == 403
     assert (await denial(resp)).startswith(RULE)
+
+
+async def fronted(start_client, tmp_path: Path, release_key, front, ttl: str):
+    """`gated` through the counting front, with manifest TTL `ttl`."""
+    (tmp_path / "release.pub").write_bytes(public_pem(release_key))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    return await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False},
+        **proxy_config(front.url, None, manifest_ttl=ttl),
+    )
+
+
+def companion_looks(front, digest: str) -> int:
+    """Requests that reached the upstream for the cosign `.sig` tag of `digest`."""
+    sig_tag = digest.replace(":", "-") + ".sig"
+    return sum(n for (_, path), n in front.requests.items() if path.endswith("/" + sig_tag))
+
+
+async def pull_until_allowed(client, path: str, timeout: float = 30.0):
+    """GET `path` until the policy allows it (the refresh waits for the manifest TTL); each
+    refusal on the way must be the signature rule's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = await client.get(path)
+        if resp.status == 200:
+            return resp
+        assert resp.status == 403, await resp.text()
+        assert await denial(resp) == RULE + "found no signature"
+        assert time.monotonic() < deadline, "the signature added upstream was never picked up"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("by", ["tag", "digest"])
+async def test_a_signature_added_upstream_later_is_picked_up_after_the_ttl(
+    start_client, tmp_path, front, upstream, release_key, by
+):
+    client = await fronted(start_client, tmp_path, release_key, front, "1s")
+    layer = b"signed later " + by.encode()
+    digest, manifest = await upstream.push_image("team/late", "v1", [layer])
+    reference = "v1" if by == "tag" else digest
+    path = f"/v2/mirror.test/team/late/manifests/{reference}"
+    resp = await client.get(path)
+    assert resp.status == 403
+    assert await denial(resp) == RULE + "found no signature"
+
+    # Signed upstream after Trustyard cached the image; the tag does not move. (The upstream
+    # Trustyard knows is the front: the signature names the image there.)
+    host = front.url.split("://", 1)[1]
+    payload = simple_signing_payload(f"{host}/team/late", digest)
+    await push_signature(upstream, "team/late", digest, payload, sign(release_key, payload))
+    looks_before = companion_looks(front, digest)
+    started = time.monotonic()
+
+    allowed = await pull_until_allowed(client, path)
+    elapsed = time.monotonic() - started
+    assert await allowed.read() == manifest
+    assert allowed.headers["Docker-Content-Digest"] == digest
+    db = client.app[CONTEXT].db
+    if by == "tag":
+        assert await db.tag_target("mirror.test/team/late", "v1") == digest  # did not move
+    sig_tag = digest.replace(":", "-") + ".sig"
+    assert await db.tag_target("mirror.test/team/late", sig_tag) is not None
+    # Rate-limited: the `.sig` tag was asked about (a HEAD, then one GET when it was new) at
+    # most once per TTL while the pulls were refused, not once per pull.
+    looks = companion_looks(front, digest) - looks_before
+    assert 2 <= looks <= 2 * (int(elapsed) + 2), (looks, elapsed)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'trustyard_proxy_events_total{event="companions_gained"} 1' in metrics
+
+
+async def test_a_denied_pull_does_not_ask_upstream_again_within_the_ttl(
+    start_client, tmp_path, front, upstream, release_key
+):
+    client = await fronted(start_client, tmp_path, release_key, front, "1h")
+    digest, _ = await upstream.push_image("team/quiet", "v1", [b"never signed"])
+    for reference in ("v1", digest, "v1", digest, "v1"):
+        resp = await client.get(f"/v2/mirror.test/team/quiet/manifests/{reference}")
+        assert resp.status == 403
+    # One look when the image was first fetched (TTL one hour): the refusals asked nothing.
+    assert companion_looks(front, digest) == 1

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -35,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from policies.signatures import simple_signing as cosign_module
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -302,8 +305,14 @@ class Front:
         self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut
         self.swap: dict[str, bytes] = {}  # blob digest or last path segment -> bytes sent
         self.down = False
+        self.too_many = False  # answer 429 Too Many Requests (with `retry_after`, when set)
+        self.retry_after: str | None = None
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
+        #: blob digest -> bytes sent before the body waits for `release` (a slow upstream)
+        self.hold: dict[str, int] = {}
+        self.holding = asyncio.Event()  # set when a body reached its hold
+        self.release = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
         self._session: aiohttp.ClientSession | None = None
@@ -325,6 +334,7 @@ class Front:
 
     async def close(self) -> None:
         self._closing.set()
+        self.release.set()
         if self._session is not None:
             await self._session.close()
         if self.runner is not None:
@@ -342,6 +352,9 @@ class Front:
         self.requests[(request.method, request.path)] += 1
         if self.down:
             raise web.HTTPServiceUnavailable(text="down for the test")
+        if self.too_many:
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+            raise web.HTTPTooManyRequests(text="rate limited for the test", headers=headers)
         if self.stall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 30)
@@ -377,6 +390,12 @@ class Front:
                 data = swapped
                 response.content_length = len(data)
                 await response.prepare(request)
+                hold = self.hold.get(digest)
+                if hold is not None:
+                    await response.write(data[:hold])
+                    data = data[hold:]
+                    self.holding.set()
+                    await self.release.wait()
                 await response.write(data)
                 await response.write_eof()
                 return response
@@ -384,8 +403,14 @@ class Front:
                 await asyncio.sleep(self.delay)
             await response.prepare(request)
             sent = 0
-            limit = self.cut_after.get(digest)
+            hold = self.hold.get(digest)
             async for chunk in upstream.content.iter_chunked(65536):
+                if hold is not None and sent + len(chunk) >= hold:
+                    await response.write(chunk[: hold - sent])
+                    sent, chunk, hold = hold, chunk[hold - sent :], None
+                    self.holding.set()
+                    await self.release.wait()
+                limit = self.cut_after.get(digest)  # read again: a test may set it while held
                 if limit is not None and sent + len(chunk) >= limit:
                     await response.write(chunk[: limit - sent])
                     await asyncio.sleep(0.05)
@@ -419,3 +444,35 @@ def proxy_config(
     if ca is not None:
         item["ca_file"] = str(ca.ca_file)
     return {"upstreams": [item], "proxy": {"manifest_ttl": "1h", **proxy}}
+
+
+async def push_signature(upstream, name: str, image: str, payload: bytes, signature: bytes):
+    """Push a cosign `.sig` manifest for `image` to the upstream, as cosign writes it."""
+    config = json.dumps(
+        {
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(payload)]},
+        },
+        separators=(",", ":"),
+    ).encode()
+    layer = {
+        "mediaType": cosign_module.SIMPLE_SIGNING,
+        "digest": sha256(payload),
+        "size": len(payload),
+        "annotations": {cosign_module.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [layer],
+    }
+    async with aiohttp.ClientSession() as session:
+        await upstream.push_blob(session, name, config)
+        await upstream.push_blob(session, name, payload)
+        tag = image.replace(":", "-") + ".sig"
+        await upstream.put_manifest(
+            session, name, tag, json.dumps(manifest, separators=(",", ":")).encode()
+        )

@@ -11,6 +11,8 @@ rewritten here, each rule a line below, so the two backends can never run differ
   identity column, so `ORDER BY rowid` is insertion order on both;
 * SQLite's hints and storage words go: `INDEXED BY <index>`, `WITHOUT ROWID`; the TEMP schema is
   `pg_temp`;
+* a parameter read as a list, `(SELECT value FROM json_each(?))` with a JSON array of strings,
+  reads it with `json_array_elements_text` (whose column is `value` too), compared by code point;
 * `CAST(x AS INTEGER)` truncates as SQLite's does (PostgreSQL's rounds);
 * a comparison assigned to an integer column is cast (PostgreSQL's is a boolean);
 * in an upsert's `DO UPDATE SET c = c + 1`, the old row's `c` is named by its table (PostgreSQL
@@ -29,10 +31,12 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from storage.errors import TextNotStorable
 from storage.layout import SCHEMA
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _INSERT_OR = re.compile(r"\bINSERT\s+OR\s+(IGNORE|REPLACE)\s+INTO\s+(\w+)\s*\(([^)]*)\)")
+_JSON_EACH = re.compile(r"SELECT value FROM json_each\((\?|:\w+)\)")
 _CAST_INTEGER = re.compile(r"CAST\((.+?) AS INTEGER\)")
 _BOOLEAN_TO_INTEGER = re.compile(r"=\s*\((\w+)\s*=\s*\?\)")
 _TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", re.S)
@@ -122,6 +126,9 @@ def translate(sql: str) -> tuple[str, tuple[str, ...]]:
         sql = _ddl(sql)
     sql = _insert_or(sql)
     sql = _qualify_upsert(sql)
+    sql = _JSON_EACH.sub(
+        r'SELECT value COLLATE "C" FROM json_array_elements_text(CAST(\1 AS JSON))', sql
+    )
     sql = _CAST_INTEGER.sub(r"CAST(trunc(\1) AS BIGINT)", sql)
     sql = _BOOLEAN_TO_INTEGER.sub(r"= CAST((\1 = ?) AS INTEGER)", sql)
     names: list[str] = []
@@ -139,10 +146,14 @@ def translate(sql: str) -> tuple[str, tuple[str, ...]]:
 
 
 def arguments(names: tuple[str, ...], args: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
-    """The statement's parameters by position, from a sequence or (for `:name`) a mapping."""
-    if isinstance(args, Mapping):
-        return [args[name] for name in names]
-    return list(args)
+    """The statement's parameters by position, from a sequence or (for `:name`) a mapping;
+    `TextNotStorable` when a text holds a NUL, which PostgreSQL's text cannot carry (refused
+    here for every statement, so no request's value can fail one with a server error)."""
+    values = [args[name] for name in names] if isinstance(args, Mapping) else list(args)
+    for value in values:
+        if isinstance(value, str) and "\x00" in value:
+            raise TextNotStorable()
+    return values
 
 
 def schema() -> list[str]:

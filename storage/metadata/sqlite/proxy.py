@@ -7,7 +7,7 @@ import json
 import aiosqlite
 
 from storage.metadata.proxy import CachedImage
-from storage.metadata.sqlite.connection import SQLiteBase
+from storage.metadata.sqlite.connection import SQLiteBase, bump_evidence
 
 
 class SQLiteProxy(SQLiteBase):
@@ -38,7 +38,9 @@ class SQLiteProxy(SQLiteBase):
             await conn.executemany(
                 "INSERT INTO proxy_pulls (repository, digest, last_pulled) VALUES (?, ?, ?) "
                 "ON CONFLICT (repository, digest) DO UPDATE SET "
-                "last_pulled = MAX(last_pulled, excluded.last_pulled)",
+                # CASE, not SQLite's two-argument MAX: the same statement runs on PostgreSQL.
+                "last_pulled = CASE WHEN excluded.last_pulled > proxy_pulls.last_pulled "
+                "THEN excluded.last_pulled ELSE proxy_pulls.last_pulled END",
                 pulls,
             )
 
@@ -52,7 +54,7 @@ class SQLiteProxy(SQLiteBase):
             "AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.repository = m.repository "
             "  AND r.child_digest = m.digest AND r.kind = 'manifest') "
             "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository "
-            "  AND t.digest = m.digest AND t.name GLOB 'sha256-*') "
+            "  AND t.digest = m.digest AND substr(t.name, 1, 7) = 'sha256-') "
             "ORDER BY used, m.repository, m.digest LIMIT ?",
             (json.dumps(repositories), limit),
         )
@@ -129,11 +131,7 @@ class SQLiteProxy(SQLiteBase):
                 "  AND t.name = proxy_tags.tag)",
                 (repository,),
             )
-            await conn.execute(
-                "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
-                "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
-                (repository,),
-            )
+            await bump_evidence(conn, repository)
         return gone
 
     @staticmethod

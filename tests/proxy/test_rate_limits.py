@@ -1,0 +1,167 @@
+"""An upstream answering 429 Too Many Requests: its `Retry-After` is honoured (bounded), nothing
+is sent to it meanwhile, cached tags are served stale within the window, uncached ones are
+refused with 429 and a `Retry-After`, and /metrics counts it all."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import pytest
+
+from registry.proxy.client import (
+    MAX_BACKOFF,
+    MIN_BACKOFF,
+    RateLimited,
+    UpstreamClient,
+    retry_after_seconds,
+)
+from registry.upstream_settings import Upstream
+from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the metric line starting with `name` (labels included)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_429_backs_off_serves_stale_and_never_hammers(start_client, front, upstream):
+    await upstream.push_image("team/app", "v1", [random_layer(10_000)])
+    await upstream.push_image("team/other", "v1", [random_layer(10_000)])
+    config = proxy_config(front.url, None, manifest_ttl="1s", stale_if_error="1h")
+    client = await start_client(**config)
+    first = await client.get("/v2/mirror.test/team/app/manifests/v1")
+    assert first.status == 200
+    digest = first.headers["Docker-Content-Digest"]
+
+    front.too_many, front.retry_after = True, "5"
+    # Once the TTL has passed, the revalidating HEAD meets the 429: the copy is served stale.
+    deadline = time.monotonic() + 30
+    while True:
+        resp = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert resp.status == 200
+        if "Warning" in resp.headers:
+            break
+        assert time.monotonic() < deadline, "the TTL never ran out"
+        await asyncio.sleep(0.05)
+    assert resp.headers["Docker-Content-Digest"] == digest
+    stale = '110 trustyard "Response is Stale: rate limited (429): backing off'
+    assert resp.headers["Warning"].startswith(stale)
+    reached = sum(front.requests.values())
+
+    # While the pause lasts nothing reaches the upstream: stale copies, and a 429 with
+    # Retry-After for what is not cached.
+    for _ in range(10):
+        again = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert again.status == 200 and "Warning" in again.headers
+    uncached = await client.get("/v2/mirror.test/team/other/manifests/v1")
+    assert uncached.status == 429
+    body = await uncached.json()
+    assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert "rate limited (429): backing off" in body["errors"][0]["message"]
+    assert 1 <= int(uncached.headers["Retry-After"]) <= 5
+    assert sum(front.requests.values()) == reached
+
+    metrics = await (await client.get("/metrics")).text()
+    assert metric(metrics, 'trustyard_proxy_upstream_rate_limited_total{upstream="ref"}') == 1
+    assert metric(metrics, 'trustyard_proxy_upstream_held_back_total{upstream="ref"}') >= 11
+    assert 0 < metric(metrics, 'trustyard_proxy_upstream_backoff_seconds{upstream="ref"}') <= 5
+    assert metric(metrics, 'trustyard_proxy_events_total{event="stale_served"}') >= 11
+
+    # The upstream recovers; once the pause is over the tag is confirmed fresh again.
+    front.too_many = False
+    deadline = time.monotonic() + 30
+    while "Warning" in (resp := await client.get("/v2/mirror.test/team/app/manifests/v1")).headers:
+        assert time.monotonic() < deadline, "never asked the upstream again"
+        await asyncio.sleep(0.1)
+    assert resp.status == 200
+    assert sum(front.requests.values()) > reached
+    assert (await client.get("/v2/mirror.test/team/other/manifests/v1")).status == 200
+
+
+def _upstream(url: str) -> Upstream:
+    return Upstream(
+        name="front",
+        url=url,
+        prefix="mirror.test",
+        username=USER,
+        password=PASSWORD,
+        ca_file=None,
+        connect_timeout=2.0,
+        read_timeout=5.0,
+    )
+
+
+async def _rate_limited(client: UpstreamClient) -> RateLimited:
+    with pytest.raises(RateLimited) as raised:
+        await client.request("GET", "team/app", "manifests/v1")
+    return raised.value
+
+
+async def _wait_out(client: UpstreamClient) -> None:
+    deadline = time.monotonic() + MAX_BACKOFF
+    while client.backoff_left() > 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [
+        ("86400", MAX_BACKOFF - 5, MAX_BACKOFF),  # a day: bounded
+        ("0", MIN_BACKOFF - 0.5, MIN_BACKOFF),  # never "hammer at once"
+        ("soon", MIN_BACKOFF - 0.5, MIN_BACKOFF),  # unreadable: the first doubling step
+        ("7", 6, 7),
+    ],
+)
+async def test_retry_after_is_bounded(front, retry_after, low, high):
+    front.too_many, front.retry_after = True, retry_after
+    client = UpstreamClient(_upstream(front.url))
+    try:
+        refused = await _rate_limited(client)
+        assert low <= refused.retry_after <= high
+        assert low <= client.backoff_left() <= high
+        assert sum(front.requests.values()) == 1
+        held = await _rate_limited(client)  # not sent
+        assert sum(front.requests.values()) == 1 and client.held_back == 1
+        assert held.retry_after <= refused.retry_after
+    finally:
+        await client.close()
+
+
+async def test_without_retry_after_the_pause_doubles(front, upstream):
+    await upstream.push_image("team/app", "v1", [random_layer(1000)])
+    front.too_many = True
+    client = UpstreamClient(_upstream(front.url))
+    try:
+        # Requests sent together and refused together are one 429 for the pause.
+        burst = await asyncio.gather(*(_rate_limited(client) for _ in range(8)))
+        assert client.rate_limited == sum(front.requests.values()) == 8
+        assert all(r.retry_after == pytest.approx(MIN_BACKOFF, abs=0.2) for r in burst)
+        assert client.backoff_left() == pytest.approx(MIN_BACKOFF, abs=0.2)
+        # The next 429 after the pause: twice as long.
+        await _wait_out(client)
+        assert (await _rate_limited(client)).retry_after == pytest.approx(2 * MIN_BACKOFF, abs=0.2)
+        assert client.rate_limited == sum(front.requests.values()) == 9
+        # A success ends the streak: the next 429 pauses for the shortest time again.
+        await _wait_out(client)
+        front.too_many = False
+        ok = await client.request("GET", "team/app", "manifests/v1")
+        ok.release()
+        front.too_many = True
+        assert (await _rate_limited(client)).retry_after == pytest.approx(MIN_BACKOFF, abs=0.2)
+    finally:
+        await client.close()
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    now = time.time()
+    assert retry_after_seconds("120", now) == 120
+    in_a_minute = email.utils.formatdate(now + 60, usegmt=True)
+    assert retry_after_seconds(in_a_minute, now) == pytest.approx(60, abs=1.5)
+    for unreadable in (None, "", "-5", "1.5", "tomorrow", "Wed, 21 Oct 2015 07:28:00"):
+        assert retry_after_seconds(unreadable, now) is None
