@@ -126,6 +126,39 @@ TARGETS: dict[str, Target] = {
         ),
         bare=True,
     ),
+    # Failed-login limiting alone, against the users-file and login tests that drive it.
+    "auth-ratelimit": Target(
+        ("registry/auth/ratelimit.py",),
+        ("tests/auth/test_accounts.py", "tests/security/test_login_limits.py"),
+        bare=True,
+    ),
+    # The verified-token cache alone, against the tests of its edges (plain unit tests).
+    "auth-cache": Target(
+        ("registry/auth/token_cache.py",),
+        ("tests/security/test_token_edges.py", "tests/security/test_token_cache_bounds.py"),
+        bare=True,
+    ),
+    # The console's login sessions alone, against the console's session tests.
+    "auth-sessions": Target(("registry/auth/sessions.py",), ("tests/console/test_sessions.py",)),
+    # The token endpoint alone (who gets a token for what, the realm it names).
+    "auth-endpoint": Target(
+        ("registry/auth/token_endpoint.py",),
+        (
+            "tests/auth/test_api.py",
+            "tests/security/test_token_realm.py",
+            "tests/security/test_token_endpoint_grants.py",
+        ),
+    ),
+    # The authentication service alone (Basic and Bearer credentials, what a token still grants).
+    "auth-service": Target(
+        ("registry/auth/service.py",),
+        (
+            "tests/security/test_credential_changes.py",
+            "tests/security/test_auth_decisions.py",
+            "tests/auth/test_api.py",
+            "tests/security/test_auth_service_refusals.py",
+        ),
+    ),
     "keyless": Target(
         (
             "policies/signatures/keyless.py",
