@@ -138,6 +138,17 @@ TARGETS: dict[str, Target] = {
         ("tests/security/test_token_edges.py", "tests/security/test_token_cache_bounds.py"),
         bare=True,
     ),
+    # The token authority against its plain unit tests (the HTTP tests of `auth-tokens` judge
+    # what survives them: `--recheck`).
+    "auth-tokens-units": Target(
+        ("registry/auth/tokens.py",),
+        (
+            "tests/security/test_token_edges.py",
+            "tests/auth/test_accounts.py",
+            "tests/security/test_token_claims.py",
+        ),
+        bare=True,
+    ),
     # The console's login sessions alone, against the console's session tests.
     "auth-sessions": Target(("registry/auth/sessions.py",), ("tests/console/test_sessions.py",)),
     # The token endpoint alone (who gets a token for what, the realm it names).
