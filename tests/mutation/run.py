@@ -135,7 +135,7 @@ TARGETS: dict[str, Target] = {
     # The verified-token cache alone, against the tests of its edges (plain unit tests).
     "auth-cache": Target(
         ("registry/auth/token_cache.py",),
-        ("tests/security/test_token_edges.py", "tests/security/test_token_cache_bounds.py"),
+        ("tests/security/test_token_edges.py",),
         bare=True,
     ),
     # The token authority against its plain unit tests (the HTTP tests of `auth-tokens` judge
@@ -150,14 +150,16 @@ TARGETS: dict[str, Target] = {
         bare=True,
     ),
     # The console's login sessions alone, against the console's session tests.
-    "auth-sessions": Target(("registry/auth/sessions.py",), ("tests/console/test_sessions.py",)),
+    "auth-sessions": Target(
+        ("registry/auth/sessions.py",),
+        ("tests/security/test_console_session_edges.py", "tests/console/test_sessions.py"),
+    ),
     # The token endpoint alone (who gets a token for what, the realm it names).
     "auth-endpoint": Target(
         ("registry/auth/token_endpoint.py",),
         (
             "tests/auth/test_api.py",
             "tests/security/test_token_realm.py",
-            "tests/security/test_token_endpoint_grants.py",
         ),
     ),
     # The authentication service alone (Basic and Bearer credentials, what a token still grants).
@@ -167,7 +169,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_credential_changes.py",
             "tests/security/test_auth_decisions.py",
             "tests/auth/test_api.py",
-            "tests/security/test_auth_service_refusals.py",
+            "tests/security/test_basic_credentials.py",
         ),
     ),
     "keyless": Target(
