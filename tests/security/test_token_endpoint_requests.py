@@ -1,0 +1,116 @@
+"""The token endpoint's refusals, each with its OAuth2 error and message: grant types other than
+`password` whichever way they sort (with a correct password, a refresh or client grant must not
+pass as a password grant), a password grant missing a field, a service that is not ours whichever
+way it sorts (on GET and on POST), and a locked account's 429 in OAuth2 terms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.auth.conftest import PASSWORDS, Accounts, auth_section, basic, write_accounts
+
+
+@pytest.fixture
+def accounts(data_dir) -> Accounts:
+    return write_accounts(data_dir)
+
+
+@pytest.fixture
+async def auth_client(start_client, accounts):
+    return await start_client(auth=auth_section())
+
+
+async def refused(resp: Any, status: int, error: str, message: str) -> None:
+    assert resp.status == status, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = await resp.json()
+    assert (body["error"], body["error_description"]) == (error, message)
+    assert body["errors"][0]["message"] == message
+
+
+@pytest.mark.parametrize(
+    "grant_type",
+    ["refresh_token", "client_credentials", "authorization_code", "passwords", "Password", ""],
+)
+async def test_only_the_password_grant_is_accepted(auth_client, grant_type: str) -> None:
+    resp = await auth_client.post(
+        "/token",
+        data={
+            "grant_type": grant_type,
+            "username": "alice",
+            "password": PASSWORDS["alice"],
+            "service": "trustyard-test",
+        },
+    )
+    await refused(resp, 400, "unsupported_grant_type", "only grant_type=password is supported")
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"username": "alice"},
+        {"password": PASSWORDS["alice"]},
+        {"username": "", "password": PASSWORDS["alice"]},
+        {},
+    ],
+)
+async def test_a_password_grant_needs_a_username_and_a_password(
+    auth_client, form: dict[str, str]
+) -> None:
+    resp = await auth_client.post("/token", data={"grant_type": "password", **form})
+    await refused(resp, 400, "invalid_request", "username and password are required")
+
+
+@pytest.mark.parametrize("service", ["aaa", "someone-else", "trustyard-test2", "zzz", ""])
+async def test_a_token_for_another_service_is_refused_on_get_and_post(
+    auth_client, service: str
+) -> None:
+    message = f"unknown service {service!r}"
+    resp = await auth_client.get(
+        "/token",
+        params={"service": service},
+        headers={"Authorization": basic("alice", PASSWORDS["alice"])},
+    )
+    await refused(resp, 400, "invalid_request", message)
+    resp = await auth_client.post(
+        "/token",
+        data={
+            "grant_type": "password",
+            "username": "alice",
+            "password": PASSWORDS["alice"],
+            "service": service,
+        },
+    )
+    await refused(resp, 400, "invalid_request", message)
+
+
+async def test_a_token_without_a_service_is_for_this_registry(auth_client) -> None:
+    resp = await auth_client.get("/token", params={"scope": "repository:library/app:pull"})
+    assert resp.status == 200
+    body = await resp.json()
+    # GET answers docker's fields only; the OAuth2 `scope` is the POST grant's.
+    assert set(body) == {"token", "access_token", "expires_in", "issued_at"}
+    resp = await auth_client.post(
+        "/token",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORDS["alice"]},
+    )
+    assert resp.status == 200
+    assert set(await resp.json()) == {"token", "access_token", "expires_in", "issued_at", "scope"}
+
+
+async def test_a_locked_account_is_told_to_wait_in_oauth2_terms(start_client, accounts) -> None:
+    client = await start_client(auth=auth_section(rate_limit={"max_failures_per_user": 1}))
+    wrong = await client.post(
+        "/token", data={"grant_type": "password", "username": "alice", "password": "guess"}
+    )
+    await refused(wrong, 401, "invalid_grant", "incorrect username or password")
+    assert (await wrong.json())["errors"][0]["code"] == "UNAUTHORIZED"
+    locked = await client.post(
+        "/token",
+        data={"grant_type": "password", "username": "alice", "password": PASSWORDS["alice"]},
+    )
+    await refused(locked, 429, "too_many_requests", "too many failed logins: try again later")
+    assert (await locked.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert 0 < int(locked.headers["Retry-After"]) <= 301
