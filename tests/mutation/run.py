@@ -158,6 +158,7 @@ TARGETS: dict[str, Target] = {
     "auth-endpoint": Target(
         ("registry/auth/token_endpoint.py",),
         (
+            "tests/security/test_token_endpoint_requests.py",
             "tests/auth/test_api.py",
             "tests/security/test_token_realm.py",
         ),
