@@ -59,3 +59,16 @@ def test_a_signing_key_that_is_not_p256_is_refused(tmp_path: Path, key: object) 
     with pytest.raises(ValueError) as refused:
         load_or_create_key(path, configured=True)
     assert str(refused.value) == f"{path}: the token signing key must be an EC P-256 private key"
+
+
+def test_a_key_another_process_created_first_is_used_not_replaced(tmp_path: Path) -> None:
+    """Two servers starting on one data directory at once: the one that loses the race to
+    create the signing key signs with the winner's (else each refuses the other's tokens)."""
+    from registry.auth import tokens
+
+    path = tmp_path / "auth" / "signing-key.pem"
+    winner = tokens._create_key(path)
+    assert tokens._create_key(path) == winner == path.read_bytes()
+    assert load_or_create_key(path, configured=False).private_numbers() == (
+        serialization.load_pem_private_key(winner, None).private_numbers()  # type: ignore[union-attr]
+    )
