@@ -100,3 +100,36 @@ def test_only_this_servers_origin_is_the_same_origin(headers: dict[str, str], ou
         "POST", "/console/login", headers={"Host": "registry.example:5000", **headers}
     )
     assert same_origin(request) is ours
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/console/logout"),  # methods sorting before and after POST
+        ("PATCH", "/console/logout"),
+        ("OPTIONS", "/console/logout"),
+        ("CONNECT", "/console/logout"),
+        ("PUT", "/console/logout"),
+        ("TRACE", "/console/logout"),
+        ("POST", "/console/login"),
+        ("POST", "/api/v1/users"),
+        ("DELETE", "/api/v1/users/alice"),
+        ("GET", "/v2/team-a/app/manifests/1.0"),
+    ],
+)
+def test_a_session_cookie_authenticates_no_unsafe_request_but_the_logout_post(
+    clock: list[float], method: str, path: str
+) -> None:
+    """Refused before the session is even looked at (its idle timer is not refreshed)."""
+    from aiohttp import web
+
+    app = web.Application()
+    store = SessionStore()
+    app[sessions.SESSIONS] = store
+    token, session = store.create("alice", "g1")
+    clock[0] += 5
+    request = make_mocked_request(
+        method, path, headers={"Cookie": f"{sessions.SESSION_COOKIE}={token}"}, app=app
+    )
+    assert sessions.session_caller(request, None) is None  # type: ignore[arg-type]
+    assert session.last_used == clock[0] - 5

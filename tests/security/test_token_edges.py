@@ -72,3 +72,12 @@ def test_a_key_another_process_created_first_is_used_not_replaced(tmp_path: Path
     assert load_or_create_key(path, configured=False).private_numbers() == (
         serialization.load_pem_private_key(winner, None).private_numbers()  # type: ignore[union-attr]
     )
+
+
+@pytest.mark.parametrize("late", [200.5, 201.0, 10_000.0])
+def test_a_cached_token_is_never_answered_after_its_window(late: float) -> None:
+    """An expired token is verified again (and refused), however long after its expiry."""
+    cache: VerifiedTokens[str] = VerifiedTokens()
+    cache.put("token", "claims", valid_from=100.0, valid_until=200.0)
+    assert cache.get("token", late) is None
+    assert len(cache) == 0
