@@ -167,10 +167,10 @@ TARGETS: dict[str, Target] = {
     "auth-service": Target(
         ("registry/auth/service.py",),
         (
+            "tests/security/test_basic_credentials.py",
             "tests/security/test_credential_changes.py",
             "tests/security/test_auth_decisions.py",
             "tests/auth/test_api.py",
-            "tests/security/test_basic_credentials.py",
         ),
     ),
     "keyless": Target(
