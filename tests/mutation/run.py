@@ -162,6 +162,10 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_policy_watch.py",
             "tests/security/test_denial_messages.py",
             "tests/security/test_config_read_failures.py",
+            "tests/security/test_config_storage_errors.py",
+            "tests/security/test_immutable_tag_lock.py",
+            "tests/security/test_decision_log_shutdown.py",
+            "tests/security/test_refusal_details.py",
         ),
     ),
     "vulnerabilities": Target(

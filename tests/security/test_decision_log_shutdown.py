@@ -49,9 +49,7 @@ async def test_a_flush_cut_short_by_shutdown_is_written_before_close_returns(
     monkeypatch.setattr(db, "record_decisions", slow_first_write)
     assert await pull(client, "dev/app", "v1") == (200, "")
     await asyncio.wait_for(writing.wait(), 20 * FLUSH_INTERVAL)  # the flusher is writing it
-    assert [(r.repository, r.reference, r.outcome) for r in hung[0]] == [
-        ("dev/app", "v1", "allow")
-    ]
+    assert [(r.repository, r.reference, r.outcome) for r in hung[0]] == [("dev/app", "v1", "allow")]
 
     await gate.close()
     rows = await db.list_decisions(repository="dev/app", action="pull")
