@@ -166,6 +166,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_immutable_tag_lock.py",
             "tests/security/test_decision_log_shutdown.py",
             "tests/security/test_refusal_details.py",
+            "tests/security/test_signature_payload_reads.py",
             "tests/operations/test_observability.py",
         ),
     ),
