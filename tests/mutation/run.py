@@ -167,6 +167,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_decision_log_shutdown.py",
             "tests/security/test_refusal_details.py",
             "tests/security/test_signature_payload_reads.py",
+            "tests/security/test_signature_only_index.py",
             "tests/operations/test_observability.py",
         ),
     ),
