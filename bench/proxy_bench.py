@@ -3,6 +3,8 @@ upstream, and through the reference registry's own proxy mode (`proxy: remoteurl
 
     python -m bench.proxy_bench                    # 4 layers x 32 MiB, 3 rounds
     python -m bench.proxy_bench --layers 8 --layer-size 8MiB --rounds 5 --json
+    git archive main | tar -x -C /tmp/trustyard-main       # another tree's code, untouched
+    python -m bench.proxy_bench --baseline /tmp/trustyard-main
 
 Set-up: the upstream is Debian's `docker-registry` (CNCF Distribution 2.8, plain HTTP on
 127.0.0.1); an image of `--layers` random layers is pushed to it. A pull is what docker does:
@@ -14,10 +16,16 @@ Rows, each the median (min-max) over `--rounds`:
 * upstream direct: the pull straight from the upstream;
 * Trustyard cold: through a fresh Trustyard (new data directory, nothing cached);
 * Trustyard warm: the same pull again, from Trustyard's cache;
+* baseline cold / warm (with `--baseline DIR`): the same through the Trustyard of another tree
+  (run from DIR with `PYTHONDONTWRITEBYTECODE=1`), in the same rounds, its turn alternating with
+  this tree's;
 * Distribution proxy cold / warm: the same through `docker-registry` in proxy mode (fresh
   storage each round);
 * single flight: `--clients` clients pulling the image at once through a fresh Trustyard; the
   upstream's own log counts the blob GETs it served (one per blob expected).
+
+The server CPU seconds of each Trustyard cold pull (from /proc) and the load average before and
+after are printed too: on a shared machine the wall-clock ratios swing with the load.
 
 Every server listens on 127.0.0.1 and keeps its data in a scratch directory removed at the end.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -74,12 +83,31 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def trustyard(scratch: Path, upstream_url: str, tag: str) -> RegistryProcess:
+def trustyard(
+    scratch: Path, upstream_url: str, tag: str, source: Path | None = None
+) -> RegistryProcess:
+    """A fresh Trustyard proxying `upstream_url` (this tree's code, or `source`'s)."""
     folder = scratch / f"trustyard-{tag}"
     folder.mkdir()
     config = {"upstreams": [{"name": "up", "url": upstream_url, "prefix": "up.test"}]}
     (folder / "trustyard.yaml").write_text(json.dumps(config))
-    return start_registry(folder / "data", extra_args=["--config", str(folder / "trustyard.yaml")])
+    return start_registry(
+        folder / "data",
+        extra_args=["--config", str(folder / "trustyard.yaml")],
+        env={"PYTHONDONTWRITEBYTECODE": "1"} if source is not None else None,
+        cwd=source,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    """The 1-minute load average."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def summary(values: list[float]) -> str:
@@ -92,11 +120,17 @@ def main() -> None:
     parser.add_argument("--layer-size", default="32MiB")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--baseline", type=Path, help="another tree's root, measured alongside")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="ty-proxy-bench-"))
     servers: list[Any] = []
     results: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    loads = [load()]
+    trees: list[tuple[str, Path | None]] = [("Trustyard", None)]
+    if args.baseline is not None:
+        trees.append(("baseline", args.baseline.resolve()))
     try:
         upstream = reference_registry(scratch / "upstream", tls=False, auth=False)
         servers.append(upstream)
@@ -108,15 +142,19 @@ def main() -> None:
             results.setdefault("upstream direct", []).append(
                 timed(lambda: pull(upstream.url, IMAGE))
             )
-            ty = trustyard(scratch, upstream.url, f"r{round_number}")
-            servers.append(ty)
-            results.setdefault("Trustyard cold", []).append(
-                timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
-            )
-            results.setdefault("Trustyard warm", []).append(
-                timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
-            )
-            ty.stop()
+            order = trees if round_number % 2 == 0 else trees[::-1]
+            for label, source in order:
+                ty = trustyard(scratch, upstream.url, f"{label}-r{round_number}", source)
+                servers.append(ty)
+                before = cpu_seconds(ty.process.pid)
+                results.setdefault(f"{label} cold", []).append(
+                    timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
+                )
+                cpu.setdefault(f"{label} cold", []).append(cpu_seconds(ty.process.pid) - before)
+                results.setdefault(f"{label} warm", []).append(
+                    timed(lambda ty=ty: pull(ty.url, f"up.test/{IMAGE}"))
+                )
+                ty.stop()
             mirror = reference_registry(
                 scratch / f"distribution-proxy-{round_number}",
                 tls=False,
@@ -142,6 +180,7 @@ def main() -> None:
         flight = timed(crowd)
         fetched = _blob_gets(upstream) - before
         ty.stop()
+        loads.append(load())
     finally:
         for server in servers:
             server.stop()
@@ -154,7 +193,13 @@ def main() -> None:
     cold = statistics.median(results["Trustyard cold"])
     warm = statistics.median(results["Trustyard warm"])
     reference_warm = statistics.median(results["Distribution proxy warm"])
+    for label, values in cpu.items():
+        print(f"server CPU per {label} pull: {summary(values)}")
+    print(f"load average (1 min) at the start and the end: {loads[0]}, {loads[-1]} (2 cores here)")
     print(f"Trustyard cold / upstream direct: {cold / direct:.2f}")
+    if "baseline cold" in results:
+        base = statistics.median(results["baseline cold"])
+        print(f"baseline cold / upstream direct: {base / direct:.2f}")
     print(f"Trustyard warm / Distribution proxy warm: {warm / reference_warm:.2f} (time)")
     print(
         f"single flight: {args.clients} clients in {flight:.3f} s; upstream served "
@@ -165,6 +210,8 @@ def main() -> None:
             json.dumps(
                 {
                     "rows": results,
+                    "server_cpu": cpu,
+                    "load": loads,
                     "bytes": total,
                     "single_flight": {
                         "clients": args.clients,

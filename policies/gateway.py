@@ -30,7 +30,7 @@ from policies.facts import ImageFacts, PolicyRequest, gather_facts
 from policies.library.lineage import Lineage
 from policies.loader import PolicyError, load_policy
 from storage.blobstore import BlobStore
-from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB
+from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB, tag_key
 
 log = logging.getLogger("trustyard.policy")
 
@@ -109,6 +109,7 @@ class PolicyGate:
         self._cache: dict[_CacheKey, Verdict] = {}
         self._evidence: dict[str, int] = {}
         self._changes: dict[str, int] = {}
+        self._forgotten = 0  # how many times every remembered version was forgotten at once
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
@@ -181,8 +182,9 @@ class PolicyGate:
     @contextlib.asynccontextmanager
     async def tag_guard(self, repository: str, tag: str | None) -> AsyncIterator[None]:
         """Hold while a push by tag is checked and stored: pushes to one tag are decided one
-        after the other, so a race cannot move an immutable tag (one process serves the data
-        directory)."""
+        after the other, so a race cannot move an immutable tag. Pushes in this process queue
+        on a lock of their own first; the holder then takes the tag's lock in the database
+        (`MetadataDB.exclusive`), which every other worker and replica takes too."""
         if tag is None or self.policy.allows_everything:
             yield
             return
@@ -192,7 +194,7 @@ class PolicyGate:
             entry = self._tag_locks[key] = [asyncio.Lock(), 0]
         entry[1] += 1
         try:
-            async with entry[0]:
+            async with entry[0], self.db.exclusive(tag_key(repository, tag)):
                 yield
         finally:
             entry[1] -= 1
@@ -205,12 +207,18 @@ class PolicyGate:
         """The repository's evidence version (read from the database once, then remembered)."""
         version = self._evidence.get(repository)
         if version is None:
-            changes = self._changes.get(repository, 0)
+            changes, forgotten = self._changes.get(repository, 0), self._forgotten
             version = await self.db.evidence_version(repository)
             # A change that landed while we read makes what we read stale: do not keep it.
-            if self._changes.get(repository, 0) == changes:
+            if self._changes.get(repository, 0) == changes and self._forgotten == forgotten:
                 self._evidence[repository] = version
         return version
+
+    def forget_evidence(self) -> None:
+        """Forget every remembered evidence version: another process changed evidence (its
+        shared generation moved, `storage.metadata.generations`)."""
+        self._forgotten += 1
+        self._evidence.clear()
 
     async def evidence_arrived(self, repository: str) -> None:
         """Evidence about the repository arrived outside a manifest change (a scan result): bump

@@ -24,15 +24,22 @@ from registry.events.settings import EventSettings
 from registry.health import add_health_routes
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
-from registry.middleware import IN_FLIGHT, InFlight, error_middleware, in_flight_middleware
+from registry.middleware import (
+    IN_FLIGHT,
+    InFlight,
+    error_middleware,
+    in_flight_middleware,
+    query_text_middleware,
+)
 from registry.pipeline import ManifestPipeline
 from registry.proxy.routing import setup_proxy
 from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
+from registry.workers import LEADER, WorkerRole, worker_metrics
 from storage import reserve
 from storage.backends import open_blob_store
 from storage.layout import DataLayout
-from storage.metadata import open_metadata
+from storage.metadata import GenerationWatch, open_metadata
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,13 @@ ANONYMOUS_QUARANTINE_WARNING = (
 )
 
 
-def create_app(config: Config, policy: Policy | None = None) -> web.Application:
+def create_app(
+    config: Config, policy: Policy | None = None, worker: WorkerRole | None = None
+) -> web.Application:
     """The registry application for `config` (resources open when the app starts); `policy` is
-    the one `config` names when the caller has loaded it already (else it is loaded at start)."""
+    the one `config` names when the caller has loaded it already (else it is loaded at start);
+    `worker`: which of `serve --workers N` this process is (only the leader runs the work that
+    must happen once per registry: `registry.workers`)."""
     app = web.Application(
         middlewares=[
             request_id_middleware,
@@ -55,12 +66,16 @@ def create_app(config: Config, policy: Policy | None = None) -> web.Application:
             metrics_middleware,
             error_middleware,
             auth_middleware,
+            query_text_middleware,
         ],
         client_max_size=4 * 1024 * 1024 + 1,
     )
     app.on_response_prepare.append(add_request_id_header)
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
+    app[LEADER] = worker is None or worker.leader
+    if worker is not None:
+        app[METRICS].sections.append(worker_metrics(worker))
     app.cleanup_ctx.append(_resources(config, policy))
     setup_proxy(app, config)  # after the resources it uses: closed before them
     add_routes(app)
@@ -84,12 +99,19 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         gate = PolicyGate(db, store, policy, path=config.policy_file)
         gate.start(poll_interval=config.policy_poll_interval)
         gate.observers.append(app[METRICS].count_decision)
+        # Evidence another worker or replica changed reaches this one's caches within 250 ms.
+        evidence = GenerationWatch(db, "evidence", gate.forget_evidence)
+        await evidence.check()
+        evidence.start()
         app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
-        events.start()
+        # One sender per registry: rows other workers commit are found by its poll.
+        events.start(deliver=app[LEADER])
         app[PIPELINE] = ManifestPipeline(db, store, gate, events)
-        cleaner = asyncio.create_task(_clean_stale_uploads(config, uploads))
+        cleaner = (
+            asyncio.create_task(_clean_stale_uploads(config, uploads)) if app[LEADER] else None
+        )
         log.info("serving data directory %s", config.data_dir.resolve())
         if not config.auth_enabled and any(
             Action.PULL in rule.match.actions for rule in policy.rules
@@ -98,11 +120,13 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         try:
             yield
         finally:
-            cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleaner
+            if cleaner is not None:
+                cleaner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cleaner
             await uploads.close()
             await events.close()
+            await evidence.close()
             await gate.close()
             await db.close()
             await store.close()

@@ -49,6 +49,7 @@ from registry.storage_commands import (
     run_storage_command,
     storage_overrides,
 )
+from registry.workers import Supervisor, WorkerRole, bind_slots
 from storage.errors import StorageUnavailable
 from storage.metadata import DATABASE_ERRORS, MetadataUnreachable
 
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", help="the policy file to enforce (see docs/policy.md)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default 1; e.g. one per CPU core)",
+    )
 
     add_storage_commands(commands, common)
 
@@ -159,6 +165,8 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         if args.tls_cert:
             overrides["tls"] = {"cert": args.tls_cert, "key": args.tls_key}
+        if args.workers is not None:
+            overrides["workers"] = args.workers
     overrides.update(storage_overrides(args))
     try:
         config = load_config(args.config, overrides=overrides)
@@ -202,15 +210,45 @@ def start_server(config: Config) -> int:
         print(f"trustyard: invalid policy, not starting:\n{exc}", file=sys.stderr)
         return 2
     _check_auth_files(config)
-    listening = bind(config.host, config.port)
+    if config.workers > 1:
+        slots = bind_slots(
+            lambda port: bind(config.host, port, reuse_port=True), config.port, config.workers
+        )
+    else:
+        slots = [bind(config.host, config.port)]
     try:
         if check_serve_data_dir(config.data_dir, config.metadata_url):
             log.warning("created the data directory %s (it did not exist)", config.data_dir)
     except OperatorError:
-        listening.close()
+        for sock in slots:
+            sock.close()
         raise
     _warn_about_exposure(config)
-    return serve(config, policy, sock=listening, ssl_context=ssl_context)
+    if config.workers == 1:
+        return serve(config, policy, sock=slots[0], ssl_context=ssl_context)
+    scheme = "https" if ssl_context else "http"
+    port = slots[0].getsockname()[1]
+
+    def run_worker(sock: socket.socket, role: WorkerRole) -> int:
+        return serve(config, policy, sock=sock, ssl_context=ssl_context, worker=role)
+
+    supervisor = Supervisor(
+        slots,
+        run_worker,
+        start_timeout=config.worker_start_timeout,
+        # Each worker has shutdown_timeout for its requests in progress, then closes its stores.
+        stop_timeout=config.shutdown_timeout + 30,
+        on_ready=lambda: log.info(
+            "Trustyard listening on %s://%s:%d with %d workers",
+            scheme,
+            config.host,
+            port,
+            config.workers,
+        ),
+    )
+    code = supervisor.run()
+    log.info("Trustyard stopped" if code == 0 else "Trustyard stopped: a worker failed")
+    return code
 
 
 def _check_auth_files(config: Config) -> None:
@@ -239,8 +277,9 @@ def _check_auth_files(config: Config) -> None:
         raise OperatorError(f"{exc} (auth.users_file)") from None
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port`, or the one line saying why there is none."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on `host:port`, or the one line saying why there is none
+    (`reuse_port`: others of this user may listen on the same port, for `serve --workers`)."""
     try:
         found = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -255,6 +294,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Linux lets only sockets of the same user share the port this way.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host in ("::", "[::]"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
@@ -357,18 +399,20 @@ def serve(
     *,
     sock: socket.socket | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    worker: WorkerRole | None = None,
 ) -> int:
     """Run the registry until SIGINT/SIGTERM; in-flight requests finish first (`policy`: the
     one `config` names, already loaded; else it is loaded at start; `sock`: a socket already
-    listening, else one is opened on `config.listen`)."""
+    listening, else one is opened on `config.listen`; `worker`: this process is one of
+    `serve --workers`)."""
     # The default asyncio loop, not uvloop: uvloop has no loop.sendfile, so aiohttp would copy
     # every blob through Python (measured here: 1.4 GB/s against 1.9 GB/s with sendfile).
     if ssl_context is None:
         ssl_context = tls_context(config)
     if sock is None:
         sock = bind(config.host, config.port)
-    asyncio.run(_serve(config, policy, sock, ssl_context))
-    log.info("Trustyard stopped")
+    asyncio.run(_serve(config, policy, sock, ssl_context, worker))
+    log.info("Trustyard stopped" if worker is None else f"worker {worker.index} stopped")
     return 0
 
 
@@ -377,6 +421,7 @@ async def _serve(
     policy: Policy | None,
     sock: socket.socket,
     ssl_context: ssl.SSLContext | None,
+    worker: WorkerRole | None = None,
 ) -> None:
     """Serve until a stop signal, then shut down without cancelling in-flight requests.
 
@@ -385,7 +430,7 @@ async def _serve(
     in flight short, so we wait for them before handing over to it); then cleanup closes the
     database.
     """
-    app = create_app(config, policy)
+    app = create_app(config, policy, worker)
     access_log = logging.getLogger(ACCESS_LOGGER) if config.access_log else None
     # keepalive_timeout also bounds the wait for a request's headers from the moment a
     # connection opens or a response ends: a client trickling header bytes is cut off.
@@ -411,7 +456,19 @@ async def _serve(
         scheme = "https" if ssl_context else "http"
         # The bound port, not the configured one: `--listen 127.0.0.1:0` lets the system choose.
         port = sock.getsockname()[1]
-        log.info("Trustyard listening on %s://%s:%d", scheme, config.host, port)
+        if worker is None:
+            log.info("Trustyard listening on %s://%s:%d", scheme, config.host, port)
+        else:
+            log.info("worker %d listening on %s://%s:%d", worker.index, scheme, config.host, port)
+
+            # The parent says "listening" once every worker is; it stops us when it dies.
+            def parent_gone(fd: int = worker.lifeline_fd) -> None:
+                loop.remove_reader(fd)  # end-of-file stays readable: once is enough
+                log.warning("worker %d: the supervising process is gone: stopping", worker.index)
+                stop.set()
+
+            loop.add_reader(worker.lifeline_fd, parent_gone)
+            worker.report_ready()
         await stop.wait()
         in_flight = app[IN_FLIGHT]
         log.info("stop signal: finishing %d requests in progress", in_flight.count)

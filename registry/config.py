@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "gc": {"grace_period": "1h", "delete_untagged": True},
     "shutdown_timeout": "30s",
     "idle_timeout": "60s",
+    "workers": 1,
 }
 
 
@@ -83,6 +84,10 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     proxy: ProxySettings | None = None  # the upstreams proxied, if any
+    #: Server processes sharing the listening port (`serve --workers`, `registry.workers`).
+    workers: int = 1
+    #: How long `serve --workers` waits for every worker to listen before giving up.
+    worker_start_timeout: float = 60.0
 
     @property
     def blob_store(self) -> BlobStoreSettings:
@@ -392,6 +397,7 @@ def _build(document: dict[str, Any]) -> Config:
         gc_grace_period=parse_duration(document["gc"]["grace_period"]),
         gc_delete_untagged=document["gc"]["delete_untagged"],
         shutdown_timeout=parse_duration(document["shutdown_timeout"]),
+        workers=int(document["workers"]),
         raw=document,
         tls_cert=Path(document["tls"]["cert"]) if "tls" in document else None,
         tls_key=Path(document["tls"]["key"]) if "tls" in document else None,

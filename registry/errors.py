@@ -19,6 +19,7 @@ from storage.errors import (
     StorageError,
     StorageFull,
     StorageUnavailable,
+    TextNotStorable,
     UploadMemoryExhausted,
 )
 from storage.oci.errors import (
@@ -41,6 +42,7 @@ from storage.oci.errors import (
     SIZE_INVALID,
     STORAGE_FULL,
     TAG_INVALID,
+    TEXT_INVALID,
     TOOMANYREQUESTS,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -83,6 +85,7 @@ STATUSES: dict[ErrorCode, int] = {
     RANGE_INVALID: 416,
     PAGINATION_NUMBER_INVALID: 400,
     QUERY_INVALID: 400,
+    TEXT_INVALID: 400,
     UNAVAILABLE: 503,
     STORAGE_FULL: 507,
     UNKNOWN: 500,
@@ -100,6 +103,7 @@ if _unanswerable:  # a code added to the vocabulary must be given its status her
 DOMAIN_CODES: dict[type[Exception], ErrorCode] = {
     StorageUnavailable: UNAVAILABLE,
     StorageFull: STORAGE_FULL,
+    TextNotStorable: TEXT_INVALID,
     BlobDamaged: BLOB_UNKNOWN,
     UploadMemoryExhausted: TOOMANYREQUESTS,
     PolicyDenied: DENIED,

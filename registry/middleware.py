@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientPayloadError, web
 
-from registry.errors import ANSWERABLE, error_response
-from storage.oci.errors import BLOB_UPLOAD_INVALID, UNKNOWN, OciError
+from registry.errors import ANSWERABLE, RegistryError, error_response
+from storage.oci.errors import BLOB_UPLOAD_INVALID, QUERY_INVALID, UNKNOWN, OciError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,22 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
     """Count the request as in flight while its handler runs."""
     with request.app[IN_FLIGHT]:
         return await handler(request)
+
+
+@web.middleware
+async def query_text_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a NUL in any query value of Trustyard's own API and console (QUERY_INVALID): no
+    name, tag or field holds one, and every backend then answers alike (the OCI API under
+    `/v2/` reads each of its parameters by the spec's grammar instead)."""
+    if not request.path.startswith("/v2"):
+        for name, value in request.query.items():
+            if "\x00" in value:
+                raise RegistryError(
+                    QUERY_INVALID,
+                    {name: value[:100].replace("\x00", "\\0"), "reason": "NUL character"},
+                    message=f"{name}: no NUL character allowed",
+                )
+    return await handler(request)
 
 
 @web.middleware

@@ -21,9 +21,9 @@ from storage import reserve
 from storage.backends import open_blob_store
 from storage.errors import StorageFull
 from storage.fsck import check_blobs
-from storage.gc import GCReport, collect_garbage
+from storage.gc import CollectionRunning, GCReport, collect_garbage
 from storage.layout import DataLayout
-from storage.metadata import open_metadata
+from storage.metadata import GC_KEY, open_metadata
 
 STORAGE_COMMANDS = frozenset({"gc", "fsck"})
 
@@ -74,10 +74,11 @@ def run_storage_command(config: Config, args: argparse.Namespace) -> int:
             if args.command == "gc":
                 return asyncio.run(_gc(config, dry_run=args.dry_run, as_json=args.json))
             return asyncio.run(_fsck(config, quarantine=not args.no_quarantine, as_json=args.json))
-    except BlockingIOError:
+    except (BlockingIOError, CollectionRunning) as exc:
+        # The data directory's lock, or the database's (a collection on another machine).
+        where = "this metadata database" if isinstance(exc, CollectionRunning) else layout.root
         print(
-            f"trustyard: another gc or fsck is running on {layout.root}; try again later",
-            file=sys.stderr,
+            f"trustyard: another gc or fsck is running on {where}; try again later", file=sys.stderr
         )
         return BUSY
     except StorageFull as exc:
@@ -156,7 +157,11 @@ async def _fsck(config: Config, *, quarantine: bool, as_json: bool) -> int:
             )
 
     try:
-        report = await check_blobs(db, store, quarantine=quarantine, progress=progress)
+        # Never beside a collection on another machine: it moves the blobs fsck is reading.
+        async with db.exclusive(GC_KEY, wait=False) as alone:
+            if not alone:
+                raise CollectionRunning()
+            report = await check_blobs(db, store, quarantine=quarantine, progress=progress)
     finally:
         await db.close()
         await store.close()

@@ -69,3 +69,15 @@ class UploadMemoryExhausted(StorageError):
     def __init__(self, reason: str, retry_after: int) -> None:
         super().__init__(f"too many uploads at once: {reason}", {"reason": reason})
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class TextNotStorable(StorageError):
+    """A value holds a NUL character: no name, tag or field of the metadata database holds one
+    (PostgreSQL's text cannot carry it at all), so nothing is stored or looked up with it (the
+    client is answered TEXT_INVALID, 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a value holds a NUL character, which no name, tag or field can hold",
+            {"reason": "NUL character in a value"},
+        )

@@ -67,6 +67,11 @@ class FilesystemBlobStore:
     async def drop_pending(self, upload_id: str) -> None:
         """Nothing is held in memory: what was appended is in the file."""
 
+    def upload_file(self, upload_id: str) -> Path:
+        """The file an upload is appended to: a reader may follow it while it grows (it is
+        unlinked once the upload is placed or dropped; an open handle keeps reading)."""
+        return self.layout.upload(upload_id)
+
     async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """Stream the upload file."""
         async for chunk in self._read_file(self.layout.upload(upload_id), 0, None):

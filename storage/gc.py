@@ -13,7 +13,10 @@ follows each, so a server write waiting on SQLite's lock waits milliseconds, nev
    grace period, by the same protocol;
 4. upload sessions, and upload files without a session, older than the stale-upload age.
 
-A blob trashed by a collection that stopped half way is put back or deleted first. A dry run
+A blob trashed by a collection that stopped half way is put back or deleted first. One collection
+runs at a time on a metadata database (the `gc` lock of `storage.metadata.coordination`, across
+machines); what the servers do meanwhile, on any replica, is in the database and the store (rows,
+their `last_seen`, upload sessions, blob files' ages), which every rule reads afresh. A dry run
 simulates the same rules, cascade included, in one read snapshot and removes nothing.
 """
 
@@ -29,10 +32,18 @@ from typing import Any
 
 from storage.blobstore import BlobStore, StoredObject
 from storage.errors import StorageFull
-from storage.metadata import MetadataDB
+from storage.metadata import GC_KEY, MetadataDB
 from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
+
+
+class CollectionRunning(Exception):
+    """Another garbage collection (or fsck) holds the database's collection lock."""
+
+    def __init__(self) -> None:
+        super().__init__("another gc or fsck is running on this metadata database")
+
 
 #: Files listed per batch of the orphan sweep (S3's DeleteObjects takes at most 1000 keys).
 ORPHAN_BATCH = 1000
@@ -136,14 +147,19 @@ async def collect_garbage(
     if dry_run:
         report = await _simulate(db, store, cutoff, upload_cutoff, delete_untagged)
     else:
-        run = _Collection(db, store, cutoff, pacing or Pacing(), progress)
-        await run.recover_trash()
-        if delete_untagged:
-            await run.manifests()
-        await run.blobs()
-        await run.orphans()
-        await run.uploads(upload_cutoff)
-        report = run.report
+        # One collection at a time on the database, from whichever machine: a second one would
+        # put back (`recover_trash`) what the first is half way through deleting.
+        async with db.exclusive(GC_KEY, wait=False) as alone:
+            if not alone:
+                raise CollectionRunning()
+            run = _Collection(db, store, cutoff, pacing or Pacing(), progress)
+            await run.recover_trash()
+            if delete_untagged:
+                await run.manifests()
+            await run.blobs()
+            await run.orphans()
+            await run.uploads(upload_cutoff)
+            report = run.report
     report.sort()
     for line in report.lines():
         log.info("gc%s: %s", " (dry run)" if dry_run else "", line)
@@ -282,6 +298,30 @@ class _Collection:
             if stored.name not in sessions and stored.modified < upload_cutoff:
                 await self.store.abort(stored.name)
                 self.report.uploads.append(stored.name)
+
+
+async def free_unlinked_blobs(
+    db: MetadataDB, store: BlobStore, digests: list[str], *, cutoff: float
+) -> dict[str, int]:
+    """Delete at once, by the blob deletion protocol, those of `digests` that no manifest
+    references, no repository links, and nothing uploaded, mounted or linked since `cutoff`
+    (what evicting a proxied image leaves behind); the sizes of the blobs deleted."""
+    marked = await db.unlinked_blobs_among(cutoff, digests)
+    page = sorted(marked)
+    if not page:
+        return {}
+    trashed = [parse_digest(d) for d in page]
+    await store.move_to_trash(trashed)
+    try:
+        deleted = set(await db.delete_unlinked_blobs(cutoff, page))
+    except BaseException:
+        await store.restore_from_trash(trashed)
+        raise
+    await store.empty_trash([trashed[i] for i in sorted(deleted)])
+    saved = [d for i, d in enumerate(trashed) if i not in deleted]
+    if saved:
+        await store.restore_from_trash(saved)
+    return {page[i]: marked[page[i]] for i in sorted(deleted)}
 
 
 async def _simulate(

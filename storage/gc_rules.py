@@ -77,6 +77,26 @@ MARK_BLOBS = (
 #: Delete one blob's row (its repository links cascade) if the rule still holds.
 DELETE_BLOB = f"DELETE FROM blobs AS b WHERE b.digest = :digest AND {blob_collectable('b')}"
 
+
+def blob_unlinked(b: str) -> str:
+    """The condition that no repository links blob row `b` (a link is an upload, mount or
+    proxy fetch, which may belong to a push still under way)."""
+    return f"NOT EXISTS (SELECT 1 FROM repository_blobs l WHERE l.digest = {b}.digest)"
+
+
+def mark_unlinked_blobs(count: int) -> str:
+    """(digest, size) of those of `count` digests (parameters `:d0`...) that the blob rule lets
+    go and no repository links: what evicting proxied content can free at once."""
+    marks = ", ".join(f":d{i}" for i in range(count))
+    return (
+        f"SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ({marks}) "
+        f"AND {blob_collectable('b')} AND {blob_unlinked('b')}"
+    )
+
+
+#: Delete one blob's row if the rule still holds and no repository links it.
+DELETE_UNLINKED_BLOB = f"{DELETE_BLOB} AND {blob_unlinked('b')}"
+
 #: The simulation's table of manifests already removed.
 SIMULATION_TABLE = (
     "CREATE TEMP TABLE gc_gone (repository TEXT NOT NULL, digest TEXT NOT NULL, "

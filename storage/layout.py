@@ -4,6 +4,7 @@ On disk, under the data directory (`--data-dir`, default `./trustyard-data`)::
 
     <data-dir>/
     ├── metadata.sqlite            the metadata database (WAL mode; -wal and -shm beside it)
+    ├── metadata.sqlite-writelock  flock held by the process writing the database (writers queue)
     ├── gc-runs.json               how many times `trustyard gc` ran here, and when last
     ├── blobs/                     the content-addressed blob store (filesystem backend)
     │   └── <algorithm>/           sha256 | sha512
@@ -112,6 +113,10 @@ In the metadata database (the DDL is `SCHEMA` below)::
                                                 platform: what a library tag's new digest
                                                 re-traces (rows go once a base is recorded)
     gc_runs(started_at, finished_at, summary)   every garbage collection (health page, /metrics)
+    shared_generations(name, generation)        one counter per kind of shared change ('evidence':
+                                                any repository's evidence version moved), read by
+                                                every process to forget what it remembers
+                                                (`storage.metadata.coordination`)
     proxy_tags(repository, tag, validated_at)   when a proxied tag was last confirmed upstream
                                                 (its manifest TTL and stale-if-error window)
     proxy_pulls(repository, digest, last_pulled)
@@ -315,6 +320,11 @@ CREATE TABLE IF NOT EXISTS images_without_base (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_without_base_image
     ON images_without_base(repository, image_digest);
+
+CREATE TABLE IF NOT EXISTS shared_generations (
+    name        TEXT PRIMARY KEY,      -- what changed: 'evidence'
+    generation  INTEGER NOT NULL       -- bumped in the transaction of each such change
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS gc_runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import add_expect_header
 
 from storage.blobstore import StoredObject
 from storage.errors import BlobDamaged, StorageFull, StorageUnavailable
@@ -112,37 +113,12 @@ class S3BlobStore:
             profile_name=settings.profile,
             region_name=settings.region,
         )
-        self.client = session.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            config=BotoConfig(
-                signature_version="s3v4",
-                max_pool_connections=settings.max_pool_connections,
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-                s3={"addressing_style": settings.addressing_style},
-            ),
-        )
+        self.client = _client(session, settings)
         # Bodies of uploads go through a second client that leaves the payload unsigned: each
         # carries its SHA-256 as `x-amz-checksum-sha256` (a signed header) that S3 verifies, so
         # the integrity is a signed payload's, and the hash is taken while the bytes arrive
         # instead of once more, serially, before each request (botocore's signing over http).
-        self.data_client = session.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            config=BotoConfig(
-                signature_version="s3v4",
-                max_pool_connections=settings.max_pool_connections,
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-                s3={
-                    "addressing_style": settings.addressing_style,
-                    "payload_signing_enabled": False,
-                },
-            ),
-        )
+        self.data_client = _client(session, settings, payload_signing_enabled=False)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.max_pool_connections, thread_name_prefix="s3"
         )
@@ -1119,6 +1095,35 @@ class _Upload:
         checksum = self.checksum()
         self.part_hash = hashlib.sha256()
         return checksum
+
+
+def _client(session: boto3.session.Session, settings: S3Settings, **s3: Any) -> Any:
+    """An S3 client with the settings' pool, timeouts and retries, that never sends
+    `Expect: 100-continue`.
+
+    botocore adds that header to every PUT with a body, empty ones included. A server on Go's
+    net/http (SeaweedFS, MinIO) answers an empty PUT at once, without `100 Continue`; botocore
+    then keeps that early status line on the pooled connection (`AWSConnection.response_class`)
+    and reads the *next* response that comes after a `100 Continue` against it: the real status
+    line is parsed as a header, Content-Length is lost, and the read waits for `read_timeout`
+    before a retry sends the request again (boto/botocore#3755). Without the header the body is
+    sent with the headers (one round trip less), and a refusal still comes as the response.
+    """
+    client = session.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        config=BotoConfig(
+            signature_version="s3v4",
+            max_pool_connections=settings.max_pool_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            # botocore's `max_attempts` counts the retries only; the setting counts every try.
+            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+            s3={"addressing_style": settings.addressing_style, **s3},
+        ),
+    )
+    client.meta.events.unregister("before-call.s3", add_expect_header)
+    return client
 
 
 def _merge_upload(

@@ -156,9 +156,11 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def postgres_url(postgres: PostgresServer) -> str:
-    """The URL of a fresh, empty PostgreSQL database for this test."""
-    return postgres.create_database()
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database for this test (dropped after it)."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

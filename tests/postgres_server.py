@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from pathlib import Path
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 #: The superuser of the test cluster (a role name, not an operating-system account).
 SUPERUSER = "trustyard"
+#: Databases `create_database` makes per `psql` run.
+DATABASE_BATCH = 16
 
 
 def postgres_bin() -> Path | None:
@@ -45,6 +48,10 @@ class PostgresServer:
         self.data = root / "cluster"
         self.socket_dir = root / "socket"
         self._options = ""
+        #: Databases made ahead and not handed out yet; those given back, to drop.
+        self._spare: list[str] = []
+        self._dropped: list[str] = []
+        self._lock = threading.Lock()
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = list(args)
@@ -114,27 +121,34 @@ class PostgresServer:
         return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
 
     def create_database(self) -> str:
-        """A fresh, empty database; its URL."""
-        name = f"t_{uuid.uuid4().hex[:16]}"
-        created = subprocess.run(
-            [
-                str(self.bin / "psql"),
-                "-h",
-                str(self.socket_dir),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                f'CREATE DATABASE "{name}"',
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        """A fresh, empty database; its URL. Made a batch at a time (one `psql` run for
+        `DATABASE_BATCH` of them, by file copy: a few milliseconds each where a `psql` process
+        per database costs a tenth of a second or more), and the batch's run also drops the
+        databases given back with `drop_database`."""
+        with self._lock:
+            if not self._spare:
+                self._refill()
+            return self.url(self._spare.pop())
+
+    def drop_database(self, url: str) -> None:
+        """Give a database back: dropped with the next batch (disk stays bounded over a
+        session of thousands of tests)."""
+        with self._lock:
+            self._dropped.append(url.split("@/", 1)[1].split("?", 1)[0])
+
+    def _refill(self) -> None:
+        names = [f"t_{uuid.uuid4().hex[:16]}" for _ in range(DATABASE_BATCH)]
+        # FILE_COPY (PostgreSQL 15 and later) copies the template's few files instead of
+        # writing them to the WAL block by block: much faster for an empty database.
+        strategy = " STRATEGY FILE_COPY" if int(self.bin.parent.name) >= 15 else ""
+        statements = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in self._dropped]
+        statements += [f'CREATE DATABASE "{name}"{strategy}' for name in names]
+        command = [str(self.bin / "psql"), "-h", str(self.socket_dir), "-U", SUPERUSER]
+        command += ["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+        for statement in statements:  # each -c is its own transaction, as CREATE DATABASE needs
+            command += ["-c", statement]
+        created = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if created.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE failed: {created.stderr.strip()}")
-        return self.url(name)
+        self._dropped.clear()
+        self._spare.extend(names)

@@ -92,14 +92,16 @@ def start_registry(
     env: dict[str, str] | None = None,
     port: int | None = None,
     timeout: float = 30.0,
+    cwd: Path | None = None,
 ) -> RegistryProcess:
     """Start the registry and wait until `GET /v2/` answers.
 
     Without `port`, a free one is chosen, and chosen again when the server finds it taken
-    (another test's server got there first). With `port`, a collision is an error.
+    (another test's server got there first). With `port`, a collision is an error. `cwd` runs
+    another tree's code (a benchmark's baseline).
     """
     for _attempt in range(5):
-        server = _start_once(data_dir, extra_args, env, port or free_port(), timeout)
+        server = _start_once(data_dir, extra_args, env, port or free_port(), timeout, cwd)
         if server is not None:
             return server
         if port is not None:
@@ -113,6 +115,7 @@ def _start_once(
     env: dict[str, str] | None,
     port: int,
     timeout: float,
+    cwd: Path | None = None,
 ) -> RegistryProcess | None:
     """The running server, or None when its port turned out to be taken."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,9 @@ def _start_once(
     ]
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
+        )
     scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
     server = RegistryProcess(data_dir, port, process, log_path, list(extra_args or []), scheme)
     listening = f"listening on {scheme}://127.0.0.1:{port}"

@@ -29,9 +29,11 @@ class EventHub:
         self.sender = Sender(self.outbox, settings)
         self.pulls = PullReporter(self.outbox)
 
-    def start(self) -> None:
-        """Start delivering (rows left by an earlier run go first)."""
-        self.sender.start()
+    def start(self, *, deliver: bool = True) -> None:
+        """Start delivering (rows left by an earlier run go first) unless `deliver` is false
+        (another worker process delivers), and reporting pulls."""
+        if deliver:
+            self.sender.start()
         self.pulls.start()
 
     async def close(self) -> None:

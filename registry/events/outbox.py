@@ -60,6 +60,12 @@ class Outbox:
         """The oldest pending row of each (endpoint, repository), soonest due first."""
         return await self.db.outbox_heads(limit)
 
+    async def claim(self, delivery: Delivery, lease: float) -> bool:
+        """Take a due row for `lease` seconds, so no other process sends it meanwhile; whether
+        this process got it (False: another sender has it, or it was delivered already)."""
+        now = time.time()
+        return await self.db.outbox_claim(delivery.id, now=now, until=now + lease)
+
     async def delivered(self, delivery_id: int) -> None:
         """Forget a delivered row."""
         await self.db.outbox_delivered(delivery_id)

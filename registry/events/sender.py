@@ -1,7 +1,10 @@
 """The sender: a background task that delivers outbox rows to their endpoints.
 
 At least once: a row is deleted only after its endpoint answered 2xx, so a crash between the
-answer and the delete sends it again (receivers deduplicate by the CloudEvents `id`). In order per
+answer and the delete sends it again (receivers deduplicate by the CloudEvents `id`). Once per
+process group: every worker and replica runs a sender over the one outbox, and each row is
+claimed (`Outbox.claim`, a conditional update) before it is sent, so exactly one of them sends
+it; one that dies holding a claim leaves the row to the others when the claim runs out. In order per
 (endpoint, repository): only the oldest pending row of a pair is ever in flight. Failures wait
 `events.retry` backoff (doubling from `initial` up to `max`) and are given up (state `failed`,
 listed by `GET /api/v1/events/deliveries`) after `give_up_after`. Pushes never wait for any of
@@ -28,6 +31,10 @@ log = logging.getLogger("trustyard.events")
 POLL_INTERVAL = 1.0
 #: Deliveries in flight at once, across all (endpoint, repository) pairs.
 CONCURRENCY = 16
+
+#: A claimed row is held this much longer than its endpoint's timeout: a sender that dies while
+#: sending leaves it to another process after that.
+CLAIM_MARGIN = 30.0
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 
@@ -106,7 +113,8 @@ class Sender:
             self.outbox.notify()
 
     async def _deliver(self, delivery: Delivery) -> bool:
-        """Send one row; whether it was delivered (or given up, so the pair may go on)."""
+        """Send one row; whether it was delivered (or given up, so the pair may go on); False
+        also when another process holds it."""
         endpoint = self.endpoints.get(delivery.endpoint)
         if endpoint is None:
             await self.outbox.failed_attempt(
@@ -114,6 +122,9 @@ class Sender:
             )
             return True
         async with self._slots:
+            # Taken before it is sent: of the processes sharing the outbox, one sends it.
+            if not await self.outbox.claim(delivery, endpoint.timeout + CLAIM_MARGIN):
+                return False
             error = await self._post(endpoint, delivery)
         if error is None:
             await self.outbox.delivered(delivery.id)

@@ -55,7 +55,7 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     redirect = await ctx.store.redirect_url(digest)
     if redirect is not None:
         return web.Response(status=307, headers={**headers, "Location": redirect})
-    start, end = _requested_range(request, size)
+    start, end = requested_range(request, size)
     path = ctx.store.local_path(digest)
     if path is not None:
         # FileResponse answers the Range itself (206 + Content-Range) with zero-copy sendfile.
@@ -81,7 +81,7 @@ async def get_blob(request: web.Request, name: str, reference: str) -> web.Strea
     return response
 
 
-def _requested_range(request: web.Request, size: int) -> tuple[int, int]:
+def requested_range(request: web.Request, size: int) -> tuple[int, int]:
     """The byte range asked for as [start, end); RANGE_INVALID when it cannot be served."""
     if "Range" not in request.headers:
         return 0, size

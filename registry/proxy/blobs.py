@@ -1,15 +1,20 @@
-"""Proxied blobs: fetched once from upstream, streamed to the client while they are stored.
+"""Proxied blobs: fetched once from upstream, streamed to every client while they are stored.
 
 One fetch per (repository, digest) runs at a time (single flight), in its own task so that a
-client hanging up does not abort it for the others. The bytes go to a blob-store upload and are
-hashed as they arrive; the blob becomes visible (`commit_blob`) only once its digest and length
-are verified, and any failure (upstream gone mid-body, wrong bytes, a short body) drops the
-upload: nothing is stored and the next request fetches again.
+client hanging up does not abort it for the others. The upstream's bytes go three ways as they
+arrive: to the client that started the fetch (straight from memory), and, a batch at a time off
+the event loop, into the running hash and onto a blob-store upload. The blob becomes visible
+(`commit_blob`: fsync, rename, record) only once its digest and length are verified, and after
+the streaming client has its last bytes; any failure (upstream gone mid-body, wrong bytes, a
+short body) drops the upload: nothing is stored and the next request fetches again.
 
-The client that started the fetch is streamed the bytes as they come, one chunk behind: the last
-chunk is written only after the digest is verified, so a client is never handed a complete body
-of wrong bytes (its connection is cut instead). Clients that join a running fetch, and requests
-for a byte range, wait for the verified blob and are served from storage like any cached blob.
+Clients are never handed a complete body of wrong bytes: the bytes that complete a blob are
+held until the digest is verified, and a failure cuts every streaming connection instead (a
+client also checks the digest itself). Clients that join a running fetch, and byte ranges of a
+blob being fetched, are served from the upload's file as it grows (bytes already written and
+hashed; the final byte after verification), so they do not wait for the whole blob. A backend
+without a local upload file (S3) makes them wait for the verified blob instead, served from
+storage like any cached blob.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,18 +36,25 @@ from aiohttp import web
 
 from registry.context import RegistryContext
 from registry.errors import BLOB_UNKNOWN, UNAVAILABLE, RegistryError
+from registry.handlers.blobs import requested_range
 from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
+from storage.blobstore import BlobStore
+from storage.filesystem import FilesystemBlobStore
 from storage.metadata import MetadataDB
 from storage.oci.digests import Digest
 
 log = logging.getLogger("trustyard.proxy")
 
-#: Bytes read from upstream at a time.
-CHUNK = 1 << 20
+#: Bytes hashed and appended to the upload at a time (one thread hop each).
+BATCH = 1 << 20
+#: Batches waiting for the hash and the disk before the fetch stops reading upstream.
+BATCHES_QUEUED = 8
 #: Chunks buffered for the streaming client before the fetch waits for it.
-QUEUE_CHUNKS = 8
+QUEUE_CHUNKS = 32
+#: Bytes a joining client reads from the upload file at a time.
+FOLLOW_READ = 1 << 20
 #: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
 #: on for the others; it may retry and is then served from storage).
 SLOW_CLIENT = 60.0
@@ -59,12 +73,28 @@ class FetchFailed(Exception):
 
 @dataclass
 class _Fetch:
-    """One running fetch: its task, who streams it, and its outcome."""
+    """One running fetch: its task, who streams it, how far it got, and its outcome."""
 
-    done: asyncio.Future[None]
-    size: asyncio.Future[int | None]
+    size: int
+    done: asyncio.Future[None]  # resolved once the blob is stored (or the fetch failed)
     subscriber: asyncio.Queue[tuple[str, Any]] | None = None
     task: asyncio.Task[None] | None = field(default=None)
+    #: The upload's local file, which joiners follow (None until it exists, or on a backend
+    #: without one).
+    follow: Path | None = None
+    #: Whether the upload exists (or the fetch ended before it did).
+    opened: bool = False
+    #: Bytes appended to the upload and hashed so far.
+    written: int = 0
+    verified: bool = False
+    failure: FetchFailed | None = None
+    #: Set (and replaced) at every step above, for the joiners waiting on one.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def advance(self) -> None:
+        """Wake everyone waiting for this fetch to get further."""
+        reached, self.progress = self.progress, asyncio.Event()
+        reached.set()
 
 
 class BlobFetcher:
@@ -93,6 +123,10 @@ class BlobFetcher:
         while self._running:
             tasks = [f.task for f in self._running.values() if f.task is not None]
             await asyncio.wait(tasks)
+
+    def running(self, name: str, digest: Digest) -> bool:
+        """Whether blob `digest` of `name` is being fetched now."""
+        return (name, str(digest)) in self._running
 
     async def cached(self, name: str, digest: Digest) -> bool:
         """Whether repository `name` can serve blob `digest` from storage now (linking a blob
@@ -125,7 +159,7 @@ class BlobFetcher:
         if fetch is not None:
             return fetch, None
         loop = asyncio.get_running_loop()
-        fetch = _Fetch(done=loop.create_future(), size=loop.create_future())
+        fetch = _Fetch(size=size, done=loop.create_future())
         queue: asyncio.Queue[tuple[str, Any]] | None = (
             asyncio.Queue(QUEUE_CHUNKS) if stream else None
         )
@@ -156,8 +190,9 @@ class BlobFetcher:
         handler: Handler,
     ) -> web.StreamResponse:
         """Answer a GET of a blob not yet stored (of `size` bytes, as its descriptor says):
-        stream it while it is fetched, or wait for the fetch and serve it from storage."""
+        stream it while it is fetched, by this request or by an earlier one."""
         stream = "Range" not in request.headers
+        queue = None
         async with self._deciding:
             stored = (name, str(digest)) not in self._running and await self.cached(name, digest)
             if not stored:
@@ -165,8 +200,7 @@ class BlobFetcher:
         if stored:  # fetched by another client meanwhile
             return await handler(request, name, str(digest))
         if queue is None:
-            await self._wait(fetch)
-            return await handler(request, name, str(digest))
+            return await self._join(request, fetch, name, digest, handler)
         try:
             return await self._stream(request, fetch, queue, digest)
         finally:
@@ -187,31 +221,18 @@ class BlobFetcher:
         queue: asyncio.Queue[tuple[str, Any]],
         digest: Digest,
     ) -> web.StreamResponse:
+        """Hand the fetch's bytes to the client that started it, as they arrive."""
         kind, value = await queue.get()
         if kind == "error":
             raise _error(value)
-        size: int | None = value
-        response = web.StreamResponse(
-            headers={
-                "Docker-Content-Digest": str(digest),
-                "Accept-Ranges": "bytes",
-                "Cache-Control": "max-age=31536000",
-            }
-        )
-        response.content_type = "application/octet-stream"
-        if size is not None:
-            response.content_length = size
+        response = _blob_response(digest)
+        response.content_length = fetch.size
         await response.prepare(request)
-        held = b""
         while True:
             kind, value = await queue.get()
             if kind == "chunk":
-                if held:
-                    await response.write(held)
-                held = value
+                await response.write(value)
             elif kind == "done":
-                if held:
-                    await response.write(held)
                 await response.write_eof()
                 return response
             else:
@@ -220,6 +241,78 @@ class BlobFetcher:
                 if request.transport is not None:
                     request.transport.abort()
                 return response
+
+    async def _join(
+        self, request: web.Request, fetch: _Fetch, name: str, digest: Digest, handler: Handler
+    ) -> web.StreamResponse:
+        """Serve a client that did not start the fetch (or asked for a range) from the upload's
+        file as it grows, or, on a backend without one, from storage once the fetch is done."""
+        while not fetch.opened:
+            await fetch.progress.wait()
+        if fetch.follow is None or fetch.failure is not None or fetch.done.done():
+            await self._wait(fetch)
+            return await handler(request, name, str(digest))
+        start, end = requested_range(request, fetch.size)
+        try:
+            handle = await asyncio.to_thread(os.open, fetch.follow, os.O_RDONLY)
+        except FileNotFoundError:  # stored (or dropped) meanwhile: the upload is gone
+            await self._wait(fetch)
+            return await handler(request, name, str(digest))
+        try:
+            return await self._follow(request, fetch, handle, start, end, digest)
+        finally:
+            os.close(handle)
+
+    async def _follow(
+        self,
+        request: web.Request,
+        fetch: _Fetch,
+        handle: int,
+        start: int,
+        end: int,
+        digest: Digest,
+    ) -> web.StreamResponse:
+        """Send bytes [start, end) of the upload file `handle` as the fetch writes them."""
+        response = _blob_response(digest)
+        if (start, end) != (0, fetch.size):
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fetch.size}"
+        response.content_length = end - start
+        position = start
+        while position < end:
+            progress = fetch.progress
+            if fetch.failure is not None and not fetch.verified:
+                if not response.prepared:
+                    raise _error(fetch.failure)
+                log.warning(
+                    "proxied blob %s: %s; connection to a joining client cut",
+                    digest,
+                    fetch.failure.reason,
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            # The blob's final byte only once the whole blob is verified.
+            ready = min(fetch.written, end if fetch.verified else min(end, fetch.size - 1))
+            if ready <= position:
+                await progress.wait()
+                continue
+            data = await asyncio.to_thread(
+                os.pread, handle, min(ready - position, FOLLOW_READ), position
+            )
+            if not data:  # shorter than the fetch said: cut rather than end a body early
+                log.warning("proxied blob %s: upload file ended at %d bytes", digest, position)
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(data)
+            position += len(data)
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
 
     async def _run(
         self,
@@ -234,6 +327,7 @@ class BlobFetcher:
         store, db = self.ctx.store, self.ctx.db
         upload_id = f"proxy-{uuid.uuid4()}"
         started = False
+        sink: asyncio.Task[None] | None = None
         try:
             async with await _open(client, remote, digest) as response:
                 # The descriptor's size bounds what is read: an upstream cannot fill the disk.
@@ -242,30 +336,61 @@ class BlobFetcher:
                         f"upstream announced {response.content_length} bytes for blob {digest}, "
                         f"whose descriptor says {size}"
                     )
-                await _publish(fetch, ("start", size))
                 await store.start_upload(upload_id)
                 started = True
+                fetch.follow = _upload_file(store, upload_id)
+                fetch.opened = True
+                fetch.advance()
+                await _publish(fetch, ("start", size))
                 hasher = hashlib.new(digest.algorithm)
-                received = 0
-                async for chunk in response.content.iter_chunked(CHUNK):
+                batches: asyncio.Queue[list[bytes] | None] = asyncio.Queue(BATCHES_QUEUED)
+                stopped: list[BaseException] = []
+                sink = asyncio.create_task(self._sink(fetch, batches, hasher, upload_id, stopped))
+                batch: list[bytes] = []
+                batched = received = 0
+                final = b""
+                content = response.content
+                while True:
+                    # Nothing more has arrived: the batch goes to the sink first, so joiners get
+                    # every byte that came before the upstream paused.
+                    if batch and content.total_bytes == received:
+                        await _put(batches, stopped, batch)
+                        batch, batched = [], 0
+                    chunk, _ = await content.readchunk()  # as received: never joined, no copy
+                    if not chunk:
+                        if content.at_eof():
+                            break
+                        continue  # the end of an HTTP chunk
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
-                    # Hashed, stored and handed to the streaming client at once: the client
-                    # waits for neither the disk nor the hash (its last chunk waits for both).
-                    await asyncio.gather(
-                        asyncio.to_thread(hasher.update, chunk),
-                        store.append(upload_id, chunk),
-                        _publish(fetch, ("chunk", chunk)),
-                    )
+                    if received == size:
+                        final = chunk  # the streaming client has it once it is verified
+                    else:
+                        await _publish(fetch, ("chunk", chunk))
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= BATCH:
+                        await _put(batches, stopped, batch)
+                        batch, batched = [], 0
                 if received != size:
                     raise FetchFailed(f"upstream sent {received} of {size} bytes")
+                if batch:
+                    await _put(batches, stopped, batch)
+                await _put(batches, stopped, None)
+                await sink
+                if stopped:
+                    raise stopped[0]
             actual = Digest(digest.algorithm, hasher.hexdigest())
             if actual != digest:
                 self.stats.count("digest_mismatch")
                 raise FetchFailed(f"upstream sent bytes of digest {actual}, not {digest}")
-            # Verified: the streaming client may have its last chunk while the blob is made
-            # visible (others wait for that).
+            # Verified: every client may have its last bytes while the blob is made visible
+            # (fsync, rename, record); others wait for that.
+            fetch.verified = True
+            fetch.advance()
+            if final:
+                await _publish(fetch, ("chunk", final))
             await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
@@ -273,6 +398,10 @@ class BlobFetcher:
             self.stats.count_bytes(received)
             fetch.done.set_result(None)
         except BaseException as exc:
+            if sink is not None and not sink.done():
+                sink.cancel()
+                with contextlib.suppress(BaseException):
+                    await sink
             failure = _as_failure(exc)
             if not isinstance(exc, FetchFailed | UpstreamError | aiohttp.ClientError):
                 if not isinstance(exc, asyncio.CancelledError | TimeoutError):
@@ -280,6 +409,9 @@ class BlobFetcher:
             else:
                 log.warning("proxied blob %s of %s: %s", digest, name, failure.reason)
             self.stats.count("blob_fetch_failed")
+            fetch.failure = failure
+            fetch.opened = True
+            fetch.advance()
             if started:
                 with contextlib.suppress(Exception):
                     await store.abort(upload_id)
@@ -294,6 +426,68 @@ class BlobFetcher:
                 raise
         finally:
             self._running.pop(key, None)
+            fetch.advance()
+
+    async def _sink(
+        self,
+        fetch: _Fetch,
+        batches: asyncio.Queue[list[bytes] | None],
+        hasher: Any,
+        upload_id: str,
+        stopped: list[BaseException],
+    ) -> None:
+        """Hash and append the fetch's batches in order, off the event loop; each written batch
+        is announced to the joiners following the upload file. A failure is kept in `stopped`
+        and the rest is drained, so the fetch never waits on a sink that stopped."""
+        store = self.ctx.store
+
+        def digest_batch(batch: list[bytes]) -> bytes:
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            hasher.update(data)
+            return data
+
+        while (batch := await batches.get()) is not None:
+            if stopped:
+                continue
+            try:
+                data = await asyncio.to_thread(digest_batch, batch)
+                await store.append(upload_id, data)
+            except Exception as exc:
+                stopped.append(exc)
+                continue
+            fetch.written += len(data)
+            fetch.advance()
+
+
+async def _put(
+    batches: asyncio.Queue[list[bytes] | None],
+    stopped: list[BaseException],
+    item: list[bytes] | None,
+) -> None:
+    """Queue a batch (None: the end) for the sink; raise the sink's failure (a full disk)."""
+    if stopped:
+        raise stopped[0]
+    await batches.put(item)
+
+
+def _upload_file(store: BlobStore, upload_id: str) -> Path | None:
+    """The local file an upload grows in, which joining clients can follow (only the
+    filesystem backend has one)."""
+    if isinstance(store, FilesystemBlobStore):
+        return store.upload_file(upload_id)
+    return None
+
+
+def _blob_response(digest: Digest) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Docker-Content-Digest": str(digest),
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "max-age=31536000",
+        }
+    )
+    response.content_type = "application/octet-stream"
+    return response
 
 
 async def _open(client: UpstreamClient, remote: str, digest: Digest) -> aiohttp.ClientResponse:
@@ -311,6 +505,9 @@ async def _publish(fetch: _Fetch, item: tuple[str, Any]) -> None:
     """Hand `item` to the streaming client, if any; a client too slow to take it is dropped."""
     queue = fetch.subscriber
     if queue is None:
+        return
+    if not queue.full():  # the usual case, without a timer per chunk
+        queue.put_nowait(item)
         return
     try:
         await asyncio.wait_for(queue.put(item), SLOW_CLIENT)

@@ -33,6 +33,7 @@ from registry.proxy.stats import ProxyStats
 from registry.proxy.sync import remap_library_sources, sync_periodically
 from registry.proxy.tags import TagLists
 from registry.upstream_settings import ProxySettings, Upstream
+from registry.workers import LEADER
 from storage.oci.digests import parse_digest
 from storage.oci.errors import OciError
 from storage.oci.grammar import check_tag, is_digest
@@ -85,10 +86,17 @@ def setup_proxy(app: web.Application, config: Config) -> None:
         remap_library_sources(app[CONTEXT].policy.policy.library, settings)
         app[PROXY] = proxy
         app[METRICS].sections.append(proxy.metrics)
-        background = [
-            asyncio.create_task(evictor.run()),
-            asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
-        ]
+        # Eviction and library sync once per registry: in the leading worker only; the other
+        # workers write the pulls they noted often, so the leader's pass sees them (a pull it
+        # misses by that much costs one fetch from the upstream again, never a wrong answer).
+        background = (
+            [
+                asyncio.create_task(evictor.run()),
+                asyncio.create_task(sync_periodically(app[CONTEXT], app[EVENTS], settings)),
+            ]
+            if app[LEADER]
+            else [asyncio.create_task(evictor.flush_periodically())]
+        )
         try:
             yield
         finally:

@@ -42,6 +42,7 @@ class ProxyStats:
     def __init__(self) -> None:
         self.events: dict[str, int] = defaultdict(int)
         self.bytes_fetched = 0
+        self.bytes_evicted = 0
 
     def count(self, event: str) -> None:
         """Count one `event` (a key of `EVENTS`)."""
@@ -50,6 +51,10 @@ class ProxyStats:
     def count_bytes(self, size: int) -> None:
         """Count blob bytes fetched from upstreams."""
         self.bytes_fetched += size
+
+    def count_evicted_bytes(self, size: int) -> None:
+        """Count blob bytes eviction freed."""
+        self.bytes_evicted += size
 
     def render(self, upstreams: Mapping[str, UpstreamCounters]) -> str:
         """The counters in the Prometheus text format."""
@@ -97,5 +102,8 @@ class ProxyStats:
             "# HELP trustyard_proxy_blob_bytes_fetched_total Blob bytes fetched from upstreams.",
             "# TYPE trustyard_proxy_blob_bytes_fetched_total counter",
             f"trustyard_proxy_blob_bytes_fetched_total {self.bytes_fetched}",
+            "# HELP trustyard_proxy_evicted_bytes_total Blob bytes freed by cache eviction.",
+            "# TYPE trustyard_proxy_evicted_bytes_total counter",
+            f"trustyard_proxy_evicted_bytes_total {self.bytes_evicted}",
         ]
         return "\n".join(lines) + "\n"

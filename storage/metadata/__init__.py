@@ -11,6 +11,8 @@
     ├── scan_store.py    ScanStore and gather_scans: what callers use for scans, over MetadataDB
     ├── proofs.py        signature proofs
     ├── housekeeping.py  garbage collection's marks and deletions, its runs, the probe
+    ├── coordination.py  locks across processes and replicas, shared generations
+    ├── generations.py   GenerationWatch: noticing what other processes changed
     ├── sqlite/          the SQLite implementation, one module per group (all the SQL)
     └── postgresql/      the PostgreSQL implementation: the same statements, rewritten
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from storage.metadata.coordination import GC_KEY, tag_key
 from storage.metadata.decisions import DecisionRecord
+from storage.metadata.generations import GenerationWatch
 from storage.metadata.housekeeping import GCRun, Simulation
 from storage.metadata.interface import MetadataDB
 from storage.metadata.library import (
@@ -76,6 +80,7 @@ async def open_metadata(path: Path, url: str | None = None) -> MetadataDB:
 
 __all__ = [
     "DATABASE_ERRORS",
+    "GC_KEY",
     "POSTGRESQL_SCHEMES",
     "Announce",
     "Backlog",
@@ -85,6 +90,7 @@ __all__ = [
     "EndLibraryTag",
     "FollowLibraryTag",
     "GCRun",
+    "GenerationWatch",
     "LibraryChange",
     "LibraryMove",
     "LineageRow",
@@ -105,4 +111,5 @@ __all__ = [
     "TagRow",
     "is_postgresql",
     "open_metadata",
+    "tag_key",
 ]

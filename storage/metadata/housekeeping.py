@@ -69,6 +69,16 @@ class Housekeeping(ABC):
         repository links go with it); the positions of those deleted."""
 
     @abstractmethod
+    async def unlinked_blobs_among(self, cutoff: float, digests: Sequence[str]) -> dict[str, int]:
+        """The sizes of those of `digests` that garbage collection may delete (by `cutoff`) and
+        that no repository links."""
+
+    @abstractmethod
+    async def delete_unlinked_blobs(self, cutoff: float, digests: Sequence[str]) -> list[int]:
+        """Delete the record of each blob that is still collectable and that no repository
+        links, in one transaction; the positions of those deleted."""
+
+    @abstractmethod
     async def delete_uploads_if_stale(self, cutoff: float, upload_ids: Sequence[str]) -> list[int]:
         """Forget each upload session still started before `cutoff`, in one transaction; the
         positions of those forgotten."""

@@ -11,6 +11,7 @@ of `storage/metadata/` named for what it holds::
     ScanRecords        (scans.py)         scan_reports, scan_findings, scan_signatures
     SignatureProofs    (proofs.py)        signature_proofs
     Housekeeping       (housekeeping.py)  gc_runs, and garbage collection's deletions
+    Coordination       (coordination.py)  shared_generations, and locks across processes
 
 Rules every backend keeps:
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 from storage.metadata.blobs import BlobsAndUploads
+from storage.metadata.coordination import Coordination
 from storage.metadata.decisions import Decisions
 from storage.metadata.housekeeping import Housekeeping
 from storage.metadata.library import LibraryRecords
@@ -53,6 +55,7 @@ class MetadataDB(
     SignatureProofs,
     Housekeeping,
     ProxyRecords,
+    Coordination,
 ):
     """Trustyard's metadata database, whichever engine keeps it (see the module docstring)."""
 

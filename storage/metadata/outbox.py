@@ -84,6 +84,13 @@ class OutboxRecords(ABC):
         stays in order per repository and one stuck repository never holds up another."""
 
     @abstractmethod
+    async def outbox_claim(self, delivery_id: int, *, now: float, until: float) -> bool:
+        """Take a pending row that is due for delivery until `until` (its `next_attempt_at`
+        moves there, so every other sender sees it not yet due); whether it was taken. Of
+        several processes claiming one row, exactly one gets it; a sender that dies holding it
+        leaves it due again at `until`."""
+
+    @abstractmethod
     async def outbox_delivered(self, delivery_id: int) -> None:
         """Forget a delivered row."""
 

@@ -54,6 +54,8 @@ PAGINATION_NUMBER_INVALID = _register(
 )
 #: Trustyard's own API (`/api/v1/...`): a query parameter that cannot be understood.
 QUERY_INVALID = _register("QUERY_INVALID", "invalid query parameter")
+#: Trustyard's own code: a value holds a NUL character, which nothing stored can hold.
+TEXT_INVALID = _register("TEXT_INVALID", "a value holds a NUL character")
 UNAVAILABLE = _register("UNAVAILABLE", "the storage backend is unavailable")
 #: Trustyard's own code (clients show the message): the disk or bucket has no room left.
 STORAGE_FULL = _register(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,29 @@ class Accounts:
     robot_token: str
 
 
+#: The users file `write_accounts` writes and its robot's token, made once per test process:
+#: argon2 is slow on purpose (three hashes took seconds of every test's setup on a busy machine).
+_WRITTEN: tuple[bytes, str] | None = None
+
+
 def write_accounts(data_dir: Path) -> Accounts:
-    """Create alice (dev), olga (ops), bob (no group) and the robot `ci` in the users file."""
-    store = UserStore(data_dir / "auth" / "users.yaml")
-    store.add_user("alice", PASSWORDS["alice"], ["dev"], replace=False)
-    store.add_user("olga", PASSWORDS["olga"], ["ops"], replace=False)
-    store.add_user("bob", PASSWORDS["bob"], [], replace=False)
-    token = store.add_robot("ci", ["ci"], replace=False)
-    return Accounts(store, token)
+    """Create alice (dev), olga (ops), bob (no group) and the robot `ci` in the users file: a
+    copy of the file `UserStore` wrote once for this process, the test's own to change."""
+    global _WRITTEN
+    if _WRITTEN is None:
+        with tempfile.TemporaryDirectory() as scratch:
+            store = UserStore(Path(scratch) / "users.yaml")
+            store.add_user("alice", PASSWORDS["alice"], ["dev"], replace=False)
+            store.add_user("olga", PASSWORDS["olga"], ["ops"], replace=False)
+            store.add_user("bob", PASSWORDS["bob"], [], replace=False)
+            token = store.add_robot("ci", ["ci"], replace=False)
+            _WRITTEN = (store.path.read_bytes(), token)
+    content, token = _WRITTEN
+    path = data_dir / "auth" / "users.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.write_bytes(content)
+    return Accounts(UserStore(path), token)
 
 
 class As:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.base_image import base_rootfs
-from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd
+from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd, xdist_worker
 
 ROOT = Path(__file__).parents[2]
 BASE = "trustyard-base:offline"
@@ -33,7 +33,11 @@ IMAGE = "trustyard:ci"
 def daemon() -> Iterator[PrivateDockerd]:
     if docker_available() is None:
         pytest.skip("dockerd, docker or containerd is not installed (run .ci/install-e2e-deps.sh)")
-    started = start_dockerd(("overlay2", "vfs"), namespace="ty-deploy", prefix="ty-dp-")
+    started = start_dockerd(
+        ("overlay2", "vfs"),
+        namespace=f"ty-deploy{xdist_worker()}",
+        prefix="ty-dp-",
+    )
     try:
         yield started
     finally:

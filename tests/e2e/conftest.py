@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd
+from tests.e2e.dockerd import PrivateDockerd, docker_available, start_dockerd, xdist_worker
 from tests.server_process import RegistryProcess
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -401,7 +401,11 @@ def dockerd() -> Iterator[DockerDaemon]:
     if docker_available() is None:
         pytest.skip("dockerd, docker or containerd is not installed (run .ci/install-e2e-deps.sh)")
     try:
-        daemon = start_dockerd(("vfs",), namespace="ty-e2e", prefix="ty-dk-")
+        daemon = start_dockerd(
+            ("vfs",),
+            namespace=f"ty-e2e{xdist_worker()}",
+            prefix="ty-dk-",
+        )
     except (RuntimeError, OSError) as exc:
         pytest.fail(f"dockerd did not become ready: {exc}")
     try:

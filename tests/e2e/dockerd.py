@@ -34,6 +34,12 @@ def docker_available() -> tuple[str, str] | None:
     return dockerd, client
 
 
+def xdist_worker() -> str:
+    """The pytest-xdist worker's name (`gw0`, ...) or "": each worker starts its own daemons,
+    and their containerd namespaces must not meet."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
 def _children_of(pid: int) -> list[int]:
     """PIDs of the direct children of `pid`, read from /proc."""
     children: list[int] = []

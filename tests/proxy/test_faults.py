@@ -71,7 +71,19 @@ async def test_wrong_bytes_for_a_digest_are_refused_and_nothing_is_stored(
         await streamed.read()  # cut before the last chunk: never a whole body of wrong bytes
     assert not await stored(client, digest)
 
-    ranged = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=0-9"})
+    # A blob's final byte is served only once its digest is verified: a range ending there is
+    # cut short, and a range of that byte alone is answered with the error, never bytes.
+    # (The upstream is held 5 bytes before the end, so the range has begun when it fails.)
+    front.hold[digest] = len(layer) - 5
+    tail = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=-10"})
+    assert tail.status == 206
+    assert front.holding.is_set() and not front.release.is_set()
+    front.release.set()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await tail.read()
+    del front.hold[digest]
+    assert not await stored(client, digest)
+    ranged = await client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": "bytes=-1"})
     assert ranged.status == 503
     body = await ranged.json()
     assert error_codes(body) == ["UNAVAILABLE"]
@@ -79,7 +91,7 @@ async def test_wrong_bytes_for_a_digest_are_refused_and_nothing_is_stored(
     assert "nothing was cached" in body["errors"][0]["message"]
     assert not await stored(client, digest)
     metrics = await (await client.get("/metrics")).text()
-    assert 'trustyard_proxy_events_total{event="digest_mismatch"} 2' in metrics
+    assert 'trustyard_proxy_events_total{event="digest_mismatch"} 3' in metrics
 
     del front.swap[digest]
     good = await client.get(f"/v2/{NAME}/blobs/{digest}")

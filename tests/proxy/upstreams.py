@@ -309,6 +309,10 @@ class Front:
         self.retry_after: str | None = None
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
+        #: blob digest -> bytes sent before the body waits for `release` (a slow upstream)
+        self.hold: dict[str, int] = {}
+        self.holding = asyncio.Event()  # set when a body reached its hold
+        self.release = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
         self._session: aiohttp.ClientSession | None = None
@@ -330,6 +334,7 @@ class Front:
 
     async def close(self) -> None:
         self._closing.set()
+        self.release.set()
         if self._session is not None:
             await self._session.close()
         if self.runner is not None:
@@ -385,6 +390,12 @@ class Front:
                 data = swapped
                 response.content_length = len(data)
                 await response.prepare(request)
+                hold = self.hold.get(digest)
+                if hold is not None:
+                    await response.write(data[:hold])
+                    data = data[hold:]
+                    self.holding.set()
+                    await self.release.wait()
                 await response.write(data)
                 await response.write_eof()
                 return response
@@ -392,8 +403,14 @@ class Front:
                 await asyncio.sleep(self.delay)
             await response.prepare(request)
             sent = 0
-            limit = self.cut_after.get(digest)
+            hold = self.hold.get(digest)
             async for chunk in upstream.content.iter_chunked(65536):
+                if hold is not None and sent + len(chunk) >= hold:
+                    await response.write(chunk[: hold - sent])
+                    sent, chunk, hold = hold, chunk[hold - sent :], None
+                    self.holding.set()
+                    await self.release.wait()
+                limit = self.cut_after.get(digest)  # read again: a test may set it while held
                 if limit is not None and sent + len(chunk) >= limit:
                     await response.write(chunk[: limit - sent])
                     await asyncio.sleep(0.05)

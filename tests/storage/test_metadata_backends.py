@@ -129,3 +129,26 @@ async def test_two_handles_on_one_postgresql_write_one_at_a_time(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_unlinked_blobs_are_decided_alike(db: MetadataDB) -> None:
+    """What eviction frees at once: a blob no manifest references and no repository links
+    (and untouched since the cutoff) is marked and deleted; a link or a reference saves it, also
+    when it appears between the mark and the re-decided delete."""
+    other = "sha256:" + "b" * 64
+    await db.link_blob("proxied", LAYER, 7)
+    await db.link_blob("proxied", other, 9)
+    image = manifest("proxied", 1)
+    await db.put_manifest(image, [Reference(LAYER, "blob"), Reference(other, "blob")], "v1")
+    now = time.time() + 1
+    assert await db.unlinked_blobs_among(now, [LAYER, other]) == {}  # linked and referenced
+    assert await db.delete_manifest("proxied", image.digest)
+    assert await db.unlink_blob("proxied", LAYER) and await db.unlink_blob("proxied", other)
+    assert await db.unlinked_blobs_among(now, [LAYER, other, "sha256:" + "c" * 64]) == {
+        LAYER: 7,
+        other: 9,
+    }
+    await db.link_blob("local", other, 9)  # a push mounts it after the mark
+    assert await db.delete_unlinked_blobs(time.time() + 1, [LAYER, other]) == [0]
+    assert await db.blob_size(LAYER) is None and await db.blob_size(other) == 9
+    assert await db.unlinked_blobs_among(time.time() - 3600, [other]) == {}  # seen since

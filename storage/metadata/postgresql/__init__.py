@@ -17,7 +17,9 @@ from storage.metadata.postgresql.connection import (
     redact,
     schema_version_at,
 )
+from storage.metadata.postgresql.coordination import PostgreSQLCoordination
 from storage.metadata.sqlite.blobs import SQLiteBlobs
+from storage.metadata.sqlite.coordination import SQLiteCoordination
 from storage.metadata.sqlite.decisions import SQLiteDecisions
 from storage.metadata.sqlite.housekeeping import SQLiteHousekeeping
 from storage.metadata.sqlite.library import SQLiteLibrary
@@ -39,6 +41,7 @@ SCHEMES = ("postgresql://", "postgres://")
 
 
 class PostgreSQLMetadata(  # type: ignore[misc]
+    PostgreSQLCoordination,
     PostgreSQLBase,
     SQLiteManifests,
     SQLiteBlobs,
@@ -49,6 +52,7 @@ class PostgreSQLMetadata(  # type: ignore[misc]
     SQLiteProofs,
     SQLiteHousekeeping,
     SQLiteProxy,
+    SQLiteCoordination,
     MetadataDB,
 ):
     """The metadata database in PostgreSQL, opened with `PostgreSQLMetadata.open(url)`."""

@@ -18,13 +18,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import asyncpg
 
 from storage.errors import StorageFull, StorageUnavailable
 from storage.layout import MIGRATIONS, SCHEMA_VERSION
+from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.postgresql.dialect import arguments, schema, translate
+
+T = TypeVar("T")
 
 #: The advisory lock every write transaction holds (any constant; "trustyard" in ASCII, cut).
 WRITE_LOCK = 0x7472757374796172
@@ -160,6 +163,7 @@ class PostgreSQLBase:
         self._write_lock = asyncio.Lock()
         self.url = url
         self.path = None
+        self._group = GroupCommit(self._run_batch, _translate)
 
     @classmethod
     async def open(cls, url: str) -> Self:
@@ -176,7 +180,8 @@ class PostgreSQLBase:
         return cls(pool, url)
 
     async def close(self) -> None:
-        """Close the pool (after the last call)."""
+        """Close the pool (after the last call and the queued writes)."""
+        await self._group.drain()
         async with self._write_lock:
             await self._pool.close()
 
@@ -195,6 +200,22 @@ class PostgreSQLBase:
                     yield PGConnection(connection)
             except asyncpg.DiskFullError as exc:
                 raise StorageFull("disk (metadata database)") from exc
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Run `job(connection)` in a write transaction shared with the other jobs submitted
+        meanwhile (group commit: `storage.metadata.group_commit`): one advisory lock, one
+        commit for the batch; the job's result once committed."""
+        return await self._group.submit(job)
+
+    async def _run_batch(self, batch: list[Queued]) -> None:
+        async with self.transaction() as db:
+            for queued in batch:
+                try:
+                    # A savepoint per job: one that raises is undone alone.
+                    async with db.connection.transaction():
+                        queued.outcome = (True, await queued.job(db))
+                except Exception as exc:
+                    queued.outcome = (False, exc)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PGConnection]:
@@ -224,6 +245,12 @@ class PostgreSQLBase:
         text, names = translate(sql)
         async with _unavailable_when_lost(self.url):
             return list(await self._pool.fetch(text, *arguments(names, args)))
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """What a write job's caller gets (`transaction` already made disk-full and lost
+    connections `StorageFull` and `StorageUnavailable`)."""
+    return exc
 
 
 async def connect_pool(url: str) -> asyncpg.Pool:

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from storage.errors import TextNotStorable
 from storage.layout import SCHEMA
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -145,10 +146,14 @@ def translate(sql: str) -> tuple[str, tuple[str, ...]]:
 
 
 def arguments(names: tuple[str, ...], args: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
-    """The statement's parameters by position, from a sequence or (for `:name`) a mapping."""
-    if isinstance(args, Mapping):
-        return [args[name] for name in names]
-    return list(args)
+    """The statement's parameters by position, from a sequence or (for `:name`) a mapping;
+    `TextNotStorable` when a text holds a NUL, which PostgreSQL's text cannot carry (refused
+    here for every statement, so no request's value can fail one with a server error)."""
+    values = [args[name] for name in names] if isinstance(args, Mapping) else list(args)
+    for value in values:
+        if isinstance(value, str) and "\x00" in value:
+            raise TextNotStorable()
+    return values
 
 
 def schema() -> list[str]:

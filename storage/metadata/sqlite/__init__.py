@@ -12,6 +12,7 @@ from pathlib import Path
 
 from storage.metadata.interface import MetadataDB
 from storage.metadata.sqlite.blobs import SQLiteBlobs
+from storage.metadata.sqlite.coordination import SQLiteCoordination
 from storage.metadata.sqlite.decisions import SQLiteDecisions
 from storage.metadata.sqlite.housekeeping import SQLiteHousekeeping
 from storage.metadata.sqlite.library import SQLiteLibrary
@@ -36,6 +37,7 @@ class SQLiteMetadata(
     SQLiteProofs,
     SQLiteHousekeeping,
     SQLiteProxy,
+    SQLiteCoordination,
     MetadataDB,
 ):
     """The metadata database in one SQLite file (WAL mode), opened with `SQLiteMetadata.open`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -66,13 +67,17 @@ class SQLiteBlobs(SQLiteBase):
     async def link_blob(self, repository: str, digest: str, size: int) -> None:
         """Record a committed blob and link it into a repository."""
         now = time.time()
-        async with self.transaction() as db:
+
+        async def link(db: Any) -> None:
             await db.execute(
                 "INSERT INTO blobs (digest, size, created_at, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (digest) DO UPDATE SET last_seen = excluded.last_seen",
                 (digest, size, now, now),
             )
             await _link_blob(db, repository, digest, now)
+
+        # Write jobs: committed together with the other pushes of the moment (group commit).
+        await self.write(link)
 
     async def mount_blob(self, repository: str, source: str, digest: str) -> int | None:
         """Link a blob that `source` links into `repository`; its size, or None if not there."""
@@ -96,11 +101,15 @@ class SQLiteBlobs(SQLiteBase):
 
     async def start_upload(self, upload_id: str, repository: str) -> None:
         """Record a new upload session."""
-        async with self.transaction() as db:
+        now = time.time()
+
+        async def start(db: Any) -> None:
             await db.execute(
                 "INSERT INTO uploads (id, repository, started_at) VALUES (?, ?, ?)",
-                (upload_id, repository, time.time()),
+                (upload_id, repository, now),
             )
+
+        await self.write(start)
 
     async def upload_repository(self, upload_id: str) -> str | None:
         """The repository an upload session belongs to, or None if there is no such session."""
@@ -109,8 +118,11 @@ class SQLiteBlobs(SQLiteBase):
 
     async def end_upload(self, upload_id: str) -> None:
         """Forget an upload session (finished or cancelled)."""
-        async with self.transaction() as db:
+
+        async def end(db: Any) -> None:
             await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+        await self.write(end)
 
     async def uploads_started_before(self, cutoff: float) -> list[str]:
         """Upload sessions older than `cutoff` (epoch seconds)."""

@@ -49,6 +49,23 @@ class SQLiteHousekeeping(SQLiteBase):
         rows = [{"cutoff": cutoff, "digest": digest} for digest in digests]
         return await self._delete_each(gc_rules.DELETE_BLOB, rows)
 
+    async def unlinked_blobs_among(self, cutoff: float, digests: Sequence[str]) -> dict[str, int]:
+        """The sizes of those of `digests` collectable by `cutoff` and linked nowhere."""
+        found: dict[str, int] = {}
+        for first in range(0, len(digests), 500):
+            page = digests[first : first + 500]
+            params: dict[str, Any] = {f"d{i}": d for i, d in enumerate(page)}
+            params["cutoff"] = cutoff
+            for row in await self._all(gc_rules.mark_unlinked_blobs(len(page)), params):
+                found[row[0]] = int(row[1])
+        return found
+
+    async def delete_unlinked_blobs(self, cutoff: float, digests: Sequence[str]) -> list[int]:
+        """Delete the record of each blob still collectable and linked nowhere; the positions
+        of those deleted."""
+        rows = [{"cutoff": cutoff, "digest": digest} for digest in digests]
+        return await self._delete_each(gc_rules.DELETE_UNLINKED_BLOB, rows)
+
     async def delete_uploads_if_stale(self, cutoff: float, upload_ids: Sequence[str]) -> list[int]:
         """Forget each upload session still stale; the positions of those forgotten."""
         rows = [{"id": upload_id, "cutoff": cutoff} for upload_id in upload_ids]

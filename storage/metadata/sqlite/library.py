@@ -98,7 +98,8 @@ class SQLiteLibrary(SQLiteBase):
             )
             for base in bases
         ]
-        async with self.transaction() as conn:
+
+        async def record(conn: Any) -> None:
             await conn.execute(
                 "DELETE FROM image_lineage WHERE repository = ? AND image_digest = ?",
                 (repository, digest),
@@ -119,6 +120,9 @@ class SQLiteLibrary(SQLiteBase):
                     "image_digest) VALUES (?, ?, ?)",
                     [(layer, repository, digest) for layer in first_layers],
                 )
+
+        # A write job: every push records its lineage, so these share commits too.
+        await self.write(record)
 
     async def images_without_base(
         self, first_layers: Sequence[str], outside: str, limit: int

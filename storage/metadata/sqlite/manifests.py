@@ -81,7 +81,8 @@ class SQLiteManifests(SQLiteBase):
         made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
-        async with self.transaction() as db:
+
+        async def store(db: Any) -> list[LibraryChange]:
             missing = []
             for ref in refs:
                 if not ref.required:
@@ -136,6 +137,9 @@ class SQLiteManifests(SQLiteBase):
             await bump_evidence(db, record.repository)
             await write_outbox(db, outbox)
             return await apply_library_changes(db, library, now)
+
+        # A write job: committed together with the pushes that arrive meanwhile.
+        return await self.write(store)
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""

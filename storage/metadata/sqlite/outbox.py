@@ -34,6 +34,18 @@ class SQLiteOutbox(SQLiteBase):
         )
         return [_delivery(row) for row in rows]
 
+    async def outbox_claim(self, delivery_id: int, *, now: float, until: float) -> bool:
+        """Take a due pending row until `until`; whether this call took it."""
+        async with self.transaction() as db:
+            # One statement decides: the row must still be pending and due when the write lock
+            # (PostgreSQL: the row's lock) is ours, so two senders can never both take it.
+            cursor = await db.execute(
+                "UPDATE event_outbox SET next_attempt_at = ? "
+                "WHERE id = ? AND state = 'pending' AND next_attempt_at <= ?",
+                (until, delivery_id, now),
+            )
+            return cursor.rowcount == 1
+
     async def outbox_delivered(self, delivery_id: int) -> None:
         """Forget a delivered row."""
         async with self.transaction() as db:

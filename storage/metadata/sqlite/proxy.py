@@ -7,7 +7,7 @@ import json
 import aiosqlite
 
 from storage.metadata.proxy import CachedImage
-from storage.metadata.sqlite.connection import SQLiteBase
+from storage.metadata.sqlite.connection import SQLiteBase, bump_evidence
 
 
 class SQLiteProxy(SQLiteBase):
@@ -131,11 +131,7 @@ class SQLiteProxy(SQLiteBase):
                 "  AND t.name = proxy_tags.tag)",
                 (repository,),
             )
-            await conn.execute(
-                "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
-                "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
-                (repository,),
-            )
+            await bump_evidence(conn, repository)
         return gone
 
     @staticmethod

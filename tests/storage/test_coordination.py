@@ -1,0 +1,148 @@
+"""Coordination through the metadata database (`storage.metadata.coordination`), on both backends,
+between two handles as two processes hold them: named locks, shared generations and (PostgreSQL)
+their notices."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from storage.layout import DataLayout
+from storage.metadata import GC_KEY, GenerationWatch, MetadataDB, open_metadata, tag_key
+
+#: Only turns a hang into a failure.
+PATIENCE = 30.0
+
+
+async def two_handles(data_dir: Path, url: str | None) -> tuple[MetadataDB, MetadataDB]:
+    path = DataLayout(data_dir).database
+    return await open_metadata(path, url), await open_metadata(path, url)
+
+
+async def test_a_named_lock_has_one_holder_across_handles(
+    data_dir: Path, backend_url: str | None
+) -> None:
+    one, two = await two_handles(data_dir, backend_url)
+    try:
+        key = tag_key("team/app", "v1")
+        async with one.exclusive(key) as held:
+            assert held
+            async with two.exclusive(key, wait=False) as other:
+                assert not other
+            # In the same handle too: a process's lock is not its coroutines'.
+            async with one.exclusive(key, wait=False) as again:
+                assert not again
+            # Another key is free.
+            async with two.exclusive(tag_key("team/app", "v2"), wait=False) as free:
+                assert free
+            waiting = asyncio.create_task(_hold(two, key))
+            await asyncio.sleep(0.1)  # the waiter tries and retries meanwhile
+            assert not waiting.done()
+        async with asyncio.timeout(PATIENCE):
+            await waiting
+        async with two.exclusive(GC_KEY, wait=False) as gc:
+            assert gc
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def _hold(db: MetadataDB, key: str) -> None:
+    async with db.exclusive(key) as held:
+        assert held
+
+
+#: Another process that takes the `gc` lock, says so, and waits to be killed.
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from storage.metadata import GC_KEY, open_metadata
+
+async def main() -> None:
+    db = await open_metadata(Path(sys.argv[1]), sys.argv[2] or None)
+    async with db.exclusive(GC_KEY) as held:
+        assert held
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_lock_held_by_another_process_dies_with_it(
+    data_dir: Path, backend_url: str | None
+) -> None:
+    path = DataLayout(data_dir).database
+    db = await open_metadata(path, backend_url)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, str(path), backend_url or "", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(PATIENCE):
+            assert await holder.stdout.readline() == b"held\n"
+        async with db.exclusive(GC_KEY, wait=False) as taken:
+            assert not taken
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+        async with asyncio.timeout(PATIENCE), db.exclusive(GC_KEY) as taken:
+            assert taken
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+        await db.close()
+
+
+async def test_a_change_on_one_handle_moves_the_generation_the_other_watches(
+    data_dir: Path, backend_url: str | None
+) -> None:
+    one, two = await two_handles(data_dir, backend_url)
+    changed = asyncio.Event()
+    watch = GenerationWatch(two, "evidence", changed.set)
+    try:
+        before = await two.generation("evidence")
+        await watch.check()
+        changed.clear()  # the first read always counts as a change
+        watch.start()
+        await one.bump_evidence("team/app")
+        assert await two.generation("evidence") == before + 1
+        async with asyncio.timeout(PATIENCE):
+            await changed.wait()
+    finally:
+        await watch.close()
+        await one.close()
+        await two.close()
+
+
+async def test_postgresql_announces_a_moved_generation_at_once(
+    data_dir: Path, postgres_url: str
+) -> None:
+    """The notice wakes a watcher that would otherwise read only once an hour."""
+    one, two = await two_handles(data_dir, postgres_url)
+    changed = asyncio.Event()
+    watch = GenerationWatch(two, "evidence", changed.set, interval=3600)
+    try:
+        watch.start()
+        async with asyncio.timeout(PATIENCE):
+            await changed.wait()  # the first read
+            while watch._listener is None:  # subscribed before the first read
+                await asyncio.sleep(0.01)
+        changed.clear()
+        await one.bump_evidence("team/app")
+        async with asyncio.timeout(PATIENCE):
+            await changed.wait()
+    finally:
+        await watch.close()
+        await one.close()
+        await two.close()
+
+
+async def test_sqlite_sends_no_notices(data_dir: Path) -> None:
+    db = await open_metadata(DataLayout(data_dir).database)
+    try:
+        assert await db.listen_generations(lambda: None) is None
+    finally:
+        await db.close()

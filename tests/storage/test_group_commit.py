@@ -1,0 +1,147 @@
+"""Group commit (`storage.metadata.group_commit`) on both metadata backends: concurrent write
+jobs share one commit, nothing is answered before that commit, and a job that fails takes
+nothing of the others with it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage.metadata import (
+    ManifestRecord,
+    MetadataDB,
+    MissingReferences,
+    Reference,
+    SQLiteMetadata,
+    open_metadata,
+)
+
+MEDIA = "application/vnd.oci.image.manifest.v1+json"
+LAYER = "sha256:" + "b" * 64
+
+
+@pytest.fixture
+async def db(tmp_path: Path, backend_url: str | None) -> AsyncIterator[MetadataDB]:
+    opened = await open_metadata(tmp_path / "metadata.sqlite", backend_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def manifest(repository: str, n: int) -> ManifestRecord:
+    content = json.dumps({"schemaVersion": 2, "n": n}).encode()
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    return ManifestRecord(repository, digest, MEDIA, content)
+
+
+async def test_a_failing_push_in_a_batch_commits_the_others_and_nothing_of_itself(
+    db: MetadataDB,
+) -> None:
+    await db.link_blob("repo", LAYER, 3)
+    missing = "sha256:" + "c" * 64
+    records = [manifest("repo", n) for n in range(12)]
+
+    def put(n: int) -> Any:
+        refs = [Reference(missing if n == 5 else LAYER, "blob")]
+        return db.put_manifest(records[n], refs, f"t{n}")
+
+    # All submitted in one turn of the loop: they queue while the first batch runs.
+    results = await asyncio.gather(*(put(n) for n in range(12)), return_exceptions=True)
+    assert isinstance(results[5], MissingReferences)
+    assert [ref.digest for ref in results[5].missing] == [missing]
+    assert all(r == [] for n, r in enumerate(results) if n != 5)
+    tags = await db.list_tags("repo", 100, None)
+    assert sorted(tags) == sorted(f"t{n}" for n in range(12) if n != 5)
+    assert await db.get_manifest("repo", records[5].digest) is None
+    for n in range(12):
+        if n != 5:
+            assert await db.tag_target("repo", f"t{n}") == records[n].digest
+
+
+async def test_later_jobs_of_a_batch_see_the_earlier_ones(db: MetadataDB) -> None:
+    # One tag pushed twelve times at once: it ends on the last one submitted, as twelve
+    # transactions in that order would leave it.
+    await db.link_blob("repo", LAYER, 3)
+    records = [manifest("repo", 100 + n) for n in range(12)]
+    await asyncio.gather(
+        *(db.put_manifest(r, [Reference(LAYER, "blob")], "latest") for r in records)
+    )
+    assert await db.tag_target("repo", "latest") == records[-1].digest
+
+
+async def test_concurrent_jobs_share_commits(tmp_path: Path) -> None:
+    db = await SQLiteMetadata.open(tmp_path / "metadata.sqlite")
+    try:
+        await db.link_blob("repo", LAYER, 3)
+        commits: list[str] = []
+        # The writer's own statements, as SQLite runs them (sqlite3's public trace hook).
+        await db._writer.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        records = [manifest("repo", 200 + n) for n in range(40)]
+        refs = [Reference(LAYER, "blob")]
+        await asyncio.gather(*(db.put_manifest(r, refs, f"v{i}") for i, r in enumerate(records)))
+        assert len(await db.list_tags("repo", 100, None)) == 40
+        assert 1 <= len(commits) < 40
+    finally:
+        await db.close()
+
+
+async def test_a_job_that_abandons_the_transaction_fails_its_whole_batch(tmp_path: Path) -> None:
+    db = await SQLiteMetadata.open(tmp_path / "metadata.sqlite")
+    try:
+        await db.link_blob("repo", LAYER, 3)
+        records = [manifest("repo", 300 + n) for n in range(3)]
+
+        async def abandon(conn: Any) -> None:
+            await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('x', 0)")
+            # As SQLite does itself on a full disk: the whole transaction is rolled back.
+            await conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+
+        first = db.put_manifest(records[0], [Reference(LAYER, "blob")], "a")
+        lost = db.write(abandon)
+        last = db.put_manifest(records[1], [Reference(LAYER, "blob")], "b")
+        results = await asyncio.gather(first, lost, last, return_exceptions=True)
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+        assert "abandoned by another write of its batch" in str(results[0])
+        # Nothing of the batch was kept, and nobody was told otherwise.
+        assert await db.list_tags("repo", 100, None) == []
+        assert not await db.repository_exists("x")
+        # The next batch works.
+        await db.put_manifest(records[2], [Reference(LAYER, "blob")], "c")
+        assert await db.list_tags("repo", 100, None) == ["c"]
+    finally:
+        await db.close()
+
+
+async def test_a_job_that_awaits_anything_else_is_refused_and_rolled_back(tmp_path: Path) -> None:
+    db = await SQLiteMetadata.open(tmp_path / "metadata.sqlite")
+    try:
+
+        async def sleepy(conn: Any) -> None:
+            await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('y', 0)")
+            await asyncio.sleep(0)
+
+        with pytest.raises(RuntimeError, match="awaited something other than its database"):
+            await db.write(sleepy)
+        assert not await db.repository_exists("y")
+    finally:
+        await db.close()
+
+
+async def test_writer_commits_reach_the_disk(tmp_path: Path) -> None:
+    db = await SQLiteMetadata.open(tmp_path / "metadata.sqlite")
+    try:
+        rows = await db._writer.execute_fetchall("PRAGMA synchronous")
+        assert list(rows) == [(2,)]  # FULL: the WAL is synced at every commit
+    finally:
+        await db.close()
