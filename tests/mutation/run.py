@@ -168,6 +168,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_refusal_details.py",
             "tests/security/test_signature_payload_reads.py",
             "tests/security/test_signature_only_index.py",
+            "tests/security/test_config_labels.py",
             "tests/operations/test_observability.py",
         ),
     ),
