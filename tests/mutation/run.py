@@ -397,7 +397,14 @@ def mutate_module(
         carried = carry_results(RESUME, session)
         print(f"  {module}: {carried} results carried over from earlier sessions", flush=True)
     started = time.monotonic()
-    run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    try:
+        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    except subprocess.CalledProcessError as exc:
+        # Keep what ran (the work folder is about to go): `--resume` continues from it.
+        kept = results / f"{stem}.interrupted.sqlite"
+        shutil.copy2(session, kept)
+        why = exc.stderr.strip()[-500:]
+        raise SystemExit(f"cosmic-ray exec failed ({why}); kept {kept}") from exc
     timeouts = work / "timeouts.log"
     if timeouts.exists():
         for place in timeouts.read_text().split():
