@@ -133,3 +133,26 @@ def test_a_session_cookie_authenticates_no_unsafe_request_but_the_logout_post(
     )
     assert sessions.session_caller(request, None) is None  # type: ignore[arg-type]
     assert session.last_used == clock[0] - 5
+
+
+@pytest.mark.parametrize("authorization", ["Basic Ym9iOmJvYi1zZWNyZXQtcHc=", "Bearer x"])
+def test_an_authorization_header_decides_even_with_a_session_cookie(
+    clock: list[float], authorization: str
+) -> None:
+    """A request carrying both is the header's caller (or refused as the header says): the
+    cookie never stands in for, or beside, the credentials a client sent."""
+    from aiohttp import web
+
+    app = web.Application()
+    store = SessionStore()
+    app[sessions.SESSIONS] = store
+    token, session = store.create("olga", "g1")
+    clock[0] += 5
+    request = make_mocked_request(
+        "GET",
+        "/api/v1/health",
+        headers={"Cookie": f"{sessions.SESSION_COOKIE}={token}", "Authorization": authorization},
+        app=app,
+    )
+    assert sessions.session_caller(request, None) is None  # type: ignore[arg-type]
+    assert session.last_used == clock[0] - 5
