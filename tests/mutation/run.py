@@ -161,6 +161,7 @@ TARGETS: dict[str, Target] = {
         ("registry/auth/token_endpoint.py",),
         (
             "tests/security/test_token_endpoint_requests.py",
+            "tests/security/test_basic_credentials.py",
             "tests/auth/test_api.py",
             "tests/security/test_token_realm.py",
         ),
