@@ -29,6 +29,11 @@ from storage.oci.errors import TOOMANYREQUESTS, UNAUTHORIZED
 
 log = logging.getLogger(__name__)
 
+#: Why a token or session of an account whose password or robot token changed since is refused.
+CREDENTIAL_CHANGED = (
+    "the token was issued before its holder's password or robot token changed: log in again"
+)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -111,6 +116,11 @@ class AuthService:
         account = self.users.get(claims.subject)
         if account is None:  # removed since the token was issued: the token dies with it
             raise RegistryError(UNAUTHORIZED, message="invalid or expired token")
+        if account.credential != claims.credential:
+            # A new password, a robot created again under the same name, a hash edited by
+            # hand: whoever held the old credential (or a token got with it) holds nothing now.
+            log.info("refused a bearer token of %r: its credential changed", claims.subject)
+            raise RegistryError(UNAUTHORIZED, message=CREDENTIAL_CHANGED)
         return Caller(account.identity(), claims.access)
 
     async def login(self, user: str, secret: str, source: str) -> Account:

@@ -4,7 +4,7 @@ The cookie (`trustyard_session`) is 256 random bits, `HttpOnly`, `SameSite=Stric
 and `Secure` when the registry serves TLS; the server keeps only its SHA-256 (a leaked memory
 dump or log line names no live session). Sessions live in memory: a restart logs everyone out,
 which is the safe direction. A session ends after `IDLE` without use, `LIFETIME` after login, at
-logout, or as soon as its user leaves the users file.
+logout, or as soon as its user leaves the users file or its password changes.
 
 What a session cookie authenticates is deliberately narrow, so a forged cross-site request can do
 nothing with it: only safe methods (`GET`, `HEAD`) under the console and the management API, and
@@ -50,6 +50,9 @@ class Session:
     """One logged-in browser."""
 
     account: str
+    #: The account's credential generation at login (`Account.credential`): a new password
+    #: ends the session.
+    credential: str
     csrf: str
     created: float
     last_used: float
@@ -63,11 +66,12 @@ class SessionStore:
         self.lifetime = lifetime
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, account: str) -> tuple[str, Session]:
-        """A new session for `account`: (the cookie value, the session)."""
+    def create(self, account: str, credential: str) -> tuple[str, Session]:
+        """A new session for `account`, whose credential generation is `credential`: (the cookie
+        value, the session)."""
         token = secrets.token_urlsafe(32)
         now = time.time()
-        session = Session(account, secrets.token_urlsafe(32), now, now)
+        session = Session(account, credential, secrets.token_urlsafe(32), now, now)
         self._sessions[_key(token)] = session
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
@@ -125,7 +129,12 @@ def session_caller(request: web.Request, service: AuthService) -> Caller | None:
     if session is None:
         return None
     account = service.users.get(session.account)
-    if account is None or account.kind != "user":  # removed since login: the session dies
+    if (
+        account is None
+        or account.kind != "user"
+        or not hmac.compare_digest(account.credential, session.credential)
+    ):
+        # Removed, or its password changed since login: the session dies.
         store.end(token)
         return None
     request[SESSION_KEY] = session

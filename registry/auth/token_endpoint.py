@@ -20,8 +20,9 @@ from aiohttp import hdrs, web
 from policies.errors import PolicyDenied
 from registry.auth.scopes import ScopeError, intersect, parse_scopes
 from registry.auth.service import AUTH, AuthService, parse_basic
+from registry.auth.users import Account
 from registry.errors import ANSWERABLE, spec_error, status_of
-from registry.identity import ANONYMOUS, Identity
+from registry.identity import ANONYMOUS
 from storage.errors import StorageError
 from storage.oci.errors import OciError
 
@@ -30,18 +31,18 @@ async def get_token(request: web.Request) -> web.StreamResponse:
     """`GET /token`."""
     service = request.app[AUTH]
     header = request.headers.get(hdrs.AUTHORIZATION, "")
-    who = ANONYMOUS
+    account: Account | None = None
     try:
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "basic":
                 return _error(400, "invalid_request", "only Basic credentials are accepted here")
             user, secret = parse_basic(value)
-            who = await _login(request, service, user, secret)
+            account = await _login(request, service, user, secret)
     except ANSWERABLE as exc:
         return _failure(exc)
     scopes = request.query.getall("scope", [])
-    return _grant(service, who, scopes, request.query.get("service"), oauth=False)
+    return _grant(service, account, scopes, request.query.get("service"), oauth=False)
 
 
 async def post_token(request: web.Request) -> web.StreamResponse:
@@ -55,28 +56,29 @@ async def post_token(request: web.Request) -> web.StreamResponse:
     if not user or "password" not in form:
         return _error(400, "invalid_request", "username and password are required")
     try:
-        who = await _login(request, service, user, str(form["password"]))
+        account = await _login(request, service, user, str(form["password"]))
     except ANSWERABLE as exc:
         return _failure(exc)
     scopes = [str(s) for s in form.getall("scope", [])]
     asked_service = str(form["service"]) if "service" in form else None
-    return _grant(service, who, scopes, asked_service, oauth=True)
+    return _grant(service, account, scopes, asked_service, oauth=True)
 
 
-async def _login(request: web.Request, service: AuthService, user: str, secret: str) -> Identity:
-    account = await service.login(user, secret, request.remote or "unknown")
-    return account.identity()
+async def _login(request: web.Request, service: AuthService, user: str, secret: str) -> Account:
+    return await service.login(user, secret, request.remote or "unknown")
 
 
 def _grant(
     service: AuthService,
-    who: Identity,
+    account: Account | None,
     scopes: list[str],
     asked_service: str | None,
     *,
     oauth: bool,
 ) -> web.StreamResponse:
-    """Sign a token for `who` granting what was asked, cut down to what is allowed."""
+    """Sign a token for `account` (None: anonymous) granting what was asked, cut down to what
+    is allowed, bound to the account's current credential."""
+    who = ANONYMOUS if account is None else account.identity()
     if asked_service is not None and asked_service != service.settings.service:
         return _error(400, "invalid_request", f"unknown service {asked_service[:100]!r}")
     try:
@@ -85,7 +87,8 @@ def _grant(
         return _error(400, "invalid_scope", str(exc))
     granted = intersect(requested, lambda kind, name: service.allowed(who, kind, name))
     subject = "" if who.is_anonymous else who.name
-    issued = service.tokens.issue(subject, granted)
+    credential = "" if account is None else account.credential
+    issued = service.tokens.issue(subject, granted, credential=credential)
     body: dict[str, Any] = {
         "token": issued.token,
         "access_token": issued.token,

@@ -28,6 +28,8 @@ from registry.auth.scopes import Scope, ScopeError, parse_scope
 from registry.auth.token_cache import MAX_TOKENS, VerifiedTokens
 
 ALGORITHM = "ES256"
+#: The claim binding a token to the generation of its subject's credential.
+CREDENTIAL_CLAIM = "cred"
 
 
 class InvalidToken(Exception):
@@ -41,6 +43,9 @@ class TokenClaims:
     subject: str
     access: tuple[Scope, ...]
     expires_at: float
+    #: The generation of the subject's credential when the token was issued (`Account.credential`;
+    #: empty for anonymous tokens): a token outlives no change of password or robot token.
+    credential: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,16 @@ class TokenAuthority:
         #: Tokens verified by this authority (its key, issuer and audience), until they expire.
         self.verified: VerifiedTokens[TokenClaims] = VerifiedTokens(max_cached)
 
-    def issue(self, subject: str, access: list[Scope], *, now: float | None = None) -> IssuedToken:
-        """Sign a token for `subject` (empty for anonymous) granting `access`."""
+    def issue(
+        self,
+        subject: str,
+        access: list[Scope],
+        *,
+        credential: str = "",
+        now: float | None = None,
+    ) -> IssuedToken:
+        """Sign a token for `subject` (empty for anonymous) granting `access`, bound to the
+        generation of the subject's credential (`Account.credential`)."""
         issued = time.time() if now is None else now
         expires_in = max(1, int(self.ttl))
         claims: dict[str, Any] = {
@@ -129,6 +142,7 @@ class TokenAuthority:
             "exp": int(issued) + expires_in,
             "jti": secrets.token_urlsafe(16),
             "access": [scope.claim() for scope in access],
+            CREDENTIAL_CLAIM: credential,
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
         return IssuedToken(token, expires_in, issued)
@@ -160,7 +174,10 @@ class TokenAuthority:
             access = tuple(_scopes(claims.get("access", [])))
         except (ScopeError, KeyError, TypeError) as exc:
             raise InvalidToken(f"malformed access claim: {exc}") from None
-        verified = TokenClaims(str(claims["sub"]), access, float(claims["exp"]))
+        credential = claims.get(CREDENTIAL_CLAIM, "")
+        if not isinstance(credential, str):
+            raise InvalidToken(f"malformed {CREDENTIAL_CLAIM} claim: not a string")
+        verified = TokenClaims(str(claims["sub"]), access, float(claims["exp"]), credential)
         # The window PyJWT and the check above accept, with their integer reading of the
         # claims (PyJWT checked `int()` takes them): nbf and iat no later than now + skew, exp
         # later than now - skew.

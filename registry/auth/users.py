@@ -93,6 +93,23 @@ class Account:
         return self._identity
 
     @functools.cached_property
+    def credential(self) -> str:
+        """The generation of this account's credential: a fingerprint of its kind and stored
+        secret hash, which a token or console session binds and which must still match when it
+        is used.
+
+        Any change of the secret changes it: a new password (Argon2 salts every hash anew, so
+        even the same password set again), a robot deleted and created again under the same
+        name (a new token), a user replaced by a robot, an edit of the hash by hand. A change
+        of groups alone does not (the permissions follow the groups on the next request anyway).
+        Computed once per account as read from the file, so the check on every request is one
+        string comparison. It reveals nothing usable about the secret: it hashes the stored
+        hash, whose input is a salted Argon2 hash or the SHA-256 of 256 random bits.
+        """
+        material = f"trustyard credential\0{self.kind}\0{self.name}\0{self.secret_hash}"
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    @functools.cached_property
     def _identity(self) -> Identity:
         # Made once per account as read from the file (a changed file makes new accounts).
         return Identity(self.name, self.kind, self.groups)

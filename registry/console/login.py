@@ -126,7 +126,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             message=f"{user} may not use the console: it needs an administrator or a viewer.",
             user=user,
         )
-    token, _ = request.app[SESSIONS].create(account.name)
+    token, _ = request.app[SESSIONS].create(account.name, account.credential)
     response = web.HTTPSeeOther(_safe_next(fields["next"]))
     response.set_cookie(SESSION_COOKIE, token, **cookie_options(request))
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
@@ -74,6 +75,16 @@ def write_accounts(data_dir: Path) -> Accounts:
     path.touch(mode=0o600)
     path.write_bytes(content)
     return Accounts(UserStore(path), token)
+
+
+def set_groups(store: UserStore, name: str, groups: list[str]) -> None:
+    """Edit `name`'s groups in the users file by hand, keeping its password hash or robot token:
+    a change of role, not of credential (`user add --replace` hashes the password anew, which
+    ends every token of the account outright)."""
+    document = yaml.safe_load(store.path.read_text())
+    section = "users" if name in (document.get("users") or {}) else "robots"
+    document[section][name]["groups"] = sorted(groups)
+    store._write(document)
 
 
 class As:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from registry.auth.ratelimit import FailedLogins
 from registry.auth.scopes import parse_scopes
 from registry.auth.tokens import InvalidToken, TokenAuthority, load_or_create_key
-from registry.auth.users import UsersFileError, UserStore
+from registry.auth.users import PasswordRefused, UsersFileError, UserStore, check_password
 from registry.cli import main
 
 
@@ -144,3 +144,43 @@ def test_failed_logins_lock_per_user_and_per_source_then_age_out():
     limits.record_failure("alice", "10.0.0.3")
     limits.record_success("alice")
     assert limits.retry_after("alice", "10.0.0.3") == 0
+
+
+@pytest.mark.parametrize("password", ["  leading-space", "trailing-space  ", "\ttabbed-password"])
+def test_a_password_with_white_space_around_it_is_refused(password):
+    """Pasted with a blank before or after (the blank sorting before or after the rest)."""
+    with pytest.raises(PasswordRefused) as refused:
+        check_password(password)
+    assert str(refused.value) == "password starts or ends with white space; nothing was changed"
+    assert check_password("inner white space") == "inner white space"
+
+
+def test_removing_an_unknown_name_changes_nothing(tmp_path):
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_user("alice", "alice-secret-pw", [], replace=False)
+    before = store.path.stat()
+    assert store.remove("nobody") is False
+    after = store.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert store.remove("alice") is True and store.get("alice") is None
+
+
+def test_password_length_bounds():
+    for short in ("", "a", "seven77"):
+        with pytest.raises(PasswordRefused):
+            check_password(short)
+    assert check_password("eight888") == "eight888"
+    assert check_password("x" * 1024) == "x" * 1024
+    for long in ("x" * 1025, "x" * 5000):
+        with pytest.raises(PasswordRefused) as refused:
+            check_password(long)
+        assert str(refused.value) == "password longer than 1024 characters refused"
+
+
+@pytest.mark.parametrize("entry", ["just text", {"password": 5}, {"groups": ["dev"]}])
+def test_a_users_entry_of_the_wrong_shape_is_refused_with_its_place(tmp_path, entry):
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"alice": entry}}))
+    with pytest.raises(UsersFileError) as refused:
+        UserStore(path).get("alice")
+    assert str(refused.value) == "users.alice: expected a mapping with 'password'"

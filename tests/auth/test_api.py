@@ -118,7 +118,11 @@ async def test_expired_token_is_refused(auth_client):
     service = auth_client.app[AUTH]
     from registry.auth.scopes import parse_scopes
 
-    old = service.tokens.issue("alice", parse_scopes(["repository:a:pull"]), now=time.time() - 3600)
+    # Bound to alice's current credential: only its age is wrong.
+    credential = service.users.get("alice").credential
+    old = service.tokens.issue(
+        "alice", parse_scopes(["repository:a:pull"]), credential=credential, now=time.time() - 3600
+    )
     resp = await As(auth_client, bearer(old.token)).get("/v2/a/tags/list")
     assert resp.status == 401
     assert challenge_params(resp.headers["WWW-Authenticate"])["error"] == "invalid_token"
@@ -129,7 +133,10 @@ async def test_token_within_clock_skew_is_accepted(auth_client):
     from registry.auth.scopes import parse_scopes
 
     # Issued by a clock 30 s ahead: nbf/iat in the future, within the 60 s tolerance.
-    ahead = service.tokens.issue("alice", parse_scopes(["repository:a:pull"]), now=time.time() + 30)
+    credential = service.users.get("alice").credential
+    ahead = service.tokens.issue(
+        "alice", parse_scopes(["repository:a:pull"]), credential=credential, now=time.time() + 30
+    )
     assert (await As(auth_client, bearer(ahead.token)).get("/v2/")).status == 200
 
 

@@ -172,6 +172,21 @@ async def test_a_removed_user_loses_the_session(authed, data_dir):
     assert (await authed.get("/console/health", allow_redirects=False)).status == 303
 
 
+@pytest.mark.parametrize("password", ["vera-new-secret", VIEWER_PASSWORD])
+async def test_a_new_password_ends_the_session(authed, data_dir, password):
+    """Set anew (the same password too: a new salt), by whoever holds the users file."""
+    await login(authed, "vera", VIEWER_PASSWORD)
+    assert (await authed.get("/console/health", allow_redirects=False)).status == 200
+    UserStore(data_dir / "auth" / "users.yaml").add_user(
+        "vera", password, ["auditors"], replace=True
+    )
+    assert (await authed.get("/console/health", allow_redirects=False)).status == 303
+    assert (await authed.get("/api/v1/repositories")).status == 401
+    resp = await login(authed, "vera", password)
+    assert resp.status == 303
+    assert (await authed.get("/console/health", allow_redirects=False)).status == 200
+
+
 async def test_console_is_open_with_auth_off(client):
     resp = await client.get("/console/health")
     assert resp.status == 200

@@ -44,6 +44,9 @@ class Target:
     function: str | None = None
     #: Plain synchronous unit tests: no pytest plugins loaded (a second a mutant, not several).
     bare: bool = False
+    #: Test ids left out: tests that drive server subprocesses (the fork server would run them
+    #: for every mutant) and whose decisions in-process tests of the same files also make.
+    deselect: tuple[str, ...] = ()
 
 
 PYTEST_ARGS = "-x -q -p no:cacheprovider"
@@ -76,6 +79,8 @@ TARGETS: dict[str, Target] = {
             "registry/auth/users.py",
             "registry/auth/ratelimit.py",
             "registry/auth/token_endpoint.py",
+            "registry/auth/token_cache.py",
+            "registry/auth/sessions.py",
         ),
         (
             "tests/auth/test_permissions.py",
@@ -85,7 +90,41 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_auth_decisions.py",
             "tests/security/test_auth_exemptions.py",
             "tests/security/test_token_realm.py",
+            "tests/security/test_auth_caches.py",
+            "tests/security/test_credential_changes.py",
+            "tests/console/test_sessions.py",
         ),
+        deselect=(
+            "tests/security/test_auth_caches.py::"
+            "test_a_removal_by_another_process_decides_the_next_request_of_every_server",
+        ),
+    ),
+    # The bearer token's own checks (signature, claims, the verified-token cache, the credential
+    # it binds) against the tests that attack them: a shorter run than all of `auth`.
+    "auth-tokens": Target(
+        ("registry/auth/tokens.py", "registry/auth/token_cache.py"),
+        (
+            "tests/auth/test_accounts.py",
+            "tests/security/test_auth_caches.py",
+            "tests/security/test_credential_changes.py",
+            "tests/security/test_auth_decisions.py",
+        ),
+        deselect=(
+            "tests/security/test_auth_caches.py::"
+            "test_a_removal_by_another_process_decides_the_next_request_of_every_server",
+        ),
+    ),
+    # The parts of `auth` its plain unit tests decide (scopes, the users file, login limits): a
+    # mutant that survives them is run again against the HTTP tests (`--recheck`, target `auth`).
+    "auth-units": Target(
+        ("registry/auth/scopes.py", "registry/auth/users.py", "registry/auth/ratelimit.py"),
+        (
+            "tests/auth/test_scopes.py",
+            "tests/auth/test_permissions.py",
+            "tests/auth/test_accounts.py",
+            "tests/auth/test_config.py",
+        ),
+        bare=True,
     ),
     "keyless": Target(
         (
@@ -109,6 +148,8 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_bundle_log_entries.py",
             "tests/security/test_bundle_message_signatures.py",
             "tests/security/test_bundle_bindings.py",
+            "tests/security/test_bundle_rekor_proofs.py",
+            "tests/policies/test_signatures_sigstore_js.py",
         ),
         bare=True,
     ),
@@ -241,9 +282,14 @@ def target_tests(target: Target) -> list[str]:
     return [t for t in target.tests if (ROOT / t).exists()]
 
 
+def test_args(target: Target) -> list[str]:
+    """pytest's arguments for the target: its test files, less the deselected tests."""
+    return [*target_tests(target), *(a for t in target.deselect for a in ("--deselect", t))]
+
+
 def test_command(target: Target, server: str | None = None) -> str:
     """The command cosmic-ray runs for each mutant: pytest, or pytest in a fork of `server`."""
-    tests = " ".join(target_tests(target))
+    tests = " ".join(test_args(target))
     pytest = PYTEST if server is None else f"{sys.executable} {FORK} run {server} {PYTEST_ARGS}"
     return f"{BARE} {pytest} {tests}" if target.bare else f"{pytest} {tests}"
 
@@ -255,7 +301,7 @@ def fork_server(work: Path, target: Target) -> Iterator[str]:
     mutant would count as killed)."""
     path = str(work / f"fork-{os.getpid()}-{time.monotonic_ns()}.sock")
     server = subprocess.Popen(
-        [sys.executable, FORK, "serve", path, ",".join(target.modules), *target_tests(target)],
+        [sys.executable, FORK, "serve", path, ",".join(target.modules), *test_args(target)],
         cwd=work,
         stdout=subprocess.PIPE,
         text=True,
@@ -441,7 +487,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown targets {unknown}; see --list")
     results = (ROOT / args.results).resolve()
-    results.mkdir(exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
     killed = total = 0
     survivors: list[dict] = []

@@ -37,6 +37,7 @@ from tests.auth.conftest import (
     basic,
     bearer,
     fetch_token,
+    set_groups,
     write_accounts,
 )
 from tests.oci import descriptor, error_codes, push_image, sha256
@@ -320,7 +321,7 @@ async def test_a_demoted_admin_loses_delete_with_the_token_cached(auth_client, a
         resp = await olga.get("/v2/team-a/app/manifests/v1", headers={"Accept": MANIFEST})
         assert resp.status == 200
     assert cache_hits(auth_client) >= 1
-    accounts.store.add_user("olga", PASSWORDS["olga"], ["dev"], replace=True)
+    set_groups(accounts.store, "olga", ["dev"])
     resp = await olga.delete(f"/v2/team-a/app/manifests/{digest}")
     assert resp.status == 403, await resp.text()
     body = await resp.json()

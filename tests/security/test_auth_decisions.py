@@ -31,6 +31,7 @@ from tests.auth.conftest import (
     basic,
     bearer,
     fetch_token,
+    set_groups,
     write_accounts,
 )
 from tests.oci import error_codes, push_blob, push_image
@@ -120,7 +121,7 @@ async def test_a_demoted_user_loses_what_their_token_granted(auth_client, accoun
     alice = As(auth_client, bearer(token))
     await push_image(alice, "team-a/app", "v1")
     # alice leaves the dev group: her five-minute token must not outlive the demotion.
-    accounts.store.add_user("alice", PASSWORDS["alice"], [], replace=True)
+    set_groups(accounts.store, "alice", [])
     await denied(
         await alice.post("/v2/team-a/app/blobs/uploads/"),
         "requested access to the resource is denied: alice may not pull or push team-a/app",
@@ -135,7 +136,7 @@ async def test_a_demoted_admin_loses_delete_at_once(auth_client, accounts) -> No
     olga = As(auth_client, basic("olga", PASSWORDS["olga"]))
     digest, _ = await push_image(olga, "team-a/app", "v1")
     token = await fetch_token(auth_client, "repository:team-a/app:delete", user="olga")
-    accounts.store.add_user("olga", PASSWORDS["olga"], ["dev"], replace=True)  # push only now
+    set_groups(accounts.store, "olga", ["dev"])  # push only now
     await denied(
         await As(auth_client, bearer(token)).delete(f"/v2/team-a/app/manifests/{digest}"),
         "requested access to the resource is denied: olga may not delete team-a/app",

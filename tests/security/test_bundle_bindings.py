@@ -270,3 +270,33 @@ def test_an_entry_of_another_kind_shaped_like_dsse_is_refused(
         False,
         f"Rekor entry kind {kind!r} does not log this bundle's content",
     )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda envelope: envelope.update(signatures=5),
+        lambda envelope: envelope.update(signatures=["not an object"]),
+        lambda envelope: envelope.update(payloadType=None, signatures=[[]]),
+    ],
+    ids=["signatures-a-number", "signature-a-string", "signature-a-list"],
+)
+def test_a_keyed_bundle_with_fields_of_the_wrong_type_is_refused(change: Any) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    change(bundle["dsseEnvelope"])
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
+    assert (finding.valid, finding.detail) == (False, "not a Sigstore bundle")
+
+
+@pytest.mark.parametrize("public_key", ["a string", ["a", "list"], {}, {"hint": "another key"}])
+def test_the_key_hint_is_advisory_whatever_its_shape(public_key: Any) -> None:
+    """The hint only orders the trusted keys tried: a hint of another shape, none, or one naming
+    another key neither breaks verification nor keeps the right key from being tried."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    bundle["verificationMaterial"]["publicKey"] = public_key
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
+    assert (finding.valid, finding.signer) == (True, "release")

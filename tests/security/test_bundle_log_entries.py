@@ -5,6 +5,7 @@ another tree. The signature and the log key are real, only the binding is wrong.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,17 @@ def test_an_entry_logging_another_payload_is_refused(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, make_entry: Any
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    other = statement("sha256:" + "ab" * 32)  # a harmless image the log really saw
-    [finding] = verify_layer(
-        strict(tmp_path, key), IMAGE, logged_bundle(key, other, make_entry, rekor)
-    )
-    assert not finding.valid
-    assert finding.detail == "the Rekor entry logs another payload"
+    # Harmless images the log really saw, whose statements hash below and above this one's.
+    ours = hashlib.sha256(statement(IMAGE)).hexdigest()
+    candidates = [statement("sha256:" + f"{i:02x}" * 32) for i in range(16)]
+    lower = next(c for c in candidates if hashlib.sha256(c).hexdigest() < ours)
+    higher = next(c for c in candidates if hashlib.sha256(c).hexdigest() > ours)
+    for other in (lower, higher):
+        [finding] = verify_layer(
+            strict(tmp_path, key), IMAGE, logged_bundle(key, other, make_entry, rekor)
+        )
+        assert not finding.valid
+        assert finding.detail == "the Rekor entry logs another payload"
     good = logged_bundle(key, statement(IMAGE), make_entry, rekor)
     assert [f.valid for f in verify_layer(strict(tmp_path, key), IMAGE, good)] == [True]
 
@@ -73,7 +79,9 @@ def _resign_checkpoint(entry: dict[str, Any], rekor: Any, size: str, root: bytes
     entry["inclusionProof"]["checkpoint"]["envelope"] = note + "\n" + line
 
 
-@pytest.mark.parametrize("change", ["size", "root"])
+@pytest.mark.parametrize(
+    "change", ["size", "smaller-size", "size-sorting-before", "root", "root-sorting-after"]
+)
 def test_a_checkpoint_for_another_tree_is_refused(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey, change: str
 ) -> None:
@@ -88,6 +96,12 @@ def test_a_checkpoint_for_another_tree_is_refused(
     assert [f.valid for f in verify_layer(strict(tmp_path, key), IMAGE, content)] == [True]
     if change == "size":
         _resign_checkpoint(entry, rekor, "8", root)
+    elif change == "smaller-size":
+        _resign_checkpoint(entry, rekor, "6", root)
+    elif change == "size-sorting-before":  # larger, but "10" sorts before "7" as text
+        _resign_checkpoint(entry, rekor, "10", root)
+    elif change == "root-sorting-after":
+        _resign_checkpoint(entry, rekor, "7", b"\xff" * 32)
     else:
         _resign_checkpoint(entry, rekor, "7", bytes(32))
     content = json.dumps(bundle).encode()

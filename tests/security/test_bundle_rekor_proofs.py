@@ -124,6 +124,13 @@ def test_an_inclusion_proof_for_the_leaf_one_past_the_tree_is_refused(
         False,
         "the inclusion proof's index is outside the tree",
     )
+    # Further past the tree, refused by the same bound, whatever the fold would make of it.
+    for index in (8, 12):
+        attack = entry_with_proof(rekor, key, index, 7, path, root)
+        assert verdict(tmp_path, key, attack) == (
+            False,
+            "the inclusion proof's index is outside the tree",
+        ), index
 
 
 def test_an_inclusion_proof_that_stops_short_of_the_root_is_refused(

@@ -221,3 +221,28 @@ def test_a_rekor_entry_must_log_this_signature_by_this_key(
             finding.detail
             == f"by release, but without a valid Rekor entry: the Rekor entry {reason}"
         )
+
+
+def test_a_key_without_its_rekor_entry_does_not_stop_the_search_for_other_signers(
+    tmp_path: Path,
+) -> None:
+    """One key trusted under two names, `logged` (with `rekor:`) first and `offline` (without)
+    after: a layer without a Rekor bundle proves nothing for `logged` and still proves
+    `offline`."""
+    write_rekor_root(tmp_path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = public_pem(key).decode()
+    config, problems = parse_trust(
+        {
+            "keys": {
+                "logged": {"pem": pem, "rekor": "trusted_root.json"},
+                "offline": {"pem": pem},
+            }
+        },
+        tmp_path,
+    )
+    assert not problems, problems
+    assert list(config.keys) == ["logged", "offline"]
+    payload = simple_signing_payload("registry.example/prod/web", LOW)
+    found = verify_layer(config, LOW, payload, layer(key, payload))
+    assert [(f.valid, f.signer) for f in found] == [(True, "offline")]

@@ -622,3 +622,37 @@ def test_a_rekor_entry_logging_a_broken_certificate_is_refused(world: dict[str, 
     [finding] = verify_layer(trusted(world), IMAGE, payload, annotations)
     assert not finding.valid
     assert finding.detail == refused("the Rekor entry logs a certificate that is not PEM")
+
+
+@pytest.mark.parametrize("key_type", ["ed448", "x25519"])
+def test_a_certificate_key_of_a_type_no_signature_is_checked_with_proves_nothing(
+    key_type: str,
+) -> None:
+    """A trusted CA certified an Ed448 (or X25519) key: whoever copies that certificate into a
+    `.sig` layer of their own, with any bytes for a signature, proves nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ed448, x25519
+
+    ca = Fulcio()
+    key = (
+        ed448.Ed448PrivateKey.generate()
+        if key_type == "ed448"
+        else x25519.X25519PrivateKey.generate()
+    )
+    leaf = ca.issue(
+        key,  # type: ignore[arg-type]
+        EMAIL,
+        ISSUER,
+        subject="release-signer",
+        at=datetime.datetime.now(datetime.UTC),
+    )
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    annotations = {
+        SIGNATURE_ANNOTATION: base64.b64encode(b"\x01" * 64).decode(),
+        CERTIFICATE_ANNOTATION: _pem(leaf).decode(),
+        CHAIN_ANNOTATION: _pem(ca.root).decode(),
+    }
+    [finding] = verify_layer(trust_ca(ca, "CN=release-signer"), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail == refused(
+        "the signature does not verify with the certificate's key", "corp"
+    )
