@@ -97,5 +97,5 @@ async def test_server_writes_stay_fast_while_gc_deletes_thousands(client, data_d
         f"{len(latencies)} pushes, median {latencies[len(latencies) // 2]:.3f}s, "
         f"p95 {p95:.3f}s, max {latencies[-1]:.3f}s"
     )
-    assert p95 < 1.0, latencies[-5:]
+    assert p95 < 1.5, latencies[-5:]
     assert latencies[-1] < 5.0, latencies[-5:]
