@@ -6,6 +6,8 @@
     python3 tests/mutation/run.py --list         # the targets and their test files
     python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
                                                  # only that session's survivors, current tests
+    python3 tests/mutation/run.py rules --module policies/gateway.py \
+        --resume .mutation/rules--gateway.sqlite # keep an interrupted run's results; run the rest
 
 Each target pairs modules with the test files that guard them, so a mutant is judged by the tests
 that claim to cover it and a run stays short. cosmic-ray edits the source in place: this script
@@ -201,6 +203,14 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_policy_watch.py",
             "tests/security/test_denial_messages.py",
             "tests/security/test_config_read_failures.py",
+            "tests/security/test_config_storage_errors.py",
+            "tests/security/test_immutable_tag_lock.py",
+            "tests/security/test_decision_log_shutdown.py",
+            "tests/security/test_refusal_details.py",
+            "tests/security/test_signature_payload_reads.py",
+            "tests/security/test_signature_only_index.py",
+            "tests/security/test_config_labels.py",
+            "tests/operations/test_observability.py",
         ),
     ),
     "vulnerabilities": Target(
@@ -227,6 +237,8 @@ TARGETS: dict[str, Target] = {
 FORKING = True
 #: Only these modules of the targets (--module), or all.
 ONLY: tuple[str, ...] = ()
+#: Earlier sessions whose results are kept (--resume): only their pending mutants run.
+RESUME: tuple[Path, ...] = ()
 
 #: The CI subset: small, fast, and every mutant in it must be killed.
 SMOKE = ("events-verify",)
@@ -357,6 +369,45 @@ def skip_dataclass_flags(session: Path, module: Path) -> None:
         )
 
 
+def carry_results(earlier: tuple[Path, ...], session: Path) -> int:
+    """Copy into the fresh `session` the results of earlier (interrupted) sessions for the
+    mutants they share, matched by module, operator, occurrence and position, so that `exec`
+    runs only what they did not. Earlier sessions of another version of the source match
+    only where the mutated text sits at the same place; a mutant that moved runs again."""
+    import sqlite3
+
+    key = (
+        "m.module_path, m.operator_name, m.occurrence, m.start_pos_row, m.start_pos_col, "
+        "m.end_pos_row, m.end_pos_col"
+    )
+    carried = 0
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        pending = {
+            tuple(row[1:]): row[0]
+            for row in db.execute(
+                f"SELECT m.job_id, {key} FROM mutation_specs m "
+                "WHERE m.job_id NOT IN (SELECT job_id FROM work_results)"
+            )
+        }
+        for path in earlier:
+            with contextlib.closing(sqlite3.connect(path)) as old:
+                for row in old.execute(
+                    f"SELECT r.worker_outcome, r.output, r.test_outcome, r.diff, {key} "
+                    "FROM work_results r JOIN mutation_specs m ON m.job_id = r.job_id "
+                    "WHERE r.worker_outcome = 'NORMAL'"
+                ):
+                    job = pending.pop(tuple(row[4:]), None)
+                    if job is None:
+                        continue
+                    db.execute(
+                        "INSERT INTO work_results "
+                        "(worker_outcome, output, test_outcome, diff, job_id) VALUES (?,?,?,?,?)",
+                        (*row[:4], job),
+                    )
+                    carried += 1
+    return carried
+
+
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
 
@@ -388,8 +439,18 @@ def mutate_module(
     if target.function is not None:
         run([*FILTER_LINES, str(session), "--config", str(config)], work)
     skip_dataclass_flags(session, work / module)
+    if RESUME:
+        carried = carry_results(RESUME, session)
+        print(f"  {module}: {carried} results carried over from earlier sessions", flush=True)
     started = time.monotonic()
-    run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    try:
+        run([*COSMIC_RAY, "exec", str(config), str(session)], work)
+    except subprocess.CalledProcessError as exc:
+        # Keep what ran (the work folder is about to go): `--resume` continues from it.
+        kept = results / f"{stem}.interrupted.sqlite"
+        shutil.copy2(session, kept)
+        why = exc.stderr.strip()[-500:]
+        raise SystemExit(f"cosmic-ray exec failed ({why}); kept {kept}") from exc
     timeouts = work / "timeouts.log"
     if timeouts.exists():
         for place in timeouts.read_text().split():
@@ -470,11 +531,18 @@ def main() -> int:
     parser.add_argument("--recheck", type=Path, help="rerun this session's survivors only")
     parser.add_argument("--module", action="append", help="mutate only this module of a target")
     parser.add_argument(
+        "--resume",
+        type=Path,
+        action="append",
+        help="keep this earlier session's results; run only the mutants it did not",
+    )
+    parser.add_argument(
         "--no-fork", action="store_true", help="start pytest afresh for each mutant (slow)"
     )
     args = parser.parse_args()
-    global FORKING, ONLY
+    global FORKING, ONLY, RESUME
     FORKING, ONLY = not args.no_fork, tuple(args.module or ())
+    RESUME = tuple(p.resolve() for p in args.resume or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         return recheck(args.recheck.resolve())
