@@ -55,14 +55,12 @@ class Pacing:
 
     The batch size adapts so that one transaction takes about `target` seconds; after each, the
     collection pauses at least `pause` seconds (and as long as the transaction took), which lets
-    a writer that found the lock taken get it at its first or second retry. The batch may
-    shrink to one row: on PostgreSQL each row is a round trip under the write lock, and on a
-    loaded machine a floor of 16 rows held the lock for a tenth of a second or more.
+    a writer that found the lock taken get it at its first or second retry.
     """
 
     target: float = 0.005
     pause: float = 0.01
-    smallest: int = 1
+    smallest: int = 16
     largest: int = 500
     size: int = 64
 
