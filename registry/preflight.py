@@ -138,9 +138,15 @@ def check_postgresql(url: str, *, existing: bool) -> None:
             "registry's metadata URL (or run `trustyard serve` once to create it)"
         )
     if version is not None and version != SCHEMA_VERSION:
+        # An older schema is upgraded by `migrate`; a newer one no command of ours can read.
+        remedy = (
+            "run `trustyard migrate`"
+            if version < SCHEMA_VERSION
+            else "run the Trustyard release that wrote it"
+        )
         raise OperatorError(
             f"the PostgreSQL database {redact(url)} has schema version {version}; this "
-            f"Trustyard knows version {SCHEMA_VERSION}: run `trustyard migrate`"
+            f"Trustyard knows version {SCHEMA_VERSION}: {remedy}"
         )
 
 

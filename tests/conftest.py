@@ -77,15 +77,49 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
     return load_config(environ={}, overrides={"data_dir": str(data_dir), **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _metadata_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under `TRUSTYARD_TEST_METADATA=postgresql`, this test's registries use a fresh PostgreSQL
-    database (`TRUSTYARD_METADATA`)."""
+#: The marker of a test about the SQLite metadata file itself (a damaged file, the backup that
+#: copies it): it runs on SQLite in both passes (declared in pyproject's pytest markers; list them
+#: with `pytest -m sqlite_only --collect-only -q`). Every other test runs on the pass's backend.
+SQLITE_ONLY = "sqlite_only"
+
+
+def _chosen_backend() -> str:
     choice = os.environ.get(TEST_METADATA, "sqlite")
     if choice not in ("sqlite", "postgresql"):
         raise pytest.UsageError(f"{TEST_METADATA} is sqlite or postgresql, not {choice!r}")
-    if choice == "postgresql":
+    return choice
+
+
+def _runs_on_postgresql(node: pytest.Item | pytest.Collector) -> bool:
+    return _chosen_backend() == "postgresql" and node.get_closest_marker(SQLITE_ONLY) is None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_metadata_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under `TRUSTYARD_TEST_METADATA=postgresql`, the registries a module's fixtures start (one
+    server shared by its tests) use a PostgreSQL database of the module's own. The autouse fixture
+    of the module's scope is set up before the module's other fixtures, so they see it."""
+    if not _runs_on_postgresql(request.node):
+        yield
+        return
+    postgres_server: PostgresServer = request.getfixturevalue("postgres")
+    url = postgres_server.create_database()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRUSTYARD_METADATA", url)
+        yield
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(autouse=True)
+def _metadata_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `TRUSTYARD_TEST_METADATA=postgresql`, this test's registries use a fresh PostgreSQL
+    database (`TRUSTYARD_METADATA`); a registry a module fixture started keeps the module's (its
+    `RegistryProcess.command_env()` names it for commands run on that registry's data). A test
+    marked `sqlite_only` runs on SQLite in both passes."""
+    if _runs_on_postgresql(request.node):
         monkeypatch.setenv("TRUSTYARD_METADATA", request.getfixturevalue("postgres_url"))
+    elif request.node.get_closest_marker(SQLITE_ONLY) is not None:
+        monkeypatch.delenv("TRUSTYARD_METADATA", raising=False)
 
 
 @pytest.fixture

@@ -58,6 +58,8 @@ class RegistryProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     scheme: str = "http"
+    #: The PostgreSQL database the server uses (`TRUSTYARD_METADATA`), None for SQLite.
+    metadata_url: str | None = None
 
     @property
     def host(self) -> str:
@@ -68,6 +70,14 @@ class RegistryProcess:
     def url(self) -> str:
         """The base URL, `http://127.0.0.1:PORT` (`https` when started with `--tls-cert`)."""
         return f"{self.scheme}://{self.host}"
+
+    def command_env(self) -> dict[str, str]:
+        """The environment for a `trustyard` command run on this server's data: the server's own
+        metadata database (a server a module fixture started has the module's, not the test's)."""
+        env = {k: v for k, v in os.environ.items() if k != "TRUSTYARD_METADATA"}
+        if self.metadata_url is not None:
+            env["TRUSTYARD_METADATA"] = self.metadata_url
+        return env
 
     def log(self) -> str:
         """What the server printed so far."""
@@ -137,7 +147,10 @@ def _start_once(
             args, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
         )
     scheme = "https" if "--tls-cert" in (extra_args or []) else "http"
-    server = RegistryProcess(data_dir, port, process, log_path, list(extra_args or []), scheme)
+    metadata_url = full_env.get("TRUSTYARD_METADATA")
+    server = RegistryProcess(
+        data_dir, port, process, log_path, list(extra_args or []), scheme, metadata_url
+    )
     listening = f"listening on {scheme}://127.0.0.1:{port}"
     # The probe only asks whether the server answers: it need not trust a test certificate.
     probe_tls = ssl._create_unverified_context() if scheme == "https" else None

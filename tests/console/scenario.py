@@ -243,5 +243,6 @@ def populate(
         [sys.executable, "-m", "registry", "gc", "--data-dir", str(registry.data_dir)],
         check=True,
         capture_output=True,
+        env=registry.command_env(),
     )
     return scenario

@@ -72,7 +72,9 @@ def trustyard(registry: RegistryProcess, policy: Path, *args: str) -> str:
             str(registry.data_dir),
             "--policy",
             str(policy),
-        ]
+        ],
+        # The server's own metadata database (the module's, under the PostgreSQL pass).
+        env=registry.command_env(),
     ).stdout
 
 
@@ -184,6 +186,7 @@ def test_the_library_command_refuses_an_undeclared_tag(
         text=True,
         check=False,
         timeout=60,
+        env=library_registry.command_env(),
     )
     assert proc.returncode == 1
     assert "base:2 is not declared in the library (declared: base:1)" in proc.stderr

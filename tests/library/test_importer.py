@@ -123,6 +123,8 @@ async def test_an_undeclared_tag_or_unknown_format_is_refused(
 
 
 async def _create_database(data: Path) -> None:
+    # A registry's data directory (the blobs live there on either backend) and its database.
+    data.mkdir(parents=True, exist_ok=True)
     db = await open_metadata(DataLayout(data).database, registry_metadata_url())
     await db.close()
 

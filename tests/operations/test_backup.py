@@ -11,9 +11,15 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_config
 from tests.oci import push_image, sha256
 from tests.operations.cli import one_line, trustyard
+
+# `backup` and `restore` copy the SQLite data directory; on PostgreSQL they refuse and point at
+# pg_dump (tests/storage/test_metadata_migrate.py::test_backup_refuses_a_postgresql_registry).
+pytestmark = pytest.mark.sqlite_only
 
 
 async def _pushed(start_client) -> tuple[object, dict[str, bytes]]:

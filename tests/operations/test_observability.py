@@ -148,13 +148,17 @@ def _serve_and_get(tmp_path: Path, config_text: str, path: str) -> tuple[dict[st
                 request = urllib.request.Request(
                     f"http://127.0.0.1:{port}{path}", headers={REQUEST_ID_HEADER: "probe-1"}
                 )
-                with urllib.request.urlopen(request, timeout=2) as response:
+                # One request reaches the server: a slow first answer (a loaded machine, the
+                # metadata pool opening) is waited for, never asked again (a second access line).
+                with urllib.request.urlopen(request, timeout=60) as response:
                     headers = dict(response.headers)
                 break
             except urllib.error.HTTPError as error:  # an answer all the same
                 headers = dict(error.headers)
                 break
-            except OSError:
+            except urllib.error.URLError as error:
+                # Only "not listening yet" is retried: the request never reached a server.
+                assert isinstance(error.reason, ConnectionRefusedError), error
                 assert time.monotonic() < deadline, log_path.read_text()
                 assert process.poll() is None, log_path.read_text()
                 time.sleep(0.1)

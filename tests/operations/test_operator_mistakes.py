@@ -5,19 +5,42 @@ Each test runs the real command in a subprocess and reads its stderr: no traceba
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from storage.layout import DataLayout
+from storage.metadata import open_metadata
+from storage.metadata.postgresql import redact, schema_version_at
+from tests.conftest import registry_metadata_url
 from tests.operations.cli import ROOT, one_line, trustyard
+
+
+async def _create_metadata(data: Path) -> None:
+    """The metadata database of a registry at `data` (the test's backend), with its schema."""
+    db = await open_metadata(DataLayout(data).database, registry_metadata_url())
+    await db.close()
+
+
+async def _write_postgresql_schema_version(url: str, version: int) -> None:
+    """A PostgreSQL database whose schema another Trustyard release wrote (`version`)."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        await connection.execute("INSERT INTO schema_version VALUES ($1)", version)
+    finally:
+        await connection.close()
 
 
 def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -195,7 +218,16 @@ def test_offline_commands_refuse_a_folder_without_a_database(tmp_path):
     (tmp_path / "empty").mkdir()
     result = trustyard("gc", "--data-dir", str(tmp_path / "empty"))
     assert result.returncode == 2
-    assert "holds no Trustyard database (metadata.sqlite)" in one_line(result)
+    url = registry_metadata_url()
+    if url is None:
+        assert "holds no Trustyard database (metadata.sqlite)" in one_line(result)
+    else:
+        # PostgreSQL's counterpart of the folder without a file: a database without the schema
+        # (the wrong URL), left as it was.
+        assert f"the PostgreSQL database {redact(url)} holds no Trustyard schema" in one_line(
+            result
+        )
+        assert asyncio.run(schema_version_at(url)) is None
     assert list((tmp_path / "empty").iterdir()) == []
 
 
@@ -206,6 +238,7 @@ def test_version():
     assert result.stdout.split()[1][0].isdigit()
 
 
+@pytest.mark.sqlite_only  # a damaged SQLite file: PostgreSQL has no file of ours to damage
 def test_a_damaged_database_is_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -223,9 +256,7 @@ def test_a_damaged_database_is_one_line(tmp_path):
 def test_an_unreachable_s3_store_is_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    import sqlite3
-
-    sqlite3.connect(data / "metadata.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    asyncio.run(_create_metadata(data))
     # A port held bound but never listening: connections to it are refused for the whole test.
     unreachable = socket.socket()
     unreachable.bind(("127.0.0.1", 0))
@@ -260,15 +291,20 @@ def test_a_token_signing_key_that_is_no_key(tmp_path):
 
 
 def test_a_database_of_another_schema_version_is_one_line(tmp_path):
-    import sqlite3
-
     data = tmp_path / "data"
     data.mkdir()
-    db = sqlite3.connect(data / "metadata.sqlite")
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    db.execute("INSERT INTO schema_version VALUES (999)")
-    db.commit()
-    db.close()
+    url = registry_metadata_url()
+    if url is None:
+        db = sqlite3.connect(data / "metadata.sqlite")
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (999)")
+        db.commit()
+        db.close()
+    else:
+        asyncio.run(_write_postgresql_schema_version(url, 999))
     result = trustyard("decisions", "--data-dir", str(data))
     assert result.returncode == 2
-    assert "has schema version 999; this Trustyard knows version" in one_line(result)
+    line = one_line(result)
+    assert "has schema version 999; this Trustyard knows version" in line
+    # A newer release wrote it: `trustyard migrate` cannot go back, the newer release can.
+    assert "run the Trustyard release that wrote it" in line
