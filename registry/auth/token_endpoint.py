@@ -103,14 +103,23 @@ def _grant(
 def _failure(exc: OciError | StorageError | PolicyDenied) -> web.StreamResponse:
     error = spec_error(exc).error
     status = status_of(error)
-    response = _error(
-        status,
-        "invalid_grant" if status == 401 else "too_many_requests",
-        exc.message,
-        code=error.code,
-    )
+    response = _error(status, _oauth_error(status), exc.message, code=error.code)
     response.headers.update(getattr(exc, "headers", {}))
     return response
+
+
+def _oauth_error(status: int) -> str:
+    """The OAuth2 `error` for a refusal of `status`: only a 429 tells the client to wait, and a
+    failure of ours (5xx) is not blamed on the client's credentials."""
+    if status == 401:
+        return "invalid_grant"
+    if status == 429:
+        return "too_many_requests"
+    if status == 503:
+        return "temporarily_unavailable"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request"
 
 
 def _error(

@@ -5,10 +5,14 @@ way it sorts (on GET and on POST), and a locked account's 429 in OAuth2 terms.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from registry.auth.token_endpoint import _failure
+from storage.errors import StorageFull, StorageUnavailable
+from storage.oci.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, OciError
 from tests.auth.conftest import PASSWORDS, Accounts, auth_section, basic, write_accounts
 
 
@@ -114,3 +118,24 @@ async def test_a_locked_account_is_told_to_wait_in_oauth2_terms(start_client, ac
     await refused(locked, 429, "too_many_requests", "too many failed logins: try again later")
     assert (await locked.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
     assert 0 < int(locked.headers["Retry-After"]) <= 301
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "error"),
+    [
+        (OciError(UNAUTHORIZED, message="invalid username or password"), 401, "invalid_grant"),
+        (OciError(TOOMANYREQUESTS, message="locked for 30 s"), 429, "too_many_requests"),
+        (StorageUnavailable("the users file could not be read"), 503, "temporarily_unavailable"),
+        (StorageFull("no space left"), 507, "server_error"),
+        (OciError(DENIED, message="denied"), 403, "invalid_request"),
+    ],
+)
+def test_a_refusal_names_the_oauth2_error_of_its_cause(
+    failure: Exception, status: int, error: str
+) -> None:
+    """Only a rate limit tells an OAuth2 client to wait; a failure of the registry's own (a
+    users file that cannot be read) is not reported as a lockout or as bad credentials."""
+    response = _failure(failure)  # type: ignore[arg-type]
+    body = json.loads(response.body)  # type: ignore[arg-type]
+    assert (response.status, body["error"]) == (status, error)
+    assert body["error_description"] == failure.message  # type: ignore[attr-defined]
