@@ -68,7 +68,7 @@ async def serve(receiver: Receiver, sock: socket.socket | None = None) -> tuple[
     """Start `receiver` on `sock` (a socket from `reserve_port`, bound already) or on a port the
     kernel picks; return the runner and the port. No port is ever freed and taken again."""
     sock = sock or reserve_port()
-    runner = web.AppRunner(receiver.app())
+    runner = web.AppRunner(receiver.app(), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner, port_of(sock)
