@@ -57,6 +57,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def someone_inside(inside: list[str]) -> None:
+    """Wait until a push holds the guard (taking it may cross to the database: on PostgreSQL
+    an advisory lock is a round trip, not a turn of the loop), then let the others run."""
+
+    async def entered() -> None:
+        while not inside:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(entered(), 10)
+    await settle()
+
+
 async def test_a_push_arriving_while_another_waits_waits_too(gate: PolicyGate) -> None:
     inside: list[str] = []
     first = Pusher(gate, "v1", inside, "first")
@@ -84,7 +96,7 @@ async def test_pushes_waiting_together_go_in_one_at_a_time(gate: PolicyGate) -> 
     inside: list[str] = []
     pushers = {f"push {n}": Pusher(gate, "v1", inside, f"push {n}") for n in range(4)}
     for turn in range(4):
-        await settle()
+        await someone_inside(inside)
         assert len(inside) == 1, inside
         holder = pushers[inside[0]]
         # Another push arrives while the others wait: it queues behind them.
@@ -94,7 +106,7 @@ async def test_pushes_waiting_together_go_in_one_at_a_time(gate: PolicyGate) -> 
             assert len(inside) == 1, inside
         holder.leave.set()
         await asyncio.wait_for(holder.task, 10)
-    await settle()
+    await someone_inside(inside)
     assert inside == ["push 4"]
     pushers["push 4"].leave.set()
     await asyncio.gather(*(p.task for p in pushers.values()))
