@@ -5,14 +5,17 @@ tokens no client expects)."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.auth.token_cache import VerifiedTokens
-from registry.auth.tokens import load_or_create_key
+from registry.auth.tokens import key_id, load_or_create_key
 
 
 def test_a_cached_token_answers_exactly_inside_its_window() -> None:
@@ -81,3 +84,37 @@ def test_a_cached_token_is_never_answered_after_its_window(late: float) -> None:
     cache.put("token", "claims", valid_from=100.0, valid_until=200.0)
     assert cache.get("token", late) is None
     assert len(cache) == 0
+
+
+def test_a_key_being_written_is_never_read_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N` on a fresh data directory: every worker looks for the signing key at
+    once. A worker that finds another still writing it must not read a half-written file (its
+    start would fail and stop the registry): it sees no key or a whole one, and all end up
+    signing with the same key."""
+    path = tmp_path / "auth" / "token-signing-key.pem"
+    paused, resume = threading.Event(), threading.Event()
+    real_fdopen = os.fdopen
+
+    def slow_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "first":  # the first writer stops mid-write
+            paused.set()
+            resume.wait(10)
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", slow_fdopen)
+    loaded: dict[str, str] = {}
+
+    def first() -> None:
+        loaded["first"] = key_id(load_or_create_key(path, configured=False))
+
+    writer = threading.Thread(target=first, name="first")
+    writer.start()
+    assert paused.wait(10)
+    second = key_id(load_or_create_key(path, configured=False))  # while the first writes
+    resume.set()
+    writer.join(10)
+    assert loaded["first"] == second == key_id(load_or_create_key(path, configured=False))
+    assert [p.name for p in path.parent.iterdir()] == ["token-signing-key.pem"]
+    assert path.stat().st_mode & 0o777 == 0o600
