@@ -20,7 +20,7 @@ from registry.context import CONTEXT
 from storage.layout import DataLayout
 from storage.metadata import open_metadata
 from tests.conftest import registry_metadata_url
-from tests.proxy.upstreams import PASSWORD, USER, proxy_config, push_signature, random_layer
+from tests.proxy.upstreams import proxy_config, push_signature, random_layer
 from tests.server_process import port_of, reserve_port
 from tests.signing import public_pem, sign, simple_signing_payload
 
@@ -55,29 +55,23 @@ async def _create_database(data: Path) -> None:
     await db.close()
 
 
+def _sync_command(tmp_path: Path, upstream_registry, policy: str) -> tuple[Path, list[str]]:
+    """A data directory with its database, `policy` and a configuration proxying the upstream
+    as `mirror.test`; (data directory, `trustyard library sync` arguments)."""
+    data = tmp_path / "data"
+    asyncio.run(_create_database(data))
+    (tmp_path / "policy.yaml").write_text(policy)
+    config = {"data_dir": str(data), **proxy_config(upstream_registry.url, upstream_registry.ca)}
+    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
+    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
+    return data, [*argv, "--policy", str(tmp_path / "policy.yaml")]
+
+
 def test_sync_follows_the_upstream_tag(
     tmp_path: Path, upstream_registry, upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, _ = asyncio.run(upstream.push_image("library/python", "3.12", [random_layer(50_000)]))
-    data = tmp_path / "data"
-    asyncio.run(_create_database(data))
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    config = {
-        "data_dir": str(data),
-        "upstreams": [
-            {
-                "name": "ref",
-                "url": upstream_registry.url,
-                "prefix": "mirror.test",
-                "username": USER,
-                "password": PASSWORD,
-                "ca_file": str(upstream_registry.ca.ca_file),
-            }
-        ],
-    }
-    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
-    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
-    argv += ["--policy", str(tmp_path / "policy.yaml")]
+    data, argv = _sync_command(tmp_path, upstream_registry, POLICY)
 
     assert main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
@@ -182,25 +176,7 @@ def test_sync_brings_upstream_signatures_and_signed_by_counts_them(
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "release.pub").write_bytes(public_pem(key))
     digest, _ = asyncio.run(upstream.push_image("vendor/python", "3.12", [random_layer(20_000)]))
-    data = tmp_path / "data"
-    asyncio.run(_create_database(data))
-    (tmp_path / "policy.yaml").write_text(SIGNED_POLICY)
-    config = {
-        "data_dir": str(data),
-        "upstreams": [
-            {
-                "name": "ref",
-                "url": upstream_registry.url,
-                "prefix": "mirror.test",
-                "username": USER,
-                "password": PASSWORD,
-                "ca_file": str(upstream_registry.ca.ca_file),
-            }
-        ],
-    }
-    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
-    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
-    argv += ["--policy", str(tmp_path / "policy.yaml")]
+    data, argv = _sync_command(tmp_path, upstream_registry, SIGNED_POLICY)
     where = "python:3.12 from mirror.test/vendor/python"
     host = upstream_registry.url.split("://", 1)[1]
     sig_tag = digest.replace(":", "-") + ".sig"
@@ -251,16 +227,8 @@ def test_sync_refuses_a_blob_longer_than_its_manifest_declares(
             )
 
     asyncio.run(push_understated())
-    data = tmp_path / "data"
-    asyncio.run(_create_database(data))
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    config = {
-        "data_dir": str(data),
-        **proxy_config(upstream_registry.url, upstream_registry.ca),
-    }
-    (tmp_path / "trustyard.yaml").write_text(json.dumps(config))
-    argv = ["library", "sync", "--config", str(tmp_path / "trustyard.yaml")]
-    argv += ["--policy", str(tmp_path / "policy.yaml"), "python:3.12"]
+    data, argv = _sync_command(tmp_path, upstream_registry, POLICY)
+    argv.append("python:3.12")
 
     assert main(argv) != 0
     err = capsys.readouterr().err
