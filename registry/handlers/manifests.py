@@ -8,6 +8,7 @@ from functools import partial
 from aiohttp import web
 
 from registry.auth.producers import quarantine_reader
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.context import context, pipeline
 from registry.errors import RegistryError
 from registry.events.hub import EVENTS
@@ -101,12 +102,10 @@ async def _read_body(request: web.Request) -> bytes:
     declared = request.content_length
     if declared is not None and declared > MAX_MANIFEST_SIZE:
         raise too_large(declared)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > MAX_MANIFEST_SIZE:
-            raise too_large(len(body))
-    return bytes(body)
+    try:
+        return await read_bounded(request.content, MAX_MANIFEST_SIZE)
+    except BodyTooLarge as exc:
+        raise too_large(exc.size) from None
 
 
 async def delete_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:

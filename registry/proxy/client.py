@@ -29,6 +29,7 @@ from urllib.request import parse_http_list, parse_keqv_list
 
 import aiohttp
 
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.upstream_settings import Upstream
 
 log = logging.getLogger("trustyard.proxy")
@@ -53,25 +54,6 @@ class UpstreamError(Exception):
         super().__init__(f"upstream {upstream.name} ({upstream.url}): {reason}")
         self.upstream = upstream
         self.reason = reason
-
-
-class TooLarge(Exception):
-    """An upstream's body ran past the limit the reader set."""
-
-
-async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body of `response`, read to its end however many pieces it arrives in;
-    `TooLarge` as soon as it passes `limit` bytes (nothing more is read)."""
-    pieces: list[bytes] = []
-    size = 0
-    while True:
-        piece = await response.content.readany()
-        if not piece:
-            return b"".join(pieces)
-        size += len(piece)
-        if size > limit:
-            raise TooLarge(f"more than {limit} bytes")
-        pieces.append(piece)
 
 
 class RateLimited(UpstreamError):
@@ -284,8 +266,8 @@ class UpstreamClient:
                     raise UpstreamError(
                         self.upstream, f"token endpoint {realm} answered {response.status}"
                     )
-                body = await read_body(response, MAX_TOKEN_RESPONSE)
-        except TooLarge:
+                body = await read_bounded(response.content, MAX_TOKEN_RESPONSE)
+        except BodyTooLarge:
             raise UpstreamError(self.upstream, "token endpoint answered too large a body") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamError(self.upstream, f"token endpoint: {_describe(exc)}") from None

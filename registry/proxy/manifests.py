@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from policies.errors import PolicyDenied
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.context import CONTEXT
 from registry.errors import (
     DIGEST_INVALID,
@@ -44,10 +45,8 @@ from registry.errors import (
 from registry.proxy.blobs import BlobFetcher, FetchFailed
 from registry.proxy.client import (
     RateLimited,
-    TooLarge,
     UpstreamClient,
     UpstreamError,
-    read_body,
 )
 from registry.proxy.stats import ProxyStats
 from registry.proxy.store import parse_pulled, store_pulled_manifest
@@ -249,8 +248,8 @@ class ManifestCache:
             if response.status != 200:
                 raise UpstreamError(client.upstream, f"manifest GET answered {response.status}")
             try:
-                body = await read_body(response, MAX_MANIFEST_SIZE)
-            except TooLarge:
+                body = await read_bounded(response.content, MAX_MANIFEST_SIZE)
+            except BodyTooLarge:
                 raise UpstreamError(
                     client.upstream, "manifest larger than the 4 MiB limit"
                 ) from None
@@ -442,8 +441,8 @@ class ManifestCache:
             if response.status != 200:
                 return []
             try:
-                body = await read_body(response, MAX_MANIFEST_SIZE)
-            except TooLarge:
+                body = await read_bounded(response.content, MAX_MANIFEST_SIZE)
+            except BodyTooLarge:
                 return []
         try:
             document = json.loads(body)

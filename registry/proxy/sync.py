@@ -30,9 +30,10 @@ from policies.library.declaration import Library
 from policies.library.history import Announce
 from policies.library.importer import Companion, LibraryImportError, import_image
 from policies.signatures.references import remap_sources
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.context import RegistryContext
 from registry.events.hub import EventHub
-from registry.proxy.client import TooLarge, UpstreamClient, UpstreamError, read_body
+from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.upstream_settings import ProxySettings
 from storage.blobstore import BlobStore
 from storage.metadata import MetadataDB
@@ -200,12 +201,12 @@ async def _referrers(client: UpstreamClient, remote: str, digest: str) -> list[s
         async with response:
             if response.status != 200:
                 return []
-            body = await read_body(response, MAX_MANIFEST_SIZE)
+            body = await read_bounded(response.content, MAX_MANIFEST_SIZE)
         manifests = json.loads(body).get("manifests")
         return [str(parse_digest(m["digest"])) for m in manifests]
     except (
         UpstreamError,
-        TooLarge,
+        BodyTooLarge,
         ValueError,
         KeyError,
         TypeError,
@@ -228,8 +229,8 @@ async def _manifest(
         if response.status != 200:
             raise UpstreamError(client.upstream, f"manifest {reference}: {response.status}")
         try:
-            content = await read_body(response, MAX_MANIFEST_SIZE)
-        except TooLarge:
+            content = await read_bounded(response.content, MAX_MANIFEST_SIZE)
+        except BodyTooLarge:
             raise UpstreamError(client.upstream, "manifest larger than the 4 MiB limit") from None
         claimed = response.headers.get("Docker-Content-Digest")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.errors import NAME_UNKNOWN, RegistryError
 from registry.pagination import Page
-from registry.proxy.client import TooLarge, UpstreamClient, UpstreamError, read_body
+from registry.proxy.client import UpstreamClient, UpstreamError
 from registry.proxy.manifests import stale_warning, upstream_refusal
 from registry.proxy.stats import ProxyStats
 from registry.upstream_settings import ProxySettings, Upstream
@@ -139,8 +140,8 @@ class TagLists:
             if response.status != 200:
                 raise UpstreamError(upstream, f"tags/list answered {response.status}")
             try:
-                body = await read_body(response, MAX_TAG_PAGE)
-            except TooLarge:
+                body = await read_bounded(response.content, MAX_TAG_PAGE)
+            except BodyTooLarge:
                 raise UpstreamError(upstream, "tag list page larger than the 8 MiB limit") from None
             link = response.links.get("next")
         parse = _tags

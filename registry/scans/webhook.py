@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from policies.rules import parse_size
+from registry.bodies import BodyTooLarge, read_bounded
 from registry.config import Config
 from registry.context import context
 from registry.errors import (
@@ -116,12 +117,10 @@ def _by_signature(
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    try:
+        return await read_bounded(request.content, limit)
+    except BodyTooLarge:
+        raise _too_large(limit) from None
 
 
 def _too_large(limit: int) -> RegistryError:
