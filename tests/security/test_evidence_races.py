@@ -67,3 +67,64 @@ async def test_a_signature_deleted_while_a_pull_reads_the_evidence_version_is_no
 
     assert await pull(registry, "prod/app", "v1") == (403, UNSIGNED)
     assert await pull(registry, "prod/app", digest) == (403, UNSIGNED)
+
+
+async def test_a_signature_deleted_by_another_worker_while_a_pull_reads_the_version_is_not_kept(
+    start_client: Any, tmp_path: Path, release_key: Any, monkeypatch: Any
+) -> None:
+    """Two workers over one data directory: worker B deletes the signature while worker A reads
+    the evidence version. A's watch of the shared generation forgets what A remembered; the
+    version A was reading when that happened is stale and must not be remembered either (or
+    every later pull on A is served the allow cached under it)."""
+    (tmp_path / "release.pub").write_bytes(public_pem(release_key))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    settings = {"file": str(tmp_path / "policy.yaml"), "reload": False}
+    one = await start_client(policy=settings)
+    other = await start_client(policy=settings)
+    digest, _ = await signed_image(one, release_key)
+    db = one.app[CONTEXT].db
+    generation = db.generation
+    seen: list[int] = []
+    watched = asyncio.Condition()
+
+    async def observed_generation(name: str) -> int:
+        """What worker A's watch reads; the watch acts on it in the same step."""
+        value = await generation(name)
+        async with watched:
+            seen.append(value)
+            watched.notify_all()
+        return value
+
+    async def watch_sees(target: int) -> None:
+        async with watched:
+            await asyncio.wait_for(watched.wait_for(lambda: bool(seen) and seen[-1] >= target), 20)
+
+    monkeypatch.setattr(db, "generation", observed_generation)
+    # A change on A makes it read the version again; let its watch settle on that change first.
+    await push_image(one, "prod/app", "v2")
+    await watch_sees(await generation("evidence"))
+
+    read = db.evidence_version
+    reading, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_first_read(repository: str) -> int:
+        version = await read(repository)
+        if not reading.is_set():
+            reading.set()
+            await go_on.wait()
+        return version
+
+    monkeypatch.setattr(db, "evidence_version", slow_first_read)
+    early = asyncio.create_task(pull(one, "prod/app", "v1"))
+    await asyncio.wait_for(reading.wait(), 20)
+    # Another pull on A reads the same version, remembers it and caches its allow under it ...
+    assert await pull(one, "prod/app", "v1") == (200, "")
+    # ... worker B deletes the signature, and A's watch sees the shared generation move.
+    await delete(other, sig_tag(digest))
+    await watch_sees(await generation("evidence"))
+    go_on.set()
+    assert await early in ((200, ""), (403, UNSIGNED))  # began before the delete: either
+
+    assert await pull(one, "prod/app", "v1") == (403, UNSIGNED)
+    assert await pull(one, "prod/app", digest) == (403, UNSIGNED)
+    assert await pull(other, "prod/app", "v1") == (403, UNSIGNED)
