@@ -106,14 +106,16 @@ class SQLiteBase:
         full" becomes `StorageFull`."""
         async with self._write_lock, self._file_lock():
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    await self._writer.execute("BEGIN IMMEDIATE")
                     yield self._writer
+                    await self._writer.execute("COMMIT")
                 except BaseException:
-                    if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
+                    # Also when cancelled while BEGIN or COMMIT waited for the writer's thread:
+                    # it still runs there, and the rollback is queued after it, so the writer
+                    # never stays inside a transaction every later write would fail to begin.
+                    await self._writer._execute(_rollback_open, self._writer._conn)
                     raise
-                await self._writer.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
                     if self._writer.in_transaction:
@@ -139,8 +141,10 @@ class SQLiteBase:
         if self._writelock_fd is None:
             yield
             return
-        await self._writer._execute(fcntl.flock, self._writelock_fd, fcntl.LOCK_EX)
         try:
+            # Inside the `try`: cancelled while waiting, the lock is still taken on the thread,
+            # and the release queued after it frees it for the other processes.
+            await self._writer._execute(fcntl.flock, self._writelock_fd, fcntl.LOCK_EX)
             yield
         finally:
             await self._writer._execute(fcntl.flock, self._writelock_fd, fcntl.LOCK_UN)
@@ -176,6 +180,12 @@ class SQLiteBase:
         # open between two awaits would hold SQLite's read snapshot for every other coroutine's
         # query on this connection, so reads under load could miss what was just committed.
         return list(await self._reader.execute_fetchall(sql, args))
+
+
+def _rollback_open(conn: sqlite3.Connection) -> None:
+    """On the writer thread: end the transaction a failed or cancelled one left open."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 class _BatchLost(Exception):
