@@ -119,6 +119,22 @@ async def test_an_index_with_more_children_than_judged_is_denied(registry: Any) 
     )
 
 
+async def test_an_index_with_as_many_children_as_judged_is_judged_to_its_last_child(
+    registry: Any,
+) -> None:
+    """The limit is inclusive: an index of exactly MAX_CHILDREN children is judged, each of
+    them (the last one too), not refused as too large to judge."""
+    client = registry(policy_text("{max_size: 1MiB}"))
+    small = await push_child(client, "app/web", 10)
+    children = [small] * (MAX_CHILDREN - 1) + [await push_child(client, "app/web", TERABYTE)]
+    await assert_push_denied(
+        client,
+        index_of(*children),
+        "image (linux/amd64) is 931.3 GiB, over the 1.0 MiB limit",
+        OCI_INDEX,
+    )
+
+
 async def test_a_large_child_within_the_limit_count_is_still_caught(registry: Any) -> None:
     client = registry(policy_text("{max_size: 1MiB}"))
     big = await push_child(client, "app/web", TERABYTE)
