@@ -13,9 +13,17 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from policies.facts import MAX_SIGNATURE_LAYERS
 from registry.context import CONTEXT
 from storage.oci.digests import parse_digest
-from tests.security.crafted import push_simple_signature
+from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor
+from tests.security.crafted import (
+    SIMPLE_SIGNING,
+    image_config,
+    push_blobs,
+    push_simple_signature,
+    put_manifest,
+)
 from tests.security.test_image_classification import SIG_TAG, assert_denied, assert_pulled
 from tests.security.test_image_classification import gated as gated
 
@@ -54,3 +62,32 @@ async def test_a_signature_whose_payload_storage_fails_is_judged_as_an_image(
     assert (await push_simple_signature(gated, "app/web", SIG_TAG, PAYLOAD)).status == 201
     monkeypatch.setattr(store, "read", unreachable)
     await assert_denied(gated, SIG_TAG)
+
+
+async def _push_signature_layers(client: TestClient, count: int) -> None:
+    """A manifest typed as a signature with `count` simple-signing layers (one inert payload)."""
+    config = image_config()
+    await push_blobs(client, "app/web", config, PAYLOAD)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(SIMPLE_SIGNING, PAYLOAD)] * count,
+    }
+    assert (await put_manifest(client, "app/web", SIG_TAG, manifest)).status == 201
+
+
+async def test_a_signature_with_more_layers_than_are_checked_is_judged_as_an_image(
+    gated: TestClient,
+) -> None:
+    """Each payload's bytes are read to show it inert, up to MAX_SIGNATURE_LAYERS: one layer
+    more and the manifest is judged as the image it may be, not exempt unread."""
+    await _push_signature_layers(gated, MAX_SIGNATURE_LAYERS + 1)
+    await assert_denied(gated, SIG_TAG)
+
+
+async def test_a_signature_with_as_many_layers_as_are_checked_stays_a_signature(
+    gated: TestClient,
+) -> None:
+    await _push_signature_layers(gated, MAX_SIGNATURE_LAYERS)
+    await assert_pulled(gated, SIG_TAG)
