@@ -210,6 +210,46 @@ async def test_an_oversized_config_denies_labels_and_platforms(registry: Any) ->
     )
 
 
+async def test_a_config_of_exactly_the_limit_is_read_and_judged(registry: Any) -> None:
+    """The limit is inclusive: a config of exactly MAX_CONFIG_SIZE bytes is read and judged."""
+    client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
+    limit = 8 * 1024 * 1024
+    config = image_config(padding="")
+    config = image_config(padding="x" * (limit - len(config)))
+    assert len(config) == limit
+    layer = b"layer"
+    await push_blobs(client, "app/web", config, layer)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer)],
+    }
+    resp = await put_manifest(client, "app/web", "v1", manifest)
+    assert resp.status == 201, await resp.text()
+
+
+async def test_a_config_declared_larger_than_the_limit_is_refused_unread(registry: Any) -> None:
+    """The descriptor's size is what clients trust: a config declared over the limit is not
+    judged by whatever smaller blob sits under its digest (no client could fetch it whole)."""
+    client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
+    config = image_config()
+    layer = b"layer"
+    await push_blobs(client, "app/web", config, layer)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {**descriptor(OCI_CONFIG, config), "size": 8 * 1024 * 1024 + 1},
+        "layers": [descriptor(OCI_LAYER, layer)],
+    }
+    await assert_push_denied(
+        client,
+        manifest,
+        "cannot be judged: the image config is larger than 8388608 bytes",
+        OCI_MANIFEST,
+    )
+
+
 async def test_an_index_child_without_platform_is_judged_by_its_config(registry: Any) -> None:
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     s390x = await push_child(client, "app/web", 10, config=image_config(architecture="s390x"))
