@@ -282,8 +282,9 @@ def redact(url: str) -> str:
 
 async def ensure_schema(db: PGConnection) -> None:
     """Create the tables that are missing and check (or record) the schema version."""
-    for statement in schema():
-        await db.execute(statement)
+    # One script, one round trip (the simple query protocol runs it statement by statement in
+    # the caller's transaction): a statement each cost a round trip, most of a start-up.
+    await db.connection.execute(";\n".join(translate(statement)[0] for statement in schema()))
     row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
     if row is None:
         await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
