@@ -12,6 +12,7 @@ import pytest
 import yaml
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from argon2 import PasswordHasher
 
 from registry.auth.users import UserStore
 
@@ -56,10 +57,18 @@ class Accounts:
 #: argon2 is slow on purpose (three hashes took seconds of every test's setup on a busy machine).
 _WRITTEN: tuple[bytes, str] | None = None
 
+#: Argon2id at its lowest cost (one pass over 1 MiB, one lane) for these test accounts' hashes:
+#: a login verifies a password at the cost written in its stored hash, and the product's (64 MiB,
+#: three passes, four lanes) made each login of these tests take up to seconds on a busy
+#: machine. Only the test file's hashes are cheaper: `hash_password` (`trustyard user add`)
+#: keeps the product's cost, which tests/auth/test_accounts.py checks.
+_CHEAP_ARGON2 = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
 
 def write_accounts(data_dir: Path) -> Accounts:
     """Create alice (dev), olga (ops), bob (no group) and the robot `ci` in the users file: a
-    copy of the file `UserStore` wrote once for this process, the test's own to change."""
+    copy of the file `UserStore` wrote once for this process (with cheaper Argon2id hashes of
+    the same passwords), the test's own to change."""
     global _WRITTEN
     if _WRITTEN is None:
         with tempfile.TemporaryDirectory() as scratch:
@@ -68,6 +77,10 @@ def write_accounts(data_dir: Path) -> Accounts:
             store.add_user("olga", PASSWORDS["olga"], ["ops"], replace=False)
             store.add_user("bob", PASSWORDS["bob"], [], replace=False)
             token = store.add_robot("ci", ["ci"], replace=False)
+            document = yaml.safe_load(store.path.read_text())
+            for name, entry in document["users"].items():
+                entry["password"] = _CHEAP_ARGON2.hash(PASSWORDS[name])
+            store._write(document)
             _WRITTEN = (store.path.read_bytes(), token)
     content, token = _WRITTEN
     path = data_dir / "auth" / "users.yaml"
