@@ -22,6 +22,7 @@ from registry.context import CONTEXT, PIPELINE, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
 from registry.health import add_health_routes
+from registry.heap import heap_metrics
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import (
@@ -74,6 +75,7 @@ def create_app(
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app[LEADER] = worker is None or worker.leader
+    app[METRICS].sections.append(heap_metrics)
     if worker is not None:
         app[METRICS].sections.append(worker_metrics(worker))
     app.cleanup_ctx.append(_resources(config, policy))

@@ -32,6 +32,7 @@ from storage.errors import StorageFull
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.outbox import OutboxRow
+from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
 
 #: SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13
@@ -60,6 +61,8 @@ class SQLiteBase:
         )
         self._write_lock = asyncio.Lock()
         self.path = path
+        #: Manifests read since the last commit to the file, by anyone (`read_cache`).
+        self.manifest_reads = ManifestReads(CommitProbe(path)) if path is not None else None
         self._group = GroupCommit(self._run_batch, _translate)
 
     @classmethod
@@ -95,6 +98,9 @@ class SQLiteBase:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
+        if self.manifest_reads is not None:
+            self.manifest_reads.probe.close()
+            self.manifest_reads = None
         if self._writelock_fd is not None:
             os.close(self._writelock_fd)
             self._writelock_fd = None
