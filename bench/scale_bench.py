@@ -1,6 +1,7 @@
 """Scaling out, side by side in one run, with auth and a signature policy on.
 
-    python -m bench.scale_bench                          # every workload (~6 min)
+    python3 bench/scale_bench.py                         # every workload (~6 min)
+    python -m bench.scale_bench                          # the same
     python -m bench.scale_bench --workloads get --duration 10
     python -m bench.scale_bench --workloads put,blob --puts 3000
 
@@ -31,6 +32,12 @@ servers: what they use is not the servers'. Scratch data is removed at the end.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python3 bench/scale_bench.py`: the packages are one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import asyncio
 import hashlib
@@ -40,11 +47,9 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp

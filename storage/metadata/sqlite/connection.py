@@ -46,6 +46,10 @@ Params = Sequence[Any] | Mapping[str, Any]
 class SQLiteBase:
     """The two connections of one SQLite metadata database, and its transactions."""
 
+    #: Manifests read since the last commit to the file, by anyone (`read_cache`); None where
+    #: there is no such signal (PostgreSQL, which runs these groups over its own base).
+    manifest_reads: ManifestReads | None = None
+
     def __init__(
         self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path | None = None
     ) -> None:
@@ -61,7 +65,6 @@ class SQLiteBase:
         )
         self._write_lock = asyncio.Lock()
         self.path = path
-        #: Manifests read since the last commit to the file, by anyone (`read_cache`).
         self.manifest_reads = ManifestReads(CommitProbe(path)) if path is not None else None
         self._group = GroupCommit(self._run_batch, _translate)
 
