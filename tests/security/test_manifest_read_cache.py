@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +19,13 @@ import pytest
 from storage.metadata import ManifestRecord, open_metadata
 from storage.metadata.sqlite import SQLiteMetadata
 from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
-from tests.registry.test_workers import push_image, request, wait_until, workers_answering
+from tests.registry.test_workers import (
+    WORKER,
+    push_image,
+    request,
+    wait_until,
+    workers_answering,
+)
 from tests.server_process import start_registry
 
 REPO = "team/app"
@@ -161,10 +168,27 @@ def test_memory_is_bounded_and_large_manifests_are_not_kept(tmp_path: Path) -> N
         probe.close()
 
 
+HITS = re.compile(r"^trustyard_manifest_reads_from_memory_total (\d+)$", re.MULTILINE)
+
+
+def reads_from_memory(url: str) -> dict[int, int]:
+    """Manifest reads each worker answered from memory, as its `/metrics` says (48 fresh
+    connections: the kernel spreads them over both)."""
+    seen: dict[int, int] = {}
+    for _ in range(48):
+        status, body = request(f"{url}/metrics")
+        assert status == 200
+        text = body.decode()
+        worker, hits = WORKER.search(text), HITS.search(text)
+        assert worker is not None and hits is not None, text[-500:]
+        seen[int(worker.group(1))] = max(seen.get(int(worker.group(1)), 0), int(hits.group(1)))
+    return seen
+
+
 def test_a_tag_moved_through_one_worker_is_pulled_new_from_every_worker(tmp_path: Path) -> None:
     """Over HTTP with `serve --workers 2`: after the 201 of a push that moves a tag (or the 202
     of a delete), every GET on a fresh connection, whichever worker the kernel gives it to,
-    answers the new state, though both workers had been serving the old one."""
+    answers the new state, though both workers had been serving the old one from memory."""
     server = start_registry(tmp_path / "data", extra_args=["--workers", "2"])
     try:
         wait_until(lambda: workers_answering(server.url) == {0, 1}, "both workers answering")
@@ -177,6 +201,7 @@ def test_a_tag_moved_through_one_worker_is_pulled_new_from_every_worker(tmp_path
             )
             assert status == 200
         url = f"{server.url}/v2/{REPO}/manifests/latest"
+        before: dict[int, int] = {}
         for digest in [*bodies, *bodies]:
             status, _ = request(url, "PUT", data=bodies[digest], headers={"Content-Type": MEDIA})
             assert status == 201
@@ -184,6 +209,11 @@ def test_a_tag_moved_through_one_worker_is_pulled_new_from_every_worker(tmp_path
                 status, body = request(url, headers=accept)
                 assert status == 200
                 assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+            # Both workers were answering this state from memory when the next change came.
+            hits = reads_from_memory(server.url)
+            assert set(hits) == {0, 1}, hits
+            assert all(hits[w] > before.get(w, 0) for w in hits), (before, hits)
+            before = hits
         status, _ = request(f"{server.url}/v2/{REPO}/manifests/{digest}", "DELETE")
         assert status == 202
         for _ in range(24):
