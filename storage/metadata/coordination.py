@@ -40,6 +40,12 @@ def tag_key(repository: str, tag: str) -> str:
     return f"tag {repository} {tag}"
 
 
+def upload_key(upload_id: str) -> str:
+    """The lock name of an upload session: held by the one request appending to it or finishing
+    it, whichever process serves that request."""
+    return f"upload {upload_id}"
+
+
 #: The lock name of garbage collection.
 GC_KEY = "gc"
 
