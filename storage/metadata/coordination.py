@@ -9,7 +9,10 @@ garbage collector may use one database at once. What one of them decides must ho
   both pass the check; a collection holds `gc`, so two never run at once. SQLite: a POSIX record
   lock on one byte of the file `<database>.locks` (a byte per key's hash) — released by the
   kernel when the process dies; PostgreSQL: a session advisory lock on a connection kept for
-  locks — released by the server when the connection goes.
+  locks — released by the server when the connection goes. A lock can thus be lost while its
+  holder lives (PostgreSQL: the connection dropped): a holder `confirm`s it just before it
+  commits what the lock guards, and refuses the change (`storage.errors.LockLost`) when it is
+  gone.
 * **Shared generations** (`generation`): a counter per kind of change, bumped in the
   transaction of the change (`shared_generations`, see `storage.layout`). Every process reads
   it a few times a second (`storage.metadata.generations.GenerationWatch`) and forgets what it
@@ -106,6 +109,11 @@ class Coordination(ABC):
         """Hold the lock named `key` across every process on this database while the block
         runs; yields True. Without `wait`, yields False at once (holding nothing) when another
         holder has it."""
+
+    @abstractmethod
+    async def confirm(self, key: str) -> None:
+        """Raise `storage.errors.LockLost` unless this process still holds the lock `key` it
+        took with `exclusive` (a holder calls it just before it commits what the lock guards)."""
 
     @abstractmethod
     async def generation(self, name: str) -> int:

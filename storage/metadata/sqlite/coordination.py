@@ -64,6 +64,10 @@ class SQLiteCoordination(SQLiteBase):
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
 
+    async def confirm(self, key: str) -> None:
+        """Nothing to ask: a record lock lasts as long as the process's lock file descriptor,
+        which is never closed (only the process's death drops it, and its holder with it)."""
+
     async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
         """None: SQLite sends no notices; readers poll `generation`."""
         return None
