@@ -20,6 +20,11 @@ garbage collector may use one database at once. What one of them decides must ho
   a trigger on the table also sends a notice (`NOTIFY`) at the commit, which wakes the readers
   at once (`listen_generations`); the reads go on, for SQLite and for a lost listener.
 
+* **Shared files** (`announce_files`, `live_files`): every serving process records, every few
+  seconds, digests of the files it decides requests by (its policy, its users file) that are
+  read from each machine's own disk; a replica can thus tell when another runs different ones
+  (`registry.replica_files`).
+
 Within one process, holders of one key also wait for each other here (`KeyedLocks`): a POSIX
 lock or a PostgreSQL session lock is the process's, not the coroutine's.
 """
@@ -31,6 +36,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 #: The first and the longest pause between two tries of a lock another process holds.
@@ -121,10 +127,32 @@ class Coordination(ABC):
         whichever process made it (0 before the first)."""
 
     @abstractmethod
+    async def announce_files(self, instance: str, files: dict[str, str], now: float) -> None:
+        """Record that serving process `instance` runs `files` (name -> digest) as of `now`,
+        and forget processes not heard of for a day."""
+
+    @abstractmethod
+    async def live_files(self, since: float) -> list[InstanceFiles]:
+        """Every serving process heard of since `since`, with the files it runs."""
+
+    @abstractmethod
+    async def forget_instance(self, instance: str) -> None:
+        """Drop what `instance` announced (it stops)."""
+
+    @abstractmethod
     async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
         """Have `wake` called as soon as a shared generation moves (at the commit of the change,
         by any process), while the returned listener is alive; None where the engine cannot
         tell (SQLite: readers poll `generation`)."""
+
+
+@dataclass(frozen=True)
+class InstanceFiles:
+    """What one serving process said it runs, and when it last said so."""
+
+    instance: str
+    files: dict[str, str]
+    seen_at: float
 
 
 class Listener(Protocol):
