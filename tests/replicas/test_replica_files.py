@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.replicas.conftest import StartReplicas
+from tests.replicas.conftest import START_TIMEOUT, StartReplicas
 from tests.server_process import RegistryProcess, start_registry
 
 STRICT = """\
@@ -28,7 +28,7 @@ rules:
 OTHER = STRICT.replace('tags: ["v*"]', 'tags: ["v*", "r*"]')
 
 #: How long a server may take to start on a loaded machine.
-START = 120.0
+START = START_TIMEOUT
 #: Only turns a hang into a failure; a difference is seen within two heartbeats.
 PATIENCE = 60.0
 
