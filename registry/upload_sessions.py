@@ -142,7 +142,9 @@ class UploadSessions:
                 await self._receive(
                     repository, upload_id, session, offset, body, content_range, content_length
                 )
-                # Acknowledged (202 with this offset) only once every byte is durable.
+                # Still the session's only writer (a PostgreSQL lock goes with its connection),
+                # then acknowledged (202 with this offset) only once every byte is durable.
+                await self._confirm_writer(upload_id, session)
                 await self.store.flush(upload_id)
             except BaseException:
                 await self._forget_pending(upload_id, session)
@@ -191,6 +193,7 @@ class UploadSessions:
                         message="provided digest did not match uploaded content",
                     )
                 size = session.offset
+                await self._confirm_writer(upload_id, session)
                 try:
                     await commit_blob(self.store, self.db, upload_id, digest, size, repository)
                 except StorageFull:
@@ -229,6 +232,11 @@ class UploadSessions:
                     headers=upload_headers(repository, upload_id, size),
                 )
             yield
+
+    async def _confirm_writer(self, upload_id: str, session: _Session) -> None:
+        """`LockLost` (503) when the session's lock went while this request wrote it."""
+        if not session.private:
+            await self.db.confirm(upload_key(upload_id))
 
     async def _forget_pending(self, upload_id: str, session: _Session) -> None:
         """After a failed request: the store forgets bytes it did not make durable; unless the
