@@ -12,7 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from registry.auth.tokens import load_or_create_key
+from registry.auth.users import UserStore
+from tests.auth.conftest import auth_section
 from tests.replicas.conftest import START_TIMEOUT, StartReplicas
 from tests.server_process import RegistryProcess, start_registry
 
@@ -111,3 +115,49 @@ def test_a_policy_changed_on_one_replica_only_is_reported_by_both(
             until_logged(server, r"replicas agree again on the policy and users files", mark)
     finally:
         second.stop()
+
+
+def auth_config(folder: Path, users: list[str]) -> Path:
+    """A configuration with auth on, its own users file holding `users`, one shared key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    store = UserStore(folder / "users.yaml")
+    for name in users:
+        store.add_robot(name, ["ci"], replace=False)
+    key = folder.parent / "signing.pem"
+    if not key.exists():
+        load_or_create_key(key, configured=False)
+    config = folder / "trustyard.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "auth": {
+                    **auth_section(),
+                    "users_file": str(folder / "users.yaml"),
+                    "token": {"signing_key": str(key)},
+                }
+            }
+        )
+    )
+    return config
+
+
+def test_a_replica_with_another_users_file_refuses_to_start(
+    start_replicas: StartReplicas, tmp_path: Path
+) -> None:
+    """A robot removed from one replica's users file only would still push through the others:
+    a replica whose users file differs from a live replica's does not start."""
+    a = start_replicas("--config", str(auth_config(tmp_path / "a", ["ci", "deploy"])), count=1).a
+    with pytest.raises(RuntimeError) as refused:
+        start_registry(
+            tmp_path / "data",
+            extra_args=["--config", str(auth_config(tmp_path / "b", ["ci"]))],
+            timeout=START,
+        )
+    message = str(refused.value)
+    assert message.startswith("registry exited with 2:"), message
+    assert re.search(
+        rf"trustyard: not starting: the users file differs from replica "
+        rf"'[^']* {a.process.pid}''s: it runs sha256:[0-9a-f]{{12}}, this one sha256:",
+        message,
+    ), message
+    assert "the policy file differs" not in message
