@@ -300,3 +300,16 @@ def test_the_key_hint_is_advisory_whatever_its_shape(public_key: Any) -> None:
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
     assert (finding.valid, finding.signer) == (True, "release")
+
+
+def test_a_sha512_digest_filed_as_a_sha256_subject_names_no_image() -> None:
+    """A statement's subjects are read from their `sha256` digests only: a sha512 image's hex
+    filed there (by a careless signer, or a tool confusing the two) proves nothing for it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    image = "sha512:" + hashlib.sha512(b"an image").hexdigest()
+    bundle, _ = keyed_bundle(key, statement("sha256:" + image[7:]))
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, image, bundle) == (
+        False,
+        f"for another image (sha256:{image[7:19]}…)",
+    )
