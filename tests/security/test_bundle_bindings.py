@@ -313,3 +313,26 @@ def test_a_sha512_digest_filed_as_a_sha256_subject_names_no_image() -> None:
         False,
         f"for another image (sha256:{image[7:19]}…)",
     )
+
+
+def test_a_keyless_message_signature_cannot_vouch_for_a_sha512_image() -> None:
+    """A message signature signs a SHA-256 digest: a sha512 image is refused, saying why,
+    before `sigstore` is asked to compare digests of different lengths."""
+    config = trust(
+        {
+            "identities": {
+                "tny": {
+                    "issuer": GITHUB_LOGIN,
+                    "subject": STAGING_USERS["tny"],
+                    "trusted_root": "staging",
+                }
+            }
+        }
+    )
+    content = (VECTORS / "bundle.txt.sigstore").read_bytes()
+    assert verdict(config, digest_of("bundle.txt"), content) == (True, "tny")
+    image = "sha512:" + hashlib.sha512(b"an image").hexdigest()
+    assert verdict(config, image, content) == (
+        False,
+        "a Sigstore bundle that does not verify (cannot check a sha512 image digest)",
+    )
