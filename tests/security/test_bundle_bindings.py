@@ -336,3 +336,38 @@ def test_a_keyless_message_signature_cannot_vouch_for_a_sha512_image() -> None:
         False,
         "a Sigstore bundle that does not verify (cannot check a sha512 image digest)",
     )
+
+
+def test_a_statement_naming_other_artifacts_by_other_digests_still_names_the_image() -> None:
+    """in-toto subjects may name artifacts by any digest algorithm: a subject without a
+    `sha256` digest, or one that is not even an object, is passed over, never a refusal (nor a
+    crash) of the whole statement."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    document = json.loads(statement(IMAGE))
+    document["subject"][:0] = [
+        {"name": "sbom.spdx.json", "digest": {"sha512": "ab" * 64}},
+        {"name": "notes.txt", "digest": {}},
+        "sha256:" + "cd" * 32,
+    ]
+    bundle, _ = keyed_bundle(key, json.dumps(document).encode())
+    assert verdict(config, IMAGE, bundle) == (True, "release")
+    # Without the image among them, the others are what the refusal names: nothing.
+    del document["subject"][3]
+    bundle, _ = keyed_bundle(key, json.dumps(document).encode())
+    assert verdict(config, IMAGE, bundle) == (False, "for another image (nothing)")
+
+
+def test_a_keyless_message_signature_failing_otherwise_is_not_for_another_image() -> None:
+    """ "for another image" is kept for a digest that does not match: a message signature whose
+    certificate chains to no trusted CA says the bundle does not verify, and why."""
+    config = trust(
+        {"identities": {"tny": {"issuer": GITHUB_LOGIN, "subject": STAGING_USERS["tny"]}}}
+    )
+    content = (VECTORS / "bundle.txt.sigstore").read_bytes()
+    valid, detail = verdict(config, digest_of("bundle.txt"), content)
+    assert not valid
+    # The rest of the reason is `sigstore`'s own words about the chain.
+    assert detail.startswith(
+        "a Sigstore bundle that does not verify (failed to build timestamp certificate chain"
+    ), detail
