@@ -35,7 +35,7 @@ log = logging.getLogger("storage.metadata.postgresql")
 
 #: Connections kept for advisory locks per process: a lock's try and release are a round trip
 #: each, one at a time per connection, so several let several pushes lock their tags at once.
-LOCK_CONNECTIONS = 2
+LOCK_CONNECTIONS = 4
 
 #: The channel a moved shared generation is announced on (payload: the generation's name).
 CHANNEL = "trustyard_generations"
