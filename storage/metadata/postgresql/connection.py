@@ -276,6 +276,8 @@ async def connect_pool(url: str) -> asyncpg.Pool:
             max_size=POOL_SIZE,
             timeout=10,
             connection_class=PooledConnection,
+            # Whatever the server's default: a commit returns once it is on disk.
+            server_settings={"synchronous_commit": "on"},
         )
     except (TimeoutError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or "no answer in 10 seconds"

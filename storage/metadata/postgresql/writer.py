@@ -85,7 +85,12 @@ class Writer:
     def _run(self, batch: list[Queued]) -> None:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.RawCursor
+                self._url,
+                autocommit=True,
+                connect_timeout=10,
+                cursor_factory=psycopg.RawCursor,
+                # Whatever the server's default: a commit returns once it is on disk.
+                options="-c synchronous_commit=on",
             )
         connection = self._connection
         try:
