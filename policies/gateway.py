@@ -288,10 +288,18 @@ class PolicyGate:
             await self._record(verdict, request)
         return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage)
 
-    async def pushed(self, check: PushCheck) -> None:
-        """Record a push `check_push` let through, now that its manifest is stored."""
+    def push_decision(self, check: PushCheck) -> DecisionRecord | None:
+        """The decision-log row of a push `check_push` let through, written in the push's own
+        transaction: it exists exactly when the manifest does (a push the storage refuses
+        leaves no "allow" row), at no commit of its own."""
+        if check.request is None or check.verdict is None:
+            return None
+        return _row(check.verdict, check.request, time.time())
+
+    def pushed(self, check: PushCheck) -> None:
+        """Tell the decision observers (metrics) of a push stored with its decision row."""
         if check.request is not None and check.verdict is not None:
-            await self._record(check.verdict, check.request)
+            self._observe(check.verdict, check.request)
 
     async def check_pull(
         self,
@@ -457,13 +465,16 @@ class PolicyGate:
 
     # -- the decision log --------------------------------------------------------------------
 
+    def _observe(self, verdict: Verdict, request: PolicyRequest) -> None:
+        for observe in self.observers:
+            observe(verdict, request)
+
     async def _record(
         self, verdict: Verdict, request: PolicyRequest, *, reader: str | None = None
     ) -> None:
         """Log a decision; `reader`: a quarantined image read by who may (logged as allowed,
         with this reason)."""
-        for observe in self.observers:
-            observe(verdict, request)
+        self._observe(verdict, request)
         outcome = Outcome.ALLOW if reader is not None else verdict.outcome
         reason = reader if reader is not None else verdict.reason
         now = time.time()

@@ -6,7 +6,7 @@
 2. Under the tag guard (pushes to one tag one after the other): the policy check (a denial is
    logged and reported at once, and nothing is stored), then one transaction storing the
    manifest, moving the tag, and writing what the observers stage with it (the events outbox,
-   a library tag's history). Nothing slow runs here.
+   a library tag's history, the allowed push's decision row). Nothing slow runs here.
 3. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
    guarded: one failing is logged and counted, never an error for a push that is stored.
 
@@ -181,7 +181,7 @@ async def push_manifest(
             if push.references_fetched_later:
                 references = [Reference(r.digest, r.kind, required=False) for r in references]
             moved = await db.put_manifest(
-                record, references, tag, staged.statements, staged.library
+                record, references, tag, staged.statements, staged.library, staged.decisions
             )
         except MissingReferences as exc:
             missing = exc.missing[0]

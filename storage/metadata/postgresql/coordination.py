@@ -40,7 +40,7 @@ log = logging.getLogger("storage.metadata.postgresql")
 
 #: Connections kept for advisory locks per process: a lock's try and release are a round trip
 #: each, one at a time per connection, so several let several pushes lock their tags at once.
-LOCK_CONNECTIONS = 2
+LOCK_CONNECTIONS = 4
 
 #: How long a lock's connection may take to answer `confirm` before the lock counts as lost.
 CONFIRM_TIMEOUT = 10.0

@@ -21,7 +21,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -30,7 +30,7 @@ import aiosqlite
 
 from storage.errors import StorageFull, TextNotStorable
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
+from storage.metadata.group_commit import GroupCommit, Queued, WriteJob, run_to_end
 from storage.metadata.outbox import OutboxRow
 from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
 
@@ -226,7 +226,7 @@ def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
         for queued in batch:
             conn.execute("SAVEPOINT job")
             try:
-                queued.outcome = (True, _run_to_end(queued.job(adapter)))
+                queued.outcome = (True, run_to_end(queued.job(adapter)))
             except Exception as exc:
                 if not conn.in_transaction:
                     raise _BatchLost() from exc
@@ -238,18 +238,6 @@ def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _run_to_end(awaitable: Awaitable[T]) -> T:
-    """Drive a write job's coroutine to its end without an event loop: every await in it is on
-    `ThreadConnection`, which never suspends."""
-    coroutine = awaitable.__await__()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coroutine.close()
-    raise RuntimeError("a write job awaited something other than its database connection")
 
 
 def _translate(exc: BaseException) -> BaseException:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from storage.metadata.decisions import DecisionRecord
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
@@ -23,6 +24,7 @@ from storage.metadata.sqlite.connection import (
     ensure_repository,
     write_outbox,
 )
+from storage.metadata.sqlite.decisions import write_decisions
 from storage.metadata.sqlite.library import apply_library_changes
 from storage.metadata.sqlite.read_cache import Key
 
@@ -31,6 +33,30 @@ _MANIFEST_COLUMNS = (
 )
 #: The same columns of `manifests m`, for joins.
 _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+
+
+async def _missing(db: Any, repository: str, refs: Sequence[Reference]) -> list[Reference]:
+    """The required references absent from the repository, asked in one statement (one round
+    trip on PostgreSQL, however many layers): a blob must be linked into the repository, a
+    manifest stored in it."""
+    required = [ref for ref in refs if ref.required]
+    if not required:
+        return []
+    blobs = [ref.digest for ref in required if ref.kind == "blob"]
+    manifests = [ref.digest for ref in required if ref.kind != "blob"]
+    async with db.execute(
+        "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
+        "AND digest IN (SELECT value FROM json_each(:blobs)) "
+        "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
+        "AND digest IN (SELECT value FROM json_each(:manifests))",
+        {"repository": repository, "blobs": json.dumps(blobs), "manifests": json.dumps(manifests)},
+    ) as cursor:
+        present = {(row[0], row[1]) for row in await cursor.fetchall()}
+    return [
+        ref
+        for ref in required
+        if ("blob" if ref.kind == "blob" else "manifest", ref.digest) not in present
+    ]
 
 
 class SQLiteManifests(SQLiteBase):
@@ -76,25 +102,16 @@ class SQLiteManifests(SQLiteBase):
         tag: str | None,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        decisions: Sequence[DecisionRecord] = (),
     ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it references is present,
-        with its `outbox` rows and `library` changes, in one transaction; the library changes
-        made."""
+        with its `outbox` rows, `library` changes and `decisions`, in one transaction; the
+        library changes made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing = []
-            for ref in refs:
-                if not ref.required:
-                    continue
-                if ref.kind == "blob":
-                    sql = "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?"
-                else:
-                    sql = "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?"
-                async with db.execute(sql, (record.repository, ref.digest)) as cursor:
-                    if await cursor.fetchone() is None:
-                        missing.append(ref)
+            missing = await _missing(db, record.repository, refs)
             if missing:
                 raise MissingReferences(missing)
             await ensure_repository(db, record.repository, now)
@@ -137,6 +154,7 @@ class SQLiteManifests(SQLiteBase):
                 )
             await bump_evidence(db, record.repository)
             await write_outbox(db, outbox)
+            await write_decisions(db, decisions)
             return await apply_library_changes(db, library, now)
 
         # A write job: committed together with the pushes that arrive meanwhile.
