@@ -24,7 +24,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,9 +37,9 @@ import aiohttp
 from aiohttp import web
 
 from registry.context import RegistryContext
-from registry.errors import BLOB_UNKNOWN, UNAVAILABLE, RegistryError
+from registry.errors import BLOB_UNKNOWN, TOOMANYREQUESTS, UNAVAILABLE, RegistryError
 from registry.handlers.blobs import requested_range
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import RateLimited, UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
@@ -65,10 +67,20 @@ Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 class FetchFailed(Exception):
     """A blob fetch failed; nothing was stored."""
 
-    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, unknown: bool = False, retry_at: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.unknown = unknown  # the upstream does not have it (404)
+        #: When the upstream asked for a pause (429): the time (`time.time()`) it ends.
+        self.retry_at = retry_at
+
+    def retry_after(self) -> int | None:
+        """Whole seconds left of the upstream's pause (at least 1), or None without one."""
+        if self.retry_at is None:
+            return None
+        return max(math.ceil(self.retry_at - time.time()), 1)
 
 
 @dataclass
@@ -544,6 +556,8 @@ def _drain(queue: asyncio.Queue[tuple[str, Any]]) -> None:
 def _as_failure(exc: BaseException) -> FetchFailed:
     if isinstance(exc, FetchFailed):
         return exc
+    if isinstance(exc, RateLimited):
+        return FetchFailed(exc.reason, retry_at=time.time() + exc.retry_after)
     if isinstance(exc, UpstreamError):
         return FetchFailed(exc.reason)
     if isinstance(exc, asyncio.CancelledError):
@@ -557,6 +571,16 @@ def _error(failure: FetchFailed) -> RegistryError:
     """The client's answer for a failed fetch (nothing was stored)."""
     if failure.unknown:
         return RegistryError(BLOB_UNKNOWN, {"reason": failure.reason}, message=failure.reason)
+    wait = failure.retry_after()
+    if wait is not None:
+        # As for manifests: the client waits out the upstream's pause instead of retrying now.
+        return RegistryError(
+            TOOMANYREQUESTS,
+            {"reason": failure.reason, "retry_after": wait},
+            message=f"the upstream asked for a pause (429) and this blob is not cached: nothing "
+            f"is asked of the upstream for {wait}s more; retry then",
+            headers={"Retry-After": str(wait)},
+        )
     return RegistryError(
         UNAVAILABLE,
         {"reason": failure.reason},

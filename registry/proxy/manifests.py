@@ -292,6 +292,9 @@ class ManifestCache:
                             client, remote, name, parse_digest(layer["digest"]), layer["size"]
                         )
         except FetchFailed as exc:
+            wait = exc.retry_after()
+            if wait is not None:  # answered 429 with the pause's `Retry-After`, as a manifest
+                raise RateLimited(upstream, float(wait)) from None
             raise UpstreamError(upstream, exc.reason) from None
 
     def _note_refreshed(self, name: str, digest: str) -> None:
