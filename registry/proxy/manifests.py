@@ -17,7 +17,9 @@ scan). So a cached image's companions are looked at again when its tag is revali
 pull of it is denied: at most once per `manifest_ttl` per image, each cosign tag with a `HEAD`
 first (fetched only when its digest is new), the referrers list with one `GET`. What is new goes
 through the push pipeline like the rest, so the repository's evidence version moves and the
-next decision is taken afresh.
+next decision is taken afresh. A platform image is covered by a signed index holding it (the
+policy's rule), so a denied pull of one (by digest, as clients pull them) looks again at the
+companions of the cached indexes listing it too, each under the same once-per-TTL rule.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ MAX_REFERRERS = 64
 #: Cached images whose last look at their companions is remembered (the oldest are forgotten:
 #: a forgotten image is looked at again on its next revalidation or denial, no sooner).
 MAX_REFRESH_MEMORY = 65536
+#: Cached indexes listing a denied platform image whose companions are looked at again.
+MAX_PARENT_INDEXES = 8
 #: The cosign tag suffixes of an image's companions (`sha256-<hex><suffix>`).
 COMPANION_SUFFIXES = (".sig", ".att", "")
 #: Config media types of runnable images.
@@ -366,12 +370,17 @@ class ManifestCache:
         self, upstream: Upstream, remote: str, name: str, reference: str
     ) -> bool:
         """After a pull of cached `name:reference` was denied: `refresh_companions` of the
-        image it names; whether anything new arrived (then the pull is decided again)."""
+        image it names and of the cached indexes listing it (whose signatures cover it); whether
+        anything new arrived (then the pull is decided again)."""
         db = self.app[CONTEXT].db
         digest = reference if is_digest(reference) else await db.tag_target(name, reference)
         if digest is None:
             return False
-        return await self.refresh_companions(upstream, remote, name, digest)
+        images = [digest, *await db.parent_indexes(name, digest, MAX_PARENT_INDEXES)]
+        gained = await asyncio.gather(
+            *(self.refresh_companions(upstream, remote, name, image) for image in images)
+        )
+        return any(gained)
 
     async def _mirror(
         self,
