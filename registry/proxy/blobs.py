@@ -13,8 +13,10 @@ held until the digest is verified, and a failure cuts every streaming connection
 client also checks the digest itself). Clients that join a running fetch, and byte ranges of a
 blob being fetched, are served from the upload's file as it grows (bytes already written and
 hashed; the final byte after verification), so they do not wait for the whole blob. A backend
-without a local upload file (S3) makes them wait for the verified blob instead, served from
-storage like any cached blob.
+without a local upload file (S3) keeps the last `WINDOW` bytes received in memory instead (the
+chunks the first client is handed, not copies), and joiners stream from that window under the
+same rules. A joiner that starts, or falls, behind the window (it arrived late, or reads too
+slowly) waits for the verified blob and carries on from storage.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import math
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,8 @@ FOLLOW_READ = 1 << 20
 #: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
 #: on for the others; it may retry and is then served from storage).
 SLOW_CLIENT = 60.0
+#: Bytes of a fetch kept in memory for joiners, on a backend without an upload file to follow.
+WINDOW = 16 << 20
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -102,6 +107,45 @@ class _Fetch:
     failure: FetchFailed | None = None
     #: Set (and replaced) at every step above, for the joiners waiting on one.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Without an upload file: the latest chunks received (at most `WINDOW` bytes but the
+    #: newest chunk), for joiners to stream from.
+    window: deque[bytes] = field(default_factory=deque)
+    window_bytes: int = 0
+    #: Bytes received from the upstream so far.
+    received: int = 0
+
+    def window_start(self) -> int:
+        """The offset of the oldest byte still in the window."""
+        return self.received - self.window_bytes
+
+    def keep(self, chunk: bytes, limit: int) -> None:
+        """Add a received chunk to the window, forgetting the oldest beyond `limit` bytes."""
+        self.window.append(chunk)
+        self.window_bytes += len(chunk)
+        self.received += len(chunk)
+        while self.window_bytes - len(self.window[0]) >= limit:
+            self.window_bytes -= len(self.window.popleft())
+        self.advance()
+
+    def forget(self) -> None:
+        """Drop the window (the fetch ended): joiners still behind read from storage."""
+        self.window.clear()
+        self.window_bytes = 0
+        self.advance()
+
+    def piece(self, position: int, ready: int) -> memoryview | None:
+        """Bytes from `position` up to `ready` (those of one chunk at most) out of the window,
+        or None when `position` is no longer in it."""
+        if position < self.window_start():
+            return None
+        end = self.received
+        for chunk in reversed(self.window):  # joiners read near the newest end: few steps
+            start = end - len(chunk)
+            if position >= start:
+                begin = position - start
+                return memoryview(chunk)[begin : begin + ready - position]
+            end = start
+        return None
 
     def advance(self) -> None:
         """Wake everyone waiting for this fetch to get further."""
@@ -119,6 +163,8 @@ class BlobFetcher:
         #: Held to decide "stored, running, or start one": only its holder starts a fetch, and
         #: a fetch links its blob before it leaves `_running`, so no decision sees neither.
         self._deciding = asyncio.Lock()
+        #: Bytes of each fetch kept in memory for joiners (backends without an upload file).
+        self.window = WINDOW
 
     async def close(self) -> None:
         """Cancel running fetches (their uploads are dropped)."""
@@ -261,10 +307,12 @@ class BlobFetcher:
         file as it grows, or, on a backend without one, from storage once the fetch is done."""
         while not fetch.opened:
             await fetch.progress.wait()
-        if fetch.follow is None or fetch.failure is not None or fetch.done.done():
+        if fetch.failure is not None or fetch.done.done():
             await self._wait(fetch)
             return await handler(request, name, str(digest))
         start, end = requested_range(request, fetch.size)
+        if fetch.follow is None:
+            return await self._feed(request, fetch, start, end, name, digest, handler)
         try:
             handle = await asyncio.to_thread(os.open, fetch.follow, os.O_RDONLY)
         except FileNotFoundError:  # stored (or dropped) meanwhile: the upload is gone
@@ -274,6 +322,58 @@ class BlobFetcher:
             return await self._follow(request, fetch, handle, start, end, digest)
         finally:
             os.close(handle)
+
+    async def _feed(
+        self,
+        request: web.Request,
+        fetch: _Fetch,
+        start: int,
+        end: int,
+        name: str,
+        digest: Digest,
+        handler: Handler,
+    ) -> web.StreamResponse:
+        """Send bytes [start, end) from the fetch's in-memory window as they arrive; behind
+        the window, from storage once the blob is verified and stored."""
+        response = _blob_response(digest)
+        if (start, end) != (0, fetch.size):
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fetch.size}"
+        response.content_length = end - start
+        position = start
+        while position < end:
+            progress = fetch.progress
+            if fetch.failure is not None and not fetch.verified:
+                return _cut(request, response, digest, fetch.failure)
+            # The blob's final byte only once the whole blob is verified.
+            ready = min(fetch.received, end if fetch.verified else min(end, fetch.size - 1))
+            if ready <= position:
+                await progress.wait()
+                continue
+            piece = fetch.piece(position, ready)
+            if piece is None:  # arrived late, or fell behind: the verified blob, from storage
+                self.stats.count("joiner_waited")
+                if not response.prepared:
+                    await self._wait(fetch)
+                    return await handler(request, name, str(digest))
+                try:
+                    await asyncio.shield(fetch.done)
+                except FetchFailed as exc:
+                    return _cut(request, response, digest, exc)
+                async for data in self.ctx.store.read(digest, position, end):
+                    await response.write(data)
+                    position += len(data)
+                break
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(piece)
+            position += len(piece)
+        if position != end:  # storage held fewer bytes than verified: never end a body early
+            return _cut(request, response, digest, FetchFailed("stored blob shorter than read"))
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
 
     async def _follow(
         self,
@@ -294,16 +394,7 @@ class BlobFetcher:
         while position < end:
             progress = fetch.progress
             if fetch.failure is not None and not fetch.verified:
-                if not response.prepared:
-                    raise _error(fetch.failure)
-                log.warning(
-                    "proxied blob %s: %s; connection to a joining client cut",
-                    digest,
-                    fetch.failure.reason,
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
+                return _cut(request, response, digest, fetch.failure)
             # The blob's final byte only once the whole blob is verified.
             ready = min(fetch.written, end if fetch.verified else min(end, fetch.size - 1))
             if ready <= position:
@@ -351,6 +442,7 @@ class BlobFetcher:
                 await store.start_upload(upload_id)
                 started = True
                 fetch.follow = _upload_file(store, upload_id)
+                keep = fetch.follow is None  # joiners stream from memory instead
                 fetch.opened = True
                 fetch.advance()
                 await _publish(fetch, ("start", size))
@@ -376,6 +468,8 @@ class BlobFetcher:
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
+                    if keep:
+                        fetch.keep(chunk, self.window)
                     if received == size:
                         final = chunk  # the streaming client has it once it is verified
                     else:
@@ -406,6 +500,7 @@ class BlobFetcher:
             await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
+            fetch.forget()  # stored: joiners still behind read it from storage
             self.stats.count("blob_fetched")
             self.stats.count_bytes(received)
             fetch.done.set_result(None)
@@ -423,6 +518,7 @@ class BlobFetcher:
             self.stats.count("blob_fetch_failed")
             fetch.failure = failure
             fetch.opened = True
+            fetch.forget()
             fetch.advance()
             if started:
                 with contextlib.suppress(Exception):
@@ -480,6 +576,19 @@ async def _put(
     if stopped:
         raise stopped[0]
     await batches.put(item)
+
+
+def _cut(
+    request: web.Request, response: web.StreamResponse, digest: Digest, failure: FetchFailed
+) -> web.StreamResponse:
+    """End a joiner's answer on a failed fetch: the spec's error before any byte, a cut
+    connection after (the client sees a short body, never wrong bytes whole)."""
+    if not response.prepared:
+        raise _error(failure)
+    log.warning("proxied blob %s: %s; connection to a joining client cut", digest, failure.reason)
+    if request.transport is not None:
+        request.transport.abort()
+    return response
 
 
 def _upload_file(store: BlobStore, upload_id: str) -> Path | None:
