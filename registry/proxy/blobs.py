@@ -65,6 +65,9 @@ FOLLOW_READ = 1 << 20
 SLOW_CLIENT = 60.0
 #: Bytes of a fetch kept in memory for joiners, on a backend without an upload file to follow.
 WINDOW = 16 << 20
+#: Bytes all fetches together keep so; beyond it a fetch keeps only its newest chunk (its
+#: joiners then wait for the verified blob).
+WINDOWS_TOTAL = 256 << 20
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -118,20 +121,25 @@ class _Fetch:
         """The offset of the oldest byte still in the window."""
         return self.received - self.window_bytes
 
-    def keep(self, chunk: bytes, limit: int) -> None:
-        """Add a received chunk to the window, forgetting the oldest beyond `limit` bytes."""
+    def keep(self, chunk: bytes, limit: int) -> int:
+        """Add a received chunk to the window, forgetting the oldest beyond `limit` bytes (but
+        the newest chunk); how much the window grew (negative: shrank)."""
+        before = self.window_bytes
         self.window.append(chunk)
         self.window_bytes += len(chunk)
         self.received += len(chunk)
-        while self.window_bytes - len(self.window[0]) >= limit:
+        while len(self.window) > 1 and self.window_bytes - len(self.window[0]) >= limit:
             self.window_bytes -= len(self.window.popleft())
         self.advance()
+        return self.window_bytes - before
 
-    def forget(self) -> None:
-        """Drop the window (the fetch ended): joiners still behind read from storage."""
+    def forget(self) -> int:
+        """Drop the window (the fetch ended; joiners still behind read from storage); the
+        bytes it held."""
+        held, self.window_bytes = self.window_bytes, 0
         self.window.clear()
-        self.window_bytes = 0
         self.advance()
+        return held
 
     def piece(self, position: int, ready: int) -> memoryview | None:
         """Bytes from `position` up to `ready` (those of one chunk at most) out of the window,
@@ -165,6 +173,8 @@ class BlobFetcher:
         self._deciding = asyncio.Lock()
         #: Bytes of each fetch kept in memory for joiners (backends without an upload file).
         self.window = WINDOW
+        self.windows_total = WINDOWS_TOTAL
+        self._kept = 0  # bytes in every fetch's window
 
     async def close(self) -> None:
         """Cancel running fetches (their uploads are dropped)."""
@@ -469,7 +479,8 @@ class BlobFetcher:
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
                     if keep:
-                        fetch.keep(chunk, self.window)
+                        room = self._kept < self.windows_total
+                        self._kept += fetch.keep(chunk, self.window if room else 0)
                     if received == size:
                         final = chunk  # the streaming client has it once it is verified
                     else:
@@ -500,7 +511,7 @@ class BlobFetcher:
             await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
-            fetch.forget()  # stored: joiners still behind read it from storage
+            self._kept -= fetch.forget()  # stored: joiners still behind read it from storage
             self.stats.count("blob_fetched")
             self.stats.count_bytes(received)
             fetch.done.set_result(None)
@@ -518,7 +529,7 @@ class BlobFetcher:
             self.stats.count("blob_fetch_failed")
             fetch.failure = failure
             fetch.opened = True
-            fetch.forget()
+            self._kept -= fetch.forget()
             fetch.advance()
             if started:
                 with contextlib.suppress(Exception):
