@@ -560,21 +560,29 @@ class BlobFetcher:
         and the rest is drained, so the fetch never waits on a sink that stopped."""
         store = self.ctx.store
 
-        def digest_batch(batch: list[bytes]) -> bytes:
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            hasher.update(data)
-            return data
+        gathered = isinstance(store, FilesystemBlobStore)
+
+        def digest_batch(batch: list[bytes]) -> bytes | None:
+            for chunk in batch:  # chunk by chunk: no joined copy to hash
+                hasher.update(chunk)
+            if gathered:
+                return None  # written with one gathered write, unjoined
+            return batch[0] if len(batch) == 1 else b"".join(batch)
 
         while (batch := await batches.get()) is not None:
             if stopped:
                 continue
             try:
                 data = await asyncio.to_thread(digest_batch, batch)
-                await store.append(upload_id, data)
+                if data is None:
+                    assert isinstance(store, FilesystemBlobStore)
+                    await store.append_chunks(upload_id, batch)
+                else:
+                    await store.append(upload_id, data)
             except Exception as exc:
                 stopped.append(exc)
                 continue
-            fetch.written += len(data)
+            fetch.written += sum(len(chunk) for chunk in batch)
             fetch.advance()
 
 

@@ -25,6 +25,7 @@ companions of the cached indexes listing it too, each under the same once-per-TT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -233,14 +234,28 @@ class ManifestCache:
             )
         parsed = await parse_pulled(self.app, content, content_type, tag, digest)
         document = json.loads(content)
-        await self._prerequisites(client, upstream, remote, name, document, parsed.media_type)
-        await store_pulled_manifest(
-            self.app, name, tag, content, content_type, digest, upstream.name
-        )
-        self.stats.count("manifest_fetched")
+        # The signatures and referrers are looked up while the config is fetched, not after:
+        # a cold pull waits for one round of both, not one after the other.
+        looking = None
         if companions:
             self._note_refreshed(name, str(digest))
-            await self._companions(client, upstream, remote, name, str(digest))
+            looking = asyncio.create_task(
+                self._companions(client, upstream, remote, name, str(digest))
+            )
+        try:
+            await self._prerequisites(client, upstream, remote, name, document, parsed.media_type)
+            await store_pulled_manifest(
+                self.app, name, tag, content, content_type, digest, upstream.name
+            )
+        except BaseException:
+            if looking is not None:
+                looking.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await looking
+            raise
+        self.stats.count("manifest_fetched")
+        if looking is not None:
+            await looking
 
     async def _get(
         self, client: UpstreamClient, remote: str, reference: str
