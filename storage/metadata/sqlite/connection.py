@@ -28,10 +28,11 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from storage.errors import StorageFull
+from storage.errors import StorageFull, TextNotStorable
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.outbox import OutboxRow
+from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
 
 #: SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13
@@ -42,8 +43,28 @@ T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
 
 
+def _text_without_nul(value: str) -> str:
+    """Every text bound to a statement of this process passes here (see below)."""
+    if "\x00" in value:
+        raise TextNotStorable()
+    return value
+
+
+# A text holding a NUL is refused before any statement, read or write, exactly as on PostgreSQL
+# (whose text cannot carry one, `storage.metadata.postgresql.dialect.arguments`): SQLite would
+# store it, so the same request would be stored on one backend and refused on the other. An
+# adapter for `str` is the one place every bound value of every statement passes (whichever of
+# the connections, cursors, and batch helpers ran it); `sqlite3` raises what it raises. It is
+# global to `sqlite3` in this process: nothing of Trustyard's binds a text with a NUL anywhere.
+sqlite3.register_adapter(str, _text_without_nul)
+
+
 class SQLiteBase:
     """The two connections of one SQLite metadata database, and its transactions."""
+
+    #: Manifests read since the last commit to the file, by anyone (`read_cache`); None where
+    #: there is no such signal (PostgreSQL, which runs these groups over its own base).
+    manifest_reads: ManifestReads | None = None
 
     def __init__(
         self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path | None = None
@@ -60,6 +81,7 @@ class SQLiteBase:
         )
         self._write_lock = asyncio.Lock()
         self.path = path
+        self.manifest_reads = ManifestReads(CommitProbe(path)) if path is not None else None
         self._group = GroupCommit(self._run_batch, _translate)
 
     @classmethod
@@ -95,6 +117,9 @@ class SQLiteBase:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
+        if self.manifest_reads is not None:
+            self.manifest_reads.probe.close()
+            self.manifest_reads = None
         if self._writelock_fd is not None:
             os.close(self._writelock_fd)
             self._writelock_fd = None

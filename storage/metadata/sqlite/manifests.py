@@ -24,6 +24,7 @@ from storage.metadata.sqlite.connection import (
     write_outbox,
 )
 from storage.metadata.sqlite.library import apply_library_changes
+from storage.metadata.sqlite.read_cache import Key
 
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
@@ -143,21 +144,35 @@ class SQLiteManifests(SQLiteBase):
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
-        row = await self._one(
+        return await self._read_manifest(
+            (repository, "digest", digest),
             f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ? AND digest = ?",
-            (repository, digest),
         )
-        return None if row is None else _manifest(row)
 
     async def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
         """The manifest a tag points at, or None."""
-        row = await self._one(
+        return await self._read_manifest(
+            (repository, "tag", tag),
             f"SELECT {_M_MANIFEST_COLUMNS} FROM tags t JOIN manifests m "
             "ON m.repository = t.repository AND m.digest = t.digest "
             "WHERE t.repository = ? AND t.name = ?",
-            (repository, tag),
         )
-        return None if row is None else _manifest(row)
+
+    async def _read_manifest(self, key: Key, sql: str) -> ManifestRecord | None:
+        """The manifest `sql` finds for (repository, reference), from memory while nothing was
+        committed to the file since it was read (`read_cache`)."""
+        reads = self.manifest_reads
+        if reads is None:
+            row = await self._one(sql, (key[0], key[2]))
+            return None if row is None else _manifest(row)
+        record, version = reads.lookup(key)
+        if record is None:
+            row = await self._one(sql, (key[0], key[2]))
+            if row is None:
+                return None
+            record = _manifest(row)
+            reads.remember(key, record, version)
+        return record
 
     async def delete_manifest(
         self,
