@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -495,10 +496,14 @@ def mutate_module(
         run([*COSMIC_RAY, "exec", str(config), str(session)], work)
     except subprocess.CalledProcessError as exc:
         # Keep what ran (the work folder is about to go): `--resume` continues from it.
-        kept = results / f"{stem}.interrupted.sqlite"
-        shutil.copy2(session, kept)
+        kept = keep_interrupted(session, results, stem)
         why = exc.stderr.strip()[-500:]
         raise SystemExit(f"cosmic-ray exec failed ({why}); kept {kept}") from exc
+    except (KeyboardInterrupt, SystemExit):
+        # Stopped by hand (Ctrl-C, or `kill` of this process: SIGTERM is raised as SystemExit
+        # by `main`): keep what ran too.
+        print(f"  stopped; kept {keep_interrupted(session, results, stem)}", flush=True)
+        raise
     timeouts = work / "timeouts.log"
     if timeouts.exists():
         for place in timeouts.read_text().split():
@@ -530,6 +535,23 @@ def mutate_module(
     )
     shutil.copy2(session, results / session.name)
     return module_killed, module_total, survivors
+
+
+def keep_interrupted(session: Path, results: Path, stem: str) -> Path:
+    """Copy the session of a run that did not finish to `results`, to `--resume` from."""
+    import sqlite3
+
+    kept = results / f"{stem}.interrupted.sqlite"
+    with (
+        contextlib.closing(sqlite3.connect(session)) as live,
+        contextlib.closing(sqlite3.connect(kept)) as copy,
+    ):
+        live.backup(copy)  # consistent even if cosmic-ray was writing when it was stopped
+    return kept
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def recheck(session: Path) -> int:
@@ -605,6 +627,7 @@ def main() -> int:
     results = (ROOT / args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a `kill` keeps what ran (`--resume`)
     killed = total = 0
     survivors: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:
