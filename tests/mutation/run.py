@@ -165,6 +165,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_basic_credentials.py",
             "tests/auth/test_api.py",
             "tests/security/test_token_realm.py",
+            "tests/security/test_failed_login_records.py",
         ),
     ),
     # The authentication service alone (Basic and Bearer credentials, what a token still grants).
@@ -175,6 +176,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_credential_changes.py",
             "tests/security/test_auth_decisions.py",
             "tests/auth/test_api.py",
+            "tests/security/test_failed_login_records.py",
         ),
     ),
     "keyless": Target(
