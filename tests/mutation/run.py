@@ -177,6 +177,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_auth_decisions.py",
             "tests/auth/test_api.py",
             "tests/security/test_failed_login_records.py",
+            "tests/security/test_allowed_resources.py",
         ),
     ),
     "keyless": Target(
