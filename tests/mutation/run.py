@@ -155,7 +155,11 @@ TARGETS: dict[str, Target] = {
     # The console's login sessions alone, against the console's session tests.
     "auth-sessions": Target(
         ("registry/auth/sessions.py",),
-        ("tests/security/test_console_session_edges.py", "tests/console/test_sessions.py"),
+        (
+            "tests/security/test_console_session_edges.py",
+            "tests/console/test_sessions.py",
+            "tests/security/test_robot_console_sessions.py",
+        ),
     ),
     # The token endpoint alone (who gets a token for what, the realm it names).
     "auth-endpoint": Target(
