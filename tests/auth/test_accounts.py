@@ -167,6 +167,15 @@ def test_removing_an_unknown_name_changes_nothing(tmp_path):
     assert store.remove("alice") is True and store.get("alice") is None
 
 
+def test_a_users_file_in_folders_not_made_yet_is_written_with_them(tmp_path):
+    """`auth.users_file` may name a path whose folders do not exist yet: they are made (the
+    file's own folder private), not refused."""
+    store = UserStore(tmp_path / "etc" / "trustyard" / "users.yaml")
+    token = store.add_robot("ci", ["ci"], replace=False)
+    assert store.verify("ci", token) is not None
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+
+
 def test_password_length_bounds():
     for short in ("", "a", "seven77"):
         with pytest.raises(PasswordRefused):

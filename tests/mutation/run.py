@@ -126,6 +126,7 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_permissions.py",
             "tests/auth/test_accounts.py",
             "tests/auth/test_config.py",
+            "tests/security/test_users_file_full_disk.py",
         ),
         bare=True,
     ),
