@@ -6,6 +6,8 @@
     python3 tests/mutation/run.py --list         # the targets and their test files
     python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
                                                  # only that session's survivors, current tests
+    python3 tests/mutation/run.py auth-service --recheck .mutation/auth-service--service.sqlite
+                                                 # ... judged by that target's tests
     python3 tests/mutation/run.py rules --module policies/gateway.py \
         --resume .mutation/rules--gateway.sqlite # keep an interrupted run's results; run the rest
 
@@ -562,9 +564,10 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def recheck(session: Path) -> int:
+def recheck(session: Path, names: list[str]) -> int:
     """Run each survivor of an earlier session again against the current tests (after writing
-    the tests that should kill them); print what still survives."""
+    the tests that should kill them); print what still survives. Each is judged by the first of
+    `names` (or of every target) that mutates its module."""
     import sqlite3
 
     rows = (
@@ -585,7 +588,9 @@ def recheck(session: Path) -> int:
         copy_tree(work)
         servers: dict[str, str | None] = {}
         for module, operator, occurrence, line in rows:
-            name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
+            name, target = next(
+                (n, TARGETS[n]) for n in names or TARGETS if module in TARGETS[n].modules
+            )
             if name not in servers:
                 servers[name] = stack.enter_context(fork_server(work, target)) if FORKING else None
             command = test_command(target, servers[name])
@@ -623,7 +628,10 @@ def main() -> int:
     RESUME = tuple(p.resolve() for p in args.resume or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-        return recheck(args.recheck.resolve())
+        unknown = [n for n in args.targets if n not in TARGETS]
+        if unknown:
+            parser.error(f"unknown targets {unknown}; see --list")
+        return recheck(args.recheck.resolve(), args.targets)
     if args.list:
         for name, target in TARGETS.items():
             print(f"{name}: {', '.join(target.modules)}\n    tests: {', '.join(target.tests)}")
