@@ -52,6 +52,20 @@ def test_names_are_checked_and_not_silently_replaced(tmp_path):
     assert store.verify("alice", "pw2") is not None
 
 
+@pytest.mark.parametrize("group", ["Ops", "ops team", "../admin", "", "ops,dev", "-ops", "a" * 65])
+def test_a_group_name_outside_the_grammar_is_refused_and_nothing_is_written(tmp_path, group):
+    """A group the permissions could never name as written (upper case, spaces, a list typed as
+    one name) is refused by name, whichever place it has among the groups given."""
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_robot("ci", ["ci"], replace=False)
+    before = store.path.read_bytes()
+    for groups in ([group], ["ci", group]):
+        with pytest.raises(UsersFileError) as refused:
+            store.add_robot("builder", groups, replace=False)
+        assert str(refused.value) == f"invalid group name {group!r}"
+    assert store.path.read_bytes() == before
+
+
 def test_the_file_is_reread_when_it_changes(tmp_path):
     path = tmp_path / "users.yaml"
     server_view = UserStore(path)
