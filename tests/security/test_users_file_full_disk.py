@@ -1,6 +1,7 @@
 """The users file on a full disk: `trustyard user add`/`robot add` refuse with a reason, the file
 stays as it was (every account still logs in) and no partial copy of it (password hashes and
-robot token digests) is left beside it; once there is room the same command works.
+robot token digests) is left beside it; once there is room the same command works. A users file
+that cannot be read is refused with its reason too.
 
 The data directory is a small tmpfs mounted for the test (CI runs as root). Where mounting is not
 allowed the test is skipped and says why (a failure in CI, `TRUSTYARD_REQUIRE_E2E=1`).
@@ -83,3 +84,17 @@ def test_a_full_disk_leaves_the_users_file_whole_and_nothing_beside_it(
     assert main([*command, "--data-dir", str(data)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["users.yaml"]
     assert accounts.store.path.read_bytes() != before
+
+
+def test_a_users_file_that_cannot_be_read_is_refused_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a traceback: the file and why (here a folder where the file should be)."""
+    data = tmp_path / "data"
+    users = data / "auth" / "users.yaml"
+    users.mkdir(parents=True)
+    assert main(["robot", "add", "builder", "--data-dir", str(data)]) == 1
+    assert capsys.readouterr().err == (
+        f"trustyard: {users}: cannot read: [Errno 21] Is a directory: '{users}'\n"
+    )
+    assert sorted(p.name for p in users.parent.iterdir()) == ["users.yaml"]
