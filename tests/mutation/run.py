@@ -162,6 +162,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_console_session_edges.py",
             "tests/console/test_sessions.py",
             "tests/security/test_robot_console_sessions.py",
+            "tests/security/test_unreadable_users_file.py",
         ),
     ),
     # The token endpoint alone (who gets a token for what, the realm it names).
@@ -185,6 +186,7 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_api.py",
             "tests/security/test_failed_login_records.py",
             "tests/security/test_allowed_resources.py",
+            "tests/security/test_unreadable_users_file.py",
         ),
     ),
     "keyless": Target(
