@@ -113,6 +113,8 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        #: The tags whose lock in the database this process holds now (`confirm_tags`).
+        self._tags_held: set[tuple[str, str]] = set()
         self.blobs = BlobAccess(db, self.pull_verdict)
         #: Called with every recorded decision (the registry's metrics count them).
         self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
@@ -195,11 +197,23 @@ class PolicyGate:
         entry[1] += 1
         try:
             async with entry[0], self.db.exclusive(tag_key(repository, tag)):
-                yield
+                self._tags_held.add(key)
+                try:
+                    yield
+                finally:
+                    self._tags_held.discard(key)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._tag_locks[key]
+
+    async def confirm_tags(self, repository: str, tags: Iterable[str | None]) -> None:
+        """Just before a change guarded by `tag_guard` commits: raise `LockLost` if the lock of
+        any of its tags was lost meanwhile (a PostgreSQL lock connection dropped), so nothing is
+        stored that another replica may be deciding at the same time."""
+        for tag in tags:
+            if tag is not None and (repository, tag) in self._tags_held:
+                await self.db.confirm(tag_key(repository, tag))
 
     # -- evidence ----------------------------------------------------------------------------
 

@@ -173,6 +173,9 @@ async def push_manifest(
             # The deprecated `events.library_repositories`: reports the digest the tag left.
             change.previous = await db.tag_target(name, tag)
         staged = await observers.stage(change)
+        # The tag's lock must still be this process's (a PostgreSQL lock connection can drop
+        # while the check ran): else refused, never committed unguarded.
+        await gate.confirm_tags(name, (tag,))
         try:
             references = prepared.parsed.references
             if push.references_fetched_later:

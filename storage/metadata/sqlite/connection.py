@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from storage.errors import StorageFull
+from storage.errors import StorageFull, TextNotStorable
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.outbox import OutboxRow
@@ -40,6 +40,22 @@ T = TypeVar("T")
 
 #: One row of parameters, by position (`?`) or by name (`:name`).
 Params = Sequence[Any] | Mapping[str, Any]
+
+
+def _text_without_nul(value: str) -> str:
+    """Every text bound to a statement of this process passes here (see below)."""
+    if "\x00" in value:
+        raise TextNotStorable()
+    return value
+
+
+# A text holding a NUL is refused before any statement, read or write, exactly as on PostgreSQL
+# (whose text cannot carry one, `storage.metadata.postgresql.dialect.arguments`): SQLite would
+# store it, so the same request would be stored on one backend and refused on the other. An
+# adapter for `str` is the one place every bound value of every statement passes (whichever of
+# the connections, cursors, and batch helpers ran it); `sqlite3` raises what it raises. It is
+# global to `sqlite3` in this process: nothing of Trustyard's binds a text with a NUL anywhere.
+sqlite3.register_adapter(str, _text_without_nul)
 
 
 class SQLiteBase:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from storage.metadata.decisions import DecisionRecord
+from storage.metadata.decisions import DecisionRecord, loggable
 from storage.metadata.sqlite.connection import SQLiteBase, bump_evidence
 
 
@@ -30,15 +30,15 @@ class SQLiteDecisions(SQLiteBase):
                 r.time,
                 r.last_time or r.time,
                 r.repeats,
-                r.identity,
-                r.action,
-                r.repository,
-                r.reference,
-                r.digest,
-                r.outcome,
-                r.rule,
-                r.reason,
-                r.policy_version,
+                loggable(r.identity),
+                loggable(r.action),
+                loggable(r.repository),
+                loggable(r.reference),
+                loggable(r.digest),
+                loggable(r.outcome),
+                None if r.rule is None else loggable(r.rule),
+                loggable(r.reason),
+                loggable(r.policy_version),
             )
             for r in records
         ]
