@@ -141,20 +141,31 @@ class S3BlobStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    async def _in_pool(self, func: Callable[..., T], *args: object) -> T:
+        """Run blocking work in the pool. A cancelled caller still waits for the work to end:
+        a thread cannot be stopped, and a request still in flight after its caller gave up (a
+        multipart upload being created, a part being sent) would land after the abort that
+        follows and be left behind."""
+        work = asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])
+            raise
+
     async def _run(self, operation: str, func: Callable[..., T], *args: object) -> T:
         """Run blocking S3 work in the pool; S3 failures become StorageUnavailable."""
-        loop = asyncio.get_running_loop()
         try:
             if not self._bucket_ready:
-                await loop.run_in_executor(self._pool, self._ensure_bucket)
-            return await loop.run_in_executor(self._pool, func, *args)
+                await self._in_pool(self._ensure_bucket)
+            return await self._in_pool(func, *args)
         except (ClientError, BotoCoreError) as exc:
             raise self._unavailable(operation, exc) from exc
 
     async def _local(self, func: Callable[..., T], *args: object) -> T:
         """Run blocking local-disk work in the pool."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+            return await self._in_pool(func, *args)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("disk") from exc
@@ -559,7 +570,14 @@ class S3BlobStore:
             )
         if state.multipart is None:
             key = self.keys.upload_data(upload_id, state.generation)
-            state.multipart = await self._run("upload_part", self._create_multipart, key)
+            creating = asyncio.ensure_future(self._run("upload_part", self._create_multipart, key))
+            try:
+                state.multipart = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # Created anyway: remember it so that the abort which follows deletes it.
+                with contextlib.suppress(BaseException):
+                    state.multipart = await creating
+                raise
         key = self.keys.upload_data(upload_id, state.generation)
         multipart = state.multipart
         while not last:
@@ -593,9 +611,7 @@ class S3BlobStore:
         """Add bytes to the SHA-256 of the part they will be sent in (in a thread: hashlib lets
         go of the GIL, so this runs beside the blob's own running hash)."""
         if data:
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool, upload.part_hash.update, data
-            )
+            await self._in_pool(upload.part_hash.update, data)
 
     async def _settle_one(self, upload: _Upload) -> None:
         task = upload.sending.pop(0)

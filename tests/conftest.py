@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -143,6 +144,24 @@ def _metadata_backend(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         monkeypatch.setenv("TRUSTYARD_METADATA", request.getfixturevalue(fixture))
     elif request.node.get_closest_marker(SQLITE_ONLY) is not None:
         monkeypatch.delenv("TRUSTYARD_METADATA", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (`registry.cli.main`) sets up logging as the real process does:
+    its handler writes to the stream pytest captured for that test, which is closed afterwards.
+    Put back the root logger's handlers and level, so later tests' log lines (an app shutting
+    down in another test) do not print "I/O operation on closed file" tracebacks."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
