@@ -12,8 +12,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+# Already provisioned (every package installed): skip `apt-get update`, the slow part.
+installed=$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)
+if [ "$installed" -ne "${#PACKAGES[@]}" ]; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+fi
 
 for binary in chromium chromedriver; do
   command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }

@@ -24,8 +24,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y "${PACKAGES[@]}"
+# Already provisioned (every package installed): skip `apt-get update`, the slow part.
+installed=$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)
+if [ "$installed" -ne "${#PACKAGES[@]}" ]; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y "${PACKAGES[@]}"
+fi
 
 for binary in dockerd docker containerd skopeo podman docker-registry haproxy; do
   command -v "$binary" >/dev/null || { echo "missing $binary after install" >&2; exit 1; }

@@ -22,6 +22,13 @@ if [ "$major" -lt 20 ]; then
 fi
 
 cd tests/e2e/npm
-npm ci --no-audit --no-fund
+# Already installed from this very lockfile (its hash noted after the last `npm ci`): keep it;
+# `npm ci` would delete node_modules and fetch every package again.
+lock_hash="$(sha256sum package-lock.json | cut -d' ' -f1)"
+if [ "$(cat node_modules/.trustyard-lock-sha256 2>/dev/null)" != "$lock_hash" ] \
+  || [ ! -x node_modules/.bin/sigstore ]; then
+  npm ci --no-audit --no-fund
+  echo "$lock_hash" > node_modules/.trustyard-lock-sha256
+fi
 test -x node_modules/.bin/sigstore || { echo "sigstore CLI missing after npm ci" >&2; exit 1; }
 echo "npm signers installed: $(node -p 'Object.keys(require("./package.json").dependencies).join(" ")')"

@@ -10,9 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 
+PACKAGES=(postgresql util-linux)  # util-linux: runuser
+
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y postgresql util-linux   # util-linux: runuser
+# Already provisioned (every package installed): skip `apt-get update`, the slow part.
+installed=$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c '^install ok installed$' || true)
+if [ "$installed" -ne "${#PACKAGES[@]}" ]; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y "${PACKAGES[@]}"
+fi
 
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null || { echo "missing pg_ctl after install" >&2; exit 1; }
 getent passwd postgres >/dev/null || { echo "missing the postgres account after install" >&2; exit 1; }

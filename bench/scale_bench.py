@@ -1,6 +1,7 @@
 """Scaling out, side by side in one run, with auth and a signature policy on.
 
-    python -m bench.scale_bench                          # every workload (~6 min)
+    python3 bench/scale_bench.py                         # every workload (~7 min)
+    python -m bench.scale_bench                          # the same
     python -m bench.scale_bench --workloads get --duration 10
     python -m bench.scale_bench --workloads put,blob --puts 3000
 
@@ -12,24 +13,37 @@ rule trusts a fresh key that signed the seeded image, its vulnerability rule a c
 | --- | --- |
 | 1 process | `trustyard serve`, SQLite |
 | --workers 2 | `trustyard serve --workers 2`, SQLite |
-| 2 replicas + HAProxy | two `trustyard serve` on one PostgreSQL (fsync on), behind HAProxy |
+| 2 replicas + HAProxy | two `trustyard serve` on one durable PostgreSQL, behind HAProxy |
 | PostgreSQL, 1 process | the first replica alone, for the PostgreSQL vs SQLite rows |
 | reference | CNCF Distribution (`docker-registry`), filesystem, no auth |
 
 Workloads (`--workloads`, comma list):
 
 - `get`: manifest GET by tag with `wrk` (`--connections`, `--duration`), the robot's bearer
-  token on every request (as docker sends it); req/s, p50, p99, each server alone in turn;
+  token on every request (as docker sends it); req/s, p50, p99, each server alone in turn.
+  `--connections 16,64` (the default) measures each count in turn (rows per count): wrk keeps every
+  connection busy, so past the count that saturates the servers more connections add only
+  waiting (latency = connections / rate), and p99 means something only beside its count;
 - `put`: `--puts` manifest PUTs by fresh tag into `--put-repos` repositories (blobs present),
-  `--put-clients` concurrent clients, the admin's bearer token; PUT/s, p50, p99;
+  `--put-clients` concurrent clients, the admin's bearer token; PUT/s, p50, p99; on SQLite
+  (1 process, `--workers 2`), PostgreSQL (1 process, 2 replicas) and the reference;
 - `blob`: a `--blob-size` monolithic blob push and its pull, and `--small-count` 4 KiB blob
   pushes from 16 clients: SQLite (1 process) against PostgreSQL (1 process), and the reference.
+
+PostgreSQL runs durable, as in production: `fsync`, `synchronous_commit` and
+`full_page_writes` on (a push is answered 201 only once its commit is on disk).
 
 Each row is the median over `--rounds`. The load tools run on the same 2-core machine as the
 servers: what they use is not the servers'. Scratch data is removed at the end.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python3 bench/scale_bench.py`: the packages are one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -40,11 +54,9 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -219,8 +231,10 @@ async def start_all(tmp: Path, args: argparse.Namespace, evidence: Evidence) -> 
         pg = PostgresServer(pg_root)
         pg.start()
         # Durable, as a production cluster is (the tests' helper starts one without fsync).
-        pg._options = pg._options.replace("fsync=off", "fsync=on").replace(
-            "synchronous_commit=off", "synchronous_commit=on"
+        pg._options = (
+            pg._options.replace("fsync=off", "fsync=on")
+            .replace("synchronous_commit=off", "synchronous_commit=on")
+            .replace("full_page_writes=off", "full_page_writes=on")
         )
         pg.stop()
         pg.restart()
@@ -266,27 +280,36 @@ async def start_all(tmp: Path, args: argparse.Namespace, evidence: Evidence) -> 
 
 async def get_by_tag(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
-    cpu = sum(tree_cpu_seconds(pid) for pid in target.pids)
-    result = await run_wrk(
-        args.wrk,
-        f"{target.url}/v2/{REPOSITORY}/manifests/bench",
-        "GET",
-        args.connections,
-        args.duration,
-        workdir,
-        headers=target.pull_headers,
-    )
-    if result.requests == 0 or result.error_count > 0:
-        raise BenchError(f"{target.name}: {result.errors} of {result.requests} requests failed")
-    cores = (sum(tree_cpu_seconds(pid) for pid in target.pids) - cpu) / result.duration_s
-    return {
-        "get_rps": result.rps,
-        "get_p50": result.p50_ms,
-        "get_p99": result.p99_ms,
-        # CPU seconds per second of the server's processes: below 1 per process means the
-        # machine did not give it a whole core (other load), not that it was waiting.
-        "get_cores": cores,
-    }
+    results: dict[str, float] = {}
+    for connections in args.connections:
+        cpu = sum(tree_cpu_seconds(pid) for pid in target.pids)
+        result = await run_wrk(
+            args.wrk,
+            f"{target.url}/v2/{REPOSITORY}/manifests/bench",
+            "GET",
+            connections,
+            args.duration,
+            workdir,
+            headers=target.pull_headers,
+        )
+        if result.requests == 0 or result.error_count > 0:
+            raise BenchError(f"{target.name}: {result.errors} of {result.requests} requests failed")
+        cores = (sum(tree_cpu_seconds(pid) for pid in target.pids) - cpu) / result.duration_s
+        suffix = _at(connections, args)
+        results |= {
+            "get_rps" + suffix: result.rps,
+            "get_p50" + suffix: result.p50_ms,
+            "get_p99" + suffix: result.p99_ms,
+            # CPU seconds per second of the server's processes: below 1 per process means the
+            # machine did not give it a whole core (other load), not that it was waiting.
+            "get_cores" + suffix: cores,
+        }
+    return results
+
+
+def _at(connections: int, args: argparse.Namespace) -> str:
+    """The key suffix of a GET row: none with one connection count, else `@N`."""
+    return "" if len(args.connections) == 1 else f"@{connections}"
 
 
 async def manifest_puts(target: Target, args: argparse.Namespace, round_no: int) -> dict:
@@ -352,7 +375,13 @@ ROWS = [
 #: Which servers each workload runs on.
 ON = {
     "get": ("1 process", "--workers 2", "2 replicas + HAProxy", "reference"),
-    "put": ("1 process", "--workers 2", "2 replicas + HAProxy", "reference"),
+    "put": (
+        "1 process",
+        "--workers 2",
+        "2 replicas + HAProxy",
+        "PostgreSQL, 1 process",
+        "reference",
+    ),
     "blob": ("1 process", "PostgreSQL, 1 process", "reference"),
 }
 
@@ -401,7 +430,16 @@ def table(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace) 
         "| workload | " + " | ".join(names) + " |",
         "| --- |" + " --- |" * len(names),
     ]
+    rows = []
     for key, label, workload, digits in ROWS:
+        if workload == "get" and len(args.connections) > 1:
+            rows += [
+                (f"{key}@{c}", label.replace("by tag,", f"by tag, {c} conn.,"), workload, digits)
+                for c in args.connections
+            ]
+        else:
+            rows.append((key, label, workload, digits))
+    for key, label, workload, digits in rows:
         if workload not in args.workloads:
             continue
         cells = []
@@ -413,16 +451,20 @@ def table(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace) 
     one = samples.get("1 process", {})
     two = samples.get("--workers 2", {})
     ref = samples.get("reference", {})
-    if one.get("get_rps") and two.get("get_rps"):
-        ratios.append(
-            f"--workers 2 / 1 process, GET req/s: "
-            f"{statistics.median(two['get_rps']) / statistics.median(one['get_rps']):.2f}x"
-        )
-    if one.get("put_rate") and ref.get("put_rate"):
-        ratios.append(
-            f"1 process / reference, PUT/s: "
-            f"{statistics.median(one['put_rate']) / statistics.median(ref['put_rate']):.2f}x"
-        )
+    for connections in args.connections:
+        key = "get_rps" + _at(connections, args)
+        if one.get(key) and two.get(key):
+            ratios.append(
+                f"--workers 2 / 1 process, GET req/s at {connections} connections: "
+                f"{statistics.median(two[key]) / statistics.median(one[key]):.2f}x"
+            )
+    for name in ("1 process", "--workers 2", "2 replicas + HAProxy", "PostgreSQL, 1 process"):
+        rates = samples.get(name, {}).get("put_rate")
+        if rates and ref.get("put_rate"):
+            ratios.append(
+                f"{name} / reference, PUT/s: "
+                f"{statistics.median(rates) / statistics.median(ref['put_rate']):.2f}x"
+            )
     return "\n".join([*lines, "", *ratios])
 
 
@@ -431,7 +473,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--connections", default="16,64", help="wrk's connections for get (comma list: each)"
+    )
     parser.add_argument("--puts", type=int, default=3000)
     parser.add_argument("--put-clients", type=int, default=16)
     parser.add_argument("--put-repos", type=int, default=30)
@@ -442,6 +486,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
+    try:
+        args.connections = [int(c) for c in args.connections.split(",") if c]
+    except ValueError:
+        parser.error(f"--connections: a comma list of counts, not {args.connections!r}")
+    if not args.connections or min(args.connections) < 1:
+        parser.error("--connections: at least one count, each 1 or more")
     unknown = set(args.workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")

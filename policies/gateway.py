@@ -113,6 +113,8 @@ class PolicyGate:
         self._folded: dict[_FoldKey, _Folded] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tag_locks: dict[tuple[str, str], list[Any]] = {}
+        #: The tags whose lock in the database this process holds now (`confirm_tags`).
+        self._tags_held: set[tuple[str, str]] = set()
         self.blobs = BlobAccess(db, self.pull_verdict)
         #: Called with every recorded decision (the registry's metrics count them).
         self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
@@ -195,11 +197,23 @@ class PolicyGate:
         entry[1] += 1
         try:
             async with entry[0], self.db.exclusive(tag_key(repository, tag)):
-                yield
+                self._tags_held.add(key)
+                try:
+                    yield
+                finally:
+                    self._tags_held.discard(key)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._tag_locks[key]
+
+    async def confirm_tags(self, repository: str, tags: Iterable[str | None]) -> None:
+        """Just before a change guarded by `tag_guard` commits: raise `LockLost` if the lock of
+        any of its tags was lost meanwhile (a PostgreSQL lock connection dropped), so nothing is
+        stored that another replica may be deciding at the same time."""
+        for tag in tags:
+            if tag is not None and (repository, tag) in self._tags_held:
+                await self.db.confirm(tag_key(repository, tag))
 
     # -- evidence ----------------------------------------------------------------------------
 
@@ -274,10 +288,18 @@ class PolicyGate:
             await self._record(verdict, request)
         return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage)
 
-    async def pushed(self, check: PushCheck) -> None:
-        """Record a push `check_push` let through, now that its manifest is stored."""
+    def push_decision(self, check: PushCheck) -> DecisionRecord | None:
+        """The decision-log row of a push `check_push` let through, written in the push's own
+        transaction: it exists exactly when the manifest does (a push the storage refuses
+        leaves no "allow" row), at no commit of its own."""
+        if check.request is None or check.verdict is None:
+            return None
+        return _row(check.verdict, check.request, time.time())
+
+    def pushed(self, check: PushCheck) -> None:
+        """Tell the decision observers (metrics) of a push stored with its decision row."""
         if check.request is not None and check.verdict is not None:
-            await self._record(check.verdict, check.request)
+            self._observe(check.verdict, check.request)
 
     async def check_pull(
         self,
@@ -443,13 +465,16 @@ class PolicyGate:
 
     # -- the decision log --------------------------------------------------------------------
 
+    def _observe(self, verdict: Verdict, request: PolicyRequest) -> None:
+        for observe in self.observers:
+            observe(verdict, request)
+
     async def _record(
         self, verdict: Verdict, request: PolicyRequest, *, reader: str | None = None
     ) -> None:
         """Log a decision; `reader`: a quarantined image read by who may (logged as allowed,
         with this reason)."""
-        for observe in self.observers:
-            observe(verdict, request)
+        self._observe(verdict, request)
         outcome = Outcome.ALLOW if reader is not None else verdict.outcome
         reason = reader if reader is not None else verdict.reason
         now = time.time()

@@ -16,12 +16,14 @@ from policies.gateway import PolicyGate, startup_policy
 from registry.api_routes import add_api_routes
 from registry.auth import setup_auth
 from registry.auth.middleware import auth_middleware
+from registry.auth.settings import AuthSettings
 from registry.config import Config
 from registry.console import setup_console
 from registry.context import CONTEXT, PIPELINE, RegistryContext
 from registry.events.hub import EVENTS, EventHub
 from registry.events.settings import EventSettings
 from registry.health import add_health_routes
+from registry.heap import heap_metrics
 from registry.logs import add_request_id_header, request_id_middleware
 from registry.metrics import METRICS, Metrics, metrics_middleware
 from registry.middleware import (
@@ -33,6 +35,13 @@ from registry.middleware import (
 )
 from registry.pipeline import ManifestPipeline
 from registry.proxy.routing import setup_proxy
+from registry.replica_files import (
+    FilesDiffer,
+    FilesWatch,
+    instance_name,
+    refuse_to_join,
+    users_digest,
+)
 from registry.routes import add_fallback, add_routes
 from registry.upload_sessions import UploadSessions
 from registry.workers import LEADER, WorkerRole, worker_metrics
@@ -74,6 +83,7 @@ def create_app(
     app[IN_FLIGHT] = InFlight()
     app[METRICS] = Metrics()
     app[LEADER] = worker is None or worker.leader
+    app[METRICS].sections.append(heap_metrics)
     if worker is not None:
         app[METRICS].sections.append(worker_metrics(worker))
     app.cleanup_ctx.append(_resources(config, policy))
@@ -93,6 +103,17 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         policy = startup_policy(config.policy_file) if loaded is None else loaded
         store = open_blob_store(config.blob_store)
         db = await open_metadata(DataLayout(config.data_dir).database, config.metadata_url)
+        # A replica never joins others that decide by another policy or users file.
+        users_file = AuthSettings.from_config(config).users_file if config.auth_enabled else None
+        me = instance_name()
+        try:
+            await refuse_to_join(
+                db, {"policy": policy.version, "users": users_digest(users_file)}, me
+            )
+        except FilesDiffer:
+            await db.close()
+            await store.close()
+            raise
         # Room for `trustyard gc` to work in should the disk fill up (storage.reserve).
         await asyncio.to_thread(reserve.ensure, DataLayout(config.data_dir))
         uploads = UploadSessions(db, store)
@@ -103,6 +124,11 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
         evidence = GenerationWatch(db, "evidence", gate.forget_evidence)
         await evidence.check()
         evidence.start()
+        files = FilesWatch(
+            db, lambda: {"policy": gate.policy.version, "users": users_digest(users_file)}, me
+        )
+        await files.check()
+        files.start()
         app[CONTEXT] = RegistryContext(config, db, store, uploads, gate)
         # Events: the sender starts with whatever an earlier run left in the outbox.
         events = app[EVENTS] = EventHub(db, EventSettings.from_config(config))
@@ -127,6 +153,7 @@ def _resources(config: Config, loaded: Policy | None):  # noqa: ANN202 - aiohttp
             await uploads.close()
             await events.close()
             await evidence.close()
+            await files.close()
             await gate.close()
             await db.close()
             await store.close()

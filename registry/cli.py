@@ -30,6 +30,7 @@ from registry.auth.users import PasswordRefused, UsersFileError, UserStore, chec
 from registry.backup_commands import add_backup_commands, run_backup_command
 from registry.config import Config, ConfigError, load_config
 from registry.context import CONTEXT
+from registry.heap import count_pauses, freeze_startup_heap
 from registry.library_commands import LIBRARY_COMMANDS, add_library_commands, run_library_command
 from registry.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 from registry.middleware import IN_FLIGHT
@@ -442,6 +443,11 @@ async def _serve(
         keepalive_timeout=config.idle_timeout,
     )
     await runner.setup()
+    # Start-up's objects live as long as the process: out of the cycle collector's way, so that
+    # its full collections stop holding up the requests in flight (registry/heap.py).
+    frozen = freeze_startup_heap()
+    count_pauses()
+    log.debug("froze %d objects of start-up out of the cycle collector", frozen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

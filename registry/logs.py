@@ -14,6 +14,7 @@ import contextvars
 import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -121,6 +122,17 @@ class AccessLogger(AbstractAccessLogger):
 #: restarts, and far cheaper on the hot path than a uuid4 per request (a system call each).
 _PREFIX = uuid.uuid4().hex[:16]
 _COUNTER = itertools.count(1)
+
+
+def _new_prefix() -> None:
+    # `serve --workers` forks its workers from a parent that imported this module: without a
+    # prefix of their own they would all hand out the same ids (…0001, …0002) at once.
+    global _PREFIX, _COUNTER
+    _PREFIX = uuid.uuid4().hex[:16]
+    _COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_request_id(offered: str | None) -> str:

@@ -199,4 +199,13 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
         observer_failures=request.app[PIPELINE].failures if PIPELINE in request.app else None,
     )
     text += "".join(section() for section in request.app[METRICS].sections)
+    # Only the SQLite backend has this cache (storage/metadata/sqlite/read_cache.py).
+    reads = getattr(registry.db, "manifest_reads", None)
+    if reads is not None:
+        text += (
+            "# HELP trustyard_manifest_reads_from_memory_total Manifest reads answered from "
+            "memory (nothing committed since they were read).\n"
+            "# TYPE trustyard_manifest_reads_from_memory_total counter\n"
+            f"trustyard_manifest_reads_from_memory_total {reads.hits}\n"
+        )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 from registry.config import Config
 from storage import reserve
 from storage.backends import open_blob_store
-from storage.errors import StorageFull
+from storage.errors import LockLost, StorageFull
 from storage.fsck import check_blobs
 from storage.gc import CollectionRunning, GCReport, collect_garbage
 from storage.layout import DataLayout
@@ -84,6 +84,9 @@ def run_storage_command(config: Config, args: argparse.Namespace) -> int:
     except StorageFull as exc:
         print(f"trustyard: {exc.message}; free some space on {layout.root}", file=sys.stderr)
         return 1
+    except LockLost as exc:
+        print(f"trustyard: {exc.message}", file=sys.stderr)
+        return BUSY
     finally:
         if args.command == "gc" and not args.dry_run:
             reserve.ensure(layout)

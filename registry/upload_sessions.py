@@ -24,6 +24,7 @@ from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
 from storage.errors import StorageFull
 from storage.metadata import MetadataDB
+from storage.metadata.coordination import upload_key
 from storage.oci.digests import Digest
 from storage.oci.errors import BLOB_UPLOAD_UNKNOWN, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID
 from storage.oci.grammar import UPLOAD_ID_RE, parse_count
@@ -45,6 +46,8 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Set when the session is cancelled while a request still streams into it.
     cancelled: bool = False
+    # A monolithic upload's session: only the request that opened it knows its id.
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,9 @@ class UploadSessions:
         except StorageFull:
             await self.store.abort(upload_id)
             raise
-        self._sessions[upload_id] = _Session(0, hashlib.new(RUNNING_ALGORITHM))
+        self._sessions[upload_id] = _Session(
+            0, hashlib.new(RUNNING_ALGORITHM), private=not resumable
+        )
         return upload_id
 
     async def offset(self, repository: str, upload_id: str) -> int:
@@ -127,13 +132,19 @@ class UploadSessions:
         """Append a chunk; return the new offset. Out-of-order chunks answer 416."""
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with session.lock, _unless_cancelled(session, upload_id):
+        async with (
+            self._only_writer(repository, upload_id, session),
+            session.lock,
+            _unless_cancelled(session, upload_id),
+        ):
             offset = await self._current_offset(upload_id, session)
             try:
                 await self._receive(
                     repository, upload_id, session, offset, body, content_range, content_length
                 )
-                # Acknowledged (202 with this offset) only once every byte is durable.
+                # Still the session's only writer (a PostgreSQL lock goes with its connection),
+                # then acknowledged (202 with this offset) only once every byte is durable.
+                await self._confirm_writer(upload_id, session)
                 await self.store.flush(upload_id)
             except BaseException:
                 await self._forget_pending(upload_id, session)
@@ -157,7 +168,11 @@ class UploadSessions:
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with session.lock, _unless_cancelled(session, upload_id):
+        async with (
+            self._only_writer(repository, upload_id, session),
+            session.lock,
+            _unless_cancelled(session, upload_id),
+        ):
             try:
                 offset = await self._current_offset(upload_id, session)
                 if body is not None:
@@ -178,6 +193,7 @@ class UploadSessions:
                         message="provided digest did not match uploaded content",
                     )
                 size = session.offset
+                await self._confirm_writer(upload_id, session)
                 try:
                     await commit_blob(self.store, self.db, upload_id, digest, size, repository)
                 except StorageFull:
@@ -189,6 +205,38 @@ class UploadSessions:
             await self.db.end_upload(upload_id)
             self._sessions.pop(upload_id, None)
             return size
+
+    @contextlib.asynccontextmanager
+    async def _only_writer(
+        self, repository: str, upload_id: str, session: _Session
+    ) -> AsyncIterator[None]:
+        """Hold the session's lock across every process on the database while a request
+        appends to or finishes it. Two requests writing one session at once (sent to two
+        replicas or workers, or twice to one) would both start at the same offset: the first
+        one holds the session, the other is answered at once as an out-of-order chunk (416
+        with the session's current `Range`), and neither byte stream is mixed into the other.
+        (Not waiting: the second request was sent for an offset the first one is moving.)"""
+        if session.private:
+            yield
+            return
+        async with self.db.exclusive(upload_key(upload_id), wait=False) as held:
+            if not held:
+                size = await self.store.upload_size(upload_id)
+                if size is None:
+                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+                raise RegistryError(
+                    RANGE_INVALID,
+                    {"upload": upload_id, "reason": "another request is writing this upload"},
+                    message="another request is writing this upload: continue from its Range "
+                    "once that request is answered",
+                    headers=upload_headers(repository, upload_id, size),
+                )
+            yield
+
+    async def _confirm_writer(self, upload_id: str, session: _Session) -> None:
+        """`LockLost` (503) when the session's lock went while this request wrote it."""
+        if not session.private:
+            await self.db.confirm(upload_key(upload_id))
 
     async def _forget_pending(self, upload_id: str, session: _Session) -> None:
         """After a failed request: the store forgets bytes it did not make durable; unless the

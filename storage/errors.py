@@ -81,3 +81,18 @@ class TextNotStorable(StorageError):
             "a value holds a NUL character, which no name, tag or field can hold",
             {"reason": "NUL character in a value"},
         )
+
+
+class LockLost(StorageError):
+    """A lock shared by every process on the metadata database was dropped while held (its
+    PostgreSQL connection was lost, so the server released it): whatever it guarded is refused
+    before it is stored, since another process may now hold it (the client is answered
+    UNAVAILABLE, 503, and may simply try again)."""
+
+    def __init__(self, key: str, cause: str) -> None:
+        what = key.split(" ", 1)[0]
+        super().__init__(
+            f"the registry lost its {what} lock in the metadata database ({cause}) before "
+            "storing this change; nothing was stored, try again",
+            {"reason": f"{what} lock lost: {cause}"},
+        )

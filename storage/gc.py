@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,14 @@ class _Collection:
     async def _paced(self, deletion: Awaitable[list[int]]) -> list[int]:
         """Run one deleting transaction, then show progress and pause."""
         started = time.monotonic()
+        try:
+            # Still the only collection (a PostgreSQL lock is lost with its connection): else
+            # another may be putting back what this one deletes.
+            await self.db.confirm(GC_KEY)
+        except BaseException:
+            if isinstance(deletion, Coroutine):
+                deletion.close()
+            raise
         try:
             return await deletion
         finally:

@@ -326,6 +326,12 @@ CREATE TABLE IF NOT EXISTS shared_generations (
     generation  INTEGER NOT NULL       -- bumped in the transaction of each such change
 ) WITHOUT ROWID;
 
+CREATE TABLE IF NOT EXISTS replica_files (
+    instance    TEXT PRIMARY KEY,      -- one serving process: '<host> <pid>'
+    files       TEXT NOT NULL,         -- JSON: {"policy": digest, "users": digest} as it runs
+    seen_at     REAL NOT NULL          -- rewritten every few seconds while it serves
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS gc_runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at  REAL NOT NULL,

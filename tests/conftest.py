@@ -57,8 +57,9 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 
 #: `TRUSTYARD_TEST_METADATA=postgresql` runs every registry the tests start on a fresh PostgreSQL
-#: database per test: in process through `make_config`, as a subprocess (and its commands)
-#: through the `TRUSTYARD_METADATA` variable they inherit.
+#: database per test (with the schema and no rows; empty for tests marked `empty_metadata`): in
+#: process through `make_config`, as a subprocess (and its commands) through the
+#: `TRUSTYARD_METADATA` variable they inherit.
 TEST_METADATA = "TRUSTYARD_TEST_METADATA"
 
 
@@ -95,6 +96,27 @@ def _runs_on_postgresql(node: pytest.Item | pytest.Collector) -> bool:
     return _chosen_backend() == "postgresql" and node.get_closest_marker(SQLITE_ONLY) is None
 
 
+#: The marker of a test whose PostgreSQL database must start without Trustyard's schema (a
+#: command refusing a database that holds none, a schema version written by hand). Every other
+#: test's registries open a copy of a database where the product made its schema once per
+#: session (creating it is most of a registry's start on PostgreSQL); the schema's creation
+#: itself is proved by that template, by the metadata tests on `postgres_url` (always empty)
+#: and by the HA cluster's replicas racing on an empty database.
+EMPTY_METADATA = "empty_metadata"
+
+
+#: Fixtures giving a test an empty database of its own: its registries share that one, as
+#: they always did.
+_EMPTY_DATABASE_FIXTURES = ("postgres_url", "backend_url")
+
+
+def _with_schema(node: pytest.Item | pytest.Collector) -> bool:
+    if node.get_closest_marker(EMPTY_METADATA) is not None:
+        return False
+    names = getattr(node, "fixturenames", ())
+    return not any(name in names for name in _EMPTY_DATABASE_FIXTURES)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _module_metadata_backend(request: pytest.FixtureRequest) -> Iterator[None]:
     """Under `TRUSTYARD_TEST_METADATA=postgresql`, the registries a module's fixtures start (one
@@ -104,7 +126,7 @@ def _module_metadata_backend(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     postgres_server: PostgresServer = request.getfixturevalue("postgres")
-    url = postgres_server.create_database()
+    url = postgres_server.create_database(with_schema=_with_schema(request.node))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRUSTYARD_METADATA", url)
         yield
@@ -118,7 +140,8 @@ def _metadata_backend(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     `RegistryProcess.command_env()` names it for commands run on that registry's data). A test
     marked `sqlite_only` runs on SQLite in both passes."""
     if _runs_on_postgresql(request.node):
-        monkeypatch.setenv("TRUSTYARD_METADATA", request.getfixturevalue("postgres_url"))
+        fixture = "postgres_url" if not _with_schema(request.node) else "registry_postgres_url"
+        monkeypatch.setenv("TRUSTYARD_METADATA", request.getfixturevalue(fixture))
     elif request.node.get_closest_marker(SQLITE_ONLY) is not None:
         monkeypatch.delenv("TRUSTYARD_METADATA", raising=False)
 
@@ -212,6 +235,15 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database for this test (dropped after it)."""
     url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture
+def registry_postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database holding Trustyard's schema and no rows, as a
+    registry leaves it after its first start (dropped after the test)."""
+    url = postgres.create_database(with_schema=True)
     yield url
     postgres.drop_database(url)
 

@@ -21,11 +21,11 @@ from registry.auth.ratelimit import FailedLogins
 from registry.auth.scopes import CATALOG, Scope
 from registry.auth.settings import AuthSettings
 from registry.auth.tokens import InvalidToken, TokenAuthority, load_or_create_key
-from registry.auth.users import Account, UserStore
+from registry.auth.users import Account, UsersFileError, UserStore
 from registry.config import Config
 from registry.errors import RegistryError
 from registry.identity import ANONYMOUS, Identity
-from storage.oci.errors import TOOMANYREQUESTS, UNAUTHORIZED
+from storage.oci.errors import TOOMANYREQUESTS, UNAUTHORIZED, UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 CREDENTIAL_CHANGED = (
     "the token was issued before its holder's password or robot token changed: log in again"
 )
+
+#: What a client is told while the users file cannot be read (the log says which file and why:
+#: a client needs no path on the server).
+USERS_UNREADABLE = "the registry cannot read its users file: try again later"
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,20 @@ class AuthService:
             return Caller(account.identity())
         raise RegistryError(UNAUTHORIZED, message="unsupported authorization scheme")
 
+    def account(self, name: str) -> Account | None:
+        """The account called `name` as the users file says now; 503 while the file cannot be
+        read (a half-written edit by hand, a file made unreadable): refused, never a guess."""
+        try:
+            return self.users.get(name)
+        except UsersFileError as exc:
+            raise _unreadable(exc) from None
+
+    def _verify(self, name: str, secret: str) -> Account | None:
+        try:
+            return self.users.verify(name, secret)
+        except UsersFileError as exc:
+            raise _unreadable(exc) from None
+
     def bearer(self, token: str) -> Caller:
         """The caller a bearer token stands for: its subject as the users file says now, with
         the token's scopes; 401 when the token is invalid or its subject is gone."""
@@ -113,7 +131,7 @@ class AuthService:
             raise RegistryError(UNAUTHORIZED, message="invalid or expired token") from None
         if not claims.subject:
             return Caller(ANONYMOUS, claims.access)
-        account = self.users.get(claims.subject)
+        account = self.account(claims.subject)
         if account is None:  # removed since the token was issued: the token dies with it
             raise RegistryError(UNAUTHORIZED, message="invalid or expired token")
         if account.credential != claims.credential:
@@ -133,18 +151,23 @@ class AuthService:
                 message="too many failed logins: try again later",
                 headers={"Retry-After": str(int(wait) + 1)},
             )
-        account = await asyncio.to_thread(self.users.verify, user, secret)
+        account = await asyncio.to_thread(self._verify, user, secret)
         if account is None:
             self.failed_logins.record_failure(user, source)
             # The user name is logged only when it is a known account: a password typed into
             # the user field must not end up in the log.
-            known = self.users.get(user) is not None
+            known = self.account(user) is not None
             log.warning(
                 "failed login for %s from %s", repr(user) if known else "an unknown user", source
             )
             raise RegistryError(UNAUTHORIZED, message="incorrect username or password")
         self.failed_logins.record_success(user)
         return account
+
+
+def _unreadable(exc: UsersFileError) -> RegistryError:
+    log.error("refused a request: %s", exc)
+    return RegistryError(UNAVAILABLE, message=USERS_UNREADABLE)
 
 
 def parse_basic(value: str) -> tuple[str, str]:

@@ -128,7 +128,7 @@ def session_caller(request: web.Request, service: AuthService) -> Caller | None:
     session = store.get(token)
     if session is None:
         return None
-    account = service.users.get(session.account)
+    account = service.account(session.account)
     if (
         account is None
         or account.kind != "user"

@@ -253,6 +253,14 @@ class UserStore:
         return loaded
 
     def _write(self, document: dict[str, Any]) -> None:
+        """Replace the file with `document` whole, or leave it as it was (a full disk, a
+        read-only folder: `UsersFileError` saying why, and no partial copy left beside it)."""
+        try:
+            self._replace(document)
+        except OSError as exc:
+            raise UsersFileError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+
+    def _replace(self, document: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".users-")
         try:

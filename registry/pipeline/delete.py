@@ -117,6 +117,7 @@ async def _delete(
         await gate.check_needed(name, digest, "manifest", delete.actor)
     change = Change("delete", record, delete.actor, tag=tag, tags=() if tag is not None else tags)
     staged = await observers.stage(change)
+    await gate.confirm_tags(name, tags)
     if digest is not None:
         deleted = await db.delete_manifest(name, digest, staged.statements, staged.library)
     else:

@@ -12,7 +12,8 @@ The observers, in the order they run after the commit:
 
 - `EvidenceCache`: forget the repository's remembered evidence version (pulls decide afresh).
 - `EventSender`: wake the sender (the outbox rows were committed with the change).
-- `DecisionLog`: record the allowed push (a denied one was recorded when it was denied).
+- `DecisionLog`: count the allowed push, whose decision row it staged in the push's own
+  transaction (a denied one was recorded when it was denied).
 - `LibraryObserver`: a `signed_by` library tag follows its registry tag once signed; the image's
   lineage; images traced again after a library tag gained a digest.
 - `SignatureProofs`: a pushed signature is verified (on the verification threads) and its proofs
@@ -33,7 +34,14 @@ from policies.library.recording import end_deleted_tags, follow_pushed_tag, reco
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
-from storage.metadata import LibraryChange, ManifestRecord, MetadataDB, OutboxRow, OutboxRows
+from storage.metadata import (
+    DecisionRecord,
+    LibraryChange,
+    ManifestRecord,
+    MetadataDB,
+    OutboxRow,
+    OutboxRows,
+)
 
 log = logging.getLogger("trustyard.pipeline")
 
@@ -72,6 +80,8 @@ class Staged:
 
     statements: list[OutboxRow] = field(default_factory=list)
     library: list[LibraryChange] = field(default_factory=list)
+    #: The decision-log row of an allowed push.
+    decisions: list[DecisionRecord] = field(default_factory=list)
 
 
 class Observer(Protocol):
@@ -168,9 +178,9 @@ class EventSender:
 
 
 class DecisionLog:
-    """An allowed push is recorded once its manifest is stored: a push the storage refused (a
-    blob unknown) leaves no "allow" row. (Denials, and delete decisions, are recorded when
-    decided.)"""
+    """An allowed push is recorded in its own transaction: a push the storage refused (a blob
+    unknown) leaves no "allow" row, a stored one always has it. (Denials, and delete
+    decisions, are recorded when decided.)"""
 
     name = "decision_log"
 
@@ -178,12 +188,16 @@ class DecisionLog:
         self.gate = gate
 
     async def stage(self, change: Change, staged: Staged) -> None:
-        """Nothing: the decision log is written after the commit."""
+        """The allowed push's decision row."""
+        if change.check is not None:
+            row = self.gate.push_decision(change.check)
+            if row is not None:
+                staged.decisions.append(row)
 
     async def after(self, change: Change) -> None:
-        """Record the allowed push."""
+        """Count the allowed push (metrics)."""
         if change.check is not None:
-            await self.gate.pushed(change.check)
+            self.gate.pushed(change.check)
 
 
 class LibraryObserver:

@@ -6,7 +6,7 @@
 2. Under the tag guard (pushes to one tag one after the other): the policy check (a denial is
    logged and reported at once, and nothing is stored), then one transaction storing the
    manifest, moving the tag, and writing what the observers stage with it (the events outbox,
-   a library tag's history). Nothing slow runs here.
+   a library tag's history, the allowed push's decision row). Nothing slow runs here.
 3. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
    guarded: one failing is logged and counted, never an error for a push that is stored.
 
@@ -173,12 +173,15 @@ async def push_manifest(
             # The deprecated `events.library_repositories`: reports the digest the tag left.
             change.previous = await db.tag_target(name, tag)
         staged = await observers.stage(change)
+        # The tag's lock must still be this process's (a PostgreSQL lock connection can drop
+        # while the check ran): else refused, never committed unguarded.
+        await gate.confirm_tags(name, (tag,))
         try:
             references = prepared.parsed.references
             if push.references_fetched_later:
                 references = [Reference(r.digest, r.kind, required=False) for r in references]
             moved = await db.put_manifest(
-                record, references, tag, staged.statements, staged.library
+                record, references, tag, staged.statements, staged.library, staged.decisions
             )
         except MissingReferences as exc:
             missing = exc.missing[0]

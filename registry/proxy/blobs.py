@@ -13,8 +13,10 @@ held until the digest is verified, and a failure cuts every streaming connection
 client also checks the digest itself). Clients that join a running fetch, and byte ranges of a
 blob being fetched, are served from the upload's file as it grows (bytes already written and
 hashed; the final byte after verification), so they do not wait for the whole blob. A backend
-without a local upload file (S3) makes them wait for the verified blob instead, served from
-storage like any cached blob.
+without a local upload file (S3) keeps the last `WINDOW` bytes received in memory instead (the
+chunks the first client is handed, not copies), and joiners stream from that window under the
+same rules. A joiner that starts, or falls, behind the window (it arrived late, or reads too
+slowly) waits for the verified blob and carries on from storage.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +40,9 @@ import aiohttp
 from aiohttp import web
 
 from registry.context import RegistryContext
-from registry.errors import BLOB_UNKNOWN, UNAVAILABLE, RegistryError
+from registry.errors import BLOB_UNKNOWN, TOOMANYREQUESTS, UNAVAILABLE, RegistryError
 from registry.handlers.blobs import requested_range
-from registry.proxy.client import UpstreamClient, UpstreamError
+from registry.proxy.client import RateLimited, UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
@@ -58,6 +63,11 @@ FOLLOW_READ = 1 << 20
 #: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
 #: on for the others; it may retry and is then served from storage).
 SLOW_CLIENT = 60.0
+#: Bytes of a fetch kept in memory for joiners, on a backend without an upload file to follow.
+WINDOW = 16 << 20
+#: Bytes all fetches together keep so; beyond it a fetch keeps only its newest chunk (its
+#: joiners then wait for the verified blob).
+WINDOWS_TOTAL = 256 << 20
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -65,10 +75,20 @@ Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 class FetchFailed(Exception):
     """A blob fetch failed; nothing was stored."""
 
-    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, unknown: bool = False, retry_at: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.unknown = unknown  # the upstream does not have it (404)
+        #: When the upstream asked for a pause (429): the time (`time.time()`) it ends.
+        self.retry_at = retry_at
+
+    def retry_after(self) -> int | None:
+        """Whole seconds left of the upstream's pause (at least 1), or None without one."""
+        if self.retry_at is None:
+            return None
+        return max(math.ceil(self.retry_at - time.time()), 1)
 
 
 @dataclass
@@ -90,6 +110,50 @@ class _Fetch:
     failure: FetchFailed | None = None
     #: Set (and replaced) at every step above, for the joiners waiting on one.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Without an upload file: the latest chunks received (at most `WINDOW` bytes but the
+    #: newest chunk), for joiners to stream from.
+    window: deque[bytes] = field(default_factory=deque)
+    window_bytes: int = 0
+    #: Bytes received from the upstream so far.
+    received: int = 0
+
+    def window_start(self) -> int:
+        """The offset of the oldest byte still in the window."""
+        return self.received - self.window_bytes
+
+    def keep(self, chunk: bytes, limit: int) -> int:
+        """Add a received chunk to the window, forgetting the oldest beyond `limit` bytes (but
+        the newest chunk); how much the window grew (negative: shrank)."""
+        before = self.window_bytes
+        self.window.append(chunk)
+        self.window_bytes += len(chunk)
+        self.received += len(chunk)
+        while len(self.window) > 1 and self.window_bytes - len(self.window[0]) >= limit:
+            self.window_bytes -= len(self.window.popleft())
+        self.advance()
+        return self.window_bytes - before
+
+    def forget(self) -> int:
+        """Drop the window (the fetch ended; joiners still behind read from storage); the
+        bytes it held."""
+        held, self.window_bytes = self.window_bytes, 0
+        self.window.clear()
+        self.advance()
+        return held
+
+    def piece(self, position: int, ready: int) -> memoryview | None:
+        """Bytes from `position` up to `ready` (those of one chunk at most) out of the window,
+        or None when `position` is no longer in it."""
+        if position < self.window_start():
+            return None
+        end = self.received
+        for chunk in reversed(self.window):  # joiners read near the newest end: few steps
+            start = end - len(chunk)
+            if position >= start:
+                begin = position - start
+                return memoryview(chunk)[begin : begin + ready - position]
+            end = start
+        return None
 
     def advance(self) -> None:
         """Wake everyone waiting for this fetch to get further."""
@@ -107,6 +171,10 @@ class BlobFetcher:
         #: Held to decide "stored, running, or start one": only its holder starts a fetch, and
         #: a fetch links its blob before it leaves `_running`, so no decision sees neither.
         self._deciding = asyncio.Lock()
+        #: Bytes of each fetch kept in memory for joiners (backends without an upload file).
+        self.window = WINDOW
+        self.windows_total = WINDOWS_TOTAL
+        self._kept = 0  # bytes in every fetch's window
 
     async def close(self) -> None:
         """Cancel running fetches (their uploads are dropped)."""
@@ -249,10 +317,12 @@ class BlobFetcher:
         file as it grows, or, on a backend without one, from storage once the fetch is done."""
         while not fetch.opened:
             await fetch.progress.wait()
-        if fetch.follow is None or fetch.failure is not None or fetch.done.done():
+        if fetch.failure is not None or fetch.done.done():
             await self._wait(fetch)
             return await handler(request, name, str(digest))
         start, end = requested_range(request, fetch.size)
+        if fetch.follow is None:
+            return await self._feed(request, fetch, start, end, name, digest, handler)
         try:
             handle = await asyncio.to_thread(os.open, fetch.follow, os.O_RDONLY)
         except FileNotFoundError:  # stored (or dropped) meanwhile: the upload is gone
@@ -262,6 +332,58 @@ class BlobFetcher:
             return await self._follow(request, fetch, handle, start, end, digest)
         finally:
             os.close(handle)
+
+    async def _feed(
+        self,
+        request: web.Request,
+        fetch: _Fetch,
+        start: int,
+        end: int,
+        name: str,
+        digest: Digest,
+        handler: Handler,
+    ) -> web.StreamResponse:
+        """Send bytes [start, end) from the fetch's in-memory window as they arrive; behind
+        the window, from storage once the blob is verified and stored."""
+        response = _blob_response(digest)
+        if (start, end) != (0, fetch.size):
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fetch.size}"
+        response.content_length = end - start
+        position = start
+        while position < end:
+            progress = fetch.progress
+            if fetch.failure is not None and not fetch.verified:
+                return _cut(request, response, digest, fetch.failure)
+            # The blob's final byte only once the whole blob is verified.
+            ready = min(fetch.received, end if fetch.verified else min(end, fetch.size - 1))
+            if ready <= position:
+                await progress.wait()
+                continue
+            piece = fetch.piece(position, ready)
+            if piece is None:  # arrived late, or fell behind: the verified blob, from storage
+                self.stats.count("joiner_waited")
+                if not response.prepared:
+                    await self._wait(fetch)
+                    return await handler(request, name, str(digest))
+                try:
+                    await asyncio.shield(fetch.done)
+                except FetchFailed as exc:
+                    return _cut(request, response, digest, exc)
+                async for data in self.ctx.store.read(digest, position, end):
+                    await response.write(data)
+                    position += len(data)
+                break
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(piece)
+            position += len(piece)
+        if position != end:  # storage held fewer bytes than verified: never end a body early
+            return _cut(request, response, digest, FetchFailed("stored blob shorter than read"))
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
 
     async def _follow(
         self,
@@ -282,16 +404,7 @@ class BlobFetcher:
         while position < end:
             progress = fetch.progress
             if fetch.failure is not None and not fetch.verified:
-                if not response.prepared:
-                    raise _error(fetch.failure)
-                log.warning(
-                    "proxied blob %s: %s; connection to a joining client cut",
-                    digest,
-                    fetch.failure.reason,
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
+                return _cut(request, response, digest, fetch.failure)
             # The blob's final byte only once the whole blob is verified.
             ready = min(fetch.written, end if fetch.verified else min(end, fetch.size - 1))
             if ready <= position:
@@ -339,6 +452,7 @@ class BlobFetcher:
                 await store.start_upload(upload_id)
                 started = True
                 fetch.follow = _upload_file(store, upload_id)
+                keep = fetch.follow is None  # joiners stream from memory instead
                 fetch.opened = True
                 fetch.advance()
                 await _publish(fetch, ("start", size))
@@ -364,6 +478,9 @@ class BlobFetcher:
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
+                    if keep:
+                        room = self._kept < self.windows_total
+                        self._kept += fetch.keep(chunk, self.window if room else 0)
                     if received == size:
                         final = chunk  # the streaming client has it once it is verified
                     else:
@@ -394,6 +511,7 @@ class BlobFetcher:
             await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
+            self._kept -= fetch.forget()  # stored: joiners still behind read it from storage
             self.stats.count("blob_fetched")
             self.stats.count_bytes(received)
             fetch.done.set_result(None)
@@ -411,6 +529,7 @@ class BlobFetcher:
             self.stats.count("blob_fetch_failed")
             fetch.failure = failure
             fetch.opened = True
+            self._kept -= fetch.forget()
             fetch.advance()
             if started:
                 with contextlib.suppress(Exception):
@@ -441,21 +560,29 @@ class BlobFetcher:
         and the rest is drained, so the fetch never waits on a sink that stopped."""
         store = self.ctx.store
 
-        def digest_batch(batch: list[bytes]) -> bytes:
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            hasher.update(data)
-            return data
+        gathered = isinstance(store, FilesystemBlobStore)
+
+        def digest_batch(batch: list[bytes]) -> bytes | None:
+            for chunk in batch:  # chunk by chunk: no joined copy to hash
+                hasher.update(chunk)
+            if gathered:
+                return None  # written with one gathered write, unjoined
+            return batch[0] if len(batch) == 1 else b"".join(batch)
 
         while (batch := await batches.get()) is not None:
             if stopped:
                 continue
             try:
                 data = await asyncio.to_thread(digest_batch, batch)
-                await store.append(upload_id, data)
+                if data is None:
+                    assert isinstance(store, FilesystemBlobStore)
+                    await store.append_chunks(upload_id, batch)
+                else:
+                    await store.append(upload_id, data)
             except Exception as exc:
                 stopped.append(exc)
                 continue
-            fetch.written += len(data)
+            fetch.written += sum(len(chunk) for chunk in batch)
             fetch.advance()
 
 
@@ -468,6 +595,19 @@ async def _put(
     if stopped:
         raise stopped[0]
     await batches.put(item)
+
+
+def _cut(
+    request: web.Request, response: web.StreamResponse, digest: Digest, failure: FetchFailed
+) -> web.StreamResponse:
+    """End a joiner's answer on a failed fetch: the spec's error before any byte, a cut
+    connection after (the client sees a short body, never wrong bytes whole)."""
+    if not response.prepared:
+        raise _error(failure)
+    log.warning("proxied blob %s: %s; connection to a joining client cut", digest, failure.reason)
+    if request.transport is not None:
+        request.transport.abort()
+    return response
 
 
 def _upload_file(store: BlobStore, upload_id: str) -> Path | None:
@@ -544,6 +684,8 @@ def _drain(queue: asyncio.Queue[tuple[str, Any]]) -> None:
 def _as_failure(exc: BaseException) -> FetchFailed:
     if isinstance(exc, FetchFailed):
         return exc
+    if isinstance(exc, RateLimited):
+        return FetchFailed(exc.reason, retry_at=time.time() + exc.retry_after)
     if isinstance(exc, UpstreamError):
         return FetchFailed(exc.reason)
     if isinstance(exc, asyncio.CancelledError):
@@ -557,6 +699,16 @@ def _error(failure: FetchFailed) -> RegistryError:
     """The client's answer for a failed fetch (nothing was stored)."""
     if failure.unknown:
         return RegistryError(BLOB_UNKNOWN, {"reason": failure.reason}, message=failure.reason)
+    wait = failure.retry_after()
+    if wait is not None:
+        # As for manifests: the client waits out the upstream's pause instead of retrying now.
+        return RegistryError(
+            TOOMANYREQUESTS,
+            {"reason": failure.reason, "retry_after": wait},
+            message=f"the upstream asked for a pause (429) and this blob is not cached: nothing "
+            f"is asked of the upstream for {wait}s more; retry then",
+            headers={"Retry-After": str(wait)},
+        )
     return RegistryError(
         UNAVAILABLE,
         {"reason": failure.reason},

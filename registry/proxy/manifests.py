@@ -17,12 +17,15 @@ scan). So a cached image's companions are looked at again when its tag is revali
 pull of it is denied: at most once per `manifest_ttl` per image, each cosign tag with a `HEAD`
 first (fetched only when its digest is new), the referrers list with one `GET`. What is new goes
 through the push pipeline like the rest, so the repository's evidence version moves and the
-next decision is taken afresh.
+next decision is taken afresh. A platform image is covered by a signed index holding it (the
+policy's rule), so a denied pull of one (by digest, as clients pull them) looks again at the
+companions of the cached indexes listing it too, each under the same once-per-TTL rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -70,6 +73,8 @@ MAX_REFERRERS = 64
 #: Cached images whose last look at their companions is remembered (the oldest are forgotten:
 #: a forgotten image is looked at again on its next revalidation or denial, no sooner).
 MAX_REFRESH_MEMORY = 65536
+#: Cached indexes listing a denied platform image whose companions are looked at again.
+MAX_PARENT_INDEXES = 8
 #: The cosign tag suffixes of an image's companions (`sha256-<hex><suffix>`).
 COMPANION_SUFFIXES = (".sig", ".att", "")
 #: Config media types of runnable images.
@@ -229,14 +234,28 @@ class ManifestCache:
             )
         parsed = await parse_pulled(self.app, content, content_type, tag, digest)
         document = json.loads(content)
-        await self._prerequisites(client, upstream, remote, name, document, parsed.media_type)
-        await store_pulled_manifest(
-            self.app, name, tag, content, content_type, digest, upstream.name
-        )
-        self.stats.count("manifest_fetched")
+        # The signatures and referrers are looked up while the config is fetched, not after:
+        # a cold pull waits for one round of both, not one after the other.
+        looking = None
         if companions:
             self._note_refreshed(name, str(digest))
-            await self._companions(client, upstream, remote, name, str(digest))
+            looking = asyncio.create_task(
+                self._companions(client, upstream, remote, name, str(digest))
+            )
+        try:
+            await self._prerequisites(client, upstream, remote, name, document, parsed.media_type)
+            await store_pulled_manifest(
+                self.app, name, tag, content, content_type, digest, upstream.name
+            )
+        except BaseException:
+            if looking is not None:
+                looking.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await looking
+            raise
+        self.stats.count("manifest_fetched")
+        if looking is not None:
+            await looking
 
     async def _get(
         self, client: UpstreamClient, remote: str, reference: str
@@ -292,6 +311,9 @@ class ManifestCache:
                             client, remote, name, parse_digest(layer["digest"]), layer["size"]
                         )
         except FetchFailed as exc:
+            wait = exc.retry_after()
+            if wait is not None:  # answered 429 with the pause's `Retry-After`, as a manifest
+                raise RateLimited(upstream, float(wait)) from None
             raise UpstreamError(upstream, exc.reason) from None
 
     def _note_refreshed(self, name: str, digest: str) -> None:
@@ -363,12 +385,17 @@ class ManifestCache:
         self, upstream: Upstream, remote: str, name: str, reference: str
     ) -> bool:
         """After a pull of cached `name:reference` was denied: `refresh_companions` of the
-        image it names; whether anything new arrived (then the pull is decided again)."""
+        image it names and of the cached indexes listing it (whose signatures cover it); whether
+        anything new arrived (then the pull is decided again)."""
         db = self.app[CONTEXT].db
         digest = reference if is_digest(reference) else await db.tag_target(name, reference)
         if digest is None:
             return False
-        return await self.refresh_companions(upstream, remote, name, digest)
+        images = [digest, *await db.parent_indexes(name, digest, MAX_PARENT_INDEXES)]
+        gained = await asyncio.gather(
+            *(self.refresh_companions(upstream, remote, name, image) for image in images)
+        )
+        return any(gained)
 
     async def _mirror(
         self,

@@ -9,13 +9,21 @@ garbage collector may use one database at once. What one of them decides must ho
   both pass the check; a collection holds `gc`, so two never run at once. SQLite: a POSIX record
   lock on one byte of the file `<database>.locks` (a byte per key's hash) — released by the
   kernel when the process dies; PostgreSQL: a session advisory lock on a connection kept for
-  locks — released by the server when the connection goes.
+  locks — released by the server when the connection goes. A lock can thus be lost while its
+  holder lives (PostgreSQL: the connection dropped): a holder `confirm`s it just before it
+  commits what the lock guards, and refuses the change (`storage.errors.LockLost`) when it is
+  gone.
 * **Shared generations** (`generation`): a counter per kind of change, bumped in the
   transaction of the change (`shared_generations`, see `storage.layout`). Every process reads
   it a few times a second (`storage.metadata.generations.GenerationWatch`) and forgets what it
   remembered (evidence versions, the pull decisions keyed by them) when it moved. On PostgreSQL
   a trigger on the table also sends a notice (`NOTIFY`) at the commit, which wakes the readers
   at once (`listen_generations`); the reads go on, for SQLite and for a lost listener.
+
+* **Shared files** (`announce_files`, `live_files`): every serving process records, every few
+  seconds, digests of the files it decides requests by (its policy, its users file) that are
+  read from each machine's own disk; a replica can thus tell when another runs different ones
+  (`registry.replica_files`).
 
 Within one process, holders of one key also wait for each other here (`KeyedLocks`): a POSIX
 lock or a PostgreSQL session lock is the process's, not the coroutine's.
@@ -28,6 +36,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 #: The first and the longest pause between two tries of a lock another process holds.
@@ -38,6 +47,12 @@ LONGEST_RETRY = 0.05
 def tag_key(repository: str, tag: str) -> str:
     """The lock name of a tag (names and tags hold no space: the grammar forbids it)."""
     return f"tag {repository} {tag}"
+
+
+def upload_key(upload_id: str) -> str:
+    """The lock name of an upload session: held by the one request appending to it or finishing
+    it, whichever process serves that request."""
+    return f"upload {upload_id}"
 
 
 #: The lock name of garbage collection.
@@ -102,15 +117,42 @@ class Coordination(ABC):
         holder has it."""
 
     @abstractmethod
+    async def confirm(self, key: str) -> None:
+        """Raise `storage.errors.LockLost` unless this process still holds the lock `key` it
+        took with `exclusive` (a holder calls it just before it commits what the lock guards)."""
+
+    @abstractmethod
     async def generation(self, name: str) -> int:
         """The shared generation `name` ('evidence'): it moves whenever such a change commits,
         whichever process made it (0 before the first)."""
+
+    @abstractmethod
+    async def announce_files(self, instance: str, files: dict[str, str], now: float) -> None:
+        """Record that serving process `instance` runs `files` (name -> digest) as of `now`,
+        and forget processes not heard of for a day."""
+
+    @abstractmethod
+    async def live_files(self, since: float) -> list[InstanceFiles]:
+        """Every serving process heard of since `since`, with the files it runs."""
+
+    @abstractmethod
+    async def forget_instance(self, instance: str) -> None:
+        """Drop what `instance` announced (it stops)."""
 
     @abstractmethod
     async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
         """Have `wake` called as soon as a shared generation moves (at the commit of the change,
         by any process), while the returned listener is alive; None where the engine cannot
         tell (SQLite: readers poll `generation`)."""
+
+
+@dataclass(frozen=True)
+class InstanceFiles:
+    """What one serving process said it runs, and when it last said so."""
+
+    instance: str
+    files: dict[str, str]
+    seen_at: float
 
 
 class Listener(Protocol):

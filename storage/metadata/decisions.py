@@ -11,6 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+def loggable(text: str) -> str:
+    """`text` as the decision log keeps it: a NUL character written `\\0`. A decision quotes
+    what a request carried (a reason may name an annotation's value), and a text with a NUL is
+    refused by every statement (`storage.errors.TextNotStorable`): kept as it is, one such
+    decision would fail the whole batch of the log it is written with, again at every retry."""
+    return text.replace("\x00", "\\0")
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One row of the policy decision log (`repeats` identical decisions folded into one)."""

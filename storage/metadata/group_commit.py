@@ -95,3 +95,15 @@ class GroupCommit:
             self._flusher = None
             if self._jobs:  # submitted while the last turn was ending
                 self._flusher = asyncio.create_task(self._flush())
+
+
+def run_to_end(awaitable: Awaitable[T]) -> T:
+    """Drive a write job's coroutine to its end without an event loop, on a writer thread:
+    every await in it is on a connection whose statements never suspend."""
+    coroutine = awaitable.__await__()
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a write job awaited something other than its database connection")

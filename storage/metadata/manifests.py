@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from storage.metadata.decisions import DecisionRecord
 from storage.metadata.library import LibraryChange
 from storage.metadata.outbox import OutboxRow
 from storage.oci.manifest import Reference
@@ -115,12 +116,14 @@ class ManifestsAndTags(ABC):
         tag: str | None,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        decisions: Sequence[DecisionRecord] = (),
     ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it requires is present in the
         repository (else `MissingReferences`), bump the repository's evidence version, write
-        the `outbox` rows and make the `library` changes: one transaction, so a concurrent
-        garbage collection can never remove a blob between the check and the insert. A manifest
-        pushed again has its grace period (and its blobs') start over. The library changes that
+        the `outbox` rows, make the `library` changes and log the `decisions`: one
+        transaction, so a concurrent garbage collection can never remove a blob between the
+        check and the insert. A manifest pushed again has its grace period (and its blobs')
+        start over. The library changes that
         changed the history (a tag followed to where it already points changes nothing)."""
 
     @abstractmethod

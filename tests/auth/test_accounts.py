@@ -26,7 +26,9 @@ def test_passwords_are_stored_as_argon2id_and_robot_tokens_as_hashes(tmp_path):
     text = (tmp_path / "users.yaml").read_text()
     assert "correct horse" not in text and token not in text
     document = yaml.safe_load(text)
-    assert document["users"]["alice"]["password"].startswith("$argon2id$")
+    # The library's defaults (RFC 9106's low-memory choice), never weakened: the tests' own
+    # cheap hashes (tests/auth/conftest.py) are written by the tests, not by the product.
+    assert document["users"]["alice"]["password"].startswith("$argon2id$v=19$m=65536,t=3,p=4$")
     assert len(document["robots"]["ci"]["token_sha256"]) == 64
     assert stat.S_IMODE((tmp_path / "users.yaml").stat().st_mode) == 0o600
 
@@ -48,6 +50,20 @@ def test_names_are_checked_and_not_silently_replaced(tmp_path):
         store.add_user("Bad:Name", "pw", [], replace=False)
     store.add_user("alice", "pw2", [], replace=True)
     assert store.verify("alice", "pw2") is not None
+
+
+@pytest.mark.parametrize("group", ["Ops", "ops team", "../admin", "", "ops,dev", "-ops", "a" * 65])
+def test_a_group_name_outside_the_grammar_is_refused_and_nothing_is_written(tmp_path, group):
+    """A group the permissions could never name as written (upper case, spaces, a list typed as
+    one name) is refused by name, whichever place it has among the groups given."""
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_robot("ci", ["ci"], replace=False)
+    before = store.path.read_bytes()
+    for groups in ([group], ["ci", group]):
+        with pytest.raises(UsersFileError) as refused:
+            store.add_robot("builder", groups, replace=False)
+        assert str(refused.value) == f"invalid group name {group!r}"
+    assert store.path.read_bytes() == before
 
 
 def test_the_file_is_reread_when_it_changes(tmp_path):
@@ -163,6 +179,15 @@ def test_removing_an_unknown_name_changes_nothing(tmp_path):
     after = store.path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert store.remove("alice") is True and store.get("alice") is None
+
+
+def test_a_users_file_in_folders_not_made_yet_is_written_with_them(tmp_path):
+    """`auth.users_file` may name a path whose folders do not exist yet: they are made (the
+    file's own folder private), not refused."""
+    store = UserStore(tmp_path / "etc" / "trustyard" / "users.yaml")
+    token = store.add_robot("ci", ["ci"], replace=False)
+    assert store.verify("ci", token) is not None
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
 
 
 def test_password_length_bounds():

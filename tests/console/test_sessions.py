@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from registry.auth.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 from registry.auth.users import UserStore
-from tests.auth.conftest import PERMISSIONS, auth_section, basic, write_accounts
+from tests.auth.conftest import PERMISSIONS, add_test_user, auth_section, basic, write_accounts
 from tests.oci import push_image
 
 VIEWER_PASSWORD = "vera-secret-pw"
@@ -21,7 +21,7 @@ VIEWER_PASSWORD = "vera-secret-pw"
 @pytest.fixture
 async def authed(start_client: Any, data_dir) -> TestClient:
     accounts = write_accounts(data_dir)
-    accounts.store.add_user("vera", VIEWER_PASSWORD, ["auditors"], replace=False)
+    add_test_user(accounts.store, "vera", VIEWER_PASSWORD, ["auditors"])
     permissions = [*PERMISSIONS, {"namespace": "**", "groups": {"auditors": "viewer"}}]
     client = await start_client(
         auth=auth_section(permissions=permissions, rate_limit={"max_failures_per_user": 3})

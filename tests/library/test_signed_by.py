@@ -5,6 +5,7 @@ report shows it pending and `base_image` refuses images built on it, saying why.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from policies.loader import PolicyError, parse_policy
 from registry.context import CONTEXT
 from tests.events.receiver import Receiver, serve, until_drained
 from tests.library.images import Image, layer_tar, push, write_oci_layout
+from tests.policies.test_signatures_bundles import keyed_bundle, statement
+from tests.registry.test_signature_bundles import push_bundle_referrer
 from tests.signing import push_cosign_signature, sign, simple_signing_payload, start_trusting
 
 POLICY = """\
@@ -133,6 +136,25 @@ async def test_an_import_waits_for_its_signature_too(
     assert await current(client) == []
     await sign_library(client, ops_key, PYTHON.digest)
     assert await current(client) == [PYTHON.digest]
+
+
+async def test_a_sigstore_bundle_referrer_signs_a_library_digest_too(
+    signed_library: TestClient, ops_key: Any
+) -> None:
+    """cosign 3 signs with a bundle pushed as a referrer (no `.sig` tag): the library tag
+    follows once ops's bundle is pushed, not on a stranger's."""
+    client = signed_library
+    assert (await push(client, "library/python", "3.12-slim", PYTHON)).status == 201
+    for key in (ec.generate_private_key(ec.SECP256R1()), ops_key):
+        bundle, _ = keyed_bundle(key, statement(PYTHON.digest, name="library/python"))
+        await push_bundle_referrer(
+            client, "library/python", PYTHON.digest, json.dumps(bundle).encode()
+        )
+        if key is not ops_key:
+            assert await current(client) == []
+            assert "by an unknown key (sha256:" in (await slim(client))["pending"]["reason"]
+    assert await current(client) == [PYTHON.digest]
+    assert (await slim(client))["pending"] is None
 
 
 def test_signed_by_names_a_trusted_signer() -> None:

@@ -6,6 +6,8 @@
     python3 tests/mutation/run.py --list         # the targets and their test files
     python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
                                                  # only that session's survivors, current tests
+    python3 tests/mutation/run.py auth-service --recheck .mutation/auth-service--service.sqlite
+                                                 # ... judged by that target's tests
     python3 tests/mutation/run.py rules --module policies/gateway.py \
         --resume .mutation/rules--gateway.sqlite # keep an interrupted run's results; run the rest
 
@@ -25,6 +27,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,6 +128,7 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_permissions.py",
             "tests/auth/test_accounts.py",
             "tests/auth/test_config.py",
+            "tests/security/test_users_file_full_disk.py",
         ),
         bare=True,
     ),
@@ -154,7 +158,12 @@ TARGETS: dict[str, Target] = {
     # The console's login sessions alone, against the console's session tests.
     "auth-sessions": Target(
         ("registry/auth/sessions.py",),
-        ("tests/security/test_console_session_edges.py", "tests/console/test_sessions.py"),
+        (
+            "tests/security/test_console_session_edges.py",
+            "tests/console/test_sessions.py",
+            "tests/security/test_robot_console_sessions.py",
+            "tests/security/test_unreadable_users_file.py",
+        ),
     ),
     # The token endpoint alone (who gets a token for what, the realm it names).
     "auth-endpoint": Target(
@@ -164,6 +173,7 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_basic_credentials.py",
             "tests/auth/test_api.py",
             "tests/security/test_token_realm.py",
+            "tests/security/test_failed_login_records.py",
         ),
     ),
     # The authentication service alone (Basic and Bearer credentials, what a token still grants).
@@ -174,6 +184,9 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_credential_changes.py",
             "tests/security/test_auth_decisions.py",
             "tests/auth/test_api.py",
+            "tests/security/test_failed_login_records.py",
+            "tests/security/test_allowed_resources.py",
+            "tests/security/test_unreadable_users_file.py",
         ),
     ),
     "keyless": Target(
@@ -495,10 +508,14 @@ def mutate_module(
         run([*COSMIC_RAY, "exec", str(config), str(session)], work)
     except subprocess.CalledProcessError as exc:
         # Keep what ran (the work folder is about to go): `--resume` continues from it.
-        kept = results / f"{stem}.interrupted.sqlite"
-        shutil.copy2(session, kept)
+        kept = keep_interrupted(session, results, stem)
         why = exc.stderr.strip()[-500:]
         raise SystemExit(f"cosmic-ray exec failed ({why}); kept {kept}") from exc
+    except (KeyboardInterrupt, SystemExit):
+        # Stopped by hand (Ctrl-C, or `kill` of this process: SIGTERM is raised as SystemExit
+        # by `main`): keep what ran too.
+        print(f"  stopped; kept {keep_interrupted(session, results, stem)}", flush=True)
+        raise
     timeouts = work / "timeouts.log"
     if timeouts.exists():
         for place in timeouts.read_text().split():
@@ -532,9 +549,27 @@ def mutate_module(
     return module_killed, module_total, survivors
 
 
-def recheck(session: Path) -> int:
+def keep_interrupted(session: Path, results: Path, stem: str) -> Path:
+    """Copy the session of a run that did not finish to `results`, to `--resume` from."""
+    import sqlite3
+
+    kept = results / f"{stem}.interrupted.sqlite"
+    with (
+        contextlib.closing(sqlite3.connect(session)) as live,
+        contextlib.closing(sqlite3.connect(kept)) as copy,
+    ):
+        live.backup(copy)  # consistent even if cosmic-ray was writing when it was stopped
+    return kept
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def recheck(session: Path, names: list[str]) -> int:
     """Run each survivor of an earlier session again against the current tests (after writing
-    the tests that should kill them); print what still survives."""
+    the tests that should kill them); print what still survives. Each is judged by the first of
+    `names` (or of every target) that mutates its module."""
     import sqlite3
 
     rows = (
@@ -555,7 +590,9 @@ def recheck(session: Path) -> int:
         copy_tree(work)
         servers: dict[str, str | None] = {}
         for module, operator, occurrence, line in rows:
-            name, target = next((n, t) for n, t in TARGETS.items() if module in t.modules)
+            name, target = next(
+                (n, TARGETS[n]) for n in names or TARGETS if module in TARGETS[n].modules
+            )
             if name not in servers:
                 servers[name] = stack.enter_context(fork_server(work, target)) if FORKING else None
             command = test_command(target, servers[name])
@@ -593,7 +630,10 @@ def main() -> int:
     RESUME = tuple(p.resolve() for p in args.resume or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-        return recheck(args.recheck.resolve())
+        unknown = [n for n in args.targets if n not in TARGETS]
+        if unknown:
+            parser.error(f"unknown targets {unknown}; see --list")
+        return recheck(args.recheck.resolve(), args.targets)
     if args.list:
         for name, target in TARGETS.items():
             print(f"{name}: {', '.join(target.modules)}\n    tests: {', '.join(target.tests)}")
@@ -605,6 +645,7 @@ def main() -> int:
     results = (ROOT / args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a `kill` keeps what ran (`--resume`)
     killed = total = 0
     survivors: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -200,3 +201,22 @@ def test_a_malformed_request_id_is_replaced(tmp_path):
     replaced = new_request_id('bad" id\nx')
     assert len(replaced) == 32 and replaced.isalnum()
     assert new_request_id(None) != new_request_id(None)
+
+
+def test_forked_workers_hand_out_ids_of_their_own() -> None:
+    """`serve --workers` forks its workers: each must have its own prefix, else two workers
+    answer two requests with the same id."""
+    from registry.logs import new_request_id
+
+    parent = new_request_id(None)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave at once
+        os.write(write_end, new_request_id(None).encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert len(child) == len(parent) == 32
+    assert child[:16] != parent[:16]

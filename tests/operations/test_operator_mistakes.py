@@ -214,6 +214,7 @@ def test_offline_commands_refuse_a_missing_data_dir(tmp_path, command):
     assert not (tmp_path / "trustyard-data").exists()
 
 
+@pytest.mark.empty_metadata  # a database without Trustyard's schema
 def test_offline_commands_refuse_a_folder_without_a_database(tmp_path):
     (tmp_path / "empty").mkdir()
     result = trustyard("gc", "--data-dir", str(tmp_path / "empty"))
@@ -290,6 +291,7 @@ def test_a_token_signing_key_that_is_no_key(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.empty_metadata  # a database without Trustyard's schema
 def test_a_database_of_another_schema_version_is_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -175,3 +175,32 @@ def test_a_bundle_with_a_timestamp_but_no_log_entry_is_refused() -> None:
     [finding] = verify_layer(trust(), SUBJECT, edited(unlogged))
     assert not finding.valid
     assert finding.detail == "not logged in Rekor (no transparency log entry)"
+
+
+def test_a_trusted_root_removed_after_loading_is_a_reason_and_the_next_root_is_tried(
+    tmp_path: Path,
+) -> None:
+    """The root file is read on each verification: once removed, it proves nothing and says
+    so, and another identity's root still verifies what it signed."""
+    gone = tmp_path / "gone.json"
+    gone.write_text((VECTORS / "trusted_root.json").read_text())
+    identity = {"issuer": ISSUER, "subject": SUBJECT_URI}
+    both, problems = parse_trust(
+        {
+            "identities": {
+                "old-ci": {**identity, "trusted_root": str(gone)},
+                "ci": {**identity, "trusted_root": str(VECTORS / "trusted_root.json")},
+            }
+        }
+    )
+    assert not problems
+    alone = trust(gone)
+    gone.unlink()
+    [finding] = verify_layer(both, SUBJECT, BUNDLE)
+    assert (finding.valid, finding.signer) == (True, "ci")
+    [finding] = verify_layer(alone, SUBJECT, BUNDLE)
+    assert not finding.valid
+    assert finding.detail == (
+        f"a Sigstore bundle that does not verify (the trusted root {gone} cannot be read "
+        "(No such file or directory))"
+    )

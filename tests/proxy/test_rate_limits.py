@@ -8,8 +8,10 @@ import asyncio
 import email.utils
 import time
 
+import aiohttp
 import pytest
 
+from registry.context import CONTEXT
 from registry.proxy.client import (
     MAX_BACKOFF,
     MIN_BACKOFF,
@@ -18,7 +20,7 @@ from registry.proxy.client import (
     retry_after_seconds,
 )
 from registry.upstream_settings import Upstream
-from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer
+from tests.proxy.upstreams import PASSWORD, USER, proxy_config, random_layer, sha256
 
 
 def metric(text: str, name: str) -> float:
@@ -165,3 +167,71 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after_seconds(in_a_minute, now) == pytest.approx(60, abs=1.5)
     for unreadable in (None, "", "-5", "1.5", "tomorrow", "Wed, 21 Oct 2015 07:28:00"):
         assert retry_after_seconds(unreadable, now) is None
+
+
+async def _wait_until_served(client, path: str) -> aiohttp.ClientResponse:
+    deadline = time.monotonic() + 30
+    while (resp := await client.get(path)).status == 429:
+        assert time.monotonic() < deadline, "the pause never ended"
+        await asyncio.sleep(0.1)
+    return resp
+
+
+async def test_uncached_blob_during_a_pause_answers_429_with_retry_after(
+    start_client, front, upstream
+):
+    layer = random_layer(50_000)
+    await upstream.push_image("team/app", "v1", [layer])
+    client = await start_client(**proxy_config(front.url, None))
+    assert (await client.get("/v2/mirror.test/team/app/manifests/v1")).status == 200
+    digest = sha256(layer)
+    path = f"/v2/mirror.test/team/app/blobs/{digest}"
+
+    # The blob's GET meets the 429: the client is told how long the pause lasts.
+    front.too_many, front.retry_after = True, "3"
+    refused = await client.get(path)
+    assert refused.status == 429
+    error = (await refused.json())["errors"][0]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert "the upstream asked for a pause (429) and this blob is not cached" in error["message"]
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 3
+    assert f"for {wait}s more" in error["message"]
+    assert front.blob_gets(digest) == 1
+    # During the pause: a GET and a byte range of it are refused alike, nothing sent upstream.
+    again = await client.get(path)
+    ranged = await client.get(path, headers={"Range": "bytes=0-99"})
+    for resp in (again, ranged):
+        assert resp.status == 429
+        assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert 1 <= int(resp.headers["Retry-After"]) <= wait
+    assert front.blob_gets(digest) == 1
+    assert await client.app[CONTEXT].db.blob_size(digest) is None
+
+    # Once the pause is over, the blob is fetched and served.
+    front.too_many = False
+    served = await _wait_until_served(client, path)
+    assert served.status == 200 and await served.read() == layer
+    assert front.blob_gets(digest) == 2
+
+
+async def test_a_manifests_config_refused_by_a_pause_answers_429_with_retry_after(
+    start_client, front, upstream
+):
+    await upstream.push_image("team/app", "v1", [random_layer(1000)])
+    client = await start_client(**proxy_config(front.url, None))
+    # The manifest comes; its config blob (fetched before the policy decides) meets the 429.
+    front.too_many, front.too_many_only, front.retry_after = True, "/blobs/", "3"
+    refused = await client.get("/v2/mirror.test/team/app/manifests/v1")
+    assert refused.status == 429
+    error = (await refused.json())["errors"][0]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert "rate limited (429): backing off, retry in" in error["message"]
+    assert "mirror.test/team/app:v1 is not cached" in error["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3
+    reached = sum(front.requests.values())
+    held = await client.get("/v2/mirror.test/team/app/manifests/v1")
+    assert held.status == 429 and 1 <= int(held.headers["Retry-After"]) <= 3
+    assert sum(front.requests.values()) == reached  # nothing sent during the pause
+    front.too_many = False
+    assert (await _wait_until_served(client, "/v2/mirror.test/team/app/manifests/v1")).status == 200

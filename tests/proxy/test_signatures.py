@@ -6,14 +6,16 @@ repository or another registry, the pull is refused saying why."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.context import CONTEXT
-from tests.proxy.upstreams import proxy_config, push_signature
+from tests.proxy.upstreams import OCI_MANIFEST, proxy_config, push_signature
 from tests.signing import public_pem, sign, simple_signing_payload
 
 POLICY = """\
@@ -27,6 +29,7 @@ rules:
     require:
       signature: {any_of: [release]}
 """
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 RULE = 'rule "mirrored images are signed by release": needs a signature by release; '
 
 
@@ -186,3 +189,67 @@ async def test_a_denied_pull_does_not_ask_upstream_again_within_the_ttl(
         assert resp.status == 403
     # One look when the image was first fetched (TTL one hour): the refusals asked nothing.
     assert companion_looks(front, digest) == 1
+
+
+async def push_index(upstream, name: str, tag: str, children: list[tuple[str, bytes]]) -> str:
+    """Push an OCI index of `children` (digest, manifest) as linux/amd64, linux/arm64, ...;
+    its digest."""
+    arches = ["amd64", "arm64", "s390x"]
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": len(body),
+                "platform": {"os": "linux", "architecture": arches[i]},
+            }
+            for i, (digest, body) in enumerate(children)
+        ],
+    }
+    async with aiohttp.ClientSession() as session:
+        body = json.dumps(index).encode()
+        return await upstream.put_manifest(session, name, tag, body, OCI_INDEX)
+
+
+async def test_an_index_signed_upstream_later_covers_its_platform_image_pulled_by_digest(
+    start_client, tmp_path, front, upstream, release_key
+):
+    client = await fronted(start_client, tmp_path, release_key, front, "1s")
+    children = [
+        await upstream.push_image("team/multi", arch, [b"platform layer " + arch.encode()])
+        for arch in ("amd64", "arm64")
+    ]
+    index = await push_index(upstream, "team/multi", "v1", children)
+    # Pulled as docker does: the index by tag, then its platform image by digest. Unsigned:
+    # both refused (the proxy stored them, with the index's children).
+    resp = await client.get("/v2/mirror.test/team/multi/manifests/v1")
+    assert resp.status == 403
+    assert await denial(resp) == RULE + "found no signature"
+    child, child_manifest = children[0]
+    path = f"/v2/mirror.test/team/multi/manifests/{child}"
+    resp = await client.get(path)
+    assert resp.status == 403
+    assert await denial(resp) == RULE + "found no signature"
+
+    # The index (not the platform image) is signed upstream afterwards, as cosign signs a
+    # multi-platform image; only the platform image is pulled from now on.
+    host = front.url.split("://", 1)[1]
+    payload = simple_signing_payload(f"{host}/team/multi", index)
+    await push_signature(upstream, "team/multi", index, payload, sign(release_key, payload))
+    looks_before = companion_looks(front, index)
+    started = time.monotonic()
+    allowed = await pull_until_allowed(client, path)
+    elapsed = time.monotonic() - started
+    assert await allowed.read() == child_manifest
+    db = client.app[CONTEXT].db
+    assert await db.tag_target("mirror.test/team/multi", index.replace(":", "-") + ".sig")
+    # The index's `.sig` tag was asked about at most once per TTL while the pulls were refused.
+    looks = companion_looks(front, index) - looks_before
+    assert 2 <= looks <= 2 * (int(elapsed) + 2), (looks, elapsed)
+    # The other platform image is covered too, and the index itself.
+    assert (
+        await client.get(f"/v2/mirror.test/team/multi/manifests/{children[1][0]}")
+    ).status == 200
+    assert (await client.get("/v2/mirror.test/team/multi/manifests/v1")).status == 200

@@ -307,6 +307,7 @@ class Front:
         self.down = False
         self.too_many = False  # answer 429 Too Many Requests (with `retry_after`, when set)
         self.retry_after: str | None = None
+        self.too_many_only = ""  # ... only for paths containing this (all when empty)
         self.stall = False  # answer nothing for 30 seconds (a hung upstream)
         self.delay: float = 0.0  # seconds before each blob body
         #: blob digest -> bytes sent before the body waits for `release` (a slow upstream)
@@ -352,7 +353,7 @@ class Front:
         self.requests[(request.method, request.path)] += 1
         if self.down:
             raise web.HTTPServiceUnavailable(text="down for the test")
-        if self.too_many:
+        if self.too_many and self.too_many_only in request.path:
             headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             raise web.HTTPTooManyRequests(text="rate limited for the test", headers=headers)
         if self.stall:

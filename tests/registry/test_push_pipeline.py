@@ -99,8 +99,8 @@ async def decisions(client: TestClient, repository: str) -> list[tuple[str, str,
 async def test_an_observer_failing_after_the_commit_never_fails_the_push(
     registry: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(self: PolicyGate, check: Any) -> None:
-        raise RuntimeError("decision log unavailable")
+    def broken(self: PolicyGate, check: Any) -> None:
+        raise RuntimeError("decision counting unavailable")
 
     monkeypatch.setattr(PolicyGate, "pushed", broken)
     assert await metric(registry, "decision_log") == 0
@@ -121,8 +121,29 @@ async def test_an_observer_failing_after_the_commit_never_fails_the_push(
     assert await metric(registry, "library") == 0
     # The observers after the failing one still ran: the app's lineage is recorded.
     assert await consumers(registry) == [("apps/web", "v1", PYTHON.digest)]
-    # The failed observer's own work is what is missing: no "allow" row for the pushes.
-    assert await decisions(registry, "apps/web") == []
+    # The "allow" row was committed with the push itself (staged in its transaction), so
+    # nothing failing after the commit can leave a stored push unlogged.
+    assert await decisions(registry, "apps/web") == [("push", "v1", "allow")]
+
+
+async def test_an_allowed_push_the_storage_refuses_leaves_no_allow_row(
+    registry: TestClient,
+) -> None:
+    # The policy lets it through, but its config blob was never pushed: the decision row was
+    # staged in the push's transaction, which stored nothing, so no "allow" row is left.
+    for blob in TEAM_A.blobs()[1:]:
+        await push_blob(registry, "team/a", blob)
+    resp = await registry.put(
+        "/v2/team/a/manifests/v1",
+        data=TEAM_A.manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert (resp.status, error_codes(await resp.json())) == (400, ["MANIFEST_BLOB_UNKNOWN"])
+    assert await decisions(registry, "team/a") == []
+    # Pushed whole, it is stored and logged once, as allowed.
+    resp = await push(registry, "team/a", "v1", TEAM_A)
+    assert resp.status == 201, await resp.text()
+    assert await decisions(registry, "team/a") == [("push", "v1", "allow")]
 
 
 async def test_a_denied_push_stores_nothing_and_logs_the_denial(registry: TestClient) -> None:

@@ -39,6 +39,10 @@ class Replicas:
 
 StartReplicas = Callable[..., Replicas]
 
+#: How long a replica may take to start: two servers, and on a machine shared by parallel test
+#: runs Python's imports alone have taken 25 s (as the HA harness allows).
+START_TIMEOUT = 120.0
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def metadata_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
@@ -60,7 +64,7 @@ def start_replicas(tmp_path: Path, metadata_url: str | None) -> Iterator[StartRe
         data = tmp_path / "data"
         servers = []
         for _ in range(count):
-            server = start_registry(data, extra_args=list(args))
+            server = start_registry(data, extra_args=list(args), timeout=START_TIMEOUT)
             started.append(server)
             servers.append(server)
         return Replicas(servers, data, metadata_url)

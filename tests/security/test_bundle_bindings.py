@@ -300,3 +300,74 @@ def test_the_key_hint_is_advisory_whatever_its_shape(public_key: Any) -> None:
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     [finding] = verify_layer(config, IMAGE, json.dumps(bundle).encode())
     assert (finding.valid, finding.signer) == (True, "release")
+
+
+def test_a_sha512_digest_filed_as_a_sha256_subject_names_no_image() -> None:
+    """A statement's subjects are read from their `sha256` digests only: a sha512 image's hex
+    filed there (by a careless signer, or a tool confusing the two) proves nothing for it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    image = "sha512:" + hashlib.sha512(b"an image").hexdigest()
+    bundle, _ = keyed_bundle(key, statement("sha256:" + image[7:]))
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    assert verdict(config, image, bundle) == (
+        False,
+        f"for another image (sha256:{image[7:19]}…)",
+    )
+
+
+def test_a_keyless_message_signature_cannot_vouch_for_a_sha512_image() -> None:
+    """A message signature signs a SHA-256 digest: a sha512 image is refused, saying why,
+    before `sigstore` is asked to compare digests of different lengths."""
+    config = trust(
+        {
+            "identities": {
+                "tny": {
+                    "issuer": GITHUB_LOGIN,
+                    "subject": STAGING_USERS["tny"],
+                    "trusted_root": "staging",
+                }
+            }
+        }
+    )
+    content = (VECTORS / "bundle.txt.sigstore").read_bytes()
+    assert verdict(config, digest_of("bundle.txt"), content) == (True, "tny")
+    image = "sha512:" + hashlib.sha512(b"an image").hexdigest()
+    assert verdict(config, image, content) == (
+        False,
+        "a Sigstore bundle that does not verify (cannot check a sha512 image digest)",
+    )
+
+
+def test_a_statement_naming_other_artifacts_by_other_digests_still_names_the_image() -> None:
+    """in-toto subjects may name artifacts by any digest algorithm: a subject without a
+    `sha256` digest, or one that is not even an object, is passed over, never a refusal (nor a
+    crash) of the whole statement."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    document = json.loads(statement(IMAGE))
+    document["subject"][:0] = [
+        {"name": "sbom.spdx.json", "digest": {"sha512": "ab" * 64}},
+        {"name": "notes.txt", "digest": {}},
+        "sha256:" + "cd" * 32,
+    ]
+    bundle, _ = keyed_bundle(key, json.dumps(document).encode())
+    assert verdict(config, IMAGE, bundle) == (True, "release")
+    # Without the image among them, the others are what the refusal names: nothing.
+    del document["subject"][3]
+    bundle, _ = keyed_bundle(key, json.dumps(document).encode())
+    assert verdict(config, IMAGE, bundle) == (False, "for another image (nothing)")
+
+
+def test_a_keyless_message_signature_failing_otherwise_is_not_for_another_image() -> None:
+    """ "for another image" is kept for a digest that does not match: a message signature whose
+    certificate chains to no trusted CA says the bundle does not verify, and why."""
+    config = trust(
+        {"identities": {"tny": {"issuer": GITHUB_LOGIN, "subject": STAGING_USERS["tny"]}}}
+    )
+    content = (VECTORS / "bundle.txt.sigstore").read_bytes()
+    valid, detail = verdict(config, digest_of("bundle.txt"), content)
+    assert not valid
+    # The rest of the reason is `sigstore`'s own words about the chain.
+    assert detail.startswith(
+        "a Sigstore bundle that does not verify (failed to build timestamp certificate chain"
+    ), detail

@@ -145,6 +145,20 @@ def test_an_inclusion_proof_that_stops_short_of_the_root_is_refused(
     assert verdict(tmp_path, key, attack) == (False, "the inclusion proof is too short")
 
 
+def test_an_inclusion_proof_that_goes_past_the_root_is_refused(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaves = [b"leaf %d" % i for i in range(7)]
+    leaves[5] = body_of(key)
+    # The genuine three hashes reach the root of the tree of 7; one more hash folded in on the
+    # left leads to a root of the attacker's choosing, here with a checkpoint for it.
+    extra = hashlib.sha256(b"one hash too many").digest()
+    past = _node(extra, _tree_hash(leaves))
+    attack = entry_with_proof(rekor, key, 5, 7, [*_path(5, leaves), extra], past)
+    assert verdict(tmp_path, key, attack) == (False, "the inclusion proof is too long")
+
+
 @pytest.mark.parametrize(
     "extra", [["Timestamp: 1689748607742585419"], ["Timestamp: 1", "another extension"]]
 )

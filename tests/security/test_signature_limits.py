@@ -140,3 +140,21 @@ async def test_a_signature_blob_is_read_up_to_its_limit_and_not_a_byte_more(tmp_
     assert await read_blob(store, stored[1001], 1000) is None
     assert await read_blob(store, "sha256:" + "0" * 64, 1000) is None  # missing: no signature
     assert await read_blob(store, "not a digest", 1000) is None
+
+
+SUBJECT = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{HEX}"}
+
+
+def test_a_signature_referrer_names_its_subject_and_nothing_else_does() -> None:
+    """The image a pushed referrer signs is its `subject` (what the push path verifies and the
+    library follows): only for a signature manifest with a subject naming a digest; a plain
+    image, an SBOM referrer or a subject of the wrong shape signs nothing (never a crash)."""
+    bundle = manifest(layer(10, BUNDLE), subject={**SUBJECT, "size": 10})
+    assert signed_subject(json.dumps(bundle).encode(), None) == f"sha256:{HEX}"
+    assert signed_subject(json.dumps(bundle).encode(), "v1") == f"sha256:{HEX}"
+    sbom = manifest(layer(10, "application/spdx+json"), subject={**SUBJECT, "size": 10})
+    assert signed_subject(json.dumps(sbom).encode(), None) is None
+    for subject in (None, f"sha256:{HEX}", [SUBJECT], {"digest": 7}, {"size": 10}):
+        shaped = manifest(layer(10, BUNDLE), subject=subject)
+        assert signed_subject(json.dumps(shaped).encode(), None) is None, subject
+    assert signed_subject(json.dumps(manifest(layer(10, BUNDLE))).encode(), "v1") is None

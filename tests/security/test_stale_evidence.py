@@ -16,6 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from policies.signatures.discovery import sources
+from registry.context import CONTEXT
 from registry.events.signing import sign as hmac_sign
 from tests.oci import OCI_MANIFEST, error_codes, push_image
 from tests.policies.test_signatures_bundles import keyed_bundle, statement
@@ -131,6 +133,28 @@ async def test_a_sig_tag_moved_to_another_signature_is_verified_again(
         'rule "prod is signed by release": needs a signature by release; found 1 signature, '
         "by an unknown key (sha256:"
     )
+
+
+async def test_the_fingerprint_of_where_signatures_live_follows_the_sig_tag(
+    registry: TestClient, release_key: Any
+) -> None:
+    """Proofs are kept only while `sources` is unchanged. Between a `.sig` tag moving to
+    another manifest and the pushed signature's verification (after the commit, off the event
+    loop) a pull must not take the old manifest's proof for the new one's: the fingerprint
+    names the manifest the tag points at, not only whether there is one."""
+    db = registry.app[CONTEXT].db
+    digest, first = await signed_image(registry, release_key)
+    at_first = await sources(db, "prod/app", digest)
+    other = ec.generate_private_key(ec.SECP256R1())
+    payload = simple_signing_payload("localhost:5000/prod/app", digest)
+    second = await push_cosign_signature(
+        registry, "prod/app", digest, payload, sign(other, payload)
+    )
+    assert second != first
+    at_second = await sources(db, "prod/app", digest)
+    await delete(registry, sig_tag(digest))
+    untagged = await sources(db, "prod/app", digest)
+    assert len({at_first, at_second, untagged}) == 3
 
 
 # -- scans ---------------------------------------------------------------------------------------

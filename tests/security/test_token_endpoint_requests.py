@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 
 from registry.auth.token_endpoint import _failure
+from registry.errors import SCAN_STALE
 from storage.errors import StorageFull, StorageUnavailable
-from storage.oci.errors import DENIED, TOOMANYREQUESTS, UNAUTHORIZED, OciError
+from storage.oci.errors import (
+    DENIED,
+    NAME_INVALID,
+    TOOMANYREQUESTS,
+    UNAUTHORIZED,
+    UNKNOWN,
+    OciError,
+)
 from tests.auth.conftest import PASSWORDS, Accounts, auth_section, basic, write_accounts
 
 
@@ -127,6 +135,11 @@ async def test_a_locked_account_is_told_to_wait_in_oauth2_terms(start_client, ac
         (OciError(TOOMANYREQUESTS, message="locked for 30 s"), 429, "too_many_requests"),
         (StorageUnavailable("the users file could not be read"), 503, "temporarily_unavailable"),
         (StorageFull("no space left"), 507, "server_error"),
+        # The lowest server error is one too (not blamed on the client's request).
+        (OciError(UNKNOWN, message="an internal error"), 500, "server_error"),
+        # Any other client error is the client's request, below 401 as above it.
+        (OciError(NAME_INVALID, message="invalid name"), 400, "invalid_request"),
+        (OciError(SCAN_STALE, message="stale"), 409, "invalid_request"),
         (OciError(DENIED, message="denied"), 403, "invalid_request"),
     ],
 )

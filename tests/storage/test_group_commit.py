@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from storage.metadata import (
@@ -75,6 +76,45 @@ async def test_later_jobs_of_a_batch_see_the_earlier_ones(db: MetadataDB) -> Non
         *(db.put_manifest(r, [Reference(LAYER, "blob")], "latest") for r in records)
     )
     assert await db.tag_target("repo", "latest") == records[-1].digest
+
+
+async def test_a_statement_the_database_refuses_fails_its_job_alone(db: MetadataDB) -> None:
+    # On PostgreSQL the batch is pipelined: the refusal is reported after later jobs were sent,
+    # and the batch is run again job by job so that only the refused job fails.
+    await db.start_upload("taken", "repo")
+
+    async def clash(conn: Any) -> None:
+        await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('half', 0)")
+        await conn.execute(
+            "INSERT INTO uploads (id, repository, started_at) VALUES ('taken', 'other', 0)"
+        )
+
+    jobs = [db.start_upload(f"u{n}", "repo") for n in range(5)]
+    jobs += [db.write(clash)]
+    jobs += [db.start_upload(f"u{n}", "repo") for n in range(5, 10)]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[5], sqlite3.IntegrityError | psycopg.IntegrityError), results[5]
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
+    for n in range(10):
+        assert await db.upload_repository(f"u{n}") == "repo"
+    # Nothing of the refused job stayed: neither its first statement nor its clash.
+    assert not await db.repository_exists("half")
+    assert await db.upload_repository("taken") == "repo"
+
+
+async def test_postgresql_commits_wait_for_the_disk_whatever_the_server_default(
+    db: MetadataDB, backend_url: str | None
+) -> None:
+    if backend_url is None:
+        pytest.skip("PostgreSQL's setting (SQLite's is test_writer_commits_reach_the_disk)")
+
+    async def setting(conn: Any) -> str:
+        row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+        return str(row[0])
+
+    # The test cluster runs with synchronous_commit off; the writer and the pool turn it on.
+    assert await db.write(setting) == "on"
+    assert await db.read("SHOW synchronous_commit") == [("on",)]
 
 
 async def test_concurrent_jobs_share_commits(tmp_path: Path) -> None:

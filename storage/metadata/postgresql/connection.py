@@ -26,6 +26,7 @@ from storage.errors import StorageFull, StorageUnavailable
 from storage.layout import MIGRATIONS, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.postgresql.dialect import arguments, schema, translate
+from storage.metadata.postgresql.writer import Writer
 
 T = TypeVar("T")
 
@@ -164,6 +165,8 @@ class PostgreSQLBase:
         self.url = url
         self.path = None
         self._group = GroupCommit(self._run_batch, _translate)
+        #: Where group-committed batches run (`writer`), started with the first batch.
+        self._writer: Writer | None = None
 
     @classmethod
     async def open(cls, url: str) -> Self:
@@ -182,6 +185,8 @@ class PostgreSQLBase:
     async def close(self) -> None:
         """Close the pool (after the last call and the queued writes)."""
         await self._group.drain()
+        if self._writer is not None:
+            await self._writer.close()
         async with self._write_lock:
             await self._pool.close()
 
@@ -203,19 +208,15 @@ class PostgreSQLBase:
 
     async def write(self, job: WriteJob[T]) -> T:
         """Run `job(connection)` in a write transaction shared with the other jobs submitted
-        meanwhile (group commit: `storage.metadata.group_commit`): one advisory lock, one
-        commit for the batch; the job's result once committed."""
+        meanwhile (group commit: `storage.metadata.group_commit`), on the writer's own thread
+        and connection (`storage.metadata.postgresql.writer`): one advisory lock, one commit
+        for the batch; the job's result once committed."""
         return await self._group.submit(job)
 
     async def _run_batch(self, batch: list[Queued]) -> None:
-        async with self.transaction() as db:
-            for queued in batch:
-                try:
-                    # A savepoint per job: one that raises is undone alone.
-                    async with db.connection.transaction():
-                        queued.outcome = (True, await queued.job(db))
-                except Exception as exc:
-                    queued.outcome = (False, exc)
+        if self._writer is None:
+            self._writer = Writer(self.url, WRITE_LOCK, redact(self.url))
+        await self._writer.run_batch(batch)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PGConnection]:
@@ -253,10 +254,31 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection given back without asyncpg's reset query (`RESET ALL`, `UNLISTEN *`,
+    `CLOSE ALL`, `pg_advisory_unlock_all()`): one more round trip after every statement, on the
+    caller's time, for session state the pool's users never make. Reads and transactions set
+    no session variable, listen on their own connections (`listen_generations`) and take
+    session locks on their own (`PostgreSQLCoordination.exclusive`); cursors and TEMP tables
+    end with their transaction. A transaction left open is still rolled back at release."""
+
+    def get_reset_query(self) -> str:
+        """Nothing to reset (see the class)."""
+        return ""
+
+
 async def connect_pool(url: str) -> asyncpg.Pool:
     """A pool of connections to `url`; `MetadataUnreachable` (one line) when it cannot be had."""
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            timeout=10,
+            connection_class=PooledConnection,
+            # Whatever the server's default: a commit returns once it is on disk.
+            server_settings={"synchronous_commit": "on"},
+        )
     except (TimeoutError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or "no answer in 10 seconds"
         raise MetadataUnreachable(
@@ -282,8 +304,9 @@ def redact(url: str) -> str:
 
 async def ensure_schema(db: PGConnection) -> None:
     """Create the tables that are missing and check (or record) the schema version."""
-    for statement in schema():
-        await db.execute(statement)
+    # One script, one round trip (the simple query protocol runs it statement by statement in
+    # the caller's transaction): a statement each cost a round trip, most of a start-up.
+    await db.connection.execute(";\n".join(translate(statement)[0] for statement in schema()))
     row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
     if row is None:
         await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

@@ -4,8 +4,12 @@ A named lock is a session advisory lock (`pg_try_advisory_lock` on the key's 64-
 taken on one of a few connections this process keeps for its locks (the key's hash picks
 which), outside the pool: a holder never takes a pooled connection from the reads and writes it
 waits on, and however many locks are held, those few connections hold them. The server drops
-them when their connection goes (the process died, the network went): the connection is then
-opened afresh, and a holder whose lock was lost this way is told by a failed release, logged.
+them when their connection goes (the process died, the network went, an administrator ended the
+backend): the connection is then opened afresh by the next lock taken on it. A holder whose lock
+went this way must not go on as if it held it: `confirm`, called just before a holder commits
+what the lock guards, asks the lock's connection (one round trip) and raises `LockLost` when the
+connection is gone or fails, so the change is refused instead of committed unguarded; a release
+finding the lock gone is logged.
 Locks are tried without blocking (a waiting `pg_advisory_lock` would hold its connection for
 every other key) and retried until taken.
 
@@ -24,6 +28,7 @@ from typing import Self
 
 import asyncpg
 
+from storage.errors import LockLost
 from storage.metadata.coordination import KeyedLocks, key_hash, poll_lock
 from storage.metadata.postgresql.connection import (
     WRITE_LOCK,
@@ -35,7 +40,10 @@ log = logging.getLogger("storage.metadata.postgresql")
 
 #: Connections kept for advisory locks per process: a lock's try and release are a round trip
 #: each, one at a time per connection, so several let several pushes lock their tags at once.
-LOCK_CONNECTIONS = 2
+LOCK_CONNECTIONS = 4
+
+#: How long a lock's connection may take to answer `confirm` before the lock counts as lost.
+CONFIRM_TIMEOUT = 10.0
 
 #: The channel a moved shared generation is announced on (payload: the generation's name).
 CHANNEL = "trustyard_generations"
@@ -99,6 +107,18 @@ class _LockLine:
             if not released:
                 log.error("advisory lock %d was not held at release", number)
 
+    async def confirm(self, taken_on: asyncpg.Connection, key: str) -> None:
+        """Raise `LockLost` unless the session a lock was taken on is still this line's and
+        answers (a session's advisory locks last as long as the session)."""
+        async with self.use:
+            if taken_on is not self.connection or taken_on.is_closed():
+                raise LockLost(key, "its connection to PostgreSQL was closed")
+            try:
+                await taken_on.fetchval("SELECT 1", timeout=CONFIRM_TIMEOUT)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error("lock %r cannot be confirmed: %s", key, exc)
+                raise LockLost(key, f"its connection to PostgreSQL failed: {exc}") from None
+
     async def close(self) -> None:
         """Close the connection (the server drops its locks)."""
         if self.connection is not None and not self.connection.is_closed():
@@ -111,6 +131,8 @@ class PostgreSQLCoordination(PostgreSQLBase):
 
     _lines: list[_LockLine] | None = None
     _keyed: KeyedLocks | None = None
+    #: The locks this process holds: their line and the connection each was taken on.
+    _held: dict[str, tuple[_LockLine, asyncpg.Connection]] | None = None
 
     @classmethod
     async def open(cls, url: str) -> Self:
@@ -144,6 +166,7 @@ class PostgreSQLCoordination(PostgreSQLBase):
         if self._lines is None or self._keyed is None:
             self._lines = [_LockLine(self.url) for _ in range(LOCK_CONNECTIONS)]
             self._keyed = KeyedLocks()
+            self._held = {}
         number = key_hash(key)
         if number == WRITE_LOCK:  # never the write transactions' lock (2**-64 of a chance)
             number -= 1
@@ -160,11 +183,22 @@ class PostgreSQLCoordination(PostgreSQLBase):
             if not held or not await poll_lock(try_once, wait=wait):
                 yield False
                 return
-            assert taken_on is not None
+            assert taken_on is not None and self._held is not None
+            self._held[key] = (line, taken_on)
             try:
                 yield True
             finally:
+                del self._held[key]
                 await line.release(number, taken_on)
+
+    async def confirm(self, key: str) -> None:
+        """Raise `LockLost` unless this process still holds `key` (its lock connection still
+        answers)."""
+        held = (self._held or {}).get(key)
+        if held is None:
+            raise LockLost(key, "it is not held")
+        line, taken_on = held
+        await line.confirm(taken_on, key)
 
     async def close(self) -> None:
         """Close the lock connections (dropping their locks), then the pool."""

@@ -23,9 +23,12 @@ from storage.metadata.postgresql.connection import PostgreSQLBase, redact
 
 #: Rows per COPY batch: at most this many manifests (4 MiB each at most) are held at once.
 BATCH = 64
-#: Tables in the schema's order (a table comes after those its foreign keys name).
+#: Tables in the schema's order (a table comes after those its foreign keys name); not the
+#: heartbeats of the processes serving the source (`replica_files`: they say what runs now).
 TABLES = [
-    t for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA) if t != "schema_version"
+    t
+    for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)
+    if t not in ("schema_version", "replica_files")
 ]
 
 

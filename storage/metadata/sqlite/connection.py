@@ -21,17 +21,18 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from storage.errors import StorageFull
+from storage.errors import StorageFull, TextNotStorable
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
+from storage.metadata.group_commit import GroupCommit, Queued, WriteJob, run_to_end
 from storage.metadata.outbox import OutboxRow
+from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
 
 #: SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13
@@ -42,8 +43,28 @@ T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
 
 
+def _text_without_nul(value: str) -> str:
+    """Every text bound to a statement of this process passes here (see below)."""
+    if "\x00" in value:
+        raise TextNotStorable()
+    return value
+
+
+# A text holding a NUL is refused before any statement, read or write, exactly as on PostgreSQL
+# (whose text cannot carry one, `storage.metadata.postgresql.dialect.arguments`): SQLite would
+# store it, so the same request would be stored on one backend and refused on the other. An
+# adapter for `str` is the one place every bound value of every statement passes (whichever of
+# the connections, cursors, and batch helpers ran it); `sqlite3` raises what it raises. It is
+# global to `sqlite3` in this process: nothing of Trustyard's binds a text with a NUL anywhere.
+sqlite3.register_adapter(str, _text_without_nul)
+
+
 class SQLiteBase:
     """The two connections of one SQLite metadata database, and its transactions."""
+
+    #: Manifests read since the last commit to the file, by anyone (`read_cache`); None where
+    #: there is no such signal (PostgreSQL, which runs these groups over its own base).
+    manifest_reads: ManifestReads | None = None
 
     def __init__(
         self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: Path | None = None
@@ -60,6 +81,7 @@ class SQLiteBase:
         )
         self._write_lock = asyncio.Lock()
         self.path = path
+        self.manifest_reads = ManifestReads(CommitProbe(path)) if path is not None else None
         self._group = GroupCommit(self._run_batch, _translate)
 
     @classmethod
@@ -71,7 +93,11 @@ class SQLiteBase:
         # answered 201 survives a power cut as its blobs do; group commit pays one fsync per
         # batch of pushes.
         await writer.execute("PRAGMA synchronous = FULL")
-        await writer.executescript(SCHEMA)
+        # The whole schema in one transaction: one fsync where a statement each paid one (a
+        # fresh data directory opens several times faster), and a crash part-way leaves no
+        # half-made schema. IMMEDIATE takes the write lock first, so workers starting together
+        # on a fresh file wait their turn (busy_timeout) instead of failing on a stale read.
+        await writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
         async with writer.execute("SELECT version FROM schema_version") as cursor:
             row = await cursor.fetchone()
         if row is None:
@@ -95,6 +121,9 @@ class SQLiteBase:
         async with self._write_lock:
             await self._writer.close()
         await self._reader.close()
+        if self.manifest_reads is not None:
+            self.manifest_reads.probe.close()
+            self.manifest_reads = None
         if self._writelock_fd is not None:
             os.close(self._writelock_fd)
             self._writelock_fd = None
@@ -211,7 +240,7 @@ def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
         for queued in batch:
             conn.execute("SAVEPOINT job")
             try:
-                queued.outcome = (True, _run_to_end(queued.job(adapter)))
+                queued.outcome = (True, run_to_end(queued.job(adapter)))
             except Exception as exc:
                 if not conn.in_transaction:
                     raise _BatchLost() from exc
@@ -223,18 +252,6 @@ def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _run_to_end(awaitable: Awaitable[T]) -> T:
-    """Drive a write job's coroutine to its end without an event loop: every await in it is on
-    `ThreadConnection`, which never suspends."""
-    coroutine = awaitable.__await__()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coroutine.close()
-    raise RuntimeError("a write job awaited something other than its database connection")
 
 
 def _translate(exc: BaseException) -> BaseException:

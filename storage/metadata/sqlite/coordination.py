@@ -10,12 +10,22 @@ retried until taken.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from storage.metadata.coordination import KeyedLocks, Listener, key_hash, poll_lock
+from storage.metadata.coordination import (
+    InstanceFiles,
+    KeyedLocks,
+    Listener,
+    key_hash,
+    poll_lock,
+)
 from storage.metadata.sqlite.connection import SQLiteBase
+
+#: Processes not heard of for this long are forgotten (seconds).
+FORGET_AFTER = 86400.0
 
 #: Byte offsets of the lock file: 2**62 is far inside what Linux accepts for a record lock.
 _OFFSETS = 1 << 62
@@ -64,9 +74,38 @@ class SQLiteCoordination(SQLiteBase):
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
 
+    async def confirm(self, key: str) -> None:
+        """Nothing to ask: a record lock lasts as long as the process's lock file descriptor,
+        which is never closed (only the process's death drops it, and its holder with it)."""
+
     async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
         """None: SQLite sends no notices; readers poll `generation`."""
         return None
+
+    async def announce_files(self, instance: str, files: dict[str, str], now: float) -> None:
+        """Record the files `instance` runs (a heartbeat); forget the long silent."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO replica_files (instance, files, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (instance) DO UPDATE SET files = excluded.files, "
+                "seen_at = excluded.seen_at",
+                (instance, json.dumps(files, sort_keys=True), now),
+            )
+            await db.execute("DELETE FROM replica_files WHERE seen_at < ?", (now - FORGET_AFTER,))
+
+    async def live_files(self, since: float) -> list[InstanceFiles]:
+        """The processes heard of since `since`."""
+        rows = await self._all(
+            "SELECT instance, files, seen_at FROM replica_files WHERE seen_at >= ? "
+            "ORDER BY instance",
+            (since,),
+        )
+        return [InstanceFiles(row[0], json.loads(row[1]), float(row[2])) for row in rows]
+
+    async def forget_instance(self, instance: str) -> None:
+        """Drop `instance`'s record."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM replica_files WHERE instance = ?", (instance,))
 
     async def generation(self, name: str) -> int:
         """The shared generation `name` (0 before its first change)."""

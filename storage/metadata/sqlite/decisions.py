@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from storage.metadata.decisions import DecisionRecord
+from storage.metadata.decisions import DecisionRecord, loggable
 from storage.metadata.sqlite.connection import SQLiteBase, bump_evidence
+
+
+async def write_decisions(db: Any, records: Iterable[DecisionRecord]) -> None:
+    """Append decisions to the log inside the caller's transaction."""
+    rows = [
+        (
+            r.time,
+            r.last_time or r.time,
+            r.repeats,
+            loggable(r.identity),
+            loggable(r.action),
+            loggable(r.repository),
+            loggable(r.reference),
+            loggable(r.digest),
+            loggable(r.outcome),
+            None if r.rule is None else loggable(r.rule),
+            loggable(r.reason),
+            loggable(r.policy_version),
+        )
+        for r in records
+    ]
+    if rows:
+        await db.executemany(
+            "INSERT INTO policy_decisions (time, last_time, repeats, identity, action, "
+            "repository, reference, digest, outcome, rule, reason, policy_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
 
 class SQLiteDecisions(SQLiteBase):
@@ -20,37 +49,24 @@ class SQLiteDecisions(SQLiteBase):
 
     async def bump_evidence(self, repository: str) -> None:
         """Record that evidence about the repository arrived (a signature, a scan)."""
-        async with self.transaction() as db:
+
+        async def bump(db: Any) -> None:
             await bump_evidence(db, repository)
+
+        # A write job: committed together with the pushes of the moment (group commit).
+        await self.write(bump)
 
     async def record_decisions(self, records: Iterable[DecisionRecord]) -> None:
         """Append decisions to the log, in one transaction."""
-        rows = [
-            (
-                r.time,
-                r.last_time or r.time,
-                r.repeats,
-                r.identity,
-                r.action,
-                r.repository,
-                r.reference,
-                r.digest,
-                r.outcome,
-                r.rule,
-                r.reason,
-                r.policy_version,
-            )
-            for r in records
-        ]
-        if not rows:
+        records = list(records)
+        if not records:
             return
-        async with self.transaction() as db:
-            await db.executemany(
-                "INSERT INTO policy_decisions (time, last_time, repeats, identity, action, "
-                "repository, reference, digest, outcome, rule, reason, policy_version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+
+        async def append(db: Any) -> None:
+            await write_decisions(db, records)
+
+        # A write job: committed together with the writes of the moment (group commit).
+        await self.write(append)
 
     async def list_decisions(
         self,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from storage.metadata.decisions import DecisionRecord
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
@@ -23,13 +24,39 @@ from storage.metadata.sqlite.connection import (
     ensure_repository,
     write_outbox,
 )
+from storage.metadata.sqlite.decisions import write_decisions
 from storage.metadata.sqlite.library import apply_library_changes
+from storage.metadata.sqlite.read_cache import Key
 
 _MANIFEST_COLUMNS = (
     "repository, digest, media_type, content, subject, artifact_type, annotations, created_at"
 )
 #: The same columns of `manifests m`, for joins.
 _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+
+
+async def _missing(db: Any, repository: str, refs: Sequence[Reference]) -> list[Reference]:
+    """The required references absent from the repository, asked in one statement (one round
+    trip on PostgreSQL, however many layers): a blob must be linked into the repository, a
+    manifest stored in it."""
+    required = [ref for ref in refs if ref.required]
+    if not required:
+        return []
+    blobs = [ref.digest for ref in required if ref.kind == "blob"]
+    manifests = [ref.digest for ref in required if ref.kind != "blob"]
+    async with db.execute(
+        "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
+        "AND digest IN (SELECT value FROM json_each(:blobs)) "
+        "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
+        "AND digest IN (SELECT value FROM json_each(:manifests))",
+        {"repository": repository, "blobs": json.dumps(blobs), "manifests": json.dumps(manifests)},
+    ) as cursor:
+        present = {(row[0], row[1]) for row in await cursor.fetchall()}
+    return [
+        ref
+        for ref in required
+        if ("blob" if ref.kind == "blob" else "manifest", ref.digest) not in present
+    ]
 
 
 class SQLiteManifests(SQLiteBase):
@@ -75,25 +102,16 @@ class SQLiteManifests(SQLiteBase):
         tag: str | None,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        decisions: Sequence[DecisionRecord] = (),
     ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it references is present,
-        with its `outbox` rows and `library` changes, in one transaction; the library changes
-        made."""
+        with its `outbox` rows, `library` changes and `decisions`, in one transaction; the
+        library changes made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing = []
-            for ref in refs:
-                if not ref.required:
-                    continue
-                if ref.kind == "blob":
-                    sql = "SELECT 1 FROM repository_blobs WHERE repository = ? AND digest = ?"
-                else:
-                    sql = "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?"
-                async with db.execute(sql, (record.repository, ref.digest)) as cursor:
-                    if await cursor.fetchone() is None:
-                        missing.append(ref)
+            missing = await _missing(db, record.repository, refs)
             if missing:
                 raise MissingReferences(missing)
             await ensure_repository(db, record.repository, now)
@@ -136,6 +154,7 @@ class SQLiteManifests(SQLiteBase):
                 )
             await bump_evidence(db, record.repository)
             await write_outbox(db, outbox)
+            await write_decisions(db, decisions)
             return await apply_library_changes(db, library, now)
 
         # A write job: committed together with the pushes that arrive meanwhile.
@@ -143,21 +162,35 @@ class SQLiteManifests(SQLiteBase):
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         """The manifest with this digest in the repository, or None."""
-        row = await self._one(
+        return await self._read_manifest(
+            (repository, "digest", digest),
             f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ? AND digest = ?",
-            (repository, digest),
         )
-        return None if row is None else _manifest(row)
 
     async def get_tagged_manifest(self, repository: str, tag: str) -> ManifestRecord | None:
         """The manifest a tag points at, or None."""
-        row = await self._one(
+        return await self._read_manifest(
+            (repository, "tag", tag),
             f"SELECT {_M_MANIFEST_COLUMNS} FROM tags t JOIN manifests m "
             "ON m.repository = t.repository AND m.digest = t.digest "
             "WHERE t.repository = ? AND t.name = ?",
-            (repository, tag),
         )
-        return None if row is None else _manifest(row)
+
+    async def _read_manifest(self, key: Key, sql: str) -> ManifestRecord | None:
+        """The manifest `sql` finds for (repository, reference), from memory while nothing was
+        committed to the file since it was read (`read_cache`)."""
+        reads = self.manifest_reads
+        if reads is None:
+            row = await self._one(sql, (key[0], key[2]))
+            return None if row is None else _manifest(row)
+        record, version = reads.lookup(key)
+        if record is None:
+            row = await self._one(sql, (key[0], key[2]))
+            if row is None:
+                return None
+            record = _manifest(row)
+            reads.remember(key, record, version)
+        return record
 
     async def delete_manifest(
         self,

@@ -1,0 +1,120 @@
+"""A replica whose PostgreSQL lock connection is ended while it holds a tag's lock does not go on
+as if it held it: the push is refused with 503 and the reason, nothing is stored, and the next
+push takes the lock on a fresh connection.
+
+A session advisory lock is dropped by the server with its connection, and nothing tells the
+holder; another replica could take the tag and pass the immutability check meanwhile. The push
+is paused between taking the lock and its commit by holding the `tags` table (its policy check
+reads the tag), while the test ends the lock's backend with `pg_terminate_backend`. (SQLite's
+record locks cannot be lost while their process lives.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from storage.metadata.coordination import tag_key
+from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, push_blob
+from tests.replicas.conftest import StartReplicas
+from tests.replicas.locks import backend_holding
+
+POLICY = """\
+version: 1
+default: allow
+rules:
+  - name: release tags are immutable
+    match: {repositories: ["**"], tags: ["v*"], on: [push, delete]}
+    require: {immutable_tags: true}
+"""
+
+#: Only turns a hang into a failure.
+PATIENCE = 60.0
+
+
+async def image(session: aiohttp.ClientSession, name: str, n: int) -> bytes:
+    """A manifest whose blobs are stored in `name`."""
+    config = json.dumps({"os": "linux", "architecture": "amd64", "n": n}).encode()
+    layer = f"lost-lock-layer-{n}".encode()
+    await push_blob(session, name, config)  # type: ignore[arg-type]
+    await push_blob(session, name, layer)  # type: ignore[arg-type]
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, layer)],
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("metadata_url", ["postgresql"], indirect=True)
+async def test_a_push_whose_tag_lock_was_dropped_is_refused_not_committed(
+    start_replicas: StartReplicas, metadata_url: str, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    replica = start_replicas("--policy", str(policy), count=1).a
+    name, tag = "team/locked", "v1"
+    async with aiohttp.ClientSession(base_url=replica.url) as client:
+        content = await image(client, name, 1)
+        hold = await asyncpg.connect(metadata_url)
+        try:
+            # The push's policy check reads the tag: it waits behind this transaction, holding
+            # the tag's lock.
+            transaction = hold.transaction()
+            await transaction.start()
+            await hold.execute("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
+            push = asyncio.create_task(
+                client.put(
+                    f"/v2/{name}/manifests/{tag}",
+                    data=content,
+                    headers={"Content-Type": OCI_MANIFEST},
+                )
+            )
+            deadline = time.monotonic() + PATIENCE
+            while (backend := await backend_holding(metadata_url, tag_key(name, tag))) is None:
+                assert time.monotonic() < deadline, "the push never took the tag's lock"
+                assert not push.done(), push
+                await asyncio.sleep(0.01)
+            assert await hold.fetchval("SELECT pg_terminate_backend($1)", backend)
+            while await hold.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", backend):
+                assert time.monotonic() < deadline, "the lock's backend did not end"
+                await asyncio.sleep(0.01)
+            # The server dropped the lock with its session: another replica could take it now.
+            assert await backend_holding(metadata_url, tag_key(name, tag)) is None
+            await transaction.rollback()
+        finally:
+            await hold.close()
+
+        async with await push as resp:
+            assert resp.status == 503, await resp.text()
+            body = await resp.json()
+            [error] = body["errors"]
+            assert error["code"] == "UNAVAILABLE"
+            assert error["message"].startswith(
+                "the registry lost its tag lock in the metadata database (its connection to "
+                "PostgreSQL "
+            ), error
+            assert error["message"].endswith("nothing was stored, try again"), error
+        async with client.get(
+            f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}
+        ) as resp:
+            assert resp.status == 404
+
+        # The client tries again: the lock is taken on a fresh connection, the push stored.
+        async with client.put(
+            f"/v2/{name}/manifests/{tag}", data=content, headers={"Content-Type": OCI_MANIFEST}
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        async with client.get(
+            f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}
+        ) as resp:
+            assert resp.status == 200
+            assert await resp.read() == content
