@@ -17,6 +17,7 @@ import pytest
 
 from storage.layout import DataLayout
 from storage.metadata import MetadataDB, open_metadata
+from storage.metadata.sqlite.connection import bump_evidence
 
 #: Only turns a hang into a failure.
 PATIENCE = 30.0
@@ -25,6 +26,12 @@ PATIENCE = 30.0
 async def _handles(data_dir: Path, count: int) -> list[MetadataDB]:
     path = DataLayout(data_dir).database
     return [await open_metadata(path) for _ in range(count)]
+
+
+async def _bump(db: MetadataDB) -> None:
+    """One write through `transaction()` (the writes that are not group-committed jobs)."""
+    async with db.transaction() as conn:  # type: ignore[attr-defined]
+        await bump_evidence(conn, "team/app")
 
 
 async def _writer_idle(db: MetadataDB) -> None:
@@ -51,15 +58,15 @@ async def test_a_write_cancelled_while_it_begins_leaves_no_transaction_open(
     monkeypatch.setattr(writer, "execute", noting_begin)
     try:
         async with asyncio.timeout(PATIENCE):
-            cut_short = asyncio.create_task(db.bump_evidence("team/app"))
+            cut_short = asyncio.create_task(_bump(db))
             await beginning.wait()
             cut_short.cancel()
             holder.rollback()  # the other process is done: our BEGIN runs now, on the thread
             with pytest.raises(asyncio.CancelledError):
                 await cut_short
             # The next writes begin, commit and are read back.
-            await db.bump_evidence("team/app")
-            await db.bump_evidence("team/app")
+            await _bump(db)
+            await _bump(db)
             assert await db.evidence_version("team/app") == 2
     finally:
         holder.close()
@@ -74,16 +81,16 @@ async def test_a_write_cancelled_while_it_waits_for_the_write_lock_releases_it(
         async with asyncio.timeout(PATIENCE):
             async with other.transaction():  # type: ignore[attr-defined]
                 # Another process writes: ours queues for the lock on its thread ...
-                cut_short = asyncio.create_task(db.bump_evidence("team/app"))
+                cut_short = asyncio.create_task(_bump(db))
                 await asyncio.sleep(0)  # one loop turn: the task runs up to that wait
                 cut_short.cancel()
             # ... and takes it once free, after the cancel: it must give it back at once.
             with pytest.raises(asyncio.CancelledError):
                 await cut_short
             await _writer_idle(db)
-            await other.bump_evidence("team/app")
-            await db.bump_evidence("team/app")
-            await other.bump_evidence("team/app")
+            await _bump(other)
+            await _bump(db)
+            await _bump(other)
             assert await other.evidence_version("team/app") == 3
     finally:
         await db.close()  # first: closing its descriptor frees a lock it kept
