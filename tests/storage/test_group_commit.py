@@ -103,18 +103,21 @@ async def test_a_statement_the_database_refuses_fails_its_job_alone(db: Metadata
 
 
 async def test_postgresql_commits_wait_for_the_disk_whatever_the_server_default(
-    db: MetadataDB, backend_url: str | None
+    tmp_path: Path, postgres_url: str
 ) -> None:
-    if backend_url is None:
-        pytest.skip("PostgreSQL's setting (SQLite's is test_writer_commits_reach_the_disk)")
+    """PostgreSQL only (SQLite's counterpart is test_writer_commits_reach_the_disk)."""
 
     async def setting(conn: Any) -> str:
         row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
         return str(row[0])
 
-    # The test cluster runs with synchronous_commit off; the writer and the pool turn it on.
-    assert await db.write(setting) == "on"
-    assert await db.read("SHOW synchronous_commit") == [("on",)]
+    db = await open_metadata(tmp_path / "metadata.sqlite", postgres_url)
+    try:
+        # The test cluster runs with synchronous_commit off; the writer and the pool turn it on.
+        assert await db.write(setting) == "on"
+        assert await db.read("SHOW synchronous_commit") == [("on",)]
+    finally:
+        await db.close()
 
 
 async def test_concurrent_jobs_share_commits(tmp_path: Path) -> None:
