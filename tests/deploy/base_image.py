@@ -70,8 +70,10 @@ def _libraries(binaries: Iterable[Path]) -> set[Path]:
         result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
         for line in result.stdout.splitlines():
             match = re.search(r"(/\S+)", line.split("=>")[-1])
+            # ldd names a library by the binary's RUNPATH as given: `pkg/../pkg.libs/lib.so`
+            # for a wheel's bundled libraries; the same file must not enter the tar twice.
             if match and Path(match.group(1)).exists():
-                found.add(Path(match.group(1)))
+                found.add(Path(os.path.normpath(match.group(1))))
     return found
 
 

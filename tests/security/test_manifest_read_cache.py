@@ -31,6 +31,9 @@ from tests.server_process import start_registry
 REPO = "team/app"
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
 
+#: The read cache is SQLite's (PostgreSQL gives no commit signal before the next request).
+pytestmark = pytest.mark.sqlite_only
+
 
 def manifest(n: int, size: int = 0) -> ManifestRecord:
     content = json.dumps({"schemaVersion": 2, "n": n, "pad": "x" * size}).encode()
