@@ -358,6 +358,11 @@ async def _read_config(
     config = manifest.get("config")
     if not isinstance(config, dict):
         return None, None, "the manifest has no config"
+    size = config.get("size")
+    if not isinstance(size, int) or size > MAX_CONFIG_SIZE:
+        # Before the cache: a config judged once under its digest says nothing about a manifest
+        # declaring it larger than can be judged.
+        return None, None, f"the image config is larger than {MAX_CONFIG_SIZE} bytes"
     key = str(config.get("digest"))
     known = _CONFIGS.get(key)
     if known is not None:

@@ -250,6 +250,32 @@ async def test_a_config_declared_larger_than_the_limit_is_refused_unread(registr
     )
 
 
+async def test_a_config_judged_once_is_not_taken_for_one_declared_too_large(
+    registry: Any,
+) -> None:
+    """A config already read and judged (remembered under its digest) does not let a later
+    manifest that declares it larger than the limit through: the declared size is checked
+    before anything remembered."""
+    client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
+    config = image_config(padding="judged once")
+    layer = b"layer"
+    await push_blobs(client, "app/web", config, layer)
+    honest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer)],
+    }
+    resp = await put_manifest(client, "app/web", "v1", honest)
+    assert resp.status == 201, await resp.text()
+    await assert_push_denied(
+        client,
+        {**honest, "config": {**descriptor(OCI_CONFIG, config), "size": 8 * 1024 * 1024 + 1}},
+        "cannot be judged: the image config is larger than 8388608 bytes",
+        OCI_MANIFEST,
+    )
+
+
 async def test_an_index_child_without_platform_is_judged_by_its_config(registry: Any) -> None:
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     s390x = await push_child(client, "app/web", 10, config=image_config(architecture="s390x"))
