@@ -345,18 +345,13 @@ class BlobFetcher:
     ) -> web.StreamResponse:
         """Send bytes [start, end) from the fetch's in-memory window as they arrive; behind
         the window, from storage once the blob is verified and stored."""
-        response = _blob_response(digest)
-        if (start, end) != (0, fetch.size):
-            response.set_status(206)
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fetch.size}"
-        response.content_length = end - start
+        response = _range_response(digest, start, end, fetch.size)
         position = start
         while position < end:
             progress = fetch.progress
             if fetch.failure is not None and not fetch.verified:
                 return _cut(request, response, digest, fetch.failure)
-            # The blob's final byte only once the whole blob is verified.
-            ready = min(fetch.received, end if fetch.verified else min(end, fetch.size - 1))
+            ready = _sendable(fetch, fetch.received, end)
             if ready <= position:
                 await progress.wait()
                 continue
@@ -395,18 +390,13 @@ class BlobFetcher:
         digest: Digest,
     ) -> web.StreamResponse:
         """Send bytes [start, end) of the upload file `handle` as the fetch writes them."""
-        response = _blob_response(digest)
-        if (start, end) != (0, fetch.size):
-            response.set_status(206)
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{fetch.size}"
-        response.content_length = end - start
+        response = _range_response(digest, start, end, fetch.size)
         position = start
         while position < end:
             progress = fetch.progress
             if fetch.failure is not None and not fetch.verified:
                 return _cut(request, response, digest, fetch.failure)
-            # The blob's final byte only once the whole blob is verified.
-            ready = min(fetch.written, end if fetch.verified else min(end, fetch.size - 1))
+            ready = _sendable(fetch, fetch.written, end)
             if ready <= position:
                 await progress.wait()
                 continue
@@ -628,6 +618,23 @@ def _blob_response(digest: Digest) -> web.StreamResponse:
     )
     response.content_type = "application/octet-stream"
     return response
+
+
+def _range_response(digest: Digest, start: int, end: int, size: int) -> web.StreamResponse:
+    """The answer for bytes [start, end) of a blob of `size` bytes: 206 with its
+    Content-Range unless that is the whole blob."""
+    response = _blob_response(digest)
+    if (start, end) != (0, size):
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response.content_length = end - start
+    return response
+
+
+def _sendable(fetch: _Fetch, available: int, end: int) -> int:
+    """How far a joiner may send of the `available` bytes: the blob's final byte only once the
+    whole blob is verified."""
+    return min(available, end if fetch.verified else min(end, fetch.size - 1))
 
 
 async def _open(client: UpstreamClient, remote: str, digest: Digest) -> aiohttp.ClientResponse:
