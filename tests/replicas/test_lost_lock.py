@@ -12,7 +12,6 @@ record locks cannot be lost while their process lives.)
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -21,37 +20,13 @@ import asyncpg
 import pytest
 
 from storage.metadata.coordination import tag_key
-from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, push_blob
+from tests.oci import OCI_MANIFEST
 from tests.replicas.conftest import StartReplicas
+from tests.replicas.images import IMMUTABLE_RELEASES, image_manifest
 from tests.replicas.locks import backend_holding
-
-POLICY = """\
-version: 1
-default: allow
-rules:
-  - name: release tags are immutable
-    match: {repositories: ["**"], tags: ["v*"], on: [push, delete]}
-    require: {immutable_tags: true}
-"""
 
 #: Only turns a hang into a failure.
 PATIENCE = 60.0
-
-
-async def image(session: aiohttp.ClientSession, name: str, n: int) -> bytes:
-    """A manifest whose blobs are stored in `name`."""
-    config = json.dumps({"os": "linux", "architecture": "amd64", "n": n}).encode()
-    layer = f"lost-lock-layer-{n}".encode()
-    await push_blob(session, name, config)  # type: ignore[arg-type]
-    await push_blob(session, name, layer)  # type: ignore[arg-type]
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(OCI_LAYER, layer)],
-        }
-    ).encode()
 
 
 @pytest.mark.parametrize("metadata_url", ["postgresql"], indirect=True)
@@ -59,11 +34,11 @@ async def test_a_push_whose_tag_lock_was_dropped_is_refused_not_committed(
     start_replicas: StartReplicas, metadata_url: str, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+    policy.write_text(IMMUTABLE_RELEASES)
     replica = start_replicas("--policy", str(policy), count=1).a
     name, tag = "team/locked", "v1"
     async with aiohttp.ClientSession(base_url=replica.url) as client:
-        content = await image(client, name, 1)
+        content = await image_manifest(client, name, 1, "lost-lock")
         hold = await asyncpg.connect(metadata_url)
         try:
             # The push's policy check reads the tag: it waits behind this transaction, holding

@@ -8,56 +8,33 @@ push's check sees the first one's tag."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import aiohttp
 
-from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor, error_codes, push_blob
+from tests.oci import OCI_MANIFEST, error_codes
 from tests.replicas.conftest import StartReplicas
-
-POLICY = """\
-version: 1
-default: allow
-rules:
-  - name: release tags are immutable
-    match: {repositories: ["**"], tags: ["v*"], on: [push, delete]}
-    require: {immutable_tags: true}
-"""
+from tests.replicas.images import IMMUTABLE_RELEASES, image_manifest
 
 #: Tags raced for, and the contenders per tag (half through each replica).
 ROUNDS = 8
 CONTENDERS = 6
 
 
-async def manifest(session: aiohttp.ClientSession, name: str, n: int) -> bytes:
-    """A distinct image manifest whose blobs are stored."""
-    config = json.dumps({"os": "linux", "architecture": "amd64", "n": n}).encode()
-    layer = f"race-layer-{n}".encode()
-    await push_blob(session, name, config)  # type: ignore[arg-type]
-    await push_blob(session, name, layer)  # type: ignore[arg-type]
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(OCI_LAYER, layer)],
-        }
-    ).encode()
-
-
 async def test_two_replicas_racing_for_an_immutable_tag_give_exactly_one_201(
     tmp_path: Path, start_replicas: StartReplicas
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+    policy.write_text(IMMUTABLE_RELEASES)
     replicas = start_replicas("--policy", str(policy))
     async with (
         aiohttp.ClientSession(base_url=replicas.a.url) as a,
         aiohttp.ClientSession(base_url=replicas.b.url) as b,
     ):
         sessions = (a, b)
-        bodies = [await manifest(a, "team/app", n) for n in range(ROUNDS * CONTENDERS)]
+        bodies = [
+            await image_manifest(a, "team/app", n, "race") for n in range(ROUNDS * CONTENDERS)
+        ]
 
         async def put(session: aiohttp.ClientSession, tag: str, body: bytes) -> tuple[int, dict]:
             async with session.put(
