@@ -82,6 +82,17 @@ async def push_child(
     return content
 
 
+async def one_layer_image(client: TestClient, config: bytes, layer: bytes) -> dict[str, Any]:
+    """An image manifest of `config` and one `layer`, its blobs pushed to app/web."""
+    await push_blobs(client, "app/web", config, layer)
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer)],
+    }
+
+
 def index_of(*children: bytes, platforms: bool = True) -> dict[str, Any]:
     return {
         "schemaVersion": 2,
@@ -177,13 +188,7 @@ async def test_a_platform_rule_denies_what_it_cannot_read(
 ) -> None:
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     layer = b"some layer"
-    await push_blobs(client, "app/web", config, layer)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    manifest = await one_layer_image(client, config, layer)
     resp = await put_manifest(client, "app/web", "v1", manifest)
     assert resp.status == 403
     message = (await resp.json())["errors"][0]["message"]
@@ -195,13 +200,7 @@ async def test_an_oversized_config_denies_labels_and_platforms(registry: Any) ->
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     config = image_config(padding="x" * (8 * 1024 * 1024))
     layer = b"layer"
-    await push_blobs(client, "app/web", config, layer)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    manifest = await one_layer_image(client, config, layer)
     await assert_push_denied(
         client,
         manifest,
@@ -218,13 +217,7 @@ async def test_a_config_of_exactly_the_limit_is_read_and_judged(registry: Any) -
     config = image_config(padding="x" * (limit - len(config)))
     assert len(config) == limit
     layer = b"layer"
-    await push_blobs(client, "app/web", config, layer)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    manifest = await one_layer_image(client, config, layer)
     resp = await put_manifest(client, "app/web", "v1", manifest)
     assert resp.status == 201, await resp.text()
 
@@ -235,13 +228,8 @@ async def test_a_config_declared_larger_than_the_limit_is_refused_unread(registr
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     config = image_config()
     layer = b"layer"
-    await push_blobs(client, "app/web", config, layer)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {**descriptor(OCI_CONFIG, config), "size": 8 * 1024 * 1024 + 1},
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    manifest = await one_layer_image(client, config, layer)
+    manifest["config"] = {**manifest["config"], "size": 8 * 1024 * 1024 + 1}
     await assert_push_denied(
         client,
         manifest,
@@ -259,13 +247,7 @@ async def test_a_config_judged_once_is_not_taken_for_one_declared_too_large(
     client = registry(policy_text("{platforms: {allowed: [linux/amd64]}}"))
     config = image_config(padding="judged once")
     layer = b"layer"
-    await push_blobs(client, "app/web", config, layer)
-    honest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    honest = await one_layer_image(client, config, layer)
     resp = await put_manifest(client, "app/web", "v1", honest)
     assert resp.status == 201, await resp.text()
     await assert_push_denied(
@@ -391,13 +373,7 @@ async def test_the_default_decides_unmatched_requests(
     await push_child(client, "app/web", 10)
     config = image_config()
     layer = b"unmatched"
-    await push_blobs(client, "app/web", config, layer)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer)],
-    }
+    manifest = await one_layer_image(client, config, layer)
     assert (await put_manifest(client, "app/web", "v1", manifest)).status == 201
     client = registry(UNMATCHED.format(default=default))
     resp = await client.get("/v2/app/web/manifests/v1")
