@@ -36,19 +36,14 @@ async def registry(start_client: Any, tmp_path: Path, release_key: Any) -> TestC
     return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
 
 
-async def test_a_signature_deleted_while_a_pull_reads_the_evidence_version_is_not_forgotten(
-    registry: TestClient, release_key: Any, monkeypatch: Any
-) -> None:
-    digest, _ = await signed_image(registry, release_key)
-    # A change (another tag pushed) makes the gate read the evidence version again.
-    await push_image(registry, "prod/app", "v2")
-    db = registry.app[CONTEXT].db
+def hold_first_version_read(db: Any, monkeypatch: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """The first evidence version read from now on returns what the database held, but only
+    after the test lets it (sets the second event; the first says the read is held), as a slow
+    database read under load would."""
     read = db.evidence_version
     reading, go_on = asyncio.Event(), asyncio.Event()
 
     async def slow_first_read(repository: str) -> int:
-        """The first read after this point returns what the database held, but only after the
-        test let the delete land (as a slow database read under load would)."""
         version = await read(repository)
         if not reading.is_set():
             reading.set()
@@ -56,6 +51,16 @@ async def test_a_signature_deleted_while_a_pull_reads_the_evidence_version_is_no
         return version
 
     monkeypatch.setattr(db, "evidence_version", slow_first_read)
+    return reading, go_on
+
+
+async def test_a_signature_deleted_while_a_pull_reads_the_evidence_version_is_not_forgotten(
+    registry: TestClient, release_key: Any, monkeypatch: Any
+) -> None:
+    digest, _ = await signed_image(registry, release_key)
+    # A change (another tag pushed) makes the gate read the evidence version again.
+    await push_image(registry, "prod/app", "v2")
+    reading, go_on = hold_first_version_read(registry.app[CONTEXT].db, monkeypatch)
     early = asyncio.create_task(pull(registry, "prod/app", "v1"))
     await asyncio.wait_for(reading.wait(), 20)
     # Meanwhile another pull reads the same version and caches its allow under it ...
@@ -104,17 +109,7 @@ async def test_a_signature_deleted_by_another_worker_while_a_pull_reads_the_vers
     await push_image(one, "prod/app", "v2")
     await watch_sees(await generation("evidence"))
 
-    read = db.evidence_version
-    reading, go_on = asyncio.Event(), asyncio.Event()
-
-    async def slow_first_read(repository: str) -> int:
-        version = await read(repository)
-        if not reading.is_set():
-            reading.set()
-            await go_on.wait()
-        return version
-
-    monkeypatch.setattr(db, "evidence_version", slow_first_read)
+    reading, go_on = hold_first_version_read(db, monkeypatch)
     early = asyncio.create_task(pull(one, "prod/app", "v1"))
     await asyncio.wait_for(reading.wait(), 20)
     # Another pull on A reads the same version, remembers it and caches its allow under it ...
