@@ -86,6 +86,7 @@ RULES_TESTS = (
     "tests/security/test_config_read_failures.py",
     "tests/security/test_config_storage_errors.py",
     "tests/security/test_immutable_tag_lock.py",
+    "tests/security/test_lost_tag_lock.py",
     "tests/security/test_decision_log_shutdown.py",
     "tests/security/test_refusal_details.py",
     "tests/security/test_signature_payload_reads.py",
