@@ -43,6 +43,27 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+def listening_port(pid: int) -> int | None:
+    """The TCP port process `pid` listens on, None while it listens on none (Linux: its socket
+    descriptors matched against /proc/net/tcp). For a server started with `--listen HOST:0`
+    whose "listening" line its log level filters out: the port is the system's choice, read
+    from the process that holds it, never picked and freed beforehand."""
+    try:
+        links = [os.readlink(entry) for entry in Path(f"/proc/{pid}/fd").iterdir()]
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # the process is gone (or going)
+    inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header line
+            for row in rows:
+                fields = row.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the inode.
+                if fields[3] == "0A" and fields[9] in inodes:
+                    return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
 #: What the server says when its port is taken ("cannot listen on …: the port is already in
 #: use", or the errno text "Address already in use").
 _PORT_TAKEN = ("already in use",)
