@@ -49,7 +49,9 @@ def events_section(port: int, **extra: Any) -> dict[str, Any]:
                 "url": f"http://127.0.0.1:{port}/hook",
                 "secret": SECRET,
                 "headers": {"X-Team": "platform"},
-                "timeout": "2s",
+                # Generous: an attempt the receiver recorded but answered after the timeout
+                # (a loaded machine) would be sent again, and counted twice.
+                "timeout": "30s",
             }
         ],
         "retry": {"initial": "50ms", "max": "200ms"},

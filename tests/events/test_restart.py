@@ -34,7 +34,9 @@ async def test_pending_events_delivered_after_kill_and_restart(tmp_path: Path) -
                             "name": "hook",
                             "url": f"http://127.0.0.1:{hook_port}/hook",
                             "secret": SECRET,
-                            "timeout": "1s",
+                            # Generous: an attempt the receiver recorded but answered
+                            # after the timeout (a loaded machine) would be sent again.
+                            "timeout": "30s",
                         }
                     ],
                     "retry": {"initial": "100ms", "max": "300ms"},
