@@ -64,6 +64,11 @@ def listening_port(pid: int) -> int | None:
     return None
 
 
+#: How long a server may take to answer after it is started: only turns a hang into a failure.
+#: Generous: on a runner shared by parallel test runs Python's imports alone have taken 25 s,
+#: and a start-up that merely took long is not what a test is about.
+START_TIMEOUT = 120.0
+
 #: What the server says when its port is taken ("cannot listen on …: the port is already in
 #: use", or the errno text "Address already in use").
 _PORT_TAKEN = ("already in use",)
@@ -122,7 +127,7 @@ def start_registry(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
-    timeout: float = 30.0,
+    timeout: float = START_TIMEOUT,
     cwd: Path | None = None,
 ) -> RegistryProcess:
     """Start the registry and wait until `GET /v2/` answers.

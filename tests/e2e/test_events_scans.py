@@ -175,7 +175,7 @@ def scanned(e2e_tmp: Path) -> Iterator[Setup]:
         serving.close()
 
 
-def wait_for(condition: Any, what: str, timeout: float = 15.0) -> None:
+def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -18,7 +18,7 @@ from storage.gc import collect_garbage
 from tests.auth.conftest import auth_section, write_accounts
 from tests.oci import error_codes, push_image
 from tests.operations.cli import ROOT, trustyard
-from tests.server_process import listening_port, port_of, reserve_port
+from tests.server_process import START_TIMEOUT, listening_port, port_of, reserve_port
 
 DENY_LATEST = """\
 version: 1
@@ -148,7 +148,7 @@ def _serve_and_get(tmp_path: Path, config_text: str, path: str) -> tuple[dict[st
             cwd=ROOT,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_TIMEOUT
         while (port := listening_port(process.pid)) is None:
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
