@@ -240,3 +240,16 @@ async def test_a_blob_no_image_holds_yet_is_read_by_the_repository_s_pushers_onl
         "be pulled (only those who may push to it can read it)"
     )
     assert (await bob.head(f"/v2/ci/app/blobs/{layer}")).status == 403
+
+
+async def test_without_auth_every_caller_is_a_pusher_of_a_blob_no_image_holds_yet(
+    start_client: Any, tmp_path: Path
+) -> None:
+    """With no accounts anybody may push, so anybody reads an upload not yet in an image (a
+    client checks its blobs with HEAD before it pushes the manifest)."""
+    client = await start_client(policy=policy(tmp_path))
+    layer = await push_blob(client, "ci/app", b"a layer of a push in progress")
+    assert (await client.head(f"/v2/ci/app/blobs/{layer}")).status == 200
+    got = await client.get(f"/v2/ci/app/blobs/{layer}")
+    assert got.status == 200
+    assert await got.read() == b"a layer of a push in progress"
