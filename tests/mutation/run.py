@@ -191,8 +191,9 @@ TARGETS: dict[str, Target] = {
     ),
     # The request path's guard alone (who may do what on which route, the challenges, the
     # exempt paths, the realm), against the in-process HTTP tests of those decisions; the
-    # start-up warning tests (a server subprocess) and the per-source login limit (unknown names
-    # pay full-cost hashes; `auth-ratelimit` judges it) are left out.
+    # start-up warning tests (a server subprocess) and the per-source login limit (its unknown
+    # names pay full-cost hashes; the decision is `ratelimit.py`'s and `service.py`'s, judged by
+    # their own targets) are left out.
     "auth-middleware": Target(
         ("registry/auth/middleware.py",),
         (
