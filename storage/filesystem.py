@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import TypeVar
 
 from storage.blobstore import StoredObject
 from storage.errors import BlobDamaged, StorageFull
+from storage.growing import NO_SPACE, GrowingFile
 from storage.layout import DataLayout
 from storage.oci.digests import ALGORITHMS, Digest
 
@@ -276,10 +276,6 @@ class FilesystemBlobStore:
         self._pool.shutdown(wait=True)
 
 
-#: errno values that mean the disk or the user's quota is full.
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: Buffers one `writev` is given at most (Linux's IOV_MAX).
-_IOV_MAX = 1024
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -295,22 +291,11 @@ def _append(path: Path, data: bytes) -> None:
 
 
 def _append_chunks(path: Path, chunks: list[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    file = GrowingFile.append_to(path)
     try:
-        pending = [memoryview(chunk) for chunk in chunks if chunk]
-        first = 0
-        while first < len(pending):
-            written = os.writev(fd, pending[first : first + _IOV_MAX])
-            # A short write: skip what went out, go on from the middle of a chunk.
-            while written and first < len(pending):
-                if written >= len(pending[first]):
-                    written -= len(pending[first])
-                    first += 1
-                else:
-                    pending[first] = pending[first][written:]
-                    written = 0
+        file.append(chunks)
     finally:
-        os.close(fd)
+        file.close()
 
 
 def _fsync_file(path: Path) -> None:
