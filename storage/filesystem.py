@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from storage.blobstore import StoredObject
 from storage.errors import BlobDamaged, StorageFull
-from storage.growing import NO_SPACE, GrowingFile
+from storage.growing import NO_SPACE
 from storage.layout import DataLayout
 from storage.oci.digests import ALGORITHMS, Digest
 
@@ -57,10 +57,6 @@ class FilesystemBlobStore:
     async def append(self, upload_id: str, data: bytes) -> None:
         """Append to the upload file."""
         await self._run(_append, self.layout.upload(upload_id), data)
-
-    async def append_chunks(self, upload_id: str, chunks: list[bytes]) -> None:
-        """Append `chunks` in order with one gathered write (`writev`): no joined copy."""
-        await self._run(_append_chunks, self.layout.upload(upload_id), chunks)
 
     async def flush(self, upload_id: str) -> None:
         """Appends are written at once; with `fsync` on, fsync them before the acknowledgement."""
@@ -276,8 +272,6 @@ class FilesystemBlobStore:
         self._pool.shutdown(wait=True)
 
 
-
-
 def _append(path: Path, data: bytes) -> None:
     # Open per call: an upload may move between requests, processes and restarts.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -288,14 +282,6 @@ def _append(path: Path, data: bytes) -> None:
             view = view[written:]
     finally:
         os.close(fd)
-
-
-def _append_chunks(path: Path, chunks: list[bytes]) -> None:
-    file = GrowingFile.append_to(path)
-    try:
-        file.append(chunks)
-    finally:
-        file.close()
 
 
 def _fsync_file(path: Path) -> None:
