@@ -527,12 +527,14 @@ class _Sink:
     def _absorb(self, batch: list[bytes]) -> bool:
         """In a worker thread: hash the batch, chunk by chunk (no joined copy), and write it to
         the followed file; False when a copy for joiners could not be written."""
-        file = self.file
+        for chunk in batch:
+            self.hasher.update(chunk)
+        if self.file is None:
+            return True
         try:
-            for chunk in batch:  # each chunk written while it is still in the CPU's cache
-                self.hasher.update(chunk)
-                if file is not None:
-                    file.append([chunk])
+            # One gathered write per batch: each call here lets go of the GIL and must take it
+            # back from the event loop's thread, which under load costs more than the cache.
+            self.file.append(batch)
         except (OSError, StorageFull):
             if self.is_upload:
                 raise
