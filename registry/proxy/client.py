@@ -45,10 +45,6 @@ MAX_TOKEN_RESPONSE = 1 << 20
 #: upstream away for days).
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
-#: Bytes a response buffers before the connection stops reading (twice this, as aiohttp
-#: counts): aiohttp's 64 KiB default paused and resumed the socket around every 256 KiB read
-#: of a blob body, two system calls and a timer each.
-READ_BUFFER = 1 << 20
 
 
 class UpstreamError(Exception):
@@ -136,10 +132,7 @@ class UpstreamClient:
                 sock_connect=self.upstream.connect_timeout, sock_read=self.upstream.read_timeout
             )
             self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=timeout,
-                auto_decompress=False,
-                read_bufsize=READ_BUFFER,
+                connector=connector, timeout=timeout, auto_decompress=False
             )
         return self._session
 
