@@ -533,8 +533,8 @@ class _Sink:
         if self.file is None:
             return True
         try:
-            # One gathered write per batch: each call here lets go of the GIL and must take it
-            # back from the event loop's thread, which under load costs more than the cache.
+            # One gathered write per batch, not one per chunk: each call releases the GIL and
+            # must take it back from the event loop's thread.
             self.file.append(batch)
         except (OSError, StorageFull):
             if self.is_upload:
