@@ -3,9 +3,10 @@ push does, and confirms the lock just before each commit: one whose PostgreSQL l
 ended while it holds the lock does not move the library tag (another replica could have taken the
 tag meanwhile), says so in one line, and the import run again moves it.
 
-The import is paused inside its tag lock by holding the `tags` table against writes (SHARE mode:
-its tagged manifest write waits behind it, what it reads and creates at start-up does not), while the test ends the lock's backend with `pg_terminate_backend`. (SQLite's
-record locks cannot be lost while their process lives.)
+The import is paused inside its tag lock by holding the `tags` table against writes (SHARE
+mode: its tagged manifest write waits behind it, what it reads and creates at start-up does
+not), while the test ends the lock's backend with `pg_terminate_backend`. (SQLite's record locks
+cannot be lost while their process lives.)
 """
 
 from __future__ import annotations
