@@ -5,12 +5,13 @@ running hash of each session lives in memory, keyed by upload id and offset; whe
 (after a restart, or for a session another worker process started) it is rebuilt by reading the
 bytes back, so the bytes on storage are always the truth and sessions survive restarts.
 
-Whatever writes or removes a session's bytes holds the session's lock (`upload_key`), which every
-worker, replica and `trustyard gc` takes: a request appending or finishing, a cancellation, the
-stale-session sweeps. None of them waits for it: a chunk sent while another request writes the
-session is refused as out of order (416), a cancellation as a cancellation the registry cannot
-do now (400, which the spec lets a client ignore), and a sweep leaves the session for its next
-round. So nothing removes the bytes a request is writing or committing.
+Whatever writes or removes a resumable session's bytes holds the session's lock (`upload_key`),
+which every worker, replica and `trustyard gc` takes: a request appending or finishing, a
+cancellation, the stale-session sweeps. None of them waits for it: a chunk sent while another
+request writes the session is refused as out of order (416), a cancellation as one the registry
+cannot do now (400, which the spec lets a client ignore), and a sweep leaves the session for its
+next round. So nothing removes the bytes a request is writing or committing. (A monolithic
+upload's session is the exception: see `_only_writer`.)
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class _Session:
     offset: int
     hasher: hashlib._Hash | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A monolithic upload's session: only the request that opened it knows its id.
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,9 @@ class UploadSessions:
         except StorageFull:
             await self.store.abort(upload_id)
             raise
-        self._sessions[upload_id] = _Session(0, hashlib.new(RUNNING_ALGORITHM))
+        self._sessions[upload_id] = _Session(
+            0, hashlib.new(RUNNING_ALGORITHM), private=not resumable
+        )
         return upload_id
 
     async def offset(self, repository: str, upload_id: str) -> int:
@@ -139,7 +144,7 @@ class UploadSessions:
         """Append a chunk; return the new offset. Out-of-order chunks answer 416."""
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with self._only_writer(repository, upload_id), session.lock:
+        async with self._only_writer(repository, upload_id, session), session.lock:
             offset = await self._current_offset(upload_id, session)
             try:
                 await self._receive(
@@ -147,7 +152,7 @@ class UploadSessions:
                 )
                 # Still the session's only writer (a PostgreSQL lock goes with its connection),
                 # then acknowledged (202 with this offset) only once every byte is durable.
-                await self.db.confirm(upload_key(upload_id))
+                await self._confirm_writer(upload_id, session)
                 await self.store.flush(upload_id)
             except BaseException:
                 await self._forget_pending(upload_id, session)
@@ -171,7 +176,7 @@ class UploadSessions:
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with self._only_writer(repository, upload_id), session.lock:
+        async with self._only_writer(repository, upload_id, session), session.lock:
             try:
                 offset = await self._current_offset(upload_id, session)
                 if body is not None:
@@ -190,7 +195,7 @@ class UploadSessions:
                         message="provided digest did not match uploaded content",
                     )
                 size = session.offset
-                await self.db.confirm(upload_key(upload_id))
+                await self._confirm_writer(upload_id, session)
                 try:
                     await commit_blob(self.store, self.db, upload_id, digest, size, repository)
                 except StorageFull:
@@ -204,15 +209,24 @@ class UploadSessions:
             return size
 
     @contextlib.asynccontextmanager
-    async def _only_writer(self, repository: str, upload_id: str) -> AsyncIterator[None]:
+    async def _only_writer(
+        self, repository: str, upload_id: str, session: _Session
+    ) -> AsyncIterator[None]:
         """Hold the session's lock across every process on the database while a request
         appends to or finishes it. Two requests writing one session at once (sent to two
         replicas or workers, or twice to one) would both start at the same offset: the first
         one holds the session, the other is answered at once as an out-of-order chunk (416
         with the session's current `Range`), and neither byte stream is mixed into the other.
-        (Not waiting: the second request was sent for an offset the first one is moving.) A
-        monolithic upload's session, which only its own request knows, is held too: a sweep
-        must not take its bytes while they are committed."""
+        (Not waiting: the second request was sent for an offset the first one is moving.)
+
+        A monolithic upload's session is not locked: only its own request knows its id, so no
+        client writes or cancels it, and the lock's round trips (PostgreSQL) would cost every
+        small blob pushed in one request. The stale-upload sweeps reach it only once it is
+        older than `uploads.stale_after`, one request that long; this process's own cleanup
+        skips it even then (`drop_stale`)."""
+        if session.private:
+            yield
+            return
         async with self.db.exclusive(upload_key(upload_id), wait=False) as held:
             if not held:
                 size = await self.store.upload_size(upload_id)
@@ -226,6 +240,11 @@ class UploadSessions:
                     headers=upload_headers(repository, upload_id, size),
                 )
             yield
+
+    async def _confirm_writer(self, upload_id: str, session: _Session) -> None:
+        """`LockLost` (503) when the session's lock went while this request wrote it."""
+        if not session.private:
+            await self.db.confirm(upload_key(upload_id))
 
     async def _forget_pending(self, upload_id: str, session: _Session) -> None:
         """After a failed request: the store forgets bytes it did not make durable; unless the
@@ -265,6 +284,10 @@ class UploadSessions:
     async def drop_stale(self, upload_id: str) -> bool:
         """Drop a session found stale (the server's cleanup) unless a request holds it right
         now; whether it was dropped (one held is looked at again next round)."""
+        session = self._sessions.get(upload_id)
+        if session is not None and session.private and session.lock.locked():
+            log.info("stale upload %s is being written: kept for now", upload_id)
+            return False
         async with self.db.exclusive(upload_key(upload_id), wait=False) as held:
             if not held:
                 log.info("stale upload %s is being written: kept for now", upload_id)
