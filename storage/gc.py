@@ -11,7 +11,8 @@ follows each, so a server write waiting on SQLite's lock waits milliseconds, nev
    emptied for those and put back for the others;
 3. blob files the database does not know (a crash between placement and record), older than the
    grace period, by the same protocol;
-4. upload sessions, and upload files without a session, older than the stale-upload age.
+4. upload sessions, and upload files without a session, older than the stale-upload age, each
+   under the upload's lock (one a request is writing now, on any replica, is kept).
 
 A blob trashed by a collection that stopped half way is put back or deleted first. One collection
 runs at a time on a metadata database (the `gc` lock of `storage.metadata.coordination`, across
