@@ -9,6 +9,10 @@ asyncpg to the server as a setting and refused with a message about the server's
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -16,8 +20,8 @@ import pytest
 
 from storage.layout import DataLayout
 from storage.metadata import MetadataUnreachable, open_metadata
-from storage.metadata.postgresql import redact
-from tests.operations.cli import one_line, trustyard
+from storage.metadata.postgresql import redact, schema_version_at
+from tests.operations.cli import ROOT, one_line, trustyard
 
 
 def with_query(url: str, query: str) -> str:
@@ -60,8 +64,19 @@ def test_serve_refuses_a_parameter_neither_reads_alike_from_the_file(
 ) -> None:
     config = tmp_path / "trustyard.yaml"
     config.write_text(f"# replicas\nmetadata: {with_query(postgres_url, 'connect_timeout=5')}\n")
-    result = trustyard(
-        "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--config", str(config)
+    # The file's setting, not the test's database from the environment (which would win).
+    without = {k: v for k, v in os.environ.items() if k != "TRUSTYARD_METADATA"}
+    result = subprocess.run(
+        [
+            *[sys.executable, "-m", "registry", "serve", "--listen", "127.0.0.1:0"],
+            *["--data-dir", str(tmp_path), "--config", str(config)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**without, "PYTHONPATH": str(ROOT)},
+        check=False,
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -82,6 +97,7 @@ def test_migrate_to_refuses_an_asyncpg_spelling_and_copies_nothing(
     line = one_line(result)
     assert line.startswith(f"trustyard: migrate --to {redact(url)}: parameter 'ssl=require' ")
     assert "write sslmode (sslmode=require" in line
+    assert asyncio.run(schema_version_at(postgres_url)) is None  # nothing written there
 
 
 async def test_opening_refuses_it_before_any_connection(tmp_path: Path, postgres_url: str) -> None:
