@@ -338,6 +338,17 @@ TARGETS: dict[str, Target] = {
             ),
         ),
     ),
+    # The `docker_reference` check alone (which repository a signature signs for, upstream
+    # names remapped), against its unit tests and the in-process pulls that decide by it.
+    "references": Target(
+        ("policies/signatures/references.py",),
+        (
+            "tests/policies/test_references.py",
+            "tests/security/test_cosign_payloads.py",
+            "tests/security/test_docker_reference.py",
+            "tests/proxy/test_signatures.py",
+        ),
+    ),
     "vulnerabilities": Target(
         ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
         (
