@@ -241,6 +241,16 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_api.py::test_failed_logins_are_rate_limited_per_source",
         ),
     ),
+    # Who may read a quarantined image (the producers of its repository, `readable_by`),
+    # against the in-process pulls of quarantined manifests and blobs.
+    "auth-producers": Target(
+        ("registry/auth/producers.py",),
+        (
+            "tests/auth/test_quarantine_readers.py",
+            "tests/security/test_quarantine_reads.py",
+            "tests/security/test_quarantine_reader_scope.py",
+        ),
+    ),
     "keyless": Target(
         (
             "policies/signatures/keyless.py",
