@@ -278,6 +278,21 @@ TARGETS: dict[str, Target] = {
         ),
         bare=True,
     ),
+    # What `sigstore_verifier.py` adds to the `sigstore` package's verifier (`intoto` 0.0.2
+    # entries, closed TSA validity, proto3 defaults, trusted roots without a start), against the
+    # bundle tests that reach it.
+    "sigstore-verifier": Target(
+        ("policies/signatures/sigstore_verifier.py",),
+        (
+            "tests/policies/test_signatures_sigstore_js.py",
+            "tests/policies/test_signatures_bundles.py",
+            "tests/security/test_bundle_bindings.py",
+            "tests/security/test_bundle_message_signatures.py",
+            "tests/security/test_bundle_log_entries.py",
+            "tests/security/test_bundle_rekor_proofs.py",
+        ),
+        bare=True,
+    ),
     "notation": Target(
         ("policies/signatures/notation.py",),
         ("tests/policies/test_signatures_notation.py", "tests/security/test_notation_envelopes.py"),
