@@ -290,6 +290,8 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_bundle_message_signatures.py",
             "tests/security/test_bundle_log_entries.py",
             "tests/security/test_bundle_rekor_proofs.py",
+            "tests/policies/test_sigstore_conformance.py",
+            "tests/security/test_sigstore_verifier.py",
         ),
         bare=True,
     ),
