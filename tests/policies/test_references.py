@@ -133,6 +133,7 @@ def test_an_upstream_name_on_the_upstream_s_host_counts(reference: str, reposito
     [
         ("other.test/team/app", "mirror/team/app"),  # the upstream's path on another host
         ("mirror.test/team/other", "mirror/team/app"),  # another path on the upstream
+        ("mirror.test/team/aaa", "mirror/team/app"),  # ... sorting before this one
         ("mirror.test/team/app", "mirror/team"),  # a neighbour's name
         ("team/app", "mirror/team/app"),  # no host: Docker Hub, not mirror.test
         ("mirror.test/library/app", "mirror/app"),  # library/ is Docker Hub's only

@@ -283,3 +283,73 @@ def test_an_authority_without_a_chain_does_not_stop_the_search(tmp_path: Path) -
 
     [finding] = verify_layer(trust(path), SUBJECT, edited(drop_promise))
     assert finding.valid, finding.detail
+
+
+@pytest.mark.parametrize("logged", ["00" * 32, "ff" * 32], ids=["sorting-first", "sorting-last"])
+def test_an_entry_logging_another_payload_hash_is_refused(logged: str) -> None:
+    def other_hash(content: dict[str, Any]) -> None:
+        content["payloadHash"]["value"] = logged
+
+    assert refusal(with_body(other_hash)) == "the log entry payload hash does not match the bundle"
+
+
+@pytest.mark.parametrize("raw", [b"\x00" * 64, b"\xff" * 64], ids=["sorting-first", "sorting-last"])
+def test_an_entry_logging_another_signature_is_refused(raw: bytes) -> None:
+    """Well encoded, but not the envelope's signature, whichever way it sorts against it."""
+
+    def other_signature(content: dict[str, Any]) -> None:
+        content["envelope"]["signatures"][0]["sig"] = twice_encoded(raw)
+
+    assert refusal(with_body(other_signature)) == (
+        "the log entry signatures do not match the bundle"
+    )
+
+
+def test_logged_fields_must_be_strict_base64() -> None:
+    """The logged payload with characters base64 does not hold around it is not this payload
+    (a lenient reader would drop them and match)."""
+
+    def junk(content: dict[str, Any]) -> None:
+        content["envelope"]["payload"] = "!" + content["envelope"]["payload"]
+
+    assert refusal(with_body(junk)).startswith("invalid intoto log entry: ")
+
+
+def test_a_logged_certificate_that_is_not_a_certificate_is_invalid() -> None:
+    def not_pem(content: dict[str, Any]) -> None:
+        content["envelope"]["signatures"][0]["publicKey"] = base64.b64encode(b"no").decode()
+
+    assert refusal(with_body(not_pem)).startswith("invalid intoto log entry: Unable to load PEM")
+
+
+def test_the_signed_entry_timestamp_alone_is_a_verified_time() -> None:
+    """Without an RFC 3161 timestamp the entry's integrated time, bound by its signed entry
+    timestamp, is the verified time of an `intoto` 0.0.2 entry."""
+
+    def no_timestamp(document: dict[str, Any]) -> None:
+        del document["verificationMaterial"]["timestampVerificationData"]
+
+    [finding] = verify_layer(trust(), SUBJECT, edited(no_timestamp))
+    assert finding.valid, finding.detail
+
+
+def test_an_authority_that_did_not_sign_the_timestamp_does_not_stop_the_search(
+    tmp_path: Path,
+) -> None:
+    """Another authority's chain (the conformance suite's) listed first does not verify the
+    timestamp; the next authority's does."""
+    other = VECTORS.parent / "sigstore-conformance" / "bundle-verify"
+    custom = json.loads((other / "intoto-with-custom-trust-root" / "trusted_root.json").read_text())
+    root = json.loads(json.dumps(ROOT))
+    root["timestampAuthorities"] = custom["timestampAuthorities"] + root["timestampAuthorities"]
+    path = tmp_path / "root.json"
+    path.write_text(json.dumps(root))
+    [finding] = verify_layer(trust(path), SUBJECT, edited(drop_promise))
+    assert finding.valid, finding.detail
+    # Alone, that authority verifies nothing.
+    root["timestampAuthorities"] = custom["timestampAuthorities"]
+    path.write_text(json.dumps(root))
+    [finding] = verify_layer(trust(path), SUBJECT, edited(drop_promise))
+    assert finding.detail == (
+        "a Sigstore bundle that does not verify (not enough sources of verified time)"
+    )
