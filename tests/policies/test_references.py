@@ -179,3 +179,16 @@ def test_subjects_of_another_shape_or_digest_are_passed_over() -> None:
         }
     ).encode()
     assert statement_reference(payload, IMAGE) == "registry.example/prod/app"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",  # ValueError
+        b'{"predicateType": "x"}',  # KeyError: no subject
+        b'["subject"]',  # TypeError: a list indexed by a key
+        b'"subject"',  # TypeError: a string indexed by a key
+    ],
+)
+def test_a_payload_that_is_not_a_statement_names_no_reference(payload: bytes) -> None:
+    assert statement_reference(payload, IMAGE) is None
