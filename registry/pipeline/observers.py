@@ -30,7 +30,14 @@ from typing import Literal, Protocol
 from policies.gateway import PolicyGate, PushCheck
 from policies.library.declaration import Library
 from policies.library.history import TagMove
-from policies.library.recording import end_deleted_tags, follow_pushed_tag, record_library_push
+from policies.library.lineage import Lineage
+from policies.library.recording import (
+    end_deleted_tags,
+    follow_pushed_tag,
+    lineage_change,
+    record_library_push,
+    trace_lineage,
+)
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
@@ -61,6 +68,8 @@ class Change:
     library_moved: bool = False
     #: Outbox rows staged with the change (none when no endpoint wants its events).
     outbox_rows: int = 0
+    #: A push: the image's lineage, when staged to be recorded in its own transaction.
+    lineage: tuple[Lineage, ...] | None = None
 
     @property
     def repository(self) -> str:
@@ -203,8 +212,11 @@ class DecisionLog:
 class LibraryObserver:
     """The base-image library: a declared library tag's history follows its registry tag in the
     change's own transaction (`library.tag.updated` in the outbox as it moves; a deleted tag's
-    history ends); after the commit, a `signed_by` tag follows once signed, and lineage is
-    traced and recorded (with the images built on a digest the library gained traced again)."""
+    history ends), and so does a pushed image's lineage (outside the library, whose pushes are
+    traced after the commit: their tag history or signature may change the candidates); after
+    the commit, a `signed_by` tag follows once signed, lineage is checked against the library
+    (or traced and recorded), and the images built on a digest the library gained are traced
+    again."""
 
     name = "library"
 
@@ -217,8 +229,11 @@ class LibraryObserver:
         self.events = events
 
     async def stage(self, change: Change, staged: Staged) -> None:
-        """The history move (or end) of a declared library tag, on the change's transaction."""
+        """The history move (or end) of a declared library tag, and a pushed image's lineage,
+        on the change's transaction."""
         library = self._library(change)
+        if change.action == "push":
+            await self._stage_lineage(change, staged, library)
         if library is None:
             return
         if change.action == "delete":
@@ -265,14 +280,40 @@ class LibraryObserver:
                 change.record.content,
                 change.tag,
                 announce,
-                change.check.lineage,
+                change.check.lineage if change.lineage is None else change.lineage,
                 moved=change.library_moved,
                 guard=self.gate.tag_guard,
+                recorded=change.lineage is not None,
             )
         finally:
             # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.
             if any(announced):
                 self.events.committed()
+
+    async def _stage_lineage(self, change: Change, staged: Staged, library: Library | None) -> None:
+        """The lineage of a push outside the library, as a change of its own transaction (a
+        second commit per push otherwise). Tracing reads the library's history and the image's
+        config; when that fails, the push is not refused for it: it is traced again after the
+        commit."""
+        if change.check is None or (library is not None and library.image_at(change.repository)):
+            return
+        lineages = change.check.lineage
+        if lineages is None:
+            try:
+                lineages = await trace_lineage(
+                    self.db,
+                    self.store,
+                    change.repository,
+                    change.digest,
+                    change.record.content,
+                    library,
+                )
+            except Exception:
+                log.exception("tracing the lineage of %s@%s", change.repository, change.digest)
+                return
+        change.lineage = lineages
+        if lineages:
+            staged.library.append(lineage_change(change.repository, change.digest, lineages))
 
     def _library(self, change: Change) -> Library | None:
         if change.check is not None:

@@ -15,6 +15,8 @@ from storage.metadata.manifests import (
     Reference,
     Referrer,
     RepositorySummary,
+    TagMoved,
+    TagPremise,
     TagRow,
 )
 from storage.metadata.outbox import OutboxRow
@@ -35,28 +37,39 @@ _MANIFEST_COLUMNS = (
 _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
 
 
-async def _missing(db: Any, repository: str, refs: Sequence[Reference]) -> list[Reference]:
-    """The required references absent from the repository, asked in one statement (one round
-    trip on PostgreSQL, however many layers): a blob must be linked into the repository, a
-    manifest stored in it."""
+async def _missing(
+    db: Any, repository: str, refs: Sequence[Reference], tag: str | None = None
+) -> tuple[list[Reference], str | None]:
+    """The required references absent from the repository and, with `tag`, the digest it
+    points at, asked in one statement (one round trip on PostgreSQL, however many layers): a
+    blob must be linked into the repository, a manifest stored in it."""
     required = [ref for ref in refs if ref.required]
-    if not required:
-        return []
+    if not required and tag is None:
+        return [], None
     blobs = [ref.digest for ref in required if ref.kind == "blob"]
     manifests = [ref.digest for ref in required if ref.kind != "blob"]
     async with db.execute(
         "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
         "AND digest IN (SELECT value FROM json_each(:blobs)) "
         "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
-        "AND digest IN (SELECT value FROM json_each(:manifests))",
-        {"repository": repository, "blobs": json.dumps(blobs), "manifests": json.dumps(manifests)},
+        "AND digest IN (SELECT value FROM json_each(:manifests)) "
+        "UNION ALL SELECT 'tag', digest FROM tags WHERE repository = :repository "
+        "AND name = :tag",
+        {
+            "repository": repository,
+            "blobs": json.dumps(blobs),
+            "manifests": json.dumps(manifests),
+            "tag": tag,
+        },
     ) as cursor:
-        present = {(row[0], row[1]) for row in await cursor.fetchall()}
-    return [
+        rows = await cursor.fetchall()
+    present = {(row[0], row[1]) for row in rows}
+    missing = [
         ref
         for ref in required
         if ("blob" if ref.kind == "blob" else "manifest", ref.digest) not in present
     ]
+    return missing, next((row[1] for row in rows if row[0] == "tag"), None)
 
 
 class SQLiteManifests(SQLiteBase):
@@ -103,17 +116,21 @@ class SQLiteManifests(SQLiteBase):
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
         decisions: Sequence[DecisionRecord] = (),
+        premise: TagPremise | None = None,
     ) -> list[LibraryChange]:
-        """Store a manifest (and point `tag` at it) if everything it references is present,
-        with its `outbox` rows, `library` changes and `decisions`, in one transaction; the
-        library changes made."""
+        """Store a manifest (and point `tag` at it) if everything it references is present
+        and the tag still points where the `premise` says, with its `outbox` rows, `library`
+        changes and `decisions`, in one transaction; the library changes made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
+        checked = tag if premise is not None else None
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing = await _missing(db, record.repository, refs)
+            missing, found = await _missing(db, record.repository, refs, checked)
             if missing:
                 raise MissingReferences(missing)
+            if premise is not None and tag is not None and found != premise.digest:
+                raise TagMoved(tag, premise.digest, found)
             await ensure_repository(db, record.repository, now)
             await db.execute(
                 "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
@@ -134,17 +151,25 @@ class SQLiteManifests(SQLiteBase):
                     now,
                 ),
             )
-            await db.executemany(
-                "INSERT OR IGNORE INTO manifest_references "
-                "(repository, manifest_digest, child_digest, kind) VALUES (?, ?, ?, ?)",
-                [(record.repository, record.digest, ref.digest, ref.kind) for ref in refs],
-            )
-            if refs:
-                # Blobs a manifest refers to are in use now: restart their grace period.
-                await db.executemany(
-                    "UPDATE blobs SET last_seen = ? WHERE digest = ?",
-                    [(now, ref.digest) for ref in refs if ref.kind == "blob"],
+            # One statement per kind of reference, however many layers (each statement is
+            # work for the writer's thread on PostgreSQL).
+            for kind in ("blob", "manifest"):
+                children = list(dict.fromkeys(r.digest for r in refs if r.kind == kind))
+                if not children:
+                    continue
+                await db.execute(
+                    "INSERT OR IGNORE INTO manifest_references "
+                    "(repository, manifest_digest, child_digest, kind) "
+                    "SELECT ?, ?, value, ? FROM (SELECT value FROM json_each(?)) AS children",
+                    (record.repository, record.digest, kind, json.dumps(children)),
                 )
+                if kind == "blob":
+                    # Blobs a manifest refers to are in use now: restart their grace period.
+                    await db.execute(
+                        "UPDATE blobs SET last_seen = ? "
+                        "WHERE digest IN (SELECT value FROM json_each(?))",
+                        (now, json.dumps(children)),
+                    )
             if tag is not None:
                 await db.execute(
                     "INSERT INTO tags (repository, name, digest, updated_at) VALUES (?, ?, ?, ?) "
@@ -213,22 +238,34 @@ class SQLiteManifests(SQLiteBase):
         tag: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        digest: str | None = None,
     ) -> bool:
-        """Delete a tag (the manifest stays); whether it existed."""
+        """Delete a tag (the manifest stays; with `digest`, only while the tag points at it);
+        whether it was deleted."""
+        if digest is None:
+            return await self._delete(
+                "DELETE FROM tags WHERE repository = ? AND name = ?",
+                (repository, tag),
+                outbox,
+                library,
+            )
         return await self._delete(
-            "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag), outbox, library
+            "DELETE FROM tags WHERE repository = ? AND name = ? AND digest = ?",
+            (repository, tag, digest),
+            outbox,
+            library,
         )
 
     async def _delete(
         self,
         sql: str,
-        key: tuple[str, str],
+        key: tuple[str, ...],
         outbox: Sequence[OutboxRow],
         library: Sequence[LibraryChange],
     ) -> bool:
-        """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
-        the repository's evidence, write `outbox` and make the `library` changes in the same
-        transaction."""
+        """Run a `DELETE ... WHERE repository = ? AND ...` with `key`; when it deleted anything,
+        bump the repository's evidence, write `outbox` and make the `library` changes in the
+        same transaction."""
         async with self.transaction() as db:
             cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
