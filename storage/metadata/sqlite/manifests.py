@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.metadata.decisions import DecisionRecord
+from storage.metadata.group_commit import read_expecting
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
@@ -38,17 +39,27 @@ _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.spli
 
 
 async def _missing(
-    db: Any, repository: str, refs: Sequence[Reference], tag: str | None = None
+    db: Any,
+    repository: str,
+    refs: Sequence[Reference],
+    tag: str | None = None,
+    premise: str | None = None,
 ) -> tuple[list[Reference], str | None]:
     """The required references absent from the repository and, with `tag`, the digest it
-    points at, asked in one statement (one round trip on PostgreSQL, however many layers): a
-    blob must be linked into the repository, a manifest stored in it."""
+    points at (expected: `premise`), asked in one statement (on PostgreSQL not even waited for
+    when all is as expected, `read_expecting`), however many layers: a blob must be linked
+    into the repository, a manifest stored in it."""
     required = [ref for ref in refs if ref.required]
     if not required and tag is None:
         return [], None
     blobs = [ref.digest for ref in required if ref.kind == "blob"]
     manifests = [ref.digest for ref in required if ref.kind != "blob"]
-    async with db.execute(
+    expected = [("blob", digest) for digest in dict.fromkeys(blobs)]
+    expected += [("manifest", digest) for digest in dict.fromkeys(manifests)]
+    if tag is not None and premise is not None:
+        expected.append(("tag", premise))
+    rows = await read_expecting(
+        db,
         "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
         "AND digest IN (SELECT value FROM json_each(:blobs)) "
         "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
@@ -61,8 +72,8 @@ async def _missing(
             "manifests": json.dumps(manifests),
             "tag": tag,
         },
-    ) as cursor:
-        rows = await cursor.fetchall()
+        expected,
+    )
     present = {(row[0], row[1]) for row in rows}
     missing = [
         ref
@@ -126,7 +137,9 @@ class SQLiteManifests(SQLiteBase):
         checked = tag if premise is not None else None
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing, found = await _missing(db, record.repository, refs, checked)
+            missing, found = await _missing(
+                db, record.repository, refs, checked, None if premise is None else premise.digest
+            )
             if missing:
                 raise MissingReferences(missing)
             if premise is not None and tag is not None and found != premise.digest:
