@@ -169,10 +169,13 @@ async def push_manifest(
     # A declared library tag keeps the database's tag lock: its `signed_by` follow reads the
     # registry tag and moves the library's in two steps, under that lock.
     across = image is not None and tag in image.tags
+    # What the observers prepare from the bytes alone (the image's lineage), outside the guard.
+    early = Change("push", prepared.record(), push.actor, tag=tag)
+    await observers.before(early)
     async with gate.tag_guard(name, tag, across_processes=across):
         for attempt in range(1, TAG_ATTEMPTS + 1):
             try:
-                change, check = await _check_and_store(db, gate, events, observers, prepared)
+                change, check = await _check_and_store(db, gate, events, observers, prepared, early)
                 break
             except TagMoved as moved:
                 # Another process moved the tag since this push read it: decided afresh.
@@ -196,7 +199,12 @@ async def push_manifest(
 
 
 async def _check_and_store(
-    db: MetadataDB, gate: PolicyGate, events: EventHub, observers: Observers, prepared: Prepared
+    db: MetadataDB,
+    gate: PolicyGate,
+    events: EventHub,
+    observers: Observers,
+    prepared: Prepared,
+    early: Change,
 ) -> tuple[Change, PushCheck]:
     """Under the tag guard: the policy check, then one transaction storing what the observers
     stage with it; `TagMoved` when the tag moved since the check read it (nothing stored)."""
@@ -212,7 +220,7 @@ async def _check_and_store(
             prepared.parsed.media_type,
             push.content,
         )
-    change = Change("push", prepared.record(), push.actor, tag=tag, check=check)
+    change = Change("push", early.record, push.actor, tag=tag, check=check, lineage=early.lineage)
     premise = None
     if tag is not None and check.tag_targets is not None:
         # The decision read the tag: the store moves it only if it still points there.

@@ -17,7 +17,7 @@ the outcome is the one the same writes would have had as separate transactions i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -107,20 +107,3 @@ def run_to_end(awaitable: Awaitable[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     coroutine.close()
     raise RuntimeError("a write job awaited something other than its database connection")
-
-
-async def read_expecting(
-    db: Any, sql: str, args: Sequence[Any] | dict[str, Any], expected: Sequence[tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    """The rows of a write job's query that almost always finds `expected` (in any order): a
-    manifest's references all present, its tag where the push was decided on.
-
-    A connection that pipelines its batch offers `speculate` (PostgreSQL's writer): the job
-    gets `expected` at once and goes on sending its writes, and the real rows are compared
-    before the commit; when they differ, the batch is rolled back and run again waiting for
-    each answer, so the job then reads the real rows. A batch of pushes thus waits for the
-    server once, at its end, instead of once per push. Elsewhere the query is simply run."""
-    speculate = getattr(db, "speculate", None)
-    if speculate is not None:
-        return speculate(sql, args, expected)  # type: ignore[no-any-return]
-    return [tuple(row) for row in await db.execute_fetchall(sql, args)]

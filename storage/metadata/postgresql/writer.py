@@ -13,7 +13,7 @@ round trips instead of sixteen per push, and the serving loop awaits only the ba
 A batch is one transaction: `BEGIN`, the write lock, each job inside its own savepoint (one
 that raises is undone alone; a lone job needs none, its failure rolls the transaction back),
 `COMMIT`. A job's read that almost always finds what it expects (a pushed manifest's blobs
-present, its tag where the push was decided on: `group_commit.read_expecting`) is not waited
+present, its tag where the push was decided on: `storage.metadata.sqlite.manifests`) is not waited
 for: the job goes on as if it had found that, and the real rows are compared once, before the
 `COMMIT`; when one differs, the batch is rolled back and run carefully (below). So a batch of
 pushes waits for the server twice (the compare, the commit) instead of once per push: on a
@@ -281,7 +281,7 @@ class PipelineConnection:
     ) -> list[tuple[Any, ...]]:
         """A query's rows, as the job `expected` them without waiting for the answer (checked
         before the commit, `speculation_held`); when the batch is run carefully, the real
-        rows (`storage.metadata.group_commit.read_expecting`)."""
+        rows (`_read_expecting` of `storage.metadata.sqlite.manifests`)."""
         text, names = translate(sql)
         cursor = self.connection.cursor()
         cursor.execute(text, arguments(names, args))

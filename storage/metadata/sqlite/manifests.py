@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.metadata.decisions import DecisionRecord
-from storage.metadata.group_commit import read_expecting
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
@@ -38,6 +37,24 @@ _MANIFEST_COLUMNS = (
 _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
 
 
+async def _read_expecting(
+    db: Any, sql: str, args: Sequence[Any] | dict[str, Any], expected: Sequence[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """The rows of a write job's query that almost always finds `expected` (in any order): a
+    manifest's references all present, its tag where the push was decided on.
+
+    A connection that pipelines its batch offers `speculate` (PostgreSQL's writer,
+    `storage.metadata.postgresql.writer`): the job gets `expected` at once and goes on sending
+    its writes, and the real rows are compared before the commit; when they differ, the batch
+    is rolled back and run again waiting for each answer, so the job then reads the real rows.
+    A batch of pushes thus waits for the server once, at its end, instead of once per push.
+    Elsewhere the query is simply run."""
+    speculate = getattr(db, "speculate", None)
+    if speculate is not None:
+        return speculate(sql, args, expected)  # type: ignore[no-any-return]
+    return [tuple(row) for row in await db.execute_fetchall(sql, args)]
+
+
 async def _missing(
     db: Any,
     repository: str,
@@ -47,7 +64,7 @@ async def _missing(
 ) -> tuple[list[Reference], str | None]:
     """The required references absent from the repository and, with `tag`, the digest it
     points at (expected: `premise`), asked in one statement (on PostgreSQL not even waited for
-    when all is as expected, `read_expecting`), however many layers: a blob must be linked
+    when all is as expected, `_read_expecting`), however many layers: a blob must be linked
     into the repository, a manifest stored in it."""
     required = [ref for ref in refs if ref.required]
     if not required and tag is None:
@@ -58,7 +75,7 @@ async def _missing(
     expected += [("manifest", digest) for digest in dict.fromkeys(manifests)]
     if tag is not None and premise is not None:
         expected.append(("tag", premise))
-    rows = await read_expecting(
+    rows = await _read_expecting(
         db,
         "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
         "AND digest IN (SELECT value FROM json_each(:blobs)) "
