@@ -3,7 +3,9 @@
 1. Read: the reference (a tag in the spec's grammar, or the digest the bytes must have), the
    size limit, the verification limits of a signature the policy would verify, the parse (in a
    thread for a large manifest).
-2. Under the tag guard (pushes to one tag one after the other in this process): the policy
+2. Outside the tag guard: what the observers prepare from the bytes alone (the image's
+   lineage, `Observers.before`).
+3. Under the tag guard (pushes to one tag one after the other in this process): the policy
    check (a denial is logged and reported at once, and nothing is stored), then one
    transaction storing the manifest, moving the tag, and writing what the observers stage with
    it (the events outbox, a library tag's history, the image's lineage, the allowed push's
@@ -13,7 +15,7 @@
    is decided again (`TAG_ATTEMPTS`), so of two racing pushes to a new immutable tag exactly
    one is stored, without a lock of the database held (and paid for in round trips) from the
    check to the commit. A declared library tag takes that lock as well (`tag_guard`).
-3. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
+4. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
    guarded: one failing is logged and counted, never an error for a push that is stored.
 
 A manifest that arrives by other means than an HTTP PUT (a pull-through cache) goes through
