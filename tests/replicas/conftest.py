@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import RegistryProcess, start_registry
+from tests.server_process import START_TIMEOUT, RegistryProcess, start_registry
 
 
 @dataclass
@@ -38,10 +38,6 @@ class Replicas:
 
 
 StartReplicas = Callable[..., Replicas]
-
-#: How long a replica may take to start: two servers, and on a machine shared by parallel test
-#: runs Python's imports alone have taken 25 s (as the HA harness allows).
-START_TIMEOUT = 120.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
