@@ -304,7 +304,7 @@ class LibraryObserver:
                 announce,
                 change.check.lineage if change.lineage is None else change.lineage,
                 moved=change.library_moved,
-                guard=self.gate.tag_guard,
+                locks=self.gate,
                 recorded=change.lineage is not None,
             )
         finally:
