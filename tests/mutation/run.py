@@ -63,6 +63,38 @@ FILTER_OPERATORS = [sys.executable, "-m", "cosmic_ray.tools.filters.operators_fi
 FILTER_LINES = [sys.executable, "-m", "cosmic_ray.tools.filters.line_filter"]
 BARE = "env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1"
 
+#: The tests of the policy engine (`rules`); `gateway` runs those of them that reach it.
+RULES_TESTS = (
+    "tests/policies/test_rules.py",
+    "tests/security/test_image_claims.py",
+    "tests/security/test_unreadable_config.py",
+    "tests/security/test_engine_fail_closed.py",
+    "tests/security/test_image_classification.py",
+    "tests/security/test_side_doors.py",
+    "tests/security/test_quarantine_reads.py",
+    "tests/security/test_stale_evidence.py",
+    "tests/registry/test_policy_enforcement.py",
+    "tests/library/test_library_api.py",
+    "tests/security/test_expired_verdicts.py",
+    "tests/security/test_decision_log_flush.py",
+    "tests/security/test_decision_log_failures.py",
+    "tests/security/test_evidence_races.py",
+    "tests/security/test_blob_delete_races.py",
+    "tests/security/test_quarantine_reader_scope.py",
+    "tests/security/test_policy_watch.py",
+    "tests/security/test_denial_messages.py",
+    "tests/security/test_config_read_failures.py",
+    "tests/security/test_config_storage_errors.py",
+    "tests/security/test_immutable_tag_lock.py",
+    "tests/security/test_lost_tag_lock.py",
+    "tests/security/test_decision_log_shutdown.py",
+    "tests/security/test_refusal_details.py",
+    "tests/security/test_signature_payload_reads.py",
+    "tests/security/test_signature_only_index.py",
+    "tests/security/test_config_labels.py",
+    "tests/operations/test_observability.py",
+)
+
 TARGETS: dict[str, Target] = {
     "events-signing": Target(
         ("registry/events/signing.py",),
@@ -264,34 +296,46 @@ TARGETS: dict[str, Target] = {
     ),
     "rules": Target(
         ("policies/rules.py", "policies/facts.py", "policies/gateway.py"),
-        (
-            "tests/policies/test_rules.py",
-            "tests/security/test_image_claims.py",
-            "tests/security/test_unreadable_config.py",
-            "tests/security/test_engine_fail_closed.py",
-            "tests/security/test_image_classification.py",
-            "tests/security/test_side_doors.py",
-            "tests/security/test_quarantine_reads.py",
-            "tests/security/test_stale_evidence.py",
-            "tests/registry/test_policy_enforcement.py",
-            "tests/library/test_library_api.py",
-            "tests/security/test_expired_verdicts.py",
-            "tests/security/test_decision_log_flush.py",
-            "tests/security/test_decision_log_failures.py",
-            "tests/security/test_evidence_races.py",
-            "tests/security/test_blob_delete_races.py",
-            "tests/security/test_quarantine_reader_scope.py",
-            "tests/security/test_policy_watch.py",
-            "tests/security/test_denial_messages.py",
-            "tests/security/test_config_read_failures.py",
-            "tests/security/test_config_storage_errors.py",
-            "tests/security/test_immutable_tag_lock.py",
-            "tests/security/test_decision_log_shutdown.py",
-            "tests/security/test_refusal_details.py",
-            "tests/security/test_signature_payload_reads.py",
-            "tests/security/test_signature_only_index.py",
-            "tests/security/test_config_labels.py",
-            "tests/operations/test_observability.py",
+        RULES_TESTS,
+    ),
+    # The gateway alone, against the tests of `rules` that reach it in-process: the rule and
+    # classification unit tests never call it, and the server-subprocess tests of the access log
+    # and request ids (no policy: they decide nothing of it) would run for every mutant.
+    "gateway": Target(
+        ("policies/gateway.py",),
+        tuple(
+            t
+            for t in RULES_TESTS
+            if t
+            not in (
+                "tests/policies/test_rules.py",
+                "tests/security/test_image_claims.py",
+                "tests/security/test_unreadable_config.py",
+            )
+        ),
+        deselect=(
+            *(
+                f"tests/security/test_engine_fail_closed.py::{t}"
+                for t in (
+                    "test_a_rule_that_requires_nothing_is_refused",
+                    "test_a_base_image_rule_that_checks_nothing_is_refused",
+                    "test_a_verdict_with_no_decision_does_not_hold",
+                    "test_policy_check_shows_the_default",
+                )
+            ),
+            *(
+                f"tests/security/test_image_classification.py::{t}"
+                for t in ("test_classification", "test_runtime_layer_types", "test_inert_payloads")
+            ),
+            *(
+                f"tests/operations/test_observability.py::{t}"
+                for t in (
+                    "test_access_log_logs_even_at_log_level_warning",
+                    "test_json_logs_carry_the_request_id_the_response_names",
+                    "test_a_malformed_request_id_is_replaced",
+                    "test_forked_workers_hand_out_ids_of_their_own",
+                )
+            ),
         ),
     ),
     "vulnerabilities": Target(

@@ -62,11 +62,12 @@ async def test_a_push_whose_tag_lock_was_dropped_is_refused_not_committed(
                 assert not push.done(), push
                 await asyncio.sleep(0.01)
             assert await hold.fetchval("SELECT pg_terminate_backend($1)", backend)
-            while await hold.fetchval("SELECT 1 FROM pg_stat_activity WHERE pid = $1", backend):
-                assert time.monotonic() < deadline, "the lock's backend did not end"
+            # The server drops the lock with its session: another replica could take it now.
+            # Watched in `pg_locks`, read afresh by each query (`pg_stat_activity` is read once
+            # per transaction: inside `hold`'s, a backend seen alive stays alive).
+            while await backend_holding(metadata_url, tag_key(name, tag)) is not None:
+                assert time.monotonic() < deadline, "the lock's backend kept the lock"
                 await asyncio.sleep(0.01)
-            # The server dropped the lock with its session: another replica could take it now.
-            assert await backend_holding(metadata_url, tag_key(name, tag)) is None
             await transaction.rollback()
         finally:
             await hold.close()
