@@ -15,7 +15,7 @@ from registry.context import CONTEXT
 from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
-from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
+from tests.storage.conftest import s3_storage
 
 NAME = "mirror.test/team/app"
 
@@ -24,7 +24,7 @@ async def test_proxied_blob_on_s3_survives_an_upstream_dying_midway(
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(7 * 1024 * 1024)  # more than one 5 MiB part
     await upstream.push_image("team/app", "v1", [layer])
@@ -71,7 +71,7 @@ async def test_a_range_behind_the_window_waits_for_the_verified_blob(
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
     bound,
 ):
     layer = random_layer(3 * 1024 * 1024)
@@ -134,7 +134,7 @@ async def test_a_joiner_too_slow_for_the_window_carries_on_from_storage(
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(16 * 1024 * 1024)  # far more than the socket buffers hold
     await upstream.push_image("team/app", "v1", [layer])

@@ -25,7 +25,7 @@ import yaml
 from storage.metadata.coordination import upload_key
 from tests.replicas.conftest import Replicas, StartReplicas
 from tests.replicas.locks import lock_holder
-from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
+from tests.storage.conftest import s3_storage
 
 #: A chunk is more than one batch the server hashes and writes at once (1 MiB).
 CHUNK = 3 * 1024 * 1024 + 4321
