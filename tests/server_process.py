@@ -101,14 +101,16 @@ def start_registry(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
-    timeout: float = 30.0,
+    timeout: float = 120.0,
     cwd: Path | None = None,
 ) -> RegistryProcess:
     """Start the registry and wait until `GET /v2/` answers.
 
     Without `port`, a free one is chosen, and chosen again when the server finds it taken
     (another test's server got there first). With `port`, a collision is an error. `cwd` runs
-    another tree's code (a benchmark's baseline).
+    another tree's code (a benchmark's baseline). `timeout` bounds the wait, which ends as soon as
+    the server answers: on a loaded machine (a load average of 20 on two cores) importing the
+    package alone took more than 30 s, so the bound is generous and costs nothing when all is well.
     """
     for _attempt in range(5):
         server = _start_once(data_dir, extra_args, env, port or free_port(), timeout, cwd)

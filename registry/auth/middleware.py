@@ -106,7 +106,9 @@ def authorize(request: web.Request, name: str) -> web.Request:
     if route == "upload_start" and "mount" in request.query and source is not None:
         caller = _caller(request)
         if not _permitted(service, caller, "repository", source, "pull"):
-            query = {k: v for k, v in request.query.items() if k not in ("mount", "from")}
+            # Pairs, not a dict: a parameter given twice stays twice, for its handler to refuse
+            # (`registry.query.single`), instead of the last value silently winning.
+            query = [(k, v) for k, v in request.query.items() if k not in ("mount", "from")]
             return request.clone(rel_url=request.rel_url.with_query(query))
     return request
 

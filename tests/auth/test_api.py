@@ -8,7 +8,15 @@ import stat
 import time
 
 from registry.auth.service import AUTH
-from tests.auth.conftest import PASSWORDS, As, auth_section, basic, bearer, fetch_token
+from tests.auth.conftest import (
+    PASSWORDS,
+    PERMISSIONS,
+    As,
+    auth_section,
+    basic,
+    bearer,
+    fetch_token,
+)
 from tests.oci import error_codes, push_blob, push_image, sha256
 
 
@@ -162,6 +170,27 @@ async def test_token_for_another_service_is_refused(start_client, accounts, data
     mine = await start_client(auth=auth_section())
     resp = await As(mine, bearer(token)).get("/v2/")
     assert resp.status == 401
+
+
+async def test_only_a_bearer_credential_is_refused_as_an_invalid_token(auth_client):
+    """Each credential is refused for what it is: the challenge's `invalid_token` hint (the
+    client's cue to throw its token away) goes with a refused token only, never with a wrong
+    password or a scheme the registry does not speak."""
+    refusals = {
+        "Bearer not.a.token": ("invalid or expired token", "invalid_token"),
+        basic("alice", "wrong"): ("incorrect username or password", None),
+        "Digest username=alice": ("unsupported authorization scheme", None),
+        "Token abc": ("unsupported authorization scheme", None),
+    }
+    for authorization, (message, hint) in refusals.items():
+        resp = await As(auth_client, authorization).get("/v2/team-a/app/tags/list")
+        assert resp.status == 401, authorization
+        body = await resp.json()
+        assert error_codes(body) == ["UNAUTHORIZED"]
+        assert body["errors"][0]["message"] == message, authorization
+        params = challenge_params(resp.headers["WWW-Authenticate"])
+        assert params.get("error") == hint, authorization
+        assert params["realm"] == str(auth_client.make_url("/token"))
 
 
 async def test_wrong_password_is_refused_at_token_and_v2(auth_client):
@@ -321,6 +350,36 @@ async def test_admin_api_needs_an_administrator(auth_client):
 async def test_metrics_access_is_configurable(start_client, accounts):
     client = await start_client(auth=auth_section(metrics="anonymous"))
     assert (await client.get("/metrics")).status == 200
+    # Only /metrics opens: the management API stays for administrators (and viewers).
+    resp = await client.get("/api/v1/decisions")
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="trustyard"'
+    assert error_codes(await resp.json()) == ["UNAUTHORIZED"]
+
+
+async def test_metrics_for_authenticated_callers_need_no_administrator(start_client, accounts):
+    client = await start_client(auth=auth_section(metrics="authenticated"))
+    alice = As(client, basic("alice", PASSWORDS["alice"]))  # no rights on every repository
+    resp = await alice.get("/metrics")
+    assert resp.status == 200, await resp.text()
+    assert "trustyard_" in await resp.text()
+    anonymous = await client.get("/metrics")
+    assert anonymous.status == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="trustyard"'
+    assert error_codes(await anonymous.json()) == ["UNAUTHORIZED"]
+
+
+async def test_a_viewer_reads_the_api_but_not_the_administrators_metrics(start_client, accounts):
+    """`viewer` opens the management API's reads, not `/metrics` kept for administrators."""
+    viewer = {"namespace": "**", "users": {"bob": "viewer"}}
+    client = await start_client(auth=auth_section(permissions=[*PERMISSIONS, viewer]))
+    bob = As(client, basic("bob", PASSWORDS["bob"]))
+    assert (await bob.get("/api/v1/decisions")).status == 200
+    resp = await bob.get("/metrics")
+    assert resp.status == 403, await resp.text()
+    body = await resp.json()
+    assert error_codes(body) == ["DENIED"]
+    assert body["errors"][0]["message"] == "for registry administrators only"
 
 
 async def test_mount_from_an_unreadable_repository_becomes_a_plain_upload(auth_client):
@@ -333,6 +392,26 @@ async def test_mount_from_an_unreadable_repository_becomes_a_plain_upload(auth_c
     mounted = await olga.post(f"/v2/team-a/app/blobs/uploads/?mount={digest}&from=secret/x")
     assert mounted.status == 201
     assert digest == sha256(b"secret layer")
+
+
+async def test_a_mount_turned_into_a_plain_upload_keeps_a_repeated_parameter_refused(auth_client):
+    """Dropping `mount` and `from` must not merge the parameters left: `digest` given twice is
+    refused (as for any upload), never one of the two digests picked for a monolithic upload."""
+    olga = As(auth_client, basic("olga", PASSWORDS["olga"]))
+    secret = await push_blob(olga, "secret/x", b"secret layer")
+    alice = As(auth_client, basic("alice", PASSWORDS["alice"]))  # may not pull secret/x
+    body = b"alice's layer"
+    first, second = sha256(b"another layer"), sha256(body)
+    for query in (
+        f"mount={secret}&from=secret/x&digest={first}&digest={second}",
+        f"digest={first}&digest={second}",
+    ):
+        resp = await alice.post(f"/v2/team-a/app/blobs/uploads/?{query}", data=body)
+        assert resp.status == 400, await resp.text()
+        document = await resp.json()
+        assert error_codes(document) == ["DIGEST_INVALID"]
+        assert document["errors"][0]["message"] == "query parameter digest given more than once"
+    assert (await olga.head(f"/v2/team-a/app/blobs/{second}")).status == 404
 
 
 async def test_removed_user_loses_its_tokens(auth_client, accounts):

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from registry.app import ANONYMOUS_QUARANTINE_WARNING
 from registry.context import CONTEXT
 from tests.auth.conftest import PASSWORDS, Accounts, As, basic, fetch_token
-from tests.oci import error_codes, push_image
+from tests.oci import error_codes, push_blob, push_image
 
 #: ci/** is pushed by the robot `ci` (group ci) and alice; bob and anonymous only pull it.
 PERMISSIONS: list[dict[str, Any]] = [
@@ -218,3 +218,38 @@ async def test_the_producer_reads_the_blobs_of_its_quarantined_image_and_the_dep
     refused = await bob.get(f"/v2/ci/app/blobs/{layer}")
     assert refused.status == 403
     assert error_codes(await refused.json()) == ["DENIED"]
+
+
+async def test_a_blob_no_image_holds_yet_is_read_by_the_repository_s_pushers_only(
+    start_client: Any, tmp_path: Path, accounts: Accounts
+) -> None:
+    """An upload whose manifest is not pushed yet (or was refused) is the pushers' own: a caller
+    who may only pull the repository neither reads it nor learns that it is there."""
+    client = await start(start_client, tmp_path)
+    robot = As(client, basic("ci", accounts.robot_token))
+    layer = await push_blob(robot, "ci/app", b"a layer of a push in progress")
+    for method in ("GET", "HEAD"):
+        assert (await robot.request(method, f"/v2/ci/app/blobs/{layer}")).status == 200, method
+    bob = As(client, basic("bob", PASSWORDS["bob"]))  # pulls ci/**
+    refused = await bob.get(f"/v2/ci/app/blobs/{layer}")
+    assert refused.status == 403
+    document = await refused.json()
+    assert error_codes(document) == ["DENIED"]
+    assert document["errors"][0]["message"] == (
+        f'rule "reviewed images only": blob {layer} is not part of any image of ci/app that may '
+        "be pulled (only those who may push to it can read it)"
+    )
+    assert (await bob.head(f"/v2/ci/app/blobs/{layer}")).status == 403
+
+
+async def test_without_auth_every_caller_is_a_pusher_of_a_blob_no_image_holds_yet(
+    start_client: Any, tmp_path: Path
+) -> None:
+    """With no accounts anybody may push, so anybody reads an upload not yet in an image (a
+    client checks its blobs with HEAD before it pushes the manifest)."""
+    client = await start_client(policy=policy(tmp_path))
+    layer = await push_blob(client, "ci/app", b"a layer of a push in progress")
+    assert (await client.head(f"/v2/ci/app/blobs/{layer}")).status == 200
+    got = await client.get(f"/v2/ci/app/blobs/{layer}")
+    assert got.status == 200
+    assert await got.read() == b"a layer of a push in progress"

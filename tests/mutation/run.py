@@ -189,6 +189,26 @@ TARGETS: dict[str, Target] = {
             "tests/security/test_unreadable_users_file.py",
         ),
     ),
+    # The request path's guard alone (who may do what on which route, the challenges, the
+    # exempt paths, the realm), against the in-process HTTP tests of those decisions; the
+    # start-up warning tests (a server subprocess) and the per-source login limit (its unknown
+    # names pay full-cost hashes; the decision is `ratelimit.py`'s and `service.py`'s, judged by
+    # their own targets) are left out.
+    "auth-middleware": Target(
+        ("registry/auth/middleware.py",),
+        (
+            "tests/security/test_auth_exemptions.py",
+            "tests/security/test_auth_decisions.py",
+            "tests/security/test_token_realm.py",
+            "tests/auth/test_api.py",
+            "tests/library/test_library_namespace_auth.py",
+            "tests/auth/test_quarantine_readers.py",
+        ),
+        deselect=(
+            "tests/security/test_token_realm.py::test_start_up_warns_when_listening_beyond_loopback",
+            "tests/auth/test_api.py::test_failed_logins_are_rate_limited_per_source",
+        ),
+    ),
     "keyless": Target(
         (
             "policies/signatures/keyless.py",
