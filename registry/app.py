@@ -168,8 +168,8 @@ async def _clean_stale_uploads(config: Config, uploads: UploadSessions) -> None:
         try:
             cutoff = time.time() - config.stale_upload_age
             for upload_id in await uploads.db.uploads_started_before(cutoff):
-                log.info("dropping stale upload %s", upload_id)
-                await uploads.discard(upload_id)
+                if await uploads.drop_stale(upload_id):
+                    log.info("dropped stale upload %s", upload_id)
         except Exception:
             log.exception("stale upload cleanup failed")
         await asyncio.sleep(config.upload_cleanup_interval)

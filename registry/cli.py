@@ -224,7 +224,8 @@ def start_server(config: Config) -> int:
         for sock in slots:
             sock.close()
         raise
-    _warn_about_exposure(config)
+    # The bound port: with `--listen HOST:0` the system chose it, and the warning names it.
+    _warn_about_exposure(config, slots[0].getsockname()[1])
     if config.workers == 1:
         return serve(config, policy, sock=slots[0], ssl_context=ssl_context)
     scheme = "https" if ssl_context else "http"
@@ -323,13 +324,13 @@ NO_PUBLIC_URL_WARNING = (
 )
 
 
-def _warn_about_exposure(config: Config) -> None:
+def _warn_about_exposure(config: Config, port: int) -> None:
     if is_loopback(config.host):
         return
     if not config.auth_enabled:
-        log.warning(OPEN_REGISTRY_WARNING, config.host, config.port)
+        log.warning(OPEN_REGISTRY_WARNING, config.host, port)
     elif not config.public_url and not AuthSettings.from_config(config).realm:
-        log.warning(NO_PUBLIC_URL_WARNING, config.host, config.port, config.port)
+        log.warning(NO_PUBLIC_URL_WARNING, config.host, port, port)
 
 
 def manage_accounts(config: Config, args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import yaml
 
 from registry.upstream_settings import ProxyConfigError, ProxySettings, load_proxy_settings
 from shared.durations import parse_duration
+from storage.metadata.postgresql.url import MetadataUrlInvalid, check_url
 from storage.oci.grammar import parse_count
 from storage.settings import BlobStoreSettings, S3Settings
 
@@ -172,6 +173,7 @@ def load_config(
     origins.flags = _leaves(flags)
     _merge(merged, flags)
     _validate(merged, origins)
+    _check_metadata_url(merged.get("metadata"), origins)
     try:
         proxy = load_proxy_settings(
             merged, os.environ if environ is None else environ, parse_duration
@@ -329,6 +331,19 @@ def _validate(document: dict[str, Any], origins: _Origins) -> None:
     if problems:
         lines = [text for _, text in sorted(problems)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _check_metadata_url(value: Any, origins: _Origins) -> None:
+    """A PostgreSQL URL either driver would refuse or misread is refused now, with the parameter
+    and what to write instead, not at the first connection (or the first write)."""
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        return
+    try:
+        check_url(value)
+    except MetadataUrlInvalid as exc:
+        raise ConfigError(
+            f"invalid configuration:\n  {origins.of(('metadata',))}: metadata: {exc}"
+        ) from None
 
 
 def _dotted(path: tuple[str, ...]) -> str:

@@ -14,7 +14,7 @@ from registry.config import Config
 from registry.preflight import OperatorError
 from storage.layout import SCHEMA_VERSION, DataLayout
 from storage.metadata import is_postgresql, open_metadata
-from storage.metadata.postgresql import redact
+from storage.metadata.postgresql import MetadataUrlInvalid, check_url, redact
 from storage.metadata.postgresql.copy import CopyRefused, copy_sqlite_to_postgresql
 from storage.metadata.postgresql.upgrade import upgrade_postgresql
 from storage.metadata.sqlite.upgrade import UpgradeRefused, upgrade_sqlite
@@ -38,6 +38,10 @@ def run_migrate_command(config: Config, args: argparse.Namespace) -> int:
     if args.source is not None:
         if not is_postgresql(args.target):
             raise OperatorError(f"migrate --to: expected a postgresql:// URL, got {args.target!r}")
+        try:
+            check_url(args.target)
+        except MetadataUrlInvalid as exc:
+            raise OperatorError(f"migrate --to {redact(args.target)}: {exc}") from None
         try:
             counts = asyncio.run(copy_sqlite_to_postgresql(args.source, args.target))
         except CopyRefused as exc:

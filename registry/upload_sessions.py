@@ -4,6 +4,14 @@ A session is a row in the metadata database plus an append-only upload in the bl
 running hash of each session lives in memory, keyed by upload id and offset; when it is missing
 (after a restart, or for a session another worker process started) it is rebuilt by reading the
 bytes back, so the bytes on storage are always the truth and sessions survive restarts.
+
+Whatever writes or removes a resumable session's bytes holds the session's lock (`upload_key`),
+which every worker, replica and `trustyard gc` takes: a request appending or finishing, a
+cancellation, the stale-session sweeps. None of them waits for it: a chunk sent while another
+request writes the session is refused as out of order (416), a cancellation as one the registry
+cannot do now (400, which the spec lets a client ignore), and a sweep leaves the session for its
+next round. So nothing removes the bytes a request is writing or committing. (A monolithic
+upload's session is the exception: see `_only_writer`.)
 """
 
 from __future__ import annotations
@@ -19,14 +27,20 @@ from dataclasses import dataclass, field
 
 from aiohttp import StreamReader
 
-from registry.errors import ANSWERABLE, RegistryError, status_for
+from registry.errors import RegistryError
 from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
 from storage.errors import StorageFull
 from storage.metadata import MetadataDB
 from storage.metadata.coordination import upload_key
 from storage.oci.digests import Digest
-from storage.oci.errors import BLOB_UPLOAD_UNKNOWN, DIGEST_INVALID, RANGE_INVALID, SIZE_INVALID
+from storage.oci.errors import (
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+)
 from storage.oci.grammar import UPLOAD_ID_RE, parse_count
 
 log = logging.getLogger(__name__)
@@ -44,8 +58,6 @@ class _Session:
     offset: int
     hasher: hashlib._Hash | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Set when the session is cancelled while a request still streams into it.
-    cancelled: bool = False
     # A monolithic upload's session: only the request that opened it knows its id.
     private: bool = False
 
@@ -132,11 +144,7 @@ class UploadSessions:
         """Append a chunk; return the new offset. Out-of-order chunks answer 416."""
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with (
-            self._only_writer(repository, upload_id, session),
-            session.lock,
-            _unless_cancelled(session, upload_id),
-        ):
+        async with self._only_writer(repository, upload_id, session), session.lock:
             offset = await self._current_offset(upload_id, session)
             try:
                 await self._receive(
@@ -168,11 +176,7 @@ class UploadSessions:
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
-        async with (
-            self._only_writer(repository, upload_id, session),
-            session.lock,
-            _unless_cancelled(session, upload_id),
-        ):
+        async with self._only_writer(repository, upload_id, session), session.lock:
             try:
                 offset = await self._current_offset(upload_id, session)
                 if body is not None:
@@ -183,10 +187,8 @@ class UploadSessions:
                     # Hashed again from storage: only what is durable can be read back.
                     await self.store.flush(upload_id)
                 actual = await self._digest(upload_id, session, digest.algorithm)
-                if session.cancelled:
-                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
                 if actual != digest:
-                    await self.cancel(repository, upload_id)
+                    await self._drop(upload_id)
                     raise RegistryError(
                         DIGEST_INVALID,
                         {"expected": str(digest), "actual": str(actual)},
@@ -215,7 +217,13 @@ class UploadSessions:
         replicas or workers, or twice to one) would both start at the same offset: the first
         one holds the session, the other is answered at once as an out-of-order chunk (416
         with the session's current `Range`), and neither byte stream is mixed into the other.
-        (Not waiting: the second request was sent for an offset the first one is moving.)"""
+        (Not waiting: the second request was sent for an offset the first one is moving.)
+
+        A monolithic upload's session is not locked: only its own request knows its id, so no
+        client writes or cancels it, and the lock's round trips (PostgreSQL) would cost every
+        small blob pushed in one request. The stale-upload sweeps reach it only once it is
+        older than `uploads.stale_after`, one request that long; this process's own cleanup
+        skips it even then (`drop_stale`)."""
         if session.private:
             yield
             return
@@ -250,26 +258,57 @@ class UploadSessions:
             session.offset = -1
 
     async def cancel(self, repository: str, upload_id: str) -> None:
-        """Drop a session and its bytes."""
+        """Drop a session and its bytes (a client's DELETE), under the session's lock. While
+        another request appends to or finishes the session, the cancellation is refused at once
+        (BLOB_UPLOAD_INVALID, which the spec lets a client ignore): the other request's answer
+        stands, and an abandoned session goes with the stale-session sweep."""
         await self._check(repository, upload_id)
-        await self.discard(upload_id)
+        key = upload_key(upload_id)
+        async with self.db.exclusive(key, wait=False) as held:
+            if not held:
+                size = await self.store.upload_size(upload_id)
+                if size is None:
+                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+                raise RegistryError(
+                    BLOB_UPLOAD_INVALID,
+                    {"upload": upload_id, "reason": "another request is writing this upload"},
+                    message="another request is writing this upload: it was not cancelled; "
+                    "cancel it once that request is answered",
+                    headers=upload_headers(repository, upload_id, size),
+                )
+            # The request that held the lock may have finished (or cancelled) the session.
+            await self._check(repository, upload_id)
+            await self.db.confirm(key)
+            await self._drop(upload_id)
+
+    async def drop_stale(self, upload_id: str) -> bool:
+        """Drop a session found stale (the server's cleanup) unless a request holds it right
+        now; whether it was dropped (one held is looked at again next round)."""
+        session = self._sessions.get(upload_id)
+        if session is not None and session.private and session.lock.locked():
+            log.info("stale upload %s is being written: kept for now", upload_id)
+            return False
+        async with self.db.exclusive(upload_key(upload_id), wait=False) as held:
+            if not held:
+                log.info("stale upload %s is being written: kept for now", upload_id)
+                return False
+            await self.db.confirm(upload_key(upload_id))
+            await self._drop(upload_id)
+            return True
+
+    async def _drop(self, upload_id: str) -> None:
+        """Drop a session and its bytes; the caller holds the session's lock."""
+        self._sessions.pop(upload_id, None)
+        await self.store.abort(upload_id)
+        await self.db.end_upload(upload_id)
 
     async def _drop_after_full_disk(self, upload_id: str) -> None:
         """Remove an upload the full disk stopped: its bytes first (that frees the space), then
-        its session when the database can still record that. (Not marked cancelled: the
-        507 is this request's own answer, not a cancellation by another.)"""
+        its session when the database can still record that."""
         self._sessions.pop(upload_id, None)
         await self.store.abort(upload_id)
         with contextlib.suppress(StorageFull):
             await self.db.end_upload(upload_id)
-
-    async def discard(self, upload_id: str) -> None:
-        """Drop a session by id alone (cancellation, stale-session cleanup)."""
-        session = self._sessions.pop(upload_id, None)
-        if session is not None:
-            session.cancelled = True
-        await self.store.abort(upload_id)
-        await self.db.end_upload(upload_id)
 
     async def _receive(
         self,
@@ -392,21 +431,6 @@ class UploadSessions:
             session.offset = -1
             raise
         return received
-
-
-@contextlib.asynccontextmanager
-async def _unless_cancelled(session: _Session, upload_id: str) -> AsyncIterator[None]:
-    """Turn what fails because the session was cancelled meanwhile (its bytes vanish under the
-    request that writes them) into BLOB_UPLOAD_UNKNOWN, as if it had been cancelled before."""
-    try:
-        yield
-    except Exception as exc:
-        # A refusal the request chose (a digest mismatch cancels the session itself) stands.
-        chosen = isinstance(exc, ANSWERABLE) and status_for(exc) < 500
-        if session.cancelled and not chosen:
-            log.info("upload %s cancelled while a request used it: %s", upload_id, exc)
-            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id}) from None
-        raise
 
 
 def upload_location(repository: str, upload_id: str) -> str:

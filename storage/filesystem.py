@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import TypeVar
 
 from storage.blobstore import StoredObject
 from storage.errors import BlobDamaged, StorageFull
+from storage.growing import NO_SPACE
 from storage.layout import DataLayout
 from storage.oci.digests import ALGORITHMS, Digest
 
@@ -57,10 +57,6 @@ class FilesystemBlobStore:
     async def append(self, upload_id: str, data: bytes) -> None:
         """Append to the upload file."""
         await self._run(_append, self.layout.upload(upload_id), data)
-
-    async def append_chunks(self, upload_id: str, chunks: list[bytes]) -> None:
-        """Append `chunks` in order with one gathered write (`writev`): no joined copy."""
-        await self._run(_append_chunks, self.layout.upload(upload_id), chunks)
 
     async def flush(self, upload_id: str) -> None:
         """Appends are written at once; with `fsync` on, fsync them before the acknowledgement."""
@@ -276,12 +272,6 @@ class FilesystemBlobStore:
         self._pool.shutdown(wait=True)
 
 
-#: errno values that mean the disk or the user's quota is full.
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: Buffers one `writev` is given at most (Linux's IOV_MAX).
-_IOV_MAX = 1024
-
-
 def _append(path: Path, data: bytes) -> None:
     # Open per call: an upload may move between requests, processes and restarts.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -290,25 +280,6 @@ def _append(path: Path, data: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-    finally:
-        os.close(fd)
-
-
-def _append_chunks(path: Path, chunks: list[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        pending = [memoryview(chunk) for chunk in chunks if chunk]
-        first = 0
-        while first < len(pending):
-            written = os.writev(fd, pending[first : first + _IOV_MAX])
-            # A short write: skip what went out, go on from the middle of a chunk.
-            while written and first < len(pending):
-                if written >= len(pending[first]):
-                    written -= len(pending[first])
-                    first += 1
-                else:
-                    pending[first] = pending[first][written:]
-                    written = 0
     finally:
         os.close(fd)
 

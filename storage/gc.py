@@ -11,7 +11,8 @@ follows each, so a server write waiting on SQLite's lock waits milliseconds, nev
    emptied for those and put back for the others;
 3. blob files the database does not know (a crash between placement and record), older than the
    grace period, by the same protocol;
-4. upload sessions, and upload files without a session, older than the stale-upload age.
+4. upload sessions, and upload files without a session, older than the stale-upload age, each
+   under the upload's lock (one a request is writing now, on any replica, is kept).
 
 A blob trashed by a collection that stopped half way is put back or deleted first. One collection
 runs at a time on a metadata database (the `gc` lock of `storage.metadata.coordination`, across
@@ -32,7 +33,7 @@ from typing import Any
 
 from storage.blobstore import BlobStore, StoredObject
 from storage.errors import StorageFull
-from storage.metadata import GC_KEY, MetadataDB
+from storage.metadata import GC_KEY, MetadataDB, upload_key
 from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
@@ -294,18 +295,43 @@ class _Collection:
 
     async def uploads(self, upload_cutoff: float) -> None:
         """Drop stale sessions (each re-decided in the deleting transaction), then their bytes;
-        then upload files that have no session."""
+        then upload files that have no session. Each under the session's lock, as every
+        request writing a session holds it: one a request is writing or committing right now,
+        on any worker or replica, is left for the next collection."""
         stale = await self.db.uploads_started_before(upload_cutoff)
         for first in range(0, len(stale), self.pacing.size):
-            ids = stale[first : first + self.pacing.size]
-            for position in await self._paced(self.db.delete_uploads_if_stale(upload_cutoff, ids)):
-                await self.store.abort(ids[position])
-                self.report.uploads.append(ids[position])
+            async with contextlib.AsyncExitStack() as locks:
+                ids = [
+                    upload_id
+                    for upload_id in stale[first : first + self.pacing.size]
+                    if await self._hold_upload(locks, upload_id)
+                ]
+                if not ids:
+                    continue
+                # Still held (a PostgreSQL lock can go with its connection), just before.
+                for upload_id in ids:
+                    await self.db.confirm(upload_key(upload_id))
+                deleting = self.db.delete_uploads_if_stale(upload_cutoff, ids)
+                for position in await self._paced(deleting):
+                    await self.store.abort(ids[position])
+                    self.report.uploads.append(ids[position])
         sessions = await self.db.upload_ids()
         async for stored in self.store.list_uploads():
             if stored.name not in sessions and stored.modified < upload_cutoff:
-                await self.store.abort(stored.name)
-                self.report.uploads.append(stored.name)
+                async with contextlib.AsyncExitStack() as locks:
+                    if await self._hold_upload(locks, stored.name):
+                        await self.db.confirm(upload_key(stored.name))
+                        await self.store.abort(stored.name)
+                        self.report.uploads.append(stored.name)
+
+    async def _hold_upload(self, locks: contextlib.AsyncExitStack, upload_id: str) -> bool:
+        """Take the upload's lock into `locks` unless a request holds it; whether it was taken."""
+        if not await locks.enter_async_context(
+            self.db.exclusive(upload_key(upload_id), wait=False)
+        ):
+            log.info("gc: upload %s is being written: kept", upload_id)
+            return False
+        return True
 
 
 async def free_unlinked_blobs(

@@ -55,7 +55,10 @@ a part per request, go once more inside the next part). Nothing of an upload liv
 so any process can continue it. A crash leaves `_uploads/` objects and at worst an incomplete
 multipart upload, which garbage collection removes after the stale-upload age; nothing is ever
 visible under `blobs/` unverified. (`<data-dir>/s3-spool/` is where an older version spooled;
-garbage collection removes what it left.)
+garbage collection removes what it left.) The one local copy: a proxied blob being fetched from
+an upstream is also written to an unnamed file in `<data-dir>/uploads/` (`O_TMPFILE`, see
+`storage.growing`) that clients joining the fetch read from; it has no name, so it vanishes when
+the fetch ends and after a crash.
 
 Every blob is stored once, whatever the number of repositories that link it. Manifests are small
 (at most 4 MiB) and kept in the database with their exact bytes.

@@ -43,6 +43,32 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+def listening_port(pid: int) -> int | None:
+    """The TCP port process `pid` listens on, None while it listens on none (Linux: its socket
+    descriptors matched against /proc/net/tcp). For a server started with `--listen HOST:0`
+    whose "listening" line its log level filters out: the port is the system's choice, read
+    from the process that holds it, never picked and freed beforehand."""
+    try:
+        links = [os.readlink(entry) for entry in Path(f"/proc/{pid}/fd").iterdir()]
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # the process is gone (or going)
+    inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header line
+            for row in rows:
+                fields = row.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the inode.
+                if fields[3] == "0A" and fields[9] in inodes:
+                    return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
+#: How long a server may take to answer after it is started: only turns a hang into a failure.
+#: Generous: on a runner shared by parallel test runs Python's imports alone have taken 25 s,
+#: and a start-up that merely took long is not what a test is about.
+START_TIMEOUT = 120.0
+
 #: What the server says when its port is taken ("cannot listen on …: the port is already in
 #: use", or the errno text "Address already in use").
 _PORT_TAKEN = ("already in use",)
@@ -101,7 +127,7 @@ def start_registry(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
-    timeout: float = 120.0,
+    timeout: float = START_TIMEOUT,
     cwd: Path | None = None,
 ) -> RegistryProcess:
     """Start the registry and wait until `GET /v2/` answers.

@@ -9,26 +9,64 @@ the same transaction. The rows are `library_tag_history`, kept by the metadata i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from storage.blobstore import BlobStore
-from storage.metadata import Announce, LibraryMove, MetadataDB, TagHistoryEntry
+from storage.metadata import Announce, LibraryMove, MetadataDB, TagHistoryEntry, tag_key
 
 #: A library tag's move, as the metadata interface reports it to an `Announce`.
 TagMove = LibraryMove
 
-#: Held while a registry tag may move (`PolicyGate.tag_guard`): a library tag's history that
-#: follows the registry tag after the push's commit (a `signed_by` image once signed) moves
-#: under it, so it cannot follow a registry tag that has moved on meanwhile.
-TagGuard = Callable[[str, str | None], AbstractAsyncContextManager[None]]
+
+class TagLocks(Protocol):
+    """The registry tags' locks, which every push by tag holds on every worker and replica
+    (`PolicyGate` is one). A library tag's history that follows a registry tag outside the
+    push (a `signed_by` image once signed, an import) moves under the registry tag's lock, so
+    it cannot follow a registry tag that has moved on meanwhile; and confirms the lock just
+    before its commit, since a PostgreSQL lock can go with its connection while held."""
+
+    def tag_guard(self, repository: str, tag: str | None) -> AbstractAsyncContextManager[None]:
+        """Hold the lock of `repository:tag` (nothing for no tag) while the block runs."""
+        ...
+
+    async def confirm_tags(self, repository: str, tags: Iterable[str | None]) -> None:
+        """Raise `storage.errors.LockLost` if the lock of any of `tags`, held by this
+        process's `tag_guard`, was lost."""
+        ...
+
+
+class DatabaseTagLocks:
+    """`TagLocks` taken on the metadata database itself, for what runs without the registry's
+    policy gate (`trustyard library import` and `sync`): the same named locks pushes take."""
+
+    def __init__(self, db: MetadataDB) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def tag_guard(self, repository: str, tag: str | None) -> AsyncIterator[None]:
+        """Hold the tag's lock across every process on the database."""
+        if tag is None:
+            yield
+            return
+        async with self.db.exclusive(tag_key(repository, tag)):
+            yield
+
+    async def confirm_tags(self, repository: str, tags: Iterable[str | None]) -> None:
+        """`LockLost` unless each tag's lock is still held."""
+        for tag in tags:
+            if tag is not None:
+                await self.db.confirm(tag_key(repository, tag))
+
 
 __all__ = [
     "Announce",
-    "TagGuard",
+    "DatabaseTagLocks",
     "TagHistoryEntry",
+    "TagLocks",
     "TagMove",
     "candidates",
     "end_tag",

@@ -26,13 +26,14 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from policies.library.declaration import Library, parse_reference
-from policies.library.history import Announce, record_tag
+from policies.library.history import Announce, DatabaseTagLocks, TagLocks, record_tag
 from policies.library.images import INDEX_TYPES
 from policies.library.recording import record_lineage, retrace_after_move, trace_lineage
 from policies.library.signing import unsigned
 from storage.blob_commit import commit_blob
 from storage.blobstore import BlobStore
-from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.errors import LockLost
+from storage.metadata import ManifestRecord, MetadataDB, MissingReferences, upload_key
 from storage.oci.digests import Digest, parse_digest
 from storage.oci.errors import OciError
 from storage.oci.manifest import parse_manifest, platform_string
@@ -179,40 +180,60 @@ class _Importer:
         handle = self.source.open(name)
         if handle is None:
             raise LibraryImportError(f"{what} missing: {name}")
-        algorithm = parse_digest(digest).algorithm if digest else "sha256"
-        hasher = hashlib.new(algorithm)
         upload_id = uuid.uuid4().hex
-        await self.store.start_upload(upload_id)
-        await self.db.start_upload(upload_id, self.repository)
-        total = 0
-        try:
-            with handle:
-                while chunk := handle.read(CHUNK):
-                    hasher.update(chunk)
-                    total += len(chunk)
-                    await self.store.append(upload_id, chunk)
-                    if self.progress is not None:
-                        self.bytes_read += len(chunk)
-                        self.progress(min(self.bytes_read, self.archive_size), self.archive_size)
-            actual = f"{algorithm}:{hasher.hexdigest()}"
-            if digest is not None and actual != digest:
-                raise LibraryImportError(f"{what} {name}: content is {actual}, expected {digest}")
-            if size is not None and total != size:
-                raise LibraryImportError(f"{what} {name}: {total} bytes, expected {size}")
-            await commit_blob(
-                self.store, self.db, upload_id, parse_digest(actual), total, self.repository
-            )
-        except BaseException:
-            await self.store.abort(upload_id)
+        # Held as every upload's writer holds it: no stale-upload sweep takes these bytes.
+        async with self.db.exclusive(upload_key(upload_id), wait=False):
+            await self.store.start_upload(upload_id)
+            await self.db.start_upload(upload_id, self.repository)
+            try:
+                with handle:
+                    actual = await self._copy_in(upload_id, handle, name, what, digest, size)
+            except BaseException:
+                await self.store.abort(upload_id)
+                await self.db.end_upload(upload_id)
+                raise
             await self.db.end_upload(upload_id)
-            raise
-        await self.db.end_upload(upload_id)
         self.added += 1
         return actual
 
-    async def store_manifests(self, tag: str | None) -> None:
+    async def _copy_in(
+        self,
+        upload_id: str,
+        handle: IO[bytes],
+        name: str,
+        what: str,
+        digest: str | None,
+        size: int | None,
+    ) -> str:
+        """Copy the file `name` (open as `handle`) into the upload, check it is `digest` of
+        `size` bytes (when given) and commit it as a blob; its digest."""
+        algorithm = parse_digest(digest).algorithm if digest else "sha256"
+        hasher = hashlib.new(algorithm)
+        total = 0
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+            total += len(chunk)
+            await self.store.append(upload_id, chunk)
+            if self.progress is not None:
+                self.bytes_read += len(chunk)
+                self.progress(min(self.bytes_read, self.archive_size), self.archive_size)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if digest is not None and actual != digest:
+            raise LibraryImportError(f"{what} {name}: content is {actual}, expected {digest}")
+        if size is not None and total != size:
+            raise LibraryImportError(f"{what} {name}: {total} bytes, expected {size}")
+        await commit_blob(
+            self.store, self.db, upload_id, parse_digest(actual), total, self.repository
+        )
+        return actual
+
+    async def store_manifests(self, tag: str | None, locks: TagLocks) -> None:
+        """Store the manifests read, the last one under `tag` (whose lock the caller holds in
+        `locks`: confirmed just before the tag moves)."""
         for position, (record, references) in enumerate(self.manifests):
             last = position == len(self.manifests) - 1
+            if last and tag is not None:
+                await locks.confirm_tags(self.repository, (tag,))
             try:
                 await self.db.put_manifest(record, references, tag if last else None)
             except MissingReferences as exc:
@@ -220,14 +241,16 @@ class _Importer:
                     f"manifest {record.digest} refers to {exc.missing[0].digest}, not imported"
                 ) from None
 
-    async def store_companion(self, companion: Companion) -> None:
+    async def store_companion(self, companion: Companion, locks: TagLocks) -> None:
         """Store a signature or attestation of the layout (its blobs, then its manifest, under
-        its tag when it has one); a failure is logged and the companion left out."""
+        its tag when it has one, holding that tag's lock); a failure is logged and the companion
+        left out."""
         what = f"companion {companion.tag or companion.descriptor.get('digest')}"
         self.manifests = []
         try:
             await self.oci_manifest(companion.descriptor, what)
-            await self.store_manifests(companion.tag)
+            async with locks.tag_guard(self.repository, companion.tag):
+                await self.store_manifests(companion.tag, locks)
         except (LibraryImportError, OciError) as exc:
             log.warning("%s of %s not imported: %s", what, self.repository, exc)
 
@@ -440,13 +463,16 @@ async def import_image(
     progress: Callable[[int, int], None] | None = None,
     announce: Announce | None = None,
     companions: Sequence[Companion] = (),
+    locks: TagLocks | None = None,
 ) -> ImportResult:
     """Import the image at `path` as library tag `reference` (`python:3.12-slim`), which the
     policy's `library:` section must declare (`progress`: told bytes copied of the archive's;
     `announce`: reports a move of the tag, as `library.tag.updated`, in its transaction;
     `companions`: signatures and attestations of the image in the same layout, stored with it
     before `signed_by` is checked, each on its own: one that cannot be stored is logged and
-    left out, and the image is judged without it)."""
+    left out, and the image is judged without it; `locks`: the registry tags' locks, by default
+    taken on the database). The registry tag and the library tag move under the tag's lock, as
+    a push's do, confirmed just before each commit."""
     try:
         name, tag = parse_reference(reference)
     except ValueError as exc:
@@ -464,24 +490,35 @@ async def import_image(
     if progress is not None:
         importer.progress = progress
         importer.archive_size = max(_size_of(path), 1)
+    locks = DatabaseTagLocks(db) if locks is None else locks
     try:
         if kind == "oci-layout":
             record, platforms = await importer.oci_layout(ref_name)
         else:
             record, platforms = await importer.docker_save(ref_name)
-        await importer.store_manifests(tag)
-        for companion in companions:
-            await importer.store_companion(companion)
+        async with locks.tag_guard(repository, tag):
+            await importer.store_manifests(tag, locks)
+            for companion in companions:
+                await importer.store_companion(companion, locks)
+            if progress is not None:  # blobs already stored were not read: the copy is complete
+                progress(importer.archive_size, importer.archive_size)
+            # With `signed_by`, the library tag follows once the imported digest is signed.
+            image = library.image(name)
+            pending = (
+                None if image is None else await unsigned(db, store, library, image, record.digest)
+            )
+            if pending is None:
+                await locks.confirm_tags(repository, (tag,))
+            moved = pending is None and await record_tag(
+                db, name, tag, repository, record.digest, announce=announce
+            )
+    except LockLost as exc:
+        raise LibraryImportError(
+            f"{repository}:{tag}: {exc.detail['reason']} (the connection to the metadata "
+            "database went): the library tag was not moved; run the import again"
+        ) from None
     finally:
         source.close()
-    if progress is not None:  # blobs already stored were not read: the copy is complete
-        progress(importer.archive_size, importer.archive_size)
-    # With `signed_by`, the library tag follows once the imported digest is signed.
-    image = library.image(name)
-    pending = None if image is None else await unsigned(db, store, library, image, record.digest)
-    moved = pending is None and await record_tag(
-        db, name, tag, repository, record.digest, announce=announce
-    )
     lineages = await trace_lineage(db, store, repository, record.digest, record.content, library)
     if lineages:
         await record_lineage(db, repository, record.digest, lineages)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from policies.library.declaration import Library
 from policies.library.history import (
     Announce,
-    TagGuard,
+    TagLocks,
     candidates,
     tag_history,
 )
@@ -235,12 +235,12 @@ async def record_library_push(
     lineages: Sequence[Lineage] | None = None,
     *,
     moved: bool = False,
-    guard: TagGuard | None = None,
+    locks: TagLocks | None = None,
 ) -> None:
     """After a manifest was stored (`moved`: its library tag's history moved in the same
     transaction, `move_pushed_tag`): the tag history of a declared library tag whose image asks
     `signed_by`, once signed (a pushed signature may be what it waited for; verified first, then
-    moved under the registry tag's `guard` only if the tag still points there; `announce`
+    moved under the registry tag's lock (`locks`) only if the tag still points there; `announce`
     reports a move), then the image's lineage: `lineages` when the policy decision traced it
     already, unless the push was to a library repository (its tag history or a signature may
     have changed the candidates). A digest the library gained has the images pushed before it
@@ -252,12 +252,12 @@ async def record_library_push(
         why = await unsigned(db, store, library, image, digest)
         if why is not None:
             log.info("library %s:%s stays put until %s is signed: %s", image.name, tag, digest, why)
-        elif await follow_tag(db, image.name, tag, repository, digest, announce, guard):
+        elif await follow_tag(db, image.name, tag, repository, digest, announce, locks):
             log.info("library %s:%s now points to %s", image.name, tag, digest)
             gained.append(digest)
     if library is not None and image is not None:
         gained += await signature_arrived(
-            db, store, library, repository, content, tag, announce, guard
+            db, store, library, repository, content, tag, announce, locks
         )
     if lineages is None or image is not None:
         lineages = await trace_lineage(db, store, repository, digest, content, library)

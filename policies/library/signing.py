@@ -26,13 +26,18 @@ recorded there like any other proof.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from policies.library.declaration import Library, LibraryImage
-from policies.library.history import Announce, TagGuard, record_tag, tag_history
+from policies.library.history import (
+    Announce,
+    DatabaseTagLocks,
+    TagLocks,
+    record_tag,
+    tag_history,
+)
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from policies.signatures.discovery import signed_subject
@@ -40,6 +45,7 @@ from policies.signatures.findings import Finding
 from policies.signatures.proofs import findings_for, recorded, verify_and_record
 from policies.signatures.references import repository_of, signs_for
 from storage.blobstore import BlobStore
+from storage.errors import LockLost
 from storage.metadata import MetadataDB
 
 log = logging.getLogger("trustyard.library")
@@ -110,11 +116,11 @@ async def signature_arrived(
     content: bytes,
     tag: str | None,
     announce: Announce | None = None,
-    guard: TagGuard | None = None,
+    locks: TagLocks | None = None,
 ) -> list[str]:
     """After a manifest push to a library repository: when it is a signature of a digest that a
     declared tag points at and now holds `signed_by`, the library tag moves to that digest
-    (`announce`d as it moves, under the registry tag's `guard`, and only if the registry tag
+    (`announce`d as it moves, under the registry tag's lock in `locks`, and only if the registry tag
     still points at the digest once the signature is verified). The digests the library gained:
     that one, or none."""
     image = library.image_at(repository)
@@ -128,7 +134,7 @@ async def signature_arrived(
         return []
     gained = []
     for library_tag in tags:
-        if await follow_tag(db, image.name, library_tag, repository, subject, announce, guard):
+        if await follow_tag(db, image.name, library_tag, repository, subject, announce, locks):
             log.info("library %s:%s now points to %s (signed)", image.name, library_tag, subject)
             gained = [subject]
     return gained
@@ -141,18 +147,29 @@ async def follow_tag(
     repository: str,
     digest: str,
     announce: Announce | None = None,
-    guard: TagGuard | None = None,
+    locks: TagLocks | None = None,
 ) -> bool:
     """Move the library tag `name:tag` to `digest` after a verification that ran outside the
-    registry tag's guard; whether it moved. Verifying takes time, and the registry tag may have
-    moved meanwhile (a push racing the signature): under the guard, the library follows only a
-    registry tag that still points at `digest`, so it never goes back to a digest the registry
-    tag has left."""
-    async with guard(repository, tag) if guard is not None else contextlib.nullcontext():
-        if await db.tag_target(repository, tag) != digest:
-            log.info("library %s:%s: the registry tag moved on from %s", name, tag, digest)
-            return False
-        return await record_tag(db, name, tag, repository, digest, announce=announce)
+    registry tag's lock; whether it moved. Verifying takes time, and the registry tag may have
+    moved meanwhile (a push racing the signature): under the lock (`locks`, by default taken on
+    the database), the library follows only a registry tag that still points at `digest`, so it
+    never goes back to a digest the registry tag has left. The lock is confirmed just before
+    the move commits; one lost meanwhile (its PostgreSQL connection went, and another replica
+    may have moved the registry tag) has the move decided once more under a fresh lock."""
+    locks = DatabaseTagLocks(db) if locks is None else locks
+    for attempt in range(2):
+        try:
+            async with locks.tag_guard(repository, tag):
+                if await db.tag_target(repository, tag) != digest:
+                    log.info("library %s:%s: the registry tag moved on from %s", name, tag, digest)
+                    return False
+                await locks.confirm_tags(repository, (tag,))
+                return await record_tag(db, name, tag, repository, digest, announce=announce)
+        except LockLost as exc:
+            if attempt:
+                raise
+            log.warning("library %s:%s not moved: %s; deciding again", name, tag, exc)
+    raise AssertionError("unreachable")
 
 
 async def pending_tags(db: MetadataDB, library: Library | None) -> list[Pending]:

@@ -267,7 +267,7 @@ class LibraryObserver:
                 announce,
                 change.check.lineage,
                 moved=change.library_moved,
-                guard=self.gate.tag_guard,
+                locks=self.gate,
             )
         finally:
             # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.

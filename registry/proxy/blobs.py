@@ -11,12 +11,17 @@ short body) drops the upload: nothing is stored and the next request fetches aga
 Clients are never handed a complete body of wrong bytes: the bytes that complete a blob are
 held until the digest is verified, and a failure cuts every streaming connection instead (a
 client also checks the digest itself). Clients that join a running fetch, and byte ranges of a
-blob being fetched, are served from the upload's file as it grows (bytes already written and
-hashed; the final byte after verification), so they do not wait for the whole blob. A backend
-without a local upload file (S3) keeps the last `WINDOW` bytes received in memory instead (the
-chunks the first client is handed, not copies), and joiners stream from that window under the
-same rules. A joiner that starts, or falls, behind the window (it arrived late, or reads too
-slowly) waits for the verified blob and carries on from storage.
+blob being fetched, are served from a local file as it grows (`storage.growing`: bytes already
+written and hashed; the final byte after verification), however late they came or slowly they
+read, so they never wait for the whole blob and memory stays bounded. On the filesystem backend
+that file is the upload's own; on S3, whose multipart parts cannot be read back before the
+upload completes, it is an unnamed copy in the data directory, gone when the fetch ends. Should
+that copy fail (a full local disk), the fetch goes on and a joiner past its end waits for the
+verified blob and carries on from storage.
+
+Each batch of received bytes costs one hop to a worker thread, which hashes it and writes it
+with one gathered `writev` to a descriptor held open for the whole fetch (no joined copy, no
+path resolved per write).
 """
 
 from __future__ import annotations
@@ -30,10 +35,8 @@ import math
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,29 +48,28 @@ from registry.handlers.blobs import requested_range
 from registry.proxy.client import RateLimited, UpstreamClient, UpstreamError
 from registry.proxy.stats import ProxyStats
 from storage.blob_commit import commit_blob
-from storage.blobstore import BlobStore
+from storage.errors import StorageFull
 from storage.filesystem import FilesystemBlobStore
+from storage.growing import GrowingFile
+from storage.layout import DataLayout
 from storage.metadata import MetadataDB
 from storage.oci.digests import Digest
 
 log = logging.getLogger("trustyard.proxy")
 
-#: Bytes hashed and appended to the upload at a time (one thread hop each).
+#: Bytes hashed and appended to the upload at a time (one thread hop each). 2 MiB batches
+#: (4 queued) with a 1 MiB upstream read buffer measured slower cold pulls on the loaded test
+#: machine, for a little less CPU (bench/README.md).
 BATCH = 1 << 20
 #: Batches waiting for the hash and the disk before the fetch stops reading upstream.
 BATCHES_QUEUED = 8
 #: Chunks buffered for the streaming client before the fetch waits for it.
 QUEUE_CHUNKS = 32
-#: Bytes a joining client reads from the upload file at a time.
+#: Bytes a joining client reads from the followed file at a time.
 FOLLOW_READ = 1 << 20
 #: A streaming client that takes longer than this to accept a chunk is cut off (the fetch goes
 #: on for the others; it may retry and is then served from storage).
 SLOW_CLIENT = 60.0
-#: Bytes of a fetch kept in memory for joiners, on a backend without an upload file to follow.
-WINDOW = 16 << 20
-#: Bytes all fetches together keep so; beyond it a fetch keeps only its newest chunk (its
-#: joiners then wait for the verified blob).
-WINDOWS_TOTAL = 256 << 20
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
@@ -99,61 +101,20 @@ class _Fetch:
     done: asyncio.Future[None]  # resolved once the blob is stored (or the fetch failed)
     subscriber: asyncio.Queue[tuple[str, Any]] | None = None
     task: asyncio.Task[None] | None = field(default=None)
-    #: The upload's local file, which joiners follow (None until it exists, or on a backend
-    #: without one).
-    follow: Path | None = None
+    #: The local file joiners read (the upload's, or on S3 a copy), while the fetch runs;
+    #: None before it exists, after the fetch ended, or when it could not be made.
+    follow: GrowingFile | None = None
+    #: The copy for joiners stopped short of the blob (a full local disk, S3 only): a joiner
+    #: past its end carries on from storage once the blob is stored.
+    follow_lost: bool = False
     #: Whether the upload exists (or the fetch ended before it did).
     opened: bool = False
-    #: Bytes appended to the upload and hashed so far.
+    #: Bytes hashed and written to the followed file so far.
     written: int = 0
     verified: bool = False
     failure: FetchFailed | None = None
     #: Set (and replaced) at every step above, for the joiners waiting on one.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Without an upload file: the latest chunks received (at most `WINDOW` bytes but the
-    #: newest chunk), for joiners to stream from.
-    window: deque[bytes] = field(default_factory=deque)
-    window_bytes: int = 0
-    #: Bytes received from the upstream so far.
-    received: int = 0
-
-    def window_start(self) -> int:
-        """The offset of the oldest byte still in the window."""
-        return self.received - self.window_bytes
-
-    def keep(self, chunk: bytes, limit: int) -> int:
-        """Add a received chunk to the window, forgetting the oldest beyond `limit` bytes (but
-        the newest chunk); how much the window grew (negative: shrank)."""
-        before = self.window_bytes
-        self.window.append(chunk)
-        self.window_bytes += len(chunk)
-        self.received += len(chunk)
-        while len(self.window) > 1 and self.window_bytes - len(self.window[0]) >= limit:
-            self.window_bytes -= len(self.window.popleft())
-        self.advance()
-        return self.window_bytes - before
-
-    def forget(self) -> int:
-        """Drop the window (the fetch ended; joiners still behind read from storage); the
-        bytes it held."""
-        held, self.window_bytes = self.window_bytes, 0
-        self.window.clear()
-        self.advance()
-        return held
-
-    def piece(self, position: int, ready: int) -> memoryview | None:
-        """Bytes from `position` up to `ready` (those of one chunk at most) out of the window,
-        or None when `position` is no longer in it."""
-        if position < self.window_start():
-            return None
-        end = self.received
-        for chunk in reversed(self.window):  # joiners read near the newest end: few steps
-            start = end - len(chunk)
-            if position >= start:
-                begin = position - start
-                return memoryview(chunk)[begin : begin + ready - position]
-            end = start
-        return None
 
     def advance(self) -> None:
         """Wake everyone waiting for this fetch to get further."""
@@ -171,10 +132,6 @@ class BlobFetcher:
         #: Held to decide "stored, running, or start one": only its holder starts a fetch, and
         #: a fetch links its blob before it leaves `_running`, so no decision sees neither.
         self._deciding = asyncio.Lock()
-        #: Bytes of each fetch kept in memory for joiners (backends without an upload file).
-        self.window = WINDOW
-        self.windows_total = WINDOWS_TOTAL
-        self._kept = 0  # bytes in every fetch's window
 
     async def close(self) -> None:
         """Cancel running fetches (their uploads are dropped)."""
@@ -313,72 +270,22 @@ class BlobFetcher:
     async def _join(
         self, request: web.Request, fetch: _Fetch, name: str, digest: Digest, handler: Handler
     ) -> web.StreamResponse:
-        """Serve a client that did not start the fetch (or asked for a range) from the upload's
-        file as it grows, or, on a backend without one, from storage once the fetch is done."""
+        """Serve a client that did not start the fetch (or asked for a range) from the followed
+        file as it grows; without one, from storage once the fetch is done."""
         while not fetch.opened:
             await fetch.progress.wait()
         if fetch.failure is not None or fetch.done.done():
             await self._wait(fetch)
             return await handler(request, name, str(digest))
         start, end = requested_range(request, fetch.size)
-        if fetch.follow is None:
-            return await self._feed(request, fetch, start, end, name, digest, handler)
-        try:
-            handle = await asyncio.to_thread(os.open, fetch.follow, os.O_RDONLY)
-        except FileNotFoundError:  # stored (or dropped) meanwhile: the upload is gone
-            await self._wait(fetch)
-            return await handler(request, name, str(digest))
+        if fetch.follow is None:  # no local copy could be made: the verified blob, stored
+            response = _range_response(digest, start, end, fetch.size)
+            return await self._rest_from_storage(request, response, fetch, start, end, digest)
+        handle = fetch.follow.reader()  # on the loop's thread, like the writer's close
         try:
             return await self._follow(request, fetch, handle, start, end, digest)
         finally:
             os.close(handle)
-
-    async def _feed(
-        self,
-        request: web.Request,
-        fetch: _Fetch,
-        start: int,
-        end: int,
-        name: str,
-        digest: Digest,
-        handler: Handler,
-    ) -> web.StreamResponse:
-        """Send bytes [start, end) from the fetch's in-memory window as they arrive; behind
-        the window, from storage once the blob is verified and stored."""
-        response = _range_response(digest, start, end, fetch.size)
-        position = start
-        while position < end:
-            progress = fetch.progress
-            if fetch.failure is not None and not fetch.verified:
-                return _cut(request, response, digest, fetch.failure)
-            ready = _sendable(fetch, fetch.received, end)
-            if ready <= position:
-                await progress.wait()
-                continue
-            piece = fetch.piece(position, ready)
-            if piece is None:  # arrived late, or fell behind: the verified blob, from storage
-                self.stats.count("joiner_waited")
-                if not response.prepared:
-                    await self._wait(fetch)
-                    return await handler(request, name, str(digest))
-                try:
-                    await asyncio.shield(fetch.done)
-                except FetchFailed as exc:
-                    return _cut(request, response, digest, exc)
-                async for data in self.ctx.store.read(digest, position, end):
-                    await response.write(data)
-                    position += len(data)
-                break
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(piece)
-            position += len(piece)
-        if position != end:  # storage held fewer bytes than verified: never end a body early
-            return _cut(request, response, digest, FetchFailed("stored blob shorter than read"))
-        if not response.prepared:
-            await response.prepare(request)
-        await response.write_eof()
-        return response
 
     async def _follow(
         self,
@@ -389,7 +296,7 @@ class BlobFetcher:
         end: int,
         digest: Digest,
     ) -> web.StreamResponse:
-        """Send bytes [start, end) of the upload file `handle` as the fetch writes them."""
+        """Send bytes [start, end) of the followed file `handle` as the fetch writes them."""
         response = _range_response(digest, start, end, fetch.size)
         position = start
         while position < end:
@@ -397,6 +304,10 @@ class BlobFetcher:
             if fetch.failure is not None and not fetch.verified:
                 return _cut(request, response, digest, fetch.failure)
             ready = _sendable(fetch, fetch.written, end)
+            if ready <= position and fetch.follow_lost:
+                return await self._rest_from_storage(
+                    request, response, fetch, position, end, digest
+                )
             if ready <= position:
                 await progress.wait()
                 continue
@@ -404,7 +315,7 @@ class BlobFetcher:
                 os.pread, handle, min(ready - position, FOLLOW_READ), position
             )
             if not data:  # shorter than the fetch said: cut rather than end a body early
-                log.warning("proxied blob %s: upload file ended at %d bytes", digest, position)
+                log.warning("proxied blob %s: followed file ended at %d bytes", digest, position)
                 if request.transport is not None:
                     request.transport.abort()
                 return response
@@ -414,6 +325,32 @@ class BlobFetcher:
             position += len(data)
         if not response.prepared:
             await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    async def _rest_from_storage(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        fetch: _Fetch,
+        position: int,
+        end: int,
+        digest: Digest,
+    ) -> web.StreamResponse:
+        """Send bytes [position, end) from storage once the blob is stored (the local copy
+        stopped short of them)."""
+        self.stats.count("joiner_waited")
+        try:
+            await asyncio.shield(fetch.done)
+        except FetchFailed as exc:
+            return _cut(request, response, digest, exc)
+        if not response.prepared:
+            await response.prepare(request)
+        async for data in self.ctx.store.read(digest, position, end):
+            await response.write(data)
+            position += len(data)
+        if position != end:  # storage held fewer bytes than verified: never end a body early
+            return _cut(request, response, digest, FetchFailed("stored blob shorter than read"))
         await response.write_eof()
         return response
 
@@ -430,7 +367,7 @@ class BlobFetcher:
         store, db = self.ctx.store, self.ctx.db
         upload_id = f"proxy-{uuid.uuid4()}"
         started = False
-        sink: asyncio.Task[None] | None = None
+        sink: _Sink | None = None
         try:
             async with await _open(client, remote, digest) as response:
                 # The descriptor's size bounds what is read: an upstream cannot fill the disk.
@@ -441,15 +378,12 @@ class BlobFetcher:
                     )
                 await store.start_upload(upload_id)
                 started = True
-                fetch.follow = _upload_file(store, upload_id)
-                keep = fetch.follow is None  # joiners stream from memory instead
+                fetch.follow = await self._followed_file(upload_id, digest)
+                fetch.follow_lost = fetch.follow is None
                 fetch.opened = True
                 fetch.advance()
                 await _publish(fetch, ("start", size))
-                hasher = hashlib.new(digest.algorithm)
-                batches: asyncio.Queue[list[bytes] | None] = asyncio.Queue(BATCHES_QUEUED)
-                stopped: list[BaseException] = []
-                sink = asyncio.create_task(self._sink(fetch, batches, hasher, upload_id, stopped))
+                sink = _Sink(self.ctx, fetch, upload_id, hashlib.new(digest.algorithm))
                 batch: list[bytes] = []
                 batched = received = 0
                 final = b""
@@ -458,7 +392,7 @@ class BlobFetcher:
                     # Nothing more has arrived: the batch goes to the sink first, so joiners get
                     # every byte that came before the upstream paused.
                     if batch and content.total_bytes == received:
-                        await _put(batches, stopped, batch)
+                        await sink.put(batch)
                         batch, batched = [], 0
                     chunk, _ = await content.readchunk()  # as received: never joined, no copy
                     if not chunk:
@@ -468,9 +402,6 @@ class BlobFetcher:
                     received += len(chunk)
                     if received > size:
                         raise FetchFailed(f"upstream sent more than its {size} bytes")
-                    if keep:
-                        room = self._kept < self.windows_total
-                        self._kept += fetch.keep(chunk, self.window if room else 0)
                     if received == size:
                         final = chunk  # the streaming client has it once it is verified
                     else:
@@ -478,17 +409,14 @@ class BlobFetcher:
                     batch.append(chunk)
                     batched += len(chunk)
                     if batched >= BATCH:
-                        await _put(batches, stopped, batch)
+                        await sink.put(batch)
                         batch, batched = [], 0
                 if received != size:
                     raise FetchFailed(f"upstream sent {received} of {size} bytes")
                 if batch:
-                    await _put(batches, stopped, batch)
-                await _put(batches, stopped, None)
-                await sink
-                if stopped:
-                    raise stopped[0]
-            actual = Digest(digest.algorithm, hasher.hexdigest())
+                    await sink.put(batch)
+                await sink.finish()
+            actual = Digest(digest.algorithm, sink.hasher.hexdigest())
             if actual != digest:
                 self.stats.count("digest_mismatch")
                 raise FetchFailed(f"upstream sent bytes of digest {actual}, not {digest}")
@@ -501,15 +429,13 @@ class BlobFetcher:
             await _publish(fetch, ("done", None))
             await commit_blob(store, db, upload_id, digest, received, name)
             started = False
-            self._kept -= fetch.forget()  # stored: joiners still behind read it from storage
+            _close_follow(fetch)  # stored: joiners reading keep their own descriptors
             self.stats.count("blob_fetched")
             self.stats.count_bytes(received)
             fetch.done.set_result(None)
         except BaseException as exc:
-            if sink is not None and not sink.done():
-                sink.cancel()
-                with contextlib.suppress(BaseException):
-                    await sink
+            if sink is not None:
+                await sink.stop()
             failure = _as_failure(exc)
             if not isinstance(exc, FetchFailed | UpstreamError | aiohttp.ClientError):
                 if not isinstance(exc, asyncio.CancelledError | TimeoutError):
@@ -519,7 +445,7 @@ class BlobFetcher:
             self.stats.count("blob_fetch_failed")
             fetch.failure = failure
             fetch.opened = True
-            self._kept -= fetch.forget()
+            _close_follow(fetch)
             fetch.advance()
             if started:
                 with contextlib.suppress(Exception):
@@ -537,54 +463,115 @@ class BlobFetcher:
             self._running.pop(key, None)
             fetch.advance()
 
-    async def _sink(
-        self,
-        fetch: _Fetch,
-        batches: asyncio.Queue[list[bytes] | None],
-        hasher: Any,
-        upload_id: str,
-        stopped: list[BaseException],
-    ) -> None:
-        """Hash and append the fetch's batches in order, off the event loop; each written batch
-        is announced to the joiners following the upload file. A failure is kept in `stopped`
-        and the rest is drained, so the fetch never waits on a sink that stopped."""
+    async def _followed_file(self, upload_id: str, digest: Digest) -> GrowingFile | None:
+        """The local file the fetch writes and joiners read: the upload's own on the filesystem
+        backend; elsewhere an unnamed copy (None, and joiners wait for the stored blob, when
+        the local disk cannot hold one)."""
         store = self.ctx.store
+        if isinstance(store, FilesystemBlobStore):
+            return await asyncio.to_thread(GrowingFile.append_to, store.upload_file(upload_id))
+        try:
+            uploads = DataLayout(self.ctx.config.data_dir).uploads
+            return await asyncio.to_thread(GrowingFile.unnamed, uploads)
+        except OSError as exc:
+            log.warning("proxied blob %s: no local copy for joining clients (%s)", digest, exc)
+            return None
 
-        gathered = isinstance(store, FilesystemBlobStore)
 
-        def digest_batch(batch: list[bytes]) -> bytes | None:
-            for chunk in batch:  # chunk by chunk: no joined copy to hash
-                hasher.update(chunk)
-            if gathered:
-                return None  # written with one gathered write, unjoined
-            return batch[0] if len(batch) == 1 else b"".join(batch)
+class _Sink:
+    """Hashes a fetch's batches and writes them, in order, off the event loop: one worker-thread
+    hop per batch does both (the followed file's `writev` included); on S3 the batch then goes
+    to the upload's part buffer. Each batch written is announced to the joiners. A failure is
+    kept and raised to the fetch at its next `put`; the rest is skipped, so the fetch never
+    waits on a sink that stopped."""
 
-        while (batch := await batches.get()) is not None:
-            if stopped:
+    def __init__(self, ctx: RegistryContext, fetch: _Fetch, upload_id: str, hasher: Any) -> None:
+        self.store = ctx.store
+        self.fetch = fetch
+        self.upload_id = upload_id
+        self.hasher = hasher
+        #: The followed file, written from the worker thread: on the filesystem backend it is
+        #: the upload itself (a failure fails the fetch), elsewhere a copy for joiners only.
+        self.file = fetch.follow
+        self.is_upload = isinstance(self.store, FilesystemBlobStore)
+        self.batches: asyncio.Queue[list[bytes] | None] = asyncio.Queue(BATCHES_QUEUED)
+        self.failed: list[BaseException] = []
+        #: The worker-thread hop under way: waited for before the file is closed, even when
+        #: the sink is cancelled, so no write can reach a descriptor closed (and reused).
+        self.hop: asyncio.Future[bool] | None = None
+        self.task = asyncio.create_task(self._drain())
+
+    async def put(self, batch: list[bytes]) -> None:
+        """Queue a batch; raise the sink's failure (a full disk) instead once it stopped."""
+        if self.failed:
+            raise self.failed[0]
+        await self.batches.put(batch)
+
+    async def finish(self) -> None:
+        """Wait for every queued batch; raise the sink's failure, if any."""
+        await self.put(None)  # type: ignore[arg-type]  # the end
+        await self.task
+        if self.failed:
+            raise self.failed[0]
+
+    async def stop(self) -> None:
+        """Abandon the batches not written yet (the fetch failed), once the hop under way is
+        done."""
+        if not self.task.done():
+            self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+        if self.hop is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([self.hop])
+
+    def _absorb(self, batch: list[bytes]) -> bool:
+        """In a worker thread: hash the batch, chunk by chunk (no joined copy), and write it to
+        the followed file; False when a copy for joiners could not be written."""
+        for chunk in batch:
+            self.hasher.update(chunk)
+        if self.file is None:
+            return True
+        try:
+            # One gathered write per batch, not one per chunk: each call releases the GIL and
+            # must take it back from the event loop's thread.
+            self.file.append(batch)
+        except (OSError, StorageFull):
+            if self.is_upload:
+                raise
+            return False
+        return True
+
+    async def _drain(self) -> None:
+        fetch = self.fetch
+        loop = asyncio.get_running_loop()
+        while (batch := await self.batches.get()) is not None:
+            if self.failed:
                 continue
             try:
-                data = await asyncio.to_thread(digest_batch, batch)
-                if data is None:
-                    assert isinstance(store, FilesystemBlobStore)
-                    await store.append_chunks(upload_id, batch)
-                else:
-                    await store.append(upload_id, data)
+                self.hop = loop.run_in_executor(None, self._absorb, batch)
+                copied = await asyncio.shield(self.hop)
+                if not self.is_upload:
+                    await self.store.append(
+                        self.upload_id, batch[0] if len(batch) == 1 else b"".join(batch)
+                    )
             except Exception as exc:
-                stopped.append(exc)
+                self.failed.append(exc)
                 continue
-            fetch.written += sum(len(chunk) for chunk in batch)
+            if not copied and not fetch.follow_lost:
+                log.warning("proxied blob: the local copy for joining clients stopped (disk)")
+                fetch.follow_lost = True
+                self.file = None
+            if not fetch.follow_lost:
+                fetch.written += sum(len(chunk) for chunk in batch)
             fetch.advance()
 
 
-async def _put(
-    batches: asyncio.Queue[list[bytes] | None],
-    stopped: list[BaseException],
-    item: list[bytes] | None,
-) -> None:
-    """Queue a batch (None: the end) for the sink; raise the sink's failure (a full disk)."""
-    if stopped:
-        raise stopped[0]
-    await batches.put(item)
+def _close_follow(fetch: _Fetch) -> None:
+    """Close the fetch's writer descriptor of the followed file (joiners keep their own)."""
+    if fetch.follow is not None:
+        fetch.follow.close()
+        fetch.follow = None
 
 
 def _cut(
@@ -598,14 +585,6 @@ def _cut(
     if request.transport is not None:
         request.transport.abort()
     return response
-
-
-def _upload_file(store: BlobStore, upload_id: str) -> Path | None:
-    """The local file an upload grows in, which joining clients can follow (only the
-    filesystem backend has one)."""
-    if isinstance(store, FilesystemBlobStore):
-        return store.upload_file(upload_id)
-    return None
 
 
 def _blob_response(digest: Digest) -> web.StreamResponse:

@@ -15,8 +15,8 @@ EVENTS = {
     "stale_refused": "a request refused: upstream failed and no copy inside the stale window",
     "blob_fetched": "a blob fetched, verified and stored",
     "blob_fetch_failed": "a blob fetch that failed (nothing stored)",
-    "joiner_waited": "a client joining a fetch (S3) behind the bytes kept in memory, served once "
-    "the blob was stored",
+    "joiner_waited": "a client joining a fetch (S3) past the end of its local copy (which a full "
+    "local disk stopped), served once the blob was stored",
     "digest_mismatch": "content from upstream whose digest was not the one asked for",
     "evicted": "an image evicted from the cache (least recently pulled first)",
     "companions_refreshed": "a cached image's signatures and referrers checked upstream again",

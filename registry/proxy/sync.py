@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.library.declaration import Library
-from policies.library.history import Announce
+from policies.library.history import Announce, TagLocks
 from policies.library.importer import Companion, LibraryImportError, import_image
 from policies.signatures.references import remap_sources
 from registry.bodies import BodyTooLarge, read_bounded
@@ -347,9 +347,11 @@ async def sync_tags(
     settings: ProxySettings,
     announce: Announce,
     only: str | None = None,
+    locks: TagLocks | None = None,
 ) -> list[Synced]:
     """Fetch each declared tag with a source (or `only`) and import it; a move is `announce`d
-    in its transaction. SyncError when `only` names nothing to sync."""
+    in its transaction, under the tag's lock in `locks` (by default taken on the database).
+    SyncError when `only` names nothing to sync."""
     done = []
     remap_library_sources(library, settings)
     for target in targets(library, only):
@@ -365,6 +367,7 @@ async def sync_tags(
                     f"{target.name}:{target.tag}",
                     announce=announce,
                     companions=fetched.companions,
+                    locks=locks,
                 )
             except (SyncError, LibraryImportError) as exc:
                 log.warning("library sync: %s", exc)
@@ -387,7 +390,7 @@ async def sync_library(
     if library is None:
         return []
     done = await sync_tags(
-        ctx.db, ctx.store, library, settings, events.library_moved(SYNC_ACTOR), only
+        ctx.db, ctx.store, library, settings, events.library_moved(SYNC_ACTOR), only, ctx.policy
     )
     for synced in done:
         if synced.state == "moved":

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage.metadata.coordination import GC_KEY, tag_key
+from storage.metadata.coordination import GC_KEY, tag_key, upload_key
 from storage.metadata.decisions import DecisionRecord
 from storage.metadata.generations import GenerationWatch
 from storage.metadata.housekeeping import GCRun, Simulation
@@ -112,4 +112,5 @@ __all__ = [
     "is_postgresql",
     "open_metadata",
     "tag_key",
+    "upload_key",
 ]

@@ -51,7 +51,8 @@ def tag_key(repository: str, tag: str) -> str:
 
 def upload_key(upload_id: str) -> str:
     """The lock name of an upload session: held by the one request appending to it or finishing
-    it, whichever process serves that request."""
+    it, whichever process serves that request, and by whatever removes its bytes (a
+    cancellation, a stale-upload sweep)."""
     return f"upload {upload_id}"
 
 

@@ -148,7 +148,9 @@ def scanned(e2e_tmp: Path) -> Iterator[Setup]:
                             "url": f"http://127.0.0.1:{hook_port}/hook",
                             "events": ["image.pushed", "policy.denied"],
                             "secret": SECRET,
-                            "timeout": "2s",
+                            # Generous: an event the scanner recorded but answered after
+                            # the timeout (a loaded machine) would be sent again.
+                            "timeout": "30s",
                         }
                     ],
                     "retry": {"initial": "100ms", "max": "500ms"},
@@ -173,7 +175,7 @@ def scanned(e2e_tmp: Path) -> Iterator[Setup]:
         serving.close()
 
 
-def wait_for(condition: Any, what: str, timeout: float = 15.0) -> None:
+def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -400,7 +400,7 @@ def _decisions(s: Setup, name: str) -> list[dict[str, str]]:
     written (within a second: wait for them)."""
     creds = base64.b64encode(f"olga:{OLGA_PASSWORD}".encode()).decode()
     url = f"{s.registry.url}/api/v1/decisions?repository={name}&n=500"
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # only turns a hang into a failure
     while True:
         resp = http("GET", url, headers={"Authorization": f"Basic {creds}"})
         assert resp.status == 200, resp

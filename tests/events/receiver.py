@@ -74,7 +74,7 @@ async def serve(receiver: Receiver, sock: socket.socket | None = None) -> tuple[
     return runner, port_of(sock)
 
 
-async def until_drained(client: TestClient, timeout: float = 10.0) -> None:
+async def until_drained(client: TestClient, timeout: float = 60.0) -> None:
     """Until the registry's outbox is empty. Every event is written to the outbox with its
     change, and its row goes only after the receiver answered 2xx: once it is empty, every event
     the requests so far caused has been received, and none is still on its way."""

@@ -200,7 +200,7 @@ async def test_library_tag_updated_is_sent_when_the_signature_moves_the_tag(
         await until_drained(client)
         assert hook.received == []  # the first digest is no move; the patch is not signed yet
         await sign_library(client, ops_key, PATCHED.digest)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # only turns a hang into a failure
         while not hook.received:
             assert time.monotonic() < deadline, "no library.tag.updated event"
             await asyncio.sleep(0.02)

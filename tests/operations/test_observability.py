@@ -18,7 +18,7 @@ from storage.gc import collect_garbage
 from tests.auth.conftest import auth_section, write_accounts
 from tests.oci import error_codes, push_image
 from tests.operations.cli import ROOT, trustyard
-from tests.server_process import free_port
+from tests.server_process import START_TIMEOUT, listening_port, port_of, reserve_port
 
 DENY_LATEST = """\
 version: 1
@@ -101,8 +101,12 @@ async def push_image_denied(client) -> None:
     assert error_codes(await resp.json()) == ["DENIED"]
 
 
-async def test_failed_deliveries_are_counted(start_client, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}/hook"
+async def test_failed_deliveries_are_counted(start_client, request):
+    # A port held bound but never listening: every delivery is refused for the whole test
+    # (a port merely found free could be taken by another test's server meanwhile).
+    dead_socket = reserve_port()
+    request.addfinalizer(dead_socket.close)
+    dead = f"http://127.0.0.1:{port_of(dead_socket)}/hook"
     client = await start_client(
         events={
             "endpoints": [{"name": "dead", "url": dead, "timeout": "1s"}],
@@ -131,38 +135,34 @@ def _serve_and_get(tmp_path: Path, config_text: str, path: str) -> tuple[dict[st
     """Start the real server with `config_text`, GET `path`, stop it; (headers, its stderr)."""
     config = tmp_path / "trustyard.yaml"
     config.write_text(config_text)
-    port = free_port()
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
+        # Port 0: the system chooses a free port as the server binds; it is read from the
+        # process (its log level may filter the "listening" line out).
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "registry", "serve", "--config", str(config)),
-                *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")),
+                *("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")),
             ],
             stderr=log,
             cwd=ROOT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}{path}", headers={REQUEST_ID_HEADER: "probe-1"}
-                )
-                # One request reaches the server: a slow first answer (a loaded machine, the
-                # metadata pool opening) is waited for, never asked again (a second access line).
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    headers = dict(response.headers)
-                break
-            except urllib.error.HTTPError as error:  # an answer all the same
-                headers = dict(error.headers)
-                break
-            except urllib.error.URLError as error:
-                # Only "not listening yet" is retried: the request never reached a server.
-                assert isinstance(error.reason, ConnectionRefusedError), error
-                assert time.monotonic() < deadline, log_path.read_text()
-                assert process.poll() is None, log_path.read_text()
-                time.sleep(0.1)
+        deadline = time.monotonic() + START_TIMEOUT
+        while (port := listening_port(process.pid)) is None:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)  # polling interval of the wait above, not a synchronisation
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", headers={REQUEST_ID_HEADER: "probe-1"}
+        )
+        try:
+            # One request reaches the server: a slow first answer (a loaded machine, the
+            # metadata pool opening) is waited for, never asked again (a second access line).
+            with urllib.request.urlopen(request, timeout=60) as response:
+                headers = dict(response.headers)
+        except urllib.error.HTTPError as error:  # an answer all the same
+            headers = dict(error.headers)
     finally:
         process.terminate()
         process.wait(timeout=30)

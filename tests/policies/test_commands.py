@@ -21,7 +21,7 @@ from registry.cli import _parser, main
 from registry.policy_commands import check_policy, explain, show_decisions, split_image
 from tests.conftest import make_config
 from tests.oci import push_image
-from tests.server_process import start_registry
+from tests.server_process import RegistryProcess, start_registry
 
 GOOD = """\
 version: 1
@@ -143,6 +143,15 @@ def _put(url: str, body: bytes, content_type: str) -> int:
         return err.code
 
 
+def _wait_for_log(server: RegistryProcess, text: str, timeout: float = 30.0) -> None:
+    """Wait (polling, with a timeout) until the server's log says `text`: the signal's effect,
+    not a time it usually takes."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"no {text!r} in {timeout}s:\n{server.log()}"
+        time.sleep(0.05)  # polling interval of the wait above
+
+
 def test_sighup_reloads_and_a_bad_file_keeps_the_last_good_policy(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("version: 1\nrules: []\n")
@@ -166,14 +175,11 @@ def test_sighup_reloads_and_a_bad_file_keeps_the_last_good_policy(tmp_path: Path
             "    deny: frozen\n"
         )
         server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "reloaded" not in server.log():
-            time.sleep(0.05)
+        _wait_for_log(server, "reloaded")
         assert _put(f"{server.url}/v2/a/manifests/two", manifest, index) == 403
         path.write_text("version: [")
         server.process.send_signal(signal.SIGHUP)
-        while time.monotonic() < deadline and "reload refused" not in server.log():
-            time.sleep(0.05)
+        _wait_for_log(server, "reload refused")
         assert "keeping version sha256:" in server.log()
         assert _put(f"{server.url}/v2/a/manifests/three", manifest, index) == 403
     finally:

@@ -8,8 +8,8 @@ import asyncio
 import email.utils
 import time
 
-import aiohttp
 import pytest
+import time_machine
 
 from registry.context import CONTEXT
 from registry.proxy.client import (
@@ -34,55 +34,60 @@ def metric(text: str, name: str) -> float:
 async def test_429_backs_off_serves_stale_and_never_hammers(start_client, front, upstream):
     await upstream.push_image("team/app", "v1", [random_layer(10_000)])
     await upstream.push_image("team/other", "v1", [random_layer(10_000)])
-    config = proxy_config(front.url, None, manifest_ttl="1s", stale_if_error="1h")
+    config = proxy_config(front.url, None, manifest_ttl="1h", stale_if_error="1d")
     client = await start_client(**config)
-    first = await client.get("/v2/mirror.test/team/app/manifests/v1")
-    assert first.status == 200
-    digest = first.headers["Docker-Content-Digest"]
+    # The registry's wall clock is held and moved: the TTL runs out when the test says so, and
+    # however slow the machine, every request below is sent while the 5 s pause lasts.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        first = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert first.status == 200
+        digest = first.headers["Docker-Content-Digest"]
+        asked = sum(front.requests.values())
 
-    front.too_many, front.retry_after = True, "5"
-    # Once the TTL has passed, the revalidating HEAD meets the 429: the copy is served stale.
-    deadline = time.monotonic() + 30
-    while True:
+        front.too_many, front.retry_after = True, "5"
+        # Inside the TTL the upstream is not asked; once it passed, the revalidating HEAD
+        # meets the 429: the copy is served stale.
+        clock.shift(3599)
+        inside = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert inside.status == 200 and "Warning" not in inside.headers
+        assert sum(front.requests.values()) == asked
+        clock.shift(2)
         resp = await client.get("/v2/mirror.test/team/app/manifests/v1")
         assert resp.status == 200
-        if "Warning" in resp.headers:
-            break
-        assert time.monotonic() < deadline, "the TTL never ran out"
-        await asyncio.sleep(0.05)
-    assert resp.headers["Docker-Content-Digest"] == digest
-    stale = '110 trustyard "Response is Stale: rate limited (429): backing off'
-    assert resp.headers["Warning"].startswith(stale)
-    reached = sum(front.requests.values())
+        assert resp.headers["Docker-Content-Digest"] == digest
+        stale = '110 trustyard "Response is Stale: rate limited (429): backing off'
+        assert resp.headers["Warning"].startswith(stale)
+        reached = sum(front.requests.values())
 
-    # While the pause lasts nothing reaches the upstream: stale copies, and a 429 with
-    # Retry-After for what is not cached.
-    for _ in range(10):
-        again = await client.get("/v2/mirror.test/team/app/manifests/v1")
-        assert again.status == 200 and "Warning" in again.headers
-    uncached = await client.get("/v2/mirror.test/team/other/manifests/v1")
-    assert uncached.status == 429
-    body = await uncached.json()
-    assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
-    assert "rate limited (429): backing off" in body["errors"][0]["message"]
-    assert 1 <= int(uncached.headers["Retry-After"]) <= 5
-    assert sum(front.requests.values()) == reached
+        # While the pause lasts nothing reaches the upstream: stale copies, and a 429 with
+        # Retry-After for what is not cached.
+        for _ in range(10):
+            again = await client.get("/v2/mirror.test/team/app/manifests/v1")
+            assert again.status == 200 and "Warning" in again.headers
+        uncached = await client.get("/v2/mirror.test/team/other/manifests/v1")
+        assert uncached.status == 429
+        body = await uncached.json()
+        assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert "rate limited (429): backing off" in body["errors"][0]["message"]
+        assert uncached.headers["Retry-After"] == "5"  # the clock did not move: all of it left
+        assert sum(front.requests.values()) == reached
 
-    metrics = await (await client.get("/metrics")).text()
-    assert metric(metrics, 'trustyard_proxy_upstream_rate_limited_total{upstream="ref"}') == 1
-    assert metric(metrics, 'trustyard_proxy_upstream_held_back_total{upstream="ref"}') >= 11
-    assert 0 < metric(metrics, 'trustyard_proxy_upstream_backoff_seconds{upstream="ref"}') <= 5
-    assert metric(metrics, 'trustyard_proxy_events_total{event="stale_served"}') >= 11
+        metrics = await (await client.get("/metrics")).text()
+        assert metric(metrics, 'trustyard_proxy_upstream_rate_limited_total{upstream="ref"}') == 1
+        assert metric(metrics, 'trustyard_proxy_upstream_held_back_total{upstream="ref"}') >= 11
+        assert metric(metrics, 'trustyard_proxy_upstream_backoff_seconds{upstream="ref"}') == 5
+        assert metric(metrics, 'trustyard_proxy_events_total{event="stale_served"}') >= 11
 
-    # The upstream recovers; once the pause is over the tag is confirmed fresh again.
-    front.too_many = False
-    deadline = time.monotonic() + 30
-    while "Warning" in (resp := await client.get("/v2/mirror.test/team/app/manifests/v1")).headers:
-        assert time.monotonic() < deadline, "never asked the upstream again"
-        await asyncio.sleep(0.1)
-    assert resp.status == 200
-    assert sum(front.requests.values()) > reached
-    assert (await client.get("/v2/mirror.test/team/other/manifests/v1")).status == 200
+        # The upstream recovers; once the pause is over the tag is confirmed fresh again.
+        front.too_many = False
+        clock.shift(4)
+        assert "Warning" in (await client.get("/v2/mirror.test/team/app/manifests/v1")).headers
+        assert sum(front.requests.values()) == reached  # a second of the pause is left
+        clock.shift(1)
+        resp = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert resp.status == 200 and "Warning" not in resp.headers
+        assert sum(front.requests.values()) > reached
+        assert (await client.get("/v2/mirror.test/team/other/manifests/v1")).status == 200
 
 
 def _upstream(url: str) -> Upstream:
@@ -104,60 +109,65 @@ async def _rate_limited(client: UpstreamClient) -> RateLimited:
     return raised.value
 
 
-async def _wait_out(client: UpstreamClient) -> None:
-    deadline = time.monotonic() + MAX_BACKOFF
-    while client.backoff_left() > 0:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+def _wait_out(client: UpstreamClient, clock: time_machine.Coordinates) -> None:
+    """Move the held clock to the end of the upstream's pause."""
+    clock.shift(client.backoff_left())
+    assert client.backoff_left() == 0
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "low", "high"),
+    ("retry_after", "pause"),
     [
-        ("86400", MAX_BACKOFF - 5, MAX_BACKOFF),  # a day: bounded
-        ("0", MIN_BACKOFF - 0.5, MIN_BACKOFF),  # never "hammer at once"
-        ("soon", MIN_BACKOFF - 0.5, MIN_BACKOFF),  # unreadable: the first doubling step
-        ("7", 6, 7),
+        ("86400", MAX_BACKOFF),  # a day: bounded
+        ("0", MIN_BACKOFF),  # never "hammer at once"
+        ("soon", MIN_BACKOFF),  # unreadable: the first doubling step
+        ("7", 7),
     ],
 )
-async def test_retry_after_is_bounded(front, retry_after, low, high):
+async def test_retry_after_is_bounded(front, retry_after, pause):
     front.too_many, front.retry_after = True, retry_after
     client = UpstreamClient(_upstream(front.url))
-    try:
-        refused = await _rate_limited(client)
-        assert low <= refused.retry_after <= high
-        assert low <= client.backoff_left() <= high
-        assert sum(front.requests.values()) == 1
-        held = await _rate_limited(client)  # not sent
-        assert sum(front.requests.values()) == 1 and client.held_back == 1
-        assert held.retry_after <= refused.retry_after
-    finally:
-        await client.close()
+    # The wall clock is held: the pause left is exactly what was set, however slow the machine.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        try:
+            refused = await _rate_limited(client)
+            assert refused.retry_after == pause
+            assert client.backoff_left() == pause
+            assert sum(front.requests.values()) == 1
+            clock.shift(pause - 1)
+            held = await _rate_limited(client)  # not sent: a second of the pause is left
+            assert sum(front.requests.values()) == 1 and client.held_back == 1
+            assert held.retry_after == 1
+        finally:
+            await client.close()
 
 
 async def test_without_retry_after_the_pause_doubles(front, upstream):
     await upstream.push_image("team/app", "v1", [random_layer(1000)])
     front.too_many = True
     client = UpstreamClient(_upstream(front.url))
-    try:
-        # Requests sent together and refused together are one 429 for the pause.
-        burst = await asyncio.gather(*(_rate_limited(client) for _ in range(8)))
-        assert client.rate_limited == sum(front.requests.values()) == 8
-        assert all(r.retry_after == pytest.approx(MIN_BACKOFF, abs=0.2) for r in burst)
-        assert client.backoff_left() == pytest.approx(MIN_BACKOFF, abs=0.2)
-        # The next 429 after the pause: twice as long.
-        await _wait_out(client)
-        assert (await _rate_limited(client)).retry_after == pytest.approx(2 * MIN_BACKOFF, abs=0.2)
-        assert client.rate_limited == sum(front.requests.values()) == 9
-        # A success ends the streak: the next 429 pauses for the shortest time again.
-        await _wait_out(client)
-        front.too_many = False
-        ok = await client.request("GET", "team/app", "manifests/v1")
-        ok.release()
-        front.too_many = True
-        assert (await _rate_limited(client)).retry_after == pytest.approx(MIN_BACKOFF, abs=0.2)
-    finally:
-        await client.close()
+    # The wall clock is held and moved to each pause's end: however slow the machine, the burst
+    # is answered inside its pause and each later 429 comes after the last one ended.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        try:
+            # Requests sent together and refused together are one 429 for the pause.
+            burst = await asyncio.gather(*(_rate_limited(client) for _ in range(8)))
+            assert client.rate_limited == sum(front.requests.values()) == 8
+            assert all(r.retry_after == MIN_BACKOFF for r in burst)
+            assert client.backoff_left() == MIN_BACKOFF
+            # The next 429 after the pause: twice as long.
+            _wait_out(client, clock)
+            assert (await _rate_limited(client)).retry_after == 2 * MIN_BACKOFF
+            assert client.rate_limited == sum(front.requests.values()) == 9
+            # A success ends the streak: the next 429 pauses for the shortest time again.
+            _wait_out(client, clock)
+            front.too_many = False
+            ok = await client.request("GET", "team/app", "manifests/v1")
+            ok.release()
+            front.too_many = True
+            assert (await _rate_limited(client)).retry_after == MIN_BACKOFF
+        finally:
+            await client.close()
 
 
 def test_retry_after_reads_seconds_and_http_dates():
@@ -167,14 +177,6 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after_seconds(in_a_minute, now) == pytest.approx(60, abs=1.5)
     for unreadable in (None, "", "-5", "1.5", "tomorrow", "Wed, 21 Oct 2015 07:28:00"):
         assert retry_after_seconds(unreadable, now) is None
-
-
-async def _wait_until_served(client, path: str) -> aiohttp.ClientResponse:
-    deadline = time.monotonic() + 30
-    while (resp := await client.get(path)).status == 429:
-        assert time.monotonic() < deadline, "the pause never ended"
-        await asyncio.sleep(0.1)
-    return resp
 
 
 async def test_uncached_blob_during_a_pause_answers_429_with_retry_after(
@@ -187,32 +189,38 @@ async def test_uncached_blob_during_a_pause_answers_429_with_retry_after(
     digest = sha256(layer)
     path = f"/v2/mirror.test/team/app/blobs/{digest}"
 
-    # The blob's GET meets the 429: the client is told how long the pause lasts.
-    front.too_many, front.retry_after = True, "3"
-    refused = await client.get(path)
-    assert refused.status == 429
-    error = (await refused.json())["errors"][0]
-    assert error["code"] == "TOOMANYREQUESTS"
-    assert "the upstream asked for a pause (429) and this blob is not cached" in error["message"]
-    wait = int(refused.headers["Retry-After"])
-    assert 1 <= wait <= 3
-    assert f"for {wait}s more" in error["message"]
-    assert front.blob_gets(digest) == 1
-    # During the pause: a GET and a byte range of it are refused alike, nothing sent upstream.
-    again = await client.get(path)
-    ranged = await client.get(path, headers={"Range": "bytes=0-99"})
-    for resp in (again, ranged):
-        assert resp.status == 429
-        assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
-        assert 1 <= int(resp.headers["Retry-After"]) <= wait
-    assert front.blob_gets(digest) == 1
-    assert await client.app[CONTEXT].db.blob_size(digest) is None
+    # The wall clock is held and moved: however slow the machine, every request of the pause
+    # is sent while it lasts.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        # The blob's GET meets the 429: the client is told how long the pause lasts.
+        front.too_many, front.retry_after = True, "3"
+        refused = await client.get(path)
+        assert refused.status == 429
+        error = (await refused.json())["errors"][0]
+        assert error["code"] == "TOOMANYREQUESTS"
+        assert (
+            "the upstream asked for a pause (429) and this blob is not cached" in error["message"]
+        )
+        assert refused.headers["Retry-After"] == "3"
+        assert "for 3s more" in error["message"]
+        assert front.blob_gets(digest) == 1
+        # During the pause: a GET and a byte range of it are refused alike, nothing sent upstream.
+        clock.shift(2)
+        again = await client.get(path)
+        ranged = await client.get(path, headers={"Range": "bytes=0-99"})
+        for resp in (again, ranged):
+            assert resp.status == 429
+            assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+            assert resp.headers["Retry-After"] == "1"
+        assert front.blob_gets(digest) == 1
+        assert await client.app[CONTEXT].db.blob_size(digest) is None
 
-    # Once the pause is over, the blob is fetched and served.
-    front.too_many = False
-    served = await _wait_until_served(client, path)
-    assert served.status == 200 and await served.read() == layer
-    assert front.blob_gets(digest) == 2
+        # Once the pause is over, the blob is fetched and served.
+        front.too_many = False
+        clock.shift(1)
+        served = await client.get(path)
+        assert served.status == 200 and await served.read() == layer
+        assert front.blob_gets(digest) == 2
 
 
 async def test_a_manifests_config_refused_by_a_pause_answers_429_with_retry_after(
@@ -220,18 +228,23 @@ async def test_a_manifests_config_refused_by_a_pause_answers_429_with_retry_afte
 ):
     await upstream.push_image("team/app", "v1", [random_layer(1000)])
     client = await start_client(**proxy_config(front.url, None))
-    # The manifest comes; its config blob (fetched before the policy decides) meets the 429.
-    front.too_many, front.too_many_only, front.retry_after = True, "/blobs/", "3"
-    refused = await client.get("/v2/mirror.test/team/app/manifests/v1")
-    assert refused.status == 429
-    error = (await refused.json())["errors"][0]
-    assert error["code"] == "TOOMANYREQUESTS"
-    assert "rate limited (429): backing off, retry in" in error["message"]
-    assert "mirror.test/team/app:v1 is not cached" in error["message"]
-    assert 1 <= int(refused.headers["Retry-After"]) <= 3
-    reached = sum(front.requests.values())
-    held = await client.get("/v2/mirror.test/team/app/manifests/v1")
-    assert held.status == 429 and 1 <= int(held.headers["Retry-After"]) <= 3
-    assert sum(front.requests.values()) == reached  # nothing sent during the pause
-    front.too_many = False
-    assert (await _wait_until_served(client, "/v2/mirror.test/team/app/manifests/v1")).status == 200
+    # The wall clock is held and moved: however slow the machine, the second request is sent
+    # while the pause lasts.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        # The manifest comes; its config blob (fetched before the policy decides) meets the 429.
+        front.too_many, front.too_many_only, front.retry_after = True, "/blobs/", "3"
+        refused = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert refused.status == 429
+        error = (await refused.json())["errors"][0]
+        assert error["code"] == "TOOMANYREQUESTS"
+        assert "rate limited (429): backing off, retry in" in error["message"]
+        assert "mirror.test/team/app:v1 is not cached" in error["message"]
+        assert refused.headers["Retry-After"] == "3"
+        reached = sum(front.requests.values())
+        clock.shift(2)
+        held = await client.get("/v2/mirror.test/team/app/manifests/v1")
+        assert held.status == 429 and held.headers["Retry-After"] == "1"
+        assert sum(front.requests.values()) == reached  # nothing sent during the pause
+        front.too_many = False
+        clock.shift(1)
+        assert (await client.get("/v2/mirror.test/team/app/manifests/v1")).status == 200

@@ -253,3 +253,34 @@ async def test_an_index_signed_upstream_later_covers_its_platform_image_pulled_b
         await client.get(f"/v2/mirror.test/team/multi/manifests/{children[1][0]}")
     ).status == 200
     assert (await client.get("/v2/mirror.test/team/multi/manifests/v1")).status == 200
+
+
+async def test_a_platform_image_whose_index_was_never_pulled_is_refused_until_the_index_is(
+    start_client, tmp_path, front, upstream, release_key
+):
+    client = await fronted(start_client, tmp_path, release_key, front, "1h")
+    children = [
+        await upstream.push_image("team/pinned", arch, [b"pinned layer " + arch.encode()])
+        for arch in ("amd64", "arm64")
+    ]
+    index = await push_index(upstream, "team/pinned", "v1", children)
+    host = front.url.split("://", 1)[1]
+    payload = simple_signing_payload(f"{host}/team/pinned", index)
+    await push_signature(upstream, "team/pinned", index, payload, sign(release_key, payload))
+
+    # Only the index is signed, and nothing tells which index lists a platform image: pulled
+    # by its digest alone, it is refused, and no index is looked for upstream.
+    child, child_manifest = children[0]
+    path = f"/v2/mirror.test/team/pinned/manifests/{child}"
+    resp = await client.get(path)
+    assert resp.status == 403
+    assert await denial(resp) == RULE + "found no signature"
+    asked = [p for (_, p) in front.requests]
+    assert not [p for p in asked if p.endswith(("/manifests/v1", f"/manifests/{index}"))]
+    assert not [p for p in asked if "/tags/list" in p]
+
+    # Once the index is pulled (by tag, as docker and containerd do), its signature covers it.
+    assert (await client.get("/v2/mirror.test/team/pinned/manifests/v1")).status == 200
+    resp = await client.get(path)
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == child_manifest

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.server_process import RegistryProcess, start_registry
+from tests.server_process import START_TIMEOUT, RegistryProcess, start_registry
+from tests.storage.conftest import s3_storage
 
 
 @dataclass
@@ -38,10 +40,6 @@ class Replicas:
 
 
 StartReplicas = Callable[..., Replicas]
-
-#: How long a replica may take to start: two servers, and on a machine shared by parallel test
-#: runs Python's imports alone have taken 25 s (as the HA harness allows).
-START_TIMEOUT = 120.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -74,3 +72,14 @@ def start_replicas(tmp_path: Path, metadata_url: str | None) -> Iterator[StartRe
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The replicas' blob store, for tests run on both: the shared data directory, or one S3
+    prefix in SeaweedFS (the arguments to start them with)."""
+    if request.param == "filesystem":
+        return []
+    config = tmp_path / "trustyard.yaml"
+    config.write_text(yaml.safe_dump({"storage": s3_storage(request.getfixturevalue("seaweed"))}))
+    return ["--config", str(config)]

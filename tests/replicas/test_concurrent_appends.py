@@ -15,17 +15,13 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-import yaml
 
 from storage.metadata.coordination import upload_key
 from tests.replicas.conftest import Replicas, StartReplicas
 from tests.replicas.locks import lock_holder
-from tests.storage.conftest import s3_storage
 
 #: A chunk is more than one batch the server hashes and writes at once (1 MiB).
 CHUNK = 3 * 1024 * 1024 + 4321
@@ -34,16 +30,6 @@ HELD_AFTER = 256 * 1024
 #: Only turns a hang into a failure.
 PATIENCE = 60.0
 OCTETS = {"Content-Type": "application/octet-stream"}
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
-    """The replicas' blob store: the shared data directory, or one S3 prefix in SeaweedFS."""
-    if request.param == "filesystem":
-        return []
-    config = tmp_path / "trustyard.yaml"
-    config.write_text(yaml.safe_dump({"storage": s3_storage(request.getfixturevalue("seaweed"))}))
-    return ["--config", str(config)]
 
 
 def chunk_headers(start: int, length: int) -> dict[str, str]:

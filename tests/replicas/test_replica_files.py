@@ -17,8 +17,8 @@ import yaml
 from registry.auth.tokens import load_or_create_key
 from registry.auth.users import UserStore
 from tests.auth.conftest import auth_section
-from tests.replicas.conftest import START_TIMEOUT, StartReplicas
-from tests.server_process import RegistryProcess, start_registry
+from tests.replicas.conftest import StartReplicas
+from tests.server_process import START_TIMEOUT, RegistryProcess, start_registry
 
 STRICT = """\
 version: 1

@@ -5,14 +5,13 @@ forgets them when the shared evidence generation, bumped in the signature's tran
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.oci import OCI_MANIFEST, error_codes, push_image
+from tests.propagation import Wait, check_within, poll_until
 from tests.replicas.conftest import StartReplicas
 from tests.signing import public_pem, push_cosign_signature, sign, simple_signing_payload
 
@@ -44,13 +43,13 @@ async def pull_status(session: aiohttp.ClientSession, name: str, reference: str)
         return resp.status
 
 
-async def until_allowed(session: aiohttp.ClientSession, name: str, reference: str) -> float:
-    """Pull until allowed; when it was."""
-    deadline = time.monotonic() + PATIENCE
-    while await pull_status(session, name, reference) != 200:
-        assert time.monotonic() < deadline, "the pull was never allowed"
-        await asyncio.sleep(0.01)
-    return time.monotonic()
+async def until_allowed(session: aiohttp.ClientSession, name: str, reference: str) -> Wait:
+    """Pull until allowed; when it was, and the slowest pull on the way."""
+
+    async def allowed() -> bool:
+        return await pull_status(session, name, reference) == 200
+
+    return await poll_until(allowed, PATIENCE, "the pull was never allowed")
 
 
 async def test_a_signature_pushed_to_one_replica_lifts_quarantine_on_the_other(
@@ -73,4 +72,4 @@ async def test_a_signature_pushed_to_one_replica_lifts_quarantine_on_the_other(
         # Replica A verifies the signature after the push (its observer) and bumps the evidence.
         lifted_on_a = await until_allowed(a, "prod/app", "v1")
         lifted_on_b = await until_allowed(b, "prod/app", "v1")
-        assert lifted_on_b - lifted_on_a < WITHIN
+        check_within(lifted_on_a.held_at, [lifted_on_b], WITHIN, "lifting it on replica B")

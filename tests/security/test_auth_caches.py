@@ -19,6 +19,7 @@ from typing import Any
 
 import jwt
 import pytest
+import time_machine
 import yaml
 
 from registry.auth.permissions import Permissions, Rule
@@ -79,36 +80,46 @@ def test_a_verified_token_is_answered_from_the_cache(tmp_path) -> None:
 
 
 def test_a_cached_token_is_refused_once_it_expires(tmp_path) -> None:
-    tokens = authority(tmp_path, ttl=1, skew=0)
-    issued = tokens.issue("alice", pull())
-    expires = int(issued.issued_at) + issued.expires_in
-    tokens.verify(issued.token)
-    tokens.verify(issued.token)
-    assert tokens.verified.hits == 1  # cached, and answered from the cache while valid
-    while time.time() < expires:  # wait for the condition: the token's expiry passing
-        time.sleep(0.05)
-    with pytest.raises(InvalidToken, match=r"^Signature has expired$"):
+    tokens = authority(tmp_path, ttl=60, skew=0)
+    # The wall clock is held, then moved past the expiry: however slow the machine, both
+    # verifications happen while the token is valid and the next one after it expired.
+    held = int(time.time())  # a whole second: the moves below land exactly
+    with time_machine.travel(held, tick=False) as clock:
+        issued = tokens.issue("alice", pull())
+        expires = int(issued.issued_at) + issued.expires_in
         tokens.verify(issued.token)
-    assert tokens.verified.hits == 1 and len(tokens.verified) == 0
-    with pytest.raises(InvalidToken, match=r"^Signature has expired$"):  # and stays refused
+        clock.shift(expires - 1 - held)  # the last second of its lifetime
         tokens.verify(issued.token)
+        assert tokens.verified.hits == 1  # cached, and answered from the cache while valid
+        clock.shift(1)  # the expiry itself
+        with pytest.raises(InvalidToken, match=r"^Signature has expired$"):
+            tokens.verify(issued.token)
+        assert tokens.verified.hits == 1 and len(tokens.verified) == 0
+        clock.shift(3600)
+        with pytest.raises(InvalidToken, match=r"^Signature has expired$"):  # and stays refused
+            tokens.verify(issued.token)
 
 
 def test_the_cache_keeps_the_clock_skew_verification_allows(tmp_path) -> None:
     """A token is cached for exactly the window PyJWT accepts: nbf/iat minus the skew to exp plus
     the skew. Issued 'in the past' so that its exp + skew is only 2 s away."""
     tokens = authority(tmp_path, ttl=60, skew=5)
-    now = time.time()
-    issued = tokens.issue("alice", pull(), now=now - 63)  # exp = now - 3, exp + skew = now + 2
-    claims = tokens.verify(issued.token)
-    entry = tokens.verified._entries[next(iter(tokens.verified._entries))]
-    assert entry.valid_until == int(claims.expires_at) + 5
-    assert entry.valid_from == int(now - 63) - 5
-    while time.time() < entry.valid_until:
+    # The wall clock is held and moved: a check of "still valid" and the verification after it
+    # see the same instant (a slow machine cannot carry the second past the window's end).
+    now = int(time.time())  # a whole second: the moves below land exactly
+    with time_machine.travel(now, tick=False) as clock:
+        issued = tokens.issue("alice", pull(), now=now - 63)  # exp = now - 3, exp + skew = now + 2
+        claims = tokens.verify(issued.token)
+        entry = tokens.verified._entries[next(iter(tokens.verified._entries))]
+        assert entry.valid_until == int(claims.expires_at) + 5
+        assert entry.valid_from == int(now - 63) - 5
+        hits = tokens.verified.hits
+        clock.shift(entry.valid_until - now - 0.001)  # the window's last moment
         tokens.verify(issued.token)  # valid (and cached) until exp + skew
-        time.sleep(0.05)
-    with pytest.raises(InvalidToken, match=r"^Signature has expired$"):
-        tokens.verify(issued.token)
+        assert tokens.verified.hits == hits + 1
+        clock.shift(0.001)  # exp + skew: the window is closed
+        with pytest.raises(InvalidToken, match=r"^Signature has expired$"):
+            tokens.verify(issued.token)
 
 
 def _flip(token: str, position: int) -> str:
@@ -331,24 +342,30 @@ async def test_a_demoted_admin_loses_delete_with_the_token_cached(auth_client, a
 
 
 async def test_a_token_expiring_while_cached_is_refused_over_http(start_client, accounts) -> None:
-    client = await start_client(auth=auth_section(token={"ttl": "3s", "clock_skew": "0s"}))
+    client = await start_client(auth=auth_section(token={"ttl": "1h", "clock_skew": "0s"}))
     olga = As(client, basic("olga", PASSWORDS["olga"]))
     await push_image(olga, "team-a/app", "v1")
-    token = await fetch_token(client, "repository:team-a/app:pull", user="olga")
-    # The token's own expiry (read, not trusted: the server decides): 2-3 s from now, enough
-    # for the requests that put it in the cache and take it out again.
-    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
-    holder = As(client, bearer(token))
-    hits = cache_hits(client)
-    for _ in range(2):
+    # The registry's wall clock is held, then moved to the token's expiry: however slow the
+    # machine, the requests that put it in the cache and take it out again come before it.
+    held = int(time.time())  # a whole second: the moves below land exactly
+    with time_machine.travel(held, tick=False) as clock:
+        token = await fetch_token(client, "repository:team-a/app:pull", user="olga")
+        # The token's own expiry (read, not trusted: the server decides).
+        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+        holder = As(client, bearer(token))
+        hits = cache_hits(client)
+        for _ in range(2):
+            resp = await holder.get("/v2/team-a/app/manifests/v1", headers={"Accept": MANIFEST})
+            assert resp.status == 200, await resp.text()
+        assert cache_hits(client) == hits + 1  # the second one came from the cache
+        clock.shift(expires - 1 - held)  # its last second: still served from the cache
         resp = await holder.get("/v2/team-a/app/manifests/v1", headers={"Accept": MANIFEST})
         assert resp.status == 200, await resp.text()
-    assert cache_hits(client) == hits + 1  # the second one came from the cache
-    while time.time() < expires:  # wait for the condition: the expiry passing
-        await asyncio.sleep(0.05)
-    await refused_token(
-        await holder.get("/v2/team-a/app/manifests/v1", headers={"Accept": MANIFEST})
-    )
+        assert cache_hits(client) == hits + 2
+        clock.shift(1)  # the expiry
+        await refused_token(
+            await holder.get("/v2/team-a/app/manifests/v1", headers={"Accept": MANIFEST})
+        )
 
 
 async def test_a_token_for_another_service_is_refused_over_http(auth_client, data_dir) -> None:

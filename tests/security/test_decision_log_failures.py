@@ -62,10 +62,12 @@ async def test_one_failed_write_stops_neither_the_flusher_nor_loses_its_decision
     assert await pull(client, "dev/app", "v1") == (200, "")
 
     rows = await logged_pulls(db, "dev/app", 2)
-    assert [(r.action, r.repository, r.reference, r.outcome) for r in rows] == [
+    assert {(r.action, r.repository, r.reference, r.outcome) for r in rows} == {
         ("pull", "dev/app", "v1", "allow")
-    ]
-    assert [r.repeats for r in rows] == [2]  # the pull whose write failed, and the one after
+    }
+    # The pull whose write failed, and the one after: one row, or two when the flusher's next
+    # tick came between the failure and the second pull (a slow machine).
+    assert sum(r.repeats for r in rows) == 2
 
 
 async def test_a_refusal_whose_write_fails_is_still_refused(

@@ -4,13 +4,13 @@ An attacker whose image was once allowed keeps pulling it from the cache otherwi
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import time_machine
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -67,18 +67,20 @@ async def test_an_allow_is_not_served_from_the_cache_after_its_signature_expires
     (tmp_path / "policy.yaml").write_text(POLICY)
     client = await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
     digest, _ = await push_image(client, "prod/app", "v1")
-    expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
-        seconds=5
-    )  # two pulls fit, even under load
-    envelope = jws(
-        key, [leaf, root], payload_for(digest), **{"io.cncf.notary.expiry": expiry.isoformat()}
-    )
-    await push_notation_referrer(client, "prod/app", digest, envelope)
-    assert await pull(client, "prod/app", "v1") == (200, "")
-    assert await pull(client, "prod/app", "v1") == (200, "")  # now from the cache
-    while time.time() <= expiry.timestamp():  # the condition is the clock itself
-        await asyncio.sleep(0.05)
-    status, message = await pull(client, "prod/app", "v1")
+    # The registry's wall clock is held, then moved past the expiry: however slow the machine,
+    # the first pulls come before it and the last one after it.
+    held = int(time.time())  # a whole second: the moves below land exactly
+    with time_machine.travel(held, tick=False) as clock:
+        expiry = datetime.datetime.fromtimestamp(held + 3600, datetime.UTC)
+        envelope = jws(
+            key, [leaf, root], payload_for(digest), **{"io.cncf.notary.expiry": expiry.isoformat()}
+        )
+        await push_notation_referrer(client, "prod/app", digest, envelope)
+        assert await pull(client, "prod/app", "v1") == (200, "")
+        clock.shift(3599)  # the last second before the expiry
+        assert await pull(client, "prod/app", "v1") == (200, "")  # now from the cache
+        clock.shift(2)
+        status, message = await pull(client, "prod/app", "v1")
     assert status == 403
     assert message == (
         'rule "prod is signed by corp-ca": needs a signature by corp-ca; found 1 signature, by '

@@ -7,6 +7,7 @@ evil.example.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,6 @@ from registry.app import create_app
 from tests.auth.conftest import auth_section, write_accounts
 from tests.auth.test_api import challenge_params
 from tests.conftest import make_config
-from tests.server_process import free_port
 
 EVIL = {"Host": "evil.example"}
 
@@ -79,7 +79,8 @@ async def test_on_loopback_the_host_header_names_the_realm(start_client, data_di
 def test_start_up_warns_when_listening_beyond_loopback(tmp_path, auth, expected):
     config = tmp_path / "trustyard.yaml"
     config.write_text("auth: {permissions: []}\n" if auth else "{}\n")
-    port = free_port()
+    # Port 0: the system chooses a free one as the server binds (no port picked, freed, and
+    # perhaps taken by another test before the server binds it); the warning names that port.
     process = subprocess.Popen(
         [
             sys.executable,
@@ -89,7 +90,7 @@ def test_start_up_warns_when_listening_beyond_loopback(tmp_path, auth, expected)
             "--config",
             str(config),
             "--listen",
-            f"0.0.0.0:{port}",
+            "0.0.0.0:0",
             "--data-dir",
             str(tmp_path / "data"),
         ],
@@ -101,11 +102,14 @@ def test_start_up_warns_when_listening_beyond_loopback(tmp_path, auth, expected)
         seen = []
         for line in process.stderr:
             seen.append(line)
-            if "listening on" in line:
+            if "Trustyard listening on" in line:
                 break
         text = "".join(seen)
         assert expected in text, text
         assert "WARNING" in text
+        bound = re.search(r"Trustyard listening on http://0\.0\.0\.0:(\d+)", text)
+        assert bound is not None and int(bound.group(1)) > 0, text
+        assert f"listening on 0.0.0.0:{bound.group(1)} beyond this machine" in text, text
     finally:
         process.terminate()
         process.wait(timeout=30)

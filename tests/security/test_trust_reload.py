@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import time_machine
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -283,8 +284,9 @@ rules:
       signature: {any_of: [corp-ca]}
 """
 
-#: How long the short-lived proofs live: long enough for a push and a first pull on a busy machine.
-LIFETIME = 8
+#: How long the short-lived proofs live. The tests hold the registry's wall clock and move it
+#: to the proof's end (time-machine): how long the steps before it take does not matter.
+LIFETIME = 3600
 
 CA_RULE = 'rule "prod is signed by corp-ca": needs a signature by corp-ca; found 1 signature, '
 
@@ -295,8 +297,8 @@ def pem(certificate: x509.Certificate) -> str:
 
 @pytest.fixture
 def short_lived(tmp_path: Path) -> tuple[Any, x509.Certificate, x509.Certificate, float, Any]:
-    """A private CA (`ca.pem` beside the policy) and a signing certificate that ends in a few
-    seconds (`LIFETIME`)."""
+    """A private CA (`ca.pem` beside the policy) and a signing certificate that ends `LIFETIME`
+    seconds from now, on a whole second (certificates carry whole seconds)."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
     root = issue("Acme Root", root_key, "Acme Root", root_key, ca=True, until=far)
@@ -310,12 +312,6 @@ def short_lived(tmp_path: Path) -> tuple[Any, x509.Certificate, x509.Certificate
     return key, leaf, root, end.timestamp(), root_key
 
 
-def soon() -> datetime.datetime:
-    """`LIFETIME` seconds from now, on a whole second (certificates carry whole seconds)."""
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    return now + datetime.timedelta(seconds=LIFETIME)
-
-
 def expired_at(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
@@ -325,40 +321,40 @@ async def test_a_private_ca_cosign_signature_stops_counting_when_its_certificate
 ) -> None:
     key, leaf, root, end, _ = short_lived
     client = await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
-    digest, _ = await push_image(client, "prod/app", "v1")
-    payload = simple_signing_payload(REF, digest)
-    signature = sign(key, payload)
-    config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
-    await push_blob(client, "prod/app", config)
-    await push_blob(client, "prod/app", payload)
-    annotations = {
-        simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
-        simple_signing.CERTIFICATE_ANNOTATION: pem(leaf),
-        simple_signing.CHAIN_ANNOTATION: pem(root),
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
-    }
-    resp = await client.put(
-        f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
-        data=json.dumps(manifest).encode(),
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    assert resp.status == 201, await resp.text()
-    assert await pull(client, "prod/app", "v1") == (200, "")  # decided and cached
-
-    async def expired() -> bool:
-        return (await pull(client, "prod/app", "v1"))[0] == 403
-
-    await eventually(expired)
-    assert time.time() >= end  # not before the certificate's end
-    assert await pull(client, "prod/app", "v1") == (
-        403,
-        CA_RULE + f"by corp-ca but its certificate or signature expired at {expired_at(end)}",
-    )
+    # The registry's wall clock is held, then moved to the certificate's end: however slow the
+    # machine, the first pulls come before it and the last one after it.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        digest, _ = await push_image(client, "prod/app", "v1")
+        payload = simple_signing_payload(REF, digest)
+        signature = sign(key, payload)
+        config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
+        await push_blob(client, "prod/app", config)
+        await push_blob(client, "prod/app", payload)
+        annotations = {
+            simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+            simple_signing.CERTIFICATE_ANNOTATION: pem(leaf),
+            simple_signing.CHAIN_ANNOTATION: pem(root),
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
+        }
+        resp = await client.put(
+            f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
+            data=json.dumps(manifest).encode(),
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert resp.status == 201, await resp.text()
+        assert await pull(client, "prod/app", "v1") == (200, "")  # decided and cached
+        clock.shift(end - 1 - time.time())
+        assert await pull(client, "prod/app", "v1") == (200, "")  # the certificate's last second
+        clock.shift(2)  # past its end
+        assert await pull(client, "prod/app", "v1") == (
+            403,
+            CA_RULE + f"by corp-ca but its certificate or signature expired at {expired_at(end)}",
+        )
 
 
 async def test_a_notation_signature_stops_counting_at_its_expiry(
@@ -368,24 +364,22 @@ async def test_a_notation_signature_stops_counting_at_its_expiry(
     far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
     leaf = issue("release", key, "Acme Root", root_key, ca=False, until=far)
     client = await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
-    digest, _ = await push_image(client, "prod/app", "v1")
-    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(
-        seconds=LIFETIME
-    )
-    envelope = make_jws(key, [leaf, root], digest, **{"io.cncf.notary.expiry": end.isoformat()})
-    await push_notation(client, digest, envelope)
-    assert await pull(client, "prod/app", "v1") == (200, "")
-
-    async def expired() -> bool:
-        return (await pull(client, "prod/app", "v1"))[0] == 403
-
-    await eventually(expired)
-    assert time.time() >= end.timestamp()
-    assert await pull(client, "prod/app", "v1") == (
-        403,
-        CA_RULE
-        + f"by corp-ca but its certificate or signature expired at {expired_at(end.timestamp())}",
-    )
+    # The registry's wall clock is held, then moved past the signature's expiry: however slow
+    # the machine, the first pulls come before it and the last one after it.
+    with time_machine.travel(int(time.time()), tick=False) as clock:
+        digest, _ = await push_image(client, "prod/app", "v1")
+        end = datetime.datetime.fromtimestamp(time.time() + LIFETIME, datetime.UTC)
+        envelope = make_jws(key, [leaf, root], digest, **{"io.cncf.notary.expiry": end.isoformat()})
+        await push_notation(client, digest, envelope)
+        assert await pull(client, "prod/app", "v1") == (200, "")
+        clock.shift(LIFETIME - 1)
+        assert await pull(client, "prod/app", "v1") == (200, "")  # the signature's last second
+        clock.shift(2)  # past the expiry
+        ended = expired_at(end.timestamp())
+        assert await pull(client, "prod/app", "v1") == (
+            403,
+            CA_RULE + f"by corp-ca but its certificate or signature expired at {ended}",
+        )
 
 
 async def test_sighup_to_the_running_server_revokes_a_replaced_key(tmp_path: Path) -> None:

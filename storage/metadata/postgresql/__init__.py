@@ -18,6 +18,7 @@ from storage.metadata.postgresql.connection import (
     schema_version_at,
 )
 from storage.metadata.postgresql.coordination import PostgreSQLCoordination
+from storage.metadata.postgresql.url import MetadataUrlInvalid, check_url
 from storage.metadata.sqlite.blobs import SQLiteBlobs
 from storage.metadata.sqlite.coordination import SQLiteCoordination
 from storage.metadata.sqlite.decisions import SQLiteDecisions
@@ -62,7 +63,9 @@ __all__ = [
     "DATABASE_ERRORS",
     "SCHEMES",
     "MetadataUnreachable",
+    "MetadataUrlInvalid",
     "PostgreSQLMetadata",
+    "check_url",
     "redact",
     "schema_version_at",
 ]

@@ -26,6 +26,7 @@ from storage.errors import StorageFull, StorageUnavailable
 from storage.layout import MIGRATIONS, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob
 from storage.metadata.postgresql.dialect import arguments, schema, translate
+from storage.metadata.postgresql.url import MetadataUrlInvalid, check_url
 from storage.metadata.postgresql.writer import Writer
 
 T = TypeVar("T")
@@ -269,6 +270,11 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
 async def connect_pool(url: str) -> asyncpg.Pool:
     """A pool of connections to `url`; `MetadataUnreachable` (one line) when it cannot be had."""
+    try:
+        # Before any connection: the writer connects at the first write only.
+        check_url(url)
+    except MetadataUrlInvalid as exc:
+        raise MetadataUnreachable(f"metadata URL {redact(url)}: {exc}") from None
     try:
         pool = await asyncpg.create_pool(
             url,
