@@ -351,6 +351,7 @@ TARGETS: dict[str, Target] = {
             "tests/auth/test_quarantine_readers.py",
             "tests/registry/test_policy_enforcement.py",
             "tests/security/test_stale_evidence.py",
+            "tests/security/test_blob_gate_edges.py",
         ),
     ),
     # The `base_image` rule, against its unit tests and the library tests that push images
