@@ -1,6 +1,8 @@
-"""The blob gate's edges: which refused image a quarantined blob's refusal names, a manifest
-deleted while its blob's standing is decided, a cached standing at the instant it ends, and the
-bound on the manifests a blob delete checks."""
+"""The blob gate's edges, each a way a layer of a refused image could leak or a released layer
+be deleted: which refused image a quarantined blob's refusal names, a manifest deleted while its
+blob's standing is decided, a cached standing at the instant it ends, the bounds on the manifests
+a blob delete checks and on the index levels climbed, `default: deny`, a rule excluding the
+repository, and a walk up from a layer that meets an index twice."""
 
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ async def test_a_blob_whose_only_image_is_deleted_during_the_check_is_not_pullab
     ci = As(client, basic("ci", accounts.robot_token))
     olga = As(client, basic("olga", PASSWORDS["olga"]))
     manifest, raw = await push_plain(ci, "team-b/app", "v1", layers=[b"gone with its image"])
-    layer = policies_layer(raw)
+    layer = only_layer(raw)
     db = client.app[CONTEXT].policy.blobs.db
     lookup = db.manifests_needing
     seen: list[list[str]] = []
@@ -102,7 +104,7 @@ async def test_a_blob_whose_only_image_is_deleted_during_the_check_is_not_pullab
     assert (await olga.get(f"/v2/team-b/app/manifests/{manifest}")).status == 404
 
 
-def policies_layer(raw: bytes) -> str:
+def only_layer(raw: bytes) -> str:
     """The digest of the only layer of the image manifest `raw`."""
     (layer,) = json.loads(raw)["layers"]
     return str(layer["digest"])
@@ -123,7 +125,7 @@ async def test_a_cached_standing_is_decided_afresh_from_the_instant_it_ends(
     layers = {}
     for name in ("prod/at", "prod/after"):
         digest, raw = await push_plain(client, name, "v1", layers=[name.encode()])
-        layers[name] = (digest, policies_layer(raw))
+        layers[name] = (digest, only_layer(raw))
     held = int(time.time())  # a whole second: the moves below land exactly
     with time_machine.travel(held, tick=False) as clock:
         expiry = datetime.datetime.fromtimestamp(held + 3600, datetime.UTC)
@@ -181,7 +183,7 @@ async def test_under_default_deny_the_blobs_of_a_repository_no_rule_names_are_re
     pulled, and neither may their layers be read through the blob endpoint."""
     client = registry("version: 1\nrules: []\n")
     _, raw = await push_plain(client, "app/web", "v1", layers=[b"denied by default"])
-    layer = policies_layer(raw)
+    layer = only_layer(raw)
     client = registry("version: 1\ndefault: deny\nrules: []\n")
     message = await denied(await client.get(f"/v2/app/web/blobs/{layer}"))
     assert message == (
@@ -223,14 +225,16 @@ async def reviewed_image(client: Any, name: str, layer: bytes) -> tuple[str, byt
     return digest, body, sha256(layer)
 
 
-async def reviewed_index(client: Any, name: str, child: bytes, reference: str | None) -> bytes:
+async def reviewed_index(
+    client: Any, name: str, child: bytes, child_type: str, reference: str | None
+) -> bytes:
     """Push a reviewed index over `child` (by digest, or tagged `reference`); its bytes."""
     index = {
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": [
             descriptor(
-                OCI_MANIFEST if b'"layers"' in child else OCI_INDEX,
+                child_type,
                 child,
                 platform={"os": "linux", "architecture": "amd64"},
             )
@@ -266,7 +270,9 @@ async def test_a_layer_is_pullable_through_a_tagged_index_at_most_four_levels_up
     ci = As(client, basic("ci", accounts.robot_token))
     _, body, layer = await reviewed_image(ci, "team-b/app", b"nested layer")
     for level in range(1, levels + 1):
-        body = await reviewed_index(ci, "team-b/app", body, "top" if level == levels else None)
+        child_type = OCI_MANIFEST if level == 1 else OCI_INDEX
+        top = "top" if level == levels else None
+        body = await reviewed_index(ci, "team-b/app", body, child_type, top)
     alice = As(client, basic("alice", PASSWORDS["alice"]))
     resp = await alice.get(f"/v2/team-b/app/blobs/{layer}")
     if levels <= 4:
