@@ -109,6 +109,8 @@ class ImageFacts:
     platforms: tuple[str, ...] = ()  # an index's platforms (from its descriptors)
     # tag -> digest it points at now; pushes only, when gathered
     tag_targets: Mapping[str, str] = field(default_factory=dict)
+    # Whether `tag_targets` was read (a tag absent from it then points nowhere).
+    tags_read: bool = False
     lineage: tuple[Lineage, ...] | None = None  # per platform image; None when not gathered
     # Signature proofs by trust config version (`signatures:<version>` needs; pulls only).
     signatures: Mapping[str, SignatureEvidence] | None = None
@@ -241,6 +243,7 @@ async def gather_facts(
         images=tuple(images),
         platforms=tuple(platforms),
         tag_targets=tag_targets,
+        tags_read=request.action is Action.PUSH and TAG_TARGETS in needs,
         lineage=lineage,
         signatures=signatures,
         scans=scans,

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,9 @@ class PushCheck:
     verdict: Verdict | None = None
     # The image's lineage, when a rule needed it: recording the push reuses it.
     lineage: tuple[Lineage, ...] | None = None
+    # Where the pushed tags pointed when the decision read them (an absent tag pointed
+    # nowhere); None when no rule read them. The store re-checks it (`TagPremise`).
+    tag_targets: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -182,11 +185,15 @@ class PolicyGate:
                 self.reload()
 
     @contextlib.asynccontextmanager
-    async def tag_guard(self, repository: str, tag: str | None) -> AsyncIterator[None]:
-        """Hold while a push by tag is checked and stored: pushes to one tag are decided one
-        after the other, so a race cannot move an immutable tag. Pushes in this process queue
+    async def tag_guard(
+        self, repository: str, tag: str | None, *, across_processes: bool = True
+    ) -> AsyncIterator[None]:
+        """Hold while a change by tag is checked and stored: changes to one tag are decided one
+        after the other, so a race cannot move an immutable tag. Changes in this process queue
         on a lock of their own first; the holder then takes the tag's lock in the database
-        (`MetadataDB.exclusive`), which every other worker and replica takes too."""
+        (`MetadataDB.exclusive`), which every other worker and replica takes too, unless not
+        `across_processes`: a push whose store re-checks the tag inside its transaction
+        (`TagPremise`) needs no lock of the database, and saves its round trips."""
         if tag is None or self.policy.allows_everything:
             yield
             return
@@ -196,12 +203,13 @@ class PolicyGate:
             entry = self._tag_locks[key] = [asyncio.Lock(), 0]
         entry[1] += 1
         try:
-            async with entry[0], self.db.exclusive(tag_key(repository, tag)):
-                self._tags_held.add(key)
-                try:
-                    yield
-                finally:
-                    self._tags_held.discard(key)
+            async with contextlib.AsyncExitStack() as held:
+                await held.enter_async_context(entry[0])
+                if across_processes:
+                    await held.enter_async_context(self.db.exclusive(tag_key(repository, tag)))
+                    self._tags_held.add(key)
+                    held.callback(self._tags_held.discard, key)
+                yield
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -286,7 +294,8 @@ class PolicyGate:
         verdict, facts = await self._decide(request, media_type, content, policy)
         if verdict.outcome is Outcome.DENY:
             await self._record(verdict, request)
-        return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage)
+        targets = facts.tag_targets if facts.tags_read else None
+        return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage, targets)
 
     def push_decision(self, check: PushCheck) -> DecisionRecord | None:
         """The decision-log row of a push `check_push` let through, written in the push's own

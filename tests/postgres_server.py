@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import subprocess
 import threading
 import uuid
@@ -27,6 +28,8 @@ DATABASE_BATCH = 16
 #: The database `create_database(with_schema=True)` copies: Trustyard's schema, made once per
 #: server by the product's own `open_metadata` (never a copy of its SQL kept here).
 SCHEMA_TEMPLATE = "trustyard_schema_template"
+#: What the server logs (`log_connections`) when a client has connected to a database.
+_CONNECTED = re.compile(r"connection authorized: user=\S+ database=(\S+)")
 
 
 def postgres_bin() -> Path | None:
@@ -57,6 +60,12 @@ class PostgresServer:
         self._spare: list[str] = []
         self._spare_with_schema: list[str] = []
         self._template_made = False
+        #: The kind of each database made (True: with the schema), and those a client ever
+        #: connected to (read from the server's log).
+        self._with_schema: dict[str, bool] = {}
+        self._connected: set[str] = set()
+        self._log_read = 0
+        self._given_back: list[str] = []
         self._dropped: list[str] = []
         self._lock = threading.Lock()
 
@@ -93,7 +102,9 @@ class PostgresServer:
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
             # A test cluster: durability is not what these tests measure, speed is welcome.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200 -c shared_buffers=32MB"
+            "-c max_connections=200 -c shared_buffers=32MB "
+            # Which databases were ever connected to: one never opened is handed out again.
+            "-c log_connections=on"
         )
         self._pg_ctl_start()
 
@@ -137,6 +148,8 @@ class PostgresServer:
         with self._lock:
             spare = self._spare_with_schema if with_schema else self._spare
             if not spare:
+                self._sort_given_back()
+            if not spare:
                 if with_schema and not self._template_made:
                     self._make_template()
                 spare.extend(self._refill(SCHEMA_TEMPLATE if with_schema else None))
@@ -144,9 +157,31 @@ class PostgresServer:
 
     def drop_database(self, url: str) -> None:
         """Give a database back: dropped with the next batch (disk stays bounded over a
-        session of thousands of tests)."""
+        session of thousands of tests), or, when no client ever connected to it (a test that
+        started no registry), handed out again as it is: byte for byte a fresh copy."""
         with self._lock:
-            self._dropped.append(url.split("@/", 1)[1].split("?", 1)[0])
+            self._given_back.append(url.split("@/", 1)[1].split("?", 1)[0])
+
+    def _sort_given_back(self) -> None:
+        """Put the databases given back that nobody opened with the spare ones, the others with
+        those to drop. A connection is logged by its server process before the client may send
+        a query; the test that gave the database back is over, so its connections are in."""
+        log = self.root / "server.log"
+        with log.open("rb") as text:
+            text.seek(self._log_read)
+            new = text.read()
+        complete = new.rfind(b"\n") + 1  # a line half written is read next time
+        self._log_read += complete
+        self._connected.update(_CONNECTED.findall(new[:complete].decode(errors="replace")))
+        for name in self._given_back:
+            if name in self._connected or name not in self._with_schema:
+                self._dropped.append(name)
+                self._with_schema.pop(name, None)
+            elif self._with_schema[name]:
+                self._spare_with_schema.append(name)
+            else:
+                self._spare.append(name)
+        self._given_back.clear()
 
     def _refill(self, template: str | None) -> list[str]:
         names = [f"t_{uuid.uuid4().hex[:16]}" for _ in range(DATABASE_BATCH)]
@@ -158,6 +193,7 @@ class PostgresServer:
         statements += [f'CREATE DATABASE "{name}"{copy}{strategy}' for name in names]
         self._psql(statements)
         self._dropped.clear()
+        self._with_schema.update(dict.fromkeys(names, template is not None))
         return names
 
     def _psql(self, statements: list[str]) -> None:

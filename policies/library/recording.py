@@ -35,7 +35,13 @@ from policies.library.signing import (
     unsigned,
 )
 from storage.blobstore import BlobStore
-from storage.metadata import EndLibraryTag, FollowLibraryTag, LineageRow, MetadataDB
+from storage.metadata import (
+    EndLibraryTag,
+    FollowLibraryTag,
+    LineageRow,
+    MetadataDB,
+    RecordLineage,
+)
 
 log = logging.getLogger("trustyard.library")
 
@@ -86,19 +92,12 @@ def first_layers(images: Sequence[ImageLayers]) -> set[str]:
     }
 
 
-async def record_lineage(
-    db: MetadataDB,
-    repository: str,
-    digest: str,
-    lineages: Sequence[Lineage],
-    now: float | None = None,
-) -> None:
-    """Store what each platform image of `repository@digest` is built on (replacing what was
-    recorded before for the same manifest). A base pending its signature is no base yet: not
-    recorded. An image with no base at all is remembered by its first layers, to be traced
+def lineage_change(repository: str, digest: str, lineages: Sequence[Lineage]) -> RecordLineage:
+    """What `repository@digest` is recorded to be built on, as a change of a registry write
+    (`put_manifest`, or `record_lineage`'s own). A base pending its signature is no base yet:
+    not recorded. An image with no base at all is remembered by its first layers, to be traced
     again when a library tag gains a digest it may be built on (`retrace_after_move`)."""
-    now = time.time() if now is None else now
-    bases = [
+    bases = tuple(
         LineageRow(
             platform=lineage.platform or "",
             library_name=lineage.base.name,
@@ -109,9 +108,23 @@ async def record_lineage(
         )
         for lineage in lineages
         if lineage.base is not None and not lineage.base.pending
-    ]
-    layers = [] if bases else sorted(first_layers([lineage.image for lineage in lineages]))
-    await db.record_lineage(repository, digest, bases, layers, now)
+    )
+    layers = () if bases else tuple(sorted(first_layers([lineage.image for lineage in lineages])))
+    return RecordLineage(repository, digest, bases, layers)
+
+
+async def record_lineage(
+    db: MetadataDB,
+    repository: str,
+    digest: str,
+    lineages: Sequence[Lineage],
+    now: float | None = None,
+) -> None:
+    """Store what each platform image of `repository@digest` is built on (replacing what was
+    recorded before for the same manifest), in a write of its own (`lineage_change`)."""
+    now = time.time() if now is None else now
+    change = lineage_change(repository, digest, lineages)
+    await db.record_lineage(repository, digest, change.bases, change.first_layers, now)
 
 
 async def record_current_lineage(
@@ -122,17 +135,22 @@ async def record_current_lineage(
     digest: str,
     content: bytes,
     lineages: Sequence[Lineage],
+    *,
+    recorded: bool = False,
 ) -> None:
-    """`record_lineage`, then make sure the `current` flags it wrote still hold.
+    """`record_lineage` (unless `recorded` already, in the push's own transaction), then make
+    sure the `current` flags it wrote still hold.
 
-    Lineage is traced from the library's history as it was read, and recorded after the push's
-    commit, outside any tag guard: a library tag may move in between (its transaction flips the
-    flags of the rows recorded so far, not of one written after). Read after the write, a
-    history that disagrees with a flag means such a move came first: the image is traced again
-    and recorded afresh (a move after the write flipped the row itself). At most
-    `LINEAGE_ATTEMPTS` tries; a tag moving faster than that is logged."""
+    Lineage is traced from the library's history as it was read, before the write that records
+    it: a library tag may move in between (its transaction flips the flags of the rows recorded
+    so far, not of one written after). Read after the write, a history that disagrees with a
+    flag means such a move came first: the image is traced again and recorded afresh (a move
+    after the write flipped the row itself). At most `LINEAGE_ATTEMPTS` tries; a tag moving
+    faster than that is logged."""
     for attempt in range(1, LINEAGE_ATTEMPTS + 1):
-        await record_lineage(db, repository, digest, lineages)
+        if not recorded:
+            await record_lineage(db, repository, digest, lineages)
+        recorded = False
         bases = [
             lineage.base
             for lineage in lineages
@@ -236,6 +254,7 @@ async def record_library_push(
     *,
     moved: bool = False,
     locks: TagLocks | None = None,
+    recorded: bool = False,
 ) -> None:
     """After a manifest was stored (`moved`: its library tag's history moved in the same
     transaction, `move_pushed_tag`): the tag history of a declared library tag whose image asks
@@ -244,8 +263,10 @@ async def record_library_push(
     reports a move), then the image's lineage: `lineages` when the policy decision traced it
     already, unless the push was to a library repository (its tag history or a signature may
     have changed the candidates). A digest the library gained has the images pushed before it
-    traced again (`retrace_after_move`). Runs after the commit, outside the tag guard: a failure
-    is the caller's to log (the push is stored; lineage is a report)."""
+    traced again (`retrace_after_move`). `recorded`: the push's own transaction recorded the
+    `lineages` (`lineage_change`), which are only checked against the library here. Runs
+    after the commit, outside the tag guard: a failure is the caller's to log (the push is
+    stored; lineage is a report)."""
     image = None if library is None else library.image_at(repository)
     gained: list[str] = [digest] if moved else []
     if library is not None and image is not None and image.signed_by and tag in image.tags:
@@ -261,8 +282,11 @@ async def record_library_push(
         )
     if lineages is None or image is not None:
         lineages = await trace_lineage(db, store, repository, digest, content, library)
+        recorded = False
     if lineages:
-        await record_current_lineage(db, store, library, repository, digest, content, lineages)
+        await record_current_lineage(
+            db, store, library, repository, digest, content, lineages, recorded=recorded
+        )
     for gain in dict.fromkeys(gained):
         await retrace_after_move(db, store, library, repository, gain)
 

@@ -2,11 +2,12 @@
 
 ```
 ManifestPush ──> read: reference, size, verification limits, parse          (push.prepare)
-                  │
+                  │ observers before: the image's lineage traced (outside the tag guard)
         ┌─ tag guard (per repository:tag) ──────────────────────────────────────────────┐
         │ policy check ── denied: logged + `policy.denied`, nothing stored ──> DENIED   │
-        │ observers stage ─> one transaction: manifest, references, tag, evidence bump, │
-        │                    outbox rows, library tag history                           │
+        │ observers stage ─> one transaction: the tag still where the check read it,    │
+        │                    manifest, references, tag, evidence bump, outbox rows,     │
+        │                    library tag history, lineage                               │
         └───────────────────────────────────────────────────────────────────────────────┘
                   │ committed
         observers, each guarded (a failure is logged and counted, never an error):

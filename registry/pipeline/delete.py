@@ -122,7 +122,11 @@ async def _delete(
         deleted = await db.delete_manifest(name, digest, staged.statements, staged.library)
     else:
         assert tag is not None
-        deleted = await db.delete_tag(name, tag, staged.statements, staged.library)
-    if not deleted:  # deleted by someone else meanwhile
+        # Only while it points at the manifest decided on: a push by another process does not
+        # wait for this delete's lock of the tag (it re-checks the tag in its own transaction).
+        deleted = await db.delete_tag(
+            name, tag, staged.statements, staged.library, digest=record.digest
+        )
+    if not deleted:  # deleted (or the tag moved) by someone else meanwhile
         raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     return change, headers

@@ -1,6 +1,8 @@
 """What a manifest change sets off besides storing it: the observers of the pipeline.
 
-An observer may add to the change's own transaction (`stage`: rows that must exist exactly when
+An observer may prepare a push from its bytes alone before its tag guard is taken (`before`: the
+library traces the image's lineage, which may be slow), add to the change's own transaction
+(`stage`: rows that must exist exactly when
 the change does, such as the events outbox and a library tag's history) and acts once it is
 committed (`after`). What it adds before the commit is all-or-nothing with the change: a failure
 there refuses the change and stores nothing. What it does after the commit can no longer undo the
@@ -30,7 +32,14 @@ from typing import Literal, Protocol
 from policies.gateway import PolicyGate, PushCheck
 from policies.library.declaration import Library
 from policies.library.history import TagMove
-from policies.library.recording import end_deleted_tags, follow_pushed_tag, record_library_push
+from policies.library.lineage import Lineage
+from policies.library.recording import (
+    end_deleted_tags,
+    follow_pushed_tag,
+    lineage_change,
+    record_library_push,
+    trace_lineage,
+)
 from policies.signatures.proofs import signature_pushed
 from registry.events.hub import EventHub
 from storage.blobstore import BlobStore
@@ -61,6 +70,9 @@ class Change:
     library_moved: bool = False
     #: Outbox rows staged with the change (none when no endpoint wants its events).
     outbox_rows: int = 0
+    #: A push: the image's lineage, traced before the tag guard and staged to be recorded in
+    #: its own transaction (None: not traced, then traced and recorded after the commit).
+    lineage: tuple[Lineage, ...] | None = None
 
     @property
     def repository(self) -> str:
@@ -90,6 +102,10 @@ class Observer(Protocol):
     #: The name failures are logged and counted under.
     name: str
 
+    async def before(self, change: Change) -> None:
+        """Prepare from the pushed bytes alone, before the tag guard is taken (the change has
+        no policy check yet): what may be slow and does not depend on the tag."""
+
     async def stage(self, change: Change, staged: Staged) -> None:
         """Add to the change's transaction (under the tag guard; must be quick)."""
 
@@ -104,6 +120,12 @@ class Observers:
         self.observers = tuple(observers)
         #: Failures after a commit, by observer name (`trustyard_pipeline_observer_failures`).
         self.failures: dict[str, int] = {o.name: 0 for o in self.observers}
+
+    async def before(self, change: Change) -> None:
+        """Let every observer prepare a push before its tag guard is taken. A failure here
+        propagates: nothing is decided or stored yet."""
+        for observer in self.observers:
+            await observer.before(change)
 
     async def stage(self, change: Change) -> Staged:
         """What every observer adds to the change's transaction. A failure here propagates:
@@ -140,6 +162,9 @@ class EvidenceCache:
     def __init__(self, gate: PolicyGate) -> None:
         self.gate = gate
 
+    async def before(self, change: Change) -> None:
+        """Nothing before the guard."""
+
     async def stage(self, change: Change, staged: Staged) -> None:
         """Nothing: the evidence version is bumped by the store itself."""
 
@@ -157,6 +182,9 @@ class EventSender:
 
     def __init__(self, events: EventHub) -> None:
         self.events = events
+
+    async def before(self, change: Change) -> None:
+        """Nothing before the guard."""
 
     async def stage(self, change: Change, staged: Staged) -> None:
         """The change's outbox rows."""
@@ -187,6 +215,9 @@ class DecisionLog:
     def __init__(self, gate: PolicyGate) -> None:
         self.gate = gate
 
+    async def before(self, change: Change) -> None:
+        """Nothing before the guard."""
+
     async def stage(self, change: Change, staged: Staged) -> None:
         """The allowed push's decision row."""
         if change.check is not None:
@@ -203,8 +234,11 @@ class DecisionLog:
 class LibraryObserver:
     """The base-image library: a declared library tag's history follows its registry tag in the
     change's own transaction (`library.tag.updated` in the outbox as it moves; a deleted tag's
-    history ends); after the commit, a `signed_by` tag follows once signed, and lineage is
-    traced and recorded (with the images built on a digest the library gained traced again)."""
+    history ends), and so does a pushed image's lineage (outside the library, whose pushes are
+    traced after the commit: their tag history or signature may change the candidates); after
+    the commit, a `signed_by` tag follows once signed, lineage is checked against the library
+    (or traced and recorded), and the images built on a digest the library gained are traced
+    again."""
 
     name = "library"
 
@@ -217,8 +251,11 @@ class LibraryObserver:
         self.events = events
 
     async def stage(self, change: Change, staged: Staged) -> None:
-        """The history move (or end) of a declared library tag, on the change's transaction."""
+        """The history move (or end) of a declared library tag, and a pushed image's lineage,
+        on the change's transaction."""
         library = self._library(change)
+        if change.action == "push":
+            await self._stage_lineage(change, staged, library)
         if library is None:
             return
         if change.action == "delete":
@@ -265,14 +302,47 @@ class LibraryObserver:
                 change.record.content,
                 change.tag,
                 announce,
-                change.check.lineage,
+                change.check.lineage if change.lineage is None else change.lineage,
                 moved=change.library_moved,
                 locks=self.gate,
+                recorded=change.lineage is not None,
             )
         finally:
             # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.
             if any(announced):
                 self.events.committed()
+
+    async def before(self, change: Change) -> None:
+        """Trace a push's lineage outside the library, before its tag guard (tracing reads the
+        library's history and the image's configs, which may be slow, and does not depend on
+        the tag). When that fails, the push is not refused for it: it is traced again after
+        the commit."""
+        library = self.gate.policy.library
+        if change.action != "push" or (library is not None and library.image_at(change.repository)):
+            return
+        try:
+            change.lineage = await trace_lineage(
+                self.db,
+                self.store,
+                change.repository,
+                change.digest,
+                change.record.content,
+                library,
+            )
+        except Exception:
+            log.exception("tracing the lineage of %s@%s", change.repository, change.digest)
+
+    async def _stage_lineage(self, change: Change, staged: Staged, library: Library | None) -> None:
+        """The lineage of a push outside the library, as a change of its own transaction (a
+        second commit per push otherwise): the decision's trace when a rule needed it, else
+        the one traced `before`."""
+        if change.check is None or (library is not None and library.image_at(change.repository)):
+            change.lineage = None
+            return
+        if change.check.lineage is not None:
+            change.lineage = change.check.lineage
+        if change.lineage:
+            staged.library.append(lineage_change(change.repository, change.digest, change.lineage))
 
     def _library(self, change: Change) -> Library | None:
         if change.check is not None:
@@ -291,6 +361,9 @@ class SignatureProofs:
         self.db = db
         self.store = store
         self.gate = gate
+
+    async def before(self, change: Change) -> None:
+        """Nothing before the guard."""
 
     async def stage(self, change: Change, staged: Staged) -> None:
         """Nothing: verification is slow, it never runs inside the tag guard."""

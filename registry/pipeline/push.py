@@ -3,11 +3,19 @@
 1. Read: the reference (a tag in the spec's grammar, or the digest the bytes must have), the
    size limit, the verification limits of a signature the policy would verify, the parse (in a
    thread for a large manifest).
-2. Under the tag guard (pushes to one tag one after the other): the policy check (a denial is
-   logged and reported at once, and nothing is stored), then one transaction storing the
-   manifest, moving the tag, and writing what the observers stage with it (the events outbox,
-   a library tag's history, the allowed push's decision row). Nothing slow runs here.
-3. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
+2. Outside the tag guard: what the observers prepare from the bytes alone (the image's
+   lineage, `Observers.before`).
+3. Under the tag guard (pushes to one tag one after the other in this process): the policy
+   check (a denial is logged and reported at once, and nothing is stored), then one
+   transaction storing the manifest, moving the tag, and writing what the observers stage with
+   it (the events outbox, a library tag's history, the image's lineage, the allowed push's
+   decision row). Nothing slow runs here. Across processes, a decision that read the tag (an
+   immutable tag) is its store's premise: the transaction re-reads the tag under the
+   database's write lock and, when another process moved it since, stores nothing and the push
+   is decided again (`TAG_ATTEMPTS`), so of two racing pushes to a new immutable tag exactly
+   one is stored, without a lock of the database held (and paid for in round trips) from the
+   check to the commit. A declared library tag takes that lock as well (`tag_guard`).
+4. After the commit, outside the guard: the observers (`registry.pipeline.observers`), each
    guarded: one failing is logged and counted, never an error for a push that is stored.
 
 A manifest that arrives by other means than an HTTP PUT (a pull-through cache) goes through
@@ -17,22 +25,24 @@ A manifest that arrives by other means than an HTTP PUT (a pull-through cache) g
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from policies.decisions import Action
 from policies.engine import Policy
 from policies.facts import PolicyRequest
-from policies.gateway import PolicyGate
+from policies.gateway import PolicyGate, PushCheck
 from policies.signatures.proofs import push_problem
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
-from storage.metadata import ManifestRecord, MetadataDB, MissingReferences
+from storage.metadata import ManifestRecord, MetadataDB, MissingReferences, TagMoved, TagPremise
 from storage.oci.digests import Digest, parse_digest
 from storage.oci.errors import (
     DIGEST_INVALID,
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_TOO_LARGE,
+    TOOMANYREQUESTS,
     OciError,
 )
 from storage.oci.grammar import check_tag, is_digest
@@ -40,6 +50,12 @@ from storage.oci.manifest import MAX_MANIFEST_SIZE, ParsedManifest, Reference, p
 
 #: Manifests larger than this are parsed in a thread (a typical image manifest is a few KiB).
 LARGE_MANIFEST = 64 * 1024
+
+#: Times a push is decided again when other processes keep moving its tag between its check
+#: and its commit (then it is refused: 429, retry; nothing stored).
+TAG_ATTEMPTS = 5
+
+log = logging.getLogger("trustyard.pipeline")
 
 
 @dataclass(frozen=True)
@@ -149,48 +165,97 @@ async def push_manifest(
     Raises `PolicyDenied` or `OciError` (MANIFEST_BLOB_UNKNOWN, ...) when nothing was stored; once
     stored, returns whatever the observers do."""
     prepared = await prepare(push, gate.policy)
-    name, tag, digest = push.repository, prepared.tag, str(prepared.digest)
-    record = prepared.record()
-    async with gate.tag_guard(name, tag):
-        # Checked before anything is stored: a denied push leaves no manifest and no tag, and
-        # its denial is logged (and reported) at once. The tag stays held from check to commit,
-        # so two pushes to one tag cannot both pass immutability.
-        async with events.reporting_denials("push", name, push.reference, digest, push.actor):
-            check = await gate.check_push(
-                PolicyRequest(
-                    Action.PUSH,
+    name, tag = push.repository, prepared.tag
+    library = gate.policy.library
+    image = None if library is None else library.image_at(name)
+    # A declared library tag keeps the database's tag lock: its `signed_by` follow reads the
+    # registry tag and moves the library's in two steps, under that lock.
+    across = image is not None and tag in image.tags
+    # What the observers prepare from the bytes alone (the image's lineage), outside the guard.
+    early = Change("push", prepared.record(), push.actor, tag=tag)
+    await observers.before(early)
+    async with gate.tag_guard(name, tag, across_processes=across):
+        for attempt in range(1, TAG_ATTEMPTS + 1):
+            try:
+                change, check = await _check_and_store(db, gate, events, observers, prepared, early)
+                break
+            except TagMoved as moved:
+                # Another process moved the tag since this push read it: decided afresh.
+                log.info(
+                    "%s:%s moved to %s while a push was decided (attempt %d of %d)",
                     name,
-                    push.reference,
-                    digest,
-                    () if tag is None else (tag,),
-                    push.actor,
-                ),
-                prepared.parsed.media_type,
-                push.content,
-            )
-        change = Change("push", record, push.actor, tag=tag, check=check)
-        if tag is not None and events.is_library(name, check.policy.library):
-            # The deprecated `events.library_repositories`: reports the digest the tag left.
-            change.previous = await db.tag_target(name, tag)
-        staged = await observers.stage(change)
-        # The tag's lock must still be this process's (a PostgreSQL lock connection can drop
-        # while the check ran): else refused, never committed unguarded.
-        await gate.confirm_tags(name, (tag,))
-        try:
-            references = prepared.parsed.references
-            if push.references_fetched_later:
-                references = [Reference(r.digest, r.kind, required=False) for r in references]
-            moved = await db.put_manifest(
-                record, references, tag, staged.statements, staged.library, staged.decisions
-            )
-        except MissingReferences as exc:
-            missing = exc.missing[0]
+                    tag,
+                    moved.found,
+                    attempt,
+                    TAG_ATTEMPTS,
+                )
+        else:
             raise OciError(
-                MANIFEST_BLOB_UNKNOWN,
-                {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
-                message=f"manifest references {missing.kind} {missing.digest} unknown to "
-                f"repository {name}",
-            ) from None
-        change.library_moved = bool(moved)
+                TOOMANYREQUESTS,
+                {"name": name, "reference": push.reference},
+                message=f"tag {tag} keeps being moved by other pushes while this one is "
+                "decided; nothing was stored, try again",
+            )
     await observers.after(change)
-    return Stored(name, digest, prepared.parsed.subject, check.headers)
+    return Stored(name, str(prepared.digest), prepared.parsed.subject, check.headers)
+
+
+async def _check_and_store(
+    db: MetadataDB,
+    gate: PolicyGate,
+    events: EventHub,
+    observers: Observers,
+    prepared: Prepared,
+    early: Change,
+) -> tuple[Change, PushCheck]:
+    """Under the tag guard: the policy check, then one transaction storing what the observers
+    stage with it; `TagMoved` when the tag moved since the check read it (nothing stored)."""
+    push, name, tag = prepared.push, prepared.push.repository, prepared.tag
+    digest = str(prepared.digest)
+    # Checked before anything is stored: a denied push leaves no manifest and no tag, and
+    # its denial is logged (and reported) at once.
+    async with events.reporting_denials("push", name, push.reference, digest, push.actor):
+        check = await gate.check_push(
+            PolicyRequest(
+                Action.PUSH, name, push.reference, digest, () if tag is None else (tag,), push.actor
+            ),
+            prepared.parsed.media_type,
+            push.content,
+        )
+    change = Change("push", early.record, push.actor, tag=tag, check=check, lineage=early.lineage)
+    premise = None
+    if tag is not None and check.tag_targets is not None:
+        # The decision read the tag: the store moves it only if it still points there.
+        premise = TagPremise(check.tag_targets.get(tag))
+    if tag is not None and events.is_library(name, check.policy.library):
+        # The deprecated `events.library_repositories`: reports the digest the tag left.
+        if premise is None:
+            premise = TagPremise(await db.tag_target(name, tag))
+        change.previous = premise.digest
+    staged = await observers.stage(change)
+    # A tag's lock in the database must still be this process's (a PostgreSQL lock connection
+    # can drop while the check ran): else refused, never committed unguarded.
+    await gate.confirm_tags(name, (tag,))
+    references = prepared.parsed.references
+    if push.references_fetched_later:
+        references = [Reference(r.digest, r.kind, required=False) for r in references]
+    try:
+        moved = await db.put_manifest(
+            change.record,
+            references,
+            tag,
+            staged.statements,
+            staged.library,
+            staged.decisions,
+            premise,
+        )
+    except MissingReferences as exc:
+        missing = exc.missing[0]
+        raise OciError(
+            MANIFEST_BLOB_UNKNOWN,
+            {"digest": missing.digest, "missing": [ref.digest for ref in exc.missing]},
+            message=f"manifest references {missing.kind} {missing.digest} unknown to "
+            f"repository {name}",
+        ) from None
+    change.library_moved = bool(moved)
+    return change, check

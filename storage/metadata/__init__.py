@@ -38,6 +38,7 @@ from storage.metadata.library import (
     LibraryChange,
     LibraryMove,
     LineageRow,
+    RecordLineage,
     TagHistoryEntry,
 )
 from storage.metadata.manifests import (
@@ -46,6 +47,8 @@ from storage.metadata.manifests import (
     Reference,
     Referrer,
     RepositorySummary,
+    TagMoved,
+    TagPremise,
     TagRow,
 )
 from storage.metadata.outbox import Backlog, Delivery, OutboxRow
@@ -102,12 +105,15 @@ __all__ = [
     "OutboxRows",
     "PostgreSQLMetadata",
     "ProofRow",
+    "RecordLineage",
     "Reference",
     "Referrer",
     "RepositorySummary",
     "SQLiteMetadata",
     "Simulation",
     "TagHistoryEntry",
+    "TagMoved",
+    "TagPremise",
     "TagRow",
     "is_postgresql",
     "open_metadata",

@@ -73,10 +73,6 @@ class EndLibraryTag:
     tag: str
 
 
-#: What a registry write may change of the library's tag history, in its own transaction.
-LibraryChange = FollowLibraryTag | EndLibraryTag
-
-
 class LineageRow(NamedTuple):
     """What one platform image of a pushed manifest is built on."""
 
@@ -87,6 +83,23 @@ class LineageRow(NamedTuple):
     current: bool  # whether base_digest is still the library tag's current digest
     shared_layers: int
     recorded_at: float = 0.0  # set by the store on writing
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLineage:
+    """Part of a registry write (`put_manifest`): what the pushed manifest `repository@digest`
+    is built on, recorded in the push's own transaction (as `record_lineage` does in one of
+    its own), so a push costs one commit, not two."""
+
+    repository: str
+    digest: str
+    bases: tuple[LineageRow, ...]
+    first_layers: tuple[str, ...]
+
+
+#: What a registry write may change of the library in its own transaction: a library tag's
+#: history, and the pushed image's lineage.
+LibraryChange = FollowLibraryTag | EndLibraryTag | RecordLineage
 
 
 class ConsumerRow(NamedTuple):

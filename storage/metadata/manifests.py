@@ -21,6 +21,8 @@ __all__ = [
     "Reference",
     "Referrer",
     "RepositorySummary",
+    "TagMoved",
+    "TagPremise",
     "TagRow",
 ]
 
@@ -84,6 +86,26 @@ class MissingReferences(Exception):
         self.missing = missing
 
 
+@dataclass(frozen=True, slots=True)
+class TagPremise:
+    """Where the tag of a push pointed when the push was decided (`digest` None: nowhere). The
+    store moves the tag only while it still points there, checked inside its transaction, so a
+    decision that read the tag (an immutable tag, the digest it leaves) cannot be overtaken by
+    another process's push between the check and the commit."""
+
+    digest: str | None
+
+
+class TagMoved(Exception):
+    """The tag of a push no longer points where the push was decided on (another process moved
+    it meanwhile): nothing was stored, the push is to be decided again."""
+
+    def __init__(self, tag: str, premise: str | None, found: str | None) -> None:
+        super().__init__(f"tag {tag} points to {found}, not {premise}")
+        self.tag = tag
+        self.found = found
+
+
 class ManifestsAndTags(ABC):
     """Repositories, manifests, their references and tags.
 
@@ -117,9 +139,11 @@ class ManifestsAndTags(ABC):
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
         decisions: Sequence[DecisionRecord] = (),
+        premise: TagPremise | None = None,
     ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it requires is present in the
-        repository (else `MissingReferences`), bump the repository's evidence version, write
+        repository (else `MissingReferences`) and, with a `premise`, the tag still points where
+        it says (else `TagMoved`), bump the repository's evidence version, write
         the `outbox` rows, make the `library` changes and log the `decisions`: one
         transaction, so a concurrent garbage collection can never remove a blob between the
         check and the insert. A manifest pushed again has its grace period (and its blobs')
@@ -153,10 +177,11 @@ class ManifestsAndTags(ABC):
         tag: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        digest: str | None = None,
     ) -> bool:
-        """Delete a tag (the manifest stays); whether it existed. When it did, the evidence
-        version is bumped, the `outbox` rows written and the `library` changes made in the same
-        transaction."""
+        """Delete a tag (the manifest stays; with `digest`, only while the tag points at it);
+        whether it was deleted. When it was, the evidence version is bumped, the `outbox` rows
+        written and the `library` changes made in the same transaction."""
 
     @abstractmethod
     async def list_tags(self, repository: str, limit: int, after: str | None) -> list[str]:

@@ -43,7 +43,6 @@ from tests.storage.s3_server import (
     ACCESS_KEY,
     SECRET_KEY,
     SeaweedS3,
-    seaweed_in_temp_folder,
 )
 
 pytestmark = pytest.mark.e2e
@@ -59,13 +58,6 @@ class S3Registry:
     registry: RegistryProcess
     prefix: str
     redirect: bool
-
-
-@pytest.fixture(scope="module")
-def seaweed() -> Iterator[SeaweedS3]:
-    """One SeaweedFS S3 server for this module, stopped by PID at the end."""
-    with seaweed_in_temp_folder("ty-s3e2e-") as server:
-        yield server
 
 
 @pytest.fixture(params=[False, True], ids=["redirect-off", "redirect-on"])

@@ -15,7 +15,7 @@ from storage.oci.digests import parse_digest
 from tests.oci import OCI_MANIFEST, push_blob
 from tests.proxy.test_eviction import on, pull
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
-from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
+from tests.storage.conftest import s3_storage
 
 
 async def stored_bytes(client) -> dict[str, int]:
@@ -131,7 +131,7 @@ async def test_eviction_frees_bytes_on_s3(
     upstream_registry,
     upstream,
     caplog,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     client = await start_client(
         storage=s3_storage(seaweed), **limited(upstream_registry.url, upstream_registry.ca)

@@ -16,7 +16,6 @@ from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
 from tests.proxy.test_faults import stored
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
-from tests.storage.conftest import seaweed, storage_section  # noqa: F401  (both backends)
 
 NAME = "mirror.test/team/app"
 CLIENTS = 16
@@ -47,7 +46,7 @@ async def test_sixteen_clients_stream_one_fetch_before_it_completes(
     start_client,
     front,
     upstream,
-    storage_section,  # noqa: F811
+    storage_section,
 ):
     layer = random_layer(4 * 1024 * 1024)
     await upstream.push_image("team/app", "v1", [layer])
@@ -86,7 +85,7 @@ async def test_a_range_of_a_blob_being_fetched_is_served_from_what_arrived(
     start_client,
     front,
     upstream,
-    storage_section,  # noqa: F811
+    storage_section,
 ):
     layer = random_layer(3 * 1024 * 1024)
     await upstream.push_image("team/app", "v1", [layer])
@@ -129,7 +128,7 @@ async def test_upstream_killed_midway_fails_every_joiner_and_stores_nothing(
     start_client,
     front,
     upstream,
-    storage_section,  # noqa: F811
+    storage_section,
 ):
     layer = random_layer(4 * 1024 * 1024)
     await upstream.push_image("team/app", "v1", [layer])

@@ -17,7 +17,7 @@ from registry.context import CONTEXT
 from registry.proxy.routing import PROXY
 from storage.oci.digests import parse_digest
 from tests.proxy.upstreams import proxy_config, random_layer, sha256
-from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
+from tests.storage.conftest import s3_storage
 
 NAME = "mirror.test/team/app"
 
@@ -26,7 +26,7 @@ async def test_proxied_blob_on_s3_survives_an_upstream_dying_midway(
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(7 * 1024 * 1024)  # more than one 5 MiB part
     await upstream.push_image("team/app", "v1", [layer])
@@ -72,7 +72,7 @@ async def test_joiners_far_behind_stream_from_the_local_copy_while_the_fetch_run
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(20 * 1024 * 1024)  # more than any bytes a fetch could keep in memory
     await upstream.push_image("team/app", "v1", [layer])
@@ -111,7 +111,7 @@ async def test_without_a_local_copy_a_joiner_waits_for_the_verified_blob(
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(3 * 1024 * 1024)
     await upstream.push_image("team/app", "v1", [layer])
@@ -168,7 +168,7 @@ async def test_a_joiner_slower_than_the_fetch_reads_the_rest_from_the_local_copy
     start_client,
     front,
     upstream,
-    seaweed,  # noqa: F811
+    seaweed,
 ):
     layer = random_layer(16 * 1024 * 1024)  # far more than the socket buffers hold
     await upstream.push_image("team/app", "v1", [layer])

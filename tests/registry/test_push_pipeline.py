@@ -1,5 +1,6 @@
 """The manifest pipeline: a push is checked and stored under the tag guard, then observed; what
-happens after the commit never undoes it, and nothing slow holds the guard.
+happens after the commit never undoes it, and nothing slow holds the guard (the lineage is
+traced before it, a signature verified after the commit).
 
 Slow post-commit work is made slow deterministically: the test holds an event the observer
 waits on (an `asyncio.Event` for lineage, a `threading.Event` for a verification thread), and
@@ -19,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from policies.errors import PolicyDenied
 from policies.gateway import PolicyGate
-from policies.library import recording
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT, PIPELINE
 from registry.pipeline import ManifestPush
+from registry.pipeline import observers as observers_module
 from tests.library.images import Image, layer_tar, push
 from tests.oci import error_codes, push_blob, push_image
 from tests.signing import (
@@ -171,11 +172,11 @@ async def test_a_denied_push_stores_nothing_and_logs_the_denial(registry: TestCl
         assert await metric(registry, observer) == 0
 
 
-async def test_slow_lineage_after_the_commit_does_not_hold_the_tag(
+async def test_a_slow_lineage_trace_does_not_hold_the_tag(
     registry: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = asyncio.Event(), asyncio.Event()
-    real = recording.trace_lineage
+    real = observers_module.trace_lineage
     calls = 0
 
     async def slow_trace(*args: Any, **kwargs: Any) -> Any:
@@ -186,23 +187,21 @@ async def test_slow_lineage_after_the_commit_does_not_hold_the_tag(
             await release.wait()
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(recording, "trace_lineage", slow_trace)
+    monkeypatch.setattr(observers_module, "trace_lineage", slow_trace)
     first = asyncio.ensure_future(push(registry, "team/web", "v1", TEAM_A))
     await asyncio.wait_for(entered.wait(), PATIENCE)
-    # The first push is committed and still in its lineage: the tag is free for the next one.
-    got = await registry.get("/v2/team/web/manifests/v1")
-    assert got.headers["Docker-Content-Digest"] == TEAM_A.digest
+    # The first push is tracing its lineage, before its tag guard: the tag is free for the next.
     second = await asyncio.wait_for(push(registry, "team/web", "v1", TEAM_B), PATIENCE)
     assert second.status == 201, await second.text()
     assert not first.done()
     got = await registry.get("/v2/team/web/manifests/v1")
     assert got.headers["Docker-Content-Digest"] == TEAM_B.digest
     release.set()
+    # Traced, the first push is decided and stored after the second.
     resp = await asyncio.wait_for(first, PATIENCE)
     assert resp.status == 201, await resp.text()
-    # The slow observer finishing late does not move the tag back.
     got = await registry.get("/v2/team/web/manifests/v1")
-    assert got.headers["Docker-Content-Digest"] == TEAM_B.digest
+    assert got.headers["Docker-Content-Digest"] == TEAM_A.digest
 
 
 async def test_a_slow_signature_verification_stalls_neither_the_loop_nor_the_tag(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.server_process import START_TIMEOUT, RegistryProcess, start_registry
-from tests.storage.conftest import s3_storage, seaweed  # noqa: F401  (the SeaweedFS fixture)
+from tests.storage.conftest import s3_storage
 
 
 @dataclass

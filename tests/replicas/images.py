@@ -17,6 +17,19 @@ rules:
     require: {immutable_tags: true}
 """
 
+#: The same, with the library declaring `library/base:v1`: a push to a declared library tag
+#: still holds the tag's lock in the metadata database from its check to its commit.
+LIBRARY_RELEASES = (
+    IMMUTABLE_RELEASES
+    + """\
+library:
+  namespace: library
+  images:
+    - name: base
+      tags: ["v1"]
+"""
+)
+
 
 async def image_manifest(session: aiohttp.ClientSession, name: str, n: int, label: str) -> bytes:
     """A distinct image manifest (`label` and `n` make its layer) whose blobs are stored in

@@ -2,9 +2,12 @@
 as if it held it: the push is refused with 503 and the reason, nothing is stored, and the next
 push takes the lock on a fresh connection.
 
-A session advisory lock is dropped by the server with its connection, and nothing tells the
-holder; another replica could take the tag and pass the immutability check meanwhile. The push
-is paused between taking the lock and its commit by holding the `tags` table (its policy check
+A push to a declared library tag holds the tag's lock from its check to its commit (the
+library's `signed_by` follow reads the registry tag and moves the library's under it; other
+tags re-check the tag in their store's transaction instead, `test_tag_race`). A session
+advisory lock is dropped by the server with its connection, and nothing tells the holder;
+another replica could take the tag and pass the immutability check meanwhile. The push is
+paused between taking the lock and its commit by holding the `tags` table (its policy check
 reads the tag), while the test ends the lock's backend with `pg_terminate_backend`. (SQLite's
 record locks cannot be lost while their process lives.)
 """
@@ -22,7 +25,7 @@ import pytest
 from storage.metadata.coordination import tag_key
 from tests.oci import OCI_MANIFEST
 from tests.replicas.conftest import StartReplicas
-from tests.replicas.images import IMMUTABLE_RELEASES, image_manifest
+from tests.replicas.images import LIBRARY_RELEASES, image_manifest
 from tests.replicas.locks import backend_holding
 
 #: Only turns a hang into a failure.
@@ -34,9 +37,9 @@ async def test_a_push_whose_tag_lock_was_dropped_is_refused_not_committed(
     start_replicas: StartReplicas, metadata_url: str, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(IMMUTABLE_RELEASES)
+    policy.write_text(LIBRARY_RELEASES)
     replica = start_replicas("--policy", str(policy), count=1).a
-    name, tag = "team/locked", "v1"
+    name, tag = "library/base", "v1"
     async with aiohttp.ClientSession(base_url=replica.url) as client:
         content = await image_manifest(client, name, 1, "lost-lock")
         hold = await asyncpg.connect(metadata_url)

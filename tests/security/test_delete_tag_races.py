@@ -46,10 +46,12 @@ async def test_a_release_tag_pushed_during_a_delete_by_digest_is_not_deleted_unc
     asked = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def watched(self: PolicyGate, repository: str, tag: str | None) -> AsyncIterator[None]:
+    async def watched(
+        self: PolicyGate, repository: str, tag: str | None, **options: bool
+    ) -> AsyncIterator[None]:
         if tag == "dev":
             asked.set()
-        async with real(self, repository, tag):
+        async with real(self, repository, tag, **options):
             yield
 
     monkeypatch.setattr(PolicyGate, "tag_guard", watched)

@@ -1,11 +1,12 @@
-"""A pusher racing a library tag move against the work a push does after its commit.
+"""A pusher racing a library tag move against the work a push does around its commit.
 
 The library follows its registry tags: a declared tag's history (what the library calls current,
 what `base_image` and the stale report compare images with) and every image's lineage flags. That
-work runs after the push is committed, outside the tag guard, and some of it is slow (verifying a
-signature, tracing an image), slow enough for an attacker to stretch on purpose (a signature at
-the verification limits, many images to trace). Whatever ends first, the library must agree with
-the registry tags in the end:
+work runs outside the library tag's guard (a signature is verified after the push's commit, an
+image is traced before it and its lineage written in the push's transaction), and some of it is
+slow (verifying a signature, tracing an image), slow enough for an attacker to stretch on
+purpose (a signature at the verification limits, many images to trace). Whatever ends first,
+the library must agree with the registry tags in the end:
 
 - a signature verified while the tag moved on must not bring the library tag back to the digest
   it signs;
@@ -24,7 +25,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from policies.library import recording
+from policies import facts as facts_module
 from policies.library.history import tag_history
 from policies.signatures import cosign as cosign_module
 from registry.context import CONTEXT
@@ -122,22 +123,24 @@ async def test_lineage_recorded_while_the_base_moved_is_not_called_current(
     assert await current(client) == [PYTHON.digest]
 
     entered, release = asyncio.Event(), asyncio.Event()
-    real = recording.record_lineage
+    real = facts_module.trace_lineage
     calls = 0
 
-    async def slow_record(*args: Any, **kwargs: Any) -> None:
+    async def slow_trace(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
+        lineages = await real(*args, **kwargs)
         if calls == 1:  # the app's lineage, traced on PYTHON while PYTHON was current
             entered.set()
             await release.wait()
-        await real(*args, **kwargs)
+        return lineages
 
-    monkeypatch.setattr(recording, "record_lineage", slow_record)
+    monkeypatch.setattr(facts_module, "trace_lineage", slow_trace)
     pushing = asyncio.ensure_future(push(client, "apps/web", "v1", APP))
     try:
         await asyncio.wait_for(entered.wait(), PATIENCE)
-        # The app is stored; before its lineage is written, the base's tag moves on.
+        # The app is traced; before its push's transaction writes the lineage, the base's tag
+        # moves on.
         resp = await asyncio.wait_for(
             push(client, "library/python", "3.12-slim", PATCHED), PATIENCE
         )

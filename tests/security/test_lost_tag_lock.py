@@ -1,4 +1,6 @@
-"""A push whose tag lock in PostgreSQL was lost between the policy check and the commit is
+"""A push to a declared library tag (the pushes that hold the tag's lock in the database from
+their check to their commit; others re-check the tag in their transaction instead) whose tag
+lock in PostgreSQL was lost between the policy check and the commit is
 refused with 503 and the reason, and nothing is stored: the gate asks the lock's connection
 just before the commit whether it still holds the tag.
 
@@ -21,7 +23,7 @@ import asyncpg
 
 from storage.metadata.coordination import tag_key
 from tests.oci import OCI_MANIFEST
-from tests.replicas.images import IMMUTABLE_RELEASES, image_manifest
+from tests.replicas.images import LIBRARY_RELEASES, image_manifest
 from tests.replicas.locks import backend_holding
 
 #: Only turns a hang into a failure.
@@ -32,11 +34,11 @@ async def test_a_push_whose_tag_lock_was_lost_is_refused_not_committed(
     start_client: Any, registry_postgres_url: str, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(IMMUTABLE_RELEASES)
+    policy.write_text(LIBRARY_RELEASES)
     client = await start_client(
         metadata=registry_postgres_url, policy={"file": str(policy), "reload": False}
     )
-    name, tag = "team/locked", "v1"
+    name, tag = "library/base", "v1"
     content = await image_manifest(client, name, 1, "lost-lock")
     hold = await asyncpg.connect(registry_postgres_url)
     try:

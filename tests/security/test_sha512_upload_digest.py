@@ -18,7 +18,7 @@ import pytest
 from registry.app import create_app
 from tests.conftest import make_config
 from tests.oci import error_codes
-from tests.storage.conftest import TEST_PART_SIZE, s3_storage, seaweed  # noqa: F401 (a fixture)
+from tests.storage.conftest import TEST_PART_SIZE, s3_storage
 from tests.storage.s3_server import SeaweedS3
 
 
@@ -27,7 +27,7 @@ def sha512(data: bytes) -> str:
 
 
 @pytest.fixture
-async def s3_client(aiohttp_client: Any, seaweed: SeaweedS3, data_dir: Path) -> Any:  # noqa: F811
+async def s3_client(aiohttp_client: Any, seaweed: SeaweedS3, data_dir: Path) -> Any:
     return await aiohttp_client(create_app(make_config(data_dir, storage=s3_storage(seaweed))))
 
 

@@ -18,8 +18,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -28,6 +30,8 @@ from botocore.config import Config as BotoConfig
 #: Any credentials do: SeaweedFS without an IAM configuration accepts every signed request.
 ACCESS_KEY = "trustyard-test"
 SECRET_KEY = "trustyard-test-secret"
+#: The smallest part S3 allows: tests exercise segments with a few MiB of data.
+TEST_PART_SIZE = 5 * 1024 * 1024
 
 
 def weed_binary() -> str | None:
@@ -179,3 +183,23 @@ def seaweed_in_temp_folder(prefix: str) -> Iterator[SeaweedS3]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def s3_storage(server: SeaweedS3, **settings: Any) -> dict[str, Any]:
+    """A `storage` configuration section for the S3 backend on `server`, own prefix per call."""
+    s3 = {
+        "endpoint_url": server.endpoint,
+        "region": "us-east-1",
+        "bucket": "trustyard-tests",
+        "prefix": f"test-{uuid.uuid4().hex[:12]}",
+        "addressing_style": "path",
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "part_size": TEST_PART_SIZE,
+        "connect_timeout": "2s",
+        "read_timeout": "10s",
+        "max_attempts": 2,
+        "max_pool_connections": 8,
+        **settings,
+    }
+    return {"backend": "s3", "s3": s3}

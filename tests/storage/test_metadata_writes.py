@@ -19,7 +19,10 @@ from storage.metadata import (
     MetadataDB,
     MissingReferences,
     OutboxRow,
+    RecordLineage,
     Reference,
+    TagMoved,
+    TagPremise,
     open_metadata,
 )
 
@@ -147,3 +150,56 @@ async def test_a_failure_inside_the_write_rolls_back_the_push_with_its_rows(
     assert await db.tag_target("library/python", "3.12") == first.digest
     assert await db.outbox_rows() == []
     assert [(h.digest, h.current) for h in await db.library_tag_history()] == [(first.digest, True)]
+
+
+async def test_a_push_decided_on_where_its_tag_pointed_is_stored_only_while_it_still_does(
+    db: MetadataDB,
+) -> None:
+    first, second, third = manifest(1), manifest(2), manifest(3)
+    # Decided on "the tag points nowhere": stored while that holds.
+    await db.put_manifest(first, [], "v1", (), (), (), TagPremise(None))
+    assert await db.tag_target("library/python", "v1") == first.digest
+
+    # Another process's push landed in between: the premise no longer holds, nothing is written.
+    with pytest.raises(TagMoved) as moved:
+        await db.put_manifest(second, [], "v1", [event("pushed", 1.0)], [], [], TagPremise(None))
+    assert moved.value.found == first.digest
+    assert await db.tag_target("library/python", "v1") == first.digest
+    assert await db.get_manifest("library/python", second.digest) is None
+    assert await db.outbox_rows() == []
+
+    # Decided on where the tag points now: moved.
+    await db.put_manifest(third, [], "v1", (), (), (), TagPremise(first.digest))
+    assert await db.tag_target("library/python", "v1") == third.digest
+
+
+async def test_a_tag_is_deleted_only_while_it_points_at_the_manifest_decided_on(
+    db: MetadataDB,
+) -> None:
+    first, second = manifest(1), manifest(2)
+    await db.put_manifest(first, [], "v1")
+    await db.put_manifest(second, [], "v1")  # moved since a delete of v1 decided on `first`
+    assert not await db.delete_tag(
+        "library/python", "v1", [event("gone", 1.0)], digest=first.digest
+    )
+    assert await db.tag_target("library/python", "v1") == second.digest
+    assert await db.outbox_rows() == []
+    assert await db.delete_tag("library/python", "v1", digest=second.digest)
+    assert await db.tag_target("library/python", "v1") is None
+
+
+async def test_a_pushed_images_lineage_is_written_with_the_push_or_not_at_all(
+    db: MetadataDB,
+) -> None:
+    first, second = manifest(1), manifest(2)
+    waiting = RecordLineage("library/python", first.digest, (), (LAYER,))
+    assert await db.put_manifest(first, [Reference(LAYER, "blob")], "a", (), [waiting]) == []
+    assert await db.images_without_base([LAYER], "elsewhere", 10) == [
+        ("library/python", first.digest)
+    ]
+    refused = RecordLineage("library/python", second.digest, (), (LAYER,))
+    with pytest.raises(MissingReferences):
+        await db.put_manifest(second, [Reference(MISSING, "blob")], "b", (), [refused])
+    assert await db.images_without_base([LAYER], "elsewhere", 10) == [
+        ("library/python", first.digest)
+    ]

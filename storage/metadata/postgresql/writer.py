@@ -12,8 +12,14 @@ round trips instead of sixteen per push, and the serving loop awaits only the ba
 
 A batch is one transaction: `BEGIN`, the write lock, each job inside its own savepoint (one
 that raises is undone alone; a lone job needs none, its failure rolls the transaction back),
-`COMMIT`. Nothing is acknowledged before the `COMMIT`'s answer, which with `synchronous_commit`
-on (PostgreSQL's default) means it is on disk.
+`COMMIT`. A job's read that almost always finds what it expects (a pushed manifest's blobs
+present, its tag where the push was decided on: `storage.metadata.sqlite.manifests`) is not waited
+for: the job goes on as if it had found that, and the real rows are compared once, before the
+`COMMIT`; when one differs, the batch is rolled back and run carefully (below). So a batch of
+pushes waits for the server twice (the compare, the commit) instead of once per push: on a
+loaded machine each wait is also a wait for the thread to get a CPU and the GIL, while the
+database-wide write lock is held. Nothing is acknowledged before the `COMMIT`'s answer, which
+with `synchronous_commit` on (PostgreSQL's default) means it is on disk.
 
 In a pipeline the server reports a failed statement at the next point the thread waits, which
 may be in a later job. So when the database refuses a statement (as opposed to a job raising
@@ -111,7 +117,7 @@ class Writer:
         lone = len(batch) == 1
         careful = careful or lone  # a lone job's errors can only be its own
         with connection.pipeline() as pipeline:
-            db = PipelineConnection(connection, pipeline)
+            db = PipelineConnection(connection, pipeline, speculative=not careful)
             connection.execute("BEGIN")
             connection.execute("SELECT pg_advisory_xact_lock($1)", (self._lock,))
             try:
@@ -138,6 +144,12 @@ class Writer:
                         queued.outcome = (True, result)
                     if lone and not queued.outcome[0]:
                         return
+                if db.speculated:
+                    # What the jobs were told they read must be what the server found, before
+                    # anything commits: else the batch is run again reading the real rows.
+                    pipeline.sync()
+                    if not db.speculation_held():
+                        raise _Refused()
                 commit = connection.execute("COMMIT")
                 pipeline.sync()
                 # A transaction the server had failed answers COMMIT with ROLLBACK.
@@ -229,9 +241,18 @@ class PipelineConnection:
     `execute_fetchall`), over the writer's pipelined connection: each statement is rewritten by
     `dialect` and sent at once, and its answer waited for only when read."""
 
-    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+    def __init__(
+        self,
+        connection: psycopg.Connection[Any],
+        pipeline: psycopg.Pipeline,
+        *,
+        speculative: bool = False,
+    ) -> None:
         self.connection = connection
         self._pipeline = pipeline
+        self._speculative = speculative
+        #: Queries answered with what their job expected, and that: checked before the commit.
+        self.speculated: list[tuple[psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
 
     def _sync(self) -> None:
         self._pipeline.sync()
@@ -254,3 +275,25 @@ class PipelineConnection:
     async def execute_fetchall(self, sql: str, args: Params = ()) -> list[Any]:
         """The rows of a query."""
         return await (await self.execute(sql, args)).fetchall()
+
+    def speculate(
+        self, sql: str, args: Params, expected: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """A query's rows, as the job `expected` them without waiting for the answer (checked
+        before the commit, `speculation_held`); when the batch is run carefully, the real
+        rows (`_read_expecting` of `storage.metadata.sqlite.manifests`)."""
+        text, names = translate(sql)
+        cursor = self.connection.cursor()
+        cursor.execute(text, arguments(names, args))
+        if not self._speculative:
+            self._sync()
+            return [tuple(row) for row in cursor.fetchall()]
+        self.speculated.append((cursor, list(expected)))
+        return list(expected)
+
+    def speculation_held(self) -> bool:
+        """Whether every speculated query found what its job expected (after a sync)."""
+        return all(
+            sorted(tuple(row) for row in cursor.fetchall()) == sorted(expected)
+            for cursor, expected in self.speculated
+        )

@@ -15,6 +15,7 @@ from storage.metadata.library import (
     LibraryChange,
     LibraryMove,
     LineageRow,
+    RecordLineage,
     TagHistoryEntry,
 )
 from storage.metadata.sqlite.connection import SQLiteBase, fetch_one, write_outbox
@@ -84,44 +85,11 @@ class SQLiteLibrary(SQLiteBase):
         now: float,
     ) -> None:
         """Replace the recorded bases of `repository@digest`; with none, it waits for one."""
-        rows = [
-            (
-                repository,
-                digest,
-                base.platform,
-                base.library_name,
-                base.library_tag,
-                base.base_digest,
-                int(base.current),
-                base.shared_layers,
-                now,
-            )
-            for base in bases
-        ]
 
         async def record(conn: Any) -> None:
-            await conn.execute(
-                "DELETE FROM image_lineage WHERE repository = ? AND image_digest = ?",
-                (repository, digest),
-            )
-            await conn.executemany(
-                "INSERT OR REPLACE INTO image_lineage (repository, image_digest, platform, "
-                "library_name, library_tag, base_digest, current, shared_layers, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            await conn.execute(
-                "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
-                (repository, digest),
-            )
-            if not rows:
-                await conn.executemany(
-                    "INSERT OR IGNORE INTO images_without_base (first_layer, repository, "
-                    "image_digest) VALUES (?, ?, ?)",
-                    [(layer, repository, digest) for layer in first_layers],
-                )
+            await write_lineage(conn, repository, digest, bases, first_layers, now)
 
-        # A write job: every push records its lineage, so these share commits too.
+        # A write job (a lineage traced again): shares a commit with the pushes meanwhile.
         await self.write(record)
 
     async def images_without_base(
@@ -186,6 +154,52 @@ class SQLiteLibrary(SQLiteBase):
         return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
 
 
+async def write_lineage(
+    conn: aiosqlite.Connection,
+    repository: str,
+    digest: str,
+    bases: Sequence[LineageRow],
+    first_layers: Sequence[str],
+    now: float,
+) -> None:
+    """Inside a write transaction: replace the recorded bases of `repository@digest`; with
+    none, it waits for one under its `first_layers`."""
+    rows = [
+        (
+            repository,
+            digest,
+            base.platform,
+            base.library_name,
+            base.library_tag,
+            base.base_digest,
+            int(base.current),
+            base.shared_layers,
+            now,
+        )
+        for base in bases
+    ]
+    await conn.execute(
+        "DELETE FROM image_lineage WHERE repository = ? AND image_digest = ?",
+        (repository, digest),
+    )
+    await conn.executemany(
+        "INSERT OR REPLACE INTO image_lineage (repository, image_digest, platform, "
+        "library_name, library_tag, base_digest, current, shared_layers, recorded_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    await conn.execute(
+        "DELETE FROM images_without_base WHERE repository = ? AND image_digest = ?",
+        (repository, digest),
+    )
+    if not rows:
+        await conn.executemany(
+            "INSERT OR IGNORE INTO images_without_base (first_layer, repository, "
+            "image_digest) VALUES (?, ?, ?)",
+            [(layer, repository, digest) for layer in first_layers],
+        )
+
+
 async def follow_tag(
     conn: aiosqlite.Connection,
     name: str,
@@ -245,10 +259,14 @@ async def apply_library_changes(
     conn: aiosqlite.Connection, changes: Sequence[LibraryChange], now: float
 ) -> list[LibraryChange]:
     """Make `changes` inside a registry write's transaction, in order; those that changed the
-    history."""
+    history (a recorded lineage is not history)."""
     made: list[LibraryChange] = []
     for change in changes:
-        if isinstance(change, FollowLibraryTag):
+        if isinstance(change, RecordLineage):
+            await write_lineage(
+                conn, change.repository, change.digest, change.bases, change.first_layers, now
+            )
+        elif isinstance(change, FollowLibraryTag):
             if await follow_tag(
                 conn,
                 change.name,

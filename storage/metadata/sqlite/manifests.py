@@ -15,6 +15,8 @@ from storage.metadata.manifests import (
     Reference,
     Referrer,
     RepositorySummary,
+    TagMoved,
+    TagPremise,
     TagRow,
 )
 from storage.metadata.outbox import OutboxRow
@@ -35,28 +37,67 @@ _MANIFEST_COLUMNS = (
 _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
 
 
-async def _missing(db: Any, repository: str, refs: Sequence[Reference]) -> list[Reference]:
-    """The required references absent from the repository, asked in one statement (one round
-    trip on PostgreSQL, however many layers): a blob must be linked into the repository, a
-    manifest stored in it."""
+async def _read_expecting(
+    db: Any, sql: str, args: Sequence[Any] | dict[str, Any], expected: Sequence[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """The rows of a write job's query that almost always finds `expected` (in any order): a
+    manifest's references all present, its tag where the push was decided on.
+
+    A connection that pipelines its batch offers `speculate` (PostgreSQL's writer,
+    `storage.metadata.postgresql.writer`): the job gets `expected` at once and goes on sending
+    its writes, and the real rows are compared before the commit; when they differ, the batch
+    is rolled back and run again waiting for each answer, so the job then reads the real rows.
+    A batch of pushes thus waits for the server once, at its end, instead of once per push.
+    Elsewhere the query is simply run."""
+    speculate = getattr(db, "speculate", None)
+    if speculate is not None:
+        return speculate(sql, args, expected)  # type: ignore[no-any-return]
+    return [tuple(row) for row in await db.execute_fetchall(sql, args)]
+
+
+async def _missing(
+    db: Any,
+    repository: str,
+    refs: Sequence[Reference],
+    tag: str | None = None,
+    premise: str | None = None,
+) -> tuple[list[Reference], str | None]:
+    """The required references absent from the repository and, with `tag`, the digest it
+    points at (expected: `premise`), asked in one statement (on PostgreSQL not even waited for
+    when all is as expected, `_read_expecting`), however many layers: a blob must be linked
+    into the repository, a manifest stored in it."""
     required = [ref for ref in refs if ref.required]
-    if not required:
-        return []
+    if not required and tag is None:
+        return [], None
     blobs = [ref.digest for ref in required if ref.kind == "blob"]
     manifests = [ref.digest for ref in required if ref.kind != "blob"]
-    async with db.execute(
+    expected = [("blob", digest) for digest in dict.fromkeys(blobs)]
+    expected += [("manifest", digest) for digest in dict.fromkeys(manifests)]
+    if tag is not None and premise is not None:
+        expected.append(("tag", premise))
+    rows = await _read_expecting(
+        db,
         "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
         "AND digest IN (SELECT value FROM json_each(:blobs)) "
         "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
-        "AND digest IN (SELECT value FROM json_each(:manifests))",
-        {"repository": repository, "blobs": json.dumps(blobs), "manifests": json.dumps(manifests)},
-    ) as cursor:
-        present = {(row[0], row[1]) for row in await cursor.fetchall()}
-    return [
+        "AND digest IN (SELECT value FROM json_each(:manifests)) "
+        "UNION ALL SELECT 'tag', digest FROM tags WHERE repository = :repository "
+        "AND name = :tag",
+        {
+            "repository": repository,
+            "blobs": json.dumps(blobs),
+            "manifests": json.dumps(manifests),
+            "tag": tag,
+        },
+        expected,
+    )
+    present = {(row[0], row[1]) for row in rows}
+    missing = [
         ref
         for ref in required
         if ("blob" if ref.kind == "blob" else "manifest", ref.digest) not in present
     ]
+    return missing, next((row[1] for row in rows if row[0] == "tag"), None)
 
 
 class SQLiteManifests(SQLiteBase):
@@ -103,17 +144,23 @@ class SQLiteManifests(SQLiteBase):
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
         decisions: Sequence[DecisionRecord] = (),
+        premise: TagPremise | None = None,
     ) -> list[LibraryChange]:
-        """Store a manifest (and point `tag` at it) if everything it references is present,
-        with its `outbox` rows, `library` changes and `decisions`, in one transaction; the
-        library changes made."""
+        """Store a manifest (and point `tag` at it) if everything it references is present
+        and the tag still points where the `premise` says, with its `outbox` rows, `library`
+        changes and `decisions`, in one transaction; the library changes made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
+        checked = tag if premise is not None else None
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing = await _missing(db, record.repository, refs)
+            missing, found = await _missing(
+                db, record.repository, refs, checked, None if premise is None else premise.digest
+            )
             if missing:
                 raise MissingReferences(missing)
+            if premise is not None and tag is not None and found != premise.digest:
+                raise TagMoved(tag, premise.digest, found)
             await ensure_repository(db, record.repository, now)
             await db.execute(
                 "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
@@ -134,17 +181,25 @@ class SQLiteManifests(SQLiteBase):
                     now,
                 ),
             )
-            await db.executemany(
-                "INSERT OR IGNORE INTO manifest_references "
-                "(repository, manifest_digest, child_digest, kind) VALUES (?, ?, ?, ?)",
-                [(record.repository, record.digest, ref.digest, ref.kind) for ref in refs],
-            )
-            if refs:
-                # Blobs a manifest refers to are in use now: restart their grace period.
-                await db.executemany(
-                    "UPDATE blobs SET last_seen = ? WHERE digest = ?",
-                    [(now, ref.digest) for ref in refs if ref.kind == "blob"],
+            # One statement per kind of reference, however many layers (each statement is
+            # work for the writer's thread on PostgreSQL).
+            for kind in ("blob", "manifest"):
+                children = list(dict.fromkeys(r.digest for r in refs if r.kind == kind))
+                if not children:
+                    continue
+                await db.execute(
+                    "INSERT OR IGNORE INTO manifest_references "
+                    "(repository, manifest_digest, child_digest, kind) "
+                    "SELECT ?, ?, value, ? FROM (SELECT value FROM json_each(?)) AS children",
+                    (record.repository, record.digest, kind, json.dumps(children)),
                 )
+                if kind == "blob":
+                    # Blobs a manifest refers to are in use now: restart their grace period.
+                    await db.execute(
+                        "UPDATE blobs SET last_seen = ? "
+                        "WHERE digest IN (SELECT value FROM json_each(?))",
+                        (now, json.dumps(children)),
+                    )
             if tag is not None:
                 await db.execute(
                     "INSERT INTO tags (repository, name, digest, updated_at) VALUES (?, ?, ?, ?) "
@@ -213,22 +268,34 @@ class SQLiteManifests(SQLiteBase):
         tag: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        digest: str | None = None,
     ) -> bool:
-        """Delete a tag (the manifest stays); whether it existed."""
+        """Delete a tag (the manifest stays; with `digest`, only while the tag points at it);
+        whether it was deleted."""
+        if digest is None:
+            return await self._delete(
+                "DELETE FROM tags WHERE repository = ? AND name = ?",
+                (repository, tag),
+                outbox,
+                library,
+            )
         return await self._delete(
-            "DELETE FROM tags WHERE repository = ? AND name = ?", (repository, tag), outbox, library
+            "DELETE FROM tags WHERE repository = ? AND name = ? AND digest = ?",
+            (repository, tag, digest),
+            outbox,
+            library,
         )
 
     async def _delete(
         self,
         sql: str,
-        key: tuple[str, str],
+        key: tuple[str, ...],
         outbox: Sequence[OutboxRow],
         library: Sequence[LibraryChange],
     ) -> bool:
-        """Run a `DELETE ... WHERE repository = ? AND <key> = ?`; when it deleted anything, bump
-        the repository's evidence, write `outbox` and make the `library` changes in the same
-        transaction."""
+        """Run a `DELETE ... WHERE repository = ? AND ...` with `key`; when it deleted anything,
+        bump the repository's evidence, write `outbox` and make the `library` changes in the
+        same transaction."""
         async with self.transaction() as db:
             cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
