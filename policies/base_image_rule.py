@@ -126,7 +126,8 @@ class BaseImage:
             )
         if self.max_behind is not None and base.replaced_at is not None:
             behind = now - base.replaced_at
-            if behind > self.max_behind:
+            # From the instant the allow's `valid_until` names (as at the end of support).
+            if behind >= self.max_behind:
                 return (
                     f"image{where} is built on {base.reference}@{short(base.digest)} which was "
                     f"replaced {format_age(behind)} ago (max_behind {self.max_behind_text}); "

@@ -376,6 +376,56 @@ TARGETS: dict[str, Target] = {
             "tests/proxy/test_signatures.py",
         ),
     ),
+    # The blob gate (quarantine by blob: may a blob be read, mounted or deleted), against the
+    # in-process HTTP tests of blob reads, mounts and deletes under pull rules.
+    "blob-access": Target(
+        ("policies/blob_access.py",),
+        (
+            "tests/security/test_quarantine_reads.py",
+            "tests/security/test_side_doors.py",
+            "tests/security/test_blob_delete_races.py",
+            "tests/security/test_refusal_details.py",
+            "tests/security/test_quarantine_reader_scope.py",
+            "tests/auth/test_quarantine_readers.py",
+            "tests/registry/test_policy_enforcement.py",
+            "tests/security/test_stale_evidence.py",
+            "tests/security/test_blob_gate_edges.py",
+        ),
+    ),
+    # The `base_image` rule, against its unit tests and the library tests that push images
+    # built on library bases (in-process).
+    "base-image": Target(
+        ("policies/base_image_rule.py",),
+        (
+            "tests/library/test_base_image_rule.py",
+            "tests/library/test_library_api.py",
+            "tests/library/test_signed_by.py",
+            "tests/security/test_library_tag_races.py",
+            "tests/library/test_retrace.py",
+        ),
+    ),
+    # Who may read a quarantined image (`quarantine.readable_by`): its unit tests and the
+    # in-process HTTP tests of quarantined reads.
+    "quarantine": Target(
+        ("policies/quarantine.py",),
+        (
+            "tests/policies/test_quarantine.py",
+            "tests/auth/test_quarantine_readers.py",
+            "tests/security/test_quarantine_reader_scope.py",
+            "tests/security/test_quarantine_reads.py",
+        ),
+    ),
+    # The policy engine (which rules match, what they conclude together, the `default:`).
+    "engine": Target(
+        ("policies/engine.py",),
+        (
+            "tests/security/test_engine_fail_closed.py",
+            "tests/policies/test_rules.py",
+            "tests/policies/test_quarantine.py",
+            "tests/security/test_quarantine_reads.py",
+            "tests/registry/test_policy_enforcement.py",
+        ),
+    ),
     "vulnerabilities": Target(
         ("policies/vulnerabilities.py", "registry/scans/webhook.py"),
         (
