@@ -72,6 +72,18 @@ def third_party_modules(root: Path, tests: list[str]) -> list[str]:
     return wanted
 
 
+def define_replaced_exception() -> None:
+    """Define, as a builtin, the name cosmic-ray's `ExceptionReplacer` writes into a narrowed
+    `except` clause: left undefined, the clause raises `NameError` when an exception reaches
+    it and the mutant is killed whatever the exception (tests/mutation/exception_name.py says
+    the same for a pytest started afresh; this file runs as a script, outside the package)."""
+    import builtins
+
+    from cosmic_ray.exceptions import CosmicRayTestingException
+
+    builtins.CosmicRayTestingException = CosmicRayTestingException  # type: ignore[attr-defined]
+
+
 def preload(root: Path, tests: list[str]) -> None:
     """Import what the tests need from outside the tree; fail if any of the tree came along."""
     for name in third_party_modules(root, tests):
@@ -288,6 +300,7 @@ def serve(path: str, modules: list[str], tests: list[str]) -> None:
     """Preload, learn which tests reach which functions, then answer one request at a time
     until killed."""
     root = Path.cwd().resolve()
+    define_replaced_exception()  # inherited by every child, before any mutant is imported
     preload(root, tests)
     selector = Selector(root, modules, tests)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -4,6 +4,8 @@
     python3 tests/mutation/run.py auth keyless   # some targets
     python3 tests/mutation/run.py --smoke        # the CI subset: every mutant must be killed
     python3 tests/mutation/run.py --list         # the targets and their test files
+    python3 tests/mutation/run.py keyless --operator ExceptionReplacer
+                                                 # only the narrowed exception handlers
     python3 tests/mutation/run.py --recheck .mutation/keyless--keyless.sqlite
                                                  # only that session's survivors, current tests
     python3 tests/mutation/run.py auth-service --recheck .mutation/auth-service--service.sqlite
@@ -55,7 +57,9 @@ class Target:
 
 
 PYTEST_ARGS = "-x -q -p no:cacheprovider"
-PYTEST = f"{sys.executable} -m pytest {PYTEST_ARGS}"
+#: A pytest started afresh for each mutant (`--no-fork`) first defines the name cosmic-ray's
+#: `ExceptionReplacer` writes into a narrowed handler (tests/mutation/exception_name.py).
+PYTEST = f"{sys.executable} -m pytest -p tests.mutation.exception_name {PYTEST_ARGS}"
 FORK = "tests/mutation/forkserver.py"
 #: cosmic-ray and its filters, run by this interpreter (their scripts may not be on PATH).
 COSMIC_RAY = [sys.executable, "-m", "cosmic_ray.cli"]
@@ -453,6 +457,9 @@ ONLY: tuple[str, ...] = ()
 #: Earlier sessions whose results are kept (--resume): only their pending mutants run.
 RESUME: tuple[Path, ...] = ()
 
+#: Only the mutants of operators whose name contains one of these (--operator), or all.
+OPERATORS: tuple[str, ...] = ()
+
 #: The CI subset: small, fast, and every mutant in it must be killed.
 SMOKE = ("events-verify",)
 
@@ -582,6 +589,23 @@ def skip_dataclass_flags(session: Path, module: Path) -> None:
         )
 
 
+def skip_other_operators(session: Path, wanted: tuple[str, ...]) -> None:
+    """Mark as skipped the pending mutants of every operator but `wanted` (`--operator`): a
+    recheck of one kind of mutant, say the narrowed handlers of `ExceptionReplacer`."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        pending = db.execute(
+            "SELECT job_id, operator_name FROM mutation_specs "
+            "WHERE job_id NOT IN (SELECT job_id FROM work_results)"
+        ).fetchall()
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', 'another operator (--operator)', NULL, '', ?)",
+            [(job,) for job, operator in pending if not any(w in operator for w in wanted)],
+        )
+
+
 def carry_results(earlier: tuple[Path, ...], session: Path) -> int:
     """Copy into the fresh `session` the results of earlier (interrupted) sessions for the
     mutants they share, matched by module, operator, occurrence and position, so that `exec`
@@ -652,6 +676,8 @@ def mutate_module(
     if target.function is not None:
         run([*FILTER_LINES, str(session), "--config", str(config)], work)
     skip_dataclass_flags(session, work / module)
+    if OPERATORS:
+        skip_other_operators(session, OPERATORS)
     if RESUME:
         carried = carry_results(RESUME, session)
         print(f"  {module}: {carried} results carried over from earlier sessions", flush=True)
@@ -774,11 +800,17 @@ def main() -> int:
         help="keep this earlier session's results; run only the mutants it did not",
     )
     parser.add_argument(
+        "--operator",
+        action="append",
+        help="run only the mutants of operators whose name contains this (ExceptionReplacer)",
+    )
+    parser.add_argument(
         "--no-fork", action="store_true", help="start pytest afresh for each mutant (slow)"
     )
     args = parser.parse_args()
-    global FORKING, ONLY, RESUME
+    global FORKING, ONLY, RESUME, OPERATORS
     FORKING, ONLY = not args.no_fork, tuple(args.module or ())
+    OPERATORS = tuple(args.operator or ())
     RESUME = tuple(p.resolve() for p in args.resume or ())
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
