@@ -434,6 +434,43 @@ def test_an_entry_for_another_signature_fails(
     assert found[0].detail.endswith("the Rekor entry logs another signature")
 
 
+def _body(signer: ec.EllipticCurvePrivateKey, payload: bytes, signature: bytes) -> dict:
+    return json.loads(base64.b64decode(hashedrekord(signer, payload, signature)))
+
+
+def _encoded(body: object) -> str:
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def test_an_entry_body_of_another_shape_is_refused_with_a_reason(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    """A logged entry signed by the trusted log whose body is not a hashedrekord 0.0.1 (a hash
+    that is not an object, a signature that is not base64, a `spec` that is a list) is refused
+    with the reason, each one: never a traceback, never the layer judged malformed."""
+    signer = ec.generate_private_key(ec.SECP256R1())
+    payload, signature = _signed_payload(signer)
+    trust = _logged_trust(signer, tmp_path)
+    hash_text = _body(signer, payload, signature)
+    hash_text["spec"]["data"]["hash"] = "sha256:" + hashlib.sha256(payload).hexdigest()
+    not_base64 = _body(signer, payload, signature)
+    not_base64["spec"]["signature"]["content"] = "not base64!"
+    not_ascii = _body(signer, payload, signature)
+    not_ascii["spec"]["signature"]["publicKey"]["content"] = "clé"
+    spec_list = {**_body(signer, payload, signature), "spec": []}
+    for body in (hash_text, not_base64, not_ascii, spec_list):
+        bundle = rekor_bundle(rekor, _encoded(body))
+        found = verify_layer(trust, IMAGE, payload, _annotations(signature, bundle))
+        assert [(f.valid, f.signer, f.detail) for f in found] == [
+            (
+                False,
+                None,
+                "by release, but without a valid Rekor entry: "
+                "the Rekor entry body is not a hashedrekord v0.0.1",
+            )
+        ], body
+
+
 def test_an_entry_by_another_key_or_log_fails(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
 ) -> None:
