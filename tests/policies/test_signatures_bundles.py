@@ -193,6 +193,24 @@ def test_not_a_bundle() -> None:
     assert not finding.valid and finding.detail == "not a Sigstore bundle"
 
 
+@pytest.mark.parametrize("content", [b"not json", b"\xff{}", b"[]", b'"a bundle"', b"{}"])
+def test_bytes_that_are_not_a_bundle_are_refused_so(content: bytes) -> None:
+    """Not JSON, not UTF-8, JSON of another shape, no `verificationMaterial`: each the same
+    reason, never a traceback."""
+    [finding] = verify_layer(PRODUCTION, "sha256:" + "0" * 64, content)
+    assert (finding.valid, finding.kind, finding.detail) == (
+        False,
+        "bundle",
+        "not a Sigstore bundle",
+    )
+
+
+def test_a_bundle_of_an_unknown_media_type_is_refused_with_it() -> None:
+    content = json.dumps({"mediaType": "text/plain", "verificationMaterial": {}}).encode()
+    [finding] = verify_layer(PRODUCTION, "sha256:" + "0" * 64, content)
+    assert (finding.valid, finding.detail) == (False, "unknown bundle media type 'text/plain'")
+
+
 # Keyed bundles (cosign 3 `cosign sign --key`): a DSSE envelope over an in-toto statement, a
 # public key hint instead of a certificate.
 
@@ -370,6 +388,22 @@ def test_a_keyed_bundle_with_a_flipped_byte_fails(what: str, at: int) -> None:
         flip_b64(envelope["signatures"][0], "sig", at)
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     assert [f.valid for f in verify_layer(config, IMAGE, json.dumps(bundle).encode())] == [False]
+
+
+def test_a_keyed_bundle_missing_a_field_is_not_a_bundle() -> None:
+    """A DSSE envelope without its payload type, a signature entry without `sig`, signatures
+    that are not a list of objects: "not a Sigstore bundle", never a traceback."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    no_type, _ = keyed_bundle(key, statement(IMAGE))
+    del no_type["dsseEnvelope"]["payloadType"]
+    no_sig, _ = keyed_bundle(key, statement(IMAGE))
+    no_sig["dsseEnvelope"]["signatures"] = [{"keyid": ""}]
+    for bundle in (no_type, no_sig):
+        found = verify_layer(config, IMAGE, json.dumps(bundle).encode())
+        assert [(f.valid, f.kind, f.detail) for f in found] == [
+            (False, "bundle-keyed", "not a Sigstore bundle")
+        ], bundle
 
 
 def test_a_keyed_bundle_for_another_image_fails() -> None:
