@@ -493,6 +493,19 @@ def test_a_private_ca_refuses_another_cas_certificate() -> None:
     )
 
 
+def test_a_private_ca_refuses_a_certificate_annotation_that_is_not_pem_with_the_reason() -> None:
+    """The private CA's check of a malformed certificate annotation is a reason of that CA,
+    never a traceback."""
+    ca = Fulcio()
+    payload, annotations = pki_layer(ca, "release-signer")
+    annotations[CERTIFICATE_ANNOTATION] = "not a certificate"
+    [finding] = verify_layer(trust_ca(ca, None), IMAGE, payload, annotations)
+    assert (finding.valid, finding.detail) == (
+        False,
+        refused("the certificate annotations are not PEM certificates", "corp"),
+    )
+
+
 GITHUB_REPOSITORY = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.5")
 
 
