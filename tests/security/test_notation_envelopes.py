@@ -291,6 +291,23 @@ def test_a_malformed_jws_is_refused_with_a_reason(pki: dict[str, Any], content: 
     assert refusal(corp(pki), JWS, content) == "not a Notation JWS envelope"
 
 
+def test_a_chain_entry_that_is_not_a_der_certificate_is_named(pki: dict[str, Any]) -> None:
+    """Bytes that are not a certificate (JWS, COSE) and a COSE chain entry that is text, not
+    bytes: "the certificate chain is not DER certificates", not the envelope's generic reason."""
+    not_der = base64.b64encode(b"not a certificate").decode()
+    content = _raw_jws({**_vector_jws(), "header": {"x5c": [not_der]}})
+    assert refusal(corp(pki), JWS, content) == "the certificate chain is not DER certificates"
+    for entry in (b"not a certificate", "text"):
+        protected, _, payload, signature = cbor2.loads(
+            cose(pki["key"], [pki["leaf"]], payload_for(IMAGE))
+        ).value
+        parts = [protected, {33: [entry]}, payload, signature]
+        content = cbor2.dumps(cbor2.CBORTag(18, parts))
+        assert refusal(corp(pki), COSE, content) == (
+            "the certificate chain is not DER certificates"
+        ), entry
+
+
 def test_a_jws_field_that_is_not_base64url_is_named(pki: dict[str, Any]) -> None:
     document = _vector_jws()
     for field in ("protected", "signature"):
