@@ -497,6 +497,31 @@ def test_a_keyed_message_signature_over_the_image_digest() -> None:
     assert not finding.valid and finding.detail.startswith("for another image")
 
 
+def test_a_keyed_message_digest_of_another_length_proves_nothing() -> None:
+    """A message digest shorter or longer than SHA-256's is verified by no key (`cryptography`
+    raises `ValueError` for a prehashed digest of the wrong size): an unknown signer, like any
+    signature no trusted key made, never "not a Sigstore bundle" nor a traceback."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = trust({"keys": {"release": {"pem": pem(key)}}})
+    signature = base64.b64encode(key.sign(b"x", ec.ECDSA(hashes.SHA256()))).decode()
+    for digest in (b"\x01" * 20, b"\x01" * 64):
+        bundle = {
+            "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+            "verificationMaterial": {"publicKey": {"hint": ""}, "tlogEntries": []},
+            "messageSignature": {
+                "messageDigest": {
+                    "algorithm": "SHA2_256",
+                    "digest": base64.b64encode(digest).decode(),
+                },
+                "signature": signature,
+            },
+        }
+        content = json.dumps(bundle).encode()
+        [finding] = verify_layer(config, IMAGE, content)
+        assert (finding.valid, finding.kind, finding.signer) == (False, "bundle-keyed", None)
+        assert finding.detail.startswith("by an unknown key (sha256:"), finding.detail
+
+
 def intoto_entry_body(key: ec.EllipticCurvePrivateKey, payload: bytes, signature: bytes) -> bytes:
     """A Rekor v1 `intoto` 0.0.2 entry body for the envelope (what cosign `attest` logs): the
     payload and signatures as base64 of their base64 text."""
