@@ -461,6 +461,20 @@ def test_a_logged_keyed_bundle_verifies_and_fails_when_altered(
     assert not finding.valid and finding.detail.startswith("the Rekor")
 
 
+def test_a_rekor_entry_of_another_shape_is_malformed(
+    tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
+) -> None:
+    """A keyed bundle whose log entry is not an object, or whose body is base64 of something
+    else, under a policy that asks for Rekor: "the Rekor entry is malformed", not a traceback."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundle, _ = keyed_bundle(key, statement(IMAGE))
+    strict = trust({"keys": {"release": {"pem": pem(key), "rekor": "trusted_root.json"}}}, tmp_path)
+    for entry in (5, "an entry", {"canonicalizedBody": base64.b64encode(b"{not json").decode()}):
+        bundle["verificationMaterial"]["tlogEntries"] = [entry]
+        [finding] = verify_layer(strict, IMAGE, json.dumps(bundle).encode())
+        assert (finding.valid, finding.detail) == (False, "the Rekor entry is malformed"), entry
+
+
 def test_a_checkpoint_signed_by_another_key_fails(
     tmp_path: Path, rekor: ec.EllipticCurvePrivateKey
 ) -> None:
