@@ -39,6 +39,21 @@ def test_passwords_are_stored_as_argon2id_and_robot_tokens_as_hashes(tmp_path):
     assert store.verify("ci", token + "x") is None
 
 
+def test_a_stored_password_that_is_not_an_argon2_hash_logs_nobody_in(tmp_path):
+    """A users file edited by hand with a password that is no Argon2 hash (the plain text, a
+    truncated hash): no password logs that user in, and none raises; the others still do."""
+    store = UserStore(tmp_path / "users.yaml")
+    store.add_user("alice", "correct horse", [], replace=False)
+    document = yaml.safe_load((tmp_path / "users.yaml").read_text())
+    for stored in ("correct horse", "$argon2id$v=19$m=65536,t=3,p=4$", ""):
+        document["users"]["bob"] = {"password": stored, "groups": []}
+        (tmp_path / "users.yaml").write_text(yaml.safe_dump(document))
+        store = UserStore(tmp_path / "users.yaml")
+        assert store.verify("bob", "correct horse") is None, stored
+        assert store.verify("bob", stored) is None, stored
+        assert store.verify("alice", "correct horse") is not None
+
+
 def test_names_are_checked_and_not_silently_replaced(tmp_path):
     store = UserStore(tmp_path / "users.yaml")
     store.add_user("alice", "pw", [], replace=False)
