@@ -391,15 +391,18 @@ def test_a_keyed_bundle_with_a_flipped_byte_fails(what: str, at: int) -> None:
 
 
 def test_a_keyed_bundle_missing_a_field_is_not_a_bundle() -> None:
-    """A DSSE envelope without its payload type, a signature entry without `sig`, signatures
-    that are not a list of objects: "not a Sigstore bundle", never a traceback."""
+    """A DSSE envelope without its payload type, a signature entry without `sig`, a payload
+    type that is no text (a lone surrogate: `UnicodeEncodeError`, a `ValueError`): "not a
+    Sigstore bundle", never a traceback."""
     key = ec.generate_private_key(ec.SECP256R1())
     config = trust({"keys": {"release": {"pem": pem(key)}}})
     no_type, _ = keyed_bundle(key, statement(IMAGE))
     del no_type["dsseEnvelope"]["payloadType"]
     no_sig, _ = keyed_bundle(key, statement(IMAGE))
     no_sig["dsseEnvelope"]["signatures"] = [{"keyid": ""}]
-    for bundle in (no_type, no_sig):
+    surrogate, _ = keyed_bundle(key, statement(IMAGE))
+    surrogate["dsseEnvelope"]["payloadType"] = "\ud800"
+    for bundle in (no_type, no_sig, surrogate):
         found = verify_layer(config, IMAGE, json.dumps(bundle).encode())
         assert [(f.valid, f.kind, f.detail) for f in found] == [
             (False, "bundle-keyed", "not a Sigstore bundle")
