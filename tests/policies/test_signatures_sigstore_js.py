@@ -204,3 +204,18 @@ def test_a_trusted_root_removed_after_loading_is_a_reason_and_the_next_root_is_t
         f"a Sigstore bundle that does not verify (the trusted root {gone} cannot be read "
         "(No such file or directory))"
     )
+
+
+def test_a_certificate_that_is_not_der_is_not_a_valid_bundle() -> None:
+    """The bundle's leaf certificate replaced by bytes that are not DER: the `sigstore` package
+    raises a bare `ValueError` while loading the bundle; refused with its first line."""
+
+    def garbage_certificate(document: dict[str, Any]) -> None:
+        raw = base64.b64encode(b"not a certificate").decode()
+        document["verificationMaterial"]["certificate"]["rawBytes"] = raw
+
+    [finding] = verify_layer(trust(), SUBJECT, edited(garbage_certificate))
+    assert (finding.valid, finding.kind) == (False, "bundle")
+    assert finding.detail.startswith("not a valid Sigstore bundle (error parsing asn1 value"), (
+        finding.detail
+    )
