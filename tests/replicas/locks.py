@@ -8,16 +8,22 @@ PostgreSQL in `pg_locks` (a 64-bit advisory key is split into `classid` and `obj
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import struct
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
 from storage.layout import DataLayout
 from storage.metadata.coordination import key_hash
 from storage.metadata.sqlite.coordination import _OFFSETS
+
+T = TypeVar("T")
 
 #: Linux's `struct flock` on 64-bit machines: type, whence, start, length, pid (and padding).
 _FLOCK = "hhqqi4x"
@@ -60,3 +66,33 @@ async def lock_holder(data_dir: Path, metadata_url: str | None, key: str) -> int
     if metadata_url is None:
         return _sqlite_holder(data_dir, key)
     return await backend_holding(metadata_url, key)
+
+
+async def lose_tag_lock_during(
+    url: str, key: str, push: Callable[[], Awaitable[T]], patience: float
+) -> asyncio.Task[T]:
+    """Start `push` while the `tags` table is held, so that its policy check waits there holding
+    the tag's lock `key`; end the backend that holds the lock, wait until the lock is gone, then
+    let the push go on. Returns the push, not yet answered."""
+    hold = await asyncpg.connect(url)
+    try:
+        transaction = hold.transaction()
+        await transaction.start()
+        await hold.execute("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.ensure_future(push())
+        deadline = time.monotonic() + patience
+        while (backend := await backend_holding(url, key)) is None:
+            assert time.monotonic() < deadline, "the push never took the tag's lock"
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        assert await hold.fetchval("SELECT pg_terminate_backend($1)", backend)
+        # Watched in `pg_locks`, read afresh by each query (`pg_stat_activity` is read once per
+        # transaction: inside `hold`'s, a backend seen alive stays alive). Once it is gone,
+        # another replica could take the lock.
+        while await backend_holding(url, key) is not None:
+            assert time.monotonic() < deadline, "the lock's backend kept the lock"
+            await asyncio.sleep(0.01)
+        await transaction.rollback()
+    finally:
+        await hold.close()
+    return task

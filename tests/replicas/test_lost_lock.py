@@ -14,19 +14,16 @@ record locks cannot be lost while their process lives.)
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from storage.metadata.coordination import tag_key
 from tests.oci import OCI_MANIFEST
 from tests.replicas.conftest import StartReplicas
 from tests.replicas.images import LIBRARY_RELEASES, image_manifest
-from tests.replicas.locks import backend_holding
+from tests.replicas.locks import lose_tag_lock_during
 
 #: Only turns a hang into a failure.
 PATIENCE = 60.0
@@ -42,36 +39,18 @@ async def test_a_push_whose_tag_lock_was_dropped_is_refused_not_committed(
     name, tag = "library/base", "v1"
     async with aiohttp.ClientSession(base_url=replica.url) as client:
         content = await image_manifest(client, name, 1, "lost-lock")
-        hold = await asyncpg.connect(metadata_url)
-        try:
-            # The push's policy check reads the tag: it waits behind this transaction, holding
-            # the tag's lock.
-            transaction = hold.transaction()
-            await transaction.start()
-            await hold.execute("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
-            push = asyncio.create_task(
-                client.put(
-                    f"/v2/{name}/manifests/{tag}",
-                    data=content,
-                    headers={"Content-Type": OCI_MANIFEST},
-                )
-            )
-            deadline = time.monotonic() + PATIENCE
-            while (backend := await backend_holding(metadata_url, tag_key(name, tag))) is None:
-                assert time.monotonic() < deadline, "the push never took the tag's lock"
-                assert not push.done(), push
-                await asyncio.sleep(0.01)
-            assert await hold.fetchval("SELECT pg_terminate_backend($1)", backend)
-            # The server drops the lock with its session: another replica could take it now.
-            # Watched in `pg_locks`, read afresh by each query (`pg_stat_activity` is read once
-            # per transaction: inside `hold`'s, a backend seen alive stays alive).
-            while await backend_holding(metadata_url, tag_key(name, tag)) is not None:
-                assert time.monotonic() < deadline, "the lock's backend kept the lock"
-                await asyncio.sleep(0.01)
-            await transaction.rollback()
-        finally:
-            await hold.close()
-
+        # The push's policy check reads the tag: it waits behind a transaction holding `tags`,
+        # holding the tag's lock, whose backend is then ended.
+        push = await lose_tag_lock_during(
+            metadata_url,
+            tag_key(name, tag),
+            lambda: client.put(
+                f"/v2/{name}/manifests/{tag}",
+                data=content,
+                headers={"Content-Type": OCI_MANIFEST},
+            ),
+            PATIENCE,
+        )
         async with await push as resp:
             assert resp.status == 503, await resp.text()
             body = await resp.json()

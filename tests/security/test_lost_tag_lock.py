@@ -14,17 +14,13 @@ drops a session advisory lock with its connection and tells nobody.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
-
-import asyncpg
 
 from storage.metadata.coordination import tag_key
 from tests.oci import OCI_MANIFEST
 from tests.replicas.images import LIBRARY_RELEASES, image_manifest
-from tests.replicas.locks import backend_holding
+from tests.replicas.locks import lose_tag_lock_during
 
 #: Only turns a hang into a failure.
 PATIENCE = 60.0
@@ -40,31 +36,14 @@ async def test_a_push_whose_tag_lock_was_lost_is_refused_not_committed(
     )
     name, tag = "library/base", "v1"
     content = await image_manifest(client, name, 1, "lost-lock")
-    hold = await asyncpg.connect(registry_postgres_url)
-    try:
-        transaction = hold.transaction()
-        await transaction.start()
-        await hold.execute("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
-        push = asyncio.create_task(
-            client.put(
-                f"/v2/{name}/manifests/{tag}", data=content, headers={"Content-Type": OCI_MANIFEST}
-            )
-        )
-        deadline = time.monotonic() + PATIENCE
-        while (backend := await backend_holding(registry_postgres_url, tag_key(name, tag))) is None:
-            assert time.monotonic() < deadline, "the push never took the tag's lock"
-            assert not push.done(), push
-            await asyncio.sleep(0.01)
-        assert await hold.fetchval("SELECT pg_terminate_backend($1)", backend)
-        # Watched in `pg_locks`, read afresh by each query (`pg_stat_activity` is read once per
-        # transaction: inside `hold`'s, a backend seen alive stays alive).
-        while await backend_holding(registry_postgres_url, tag_key(name, tag)) is not None:
-            assert time.monotonic() < deadline, "the lock's backend kept the lock"
-            await asyncio.sleep(0.01)
-        await transaction.rollback()
-    finally:
-        await hold.close()
-
+    push = await lose_tag_lock_during(
+        registry_postgres_url,
+        tag_key(name, tag),
+        lambda: client.put(
+            f"/v2/{name}/manifests/{tag}", data=content, headers={"Content-Type": OCI_MANIFEST}
+        ),
+        PATIENCE,
+    )
     resp = await push
     assert resp.status == 503, await resp.text()
     [error] = (await resp.json())["errors"]
