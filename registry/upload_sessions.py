@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from aiohttp import StreamReader
 
@@ -40,6 +41,7 @@ from storage.oci.errors import (
     DIGEST_INVALID,
     RANGE_INVALID,
     SIZE_INVALID,
+    ErrorCode,
 )
 from storage.oci.grammar import UPLOAD_ID_RE, parse_count
 
@@ -229,17 +231,28 @@ class UploadSessions:
             return
         async with self.db.exclusive(upload_key(upload_id), wait=False) as held:
             if not held:
-                size = await self.store.upload_size(upload_id)
-                if size is None:
-                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
-                raise RegistryError(
+                await self._refuse_while_written(
+                    repository,
+                    upload_id,
                     RANGE_INVALID,
-                    {"upload": upload_id, "reason": "another request is writing this upload"},
-                    message="another request is writing this upload: continue from its Range "
-                    "once that request is answered",
-                    headers=upload_headers(repository, upload_id, size),
+                    "continue from its Range once that request is answered",
                 )
             yield
+
+    async def _refuse_while_written(
+        self, repository: str, upload_id: str, error: ErrorCode, what_now: str
+    ) -> NoReturn:
+        """Refuse a request on a session another request holds: `error`, with the session's
+        Range and `what_now` for the client (BLOB_UPLOAD_UNKNOWN if the session went meanwhile)."""
+        size = await self.store.upload_size(upload_id)
+        if size is None:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
+        raise RegistryError(
+            error,
+            {"upload": upload_id, "reason": "another request is writing this upload"},
+            message=f"another request is writing this upload: {what_now}",
+            headers=upload_headers(repository, upload_id, size),
+        )
 
     async def _confirm_writer(self, upload_id: str, session: _Session) -> None:
         """`LockLost` (503) when the session's lock went while this request wrote it."""
@@ -266,15 +279,11 @@ class UploadSessions:
         key = upload_key(upload_id)
         async with self.db.exclusive(key, wait=False) as held:
             if not held:
-                size = await self.store.upload_size(upload_id)
-                if size is None:
-                    raise RegistryError(BLOB_UPLOAD_UNKNOWN, {"upload": upload_id})
-                raise RegistryError(
+                await self._refuse_while_written(
+                    repository,
+                    upload_id,
                     BLOB_UPLOAD_INVALID,
-                    {"upload": upload_id, "reason": "another request is writing this upload"},
-                    message="another request is writing this upload: it was not cancelled; "
-                    "cancel it once that request is answered",
-                    headers=upload_headers(repository, upload_id, size),
+                    "it was not cancelled; cancel it once that request is answered",
                 )
             # The request that held the lock may have finished (or cancelled) the session.
             await self._check(repository, upload_id)
