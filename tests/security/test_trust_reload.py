@@ -72,6 +72,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
         await asyncio.sleep(0.05)
 
 
+async def push_simple_signature(
+    client: TestClient, digest: str, payload: bytes, annotations: dict[str, str]
+) -> None:
+    """Push a cosign `.sig` manifest for `digest`: one simple-signing layer (`payload`) carrying
+    `annotations`, and an empty config."""
+    config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
+    await push_blob(client, "prod/app", config)
+    await push_blob(client, "prod/app", payload)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
+    }
+    resp = await client.put(
+        f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert resp.status == 201, await resp.text()
+
+
 def write_key(folder: Path, key: Any) -> None:
     (folder / "keys").mkdir(exist_ok=True)
     replacement = folder / "keys" / "release.pub.new"
@@ -145,27 +167,13 @@ async def test_a_replaced_trusted_root_is_used_without_a_restart(
     digest, _ = await push_image(client, "prod/app", "v1")
     payload = simple_signing_payload(REF, digest)
     signature = sign(key, payload)
-    config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
-    await push_blob(client, "prod/app", config)
-    await push_blob(client, "prod/app", payload)
     annotations = {
         simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
         simple_signing.BUNDLE_ANNOTATION: rekor_bundle(
             rekor, hashedrekord(key, payload, signature)
         ),
     }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
-    }
-    resp = await client.put(
-        f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
-        data=json.dumps(manifest).encode(),
-        headers={"Content-Type": OCI_MANIFEST},
-    )
-    assert resp.status == 201, await resp.text()
+    await push_simple_signature(client, digest, payload, annotations)
     assert await pull(client, "prod/app", "v1") == (200, "")
     # The operator rotates the Rekor key: the old log's entries no longer count.
     write_rekor_root(tmp_path)
@@ -327,26 +335,12 @@ async def test_a_private_ca_cosign_signature_stops_counting_when_its_certificate
         digest, _ = await push_image(client, "prod/app", "v1")
         payload = simple_signing_payload(REF, digest)
         signature = sign(key, payload)
-        config = b'{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":[]}}'
-        await push_blob(client, "prod/app", config)
-        await push_blob(client, "prod/app", payload)
         annotations = {
             simple_signing.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
             simple_signing.CERTIFICATE_ANNOTATION: pem(leaf),
             simple_signing.CHAIN_ANNOTATION: pem(root),
         }
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(simple_signing.SIMPLE_SIGNING, payload, annotations=annotations)],
-        }
-        resp = await client.put(
-            f"/v2/prod/app/manifests/{digest.replace(':', '-')}.sig",
-            data=json.dumps(manifest).encode(),
-            headers={"Content-Type": OCI_MANIFEST},
-        )
-        assert resp.status == 201, await resp.text()
+        await push_simple_signature(client, digest, payload, annotations)
         assert await pull(client, "prod/app", "v1") == (200, "")  # decided and cached
         clock.shift(end - 1 - time.time())
         assert await pull(client, "prod/app", "v1") == (200, "")  # the certificate's last second
