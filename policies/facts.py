@@ -21,7 +21,7 @@ from policies.library.recording import trace_lineage
 from policies.signatures.proofs import FACT_PREFIX as SIGNATURES
 from policies.signatures.proofs import SignatureEvidence, gather_signatures
 from storage.blobstore import BlobStore
-from storage.metadata import MetadataDB
+from storage.metadata import LibraryHistory, MetadataDB
 from storage.metadata.scan_store import gather_scans
 from storage.metadata.scans import StoredReport
 from storage.oci.digests import parse_digest
@@ -162,9 +162,14 @@ async def gather_facts(
     store: BlobStore,
     library: Library | None = None,
     exempt_types: frozenset[str] = frozenset(),
+    assumed_targets: Mapping[str, str | None] | None = None,
+    history: LibraryHistory | None = None,
 ) -> ImageFacts:
     """Learn what the rules in `needs` look at about the manifest `content` (lineage against
-    the policy's `library`; `exempt_types`: the artifact types the policy exempts)."""
+    the policy's `library`; `exempt_types`: the artifact types the policy exempts). A push may
+    give where its tags point (`assumed_targets`) and the library `history` to trace against
+    instead of reading them: its store then checks they still hold (`TagPremise`,
+    `library_generation`)."""
     manifest, problem = await _decoded_off_loop(content)
     unknown: dict[str, str] = {}
     if problem is not None:
@@ -183,7 +188,10 @@ async def gather_facts(
     tag_targets: dict[str, str] = {}
     if request.action is Action.PUSH and TAG_TARGETS in needs:
         for tag in request.tags:
-            target = await db.tag_target(request.repository, tag)
+            if assumed_targets is not None and tag in assumed_targets:
+                target = assumed_targets[tag]
+            else:
+                target = await db.tag_target(request.repository, tag)
             if target is not None:
                 tag_targets[tag] = target
     images: list[Image] = []
@@ -219,7 +227,7 @@ async def gather_facts(
     lineage = None
     if LINEAGE in needs:
         lineage = await trace_lineage(
-            db, store, request.repository, request.digest, content, library
+            db, store, request.repository, request.digest, content, library, history
         )
     signatures = None
     if (

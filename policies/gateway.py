@@ -27,10 +27,11 @@ from policies.decisions import Action, Decision, Outcome, RuleVerdict, Verdict
 from policies.engine import UNSAFE_ALLOW_EVERYTHING, Policy
 from policies.errors import PolicyDenied
 from policies.facts import ImageFacts, PolicyRequest, gather_facts
+from policies.library.history import HistoryCache
 from policies.library.lineage import Lineage
 from policies.loader import PolicyError, load_policy
 from storage.blobstore import BlobStore
-from storage.metadata import DecisionRecord, ManifestRecord, MetadataDB, tag_key
+from storage.metadata import DecisionRecord, LibraryHistory, ManifestRecord, MetadataDB, tag_key
 
 log = logging.getLogger("trustyard.policy")
 
@@ -63,9 +64,12 @@ class PushCheck:
     verdict: Verdict | None = None
     # The image's lineage, when a rule needed it: recording the push reuses it.
     lineage: tuple[Lineage, ...] | None = None
-    # Where the pushed tags pointed when the decision read them (an absent tag pointed
-    # nowhere); None when no rule read them. The store re-checks it (`TagPremise`).
+    # Where the pushed tags pointed when the decision read (or assumed) them (an absent tag
+    # pointed nowhere); None when no rule read them. The store re-checks it (`TagPremise`).
     tag_targets: Mapping[str, str] | None = None
+    # The generation of the library history `lineage` was traced against (None: not traced).
+    # The store re-checks it (`library_generation`).
+    library_generation: int | None = None
 
 
 @dataclass
@@ -119,6 +123,8 @@ class PolicyGate:
         #: The tags whose lock in the database this process holds now (`confirm_tags`).
         self._tags_held: set[tuple[str, str]] = set()
         self.blobs = BlobAccess(db, self.pull_verdict)
+        #: The library history pushes are traced against, checked by their store.
+        self.library_history = HistoryCache()
         #: Called with every recorded decision (the registry's metrics count them).
         self.observers: list[Callable[[Verdict, PolicyRequest], None]] = []
 
@@ -264,9 +270,16 @@ class PolicyGate:
         return verdict
 
     async def _decide(
-        self, request: PolicyRequest, media_type: str, content: bytes, policy: Policy
+        self,
+        request: PolicyRequest,
+        media_type: str,
+        content: bytes,
+        policy: Policy,
+        assumed_targets: Mapping[str, str | None] | None = None,
+        history: LibraryHistory | None = None,
     ) -> tuple[Verdict, ImageFacts]:
-        """The verdict of `policy` on a request, with the facts it was drawn from."""
+        """The verdict of `policy` on a request, with the facts it was drawn from (a push's
+        tags and library history as assumed, when given: `gather_facts`)."""
         matching = policy.matching(request)
         if not matching:
             return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
@@ -280,22 +293,50 @@ class PolicyGate:
             self.store,
             policy.library,
             policy.exempt_types,
+            assumed_targets,
+            history,
         )
         return policy.evaluate(request, facts, matching), facts
 
     async def check_push(
-        self, request: PolicyRequest, media_type: str, content: bytes
+        self,
+        request: PolicyRequest,
+        media_type: str,
+        content: bytes,
+        *,
+        assumed_targets: Mapping[str, str | None] | None = None,
+        history: LibraryHistory | None = None,
     ) -> PushCheck:
         """Decide a push: record and raise DENIED, or return what `pushed` records once the
-        manifest is stored (with the headers to add)."""
+        manifest is stored (with the headers to add).
+
+        The push may give where its tags point (`assumed_targets`) and the library `history` to
+        trace its lineage against, instead of reading them: an allowed push's store checks
+        they still hold in its transaction (`PushCheck.tag_targets`, `library_generation`),
+        and a denial is never given on them: a push they would deny is decided again on the
+        tags and the history read now."""
         policy = self.policy
         if policy.allows_everything:
             return PushCheck(policy)
-        verdict, facts = await self._decide(request, media_type, content, policy)
+        verdict, facts = await self._decide(
+            request, media_type, content, policy, assumed_targets, history
+        )
+        assumed = (assumed_targets is not None and facts.tags_read) or (
+            history is not None and facts.lineage is not None
+        )
+        if verdict.outcome is Outcome.DENY and assumed:
+            if history is not None and facts.lineage is not None:
+                history = await self.library_history.refresh(self.db)
+            verdict, facts = await self._decide(request, media_type, content, policy, None, history)
         if verdict.outcome is Outcome.DENY:
             await self._record(verdict, request)
         targets = facts.tag_targets if facts.tags_read else None
-        return PushCheck(policy, _enforce(verdict), request, verdict, facts.lineage, targets)
+        # Traced against `history`: its store checks it is still current. (Without one, the
+        # history was read as the trace went, which pins no generation: nothing to check.)
+        generation = None if facts.lineage is None or history is None else history.generation
+        return PushCheck(
+            policy, _enforce(verdict), request, verdict, facts.lineage, targets, generation
+        )
 
     def push_decision(self, check: PushCheck) -> DecisionRecord | None:
         """The decision-log row of a push `check_push` let through, written in the push's own

@@ -16,7 +16,14 @@ from typing import Protocol
 from policies.library.images import platform_images
 from policies.library.lineage import Candidate
 from storage.blobstore import BlobStore
-from storage.metadata import Announce, LibraryMove, MetadataDB, TagHistoryEntry, tag_key
+from storage.metadata import (
+    Announce,
+    LibraryHistory,
+    LibraryMove,
+    MetadataDB,
+    TagHistoryEntry,
+    tag_key,
+)
 
 #: A library tag's move, as the metadata interface reports it to an `Announce`.
 TagMove = LibraryMove
@@ -65,6 +72,8 @@ class DatabaseTagLocks:
 __all__ = [
     "Announce",
     "DatabaseTagLocks",
+    "HistoryCache",
+    "LibraryHistory",
     "TagHistoryEntry",
     "TagLocks",
     "TagMove",
@@ -104,11 +113,48 @@ async def tag_history(
     return await db.library_tag_history(name, tag)
 
 
-async def candidates(db: MetadataDB, store: BlobStore) -> list[Candidate]:
-    """Every platform image of every digest any library tag ever pointed at: what lineage
-    compares a pushed image with."""
+class HistoryCache:
+    """The library's history as this process last read it, for tracing pushes without reading
+    the whole table each time (a push's premise, not a promise).
+
+    What a push traces and decides against it is only stored if the history's generation is
+    still the one it was read at, checked in the push's own transaction under the database's
+    write lock (`put_manifest(library_generation=...)`): a library tag moved by any process
+    before that commit makes the push trace and decide again (`LibraryMoved`), against the
+    history read afresh. So nothing is ever stored, or refused, on a history older than the
+    last move committed before the push's own commit; the cache only saves the read when the
+    library did not move, which is almost always."""
+
+    def __init__(self) -> None:
+        self._history: LibraryHistory | None = None
+
+    async def snapshot(self, db: MetadataDB) -> LibraryHistory:
+        """The history as last read (read now when there is none)."""
+        if self._history is None:
+            return await self.refresh(db)
+        return self._history
+
+    async def refresh(self, db: MetadataDB) -> LibraryHistory:
+        """The history read now (and kept, unless a newer one was kept meanwhile)."""
+        history = await db.library_history()
+        kept = self._history
+        if kept is None or history.generation >= kept.generation:
+            self._history = history
+        return history
+
+    def forget(self) -> None:
+        """Read the history afresh at the next `snapshot`."""
+        self._history = None
+
+
+async def candidates(
+    db: MetadataDB, store: BlobStore, history: LibraryHistory | None = None
+) -> list[Candidate]:
+    """Every platform image of every digest any library tag ever pointed at (in `history`,
+    default: read now): what lineage compares a pushed image with."""
     periods: dict[tuple[str, str, str, str], list[TagHistoryEntry]] = {}
-    for entry in await tag_history(db):
+    entries = await tag_history(db) if history is None else history.entries
+    for entry in entries:
         periods.setdefault((entry.name, entry.tag, entry.repository, entry.digest), []).append(
             entry
         )

@@ -38,6 +38,7 @@ from storage.blobstore import BlobStore
 from storage.metadata import (
     EndLibraryTag,
     FollowLibraryTag,
+    LibraryHistory,
     LineageRow,
     MetadataDB,
     RecordLineage,
@@ -54,11 +55,18 @@ LINEAGE_ATTEMPTS = 3
 
 
 async def lineage_candidates(
-    db: MetadataDB, store: BlobStore, library: Library | None
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library | None,
+    history: LibraryHistory | None = None,
 ) -> list[Candidate]:
-    """Every library candidate: each digest of each library tag's history, and (with the
-    `library`) the digests pending their `signed_by` signature, marked pending."""
-    return [*await candidates(db, store), *await pending_candidates(db, store, library)]
+    """Every library candidate: each digest of each library tag's history (`history`, default:
+    read now), and (with the `library`) the digests pending their `signed_by` signature,
+    marked pending."""
+    return [
+        *await candidates(db, store, history),
+        *await pending_candidates(db, store, library, history),
+    ]
 
 
 async def trace_lineage(
@@ -68,8 +76,11 @@ async def trace_lineage(
     digest: str,
     content: bytes,
     library: Library | None = None,
+    history: LibraryHistory | None = None,
 ) -> tuple[Lineage, ...]:
-    """The lineage of every platform image of the manifest `content` pushed to `repository`.
+    """The lineage of every platform image of the manifest `content` pushed to `repository`,
+    against the library's `history` (default: read now; a push passes the one its store
+    checks is still current, `HistoryCache`).
 
     A library repository's own earlier digests are not its bases: they are left out. With the
     `library`, digests pending their `signed_by` signature are candidates too, marked pending.
@@ -77,7 +88,11 @@ async def trace_lineage(
     images = await platform_images(db, store, repository, digest, content)
     if not images:
         return ()
-    known = [c for c in await lineage_candidates(db, store, library) if c.repository != repository]
+    known = [
+        c
+        for c in await lineage_candidates(db, store, library, history)
+        if c.repository != repository
+    ]
     return find_lineage(images, known)
 
 
@@ -138,8 +153,10 @@ async def record_current_lineage(
     *,
     recorded: bool = False,
 ) -> None:
-    """`record_lineage` (unless `recorded` already, in the push's own transaction), then make
-    sure the `current` flags it wrote still hold.
+    """`record_lineage`, then make sure the `current` flags it wrote still hold; nothing when
+    `recorded` already, in the push's own transaction, whose store checked that the library's
+    history was still the one traced (`put_manifest(library_generation=...)`): its flags were
+    true at that commit, and a later move flips them in its own transaction.
 
     Lineage is traced from the library's history as it was read, before the write that records
     it: a library tag may move in between (its transaction flips the flags of the rows recorded
@@ -147,10 +164,10 @@ async def record_current_lineage(
     flag means such a move came first: the image is traced again and recorded afresh (a move
     after the write flipped the row itself). At most `LINEAGE_ATTEMPTS` tries; a tag moving
     faster than that is logged."""
+    if recorded:
+        return
     for attempt in range(1, LINEAGE_ATTEMPTS + 1):
-        if not recorded:
-            await record_lineage(db, repository, digest, lineages)
-        recorded = False
+        await record_lineage(db, repository, digest, lineages)
         bases = [
             lineage.base
             for lineage in lineages

@@ -46,7 +46,7 @@ from policies.signatures.proofs import findings_for, recorded, verify_and_record
 from policies.signatures.references import repository_of, signs_for
 from storage.blobstore import BlobStore
 from storage.errors import LockLost
-from storage.metadata import MetadataDB
+from storage.metadata import LibraryHistory, MetadataDB
 
 log = logging.getLogger("trustyard.library")
 
@@ -172,12 +172,15 @@ async def follow_tag(
     raise AssertionError("unreachable")
 
 
-async def pending_tags(db: MetadataDB, library: Library | None) -> list[Pending]:
+async def pending_tags(
+    db: MetadataDB, library: Library | None, history: LibraryHistory | None = None
+) -> list[Pending]:
     """Library tags (of images with `signed_by`) whose registry tag points elsewhere than their
-    current library digest: pushed, not yet signed."""
+    current library digest (in `history`, default: read now): pushed, not yet signed."""
     if library is None:
         return []
-    current = {(h.name, h.tag): h.digest for h in await tag_history(db) if h.current}
+    entries = await tag_history(db) if history is None else history.entries
+    current = {(h.name, h.tag): h.digest for h in entries if h.current}
     found = []
     for image in library.images:
         if not image.signed_by:
@@ -202,12 +205,15 @@ async def _recorded_reason(
 
 
 async def pending_candidates(
-    db: MetadataDB, store: BlobStore, library: Library | None
+    db: MetadataDB,
+    store: BlobStore,
+    library: Library | None,
+    history: LibraryHistory | None = None,
 ) -> list[Candidate]:
     """The platform images of every pending digest, as lineage candidates marked `pending`: an
     image built on one is found, and refused for what it is built on."""
     found = []
-    for pending in await pending_tags(db, library):
+    for pending in await pending_tags(db, library, history):
         record = await db.get_manifest(pending.repository, pending.digest)
         if record is None:
             continue

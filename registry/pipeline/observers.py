@@ -46,6 +46,7 @@ from storage.blobstore import BlobStore
 from storage.metadata import (
     DecisionRecord,
     LibraryChange,
+    LibraryHistory,
     ManifestRecord,
     MetadataDB,
     OutboxRow,
@@ -73,6 +74,8 @@ class Change:
     #: A push: the image's lineage, traced before the tag guard and staged to be recorded in
     #: its own transaction (None: not traced, then traced and recorded after the commit).
     lineage: tuple[Lineage, ...] | None = None
+    #: A push: the library history it is traced against (its store checks it is current).
+    history: LibraryHistory | None = None
 
     @property
     def repository(self) -> str:
@@ -275,6 +278,12 @@ class LibraryObserver:
 
     async def after(self, change: Change) -> None:
         """A `signed_by` tag, lineage, re-tracing (pushes only)."""
+        library = self._library(change)
+        if library is not None and library.image_at(change.repository) is not None:
+            # This change may have moved the library's history (here, or by a `signed_by`
+            # follow below): the next push reads it afresh rather than have its store find the
+            # history moved (which it would: correct, one attempt later).
+            self.gate.library_history.forget()
         if change.action != "push" or change.check is None:
             return
         if change.library_moved:
@@ -311,6 +320,8 @@ class LibraryObserver:
             # A `signed_by` tag moved here commits its `library.tag.updated` rows only now.
             if any(announced):
                 self.events.committed()
+            if library is not None and library.image_at(change.repository) is not None:
+                self.gate.library_history.forget()
 
     async def before(self, change: Change) -> None:
         """Trace a push's lineage outside the library, before its tag guard (tracing reads the
@@ -328,6 +339,7 @@ class LibraryObserver:
                 change.digest,
                 change.record.content,
                 library,
+                change.history,
             )
         except Exception:
             log.exception("tracing the lineage of %s@%s", change.repository, change.digest)

@@ -35,7 +35,14 @@ from policies.gateway import PolicyGate, PushCheck
 from policies.signatures.proofs import push_problem
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
-from storage.metadata import ManifestRecord, MetadataDB, MissingReferences, TagMoved, TagPremise
+from storage.metadata import (
+    LibraryMoved,
+    ManifestRecord,
+    MetadataDB,
+    MissingReferences,
+    TagMoved,
+    TagPremise,
+)
 from storage.oci.digests import Digest, parse_digest
 from storage.oci.errors import (
     DIGEST_INVALID,
@@ -171,24 +178,52 @@ async def push_manifest(
     # A declared library tag keeps the database's tag lock: its `signed_by` follow reads the
     # registry tag and moves the library's in two steps, under that lock.
     across = image is not None and tag in image.tags
-    # What the observers prepare from the bytes alone (the image's lineage), outside the guard.
-    early = Change("push", prepared.record(), push.actor, tag=tag)
+    # What the observers prepare from the bytes alone (the image's lineage, against the library
+    # history this process last read: the store checks it is still current), outside the guard.
+    early = Change(
+        "push",
+        prepared.record(),
+        push.actor,
+        tag=tag,
+        history=await gate.library_history.snapshot(db),
+    )
     await observers.before(early)
+    # A tag a rule reads is first assumed new (as pushed tags almost always are): the store
+    # checks it, and on a tag found elsewhere the push is decided again on what it found.
+    assumed: dict[str, str | None] | None = None if tag is None else {tag: None}
     async with gate.tag_guard(name, tag, across_processes=across):
         for attempt in range(1, TAG_ATTEMPTS + 1):
             try:
-                change, check = await _check_and_store(db, gate, events, observers, prepared, early)
+                change, check = await _check_and_store(
+                    db, gate, events, observers, prepared, early, assumed
+                )
                 break
             except TagMoved as moved:
-                # Another process moved the tag since this push read it: decided afresh.
-                log.info(
-                    "%s:%s moved to %s while a push was decided (attempt %d of %d)",
+                # The tag points elsewhere than the decision took it to: decided afresh on
+                # what the store found.
+                assumed = {moved.tag: moved.found}
+                log.log(
+                    logging.DEBUG if attempt == 1 else logging.INFO,
+                    "%s:%s points to %s, not where a push was decided on (attempt %d of %d)",
                     name,
                     tag,
                     moved.found,
                     attempt,
                     TAG_ATTEMPTS,
                 )
+            except LibraryMoved as moved:
+                # A library tag moved since the history this push was traced against was read:
+                # traced and decided afresh against the history as it is now.
+                log.info(
+                    "%s@%s: the library moved (generation %d, traced at %d); tracing again",
+                    name,
+                    prepared.digest,
+                    moved.found,
+                    moved.expected,
+                )
+                early.history = await gate.library_history.refresh(db)
+                early.lineage = None
+                await observers.before(early)
         else:
             raise OciError(
                 TOOMANYREQUESTS,
@@ -207,9 +242,12 @@ async def _check_and_store(
     observers: Observers,
     prepared: Prepared,
     early: Change,
+    assumed: dict[str, str | None] | None,
 ) -> tuple[Change, PushCheck]:
-    """Under the tag guard: the policy check, then one transaction storing what the observers
-    stage with it; `TagMoved` when the tag moved since the check read it (nothing stored)."""
+    """Under the tag guard: the policy check (on the `assumed` tag targets and the history
+    `early` was traced against), then one transaction storing what the observers stage with
+    it; `TagMoved` when the tag points elsewhere than the check took it to, `LibraryMoved`
+    when the library's history moved since it was read (nothing stored)."""
     push, name, tag = prepared.push, prepared.push.repository, prepared.tag
     digest = str(prepared.digest)
     # Checked before anything is stored: a denied push leaves no manifest and no tag, and
@@ -221,8 +259,18 @@ async def _check_and_store(
             ),
             prepared.parsed.media_type,
             push.content,
+            assumed_targets=assumed,
+            history=early.history,
         )
-    change = Change("push", early.record, push.actor, tag=tag, check=check, lineage=early.lineage)
+    change = Change(
+        "push",
+        early.record,
+        push.actor,
+        tag=tag,
+        check=check,
+        lineage=early.lineage,
+        history=early.history,
+    )
     premise = None
     if tag is not None and check.tag_targets is not None:
         # The decision read the tag: the store moves it only if it still points there.
@@ -233,6 +281,10 @@ async def _check_and_store(
             premise = TagPremise(await db.tag_target(name, tag))
         change.previous = premise.digest
     staged = await observers.stage(change)
+    # What the decision or the lineage staged was traced against: stored only while current.
+    generation = check.library_generation
+    if generation is None and change.lineage is not None and early.history is not None:
+        generation = early.history.generation
     # A tag's lock in the database must still be this process's (a PostgreSQL lock connection
     # can drop while the check ran): else refused, never committed unguarded.
     await gate.confirm_tags(name, (tag,))
@@ -248,6 +300,7 @@ async def _check_and_store(
             staged.library,
             staged.decisions,
             premise,
+            generation,
         )
     except MissingReferences as exc:
         missing = exc.missing[0]

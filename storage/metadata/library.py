@@ -31,6 +31,32 @@ class TagHistoryEntry:
         return self.until is None
 
 
+#: The shared generation (`shared_generations`) every change of `library_tag_history` bumps in
+#: its own transaction: a `LibraryHistory` read with its generation stays true exactly as long
+#: as the generation has not moved (`put_manifest`'s `library_generation` checks it).
+LIBRARY_GENERATION = "library"
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryHistory:
+    """Every library tag's history rows, oldest first, and the generation they were read at
+    (one statement: the rows are exactly those of that generation)."""
+
+    generation: int
+    entries: tuple[TagHistoryEntry, ...]
+
+
+class LibraryMoved(Exception):
+    """A push traced or decided against the library's history at one generation, and another
+    change of the history committed since: nothing was stored, the push is to be traced and
+    decided again against the history as it is now."""
+
+    def __init__(self, expected: int, found: int) -> None:
+        super().__init__(f"library history at generation {found}, not {expected}")
+        self.expected = expected
+        self.found = found
+
+
 @dataclass(frozen=True, slots=True)
 class LibraryMove:
     """A library tag moved from one digest to another: images built on `previous` need a
@@ -145,6 +171,11 @@ class LibraryRecords(ABC):
         self, name: str | None = None, tag: str | None = None
     ) -> list[TagHistoryEntry]:
         """History rows, oldest first, of every library tag (or of one image, or one tag)."""
+
+    @abstractmethod
+    async def library_history(self) -> LibraryHistory:
+        """Every library tag's history rows, oldest first, with the generation they were read
+        at (`LIBRARY_GENERATION`), in one statement."""
 
     @abstractmethod
     async def record_lineage(

@@ -140,10 +140,13 @@ class ManifestsAndTags(ABC):
         library: Sequence[LibraryChange] = (),
         decisions: Sequence[DecisionRecord] = (),
         premise: TagPremise | None = None,
+        library_generation: int | None = None,
     ) -> list[LibraryChange]:
         """Store a manifest (and point `tag` at it) if everything it requires is present in the
-        repository (else `MissingReferences`) and, with a `premise`, the tag still points where
-        it says (else `TagMoved`), bump the repository's evidence version, write
+        repository (else `MissingReferences`), with a `premise`, the tag still points where
+        it says (else `TagMoved`) and, with a `library_generation`, the library's history is
+        still the one of that generation (else `LibraryMoved`: its lineage or decision was
+        traced against a history since moved), bump the repository's evidence version, write
         the `outbox` rows, make the `library` changes and log the `decisions`: one
         transaction, so a concurrent garbage collection can never remove a blob between the
         check and the insert. A manifest pushed again has its grace period (and its blobs')

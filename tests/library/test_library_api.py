@@ -18,6 +18,8 @@ from policies.library.recording import trace_lineage
 from policies.loader import parse_policy
 from registry.cli import main
 from registry.context import CONTEXT
+from storage.metadata.library import LIBRARY_GENERATION
+from storage.metadata.sqlite.connection import bump_generation
 from tests.library.conftest import POLICY
 from tests.library.images import Image, layer_tar, push, push_index
 
@@ -134,6 +136,8 @@ async def test_a_base_replaced_too_long_ago_must_be_rebuilt(registry: TestClient
             "UPDATE library_tag_history SET until = ? WHERE until IS NOT NULL",
             (time.time() - 41 * 86400,),
         )
+        # As every change of the history does: pushes traced against the old one re-trace.
+        await bump_generation(conn, LIBRARY_GENERATION)
     late = Image([*PY_LAYERS, layer_tar("app-3")])
     message = await denial(await push(registry, "apps/web", "v3", late))
     assert message == (

@@ -368,9 +368,16 @@ async def bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
         "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
         (repository,),
     )
+    await bump_generation(db, "evidence")
+
+
+async def bump_generation(db: aiosqlite.Connection, name: str) -> None:
+    """Move the shared generation `name` inside the caller's transaction (every process
+    watching it, or reading it in a write's premise, learns of the change at its commit)."""
     await db.execute(
-        "INSERT INTO shared_generations (name, generation) VALUES ('evidence', 1) "
-        "ON CONFLICT (name) DO UPDATE SET generation = generation + 1"
+        "INSERT INTO shared_generations (name, generation) VALUES (?, 1) "
+        "ON CONFLICT (name) DO UPDATE SET generation = generation + 1",
+        (name,),
     )
 
 

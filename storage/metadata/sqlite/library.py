@@ -9,16 +9,23 @@ from typing import Any
 import aiosqlite
 
 from storage.metadata.library import (
+    LIBRARY_GENERATION,
     Announce,
     ConsumerRow,
     FollowLibraryTag,
     LibraryChange,
+    LibraryHistory,
     LibraryMove,
     LineageRow,
     RecordLineage,
     TagHistoryEntry,
 )
-from storage.metadata.sqlite.connection import SQLiteBase, fetch_one, write_outbox
+from storage.metadata.sqlite.connection import (
+    SQLiteBase,
+    bump_generation,
+    fetch_one,
+    write_outbox,
+)
 
 _HISTORY_COLUMNS = "name, tag, repository, digest, since, until"
 
@@ -75,6 +82,20 @@ class SQLiteLibrary(SQLiteBase):
             args,
         )
         return [TagHistoryEntry(*row) for row in rows]
+
+    async def library_history(self) -> LibraryHistory:
+        """Every history row with the generation it was read at, in one statement (so the
+        rows are exactly those of that generation: a move bumps it in its own transaction)."""
+        rows = await self._all(
+            f"SELECT g.generation, {', '.join('h.' + c for c in _HISTORY_COLUMNS.split(', '))} "
+            "FROM (SELECT coalesce((SELECT generation FROM shared_generations WHERE name = ?), "
+            "0) AS generation) AS g "
+            "LEFT JOIN library_tag_history h ON 1 = 1 ORDER BY h.name, h.tag, h.since, h.id",
+            (LIBRARY_GENERATION,),
+        )
+        generation = int(rows[0][0]) if rows else 0
+        entries = tuple(TagHistoryEntry(*row[1:]) for row in rows if row[1] is not None)
+        return LibraryHistory(generation, entries)
 
     async def record_lineage(
         self,
@@ -240,6 +261,8 @@ async def follow_tag(
         "WHERE library_name = ? AND library_tag = ?",
         (digest, name, tag),
     )
+    # Pushes traced against the history as it was no longer store (`library_generation`).
+    await bump_generation(conn, LIBRARY_GENERATION)
     return True
 
 
@@ -253,6 +276,7 @@ async def end_tag(conn: aiosqlite.Connection, name: str, tag: str, now: float) -
         "UPDATE image_lineage SET current = 0 WHERE library_name = ? AND library_tag = ?",
         (name, tag),
     )
+    await bump_generation(conn, LIBRARY_GENERATION)
 
 
 async def apply_library_changes(

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.metadata.decisions import DecisionRecord
-from storage.metadata.library import LibraryChange
+from storage.metadata.library import LIBRARY_GENERATION, LibraryChange, LibraryMoved
 from storage.metadata.manifests import (
     ManifestRecord,
     MissingReferences,
@@ -61,20 +61,24 @@ async def _missing(
     refs: Sequence[Reference],
     tag: str | None = None,
     premise: str | None = None,
-) -> tuple[list[Reference], str | None]:
-    """The required references absent from the repository and, with `tag`, the digest it
-    points at (expected: `premise`), asked in one statement (on PostgreSQL not even waited for
-    when all is as expected, `_read_expecting`), however many layers: a blob must be linked
-    into the repository, a manifest stored in it."""
+    library_generation: int | None = None,
+) -> tuple[list[Reference], str | None, int | None]:
+    """The required references absent from the repository, with `tag` the digest it points at
+    (expected: `premise`) and with `library_generation` the library history's generation as it
+    is now, asked in one statement (on PostgreSQL not even waited for when all is as expected,
+    `_read_expecting`), however many layers: a blob must be linked into the repository, a
+    manifest stored in it."""
     required = [ref for ref in refs if ref.required]
-    if not required and tag is None:
-        return [], None
+    if not required and tag is None and library_generation is None:
+        return [], None, None
     blobs = [ref.digest for ref in required if ref.kind == "blob"]
     manifests = [ref.digest for ref in required if ref.kind != "blob"]
     expected = [("blob", digest) for digest in dict.fromkeys(blobs)]
     expected += [("manifest", digest) for digest in dict.fromkeys(manifests)]
     if tag is not None and premise is not None:
         expected.append(("tag", premise))
+    if library_generation:  # generation 0: no row yet
+        expected.append(("library", str(library_generation)))
     rows = await _read_expecting(
         db,
         "SELECT 'blob', digest FROM repository_blobs WHERE repository = :repository "
@@ -82,12 +86,16 @@ async def _missing(
         "UNION ALL SELECT 'manifest', digest FROM manifests WHERE repository = :repository "
         "AND digest IN (SELECT value FROM json_each(:manifests)) "
         "UNION ALL SELECT 'tag', digest FROM tags WHERE repository = :repository "
-        "AND name = :tag",
+        "AND name = :tag "
+        "UNION ALL SELECT 'library', CAST(generation AS TEXT) FROM shared_generations "
+        "WHERE name = :library AND :traced",
         {
             "repository": repository,
             "blobs": json.dumps(blobs),
             "manifests": json.dumps(manifests),
             "tag": tag,
+            "library": LIBRARY_GENERATION,
+            "traced": library_generation is not None,
         },
         expected,
     )
@@ -97,7 +105,11 @@ async def _missing(
         for ref in required
         if ("blob" if ref.kind == "blob" else "manifest", ref.digest) not in present
     ]
-    return missing, next((row[1] for row in rows if row[0] == "tag"), None)
+    found = next((row[1] for row in rows if row[0] == "tag"), None)
+    generation = None
+    if library_generation is not None:
+        generation = next((int(row[1]) for row in rows if row[0] == "library"), 0)
+    return missing, found, generation
 
 
 class SQLiteManifests(SQLiteBase):
@@ -145,22 +157,31 @@ class SQLiteManifests(SQLiteBase):
         library: Sequence[LibraryChange] = (),
         decisions: Sequence[DecisionRecord] = (),
         premise: TagPremise | None = None,
+        library_generation: int | None = None,
     ) -> list[LibraryChange]:
-        """Store a manifest (and point `tag` at it) if everything it references is present
-        and the tag still points where the `premise` says, with its `outbox` rows, `library`
-        changes and `decisions`, in one transaction; the library changes made."""
+        """Store a manifest (and point `tag` at it) if everything it references is present,
+        the tag still points where the `premise` says and the library history is still at
+        `library_generation`, with its `outbox` rows, `library` changes and `decisions`, in one
+        transaction; the library changes made."""
         refs = list(dict.fromkeys(references))
         now = time.time()
         checked = tag if premise is not None else None
 
         async def store(db: Any) -> list[LibraryChange]:
-            missing, found = await _missing(
-                db, record.repository, refs, checked, None if premise is None else premise.digest
+            missing, found, generation = await _missing(
+                db,
+                record.repository,
+                refs,
+                checked,
+                None if premise is None else premise.digest,
+                library_generation,
             )
             if missing:
                 raise MissingReferences(missing)
             if premise is not None and tag is not None and found != premise.digest:
                 raise TagMoved(tag, premise.digest, found)
+            if library_generation is not None and generation != library_generation:
+                raise LibraryMoved(library_generation, generation or 0)
             await ensure_repository(db, record.repository, now)
             await db.execute(
                 "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
