@@ -1,7 +1,9 @@
 """What one manifest push costs the PostgreSQL server, counted by the server itself: one commit
 (the manifest, its tag, its decision row, its events and its lineage together, never a second
 write for the lineage), no statement on a lock connection (the tag is re-checked inside the
-push's own transaction), and a bounded number of statements in all.
+push's own transaction), no read before the decision (the immutability rule's tag is assumed
+new and the library history is the one the process last read: the store checks both), and a
+bounded number of statements in all.
 
 Every statement of the registry's sessions is logged (`log_statement = all`, set on the test's
 own database only) and read back from the server's log, by the backends of that database.
@@ -24,11 +26,12 @@ from tests.replicas.conftest import StartReplicas
 from tests.replicas.images import IMMUTABLE_RELEASES, image_manifest
 
 PUSHES = 12
-#: Statements per push, all sessions of the registry included (its policy check's reads, the
-#: write, and what runs meanwhile in the background: generation reads, the outbox's poll). A
-#: push cost 26 when its tag lock took three round trips on a connection of its own and its
-#: lineage a second commit.
-MAX_STATEMENTS = 20
+#: Statements per push, all sessions of the registry included (the write, and what runs
+#: meanwhile in the background: the evidence generation's read at each commit's notice, the
+#: outbox's poll). A push cost 26 when its tag lock took three round trips on a connection of
+#: its own and its lineage a second commit, 18 when its immutability rule read the tag and its
+#: lineage trace the whole library history before every push.
+MAX_STATEMENTS = 17
 
 #: A logged statement: `<time> [<pid>] LOG:  statement: ...` or `... LOG:  execute <name>: ...`.
 _LOGGED = re.compile(r"\[(\d+)\] LOG:  (?:statement|execute [^:]*): (.*)")
@@ -86,4 +89,10 @@ async def test_a_push_costs_one_commit_and_no_lock_round_trip(
     assert len(lineage) == PUSHES  # written in the push's commit, by the same writer
     locks = [text for _, text in statements if "advisory_lock(" in text and "xact" not in text]
     assert locks == []
+    # Nothing read before the decisions: the tag is checked in the write's own statement, and
+    # the library history was read once (at the first push) for all of them.
+    tag_reads = [t for _, t in statements if t.startswith("SELECT digest FROM tags ")]
+    assert tag_reads == []
+    history_reads = [t for _, t in statements if "library_tag_history" in t]
+    assert len(history_reads) <= 1, history_reads
     assert len(statements) <= MAX_STATEMENTS * PUSHES, Counter(text for _, text in statements)
