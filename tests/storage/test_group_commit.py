@@ -67,6 +67,22 @@ async def test_a_failing_push_in_a_batch_commits_the_others_and_nothing_of_itsel
             assert await db.tag_target("repo", f"t{n}") == records[n].digest
 
 
+async def test_a_batch_moves_the_shared_evidence_generation_once(db: MetadataDB) -> None:
+    """Each push counts in its repository's evidence version; the shared generation every
+    process watches moves once per commit, not once per push of the batch."""
+    repositories = [f"repo{n}" for n in range(12)]
+    for repository in repositories:
+        await db.link_blob(repository, LAYER, 3)
+    before = await db.generation("evidence")
+    refs = [Reference(LAYER, "blob")]
+    await asyncio.gather(
+        *(db.put_manifest(manifest(r, n), refs, "v1") for n, r in enumerate(repositories))
+    )
+    assert [await db.evidence_version(r) for r in repositories] == [1] * 12
+    moved = await db.generation("evidence") - before
+    assert 1 <= moved < 12
+
+
 async def test_later_jobs_of_a_batch_see_the_earlier_ones(db: MetadataDB) -> None:
     # One tag pushed twelve times at once: it ends on the last one submitted, as twelve
     # transactions in that order would leave it.

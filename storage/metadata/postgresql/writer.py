@@ -44,6 +44,7 @@ import psycopg
 from storage.errors import StorageFull, StorageUnavailable
 from storage.metadata.group_commit import Queued, run_to_end
 from storage.metadata.postgresql.dialect import arguments, translate
+from storage.metadata.sqlite.connection import BUMP_GENERATION
 
 log = logging.getLogger("storage.metadata.postgresql")
 
@@ -144,6 +145,9 @@ class Writer:
                         queued.outcome = (True, result)
                     if lone and not queued.outcome[0]:
                         return
+                # Once for the batch, not once per job that asked (`bump_evidence`).
+                for name in sorted(db.generations):
+                    db.execute(BUMP_GENERATION, (name,))
                 if db.speculated:
                     # What the jobs were told they read must be what the server found, before
                     # anything commits: else the batch is run again reading the real rows.
@@ -253,6 +257,12 @@ class PipelineConnection:
         self._speculative = speculative
         #: Queries answered with what their job expected, and that: checked before the commit.
         self.speculated: list[tuple[psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
+        #: Shared generations the batch moves once, just before its commit.
+        self.generations: set[str] = set()
+
+    def bump_at_commit(self, name: str) -> None:
+        """Move the shared generation `name` once for the batch, at its commit."""
+        self.generations.add(name)
 
     def _sync(self) -> None:
         self._pipeline.sync()

@@ -247,6 +247,10 @@ def _run_locked(conn: sqlite3.Connection, batch: list[Queued]) -> None:
                 conn.execute("ROLLBACK TO job")
                 queued.outcome = (False, exc)
             conn.execute("RELEASE job")
+        # Once for the batch (a job rolled back may have asked: a spurious move only makes
+        # the processes read again what they remembered).
+        for name in sorted(adapter.generations):
+            conn.execute(BUMP_GENERATION, (name,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -321,6 +325,12 @@ class ThreadConnection:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        #: Shared generations the batch moves once, just before its commit.
+        self.generations: set[str] = set()
+
+    def bump_at_commit(self, name: str) -> None:
+        """Move the shared generation `name` once for the batch, at its commit."""
+        self.generations.add(name)
 
     @property
     def in_transaction(self) -> bool:
@@ -362,23 +372,33 @@ async def fetch_one(db: aiosqlite.Connection, sql: str, args: Params = ()) -> An
 
 async def bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
     """Count one more change of what policy sees of `repository` (and of any repository: the
-    shared generation every process polls to forget the versions it remembers)."""
+    shared generation every process polls to forget the versions it remembers). In a write
+    job, the shared generation moves once for its whole batch, just before the commit: every
+    process forgets its remembered versions at that commit either way, and one row updated
+    per push (with its notice on PostgreSQL) was as many statements as pushes in the batch."""
     await db.execute(
         "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
         "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
         (repository,),
     )
-    await bump_generation(db, "evidence")
+    at_commit = getattr(db, "bump_at_commit", None)
+    if at_commit is not None:
+        at_commit("evidence")
+    else:
+        await bump_generation(db, "evidence")
+
+
+#: Moves a shared generation (`bump_generation`, and a batch's bumps at its commit).
+BUMP_GENERATION = (
+    "INSERT INTO shared_generations (name, generation) VALUES (?, 1) "
+    "ON CONFLICT (name) DO UPDATE SET generation = generation + 1"
+)
 
 
 async def bump_generation(db: aiosqlite.Connection, name: str) -> None:
     """Move the shared generation `name` inside the caller's transaction (every process
     watching it, or reading it in a write's premise, learns of the change at its commit)."""
-    await db.execute(
-        "INSERT INTO shared_generations (name, generation) VALUES (?, 1) "
-        "ON CONFLICT (name) DO UPDATE SET generation = generation + 1",
-        (name,),
-    )
+    await db.execute(BUMP_GENERATION, (name,))
 
 
 async def write_outbox(db: aiosqlite.Connection, rows: Sequence[OutboxRow]) -> None:
