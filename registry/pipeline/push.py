@@ -189,8 +189,9 @@ async def push_manifest(
     )
     await observers.before(early)
     # A tag a rule reads is first assumed new (as pushed tags almost always are): the store
-    # checks it, and on a tag found elsewhere the push is decided again on what it found.
-    assumed: dict[str, str | None] | None = None if tag is None else {tag: None}
+    # checks it, and on a tag found elsewhere the push is decided again on what it found. (A
+    # push holding the tag's database lock reads it under that lock, as its follow does.)
+    assumed: dict[str, str | None] | None = None if tag is None or across else {tag: None}
     async with gate.tag_guard(name, tag, across_processes=across):
         for attempt in range(1, TAG_ATTEMPTS + 1):
             try:
