@@ -146,7 +146,9 @@ def verify_chain(
     )
     try:
         return list(verifier.verify(leaf, list(intermediates)).chain)
-    except (VerificationError, ValueError) as exc:
+    # Once the chain verifies, the leaf's names are read: a name the library cannot take (an IP
+    # address of 5 bytes: `ValueError`) or does not support (x400Address) refuses the leaf.
+    except (VerificationError, ValueError, x509.UnsupportedGeneralNameType) as exc:
         raise KeylessError(
             f"certificate chain does not verify at {at:%Y-%m-%dT%H:%M:%SZ}: {exc}"
         ) from None
