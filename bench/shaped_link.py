@@ -11,6 +11,7 @@ control, and nothing else on the machine:
 
 Other loopback traffic (other tests, other servers) is not classified and is sent directly.
 The qdisc is removed on leaving the context and, should the process end otherwise, at exit.
+Two shapers on one machine take turns (a lock file in /run/lock) rather than meet on `lo`.
 It is refused (SystemExit with the reason) when `tc` is missing, when not run as root, when the
 kernel lacks a queueing discipline it needs (`netem` for a delay), or when `lo` already has a
 root qdisc of its own (someone else's shaping is never replaced).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -28,6 +30,8 @@ from collections.abc import Iterator
 DEVICE = "lo"
 #: Where Debian and most distributions install `tc` (root's PATH has it; others may not).
 TC_PATHS = ("/usr/sbin/tc", "/sbin/tc")
+#: Held while `lo` is shaped by this module.
+LOCK = "/run/lock/trustyard-shaped-lo.lock"
 
 
 def tc_binary() -> str:
@@ -57,6 +61,14 @@ def shaped_port(port: int, *, rate: str | None, delay: str | None) -> Iterator[s
     """Shape TCP port `port` on `lo` (to `rate`, e.g. `1gbit`, and/or `delay` each way, e.g.
     `1ms`) while the context runs; yields a description of the link."""
     tc = tc_binary()
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with _shaped(tc, port, rate=rate, delay=delay) as link:
+            yield link
+
+
+@contextlib.contextmanager
+def _shaped(tc: str, port: int, *, rate: str | None, delay: str | None) -> Iterator[str]:
     before = root_qdisc(tc)
     if before and not before.startswith(("qdisc noqueue", "qdisc pfifo_fast 0:")):
         raise SystemExit(f"lo already has a root qdisc of its own, left alone: {before}")
