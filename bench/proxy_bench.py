@@ -55,7 +55,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,7 +66,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.shaped_link import shaped_port
+from bench.shaped_link import shaped_port, tc_binary
 from policies.rules import parse_size
 from tests.proxy.upstreams import Upstream, random_layer, reference_registry
 from tests.server_process import RegistryProcess, start_registry
@@ -186,6 +188,10 @@ def main() -> None:
         "--upstream-delay", help="and delay its packets this long each way (tc netem, e.g. 1ms)"
     )
     args = parser.parse_args()
+    if args.upstream_rate or args.upstream_delay:
+        tc_binary()  # refused before anything starts, with the reason
+        # A SIGTERM unwinds like Ctrl-C, so the finally below removes the shaping from lo.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     scratch = Path(tempfile.mkdtemp(prefix="ty-proxy-bench-"))
     servers: list[Any] = []
     results: dict[str, list[float]] = {}
