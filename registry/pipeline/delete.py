@@ -18,7 +18,7 @@ from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
-from storage.metadata import ManifestRecord, MetadataDB
+from storage.metadata import ManifestRecord, ManifestRetagged, MetadataDB
 from storage.oci.errors import MANIFEST_UNKNOWN, TOOMANYREQUESTS, OciError
 
 #: Times a delete by digest takes the guards again when tags were pushed onto the manifest
@@ -73,7 +73,13 @@ async def delete_manifest(
                     tags = tuple(sorted({*tags, *now}))
                     continue
                 tags = now
-            change, headers = await _delete(db, gate, events, observers, delete, record, tags)
+            try:
+                change, headers = await _delete(db, gate, events, observers, delete, record, tags)
+            except ManifestRetagged as retagged:
+                # Tagged by a push (which waits for no guard of ours) while it was decided:
+                # decided again on every tag it has now.
+                tags = tuple(sorted({*tags, *retagged.tags}))
+                continue
             break
     else:
         raise OciError(
@@ -119,7 +125,9 @@ async def _delete(
     staged = await observers.stage(change)
     await gate.confirm_tags(name, tags)
     if digest is not None:
-        deleted = await db.delete_manifest(name, digest, staged.statements, staged.library)
+        deleted = await db.delete_manifest(
+            name, digest, staged.statements, staged.library, tags=tags
+        )
     else:
         assert tag is not None
         # Only while it points at the manifest decided on: a push by another process does not

@@ -43,6 +43,7 @@ from storage.metadata.library import (
 )
 from storage.metadata.manifests import (
     ManifestRecord,
+    ManifestRetagged,
     MissingReferences,
     Reference,
     Referrer,
@@ -98,6 +99,7 @@ __all__ = [
     "LibraryMove",
     "LineageRow",
     "ManifestRecord",
+    "ManifestRetagged",
     "MetadataDB",
     "MetadataUnreachable",
     "MissingReferences",

@@ -6,7 +6,7 @@ Rows: `repositories`, `manifests`, `manifest_references`, `tags` (see `storage.l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from storage.metadata.decisions import DecisionRecord
@@ -16,6 +16,7 @@ from storage.oci.manifest import Reference
 
 __all__ = [
     "ManifestRecord",
+    "ManifestRetagged",
     "ManifestsAndTags",
     "MissingReferences",
     "Reference",
@@ -106,6 +107,15 @@ class TagMoved(Exception):
         self.found = found
 
 
+class ManifestRetagged(Exception):
+    """A manifest to delete is pointed at by tags its delete did not decide on (another request
+    tagged it meanwhile): nothing was deleted, the delete is to be decided again on `tags`."""
+
+    def __init__(self, digest: str, tags: Sequence[str]) -> None:
+        super().__init__(f"{digest} is tagged {', '.join(tags)}")
+        self.tags = tuple(tags)
+
+
 class ManifestsAndTags(ABC):
     """Repositories, manifests, their references and tags.
 
@@ -165,10 +175,14 @@ class ManifestsAndTags(ABC):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        tags: Collection[str] | None = None,
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
         When it did, the evidence version is bumped, the `outbox` rows written and the
-        `library` changes made in the same transaction."""
+        `library` changes made in the same transaction. With `tags` (those the delete was
+        decided on), only while no other tag points at it, checked in that transaction (else
+        `ManifestRetagged` with the tags it has now, nothing deleted): a push holds no lock the
+        delete could wait for."""
 
     @abstractmethod
     async def delete_tag(

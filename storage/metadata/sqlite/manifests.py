@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from storage.metadata.decisions import DecisionRecord
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
+    ManifestRetagged,
     MissingReferences,
     Reference,
     Referrer,
@@ -253,13 +254,16 @@ class SQLiteManifests(SQLiteBase):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        tags: Collection[str] | None = None,
     ) -> bool:
-        """Delete a manifest, its references and every tag pointing at it; whether it existed."""
+        """Delete a manifest, its references and every tag pointing at it; whether it existed.
+        With `tags`, only while no other tag points at it (else `ManifestRetagged`)."""
         return await self._delete(
             "DELETE FROM manifests WHERE repository = ? AND digest = ?",
             (repository, digest),
             outbox,
             library,
+            None if tags is None else set(tags),
         )
 
     async def delete_tag(
@@ -292,11 +296,21 @@ class SQLiteManifests(SQLiteBase):
         key: tuple[str, ...],
         outbox: Sequence[OutboxRow],
         library: Sequence[LibraryChange],
+        decided: set[str] | None = None,
     ) -> bool:
         """Run a `DELETE ... WHERE repository = ? AND ...` with `key`; when it deleted anything,
         bump the repository's evidence, write `outbox` and make the `library` changes in the
-        same transaction."""
+        same transaction. With `decided`, `key` is (repository, digest) and the tags pointing at
+        the manifest are first read in the transaction, under the write lock: one outside
+        `decided` raises `ManifestRetagged`, nothing deleted."""
         async with self.transaction() as db:
+            if decided is not None:
+                rows = await db.execute_fetchall(
+                    "SELECT name FROM tags WHERE repository = ? AND digest = ? ORDER BY name", key
+                )
+                now = [row[0] for row in rows]
+                if not set(now) <= decided:
+                    raise ManifestRetagged(key[1], now)
             cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
                 await bump_evidence(db, key[0])
