@@ -43,10 +43,10 @@ from storage.metadata.library import (
 )
 from storage.metadata.manifests import (
     ManifestRecord,
-    ManifestRetagged,
     MissingReferences,
     Reference,
     Referrer,
+    RepositoryChanged,
     RepositorySummary,
     TagMoved,
     TagPremise,
@@ -99,7 +99,6 @@ __all__ = [
     "LibraryMove",
     "LineageRow",
     "ManifestRecord",
-    "ManifestRetagged",
     "MetadataDB",
     "MetadataUnreachable",
     "MissingReferences",
@@ -110,6 +109,7 @@ __all__ = [
     "RecordLineage",
     "Reference",
     "Referrer",
+    "RepositoryChanged",
     "RepositorySummary",
     "SQLiteMetadata",
     "Simulation",

@@ -6,7 +6,7 @@ Rows: `repositories`, `manifests`, `manifest_references`, `tags` (see `storage.l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from storage.metadata.decisions import DecisionRecord
@@ -16,11 +16,11 @@ from storage.oci.manifest import Reference
 
 __all__ = [
     "ManifestRecord",
-    "ManifestRetagged",
     "ManifestsAndTags",
     "MissingReferences",
     "Reference",
     "Referrer",
+    "RepositoryChanged",
     "RepositorySummary",
     "TagMoved",
     "TagPremise",
@@ -107,13 +107,13 @@ class TagMoved(Exception):
         self.found = found
 
 
-class ManifestRetagged(Exception):
-    """A manifest to delete is pointed at by tags its delete did not decide on (another request
-    tagged it meanwhile): nothing was deleted, the delete is to be decided again on `tags`."""
+class RepositoryChanged(Exception):
+    """A repository changed (its evidence version moved: a push, a tag, a delete) since a
+    delete was decided on it: nothing was deleted, the delete is to be decided again."""
 
-    def __init__(self, digest: str, tags: Sequence[str]) -> None:
-        super().__init__(f"{digest} is tagged {', '.join(tags)}")
-        self.tags = tuple(tags)
+    def __init__(self, repository: str, decided: int, found: int) -> None:
+        super().__init__(f"{repository} is at evidence version {found}, not {decided}")
+        self.found = found
 
 
 class ManifestsAndTags(ABC):
@@ -175,14 +175,14 @@ class ManifestsAndTags(ABC):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
-        tags: Collection[str] | None = None,
+        evidence: int | None = None,
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
         When it did, the evidence version is bumped, the `outbox` rows written and the
-        `library` changes made in the same transaction. With `tags` (those the delete was
-        decided on), only while no other tag points at it, checked in that transaction (else
-        `ManifestRetagged` with the tags it has now, nothing deleted): a push holds no lock the
-        delete could wait for."""
+        `library` changes made in the same transaction. With `evidence` (the repository's
+        evidence version the delete was decided on), only while it is still that, checked in
+        the transaction (else `RepositoryChanged`, nothing deleted): a push waits for no lock
+        of the delete, and may meanwhile have tagged the manifest or listed it in a release."""
 
     @abstractmethod
     async def delete_tag(

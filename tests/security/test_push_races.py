@@ -10,6 +10,7 @@ Each race is held at the right moment by the test (no sleeps), on the backend th
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from policies.gateway import PolicyGate
-from tests.oci import OCI_MANIFEST, error_codes, push_image
+from tests.oci import OCI_INDEX, OCI_MANIFEST, descriptor, error_codes, push_image, sha256
 
 POLICY = """\
 version: 1
@@ -73,3 +74,103 @@ async def test_a_release_tag_pushed_while_a_delete_by_digest_is_decided_is_not_d
     for tag in ("v1", "dev"):
         got = await client.get(f"/v2/app/web/manifests/{tag}")
         assert (got.status, got.headers.get("Docker-Content-Digest")) == (200, digest), tag
+
+
+async def _held_after_check_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[asyncio.Event, asyncio.Event, list[str]]:
+    """Hold the first `check_needed` once it has decided (the delete then goes on to commit)
+    until the test sets the second event; the digests checked are listed."""
+    real = PolicyGate.check_needed
+    checked, release = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    async def held(self: PolicyGate, repository: str, digest: str, kind: str, who: str) -> None:
+        seen.append(digest)
+        await real(self, repository, digest, kind, who)
+        if len(seen) == 1:
+            checked.set()
+            await release.wait()
+
+    monkeypatch.setattr(PolicyGate, "check_needed", held)
+    return checked, release, seen
+
+
+async def _index_over(client: TestClient, child: str, tag: str) -> str:
+    """Push an index listing the manifest `child` of app/web as `tag`; its digest."""
+    child_body = await (await client.get(f"/v2/app/web/manifests/{child}")).read()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [descriptor(OCI_MANIFEST, child_body)],
+        }
+    ).encode()
+    resp = await client.put(
+        f"/v2/app/web/manifests/{tag}", data=index, headers={"Content-Type": OCI_INDEX}
+    )
+    assert resp.status == 201, await resp.text()
+    return sha256(index)
+
+
+async def test_an_immutable_index_pushed_while_its_child_is_deleted_keeps_the_child(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete of an untagged image found nothing needing it; before it commits, a release
+    index listing the image is pushed (201). The delete must not take the release's child."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    child, _ = await push_image(client, "app/web", "tmp")
+    resp = await client.delete("/v2/app/web/manifests/tmp")
+    assert resp.status == 202, await resp.text()
+    checked, release, seen = await _held_after_check_needed(monkeypatch)
+    deleting = asyncio.ensure_future(client.delete(f"/v2/app/web/manifests/{child}"))
+    await asyncio.wait_for(checked.wait(), PATIENCE)
+    index = await _index_over(client, child, "v1")
+    release.set()
+    resp = await asyncio.wait_for(deleting, PATIENCE)
+    assert resp.status == 403, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["DENIED"]
+    assert answer["errors"][0]["message"] == (
+        f"manifest {child} is needed by manifest {index} (v1), which the policy does not let "
+        'be deleted: rule "release tags are immutable": tag v1 is immutable and cannot be '
+        f"deleted (it points to {index[:19]}…)"
+    )
+    assert seen == [child, child]  # decided again once the index was there
+    got = await client.get(f"/v2/app/web/manifests/{child}")
+    assert got.status == 200, await got.text()
+
+
+async def test_an_immutable_image_pushed_while_its_layer_is_deleted_keeps_the_layer(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete of a layer no manifest needs any more, raced by the push of a release image
+    made of it: the release keeps its layer."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    layer = b"a layer the release is made of"
+    await push_image(client, "app/web", "tmp", layers=[layer])
+    resp = await client.delete("/v2/app/web/manifests/tmp")
+    assert resp.status == 202, await resp.text()
+    checked, release, seen = await _held_after_check_needed(monkeypatch)
+    deleting = asyncio.ensure_future(client.delete(f"/v2/app/web/blobs/{sha256(layer)}"))
+    await asyncio.wait_for(checked.wait(), PATIENCE)
+    image, _ = await push_image(client, "app/web", "v1", layers=[layer])
+    release.set()
+    resp = await asyncio.wait_for(deleting, PATIENCE)
+    assert resp.status == 403, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["DENIED"]
+    assert answer["errors"][0]["message"] == (
+        f"blob {sha256(layer)} is needed by manifest {image} (v1), which the policy does not "
+        'let be deleted: rule "release tags are immutable": tag v1 is immutable and cannot be '
+        f"deleted (it points to {image[:19]}…)"
+    )
+    assert seen == [sha256(layer), sha256(layer)]
+    got = await client.get(f"/v2/app/web/blobs/{sha256(layer)}")
+    assert (got.status, await got.read()) == (200, layer)

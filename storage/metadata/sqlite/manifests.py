@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.metadata.decisions import DecisionRecord
 from storage.metadata.library import LibraryChange
 from storage.metadata.manifests import (
     ManifestRecord,
-    ManifestRetagged,
     MissingReferences,
     Reference,
     Referrer,
@@ -25,6 +24,7 @@ from storage.metadata.sqlite.connection import (
     SQLiteBase,
     bump_evidence,
     ensure_repository,
+    expect_evidence,
     write_outbox,
 )
 from storage.metadata.sqlite.decisions import write_decisions
@@ -254,16 +254,17 @@ class SQLiteManifests(SQLiteBase):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
-        tags: Collection[str] | None = None,
+        evidence: int | None = None,
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
-        With `tags`, only while no other tag points at it (else `ManifestRetagged`)."""
+        With `evidence`, only while the repository is still at that version (else
+        `RepositoryChanged`)."""
         return await self._delete(
             "DELETE FROM manifests WHERE repository = ? AND digest = ?",
             (repository, digest),
             outbox,
             library,
-            None if tags is None else set(tags),
+            evidence,
         )
 
     async def delete_tag(
@@ -296,21 +297,14 @@ class SQLiteManifests(SQLiteBase):
         key: tuple[str, ...],
         outbox: Sequence[OutboxRow],
         library: Sequence[LibraryChange],
-        decided: set[str] | None = None,
+        evidence: int | None = None,
     ) -> bool:
         """Run a `DELETE ... WHERE repository = ? AND ...` with `key`; when it deleted anything,
         bump the repository's evidence, write `outbox` and make the `library` changes in the
-        same transaction. With `decided`, `key` is (repository, digest) and the tags pointing at
-        the manifest are first read in the transaction, under the write lock: one outside
-        `decided` raises `ManifestRetagged`, nothing deleted."""
+        same transaction. With `evidence`, first `expect_evidence` in that transaction."""
         async with self.transaction() as db:
-            if decided is not None:
-                rows = await db.execute_fetchall(
-                    "SELECT name FROM tags WHERE repository = ? AND digest = ? ORDER BY name", key
-                )
-                now = [row[0] for row in rows]
-                if not set(now) <= decided:
-                    raise ManifestRetagged(key[1], now)
+            if evidence is not None:
+                await expect_evidence(db, key[0], evidence)
             cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
                 await bump_evidence(db, key[0])
