@@ -174,3 +174,41 @@ async def test_an_immutable_image_pushed_while_its_layer_is_deleted_keeps_the_la
     assert seen == [sha256(layer), sha256(layer)]
     got = await client.get(f"/v2/app/web/blobs/{sha256(layer)}")
     assert (got.status, await got.read()) == (200, layer)
+
+
+@pytest.mark.parametrize("what", ["manifest", "blob"])
+async def test_a_delete_in_a_repository_that_keeps_changing_is_refused_after_three_rounds(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Every time the delete has decided, another push lands in the repository: decided again
+    at most three times, then 429 with nothing deleted (the client retries)."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    layer = b"a layer nothing needs any more"
+    digest, _ = await push_image(client, "app/web", "tmp", layers=[layer])
+    resp = await client.delete("/v2/app/web/manifests/tmp")
+    assert resp.status == 202, await resp.text()
+    target = digest if what == "manifest" else sha256(layer)
+    real = PolicyGate.check_needed
+    rounds: list[str] = []
+
+    async def churned(self: PolicyGate, repository: str, checked: str, kind: str, who: str) -> None:
+        await real(self, repository, checked, kind, who)
+        rounds.append(checked)
+        await push_image(client, "app/web", f"dev{len(rounds)}", layers=[b"other"])
+
+    monkeypatch.setattr(PolicyGate, "check_needed", churned)
+    resp = await client.delete(f"/v2/app/web/{what}s/{target}")
+    assert resp.status == 429, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["TOOMANYREQUESTS"]
+    kind = "" if what == "manifest" else "blob "
+    assert answer["errors"][0]["message"] == (
+        f"app/web keeps changing while {kind}{target} is deleted; retry"
+    )
+    assert rounds == [target] * 3
+    monkeypatch.setattr(PolicyGate, "check_needed", real)
+    got = await client.get(f"/v2/app/web/{what}s/{target}")
+    assert got.status == 200, await got.text()
