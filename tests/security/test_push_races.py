@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from policies.gateway import PolicyGate
+from registry.context import CONTEXT
 from tests.oci import OCI_INDEX, OCI_MANIFEST, descriptor, error_codes, push_image, sha256
 
 POLICY = """\
@@ -212,3 +213,45 @@ async def test_a_delete_in_a_repository_that_keeps_changing_is_refused_after_thr
     monkeypatch.setattr(PolicyGate, "check_needed", real)
     got = await client.get(f"/v2/app/web/{what}s/{target}")
     assert got.status == 200, await got.text()
+
+
+async def test_a_push_whose_tag_keeps_moving_is_refused_after_five_attempts(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (here: writes straight to the database, which wait for no guard of this
+    one) moves the tag after every decision: first creating it, then deleting it, so that no
+    decision is a denial. The push is decided at most five times, then 429, and the tag is as
+    the other process left it."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    digest, body = await push_image(client, "app/web", "dev")
+    db = client.server.app[CONTEXT].db
+    record = await db.get_manifest("app/web", digest)
+    assert record is not None
+    real = PolicyGate.check_push
+    decided: list[str | None] = []
+
+    async def overtaken(self: PolicyGate, request: Any, media_type: str, content: bytes) -> Any:
+        check = await real(self, request, media_type, content)
+        decided.append(check.tag_targets.get("v1"))
+        if await db.tag_target("app/web", "v1") is None:
+            await db.put_manifest(record, [], "v1")
+        else:
+            assert await db.delete_tag("app/web", "v1")
+        return check
+
+    monkeypatch.setattr(PolicyGate, "check_push", overtaken)
+    resp = await client.put(
+        "/v2/app/web/manifests/v1", data=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert resp.status == 429, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["TOOMANYREQUESTS"]
+    assert answer["errors"][0]["message"] == (
+        "tag v1 keeps being moved by other pushes while this one is decided; nothing was "
+        "stored, try again"
+    )
+    assert decided == [None, digest, None, digest, None]
+    assert await db.tag_target("app/web", "v1") == digest  # the other process's last move
