@@ -255,3 +255,48 @@ async def test_a_push_whose_tag_keeps_moving_is_refused_after_five_attempts(
     )
     assert decided == [None, digest, None, digest, None]
     assert await db.tag_target("app/web", "v1") == digest  # the other process's last move
+
+
+async def test_an_index_whose_child_is_deleted_while_it_is_decided_is_not_stored(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index's decision read its child; the child is deleted (by digest: no guard of the
+    push's tag) before the index's transaction: nothing is stored, 400 MANIFEST_BLOB_UNKNOWN
+    naming the child (on PostgreSQL the batch expected the child, found it gone and was run
+    again reading the real rows)."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    child, _ = await push_image(client, "app/web", "tmp")
+    resp = await client.delete("/v2/app/web/manifests/tmp")
+    assert resp.status == 202, await resp.text()
+    child_body = await (await client.get(f"/v2/app/web/manifests/{child}")).read()
+    real = PolicyGate.check_push
+
+    async def child_deleted(self: PolicyGate, request: Any, media_type: str, content: bytes) -> Any:
+        check = await real(self, request, media_type, content)
+        gone = await client.delete(f"/v2/app/web/manifests/{child}")
+        assert gone.status == 202, await gone.text()
+        return check
+
+    monkeypatch.setattr(PolicyGate, "check_push", child_deleted)
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [descriptor(OCI_MANIFEST, child_body)],
+        }
+    ).encode()
+    resp = await client.put(
+        "/v2/app/web/manifests/v1", data=index, headers={"Content-Type": OCI_INDEX}
+    )
+    assert resp.status == 400, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["MANIFEST_BLOB_UNKNOWN"]
+    assert answer["errors"][0]["message"] == (
+        f"manifest references manifest {child} unknown to repository app/web"
+    )
+    for reference in ("v1", sha256(index)):
+        got = await client.get(f"/v2/app/web/manifests/{reference}")
+        assert got.status == 404, reference
