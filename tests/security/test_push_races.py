@@ -300,3 +300,34 @@ async def test_an_index_whose_child_is_deleted_while_it_is_decided_is_not_stored
     for reference in ("v1", sha256(index)):
         got = await client.get(f"/v2/app/web/manifests/{reference}")
         assert got.status == 404, reference
+
+
+async def test_a_tag_moved_by_another_process_while_its_delete_is_decided_stays(
+    start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete of `dev` decided on the manifest `dev` named; another process (a push there
+    waits for no guard of this one: here a write straight to the database) moves `dev` before
+    the delete commits. The tag it moved to was never decided on: it stays, and the delete is
+    answered as one whose target went (404 MANIFEST_UNKNOWN)."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    client: TestClient = await start_client(
+        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
+    )
+    old, _ = await push_image(client, "app/web", "dev")
+    new, _ = await push_image(client, "app/web", "next", layers=[b"the new image"])
+    db = client.server.app[CONTEXT].db
+    moved_to = await db.get_manifest("app/web", new)
+    assert moved_to is not None
+    real = PolicyGate.check_delete
+
+    async def overtaken(self: PolicyGate, request: Any, record: Any) -> dict[str, str]:
+        headers = await real(self, request, record)
+        assert record.digest == old
+        await db.put_manifest(moved_to, [], "dev")
+        return headers
+
+    monkeypatch.setattr(PolicyGate, "check_delete", overtaken)
+    resp = await client.delete("/v2/app/web/manifests/dev")
+    assert resp.status == 404, await resp.text()
+    assert error_codes(await resp.json()) == ["MANIFEST_UNKNOWN"]
+    assert await db.tag_target("app/web", "dev") == new
