@@ -1,11 +1,15 @@
-"""Pushes racing deletes once a push holds no lock of the database.
+"""Pushes and deletes racing once a push holds no lock of the database.
 
 A push to a tag re-checks the tag inside its own transaction (`TagPremise`) instead of waiting
-for a lock another process holds, so a change that decided on what a manifest was tagged with
-must re-check that too, inside its own transaction: a delete by digest removes every tag
-pointing at the manifest, and the tags it decided on are only those it read before its check.
-Each race is held at the right moment by the test (no sleeps), on the backend the suite runs
-(`TRUSTYARD_TEST_METADATA`)."""
+for a lock another process holds. So a change decided on what the repository held must re-check
+it inside its own transaction too: a delete by digest (every tag pointing at the manifest, the
+releases listing it) and a blob delete (the releases made of it) read the repository's evidence
+version before deciding and delete only while it is unchanged; a tag delete only while the tag
+points where it was decided on. And a push decided on a view that moves is decided again (its
+tag: 5 times, then 429) or refused (a child deleted: MANIFEST_BLOB_UNKNOWN). Each race is held
+at the right moment by the test (no sleeps); "another process" is a write straight to the
+database where the in-process guard would serialize two requests. Run on the backend the suite
+runs (`TRUSTYARD_TEST_METADATA`)."""
 
 from __future__ import annotations
 
