@@ -65,6 +65,15 @@ class _Session:
 
 
 @dataclass(frozen=True)
+class _Start:
+    """Where a request found its session: the offset and a copy of the running hash there,
+    to go back to when the request fails."""
+
+    offset: int
+    hasher: hashlib._Hash
+
+
+@dataclass(frozen=True)
 class ContentRange:
     """A parsed `Content-Range: <start>-<end>` header of a chunk (inclusive end)."""
 
@@ -147,17 +156,23 @@ class UploadSessions:
         await self._check(repository, upload_id)
         session = self._session(upload_id)
         async with self._only_writer(repository, upload_id, session), session.lock:
-            offset = await self._current_offset(upload_id, session)
+            start = await self._start(upload_id, session)
             try:
                 await self._receive(
-                    repository, upload_id, session, offset, body, content_range, content_length
+                    repository,
+                    upload_id,
+                    session,
+                    start.offset,
+                    body,
+                    content_range,
+                    content_length,
                 )
                 # Still the session's only writer (a PostgreSQL lock goes with its connection),
                 # then acknowledged (202 with this offset) only once every byte is durable.
                 await self._confirm_writer(upload_id, session)
                 await self.store.flush(upload_id)
             except BaseException:
-                await self._forget_pending(upload_id, session)
+                await self._forget_pending(upload_id, session, start)
                 raise
             return session.offset
 
@@ -174,16 +189,24 @@ class UploadSessions:
         """Take the last chunk (if any; checked against `content_range` as `append` does),
         verify `digest`, commit; return the blob's size.
 
-        On a digest mismatch the session and its bytes are dropped: nothing is kept.
+        On a digest mismatch the session and its bytes are dropped: nothing is kept. Any other
+        failure before the commit (a last chunk refused or cut off) leaves the session as this
+        request found it.
         """
         await self._check(repository, upload_id)
         session = self._session(upload_id)
         async with self._only_writer(repository, upload_id, session), session.lock:
+            start: _Start | None = await self._start(upload_id, session)
             try:
-                offset = await self._current_offset(upload_id, session)
                 if body is not None:
                     await self._receive(
-                        repository, upload_id, session, offset, body, content_range, content_length
+                        repository,
+                        upload_id,
+                        session,
+                        start.offset,
+                        body,
+                        content_range,
+                        content_length,
                     )
                 if digest.algorithm != RUNNING_ALGORITHM:
                     # Hashed again from storage: only what is durable can be read back.
@@ -198,13 +221,15 @@ class UploadSessions:
                     )
                 size = session.offset
                 await self._confirm_writer(upload_id, session)
+                # From here the upload's bytes may be a blob's too: never cut back.
+                start = None
                 try:
                     await commit_blob(self.store, self.db, upload_id, digest, size, repository)
                 except StorageFull:
                     await self._drop_after_full_disk(upload_id)
                     raise
             except BaseException:
-                await self._forget_pending(upload_id, session)
+                await self._forget_pending(upload_id, session, start)
                 raise
             await self.db.end_upload(upload_id)
             self._sessions.pop(upload_id, None)
@@ -259,14 +284,35 @@ class UploadSessions:
         if not session.private:
             await self.db.confirm(upload_key(upload_id))
 
-    async def _forget_pending(self, upload_id: str, session: _Session) -> None:
-        """After a failed request: the store forgets bytes it did not make durable; unless the
-        running hash saw exactly the durable bytes, it is rebuilt from storage next time."""
+    async def _start(self, upload_id: str, session: _Session) -> _Start:
+        """Where this request finds the session (its running hash rebuilt if need be)."""
+        offset = await self._current_offset(upload_id, session)
+        assert session.hasher is not None
+        return _Start(offset, session.hasher.copy())
+
+    async def _forget_pending(
+        self, upload_id: str, session: _Session, start: _Start | None
+    ) -> None:
+        """After a failed request: the store forgets bytes it did not make durable and, while
+        this request still holds the session, the upload is cut back to where the request
+        found it (`start`; None once a commit began): a refused or broken chunk leaves
+        nothing behind, and the client resumes from the same offset. Unless storage then holds
+        exactly the bytes of `start`, the running hash is rebuilt from storage next time."""
         durable = None
         with contextlib.suppress(Exception):
             await self.store.drop_pending(upload_id)
+        if start is not None:
+            try:
+                # Once the lock is lost another request may be appending: nothing is cut then.
+                await self._confirm_writer(upload_id, session)
+                await self.store.cut_upload(upload_id, start.offset)
+            except Exception as exc:  # the request's own failure is what the client hears
+                log.warning("upload %s not cut back after a failed request: %s", upload_id, exc)
+        with contextlib.suppress(Exception):
             durable = await self.store.upload_size(upload_id)
-        if durable is None or durable != session.offset:
+        if start is not None and durable == start.offset:
+            session.offset, session.hasher = start.offset, start.hasher
+        elif durable is None or durable != session.offset:
             session.hasher = None
             session.offset = -1
 

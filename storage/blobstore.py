@@ -47,6 +47,13 @@ class BlobStore(Protocol):
         """Forget what this process holds of an upload beyond what is durable (a request that
         failed) and release its memory; the durable bytes stay."""
 
+    async def cut_upload(self, upload_id: str, size: int) -> None:
+        """After `drop_pending`, for a request that failed while its caller still holds the
+        upload: cut the upload back to its first `size` bytes (where that request found it),
+        so what the request wrote after them is gone for good. Never called with fewer bytes
+        than were acknowledged, nor once the upload was placed as a blob (no error if the
+        upload does not exist)."""
+
     def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """The bytes of an upload so far, in order (to rebuild a hash after a restart)."""
 

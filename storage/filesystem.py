@@ -43,6 +43,16 @@ class FilesystemBlobStore:
                 raise StorageFull("disk") from exc
             raise
 
+    async def _run_whole(self, func: Callable[..., T], *args: object) -> T:
+        """As `_run`, but a cancelled caller still waits for the work to end: an append left
+        running in its thread would land after the cut that follows a failed request."""
+        work = asyncio.ensure_future(self._run(func, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])
+            raise
+
     async def start_upload(self, upload_id: str, *, resumable: bool = True) -> None:
         """Create an empty upload file (every upload is resumable here)."""
         await self._run(self.layout.upload(upload_id).touch, 0o644, False)
@@ -56,7 +66,7 @@ class FilesystemBlobStore:
 
     async def append(self, upload_id: str, data: bytes) -> None:
         """Append to the upload file."""
-        await self._run(_append, self.layout.upload(upload_id), data)
+        await self._run_whole(_append, self.layout.upload(upload_id), data)
 
     async def flush(self, upload_id: str) -> None:
         """Appends are written at once; with `fsync` on, fsync them before the acknowledgement."""
@@ -66,6 +76,11 @@ class FilesystemBlobStore:
 
     async def drop_pending(self, upload_id: str) -> None:
         """Nothing is held in memory: what was appended is in the file."""
+
+    async def cut_upload(self, upload_id: str, size: int) -> None:
+        """Truncate the upload file to `size` bytes (and fsync that, with `fsync` on: a crash
+        must not bring the cut bytes back)."""
+        await self._run_whole(_cut, self.layout.upload(upload_id), size, self.fsync)
 
     def upload_file(self, upload_id: str) -> Path:
         """The file an upload is appended to: a reader may follow it while it grows (it is
@@ -280,6 +295,22 @@ def _append(path: Path, data: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
+    finally:
+        os.close(fd)
+
+
+def _cut(path: Path, size: int, fsync: bool) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        stat = os.fstat(fd)
+        # A second link is the blob placed from this upload: its bytes are never cut.
+        if stat.st_size > size and stat.st_nlink == 1:
+            os.ftruncate(fd, size)
+            if fsync:
+                os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -338,6 +338,12 @@ class S3BlobStore:
         upload.sending.clear()
         self._deactivate(upload)
 
+    async def cut_upload(self, upload_id: str, size: int) -> None:
+        """Nothing to cut: a request's bytes enter the upload's state only at its `flush`, just
+        before it is acknowledged, and `drop_pending` forgot the rest (a part sent meanwhile is
+        replaced under its number by the next request, or, in a multipart upload the state
+        never recorded, left to the stale-upload sweep)."""
+
     async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
         """The acknowledged bytes, in order (to rebuild the running hash after a restart or on
         another process). The parts of an unfinished multipart upload cannot be read back, so

@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import UnsupportedGeneralNameType
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -146,7 +147,9 @@ def verify_chain(
     )
     try:
         return list(verifier.verify(leaf, list(intermediates)).chain)
-    except (VerificationError, ValueError) as exc:
+    # Once the chain verifies, the leaf's names are read: a name the library cannot take (an IP
+    # address of 5 bytes: `ValueError`) or does not support (x400Address) refuses the leaf.
+    except (VerificationError, ValueError, UnsupportedGeneralNameType) as exc:
         raise KeylessError(
             f"certificate chain does not verify at {at:%Y-%m-%dT%H:%M:%SZ}: {exc}"
         ) from None

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+from collections.abc import AsyncIterator
 
+from aiohttp.test_utils import TestClient
+
+from registry.upload_sessions import BATCH
 from tests.oci import error_codes, push_blob, sha256
 
 
@@ -169,3 +175,120 @@ async def test_mount_checks_the_source_name(client):
     resp = await client.post(f"/v2/app/blobs/uploads/?mount={sha256(b'x')}&from=../etc")
     assert resp.status == 400
     assert error_codes(await resp.json()) == ["NAME_INVALID"]
+
+
+async def chunked(data: bytes) -> AsyncIterator[bytes]:
+    """`data` as a chunked request body: no Content-Length, so only its bytes tell its size."""
+    yield data
+
+
+async def refusal(resp) -> tuple[int, list[str], str]:
+    body = await resp.json()
+    return resp.status, error_codes(body), body["errors"][0]["message"]
+
+
+async def range_of(client: TestClient, location: str) -> str:
+    status = await client.get(location)
+    assert status.status == 204
+    return status.headers["Range"]
+
+
+async def test_a_chunk_longer_or_shorter_than_its_range_leaves_the_session_as_it_was(client):
+    location = await start_session(client, "refused")
+    first = await client.patch(location, data=b"abcd", headers={"Content-Range": "0-3"})
+    assert (first.status, first.headers["Range"]) == (202, "0-3")
+    for wrong in (b"EFGHIJ", b"EF", os.urandom(BATCH + 5)):
+        resp = await client.patch(location, data=chunked(wrong), headers={"Content-Range": "4-7"})
+        assert await refusal(resp) == (
+            400,
+            ["SIZE_INVALID"],
+            "chunk shorter or longer than its Content-Range",
+        )
+        assert await range_of(client, location) == "0-3"
+    ok = await client.patch(location, data=b"efgh", headers={"Content-Range": "4-7"})
+    assert (ok.status, ok.headers["Range"]) == (202, "0-7")
+    done = await client.put(f"{location}?digest={sha256(b'abcdefgh')}")
+    assert done.status == 201, await done.text()
+    assert await (await client.get(f"/v2/refused/blobs/{sha256(b'abcdefgh')}")).read() == (
+        b"abcdefgh"
+    )
+
+
+async def test_a_last_chunk_longer_or_shorter_than_its_range_leaves_the_session_as_it_was(
+    client,
+):
+    location = await start_session(client, "refused")
+    await client.patch(location, data=b"abcd", headers={"Content-Range": "0-3"})
+    digest = sha256(b"abcdefgh")
+    for wrong in (b"EFGHIJ", b"EF", os.urandom(BATCH + 5)):
+        resp = await client.put(
+            f"{location}?digest={digest}", data=chunked(wrong), headers={"Content-Range": "4-7"}
+        )
+        assert await refusal(resp) == (
+            400,
+            ["SIZE_INVALID"],
+            "chunk shorter or longer than its Content-Range",
+        )
+        assert await range_of(client, location) == "0-3"
+    done = await client.put(
+        f"{location}?digest={digest}", data=b"efgh", headers={"Content-Range": "4-7"}
+    )
+    assert done.status == 201, await done.text()
+    assert await (await client.get(f"/v2/refused/blobs/{digest}")).read() == b"abcdefgh"
+
+
+async def bytes_received(client: TestClient) -> int:
+    text = await (await client.get("/metrics")).text()
+    found = re.search(r"^trustyard_blob_bytes_received_total (\d+)$", text, re.MULTILINE)
+    assert found is not None
+    return int(found.group(1))
+
+
+async def cut_off(client: TestClient, method: str, path: str, body: bytes, declared: int) -> None:
+    """Send `method path` declaring `declared` bytes, then `body` (shorter), then wait until
+    the registry wrote a batch of it to the upload; then hang up."""
+    before = await bytes_received(client)
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {client.host}\r\n"
+        f"Content-Range: 4-{4 + declared - 1}\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    async with asyncio.timeout(30):
+        while await bytes_received(client) < before + BATCH:
+            await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def until_answered(client: TestClient, location: str) -> tuple[int, str]:
+    """Status and Range of the right next chunk, once the request cut off has been answered
+    (until then the session is held: "another request is writing this upload")."""
+    async with asyncio.timeout(30):
+        while True:
+            resp = await client.patch(location, data=b"efgh", headers={"Content-Range": "4-7"})
+            body = await resp.read()
+            if b"another request is writing this upload" not in body:
+                return resp.status, resp.headers["Range"]
+            await asyncio.sleep(0.01)
+
+
+async def test_a_chunk_cut_off_by_the_client_leaves_the_session_as_it_was(client):
+    location = await start_session(client, "cut")
+    await client.patch(location, data=b"abcd", headers={"Content-Range": "0-3"})
+    await cut_off(client, "PATCH", location, os.urandom(BATCH + 100), 3 * BATCH)
+    assert await until_answered(client, location) == (202, "0-7")
+    done = await client.put(f"{location}?digest={sha256(b'abcdefgh')}")
+    assert done.status == 201, await done.text()
+
+
+async def test_a_last_chunk_cut_off_by_the_client_leaves_the_session_as_it_was(client):
+    location = await start_session(client, "cut")
+    await client.patch(location, data=b"abcd", headers={"Content-Range": "0-3"})
+    digest = sha256(b"abcdefgh")
+    await cut_off(client, "PUT", f"{location}?digest={digest}", os.urandom(BATCH + 100), 3 * BATCH)
+    assert await until_answered(client, location) == (202, "0-7")
+    done = await client.put(f"{location}?digest={digest}")
+    assert done.status == 201, await done.text()
+    assert await (await client.get(f"/v2/cut/blobs/{digest}")).read() == b"abcdefgh"

@@ -371,3 +371,81 @@ def test_a_keyless_message_signature_failing_otherwise_is_not_for_another_image(
     assert detail.startswith(
         "a Sigstore bundle that does not verify (failed to build timestamp certificate chain"
     ), detail
+
+
+def test_a_keyless_certificate_whose_names_cannot_be_read_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """A leaf the trusted Fulcio signed, whose subject-alternative name is an IP address of 5
+    bytes: the `sigstore` verifier builds the chain first, then `cryptography` reads the name
+    and raises a bare `ValueError` out of `sigstore` (it catches only its own types and the
+    name types it does not support). The bundle is refused with that reason, not a traceback."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.security.test_keyless_identity import (
+        Fulcio,
+        _der,
+        _san_leaf,
+        trust_identity,
+        write_trusted_root,
+    )
+    from tests.signing import spki
+
+    fulcio, rekor = Fulcio(), ec.generate_private_key(ec.SECP256R1())
+    write_trusted_root(tmp_path, fulcio, rekor)
+    signer = ec.generate_private_key(ec.SECP256R1())
+    leaf = _san_leaf(fulcio, signer, _der(0x30, _der(0x87, b"\x0a\x00\x00\x01\x05")))
+    image = bytes.fromhex(IMAGE.removeprefix("sha256:"))
+    signature = signer.sign(image, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    body = {
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": image.hex()}},
+            "signature": {
+                "content": b64(signature),
+                "publicKey": {"content": b64(leaf.public_bytes(serialization.Encoding.PEM))},
+            },
+        },
+    }
+    # Logged "now": sigstore takes the entry's time for the chain before it checks the entry
+    # (its promise and proof are never reached: the leaf is refused first).
+    logged = str(int(leaf.not_valid_before_utc.timestamp()) + 60)
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {
+            "certificate": {"rawBytes": b64(leaf.public_bytes(serialization.Encoding.DER))},
+            "tlogEntries": [
+                {
+                    "logIndex": "1",
+                    "logId": {"keyId": b64(hashlib.sha256(spki(rekor)).digest())},
+                    "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+                    "integratedTime": logged,
+                    "inclusionPromise": {"signedEntryTimestamp": b64(b"\x30\x00")},
+                    "canonicalizedBody": b64(json.dumps(body).encode()),
+                    "inclusionProof": {
+                        "logIndex": "1",
+                        "rootHash": b64(bytes(32)),
+                        "treeSize": "2",
+                        "hashes": [b64(bytes(32))],
+                        "checkpoint": {"envelope": "rekor.acme.example - 1\n2\nAA==\n\n"},
+                    },
+                }
+            ],
+        },
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64(image)},
+            "signature": b64(signature),
+        },
+    }
+    trust_config = trust_identity(tmp_path, subject="release@acme.example")
+    [finding] = verify_layer(trust_config, IMAGE, json.dumps(bundle).encode())
+    assert (finding.valid, finding.detail) == (
+        False,
+        "a Sigstore bundle that does not verify "
+        "(b'\\n\\x00' does not appear to be an IPv4 or IPv6 address)",
+    )

@@ -16,7 +16,7 @@ import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from policies.signatures.cosign import verify_layer
 from policies.signatures.keyless import ISSUER_V1, ISSUER_V2, certificate_identity
@@ -669,3 +669,67 @@ def test_a_certificate_key_of_a_type_no_signature_is_checked_with_proves_nothing
     assert finding.detail == refused(
         "the signature does not verify with the certificate's key", "corp"
     )
+
+
+def _san_leaf(ca: Fulcio, signer: ec.EllipticCurvePrivateKey, san: bytes) -> x509.Certificate:
+    """A leaf of `ca` for CN=release-signer, valid now, whose SAN extension holds `san` (the
+    DER of a GeneralNames) as it is: names a certificate library may read but not accept."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name("release-signer"))
+        .issuer_name(ca.name)
+        .public_key(signer.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(minutes=9))
+        .add_extension(_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san), False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    assert len(content) < 0x80
+    return bytes([tag, len(content)]) + content
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        # iPAddress of 5 bytes: neither an address (4, 16) nor a network (8, 32).
+        (_der(0x87, b"\x0a\x00\x00\x01\x05"), "does not appear to be an IPv4 or IPv6 address"),
+        # A network whose host bits are set.
+        (_der(0x87, b"\x0a\x00\x00\x01\xff\xff\x00\x00"), "10.0.0.1/16 has host bits set"),
+        # x400Address: a name type the library does not read.
+        (_der(0xA3, _der(0x30, b"")), "x400Address/EDIPartyName are not supported types"),
+    ],
+    ids=["an-address-of-5-bytes", "a-network-with-host-bits", "an-x400-address"],
+)
+def test_a_certificate_whose_names_cannot_be_read_is_refused_with_the_reason(
+    name: bytes, why: str
+) -> None:
+    """A certificate a trusted CA signed, whose subject-alternative names the verifier reads
+    only once the chain verified and then refuses (`ValueError`, or the library's own type for
+    a name type it does not support): a reason of that CA, never a traceback."""
+    ca = Fulcio()
+    signer = ec.generate_private_key(ec.SECP256R1())
+    leaf = _san_leaf(ca, signer, _der(0x30, name))
+    payload = simple_signing_payload("registry.example/prod/web", IMAGE)
+    annotations = {
+        SIGNATURE_ANNOTATION: base64.b64encode(sign(signer, payload)).decode(),
+        CERTIFICATE_ANNOTATION: _pem(leaf).decode(),
+        CHAIN_ANNOTATION: _pem(ca.root).decode(),
+    }
+    [finding] = verify_layer(trust_ca(ca, None), IMAGE, payload, annotations)
+    assert not finding.valid
+    assert finding.detail.startswith(
+        "by no trusted signer (corp: certificate chain does not verify at "
+    )
+    assert finding.detail.endswith(f"{why})")

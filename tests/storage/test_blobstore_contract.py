@@ -184,3 +184,30 @@ async def test_crash_before_commit_leaves_nothing_visible(open_store):
     assert await after.size(digest_of(data)) is None
     assert await listed(after.list_blobs()) == []
     assert [item.name for item in await listed(after.list_uploads())] == [upload_id]
+
+
+async def test_an_upload_cut_back_holds_its_first_bytes_only(open_store):
+    store = open_store()
+    upload_id = await upload(store, b"abcd")
+    await store.append(upload_id, b"EFGHIJ")  # a request that then failed
+    await store.drop_pending(upload_id)
+    await store.cut_upload(upload_id, 4)
+    assert await store.upload_size(upload_id) == 4
+    assert await collect(store.read_upload(upload_id)) == b"abcd"
+    restarted = open_store()
+    assert await restarted.upload_size(upload_id) == 4
+    await restarted.append(upload_id, b"efgh")
+    await restarted.flush(upload_id)
+    await restarted.commit(upload_id, digest_of(b"abcdefgh"))
+    assert await collect(restarted.read(digest_of(b"abcdefgh"))) == b"abcdefgh"
+    await restarted.cut_upload(upload_id, 0)  # gone: no error
+
+
+async def test_a_placed_upload_is_never_cut(open_store):
+    store = open_store()
+    data = os.urandom(1000)
+    upload_id = await upload(store, data)
+    await store.place(upload_id, digest_of(data))
+    await store.cut_upload(upload_id, 10)
+    assert await collect(store.read(digest_of(data))) == data
+    assert await store.size(digest_of(data)) == 1000
