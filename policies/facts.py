@@ -120,14 +120,26 @@ class ImageFacts:
     unknown: Mapping[str, str] = field(default_factory=dict)
 
 
-def _layer_size(manifest: Mapping[str, Any]) -> int:
+async def _layer_size(manifest: Mapping[str, Any], needs: frozenset[str], db: MetadataDB) -> int:
+    """The sum of the image's layer sizes. When the rules judge it (`CHILDREN`), each layer
+    counts as the larger of the size its descriptor declares and the size of the blob the
+    registry holds under its digest: a layer declared smaller than it is is served whole (docker
+    reads it to its end and checks only the digest), so the declaration alone cannot pass
+    `max_size`."""
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         return 0
-    return sum(
-        layer["size"]
+    declared = [
+        (layer.get("digest"), layer["size"] if isinstance(layer.get("size"), int) else 0)
         for layer in layers
-        if isinstance(layer, dict) and isinstance(layer.get("size"), int)
+        if isinstance(layer, dict)
+    ]
+    if CHILDREN not in needs:
+        return sum(size for _, size in declared)
+    stored = await db.blob_sizes([d for d, _ in declared if isinstance(d, str)])
+    return sum(
+        max(size, stored.get(digest, 0) if isinstance(digest, str) else 0)
+        for digest, size in declared
     )
 
 
@@ -223,7 +235,8 @@ async def gather_facts(
             labels, config_platform, why = await _read_config(manifest, store)
             if why is not None:
                 unknown[CONFIG] = why
-        images.append(Image(request.digest, config_platform, _layer_size(manifest), labels))
+        size = await _layer_size(manifest, needs, db)
+        images.append(Image(request.digest, config_platform, size, labels))
     lineage = None
     if LINEAGE in needs:
         lineage = await trace_lineage(
@@ -290,17 +303,15 @@ async def _child_image(
         )
     labels = None
     unknown: dict[str, str] = {}
+    size = await _layer_size(manifest, needs, db)
     if CONFIG in needs:
         labels, config_platform, why = await _read_config(manifest, store)
         if why is not None:
             unknown[CONFIG] = f"{where}: {why}"
         return ChildImage(
-            Image(
-                digest, platform or config_platform, _layer_size(manifest), labels, config_platform
-            ),
-            unknown,
+            Image(digest, platform or config_platform, size, labels, config_platform), unknown
         )
-    return ChildImage(Image(digest, platform, _layer_size(manifest), labels), unknown)
+    return ChildImage(Image(digest, platform, size, labels), unknown)
 
 
 #: Signature layers whose bytes are checked, at most: a manifest with more is judged as an image.

@@ -87,14 +87,16 @@ class Vulnerabilities:
         fresh = [
             r
             for r in reports
-            if self.max_scan_age is None or now - r.scanned_at <= self.max_scan_age
+            # Counted while younger than `max_scan_age`: the instant it reaches that age is
+            # the decision's `valid_until`, which the cached decision ends at (half-open).
+            if self.max_scan_age is None or now < r.scanned_at + self.max_scan_age
         ]
         if not fresh:
             if reports:
                 latest = max(reports, key=lambda r: r.scanned_at)
                 missing = (
-                    f"the latest scan ({latest.scanned_by} on {_day(latest.scanned_at)}) is older "
-                    f"than {self.max_scan_age_text}"
+                    f"the latest scan ({latest.scanned_by} on {_day(latest.scanned_at)}) is "
+                    f"{self.max_scan_age_text} old or older"
                 )
             else:
                 missing = f"no vulnerability scan of {short(image.digest)} yet"

@@ -4,9 +4,12 @@ The whole API is described in `registry.handlers.openapi`."""
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from registry.errors import RegistryError
+from registry.expect import expect_continue
 from registry.handlers import (
     decisions_summary_api,
     health_api,
@@ -28,7 +31,7 @@ async def api_not_found(request: web.Request) -> web.StreamResponse:
 
 def add_api_routes(app: web.Application) -> None:
     """Mount the management API's routes (after `registry.routes.add_routes`)."""
-    add = app.router.add_get
+    add = functools.partial(app.router.add_get, expect_handler=expect_continue)
     add("/api/v1/openapi.json", openapi.openapi_document)
     add("/api/v1/health", health_api.health)
     add("/api/v1/decisions/summary", decisions_summary_api.decisions_summary)
@@ -40,4 +43,4 @@ def add_api_routes(app: web.Application) -> None:
         "/api/v1/repositories/{repository:.+}/manifests/{reference:[^/]+}",
         repositories_api.manifest_details,
     )
-    app.router.add_route("*", FALLBACK, api_not_found)
+    app.router.add_route("*", FALLBACK, api_not_found, expect_handler=expect_continue)

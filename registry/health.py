@@ -15,6 +15,7 @@ from aiohttp import web
 
 from policies.engine import UNSAFE_ALLOW_EVERYTHING
 from registry.context import CONTEXT
+from registry.expect import expect_continue
 from storage.oci.digests import parse_digest
 
 log = logging.getLogger(__name__)
@@ -65,5 +66,5 @@ async def _check(probe: object) -> str:
 
 def add_health_routes(app: web.Application) -> None:
     """Mount `/healthz` and `/readyz`."""
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_continue)

@@ -7,14 +7,15 @@ against the spec's grammar before any handler runs (NAME_INVALID otherwise).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 
-from aiohttp import hdrs, web
-from aiohttp.web_urldispatcher import _default_expect_handler
+from aiohttp import web
 
 from registry.auth.middleware import authorize, authorize_base, authorize_catalog
 from registry.errors import RegistryError
+from registry.expect import expect_continue
 from registry.handlers import (
     blobs,
     events_api,
@@ -125,36 +126,27 @@ async def _authorized_catalog(request: web.Request) -> web.StreamResponse:
     return await listing.catalog(request)
 
 
-async def _expect(request: web.Request) -> None:
-    """`Expect: 100-continue` is answered as aiohttp does; any other expectation is ignored
-    (RFC 9110 allows it) instead of being refused outside the error middleware (a 417 without
-    the spec's body, or a 500 for bytes that are not UTF-8)."""
-    if request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue":
-        await _default_expect_handler(request)
-
-
 def add_routes(app: web.Application) -> None:
     """Mount the OCI Distribution API on `app`."""
+    route = functools.partial(app.router.add_route, expect_handler=expect_continue)
+    get = functools.partial(app.router.add_get, expect_handler=expect_continue)
+    post = functools.partial(app.router.add_post, expect_handler=expect_continue)
     # [\s\S]: a path may hold a percent-encoded newline, which `.` does not match; the
     # dispatcher answers it with the spec's error, not aiohttp's plain 404.
-    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch)
-    app.router.add_route("*", "/v2", _redirect_base)
-    app.router.add_get("/metrics", metrics_endpoint)
+    route("*", r"/v2/{tail:[\s\S]*}", dispatch)
+    route("*", "/v2", _redirect_base)
+    get("/metrics", metrics_endpoint)
     # Trustyard's own API (policy decisions and image status), beside the OCI one.
-    app.router.add_get("/api/v1/decisions", policy_api.list_decisions)
-    app.router.add_get(
-        "/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status
-    )
+    get("/api/v1/decisions", policy_api.list_decisions)
+    get("/api/v1/images/{repository:.+}/{reference:[^/]+}/status", policy_api.image_status)
     # The base-image library (policies.library).
-    app.router.add_get("/api/v1/library", library_api.library_overview)
-    app.router.add_get(
-        "/api/v1/library/{name:.+}/{tag:[^/]+}/consumers", library_api.library_consumers
-    )
+    get("/api/v1/library", library_api.library_overview)
+    get("/api/v1/library/{name:.+}/{tag:[^/]+}/consumers", library_api.library_consumers)
     # Scan reports in (the scanner webhook) and out.
-    app.router.add_post("/api/v1/scans", scans_webhook.post_scan)
-    app.router.add_get("/api/v1/scans/{digest}", scans_webhook.get_scans)
+    post("/api/v1/scans", scans_webhook.post_scan)
+    get("/api/v1/scans/{digest}", scans_webhook.get_scans)
     # Events not yet delivered.
-    app.router.add_get("/api/v1/events/deliveries", events_api.list_deliveries)
+    get("/api/v1/events/deliveries", events_api.list_deliveries)
 
 
 async def _redirect_base(request: web.Request) -> web.StreamResponse:
@@ -163,13 +155,9 @@ async def _redirect_base(request: web.Request) -> web.StreamResponse:
 
 def add_fallback(app: web.Application) -> None:
     """Answer every path no route serves (and every method a route does not take) with the
-    spec's error body, and let every route answer `Expect` through `_expect`. Called after
-    every other route is added: the router tries routes in the order they were added."""
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route)
-    for route in app.router.routes():
-        # aiohttp takes an expect handler only per route, when it is added; setting it here
-        # covers the routes other modules add (the management API, the console) too.
-        route._expect_handler = _expect
+    spec's error body. Called after every other route is added: the router tries routes in the
+    order they were added."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route, expect_handler=expect_continue)
 
 
 async def _no_route(request: web.Request) -> web.StreamResponse:

@@ -82,11 +82,11 @@ class ContentRange:
 
     @classmethod
     def parse(cls, header: str) -> ContentRange:
-        """Parse `start-end` (with an optional `bytes ` prefix and `/total` suffix)."""
+        """Parse `start-end`, with an optional `bytes ` prefix and `/total` (`*` or a length)."""
         text = header.strip()
         if text.startswith("bytes "):
             text = text[6:].strip()
-        text = text.split("/", 1)[0]
+        text, slash, total_text = text.partition("/")
         start_text, sep, end_text = text.partition("-")
         start, end = parse_count(start_text), parse_count(end_text)
         if not sep or start is None or end is None:
@@ -97,6 +97,18 @@ class ContentRange:
             raise RegistryError(
                 RANGE_INVALID, {"Content-Range": header[:100], "reason": "end before start"}
             )
+        if slash:
+            # A total, when a client sends one, is `*` (unknown) or a length the range fits in:
+            # anything else is a header we would be guessing at.
+            total = None if total_text == "*" else parse_count(total_text)
+            if total_text != "*" and (total is None or total <= end):
+                raise RegistryError(
+                    RANGE_INVALID,
+                    {
+                        "Content-Range": header[:100],
+                        "reason": "total is not * or a length past the end",
+                    },
+                )
         return cls(start, end)
 
 

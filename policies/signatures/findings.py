@@ -31,8 +31,9 @@ class Finding:
     # in-toto subject's name when it names a repository); None: it signs the digest only.
     docker_reference: str | None = None
     predicate_type: str | None = None  # an in-toto statement's predicate type (DSSE bundles)
-    # When the proof stops counting (Unix seconds): a certificate checked at "now" (private CA,
-    # Notation) expires, a Notation signature's own expiry passes. None: it never expires
+    # The first instant the proof no longer counts (Unix seconds; it counts while
+    # `now < valid_until`): a certificate checked at "now" (private CA, Notation) ends, a
+    # Notation signature reaches its own expiry. None: it never expires
     # (a key, or a Fulcio certificate checked at the time Rekor logged the signature).
     valid_until: float | None = None
 
@@ -60,9 +61,12 @@ def invalid(signature_digest: str, kind: str, why: str) -> Finding:
 
 
 def not_after(certificates: Iterable[object]) -> float | None:
-    """The earliest end of validity of these certificates (Unix seconds), None for none."""
+    """The first instant (Unix seconds) at which one of these certificates is no longer valid,
+    None for none. X.509 validity includes its `notAfter` second (RFC 5280 4.1.2.5, "through
+    notAfter, inclusive"), as the chain verifier reads it: the certificate ends one second
+    after `notAfter`, the same half-open end as every other `valid_until`."""
     ends = [
-        c.not_valid_after_utc.timestamp()
+        c.not_valid_after_utc.timestamp() + 1
         for c in certificates
         if isinstance(getattr(c, "not_valid_after_utc", None), datetime.datetime)
     ]

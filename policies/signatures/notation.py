@@ -226,7 +226,9 @@ def check_envelope(envelope: Envelope, image_digest: str, now: datetime.datetime
             f"signed at {envelope.signing_time:%Y-%m-%dT%H:%M:%SZ}, outside the certificate's "
             "validity"
         )
-    if envelope.expiry is not None and envelope.expiry < now:
+    # The Notary Project signature specification: "expired when the current time is greater
+    # than or equal to expiry time" (as notation-go's `!now.Before(expiry)`).
+    if envelope.expiry is not None and now >= envelope.expiry:
         raise NotationError(f"the signature expired at {envelope.expiry:%Y-%m-%dT%H:%M:%SZ}")
     try:
         target = json.loads(envelope.payload)["targetArtifact"]
@@ -244,7 +246,9 @@ def chain_is_trusted(
     leaf = chain[0]
     if leaf in authority.roots:
         # The signing certificate is trusted as is (a self-signed signer in the trust store).
-        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        # Whole seconds, as the chain verifier reads X.509 times: the `notAfter` second counts
+        # to its end (`not_after`), so the proof and this check end at the same instant.
+        if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc + _SECOND:
             raise NotationError("the signing certificate is not valid now")
         return
     try:
@@ -291,6 +295,9 @@ def verify_layer(
             Finding(digest, "notation", True, authority.name, f"by {subject}", valid_until=until)
         )
     return found or [invalid(digest, "notation", reason)]
+
+
+_SECOND = datetime.timedelta(seconds=1)
 
 
 def _expiry(envelope: Envelope) -> float | None:

@@ -22,6 +22,7 @@ from registry.auth.scopes import ScopeError, intersect, parse_scopes
 from registry.auth.service import AUTH, AuthService, parse_basic
 from registry.auth.users import Account
 from registry.errors import ANSWERABLE, spec_error, status_of
+from registry.expect import expect_continue
 from registry.identity import ANONYMOUS
 from storage.errors import StorageError
 from storage.oci.errors import OciError
@@ -139,5 +140,5 @@ def _error(
 
 def add_token_routes(app: web.Application) -> None:
     """Mount `/token` on `app`."""
-    app.router.add_get("/token", get_token)
-    app.router.add_post("/token", post_token)
+    app.router.add_get("/token", get_token, expect_handler=expect_continue)
+    app.router.add_post("/token", post_token, expect_handler=expect_continue)

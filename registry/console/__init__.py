@@ -9,6 +9,7 @@ and renders a Jinja2 template from `templates/`; the stylesheet and the one smal
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from aiohttp import web
 from registry.auth.sessions import setup_sessions
 from registry.console import login, pages
 from registry.console.rendering import compile_templates
+from registry.expect import expect_continue
 
 STATIC = Path(__file__).parent / "static"
 
@@ -24,12 +26,12 @@ def setup_console(app: web.Application) -> None:
     """Mount the console's routes (after authentication is set up)."""
     setup_sessions(app)
     compile_templates()
-    add = app.router.add_get
+    add = functools.partial(app.router.add_get, expect_handler=expect_continue)
     add("/console", pages.home)
     add("/console/", pages.home)
     add("/console/login", login.login_page)
-    app.router.add_post("/console/login", login.login)
-    app.router.add_post("/console/logout", login.logout)
+    app.router.add_post("/console/login", login.login, expect_handler=expect_continue)
+    app.router.add_post("/console/logout", login.logout, expect_handler=expect_continue)
     add("/console/library", login.guarded(pages.library))
     add("/console/quarantine", login.guarded(pages.quarantine))
     add("/console/decisions", login.guarded(pages.decisions))
@@ -41,4 +43,4 @@ def setup_console(app: web.Application) -> None:
     )
     add("/console/repositories/{repository:.+}", login.guarded(pages.repository))
     add("/console/health", login.guarded(pages.health))
-    app.router.add_static("/console/static/", STATIC)
+    app.router.add_static("/console/static/", STATIC, expect_handler=expect_continue)

@@ -14,6 +14,7 @@ from aiohttp import web
 from yarl import URL
 
 from registry.errors import ANSWERABLE, status_for
+from registry.path_parameters import RESOLVED
 
 
 class ApiError(Exception):
@@ -39,9 +40,9 @@ async def api_get(
     url = URL(path, encoded=True).with_query({k: v for k, v in (query or {}).items() if v})
     sub = request.clone(method="GET", rel_url=url)
     match = await request.app.router.resolve(sub)
-    match.add_app(request.app)
-    match.freeze()
-    sub._match_info = match  # what aiohttp's own dispatch sets before calling a handler
+    # The copy keeps the console route's `match_info`: its handler reads the API route's
+    # parameters from its state instead (`registry.path_parameters`).
+    sub[RESOLVED] = dict(match)
     try:
         response = await match.handler(sub)
     except ANSWERABLE as exc:

@@ -13,6 +13,7 @@ from registry.auth.producers import quarantine_reader
 from registry.context import context
 from registry.errors import RegistryError
 from registry.identity import identity
+from registry.pipeline.delete import delete_blob as delete_blob_checked
 from storage.oci.digests import parse_digest
 from storage.oci.errors import BLOB_UNKNOWN, RANGE_INVALID, UNSUPPORTED
 from storage.oci.grammar import MAX_DIGITS
@@ -121,7 +122,5 @@ async def delete_blob(request: web.Request, name: str, reference: str) -> web.St
     if not ctx.config.delete_enabled:
         raise RegistryError(UNSUPPORTED, message="deletes are disabled on this registry")
     # Policy: content a protected manifest (an immutable release) needs stays.
-    await ctx.policy.check_needed(name, str(digest), "blob", identity(request).name)
-    if not await ctx.db.unlink_blob(name, str(digest)):
-        raise RegistryError(BLOB_UNKNOWN, {"digest": str(digest)})
+    await delete_blob_checked(ctx.db, ctx.policy, name, str(digest), identity(request).name)
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

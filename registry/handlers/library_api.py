@@ -17,6 +17,7 @@ from aiohttp import web
 from policies.library.reports import consumers, overview
 from registry.context import context
 from registry.errors import RegistryError
+from registry.path_parameters import path_parameter
 from storage.oci.errors import NAME_UNKNOWN
 
 
@@ -29,7 +30,7 @@ async def library_overview(request: web.Request) -> web.StreamResponse:
 async def library_consumers(request: web.Request) -> web.StreamResponse:
     """`GET /api/v1/library/{name}/{tag}/consumers`."""
     ctx = context(request)
-    name, tag = request.match_info["name"], request.match_info["tag"]
+    name, tag = path_parameter(request, "name"), path_parameter(request, "tag")
     library = ctx.policy.policy.library
     if library is None or not library.declares(name, tag):
         raise RegistryError(

@@ -23,6 +23,7 @@ from registry.context import context
 from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.identity import identity
+from registry.path_parameters import path_parameter
 from shared.durations import parse_since
 from storage.oci.errors import PAGINATION_NUMBER_INVALID, QUERY_INVALID
 from storage.oci.grammar import check_name
@@ -107,8 +108,8 @@ def verdict_document(verdict: Verdict) -> list[dict[str, str]]:
 async def image_status(request: web.Request) -> web.StreamResponse:
     """`GET /api/v1/images/{repository}/{reference}/status`: pullable or quarantined, and why."""
     ctx = context(request)
-    name = check_name(request.match_info["repository"])
-    reference = request.match_info["reference"]
+    name = check_name(path_parameter(request, "repository"))
+    reference = path_parameter(request, "reference")
     record = await find_manifest(ctx.db, name, reference)
     policy = ctx.policy.policy
     tags = tuple(await ctx.db.tags_of(name, record.digest))

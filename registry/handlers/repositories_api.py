@@ -24,6 +24,7 @@ from registry.context import context
 from registry.errors import RegistryError
 from registry.handlers.manifests import find_manifest
 from registry.handlers.query_params import bad_query, page_size, text
+from registry.path_parameters import path_parameter
 from storage.metadata.scan_store import ScanStore
 from storage.oci.errors import NAME_UNKNOWN
 from storage.oci.grammar import check_name
@@ -76,7 +77,7 @@ async def list_repositories(request: web.Request) -> web.StreamResponse:
 async def list_tags(request: web.Request) -> web.StreamResponse:
     """`GET /api/v1/repositories/{repository}/tags`."""
     ctx = context(request)
-    name = check_name(request.match_info["repository"])
+    name = check_name(path_parameter(request, "repository"))
     if not await ctx.db.repository_exists(name):
         raise RegistryError(NAME_UNKNOWN, {"name": name})
     limit = page_size(request.query, DEFAULT_PAGE, MAX_PAGE)
@@ -217,8 +218,8 @@ async def _scans(ctx: Any, digests: list[str]) -> list[dict[str, Any]]:
 async def manifest_details(request: web.Request) -> web.StreamResponse:
     """`GET /api/v1/repositories/{repository}/manifests/{reference}`."""
     ctx = context(request)
-    name = check_name(request.match_info["repository"])
-    reference = request.match_info["reference"]
+    name = check_name(path_parameter(request, "repository"))
+    reference = path_parameter(request, "reference")
     if len(reference) > 200:
         raise bad_query("reference", reference, "expected a tag or a digest")
     record = await find_manifest(ctx.db, name, reference)

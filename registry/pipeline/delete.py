@@ -18,12 +18,12 @@ from policies.facts import PolicyRequest
 from policies.gateway import PolicyGate
 from registry.events.hub import EventHub
 from registry.pipeline.observers import Change, Observers
-from storage.metadata import ManifestRecord, MetadataDB
-from storage.oci.errors import MANIFEST_UNKNOWN, TOOMANYREQUESTS, OciError
+from storage.metadata import ManifestRecord, MetadataDB, RepositoryChanged
+from storage.oci.errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, TOOMANYREQUESTS, OciError
 
-#: Times a delete by digest takes the guards again when tags were pushed onto the manifest
-#: while it took those of the tags it found (then it refuses: 429, retry).
-MAX_TAG_ROUNDS = 3
+#: Times a delete by digest is decided again when the repository changed while it was decided
+#: (tags pushed onto the manifest, a release listing it) (then it refuses: 429, retry).
+MAX_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,14 @@ async def delete_manifest(
     if record is None:
         raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     tags = (tag,) if tag is not None else tuple(await db.tags_of(name, record.digest))
-    for _ in range(MAX_TAG_ROUNDS):
+    for _ in range(MAX_ROUNDS):
         async with _holding(gate, name, tags):
+            evidence = None
             if digest is not None:
+                # Read before anything the decision reads: a push (which waits for no guard
+                # of ours) tagging the manifest or listing it in a release after this moves
+                # it, and the delete's transaction then refuses (`RepositoryChanged`).
+                evidence = await db.evidence_version(name)
                 # A tag pushed onto the manifest while the guards were taken would go with it
                 # unchecked (an immutable release deleted as it is tagged): hold it too, and
                 # decide on the tags the manifest has now.
@@ -73,13 +78,18 @@ async def delete_manifest(
                     tags = tuple(sorted({*tags, *now}))
                     continue
                 tags = now
-            change, headers = await _delete(db, gate, events, observers, delete, record, tags)
+            try:
+                change, headers = await _delete(
+                    db, gate, events, observers, delete, record, tags, evidence
+                )
+            except RepositoryChanged:
+                continue  # decided again on what the repository holds now
             break
     else:
         raise OciError(
             TOOMANYREQUESTS,
             {"name": name, "reference": delete.reference},
-            message=f"tags keep being added to {record.digest} while it is deleted; retry",
+            message=f"{name} keeps changing while {record.digest} is deleted; retry",
         )
     await observers.after(change)
     return Deleted(headers)
@@ -102,8 +112,10 @@ async def _delete(
     delete: ManifestDelete,
     record: ManifestRecord,
     tags: tuple[str, ...],
+    evidence: int | None,
 ) -> tuple[Change, dict[str, str]]:
-    """Under the guards: the policy check, then the delete with what the observers stage."""
+    """Under the guards: the policy check, then the delete with what the observers stage (by
+    digest: only while the repository is at the `evidence` version the check read)."""
     name, tag, digest = delete.repository, delete.tag, delete.digest
     async with events.reporting_denials(
         "delete", name, delete.reference, record.digest, delete.actor
@@ -119,7 +131,9 @@ async def _delete(
     staged = await observers.stage(change)
     await gate.confirm_tags(name, tags)
     if digest is not None:
-        deleted = await db.delete_manifest(name, digest, staged.statements, staged.library)
+        deleted = await db.delete_manifest(
+            name, digest, staged.statements, staged.library, evidence=evidence
+        )
     else:
         assert tag is not None
         # Only while it points at the manifest decided on: a push by another process does not
@@ -130,3 +144,26 @@ async def _delete(
     if not deleted:  # deleted (or the tag moved) by someone else meanwhile
         raise OciError(MANIFEST_UNKNOWN, {"name": name, "reference": delete.reference})
     return change, headers
+
+
+async def delete_blob(
+    db: MetadataDB, gate: PolicyGate, repository: str, digest: str, actor: str
+) -> None:
+    """Unlink a blob from `repository` unless a manifest the policy protects needs it (DENIED);
+    BLOB_UNKNOWN when it is not linked there. The check and the unlink are one decision: a
+    release made of the blob pushed in between (pushes wait for no lock of ours) is seen."""
+    for _ in range(MAX_ROUNDS):
+        evidence = await db.evidence_version(repository)
+        await gate.check_needed(repository, digest, "blob", actor)
+        try:
+            unlinked = await db.unlink_blob(repository, digest, evidence)
+        except RepositoryChanged:
+            continue  # decided again on what the repository holds now
+        if not unlinked:
+            raise OciError(BLOB_UNKNOWN, {"digest": digest})
+        return
+    raise OciError(
+        TOOMANYREQUESTS,
+        {"name": repository, "digest": digest},
+        message=f"{repository} keeps changing while blob {digest} is deleted; retry",
+    )

@@ -71,6 +71,10 @@ class Change:
     library_moved: bool = False
     #: Outbox rows staged with the change (none when no endpoint wants its events).
     outbox_rows: int = 0
+    #: Outbox rows of the library tag move, as the last run of the change's write built them;
+    #: added to `outbox_rows` only once that write committed having moved the tag (a
+    #: PostgreSQL batch rolled back and run again builds them once per run).
+    library_rows: int = 0
     #: A push: the image's lineage, traced before the tag guard and staged to be recorded in
     #: its own transaction (None: not traced, then traced and recorded after the commit).
     lineage: tuple[Lineage, ...] | None = None
@@ -268,8 +272,9 @@ class LibraryObserver:
         rows = self.events.library_moved(change.actor)
 
         def announce(move: TagMove) -> OutboxRows:
+            # Called inside the write job, once per run of it: set, never added up.
             statements = rows(move)
-            change.outbox_rows += len(statements)
+            change.library_rows = len(statements)
             return statements
 
         follow = follow_pushed_tag(library, change.repository, change.digest, change.tag, announce)

@@ -312,4 +312,6 @@ async def _check_and_store(
             f"repository {name}",
         ) from None
     change.library_moved = bool(moved)
+    if change.library_moved:
+        change.outbox_rows += change.library_rows  # what the committed run staged
     return change, check

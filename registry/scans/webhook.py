@@ -44,6 +44,7 @@ from registry.errors import (
     RegistryError,
 )
 from registry.events import signing
+from registry.path_parameters import path_parameter
 from registry.scans.formats import parse_report
 from registry.scans.report_fields import ReportError
 from storage.metadata.scan_store import ScanStore
@@ -221,7 +222,7 @@ def _digest(given: str | None, named: tuple[str, ...]) -> str:
 
 async def get_scans(request: web.Request) -> web.StreamResponse:
     """Every scanner's latest report on the manifest `{digest}`, with findings."""
-    digest = _digest(request.match_info["digest"], ())
+    digest = _digest(path_parameter(request, "digest"), ())
     store = ScanStore(context(request).db)
     repositories = await store.repositories_of(digest)
     reports = await store.reports([digest])

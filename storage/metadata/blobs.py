@@ -47,8 +47,10 @@ class BlobsAndUploads(ABC):
         """Link a blob that `source` links into `repository`; its size, or None if not there."""
 
     @abstractmethod
-    async def unlink_blob(self, repository: str, digest: str) -> bool:
-        """Remove a blob from a repository (the bytes stay until GC); whether it was linked."""
+    async def unlink_blob(self, repository: str, digest: str, evidence: int | None = None) -> bool:
+        """Remove a blob from a repository (the bytes stay until GC); whether it was linked.
+        With `evidence`, only while the repository is still at that evidence version, checked in
+        the transaction (else `RepositoryChanged`, nothing removed)."""
 
     @abstractmethod
     async def start_upload(self, upload_id: str, repository: str) -> None:

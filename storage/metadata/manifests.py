@@ -20,6 +20,7 @@ __all__ = [
     "MissingReferences",
     "Reference",
     "Referrer",
+    "RepositoryChanged",
     "RepositorySummary",
     "TagMoved",
     "TagPremise",
@@ -106,6 +107,15 @@ class TagMoved(Exception):
         self.found = found
 
 
+class RepositoryChanged(Exception):
+    """A repository changed (its evidence version moved: a push, a tag, a delete) since a
+    delete was decided on it: nothing was deleted, the delete is to be decided again."""
+
+    def __init__(self, repository: str, decided: int, found: int) -> None:
+        super().__init__(f"{repository} is at evidence version {found}, not {decided}")
+        self.found = found
+
+
 class ManifestsAndTags(ABC):
     """Repositories, manifests, their references and tags.
 
@@ -168,10 +178,14 @@ class ManifestsAndTags(ABC):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        evidence: int | None = None,
     ) -> bool:
         """Delete a manifest, its references and every tag pointing at it; whether it existed.
         When it did, the evidence version is bumped, the `outbox` rows written and the
-        `library` changes made in the same transaction."""
+        `library` changes made in the same transaction. With `evidence` (the repository's
+        evidence version the delete was decided on), only while it is still that, checked in
+        the transaction (else `RepositoryChanged`, nothing deleted): a push waits for no lock
+        of the delete, and may meanwhile have tagged the manifest or listed it in a release."""
 
     @abstractmethod
     async def delete_tag(

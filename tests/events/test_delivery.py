@@ -15,6 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from registry.context import CONTEXT
+from registry.events.hub import EVENTS
+from registry.pipeline.observers import Change, EventSender
+from tests.conftest import registry_metadata_url
 from tests.events.receiver import Receiver, serve, until_drained
 from tests.oci import OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.server_process import port_of, reserve_port
@@ -304,3 +307,81 @@ async def test_library_tag_updated_when_the_policy_library_tag_moves(
     moved, _ = await push_image(client, "bases/debian", "12", layers=[b"patched"])
     await until(lambda: len(hook.received) == 2)
     assert hook.received[1].event["data"]["digest"] == moved
+
+
+async def test_a_library_move_in_a_batch_run_again_is_counted_and_delivered_once(
+    start_client: Any,
+    receiver: tuple[Receiver, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A push moving a declared library tag shares its write batch with a job the database
+    refuses: on PostgreSQL the pipelined batch is rolled back and run again job by job, so the
+    tag's move (and its `library.tag.updated` row) is built twice. The push counts the rows of
+    the run that committed only, and the event is delivered once."""
+    hook, port = receiver
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LIBRARY_POLICY)
+    section = events_section(port)
+    section["endpoints"][0]["events"] = ["library.tag.updated"]  # the push stages no other row
+    client: TestClient = await start_client(
+        events=section, policy={"file": str(policy), "reload": False}
+    )
+    app = client.server.app
+    db = app[CONTEXT].db
+    await push_image(client, "library/python", "3.12-slim")
+    await db.start_upload("taken", "library/python")
+
+    async def clash(conn: Any) -> None:
+        """Refused by the database (the upload id is taken), after the push's job was sent."""
+        await conn.execute(
+            "INSERT INTO uploads (id, repository, started_at) VALUES ('taken', 'other', 0)"
+        )
+
+    write = db.write
+    refused: list[BaseException] = []
+
+    async def with_a_refused_job(job: Any) -> Any:
+        """The manifest's write and the refused job, submitted in the same turn: one batch."""
+        if not job.__qualname__.endswith("put_manifest.<locals>.store"):
+            return await write(job)  # the blobs' uploads
+        pushed = asyncio.ensure_future(write(job))
+        other = asyncio.ensure_future(write(clash))
+        try:
+            return await pushed
+        finally:
+            refused.extend(await asyncio.gather(other, return_exceptions=True))
+
+    announced: list[int] = []
+    library_moved = app[EVENTS].library_moved
+
+    def counting(actor: str) -> Any:
+        rows = library_moved(actor)
+
+        def announce(move: Any) -> Any:
+            announced.append(1)
+            return rows(move)
+
+        return announce
+
+    counted: list[int] = []
+    after = EventSender.after
+
+    async def recording(self: EventSender, change: Change) -> None:
+        counted.append(change.outbox_rows)
+        await after(self, change)
+
+    monkeypatch.setattr(app[EVENTS], "library_moved", counting)
+    monkeypatch.setattr(EventSender, "after", recording)
+    monkeypatch.setattr(db, "write", with_a_refused_job)
+    second, _ = await push_image(client, "library/python", "3.12-slim", layers=[b"patched"])
+    monkeypatch.setattr(db, "write", write)
+    (error,) = refused
+    assert "duplicate key" in str(error) or "UNIQUE constraint" in str(error), error
+    # The move was built once per run of the batch: twice where it was run again.
+    assert len(announced) == (2 if registry_metadata_url() else 1)
+    assert counted == [1]
+    await until_drained(client)
+    (got,) = hook.received
+    assert got.event["type"] == "dev.trustyard.library.tag.updated"
+    assert got.event["data"]["digest"] == second

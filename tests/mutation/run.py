@@ -16,7 +16,9 @@
 Each target pairs modules with the test files that guard them, so a mutant is judged by the tests
 that claim to cover it and a run stays short. cosmic-ray edits the source in place: this script
 runs it in a throw-away copy of the work tree (the files git knows, plus untracked ones), never in
-the tree itself, so an interrupted run cannot leave a mutant behind. Operators are limited to the
+the tree itself, so an interrupted run cannot leave a mutant behind; stopped by SIGTERM or
+SIGINT (in every mode, `--recheck` too), it kills every process it started, at any depth, then
+removes the copy. Operators are limited to the
 ones that can change a decision (comparisons, `not`, `and`/`or`, booleans, loops, exception
 handlers); arithmetic and constant swaps are left out. Survivors are printed with their diff;
 `docs/mutation.md` lists the ones judged equivalent and why.
@@ -740,7 +742,47 @@ def keep_interrupted(session: Path, results: Path, stem: str) -> Path:
     return kept
 
 
-def stop_on_sigterm(signum: int, frame: object) -> None:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, theirs, ...), read from /proc: a child that made a
+    session of its own (cosmic-ray runs each test command in one) is still found."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_children() -> None:
+    """Kill every process this run started, at every depth, while they are still linked to
+    it (once a parent dies its children are handed to init and can no longer be found): the
+    fork server, the test run it forked for a mutant, cosmic-ray and the tests it started.
+    Then the copy of the tree they worked in can be removed with nothing writing to it."""
+    for _ in range(3):  # one may have forked while the others were being found
+        found = descendants(os.getpid())
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT in every mode: the children first, then unwind (SystemExit or
+    KeyboardInterrupt) so that the work tree is removed and an interrupted session kept."""
+    stop_children()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
@@ -812,6 +854,9 @@ def main() -> int:
     FORKING, ONLY = not args.no_fork, tuple(args.module or ())
     OPERATORS = tuple(args.operator or ())
     RESUME = tuple(p.resolve() for p in args.resume or ())
+    # A `kill` or Ctrl-C stops every process of the run and keeps what ran (`--resume`).
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     if args.recheck is not None:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         unknown = [n for n in args.targets if n not in TARGETS]
@@ -829,7 +874,6 @@ def main() -> int:
     results = (ROOT / args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never hit a stale .pyc
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a `kill` keeps what ran (`--resume`)
     killed = total = 0
     survivors: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="trustyard-mutation-") as tmp:

@@ -104,8 +104,10 @@ async def test_good_ranges_still_served(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["٣-4", "0-٣", "²-3", "0-" + "9" * 5000, "1_0-20", "+0-3", "0x0-3", "bytes 0--3"]
-)
+    "value",
+    ["٣-4", "0-٣", "²-3", "0-" + "9" * 5000, "1_0-20", "+0-3", "0x0-3", "bytes 0--3",
+     "0-3/junk", "0-3/", "0-3/3", "0-3/-1", "0-3/4/4", "0-3/٤"],
+)  # fmt: skip
 async def test_bad_content_range_on_patch_is_416(client: TestClient, value: str) -> None:
     resp = await client.post("/v2/app/blobs/uploads/")
     location = resp.headers["Location"]
@@ -114,6 +116,16 @@ async def test_bad_content_range_on_patch_is_416(client: TestClient, value: str)
     # The session is intact: a good chunk still goes in.
     resp = await client.patch(location, data=b"abcd", headers={"Content-Range": "0-3"})
     assert resp.status == 202, await resp.text()
+
+
+@pytest.mark.parametrize("value", ["0-3/4", "0-3/*", "bytes 0-3/4", "0-3/100"])
+async def test_content_range_with_a_total_is_accepted(client: TestClient, value: str) -> None:
+    resp = await client.post("/v2/app/blobs/uploads/")
+    resp = await client.patch(
+        resp.headers["Location"], data=b"abcd", headers={"Content-Range": value}
+    )
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Range"] == "0-3"
 
 
 @pytest.mark.parametrize(

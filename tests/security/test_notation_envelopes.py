@@ -224,18 +224,20 @@ def test_an_expiry_is_honoured_in_any_offset_and_a_naive_time_is_utc(
     )
     [finding] = verify_layer(corp(pki), IMAGE, JWS, content)
     assert finding.valid and finding.valid_until == soon.timestamp()
-    # Valid at the expiry instant itself, expired just after.
-    [at_expiry] = verify_layer(corp(pki), IMAGE, JWS, content, now=soon)
-    assert at_expiry.valid
-    after = soon + datetime.timedelta(microseconds=1)
-    assert refusal(corp(pki), JWS, content, now=after).startswith("the signature expired at")
+    # Valid until just before the expiry instant, expired at it (the Notary Project: "expired
+    # when the current time is greater than or equal to expiry time").
+    before = soon - datetime.timedelta(microseconds=1)
+    [just_before] = verify_layer(corp(pki), IMAGE, JWS, content, now=before)
+    assert just_before.valid
+    assert refusal(corp(pki), JWS, content, now=soon).startswith("the signature expired at")
 
 
 def test_a_proof_ends_when_the_chain_does(pki: dict[str, Any]) -> None:
     content = jws(pki["key"], [pki["leaf"], pki["root"]], payload_for(IMAGE))
     [finding] = verify_layer(corp(pki), IMAGE, JWS, content)
     assert finding.valid
-    assert finding.valid_until == pki["leaf"].not_valid_after_utc.timestamp()
+    # The chain ends when its `notAfter` second does (X.509 includes it).
+    assert finding.valid_until == pki["leaf"].not_valid_after_utc.timestamp() + 1
 
 
 def test_a_trusted_self_signed_signer_is_valid_only_within_its_validity(
@@ -344,3 +346,58 @@ def test_a_malformed_cose_is_refused_with_a_reason(pki: dict[str, Any], message:
 def test_a_payload_without_a_target_is_refused(pki: dict[str, Any], payload: bytes) -> None:
     content = jws(pki["key"], [pki["leaf"], pki["root"]], payload)
     assert refusal(corp(pki), JWS, content) == "the payload has no targetArtifact descriptor"
+
+
+def verdicts(
+    config: Any, content: bytes, moments: list[datetime.datetime]
+) -> list[tuple[bool, bool]]:
+    """At each moment: whether the verifier accepts the signature then, and whether the proof
+    it recorded at its first moment still counts for the `signature` rule then."""
+    [recorded] = verify_layer(config, IMAGE, JWS, content, now=moments[0])
+    accepted = [
+        any(f.valid for f in verify_layer(config, IMAGE, JWS, content, now=m)) for m in moments
+    ]
+    counted = [recorded.counts_at(m.timestamp()) for m in moments]
+    return list(zip(accepted, counted, strict=True))
+
+
+SECOND = datetime.timedelta(seconds=1)
+
+
+def test_the_verifier_and_the_rule_end_a_signature_at_its_expiry_instant(
+    pki: dict[str, Any],
+) -> None:
+    """Expired from the expiry instant on, for the verifier and the rule alike."""
+    expiry = (NOW + datetime.timedelta(hours=1)).replace(microsecond=0)
+    content = jws(
+        pki["key"],
+        [pki["leaf"], pki["root"]],
+        payload_for(IMAGE),
+        **{"io.cncf.notary.expiry": expiry.isoformat()},
+    )
+    moments = [expiry - SECOND, expiry, expiry + SECOND]
+    assert verdicts(corp(pki), content, moments) == [(True, True), (False, False), (False, False)]
+
+
+@pytest.mark.parametrize("signer", ["chain", "self_signed"])
+def test_the_verifier_and_the_rule_end_a_certificate_after_its_not_after_second(
+    pki: dict[str, Any], signer: str
+) -> None:
+    """A certificate is valid through its `notAfter` second (RFC 5280: inclusive, read in whole
+    seconds as the chain verifier reads it) and not one second later: the verifier accepts
+    and the rule counts the proof at exactly the same moments."""
+    if signer == "chain":
+        config, leaf = corp(pki), pki["leaf"]
+        content = jws(pki["key"], [leaf, pki["root"]], payload_for(IMAGE))
+    else:
+        leaf = pki["self_signed"]
+        config = trust({"certificates": {"signer": {"pem": pem_of(leaf)}}})
+        content = jws(pki["self_key"], [leaf], payload_for(IMAGE))
+    end = leaf.not_valid_after_utc
+    moments = [end - SECOND, end, end + SECOND / 2, end + SECOND]
+    assert verdicts(config, content, moments) == [
+        (True, True),
+        (True, True),
+        (True, True),
+        (False, False),
+    ]

@@ -343,11 +343,14 @@ async def test_a_private_ca_cosign_signature_stops_counting_when_its_certificate
         await push_simple_signature(client, digest, payload, annotations)
         assert await pull(client, "prod/app", "v1") == (200, "")  # decided and cached
         clock.shift(end - 1 - time.time())
-        assert await pull(client, "prod/app", "v1") == (200, "")  # the certificate's last second
-        clock.shift(2)  # past its end
+        assert await pull(client, "prod/app", "v1") == (200, "")  # a second before notAfter
+        clock.shift(1)  # notAfter itself: X.509 validity includes it (RFC 5280)
+        assert await pull(client, "prod/app", "v1") == (200, "")
+        clock.shift(1)  # the second after it
         assert await pull(client, "prod/app", "v1") == (
             403,
-            CA_RULE + f"by corp-ca but its certificate or signature expired at {expired_at(end)}",
+            CA_RULE
+            + f"by corp-ca but its certificate or signature expired at {expired_at(end + 1)}",
         )
 
 

@@ -1,5 +1,12 @@
-"""A collection shares SQLite's write lock: while it deletes thousands of manifests, the server's
-writes wait milliseconds, never fail with "database is locked"."""
+"""A collection shares the metadata database's write lock: while it deletes thousands of
+manifests, the server's writes are served between its transactions, never fail with "database
+is locked", and never wait for the whole collection.
+
+Shown by order, not by wall time (a loaded 2-core runner stalls a single push for seconds
+without the collection being at fault): a push that starts after the collection's first deleting
+transaction committed and ends before its last one did. A collection that held the lock from its
+first deletion to its last (one transaction, or no pause between them) moves the number of
+manifests left from all to none at once: no push can fit between."""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
+from registry.context import CONTEXT
 from storage.layout import DataLayout
 from storage.metadata import ManifestRecord, open_metadata
 from storage.oci.manifest import Reference
@@ -61,13 +70,24 @@ async def test_server_writes_stay_fast_while_gc_deletes_thousands(client, data_d
         )
     latencies: list[float] = []
     statuses: list[int] = []
+    #: For each push: how many of the untagged manifests were left just before it started and
+    #: just after it was answered (committed state, read beside the writes).
+    spans: list[tuple[int, int]] = []
     body = json.dumps(base).encode()
+    server_db = client.server.app[CONTEXT].db
+
+    async def left() -> int:
+        rows: list[Any] = await server_db.read(
+            "SELECT COUNT(*) FROM manifests WHERE repository = 'app'"
+        )
+        return int(rows[0][0]) - 1  # the tagged base stays
 
     async def writer(name: str) -> None:
         # Tag pushes and blob uploads, one after another, until the collection ends.
         number = 0
         while gc.poll() is None:
             number += 1
+            before = await left()
             began = time.monotonic()
             resp = await client.put(
                 f"/v2/app/manifests/{name}-{number}",
@@ -78,24 +98,21 @@ async def test_server_writes_stay_fast_while_gc_deletes_thousands(client, data_d
             statuses.append(resp.status)
             await push_blob(client, "app", f"blob {name} {number}".encode())
             latencies.append(time.monotonic() - began)
+            spans.append((before, await left()))
             await asyncio.sleep(0.01)
 
     await asyncio.gather(*(writer(f"w{n}") for n in range(WRITERS)))
     assert gc.wait() == 0, err_path.read_text()[-2000:]
     removed = [line for line in out_path.read_text().splitlines() if "removed manifest" in line]
     assert len(removed) == MANIFESTS
-    assert len(latencies) >= 2 * WRITERS, "the collection ended before the server was asked"
+    assert await left() == 0
     assert set(statuses) == {201}
+    # Pushes served inside the collection: begun once some manifests were deleted, answered
+    # while some were still there.
+    inside = [(b, a) for b, a in spans if b < MANIFESTS and a > 0]
     latencies.sort()
-    # A tag push and a blob upload (four writes) while the collection runs: well under a
-    # second each, where an unpaced collection makes them queue for seconds or fail at 10 s.
-    # The bound is on the 95th percentile: on a loaded machine (or with PostgreSQL, another
-    # process sharing the cores) a single push may stall on the scheduler, not on the collection;
-    # none may come near the 10 s at which a writer gives up.
-    p95 = latencies[int(len(latencies) * 0.95)]
     print(
-        f"{len(latencies)} pushes, median {latencies[len(latencies) // 2]:.3f}s, "
-        f"p95 {p95:.3f}s, max {latencies[-1]:.3f}s"
+        f"{len(latencies)} pushes ({len(inside)} between the collection's transactions), "
+        f"median {latencies[len(latencies) // 2]:.3f}s, max {latencies[-1]:.3f}s"
     )
-    assert p95 < 1.5, latencies[-5:]
-    assert latencies[-1] < 5.0, latencies[-5:]
+    assert inside, f"no push was served between the collection's transactions: {spans}"

@@ -26,9 +26,11 @@ may be in a later job. So when the database refuses a statement (as opposed to a
 on what it read, which is always its own), the batch is rolled back and run again carefully,
 waiting for the answers at the end of every job: each job then gets its own error, and the
 others are committed. Jobs act only through their connection, so running one again after a
-rollback has the same effect as running it once. When the connection itself fails (lost, the
-commit refused, a cancelled batch), it is dropped (the server rolls back what it was in), the
-whole batch fails, and the next batch connects afresh.
+rollback has the same effect as running it once; a callback a job calls to build its rows (a
+library tag move's `announce`) runs once per run, so whatever its caller counts from it is taken
+from the run that committed (`registry.pipeline.push`), never added up across runs. When the
+connection itself fails (lost, the commit refused, a cancelled batch), it is dropped (the server
+rolls back what it was in), the whole batch fails, and the next batch connects afresh.
 """
 
 from __future__ import annotations

@@ -8,7 +8,12 @@ from typing import Any
 
 import aiosqlite
 
-from storage.metadata.sqlite.connection import SQLiteBase, ensure_repository, fetch_one
+from storage.metadata.sqlite.connection import (
+    SQLiteBase,
+    ensure_repository,
+    expect_evidence,
+    fetch_one,
+)
 
 #: The size of a blob a repository links.
 _LINKED_BLOB_SIZE = (
@@ -90,9 +95,12 @@ class SQLiteBlobs(SQLiteBase):
             await _link_blob(db, repository, digest, now)
             return int(row[0])
 
-    async def unlink_blob(self, repository: str, digest: str) -> bool:
-        """Remove a blob from a repository (the bytes stay until GC); whether it was linked."""
+    async def unlink_blob(self, repository: str, digest: str, evidence: int | None = None) -> bool:
+        """Remove a blob from a repository (the bytes stay until GC); whether it was linked.
+        With `evidence`, only while the repository is still at that version."""
         async with self.transaction() as db:
+            if evidence is not None:
+                await expect_evidence(db, repository, evidence)
             cursor = await db.execute(
                 "DELETE FROM repository_blobs WHERE repository = ? AND digest = ?",
                 (repository, digest),

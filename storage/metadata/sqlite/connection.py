@@ -31,6 +31,7 @@ import aiosqlite
 from storage.errors import StorageFull, TextNotStorable
 from storage.layout import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from storage.metadata.group_commit import GroupCommit, Queued, WriteJob, run_to_end
+from storage.metadata.manifests import RepositoryChanged
 from storage.metadata.outbox import OutboxRow
 from storage.metadata.sqlite.read_cache import CommitProbe, ManifestReads
 
@@ -399,6 +400,19 @@ async def bump_generation(db: aiosqlite.Connection, name: str) -> None:
     """Move the shared generation `name` inside the caller's transaction (every process
     watching it, or reading it in a write's premise, learns of the change at its commit)."""
     await db.execute(BUMP_GENERATION, (name,))
+
+
+async def expect_evidence(db: aiosqlite.Connection, repository: str, decided: int) -> None:
+    """Inside a write transaction (under the database's write lock): raise `RepositoryChanged`
+    unless `repository` is still at the evidence version `decided`, i.e. nothing was pushed,
+    tagged or deleted there since a decision read it."""
+    cursor = await db.execute(
+        "SELECT version FROM evidence_versions WHERE repository = ?", (repository,)
+    )
+    row = await cursor.fetchone()
+    found = 0 if row is None else int(row[0])
+    if found != decided:
+        raise RepositoryChanged(repository, decided, found)
 
 
 async def write_outbox(db: aiosqlite.Connection, rows: Sequence[OutboxRow]) -> None:

@@ -24,6 +24,7 @@ from storage.metadata.sqlite.connection import (
     SQLiteBase,
     bump_evidence,
     ensure_repository,
+    expect_evidence,
     write_outbox,
 )
 from storage.metadata.sqlite.decisions import write_decisions
@@ -274,13 +275,17 @@ class SQLiteManifests(SQLiteBase):
         digest: str,
         outbox: Sequence[OutboxRow] = (),
         library: Sequence[LibraryChange] = (),
+        evidence: int | None = None,
     ) -> bool:
-        """Delete a manifest, its references and every tag pointing at it; whether it existed."""
+        """Delete a manifest, its references and every tag pointing at it; whether it existed.
+        With `evidence`, only while the repository is still at that version (else
+        `RepositoryChanged`)."""
         return await self._delete(
             "DELETE FROM manifests WHERE repository = ? AND digest = ?",
             (repository, digest),
             outbox,
             library,
+            evidence,
         )
 
     async def delete_tag(
@@ -313,11 +318,14 @@ class SQLiteManifests(SQLiteBase):
         key: tuple[str, ...],
         outbox: Sequence[OutboxRow],
         library: Sequence[LibraryChange],
+        evidence: int | None = None,
     ) -> bool:
         """Run a `DELETE ... WHERE repository = ? AND ...` with `key`; when it deleted anything,
         bump the repository's evidence, write `outbox` and make the `library` changes in the
-        same transaction."""
+        same transaction. With `evidence`, first `expect_evidence` in that transaction."""
         async with self.transaction() as db:
+            if evidence is not None:
+                await expect_evidence(db, key[0], evidence)
             cursor = await db.execute(sql, key)
             if cursor.rowcount > 0:
                 await bump_evidence(db, key[0])
