@@ -237,8 +237,10 @@ async def test_a_push_whose_tag_keeps_moving_is_refused_after_five_attempts(
     real = PolicyGate.check_push
     decided: list[str | None] = []
 
-    async def overtaken(self: PolicyGate, request: Any, media_type: str, content: bytes) -> Any:
-        check = await real(self, request, media_type, content)
+    async def overtaken(
+        self: PolicyGate, request: Any, media_type: str, content: bytes, **premises: Any
+    ) -> Any:
+        check = await real(self, request, media_type, content, **premises)
         decided.append(check.tag_targets.get("v1"))
         if await db.tag_target("app/web", "v1") is None:
             await db.put_manifest(record, [], "v1")
@@ -278,8 +280,10 @@ async def test_an_index_whose_child_is_deleted_while_it_is_decided_is_not_stored
     child_body = await (await client.get(f"/v2/app/web/manifests/{child}")).read()
     real = PolicyGate.check_push
 
-    async def child_deleted(self: PolicyGate, request: Any, media_type: str, content: bytes) -> Any:
-        check = await real(self, request, media_type, content)
+    async def child_deleted(
+        self: PolicyGate, request: Any, media_type: str, content: bytes, **premises: Any
+    ) -> Any:
+        check = await real(self, request, media_type, content, **premises)
         gone = await client.delete(f"/v2/app/web/manifests/{child}")
         assert gone.status == 202, await gone.text()
         return check
