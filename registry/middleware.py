@@ -83,7 +83,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except (ClientPayloadError, ConnectionResetError) as exc:
-        # The client went away or sent a truncated body; what was stored so far is kept.
+        # The client went away or sent a truncated body; the upload was cut back to where the
+        # request found it (its last acknowledged offset), which the status GET reports.
         log.info("%s %s: request body interrupted: %s", request.method, request.path, exc)
         response = error_response(
             OciError(BLOB_UPLOAD_INVALID, {"reason": "request body interrupted"})
