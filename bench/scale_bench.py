@@ -50,6 +50,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -322,11 +323,13 @@ async def manifest_puts(target: Target, args: argparse.Namespace, round_no: int)
                 await push_small_blob(s, target.url, f"bench/m{r}", config)
                 await push_small_blob(s, target.url, f"bench/m{r}", layer)
 
+        # Fresh for this target: the two PostgreSQL targets share one database, and the second
+        # one must push new tags and manifests, not what the first one just pushed again.
+        fresh = f"r{round_no}-{re.sub(r'[^a-z0-9]+', '-', target.name.lower()).strip('-')}"
+
         async def one(n: int) -> None:
-            body = manifest(config, [layer], f"{round_no}-{n}")
-            await put_manifest(
-                s, target.url, f"bench/m{n % args.put_repos}", f"r{round_no}-{n}", body
-            )
+            body = manifest(config, [layer], f"{fresh}-{n}")
+            await put_manifest(s, target.url, f"bench/m{n % args.put_repos}", f"{fresh}-{n}", body)
 
         wall, latencies = await timed_pool(args.puts, args.put_clients, one)
     latencies.sort()
