@@ -33,13 +33,16 @@ rules:
 PATIENCE = 60
 
 
+async def immutable_release_client(start_client: Any, tmp_path: Path) -> TestClient:
+    """An in-process registry whose policy makes `v*` tags immutable, for pushes and deletes."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    return await start_client(policy={"file": str(tmp_path / "policy.yaml"), "reload": False})
+
+
 async def test_a_release_tag_pushed_during_a_delete_by_digest_is_not_deleted_unchecked(
     start_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     digest, body = await push_image(client, "app/web", "dev")
     gate = client.server.app[CONTEXT].policy
     real = PolicyGate.tag_guard

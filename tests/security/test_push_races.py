@@ -24,17 +24,7 @@ from aiohttp.test_utils import TestClient
 from policies.gateway import PolicyGate
 from registry.context import CONTEXT
 from tests.oci import OCI_INDEX, OCI_MANIFEST, descriptor, error_codes, push_image, sha256
-
-POLICY = """\
-version: 1
-rules:
-  - name: release tags are immutable
-    match: {repositories: ["**"], tags: ["v*"], on: [push, delete]}
-    require: {immutable_tags: true}
-"""
-
-#: Only turns a hang into a failure.
-PATIENCE = 60
+from tests.security.test_delete_tag_races import PATIENCE, immutable_release_client
 
 
 async def test_a_release_tag_pushed_while_a_delete_by_digest_is_decided_is_not_deleted(
@@ -42,10 +32,7 @@ async def test_a_release_tag_pushed_while_a_delete_by_digest_is_decided_is_not_d
 ) -> None:
     """The delete holds the guard of `dev` and is deciding on `dev` alone when a push tags the
     same manifest `v1` (its own guard, free): the delete must not then remove `v1` with it."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     digest, body = await push_image(client, "app/web", "dev")
     real = PolicyGate.check_delete
     deciding, tagged = asyncio.Event(), asyncio.Event()
@@ -123,10 +110,7 @@ async def test_an_immutable_index_pushed_while_its_child_is_deleted_keeps_the_ch
 ) -> None:
     """The delete of an untagged image found nothing needing it; before it commits, a release
     index listing the image is pushed (201). The delete must not take the release's child."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     child, _ = await push_image(client, "app/web", "tmp")
     resp = await client.delete("/v2/app/web/manifests/tmp")
     assert resp.status == 202, await resp.text()
@@ -154,10 +138,7 @@ async def test_an_immutable_image_pushed_while_its_layer_is_deleted_keeps_the_la
 ) -> None:
     """The delete of a layer no manifest needs any more, raced by the push of a release image
     made of it: the release keeps its layer."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     layer = b"a layer the release is made of"
     await push_image(client, "app/web", "tmp", layers=[layer])
     resp = await client.delete("/v2/app/web/manifests/tmp")
@@ -187,10 +168,7 @@ async def test_a_delete_in_a_repository_that_keeps_changing_is_refused_after_thr
 ) -> None:
     """Every time the delete has decided, another push lands in the repository: decided again
     at most three times, then 429 with nothing deleted (the client retries)."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     layer = b"a layer nothing needs any more"
     digest, _ = await push_image(client, "app/web", "tmp", layers=[layer])
     resp = await client.delete("/v2/app/web/manifests/tmp")
@@ -226,10 +204,7 @@ async def test_a_push_whose_tag_keeps_moving_is_refused_after_five_attempts(
     one) moves the tag after every decision: first creating it, then deleting it, so that no
     decision is a denial. The push is decided at most five times, then 429, and the tag is as
     the other process left it."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     digest, body = await push_image(client, "app/web", "dev")
     db = client.server.app[CONTEXT].db
     record = await db.get_manifest("app/web", digest)
@@ -270,10 +245,7 @@ async def test_an_index_whose_child_is_deleted_while_it_is_decided_is_not_stored
     push's tag) before the index's transaction: nothing is stored, 400 MANIFEST_BLOB_UNKNOWN
     naming the child (on PostgreSQL the batch expected the child, found it gone and was run
     again reading the real rows)."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     child, _ = await push_image(client, "app/web", "tmp")
     resp = await client.delete("/v2/app/web/manifests/tmp")
     assert resp.status == 202, await resp.text()
@@ -317,10 +289,7 @@ async def test_a_tag_moved_by_another_process_while_its_delete_is_decided_stays(
     waits for no guard of this one: here a write straight to the database) moves `dev` before
     the delete commits. The tag it moved to was never decided on: it stays, and the delete is
     answered as one whose target went (404 MANIFEST_UNKNOWN)."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    client: TestClient = await start_client(
-        policy={"file": str(tmp_path / "policy.yaml"), "reload": False}
-    )
+    client = await immutable_release_client(start_client, tmp_path)
     old, _ = await push_image(client, "app/web", "dev")
     new, _ = await push_image(client, "app/web", "next", layers=[b"the new image"])
     db = client.server.app[CONTEXT].db
