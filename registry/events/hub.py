@@ -76,10 +76,15 @@ class EventHub:
         self, record: ManifestRecord, tag: str | None, actor: str, previous: str | None = None
     ) -> OutboxRows:
         """Outbox rows for a manifest push, for the push's own transaction."""
+        moved = tag is not None and previous is not None and previous != record.digest
+        if not self.outbox.wants("image.pushed") and not (
+            moved and self.outbox.wants("library.tag.updated")
+        ):
+            return []  # every push passes here: no event is built that no endpoint receives
         data = _record_data(record, tag, actor)
         where = subject(record.repository, tag, record.digest)
         events = [Event("image.pushed", record.repository, data, where)]
-        if tag is not None and previous is not None and previous != record.digest:
+        if moved:
             events.append(
                 Event(
                     "library.tag.updated",

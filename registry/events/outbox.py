@@ -36,13 +36,19 @@ class Outbox:
         no endpoint wants them)."""
         rows = []
         for event in events:
-            body = event.body(self.settings.source)
+            body: bytes | None = None  # serialised once, and only for an endpoint wanting it
             for endpoint in self.settings.endpoints:
                 if endpoint.wants(event.kind):
+                    if body is None:
+                        body = event.body(self.settings.source)
                     rows.append(
                         OutboxRow(endpoint.name, event.repository, event.type, body, event.time)
                     )
         return rows
+
+    def wants(self, kind: str) -> bool:
+        """Whether any endpoint receives events of `kind` (an event nobody wants is not built)."""
+        return any(endpoint.wants(kind) for endpoint in self.settings.endpoints)
 
     async def append(self, events: Iterable[Event]) -> None:
         """Write events that report no stored change (pulls, denials) in their own transaction."""
