@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,27 @@ async def _held_after_check_needed(
     return checked, release, seen
 
 
+async def _delete_refused_after_a_release_is_pushed(
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    push_release: Callable[[], Awaitable[str]],
+) -> tuple[str, str, list[str]]:
+    """DELETE `path`, held once its check found nothing needing it while `push_release` pushes
+    a release that needs it; the delete must then be refused (403 DENIED). Its message, the
+    release's digest and the digests checked."""
+    checked, release, seen = await _held_after_check_needed(monkeypatch)
+    deleting = asyncio.ensure_future(client.delete(path))
+    await asyncio.wait_for(checked.wait(), PATIENCE)
+    pushed = await push_release()
+    release.set()
+    resp = await asyncio.wait_for(deleting, PATIENCE)
+    assert resp.status == 403, await resp.text()
+    answer = await resp.json()
+    assert error_codes(answer) == ["DENIED"]
+    return answer["errors"][0]["message"], pushed, seen
+
+
 async def _index_over(client: TestClient, child: str, tag: str) -> str:
     """Push an index listing the manifest `child` of app/web as `tag`; its digest."""
     child_body = await (await client.get(f"/v2/app/web/manifests/{child}")).read()
@@ -114,16 +136,13 @@ async def test_an_immutable_index_pushed_while_its_child_is_deleted_keeps_the_ch
     child, _ = await push_image(client, "app/web", "tmp")
     resp = await client.delete("/v2/app/web/manifests/tmp")
     assert resp.status == 202, await resp.text()
-    checked, release, seen = await _held_after_check_needed(monkeypatch)
-    deleting = asyncio.ensure_future(client.delete(f"/v2/app/web/manifests/{child}"))
-    await asyncio.wait_for(checked.wait(), PATIENCE)
-    index = await _index_over(client, child, "v1")
-    release.set()
-    resp = await asyncio.wait_for(deleting, PATIENCE)
-    assert resp.status == 403, await resp.text()
-    answer = await resp.json()
-    assert error_codes(answer) == ["DENIED"]
-    assert answer["errors"][0]["message"] == (
+    message, index, seen = await _delete_refused_after_a_release_is_pushed(
+        client,
+        monkeypatch,
+        f"/v2/app/web/manifests/{child}",
+        lambda: _index_over(client, child, "v1"),
+    )
+    assert message == (
         f"manifest {child} is needed by manifest {index} (v1), which the policy does not let "
         'be deleted: rule "release tags are immutable": tag v1 is immutable and cannot be '
         f"deleted (it points to {index[:19]}…)"
@@ -143,16 +162,14 @@ async def test_an_immutable_image_pushed_while_its_layer_is_deleted_keeps_the_la
     await push_image(client, "app/web", "tmp", layers=[layer])
     resp = await client.delete("/v2/app/web/manifests/tmp")
     assert resp.status == 202, await resp.text()
-    checked, release, seen = await _held_after_check_needed(monkeypatch)
-    deleting = asyncio.ensure_future(client.delete(f"/v2/app/web/blobs/{sha256(layer)}"))
-    await asyncio.wait_for(checked.wait(), PATIENCE)
-    image, _ = await push_image(client, "app/web", "v1", layers=[layer])
-    release.set()
-    resp = await asyncio.wait_for(deleting, PATIENCE)
-    assert resp.status == 403, await resp.text()
-    answer = await resp.json()
-    assert error_codes(answer) == ["DENIED"]
-    assert answer["errors"][0]["message"] == (
+
+    async def release_image() -> str:
+        return (await push_image(client, "app/web", "v1", layers=[layer]))[0]
+
+    message, image, seen = await _delete_refused_after_a_release_is_pushed(
+        client, monkeypatch, f"/v2/app/web/blobs/{sha256(layer)}", release_image
+    )
+    assert message == (
         f"blob {sha256(layer)} is needed by manifest {image} (v1), which the policy does not "
         'let be deleted: rule "release tags are immutable": tag v1 is immutable and cannot be '
         f"deleted (it points to {image[:19]}…)"
