@@ -97,11 +97,11 @@ class ContentRange:
             raise RegistryError(
                 RANGE_INVALID, {"Content-Range": header[:100], "reason": "end before start"}
             )
-        if slash:
+        if slash and total_text != "*":
             # A total, when a client sends one, is `*` (unknown) or a length the range fits in:
             # anything else is a header we would be guessing at.
-            total = None if total_text == "*" else parse_count(total_text)
-            if total_text != "*" and (total is None or total <= end):
+            total = parse_count(total_text)
+            if total is None or total <= end:
                 raise RegistryError(
                     RANGE_INVALID,
                     {
