@@ -7,7 +7,10 @@ the same bytes is not verified again:
 
 - the key is the SHA-256 of the whole token (header, claims and signature): a token that differs
   in one byte is another key, and goes through full verification. The token itself is not kept,
-  so a memory dump names no live token;
+  so a memory dump names no live token. It is hashed in pieces shorter than the size from which
+  `hashlib` lets go of the GIL: a push token (one scope per repository) is a few KiB, and a
+  hash that lets go of the GIL on the event loop hands it to the database thread, and then
+  waits for it back, for a few microseconds of work;
 - an entry answers only inside the window the verification itself accepted: from `nbf`/`iat`
   minus the clock skew until `exp` plus the clock skew, the same bounds PyJWT applies. Once
   that window closes the entry is dropped and the token is verified again (and refused);
@@ -83,6 +86,15 @@ class VerifiedTokens(Generic[Claims]):
         self._entries.clear()
 
 
+#: Bytes hashed per `update` call: below 2048, the size from which CPython's `hashlib` releases
+#: the GIL while it hashes.
+_PIECE = 2000
+
+
 def _key(token: str) -> bytes:
     # surrogatepass: a header that is not valid UTF-8 still gets a key (and then fails verify).
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    data = memoryview(token.encode("utf-8", "surrogatepass"))
+    digest = hashlib.sha256()
+    for start in range(0, len(data), _PIECE):
+        digest.update(data[start : start + _PIECE])
+    return digest.digest()

@@ -25,6 +25,7 @@ import yaml
 from registry.auth.permissions import Permissions, Rule
 from registry.auth.scopes import parse_scope
 from registry.auth.service import AUTH
+from registry.auth.token_cache import _PIECE as PIECE
 from registry.auth.token_cache import MAX_TOKENS
 from registry.auth.tokens import ALGORITHM, InvalidToken, TokenAuthority, key_id, load_or_create_key
 from registry.auth.users import UserStore
@@ -151,6 +152,22 @@ def test_a_token_differing_by_one_byte_from_a_cached_one_is_refused(tmp_path) ->
         assert tokens.verified.hits == 1, name  # never answered from the original's entry
     assert len(tokens.verified) == 1  # and nothing invalid was cached
     assert tokens.verify(token).subject == "alice"
+
+
+def test_a_long_token_differing_by_one_byte_anywhere_is_refused(tmp_path) -> None:
+    # A push token naming many repositories is several KiB, hashed in pieces for its cache key:
+    # a byte changed in any piece (the first, a middle one, the last) is another key.
+    tokens = authority(tmp_path)
+    scopes = [parse_scope(f"repository:team-a/app{n}:push,pull") for n in range(80)]
+    token = tokens.issue("alice", scopes).token
+    assert len(token) > 3 * PIECE
+    tokens.verify(token)
+    for position in (10, PIECE - 1, PIECE, PIECE + 7, 2 * PIECE + 3, len(token) - 40):
+        with pytest.raises(InvalidToken):
+            tokens.verify(_flip(token, position))
+        assert tokens.verified.hits == 0, position
+    assert tokens.verify(token).subject == "alice"
+    assert tokens.verified.hits == 1
 
 
 def test_a_token_for_another_audience_is_refused_even_when_cached_elsewhere(tmp_path) -> None:
