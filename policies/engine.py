@@ -8,12 +8,14 @@ decision can be cached by (policy version, request, evidence version).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from policies.decisions import Decision, RuleVerdict, Verdict
 from policies.facts import ImageFacts, PolicyRequest
 from policies.library.declaration import Library
 from policies.quarantine import PRODUCERS_READ, QuarantineReaders
 from policies.rules import Rule
+from policies.signatures.proofs import SignatureChecks, signature_checks
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class Policy:
     default: str = "allow"
     # Artifact types (`artifacts.exempt_types`) that skip image rules when nothing is runnable.
     exempt_types: frozenset[str] = frozenset()
+
+    @cached_property
+    def signatures(self) -> SignatureChecks:
+        """What the policy verifies signatures against (every push asks: found once, when first
+        asked; a reload builds a new `Policy`, which finds its own)."""
+        return signature_checks(self.rules, self.library)
 
     @property
     def allows_everything(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Protocol
 
 from policies.decisions import Action, Decision, RuleVerdict
@@ -375,9 +376,9 @@ class Rule:
     mode: str = "enforce"
     line: int = 0  # where the rule starts in the policy file
 
-    @property
+    @cached_property
     def needs(self) -> frozenset[str]:
-        """The costly facts the requirements look at."""
+        """The costly facts the requirements look at (the rule is immutable: found once)."""
         return frozenset().union(*(r.needs for r in self.requirements))
 
     def evaluate(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -280,24 +280,37 @@ class _Library(Protocol):
 
 class SignaturePolicy(Protocol):
     """What this module reads of a loaded policy (`policies.engine.Policy`, a floor above it:
-    the engine's facts gather the proofs recorded here): its rules' requirements and library."""
+    the engine's facts gather the proofs recorded here): what it verifies signatures against,
+    found once per policy (`signature_checks`)."""
 
     @property
-    def rules(self) -> Sequence[_Requiring]: ...
-
-    @property
-    def library(self) -> _Library | None: ...
+    def signatures(self) -> SignatureChecks: ...
 
 
-def trust_configs(policy: SignaturePolicy) -> list[TrustConfig]:
-    """The distinct trust configs the `signature` requirements of a policy verify against."""
+@dataclass(frozen=True)
+class SignatureChecks:
+    """What a policy verifies signatures against: its `signature` requirements' distinct trust
+    configs, and whether an image of its library is `signed_by` someone."""
+
+    trusts: tuple[TrustConfig, ...] = ()
+    library_signs: bool = False
+
+
+def signature_checks(rules: Iterable[_Requiring], library: _Library | None) -> SignatureChecks:
+    """What the policy made of `rules` and `library` verifies signatures against."""
     found: dict[str, TrustConfig] = {}
-    for rule in policy.rules:
+    for rule in rules:
         for requirement in rule.requirements:
             trust = getattr(requirement, "trust", None)
             if isinstance(trust, TrustConfig):
                 found.setdefault(trust.version, trust)
-    return list(found.values())
+    library_signs = library is not None and any(i.signed_by for i in library.images)
+    return SignatureChecks(tuple(found.values()), library_signs)
+
+
+def trust_configs(policy: SignaturePolicy) -> list[TrustConfig]:
+    """The distinct trust configs the `signature` requirements of a policy verify against."""
+    return list(policy.signatures.trusts)
 
 
 async def signature_pushed(
@@ -323,8 +336,7 @@ async def signature_pushed(
 def push_problem(policy: SignaturePolicy, content: bytes, tag: str | None) -> str | None:
     """Why a pushed signature manifest is refused before it is stored (over the verification
     limits), when the policy verifies signatures; None otherwise."""
-    library = getattr(policy, "library", None)
-    library_signs = library is not None and any(i.signed_by for i in library.images)
-    if not trust_configs(policy) and not library_signs:
+    checks = policy.signatures
+    if not checks.trusts and not checks.library_signs:
         return None
     return _limits_problem(content, tag)

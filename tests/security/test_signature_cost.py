@@ -30,6 +30,7 @@ from policies.signatures.discovery import (
     MAX_SIMPLE_SIGNING_PAYLOAD,
     MAX_VERIFICATIONS,
 )
+from registry.context import CONTEXT
 from tests.oci import OCI_CONFIG, OCI_MANIFEST, descriptor, error_codes, push_blob, push_image
 from tests.policies.test_signatures_bundles import keyed_bundle, statement
 from tests.policies.test_signatures_cosign import hashedrekord, rekor_bundle
@@ -202,6 +203,32 @@ async def test_a_hostile_sig_stored_before_trust_is_not_verified(
         RULE + f"found 1 signature, signature manifest holds {MAX_SIGNATURE_LAYERS + 8} "
         f"signature layers, more than the limit of {MAX_SIGNATURE_LAYERS}: not verified",
     )
+
+
+async def test_a_reload_that_adds_or_drops_trust_moves_the_push_limits_at_once(
+    start_client: Any, folder: Path, release_key: Any
+) -> None:
+    # What a policy verifies signatures against is found once per loaded policy: a reload
+    # builds a new one, and the very next push is held to (or freed from) the limits.
+    policy_file = folder / "current.yaml"
+    policy_file.write_text(NO_TRUST)
+    client = await start_client(policy={"file": str(policy_file), "reload": False})
+    gate = client.app[CONTEXT].policy
+    digest, _ = await push_image(client, "prod/app", "v1")
+    payload = simple_signing_payload(REF, digest)
+    layers = [(payload, sign(release_key, payload))] * (MAX_SIGNATURE_LAYERS + 1)
+    assert (await put_sig(client, digest, layers, referrer=True, note="1")).status == 201
+    policy_file.write_text(POLICY)
+    assert gate.reload() is True
+    assert (await refused(await put_sig(client, digest, layers, referrer=True, note="2"))) == (
+        400,
+        "MANIFEST_INVALID",
+        f"signature manifest holds {MAX_SIGNATURE_LAYERS + 1} signature layers, more than the "
+        f"limit of {MAX_SIGNATURE_LAYERS}",
+    )
+    policy_file.write_text(NO_TRUST)
+    assert gate.reload() is True
+    assert (await put_sig(client, digest, layers, referrer=True, note="3")).status == 201
 
 
 async def test_signatures_verified_per_image_are_bounded(
