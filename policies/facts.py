@@ -176,13 +176,18 @@ async def gather_facts(
     exempt_types: frozenset[str] = frozenset(),
     assumed_targets: Mapping[str, str | None] | None = None,
     history: LibraryHistory | None = None,
+    decoded: dict[str, Any] | None = None,
 ) -> ImageFacts:
     """Learn what the rules in `needs` look at about the manifest `content` (lineage against
     the policy's `library`; `exempt_types`: the artifact types the policy exempts). A push may
     give where its tags point (`assumed_targets`) and the library `history` to trace against
     instead of reading them: its store then checks they still hold (`TagPremise`,
-    `library_generation`)."""
-    manifest, problem = await _decoded_off_loop(content)
+    `library_generation`); and `decoded`, the object its parse decoded from `content` by the
+    same strict reading (`storage.oci.manifest.decode_manifest`), instead of decoding it again."""
+    if decoded is not None:
+        manifest, problem = decoded, None
+    else:
+        manifest, problem = await _decoded_off_loop(content)
     unknown: dict[str, str] = {}
     if problem is not None:
         unknown[MANIFEST] = problem

@@ -277,9 +277,11 @@ class PolicyGate:
         policy: Policy,
         assumed_targets: Mapping[str, str | None] | None = None,
         history: LibraryHistory | None = None,
+        decoded: dict[str, Any] | None = None,
     ) -> tuple[Verdict, ImageFacts]:
         """The verdict of `policy` on a request, with the facts it was drawn from (a push's
-        tags and library history as assumed, when given: `gather_facts`)."""
+        tags and library history as assumed, and its manifest as its parse decoded it, when
+        given: `gather_facts`)."""
         matching = policy.matching(request)
         if not matching:
             return policy.evaluate(request, _NO_FACTS, matching), _NO_FACTS
@@ -295,6 +297,7 @@ class PolicyGate:
             policy.exempt_types,
             assumed_targets,
             history,
+            decoded,
         )
         return policy.evaluate(request, facts, matching), facts
 
@@ -306,6 +309,7 @@ class PolicyGate:
         *,
         assumed_targets: Mapping[str, str | None] | None = None,
         history: LibraryHistory | None = None,
+        decoded: dict[str, Any] | None = None,
     ) -> PushCheck:
         """Decide a push: record and raise DENIED, or return what `pushed` records once the
         manifest is stored (with the headers to add).
@@ -314,12 +318,13 @@ class PolicyGate:
         trace its lineage against, instead of reading them: an allowed push's store checks
         they still hold in its transaction (`PushCheck.tag_targets`, `library_generation`),
         and a denial is never given on them: a push they would deny is decided again on the
-        tags and the history read now."""
+        tags and the history read now. `decoded`: the manifest as the push's parse decoded it
+        from `content` (`ParsedManifest.document`), read instead of decoding it again."""
         policy = self.policy
         if policy.allows_everything:
             return PushCheck(policy)
         verdict, facts = await self._decide(
-            request, media_type, content, policy, assumed_targets, history
+            request, media_type, content, policy, assumed_targets, history, decoded
         )
         assumed = (assumed_targets is not None and facts.tags_read) or (
             history is not None and facts.lineage is not None
@@ -327,7 +332,9 @@ class PolicyGate:
         if verdict.outcome is Outcome.DENY and assumed:
             if history is not None and facts.lineage is not None:
                 history = await self.library_history.refresh(self.db)
-            verdict, facts = await self._decide(request, media_type, content, policy, None, history)
+            verdict, facts = await self._decide(
+                request, media_type, content, policy, None, history, decoded
+            )
         if verdict.outcome is Outcome.DENY:
             await self._record(verdict, request)
         targets = facts.tag_targets if facts.tags_read else None

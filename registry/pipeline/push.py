@@ -262,6 +262,7 @@ async def _check_and_store(
             push.content,
             assumed_targets=assumed,
             history=early.history,
+            decoded=prepared.parsed.document,
         )
     change = Change(
         "push",

@@ -9,7 +9,7 @@ its artifact type.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from storage.oci.digests import parse_digest
@@ -55,6 +55,10 @@ class ParsedManifest:
     subject: str | None
     artifact_type: str | None
     annotations: dict[str, str] | None
+    #: The JSON object as decoded (the one strict reading, `decode_manifest`): what reads the
+    #: manifest after the parse (the policy's facts) reads this instead of decoding it again.
+    #: Read only.
+    document: dict[str, Any] = field(repr=False, compare=False)
 
 
 def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
@@ -99,6 +103,7 @@ def parse_manifest(content: bytes, content_type: str | None) -> ParsedManifest:
         subject=None if subject is None else subject["digest"],
         artifact_type=artifact_type,
         annotations=annotations,
+        document=document,
     )
 
 
