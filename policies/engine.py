@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from policies.decisions import Decision, RuleVerdict, Verdict
+from policies.decisions import Action, Decision, RuleVerdict, Verdict
 from policies.facts import ImageFacts, PolicyRequest
 from policies.library.declaration import Library
 from policies.quarantine import PRODUCERS_READ, QuarantineReaders
 from policies.rules import Rule
 from policies.signatures.proofs import SignatureChecks, signature_checks
+
+#: (action, repository) pairs whose candidate rules a policy remembers (then it starts over).
+MATCHES_REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,29 @@ class Policy:
     def matching(self, request: PolicyRequest) -> list[tuple[Rule, tuple[str, ...]]]:
         """The rules that apply to `request`, each with the request's tags it concerns."""
         found = []
-        for rule in self.rules:
-            tags = rule.match.applies(request)
+        for rule in self._concerning(request.action, request.repository):
+            tags = rule.match.applies_to_tags(request.tags)
             if tags is not None:
                 found.append((rule, tags))
         return found
+
+    def _concerning(self, action: Action, repository: str) -> tuple[Rule, ...]:
+        """The rules that may apply to `action` on `repository`: matched against every rule's
+        repository globs once per (action, repository) this policy sees (pushes by tag name a
+        new tag each time, but their repositories repeat), not on every request."""
+        key = (action, repository)
+        rules = self._rules_by_repository.get(key)
+        if rules is None:
+            rules = tuple(r for r in self.rules if r.match.concerns(action, repository))
+            if len(self._rules_by_repository) >= MATCHES_REMEMBERED:
+                self._rules_by_repository.clear()
+            self._rules_by_repository[key] = rules
+        return rules
+
+    @cached_property
+    def _rules_by_repository(self) -> dict[tuple[Action, str], tuple[Rule, ...]]:
+        # Belongs to this Policy, which is immutable: a reload builds a new one, with its own.
+        return {}
 
     def evaluate(
         self,

@@ -347,13 +347,20 @@ class Match:
         With `tags:`, the rule applies only when one of the request's tags matches (and is not
         excluded); without, it applies to tagless requests too, unless every tag is excluded.
         """
-        if request.action not in self.actions or not self.repositories.matches(request.repository):
+        if not self.concerns(request.action, request.repository):
             return None
-        if self.exclude_repositories is not None and self.exclude_repositories.matches(
-            request.repository
-        ):
-            return None
-        tags = request.tags
+        return self.applies_to_tags(request.tags)
+
+    def concerns(self, action: Action, repository: str) -> bool:
+        """Whether the rule may apply to `action` on `repository` (its tags decide the rest)."""
+        if action not in self.actions or not self.repositories.matches(repository):
+            return False
+        return self.exclude_repositories is None or not self.exclude_repositories.matches(
+            repository
+        )
+
+    def applies_to_tags(self, tags: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Of a request the rule `concerns`: the tags it concerns if it applies, else None."""
         if self.exclude_tags is not None:
             kept = tuple(t for t in tags if not self.exclude_tags.matches(t))
             if tags and not kept:

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from policies.decisions import Action, Outcome
+from policies.engine import MATCHES_REMEMBERED
 from policies.facts import Image, ImageFacts, PolicyRequest, is_cosign_tag
 from policies.loader import parse_policy
 from policies.rules import (
@@ -249,6 +250,61 @@ def test_match_without_tags_covers_tagless_requests() -> None:
     )
     assert match.applies(PolicyRequest(Action.PUSH, "a", NEW, NEW, ())) == ()
     assert match.applies(PolicyRequest(Action.PUSH, "a", SIG_TAG, NEW, (SIG_TAG,))) is None
+
+
+MATCHED = """\
+version: 1
+rules:
+  - name: prod releases
+    match: {repositories: ["prod/**"], tags: ["v*"], exclude: {tags: ["*-rc*"]}, on: [push]}
+    require: {immutable_tags: true}
+  - name: prod pushes
+    match:
+      repositories: ["prod/**"]
+      exclude: {repositories: ["prod/sandbox/**"]}
+      on: [push]
+    require: {max_size: 1GiB}
+"""
+
+
+def test_matching_remembers_repositories_but_decides_each_requests_tags() -> None:
+    # The rules that may apply are remembered by (action, repository): the tags of every
+    # request are still matched, and what another repository or action gets is its own.
+    policy = parse_policy(MATCHED)
+
+    def names(repository: str, tags: tuple[str, ...], action: Action = Action.PUSH) -> list:
+        request = PolicyRequest(action, repository, "r", NEW, tags)
+        return [(rule.name, concerned) for rule, concerned in policy.matching(request)]
+
+    for _ in range(2):  # the second round is answered by what the first remembered
+        assert names("prod/web", ("v1", "latest")) == [
+            ("prod releases", ("v1",)),
+            ("prod pushes", ("v1", "latest")),
+        ]
+        assert names("prod/web", ("latest",)) == [("prod pushes", ("latest",))]
+        assert names("prod/web", ("v1-rc1",)) == [("prod pushes", ("v1-rc1",))]
+        assert names("prod/sandbox/x", ("v2",)) == [("prod releases", ("v2",))]
+        assert names("prod/web", ("v1",), Action.PULL) == []
+        assert names("dev/web", ("v1",)) == []
+
+
+def test_a_reloaded_policy_matches_by_its_own_rules_at_once() -> None:
+    old = parse_policy(MATCHED)
+    request = PolicyRequest(Action.PUSH, "prod/web", "v1", NEW, ("v1",))
+    assert [rule.name for rule, _ in old.matching(request)] == ["prod releases", "prod pushes"]
+    new = parse_policy(MATCHED.replace('["prod/**"], tags', '["dev/**"], tags'))
+    assert [rule.name for rule, _ in new.matching(request)] == ["prod pushes"]
+    dev = PolicyRequest(Action.PUSH, "dev/web", "v1", NEW, ("v1",))
+    assert [rule.name for rule, _ in new.matching(dev)] == ["prod releases"]
+    assert old.matching(dev) == []
+
+
+def test_what_matching_remembers_is_bounded() -> None:
+    policy = parse_policy(MATCHED)
+    for n in range(MATCHES_REMEMBERED + 10):
+        request = PolicyRequest(Action.PUSH, f"prod/r{n}", "v1", NEW, ("v1",))
+        assert len(policy.matching(request)) == 2
+    assert len(policy._rules_by_repository) <= MATCHES_REMEMBERED
 
 
 POLICY = """\
