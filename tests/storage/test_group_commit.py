@@ -118,6 +118,51 @@ async def test_a_statement_the_database_refuses_fails_its_job_alone(db: Metadata
     assert await db.upload_repository("taken") == "repo"
 
 
+async def test_a_job_that_raises_after_writing_fails_alone_and_leaves_nothing(
+    db: MetadataDB,
+) -> None:
+    # On PostgreSQL a batch first runs without a savepoint per job: a job raising there has
+    # the batch run again, job by job, so that its writes alone are undone.
+    class Refused(Exception):
+        pass
+
+    async def half_then_raise(conn: Any) -> None:
+        await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('half', 0)")
+        raise Refused("decided against it after writing")
+
+    jobs = [db.start_upload(f"u{n}", "repo") for n in range(5)]
+    jobs += [db.write(half_then_raise)]
+    jobs += [db.start_upload(f"u{n}", "repo") for n in range(5, 10)]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[5], Refused), results[5]
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
+    for n in range(10):
+        assert await db.upload_repository(f"u{n}") == "repo"
+    assert not await db.repository_exists("half")
+
+
+async def test_each_job_of_a_batch_reads_its_own_answers(db: MetadataDB) -> None:
+    # The same statements, sent by every job of one batch (on PostgreSQL on cursors kept
+    # for them and used again by the next job): each job reads the answer to its own.
+    async def read_back(conn: Any, n: int) -> tuple[int, int, int, list[Any]]:
+        # The same statement twice before either answer is read.
+        first = await conn.execute("SELECT ? + 0", (n,))
+        second = await conn.execute("SELECT ? + 0", (n + 1000,))
+        inserted = await conn.execute(
+            "INSERT INTO repositories (name, created_at) VALUES (?, 0)", (f"own{n}",)
+        )
+        rows = await conn.execute_fetchall(
+            "SELECT name FROM repositories WHERE name = ?", (f"own{n}",)
+        )
+        one, two = await first.fetchone(), await second.fetchone()
+        return int(one[0]), int(two[0]), inserted.rowcount, [tuple(row) for row in rows]
+
+    results = await asyncio.gather(
+        *(db.write(lambda conn, n=n: read_back(conn, n)) for n in range(16))
+    )
+    assert results == [(n, n + 1000, 1, [(f"own{n}",)]) for n in range(16)]
+
+
 async def test_postgresql_commits_wait_for_the_disk_whatever_the_server_default(
     tmp_path: Path, postgres_url: str
 ) -> None:
