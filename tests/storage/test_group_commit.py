@@ -20,9 +20,11 @@ from storage.metadata import (
     MetadataDB,
     MissingReferences,
     Reference,
+    RepositoryChanged,
     SQLiteMetadata,
     open_metadata,
 )
+from storage.metadata.sqlite.connection import bump_evidence, expect_evidence
 
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
 LAYER = "sha256:" + "b" * 64
@@ -128,6 +130,7 @@ async def test_a_job_that_raises_after_writing_fails_alone_and_leaves_nothing(
 
     async def half_then_raise(conn: Any) -> None:
         await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('half', 0)")
+        await bump_evidence(conn, "half")  # on PostgreSQL a move written at the commit
         raise Refused("decided against it after writing")
 
     jobs = [db.start_upload(f"u{n}", "repo") for n in range(5)]
@@ -139,6 +142,35 @@ async def test_a_job_that_raises_after_writing_fails_alone_and_leaves_nothing(
     for n in range(10):
         assert await db.upload_repository(f"u{n}") == "repo"
     assert not await db.repository_exists("half")
+    assert await db.evidence_version("half") == 0
+
+
+async def test_a_delete_decided_before_a_push_of_its_batch_is_refused(db: MetadataDB) -> None:
+    # A change of the repository (as a push's) moves its evidence version first in the batch
+    # (on PostgreSQL the move is written only at the commit): the delete decided on the
+    # version before it must see it moved, and delete nothing.
+    await db.link_blob("repo", LAYER, 3)
+    old = manifest("repo", 1)
+    await db.put_manifest(old, [Reference(LAYER, "blob")], None)
+    decided = await db.evidence_version("repo")
+    order: list[str] = []
+
+    async def change(conn: Any) -> None:
+        order.append("change")
+        await bump_evidence(conn, "repo")
+
+    async def delete(conn: Any) -> None:
+        order.append("delete")
+        await expect_evidence(conn, "repo", decided)
+        await conn.execute("DELETE FROM manifests WHERE digest = ?", (old.digest,))
+
+    results = await asyncio.gather(db.write(change), db.write(delete), return_exceptions=True)
+    # (Run twice on PostgreSQL: a job raising has its batch run again, carefully.)
+    assert order in (["change", "delete"], ["change", "delete"] * 2)
+    assert results[0] is None
+    assert isinstance(results[1], RepositoryChanged), results[1]
+    assert await db.get_manifest("repo", old.digest) is not None
+    assert await db.evidence_version("repo") == decided + 1
 
 
 async def test_each_job_of_a_batch_reads_its_own_answers(db: MetadataDB) -> None:

@@ -41,6 +41,7 @@ more than the statement's sending.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ import psycopg
 from storage.errors import StorageFull, StorageUnavailable
 from storage.metadata.group_commit import Queued, run_to_end
 from storage.metadata.postgresql.dialect import arguments, translate
-from storage.metadata.sqlite.connection import BUMP_GENERATION
+from storage.metadata.sqlite.connection import BUMP_EVIDENCE_OF, BUMP_GENERATION
 
 log = logging.getLogger("storage.metadata.postgresql")
 
@@ -64,6 +65,7 @@ _SET_SAVEPOINT = f"SAVEPOINT {_SAVEPOINT}"
 _RELEASE_SAVEPOINT = f"RELEASE SAVEPOINT {_SAVEPOINT}"
 _ROLLBACK_SAVEPOINT = f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}"
 _BUMP_GENERATION = translate(BUMP_GENERATION)[0]
+_BUMP_EVIDENCE = translate(BUMP_EVIDENCE_OF)[0]
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -166,10 +168,13 @@ class Writer:
                     else:
                         queued.outcome = (True, result)
                     finally:
-                        db.job_done()
+                        db.job_done(succeeded=queued.outcome[0])
                     if lone and not queued.outcome[0]:
                         return
                 # Once for the batch, not once per job that asked (`bump_evidence`).
+                if db.evidence:
+                    send(_BUMP_EVIDENCE, (json.dumps(sorted(db.evidence)),))
+                    db.generations.add("evidence")
                 for name in sorted(db.generations):
                     send(_BUMP_GENERATION, (name,))
                 if db.speculated:
@@ -325,10 +330,25 @@ class PipelineConnection:
         self.speculated: list[tuple[str, psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
         #: Shared generations the batch moves once, just before its commit.
         self.generations: set[str] = set()
+        #: Repositories whose evidence version the batch moves once, just before its commit.
+        self.evidence: set[str] = set()
+        #: The running job's moves (the batch's once the job succeeded, `job_done`).
+        self._job_generations: set[str] = set()
+        self._job_evidence: set[str] = set()
 
     def bump_at_commit(self, name: str) -> None:
         """Move the shared generation `name` once for the batch, at its commit."""
-        self.generations.add(name)
+        self._job_generations.add(name)
+
+    def evidence_at_commit(self, repository: str) -> None:
+        """Move `repository`'s evidence version (and the shared `evidence` generation) once for
+        the batch, at its commit (`storage.metadata.sqlite.connection.bump_evidence`)."""
+        self._job_evidence.add(repository)
+
+    def evidence_pending(self, repository: str) -> bool:
+        """Whether a job of this batch (the running one included) moved `repository`'s
+        evidence version, not written yet (`expect_evidence`)."""
+        return repository in self.evidence or repository in self._job_evidence
 
     def _sync(self) -> None:
         self._pipeline.sync()
@@ -338,11 +358,16 @@ class PipelineConnection:
         self._lent.append((text, many, cursor))
         return cursor
 
-    def job_done(self) -> None:
-        """The running job ended (or the batch compared its speculated reads): the cursors
-        it was lent go back (a speculated read's stays until compared)."""
+    def job_done(self, succeeded: bool) -> None:
+        """The running job ended: the cursors it was lent go back (a speculated read's stays
+        until compared), and what it moves at the commit is the batch's if it `succeeded`."""
         self._cursors.give_back(self._lent)
         self._lent = []
+        if succeeded:
+            self.generations |= self._job_generations
+            self.evidence |= self._job_evidence
+        self._job_generations = set()
+        self._job_evidence = set()
 
     def execute(self, sql: str, args: Params = ()) -> _Ready:
         """Send one statement; its cursor."""
