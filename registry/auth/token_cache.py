@@ -7,10 +7,8 @@ the same bytes is not verified again:
 
 - the key is the SHA-256 of the whole token (header, claims and signature): a token that differs
   in one byte is another key, and goes through full verification. The token itself is not kept,
-  so a memory dump names no live token. It is hashed in pieces shorter than the size from which
-  `hashlib` lets go of the GIL: a push token (one scope per repository) is a few KiB, and a
-  hash that lets go of the GIL on the event loop hands it to the database thread, and then
-  waits for it back, for a few microseconds of work;
+  so a memory dump names no live token. A push token (one scope per repository) is a few KiB:
+  it is hashed holding the GIL (`shared.hashing`);
 - an entry answers only inside the window the verification itself accepted: from `nbf`/`iat`
   minus the clock skew until `exp` plus the clock skew, the same bounds PyJWT applies. Once
   that window closes the entry is dropped and the token is verified again (and refused);
@@ -32,6 +30,8 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from shared.hashing import update_holding_gil
 
 #: Tokens remembered at most (each entry is a few hundred bytes: about 2 MB at the bound).
 MAX_TOKENS = 8192
@@ -86,15 +86,8 @@ class VerifiedTokens(Generic[Claims]):
         self._entries.clear()
 
 
-#: Bytes hashed per `update` call: below 2048, the size from which CPython's `hashlib` releases
-#: the GIL while it hashes.
-_PIECE = 2000
-
-
 def _key(token: str) -> bytes:
     # surrogatepass: a header that is not valid UTF-8 still gets a key (and then fails verify).
-    data = memoryview(token.encode("utf-8", "surrogatepass"))
     digest = hashlib.sha256()
-    for start in range(0, len(data), _PIECE):
-        digest.update(data[start : start + _PIECE])
+    update_holding_gil(digest, token.encode("utf-8", "surrogatepass"))
     return digest.digest()

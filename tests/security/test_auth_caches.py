@@ -25,11 +25,11 @@ import yaml
 from registry.auth.permissions import Permissions, Rule
 from registry.auth.scopes import parse_scope
 from registry.auth.service import AUTH
-from registry.auth.token_cache import _PIECE as PIECE
 from registry.auth.token_cache import MAX_TOKENS
 from registry.auth.tokens import ALGORITHM, InvalidToken, TokenAuthority, key_id, load_or_create_key
 from registry.auth.users import UserStore
 from registry.identity import Identity
+from shared.hashing import PIECE
 from tests.auth.conftest import (
     PASSWORDS,
     PERMISSIONS,
