@@ -275,8 +275,8 @@ class Cursors:
     does a cursor sent another statement than its last. So a statement is sent on a cursor that
     last sent the same statement, and its cursor is handed back once nothing can read its
     answer any more: at the end of the job that sent it (a job reads its answers before it
-    ends). A cursor handed back may still get the answer of the statement it last sent (at the next sync); the next use
-    replaces that answer with its own, which nobody read either way."""
+    ends). A cursor handed back may still get the answer of the statement it last sent (at the
+    next sync); the next use replaces that answer with its own, which nobody read either way."""
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self._connection = connection
