@@ -411,8 +411,14 @@ def _expecting(query: str, parameters: int, columns: int) -> str:
     """A statement failing with a division by zero unless `query` (with `parameters`
     parameters, `columns` text columns) finds exactly the rows of the JSON array of arrays
     given as the next parameter."""
+    given = f"${parameters + 1}"
     values = ", ".join(f'(e->>{n}) COLLATE "C"' for n in range(columns))
-    expected = f"SELECT {values} FROM json_array_elements(CAST(${parameters + 1} AS JSON)) AS e"
-    differ = f"(({query}) EXCEPT ALL ({expected})) UNION ALL (({expected}) EXCEPT ALL ({query}))"
+    expected = f"SELECT {values} FROM json_array_elements(CAST({given} AS JSON)) AS e"
+    # Equal as multisets: nothing found beyond what is expected, and as many rows. (The query
+    # is run once: a CTE named twice is computed once.)
+    differ = (
+        f"EXISTS (SELECT * FROM found EXCEPT ALL {expected}) "
+        f"OR (SELECT count(*) FROM found) <> json_array_length(CAST({given} AS JSON))"
+    )
     # Not a constant: PostgreSQL may fold a constant 1/0 while planning, whatever the CASE.
-    return f"SELECT 1 / (CASE WHEN EXISTS ({differ}) THEN 0 ELSE 1 END)"
+    return f"WITH found AS ({query}) SELECT 1 / (CASE WHEN {differ} THEN 0 ELSE 1 END)"
