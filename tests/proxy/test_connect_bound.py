@@ -59,8 +59,9 @@ async def test_a_pause_of_the_registry_past_the_connect_deadline_is_not_an_upstr
     resp = await client.get(f"/v2/{NAME}/manifests/v1")
     assert pauses and pauses[0] >= PAUSE  # the pause happened, and outlasted the bound
     assert resp.status == 200, await resp.text()
-    upstream_client = client.app[PROXY].clients["ref"]
-    assert upstream_client.connects_waited_out == 1  # the late deadline was seen as ours
+    assert client.app[PROXY].clients["ref"].connects_waited_out == 1  # seen as ours
+    metrics = await (await client.get("/metrics")).text()
+    assert 'trustyard_proxy_upstream_connects_waited_out_total{upstream="ref"} 1' in metrics
 
 
 @pytest.fixture
