@@ -80,9 +80,10 @@ In the metadata database (the DDL is `SCHEMA` below)::
                      reason, policy_version, repeats, last_time)
                                                 the decision log: one row per policy decision
                                                 (identical repeated allows folded into `repeats`)
-    evidence_versions(repository, version)      bumped on every manifest/tag change of a repository
-                                                and when evidence (signature, scan) arrives: cached
-                                                policy decisions are keyed by it
+    evidence_versions(repository, version)      bumped by every commit changing a repository's
+                                                manifests or tags and when evidence (signature,
+                                                scan) arrives: cached policy decisions are keyed
+                                                by it
     signature_proofs(repository, image_digest, signature_digest, signer, valid, detail,
                      trust_version, verified_at)
                                                 what each signature of an image proves (one row

@@ -17,8 +17,9 @@ garbage collector may use one database at once. What one of them decides must ho
   transaction of the change (`shared_generations`, see `storage.layout`). Every process reads
   it a few times a second (`storage.metadata.generations.GenerationWatch`) and forgets what it
   remembered (evidence versions, the pull decisions keyed by them) when it moved. On PostgreSQL
-  a trigger on the table also sends a notice (`NOTIFY`) at the commit, which wakes the readers
-  at once (`listen_generations`); the reads go on, for SQLite and for a lost listener.
+  a trigger on the table also sends a notice (`NOTIFY`) at the commit, carrying the new value,
+  which tells the readers at once without a read (`listen_generations`); the reads go on, for
+  SQLite and for a lost listener.
 
 * **Shared files** (`announce_files`, `live_files`): every serving process records, every few
   seconds, digests of the files it decides requests by (its policy, its users file) that are
@@ -42,6 +43,9 @@ from typing import Protocol
 #: The first and the longest pause between two tries of a lock another process holds.
 FIRST_RETRY = 0.002
 LONGEST_RETRY = 0.05
+
+#: Told a shared generation's name and its new value (None: not told, to be read).
+Notice = Callable[[str, int | None], None]
 
 
 def tag_key(repository: str, tag: str) -> str:
@@ -141,10 +145,11 @@ class Coordination(ABC):
         """Drop what `instance` announced (it stops)."""
 
     @abstractmethod
-    async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
-        """Have `wake` called as soon as a shared generation moves (at the commit of the change,
-        by any process), while the returned listener is alive; None where the engine cannot
-        tell (SQLite: readers poll `generation`)."""
+    async def listen_generations(self, notice: Notice) -> Listener | None:
+        """Have `notice(name, generation)` called as soon as a shared generation moves (at the
+        commit of the change, by any process), with its new value (None when the database does
+        not say it: read it), while the returned listener is alive; None where the engine
+        cannot tell (SQLite: readers poll `generation`)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import asyncpg
+
 from storage.layout import DataLayout
 from storage.metadata import GC_KEY, GenerationWatch, MetadataDB, open_metadata, tag_key
 
@@ -140,9 +142,93 @@ async def test_postgresql_announces_a_moved_generation_at_once(
         await two.close()
 
 
+async def test_a_postgresql_notice_tells_the_new_generation_without_a_read(
+    data_dir: Path, postgres_url: str
+) -> None:
+    """Each moved generation reaches the watcher in its notice: no read per notice (there
+    was one per commit of every process), and another generation's notice is not its own."""
+    one, two = await two_handles(data_dir, postgres_url)
+    changes: asyncio.Queue[int] = asyncio.Queue()
+    reads = 0
+    read = two.generation
+
+    async def counted(name: str) -> int:
+        nonlocal reads
+        reads += 1
+        return await read(name)
+
+    two.generation = counted  # type: ignore[method-assign]
+    watch = GenerationWatch(two, "evidence", lambda: changes.put_nowait(reads), interval=3600)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await watch.check()  # the first read
+        await changes.get()
+        watch.start()
+        async with asyncio.timeout(PATIENCE):
+            while watch._listener is None:  # subscribed
+                await asyncio.sleep(0.01)
+        reads_before = reads
+        for _ in range(3):
+            # Another generation first: its notice, delivered before the next, changes nothing.
+            await admin.execute(
+                "INSERT INTO shared_generations (name, generation) VALUES ('other', 1000) "
+                "ON CONFLICT (name) DO UPDATE SET generation = shared_generations.generation + 1"
+            )
+            await one.bump_evidence("team/app")
+            async with asyncio.timeout(PATIENCE):
+                await changes.get()
+        assert changes.empty()
+        assert reads == reads_before
+        assert watch._seen == await read("evidence")
+    finally:
+        await admin.close()
+        await watch.close()
+        await one.close()
+        await two.close()
+
+
+async def test_a_notice_without_the_value_is_read_at_once(
+    data_dir: Path, postgres_url: str
+) -> None:
+    """A database whose trigger predates the value in the notice (until a process of this
+    version opens it) still wakes the watcher at once, which then reads the generation."""
+    one, two = await two_handles(data_dir, postgres_url)
+    changed = asyncio.Event()
+    watch = GenerationWatch(two, "evidence", changed.set, interval=3600)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(
+            "CREATE OR REPLACE FUNCTION trustyard_generation_moved() RETURNS trigger AS $$ "
+            "BEGIN PERFORM pg_notify('trustyard_generations', NEW.name); RETURN NEW; END "
+            "$$ LANGUAGE plpgsql"
+        )
+        await watch.check()
+        changed.clear()
+        watch.start()
+        async with asyncio.timeout(PATIENCE):
+            while watch._listener is None:
+                await asyncio.sleep(0.01)
+        await one.bump_evidence("team/app")
+        async with asyncio.timeout(PATIENCE):
+            await changed.wait()
+        assert watch._seen == await two.generation("evidence")
+        # Opening the database puts the value back in the notices.
+        three = await open_metadata(DataLayout(data_dir).database, postgres_url)
+        await three.close()
+        body = await admin.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'trustyard_generation_moved'"
+        )
+        assert "NEW.generation" in body
+    finally:
+        await admin.close()
+        await watch.close()
+        await one.close()
+        await two.close()
+
+
 async def test_sqlite_sends_no_notices(data_dir: Path) -> None:
     db = await open_metadata(DataLayout(data_dir).database)
     try:
-        assert await db.listen_generations(lambda: None) is None
+        assert await db.listen_generations(lambda *_: None) is None
     finally:
         await db.close()

@@ -20,9 +20,11 @@ from storage.metadata import (
     MetadataDB,
     MissingReferences,
     Reference,
+    RepositoryChanged,
     SQLiteMetadata,
     open_metadata,
 )
+from storage.metadata.sqlite.connection import bump_evidence, expect_evidence
 
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
 LAYER = "sha256:" + "b" * 64
@@ -116,6 +118,81 @@ async def test_a_statement_the_database_refuses_fails_its_job_alone(db: Metadata
     # Nothing of the refused job stayed: neither its first statement nor its clash.
     assert not await db.repository_exists("half")
     assert await db.upload_repository("taken") == "repo"
+
+
+async def test_a_job_that_raises_after_writing_fails_alone_and_leaves_nothing(
+    db: MetadataDB,
+) -> None:
+    # On PostgreSQL a batch first runs without a savepoint per job: a job raising there has
+    # the batch run again, job by job, so that its writes alone are undone.
+    class Refused(Exception):
+        pass
+
+    async def half_then_raise(conn: Any) -> None:
+        await conn.execute("INSERT INTO repositories (name, created_at) VALUES ('half', 0)")
+        await bump_evidence(conn, "half")  # on PostgreSQL a move written at the commit
+        raise Refused("decided against it after writing")
+
+    jobs = [db.start_upload(f"u{n}", "repo") for n in range(5)]
+    jobs += [db.write(half_then_raise)]
+    jobs += [db.start_upload(f"u{n}", "repo") for n in range(5, 10)]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[5], Refused), results[5]
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
+    for n in range(10):
+        assert await db.upload_repository(f"u{n}") == "repo"
+    assert not await db.repository_exists("half")
+    assert await db.evidence_version("half") == 0
+
+
+async def test_a_delete_decided_before_a_push_of_its_batch_is_refused(db: MetadataDB) -> None:
+    # A change of the repository (as a push's) moves its evidence version first in the batch
+    # (on PostgreSQL the move is written only at the commit): the delete decided on the
+    # version before it must see it moved, and delete nothing.
+    await db.link_blob("repo", LAYER, 3)
+    old = manifest("repo", 1)
+    await db.put_manifest(old, [Reference(LAYER, "blob")], None)
+    decided = await db.evidence_version("repo")
+    order: list[str] = []
+
+    async def change(conn: Any) -> None:
+        order.append("change")
+        await bump_evidence(conn, "repo")
+
+    async def delete(conn: Any) -> None:
+        order.append("delete")
+        await expect_evidence(conn, "repo", decided)
+        await conn.execute("DELETE FROM manifests WHERE digest = ?", (old.digest,))
+
+    results = await asyncio.gather(db.write(change), db.write(delete), return_exceptions=True)
+    # (Run twice on PostgreSQL: a job raising has its batch run again, carefully.)
+    assert order in (["change", "delete"], ["change", "delete"] * 2)
+    assert results[0] is None
+    assert isinstance(results[1], RepositoryChanged), results[1]
+    assert await db.get_manifest("repo", old.digest) is not None
+    assert await db.evidence_version("repo") == decided + 1
+
+
+async def test_each_job_of_a_batch_reads_its_own_answers(db: MetadataDB) -> None:
+    # The same statements, sent by every job of one batch (on PostgreSQL on cursors kept
+    # for them and used again by the next job): each job reads the answer to its own.
+    async def read_back(conn: Any, n: int) -> tuple[int, int, int, list[Any]]:
+        # The same statement twice before either answer is read.
+        first = await conn.execute("SELECT ? + 0", (n,))
+        second = await conn.execute("SELECT ? + 0", (n + 1000,))
+        inserted = await conn.execute(
+            "INSERT INTO repositories (name, created_at) VALUES (?, 0)", (f"own{n}",)
+        )
+        rows = await conn.execute_fetchall(
+            "SELECT name FROM repositories WHERE name = ?", (f"own{n}",)
+        )
+        one, two = await first.fetchone(), await second.fetchone()
+        return int(one[0]), int(two[0]), inserted.rowcount, [tuple(row) for row in rows]
+
+    results = await asyncio.gather(
+        *(db.write(lambda conn, n=n: read_back(conn, n)) for n in range(16))
+    )
+    assert results == [(n, n + 1000, 1, [(f"own{n}",)]) for n in range(16)]
 
 
 async def test_postgresql_commits_wait_for_the_disk_whatever_the_server_default(

@@ -203,3 +203,25 @@ async def test_a_pushed_images_lineage_is_written_with_the_push_or_not_at_all(
     assert await db.images_without_base([LAYER], "elsewhere", 10) == [
         ("library/python", first.digest)
     ]
+
+
+@pytest.mark.parametrize(
+    "references",
+    [[], [Reference(MISSING, "blob", required=False)]],
+    ids=["no references", "references fetched later"],
+)
+async def test_a_manifest_requiring_nothing_creates_its_repository(
+    db: MetadataDB, references: list[Reference]
+) -> None:
+    # A push whose references are all required proves its repository's row exists (they are
+    # rows of the repository); one requiring none must create the row itself.
+    record = ManifestRecord(
+        "fresh/repository",
+        manifest(7).digest,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest(7).content,
+    )
+    await db.put_manifest(record, references, "v1")
+    assert await db.repository_exists("fresh/repository")
+    assert "fresh/repository" in await db.list_repositories(100, None)
+    assert await db.tag_target("fresh/repository", "v1") == record.digest

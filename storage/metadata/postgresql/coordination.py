@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Self
 
 import asyncpg
 
 from storage.errors import LockLost
-from storage.metadata.coordination import KeyedLocks, key_hash, poll_lock
+from storage.metadata.coordination import KeyedLocks, Notice, key_hash, poll_lock
 from storage.metadata.postgresql.connection import (
     WRITE_LOCK,
     PostgreSQLBase,
@@ -45,13 +45,15 @@ LOCK_CONNECTIONS = 4
 #: How long a lock's connection may take to answer `confirm` before the lock counts as lost.
 CONFIRM_TIMEOUT = 10.0
 
-#: The channel a moved shared generation is announced on (payload: the generation's name).
+#: The channel a moved shared generation is announced on (payload: the generation's name and
+#: its new value, `<name> <generation>`; a name alone from a database whose function predates
+#: the value, until a process of this version opens it).
 CHANNEL = "trustyard_generations"
 
 _NOTIFY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION trustyard_generation_moved() RETURNS trigger AS $$
 BEGIN
-    PERFORM pg_notify('{CHANNEL}', NEW.name);
+    PERFORM pg_notify('{CHANNEL}', NEW.name || ' ' || NEW.generation);
     RETURN NEW;
 END
 $$ LANGUAGE plpgsql
@@ -146,18 +148,27 @@ class PostgreSQLCoordination(PostgreSQLBase):
                     "SELECT 1 FROM pg_trigger WHERE tgname = 'trustyard_generation_moved' "
                     "AND tgrelid = 'shared_generations'::regclass"
                 )
+                # Replaced every time: a database made by an earlier version gets the value.
+                await connection.execute(_NOTIFY_FUNCTION)
                 if present is None:
-                    await connection.execute(_NOTIFY_FUNCTION)
                     await connection.execute(_NOTIFY_TRIGGER)
         except BaseException:
             await db.close()
             raise
         return db
 
-    async def listen_generations(self, wake: Callable[[], None]) -> _Listening | None:
-        """Call `wake` at each generation notice, on a connection of its own."""
+    async def listen_generations(self, notice: Notice) -> _Listening | None:
+        """Call `notice` at each generation notice, on a connection of its own."""
         connection = await asyncpg.connect(self.url, timeout=10)
-        await connection.add_listener(CHANNEL, lambda *_: wake())
+
+        def received(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            name, _, value = payload.rpartition(" ")
+            if name and value.isdigit():
+                notice(name, int(value))
+            else:  # the name alone
+                notice(payload, None)
+
+        await connection.add_listener(CHANNEL, received)
         return _Listening(connection)
 
     @asynccontextmanager

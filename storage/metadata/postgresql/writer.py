@@ -10,32 +10,38 @@ without waiting for their answers, and the thread waits only where a job reads a
 manifest's check that its blobs are present) and at the commit. A batch of pushes costs a few
 round trips instead of sixteen per push, and the serving loop awaits only the batch's end.
 
-A batch is one transaction: `BEGIN`, the write lock, each job inside its own savepoint (one
-that raises is undone alone; a lone job needs none, its failure rolls the transaction back),
-`COMMIT`. A job's read that almost always finds what it expects (a pushed manifest's blobs
-present, its tag where the push was decided on: `storage.metadata.sqlite.manifests`) is not waited
-for: the job goes on as if it had found that, and the real rows are compared once, before the
-`COMMIT`; when one differs, the batch is rolled back and run carefully (below). So a batch of
-pushes waits for the server twice (the compare, the commit) instead of once per push: on a
-loaded machine each wait is also a wait for the thread to get a CPU and the GIL, while the
-database-wide write lock is held. Nothing is acknowledged before the `COMMIT`'s answer, which
-with `synchronous_commit` on (PostgreSQL's default) means it is on disk.
+A batch is one transaction: `BEGIN`, the write lock, its jobs, `COMMIT`. A job's read that
+almost always finds what it expects (a pushed manifest's blobs present, its tag where the push
+was decided on: `storage.metadata.sqlite.manifests`) is not waited for: the job goes on as if it
+had found that, and the real rows are compared once, before the `COMMIT`; when one differs,
+the batch is rolled back and run carefully (below). So a batch of pushes waits for the server
+twice (the compare, the commit) instead of once per push: on a loaded machine each wait is also
+a wait for the thread to get a CPU and the GIL, while the database-wide write lock is held.
+Nothing is acknowledged before the `COMMIT`'s answer, which with `synchronous_commit` on
+(PostgreSQL's default) means it is on disk.
 
 In a pipeline the server reports a failed statement at the next point the thread waits, which
-may be in a later job. So when the database refuses a statement (as opposed to a job raising
-on what it read, which is always its own), the batch is rolled back and run again carefully,
-waiting for the answers at the end of every job: each job then gets its own error, and the
-others are committed. Jobs act only through their connection, so running one again after a
-rollback has the same effect as running it once; a callback a job calls to build its rows (a
-library tag move's `announce`) runs once per run, so whatever its caller counts from it is taken
-from the run that committed (`registry.pipeline.push`), never added up across runs. When the
-connection itself fails (lost, the commit refused, a cancelled batch), it is dropped (the server
-rolls back what it was in), the whole batch fails, and the next batch connects afresh.
+may be in a later job. So when the database refuses a statement, or a job raises (jobs almost
+never do: what they would raise on is speculated, above), the batch is rolled back and run
+again carefully: each job inside its own savepoint (a lone job needs none, its failure rolls
+the transaction back), waiting for the answers at the end of every job, so each job gets its
+own error, is undone alone, and the others are committed. (Savepoints for every job of every
+batch, in case one fails, were two of a push's fourteen statements.) Jobs act only through
+their connection, so running one again after a rollback has the same effect as running it
+once; a callback a job calls to build its rows (a library tag move's `announce`) runs once per
+run, so whatever its caller counts from it is taken from the run that committed
+(`registry.pipeline.push`), never added up across runs. When the connection itself fails
+(lost, the commit refused, a cancelled batch), it is dropped (the server rolls back what it was
+in), the whole batch fails, and the next batch connects afresh.
+
+Each statement is sent on a cursor kept for it (`Cursors`): a fresh cursor per statement cost
+more than the statement's sending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,12 +52,20 @@ import psycopg
 from storage.errors import StorageFull, StorageUnavailable
 from storage.metadata.group_commit import Queued, run_to_end
 from storage.metadata.postgresql.dialect import arguments, translate
-from storage.metadata.sqlite.connection import BUMP_GENERATION
+from storage.metadata.sqlite.connection import BUMP_EVIDENCE_OF, BUMP_GENERATION
 
 log = logging.getLogger("storage.metadata.postgresql")
 
 #: The jobs' savepoint (one at a time: released before the next is set).
 _SAVEPOINT = "trustyard_job"
+#: The writer's own statements, each one string (a cursor keeps its setup for the same one).
+_BEGIN = "BEGIN"
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_SET_SAVEPOINT = f"SAVEPOINT {_SAVEPOINT}"
+_RELEASE_SAVEPOINT = f"RELEASE SAVEPOINT {_SAVEPOINT}"
+_ROLLBACK_SAVEPOINT = f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}"
+_BUMP_GENERATION = translate(BUMP_GENERATION)[0]
+_BUMP_EVIDENCE = translate(BUMP_EVIDENCE_OF)[0]
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -68,6 +82,8 @@ class Writer:
         self._lock = int(write_lock)
         self._redacted = redacted
         self._connection: psycopg.Connection[Any] | None = None
+        #: Cursors of the connection no statement's reader needs any more (`Cursors`).
+        self._cursors: Cursors | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="trustyard-postgresql-writer")
 
     async def run_batch(self, batch: list[Queued]) -> None:
@@ -101,6 +117,7 @@ class Writer:
                 # Whatever the server's default: a commit returns once it is on disk.
                 options="-c synchronous_commit=on",
             )
+            self._cursors = Cursors(self._connection)
         connection = self._connection
         try:
             try:
@@ -119,16 +136,18 @@ class Writer:
         refused a statement."""
         lone = len(batch) == 1
         careful = careful or lone  # a lone job's errors can only be its own
+        assert self._cursors is not None
+        send = self._cursors.send
         with connection.pipeline() as pipeline:
-            db = PipelineConnection(connection, pipeline, speculative=not careful)
-            connection.execute("BEGIN")
-            connection.execute("SELECT pg_advisory_xact_lock($1)", (self._lock,))
+            db = PipelineConnection(connection, pipeline, self._cursors, speculative=not careful)
+            send(_BEGIN)
+            send(_LOCK, (self._lock,))
             try:
                 for number, queued in enumerate(batch):
-                    if not lone:
+                    if careful and not lone:
                         if number:
-                            connection.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-                        connection.execute(f"SAVEPOINT {_SAVEPOINT}")
+                            send(_RELEASE_SAVEPOINT)
+                        send(_SET_SAVEPOINT)
                     try:
                         result = run_to_end(queued.job(db))
                         if careful:
@@ -138,25 +157,34 @@ class Writer:
                             raise  # the connection or the server, not the job
                         if not careful:
                             raise _Refused() from exc
-                        _undo(connection, pipeline, lone)
+                        _undo(send, pipeline, lone)
                         queued.outcome = (False, _job_error(exc))
                     except Exception as exc:
-                        _undo(connection, pipeline, lone)
+                        if not careful:
+                            # No savepoint to undo it alone: the batch runs again, carefully.
+                            raise _Refused() from exc
+                        _undo(send, pipeline, lone)
                         queued.outcome = (False, exc)
                     else:
                         queued.outcome = (True, result)
+                    finally:
+                        db.job_done(succeeded=queued.outcome[0])
                     if lone and not queued.outcome[0]:
                         return
                 # Once for the batch, not once per job that asked (`bump_evidence`).
+                if db.evidence:
+                    send(_BUMP_EVIDENCE, (json.dumps(sorted(db.evidence)),))
+                    db.generations.add("evidence")
                 for name in sorted(db.generations):
-                    db.execute(BUMP_GENERATION, (name,))
+                    send(_BUMP_GENERATION, (name,))
                 if db.speculated:
                     # What the jobs were told they read must be what the server found, before
                     # anything commits: else the batch is run again reading the real rows.
                     pipeline.sync()
                     if not db.speculation_held():
                         raise _Refused()
-                commit = connection.execute("COMMIT")
+                commit = self._cursors.commit
+                commit.execute("COMMIT")
                 pipeline.sync()
                 # A transaction the server had failed answers COMMIT with ROLLBACK.
                 if commit.statusmessage != "COMMIT":
@@ -170,6 +198,7 @@ class Writer:
     def _disconnect(self) -> None:
         """Drop the connection: the server rolls back whatever it was in."""
         connection, self._connection = self._connection, None
+        self._cursors = None
         if connection is not None and not connection.closed:
             connection.close()
 
@@ -182,9 +211,9 @@ def _lost(exc: psycopg.Error) -> bool:
     )
 
 
-def _undo(connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline, lone: bool) -> None:
+def _undo(send: Callable[..., None], pipeline: psycopg.Pipeline, lone: bool) -> None:
     """Undo a failed job: its savepoint, or (alone) the transaction."""
-    connection.execute("ROLLBACK" if lone else f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+    send("ROLLBACK" if lone else _ROLLBACK_SAVEPOINT)
     pipeline.sync()
 
 
@@ -242,6 +271,42 @@ class PipelineCursor:
         return self._cursor.fetchall()
 
 
+class Cursors:
+    """The writer connection's cursors, used again and again, each for one statement.
+
+    A cursor made for each statement cost more than sending the statement: a fresh cursor
+    looks up how to send each of its parameters' types again (about 25 of its 40 us), and so
+    does a cursor sent another statement than its last. So a statement is sent on a cursor that
+    last sent the same statement, and its cursor is handed back once nothing can read its
+    answer any more: at the end of the job that sent it (a job reads its answers before it
+    ends), or, for a speculated read, once the batch compared it. A cursor handed back may
+    still get the answer of the statement it last sent (at the next sync); the next use
+    replaces that answer with its own, which nobody read either way."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+        self._free: dict[tuple[str, bool], list[psycopg.Cursor[Any]]] = {}
+        #: The commit's, whose answer is read.
+        self.commit: psycopg.Cursor[Any] = connection.cursor()
+
+    def take(self, text: str, many: bool = False) -> psycopg.Cursor[Any]:
+        """A cursor no one reads, for the statement `text` (sent once, or `many` times)."""
+        free = self._free.get((text, many))
+        return free.pop() if free else self._connection.cursor()
+
+    def send(self, text: str, args: Params = ()) -> None:
+        """Send one of the writer's own statements (transaction, lock, savepoints), whose
+        answer no one reads."""
+        cursor = self.take(text)
+        cursor.execute(text, args)
+        self.give_back([(text, False, cursor)])
+
+    def give_back(self, lent: list[tuple[str, bool, psycopg.Cursor[Any]]]) -> None:
+        """Cursors (with the statement each sent) whose answers no one will read."""
+        for text, many, cursor in lent:
+            self._free.setdefault((text, many), []).append(cursor)
+
+
 class PipelineConnection:
     """The connection surface the SQLite groups' write jobs use (`execute`, `executemany`,
     `execute_fetchall`), over the writer's pipelined connection: each statement is rewritten by
@@ -251,28 +316,63 @@ class PipelineConnection:
         self,
         connection: psycopg.Connection[Any],
         pipeline: psycopg.Pipeline,
+        cursors: Cursors,
         *,
         speculative: bool = False,
     ) -> None:
         self.connection = connection
         self._pipeline = pipeline
+        self._cursors = cursors
+        #: Cursors lent to the running job (handed back at its end, `job_done`).
+        self._lent: list[tuple[str, bool, psycopg.Cursor[Any]]] = []
         self._speculative = speculative
         #: Queries answered with what their job expected, and that: checked before the commit.
-        self.speculated: list[tuple[psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
+        self.speculated: list[tuple[str, psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
         #: Shared generations the batch moves once, just before its commit.
         self.generations: set[str] = set()
+        #: Repositories whose evidence version the batch moves once, just before its commit.
+        self.evidence: set[str] = set()
+        #: The running job's moves (the batch's once the job succeeded, `job_done`).
+        self._job_generations: set[str] = set()
+        self._job_evidence: set[str] = set()
 
     def bump_at_commit(self, name: str) -> None:
         """Move the shared generation `name` once for the batch, at its commit."""
-        self.generations.add(name)
+        self._job_generations.add(name)
+
+    def evidence_at_commit(self, repository: str) -> None:
+        """Move `repository`'s evidence version (and the shared `evidence` generation) once for
+        the batch, at its commit (`storage.metadata.sqlite.connection.bump_evidence`)."""
+        self._job_evidence.add(repository)
+
+    def evidence_pending(self, repository: str) -> bool:
+        """Whether a job of this batch (the running one included) moved `repository`'s
+        evidence version, not written yet (`expect_evidence`)."""
+        return repository in self.evidence or repository in self._job_evidence
 
     def _sync(self) -> None:
         self._pipeline.sync()
 
+    def _cursor(self, text: str, many: bool = False) -> psycopg.Cursor[Any]:
+        cursor = self._cursors.take(text, many)
+        self._lent.append((text, many, cursor))
+        return cursor
+
+    def job_done(self, succeeded: bool) -> None:
+        """The running job ended: the cursors it was lent go back (a speculated read's stays
+        until compared), and what it moves at the commit is the batch's if it `succeeded`."""
+        self._cursors.give_back(self._lent)
+        self._lent = []
+        if succeeded:
+            self.generations |= self._job_generations
+            self.evidence |= self._job_evidence
+        self._job_generations = set()
+        self._job_evidence = set()
+
     def execute(self, sql: str, args: Params = ()) -> _Ready:
         """Send one statement; its cursor."""
         text, names = translate(sql)
-        cursor = self.connection.cursor()
+        cursor = self._cursor(text)
         cursor.execute(text, arguments(names, args))
         return _Ready(PipelineCursor(cursor, self._sync))
 
@@ -282,7 +382,8 @@ class PipelineConnection:
         if not rows:
             return
         text, names = translate(sql)
-        self.connection.cursor().executemany(text, [arguments(names, row) for row in rows])
+        # Never a cursor that sent a single statement: an `executemany` counts its answers in.
+        self._cursor(text, many=True).executemany(text, [arguments(names, row) for row in rows])
 
     async def execute_fetchall(self, sql: str, args: Params = ()) -> list[Any]:
         """The rows of a query."""
@@ -295,17 +396,23 @@ class PipelineConnection:
         before the commit, `speculation_held`); when the batch is run carefully, the real
         rows (`_read_expecting` of `storage.metadata.sqlite.manifests`)."""
         text, names = translate(sql)
-        cursor = self.connection.cursor()
-        cursor.execute(text, arguments(names, args))
         if not self._speculative:
+            cursor = self._cursor(text)
+            cursor.execute(text, arguments(names, args))
             self._sync()
             return [tuple(row) for row in cursor.fetchall()]
-        self.speculated.append((cursor, list(expected)))
+        cursor = self._cursors.take(text)  # lent until compared (`speculation_held`)
+        cursor.execute(text, arguments(names, args))
+        self.speculated.append((text, cursor, list(expected)))
         return list(expected)
 
     def speculation_held(self) -> bool:
-        """Whether every speculated query found what its job expected (after a sync)."""
-        return all(
+        """Whether every speculated query found what its job expected (after a sync); their
+        cursors are handed back."""
+        held = all(
             sorted(tuple(row) for row in cursor.fetchall()) == sorted(expected)
-            for cursor, expected in self.speculated
+            for _, cursor, expected in self.speculated
         )
+        self._cursors.give_back([(text, False, cursor) for text, cursor, _ in self.speculated])
+        self.speculated = []
+        return held

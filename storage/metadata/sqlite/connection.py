@@ -374,19 +374,35 @@ async def fetch_one(db: aiosqlite.Connection, sql: str, args: Params = ()) -> An
 async def bump_evidence(db: aiosqlite.Connection, repository: str) -> None:
     """Count one more change of what policy sees of `repository` (and of any repository: the
     shared generation every process polls to forget the versions it remembers). In a write
-    job, the shared generation moves once for its whole batch, just before the commit: every
+    job the shared generation moves once for its whole batch, just before the commit: every
     process forgets its remembered versions at that commit either way, and one row updated
-    per push (with its notice on PostgreSQL) was as many statements as pushes in the batch."""
-    await db.execute(
-        "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
-        "ON CONFLICT (repository) DO UPDATE SET version = version + 1",
-        (repository,),
-    )
-    at_commit = getattr(db, "bump_at_commit", None)
+    per push (with its notice on PostgreSQL) was as many statements as pushes in the batch. On
+    PostgreSQL's writer, whose statements cost it more, the batch's repositories' versions move
+    there too, in one statement for all of them; a job of the batch reading a version counts
+    the moves not written yet (`expect_evidence`)."""
+    deferred = getattr(db, "evidence_at_commit", None)
+    if deferred is not None:
+        deferred(repository)
+        return
+    await db.execute(BUMP_EVIDENCE, (repository,))
+    at_commit = getattr(db, "bump_at_commit", None)  # a write job's: once for its batch
     if at_commit is not None:
         at_commit("evidence")
     else:
         await bump_generation(db, "evidence")
+
+
+#: Moves a repository's evidence version (`bump_evidence`).
+BUMP_EVIDENCE = (
+    "INSERT INTO evidence_versions (repository, version) VALUES (?, 1) "
+    "ON CONFLICT (repository) DO UPDATE SET version = version + 1"
+)
+#: Moves the evidence versions of a JSON array of repositories (none twice), a batch's at once.
+BUMP_EVIDENCE_OF = (
+    "INSERT INTO evidence_versions (repository, version) "
+    "SELECT value, 1 FROM (SELECT value FROM json_each(?)) AS moved WHERE true "
+    "ON CONFLICT (repository) DO UPDATE SET version = version + 1"
+)
 
 
 #: Moves a shared generation (`bump_generation`, and a batch's bumps at its commit).
@@ -411,6 +427,9 @@ async def expect_evidence(db: aiosqlite.Connection, repository: str, decided: in
     )
     row = await cursor.fetchone()
     found = 0 if row is None else int(row[0])
+    pending = getattr(db, "evidence_pending", None)
+    if pending is not None and pending(repository):
+        found += 1  # moved by a job before this one in the batch, written at its commit
     if found != decided:
         raise RepositoryChanged(repository, decided, found)
 

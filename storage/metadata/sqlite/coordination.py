@@ -12,13 +12,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from storage.metadata.coordination import (
     InstanceFiles,
     KeyedLocks,
     Listener,
+    Notice,
     key_hash,
     poll_lock,
 )
@@ -78,7 +79,7 @@ class SQLiteCoordination(SQLiteBase):
         """Nothing to ask: a record lock lasts as long as the process's lock file descriptor,
         which is never closed (only the process's death drops it, and its holder with it)."""
 
-    async def listen_generations(self, wake: Callable[[], None]) -> Listener | None:
+    async def listen_generations(self, notice: Notice) -> Listener | None:
         """None: SQLite sends no notices; readers poll `generation`."""
         return None
 

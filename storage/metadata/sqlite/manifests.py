@@ -183,7 +183,10 @@ class SQLiteManifests(SQLiteBase):
                 raise TagMoved(tag, premise.digest, found)
             if library_generation is not None and generation != library_generation:
                 raise LibraryMoved(library_generation, generation or 0)
-            await ensure_repository(db, record.repository, now)
+            if not any(ref.required for ref in refs):
+                # Otherwise the repository's row exists: a required reference found in the
+                # repository (checked above, or before the commit) is a row referring to it.
+                await ensure_repository(db, record.repository, now)
             await db.execute(
                 "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, "
                 "annotations, size, content, created_at, last_seen) "
