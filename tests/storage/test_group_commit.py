@@ -16,14 +16,18 @@ import psycopg
 import pytest
 
 from storage.metadata import (
+    LibraryMoved,
     ManifestRecord,
     MetadataDB,
     MissingReferences,
     Reference,
     RepositoryChanged,
     SQLiteMetadata,
+    TagMoved,
+    TagPremise,
     open_metadata,
 )
+from storage.metadata.library import LIBRARY_GENERATION
 from storage.metadata.sqlite.connection import bump_evidence, expect_evidence
 
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
@@ -66,6 +70,41 @@ async def test_a_failing_push_in_a_batch_commits_the_others_and_nothing_of_itsel
     assert await db.get_manifest("repo", records[5].digest) is None
     for n in range(12):
         if n != 5:
+            assert await db.tag_target("repo", f"t{n}") == records[n].digest
+
+
+async def test_pushes_of_a_batch_on_a_moved_tag_or_library_fail_alone(db: MetadataDB) -> None:
+    """In a batch, what a push was decided on (its tag's target, the library history's
+    generation) is checked before the commit without a wait of its own (on PostgreSQL the
+    server compares, and a difference has the batch run again carefully): the pushes decided
+    on what moved fail alone, the others commit."""
+    await db.link_blob("repo", LAYER, 3)
+    taken = manifest("repo", 50)
+    await db.put_manifest(taken, [Reference(LAYER, "blob")], "taken")
+    library = await db.generation(LIBRARY_GENERATION)
+    records = [manifest("repo", 60 + n) for n in range(12)]
+
+    def put(n: int) -> Any:
+        premise = TagPremise(None)  # decided on the tag being new: "taken" is not
+        generation = library + 1 if n == 7 else library  # decided on a history not there
+        tag = "taken" if n == 3 else f"t{n}"
+        return db.put_manifest(
+            records[n],
+            [Reference(LAYER, "blob")],
+            tag,
+            premise=premise,
+            library_generation=generation,
+        )
+
+    results = await asyncio.gather(*(put(n) for n in range(12)), return_exceptions=True)
+    assert isinstance(results[3], TagMoved) and results[3].found == taken.digest, results[3]
+    assert isinstance(results[7], LibraryMoved), results[7]
+    assert all(r == [] for n, r in enumerate(results) if n not in (3, 7))
+    assert await db.tag_target("repo", "taken") == taken.digest
+    for n in (3, 7):
+        assert await db.get_manifest("repo", records[n].digest) is None
+    for n in range(12):
+        if n not in (3, 7):
             assert await db.tag_target("repo", f"t{n}") == records[n].digest
 
 

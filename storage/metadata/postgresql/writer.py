@@ -13,10 +13,11 @@ round trips instead of sixteen per push, and the serving loop awaits only the ba
 A batch is one transaction: `BEGIN`, the write lock, its jobs, `COMMIT`. A job's read that
 almost always finds what it expects (a pushed manifest's blobs present, its tag where the push
 was decided on: `storage.metadata.sqlite.manifests`) is not waited for: the job goes on as if it
-had found that, and the real rows are compared once, before the `COMMIT`; when one differs,
-the batch is rolled back and run carefully (below). So a batch of pushes waits for the server
-twice (the compare, the commit) instead of once per push: on a loaded machine each wait is also
-a wait for the thread to get a CPU and the GIL, while the database-wide write lock is held.
+had found that, and the server compares the real rows in a statement that fails when they
+differ (`speculate`), so the `COMMIT` is refused and the batch rolled back and run carefully
+(below). So a batch of pushes waits for the server once, for its commit, instead of once per
+push (and once more for a compare made here): on a loaded machine each wait is also a wait for
+the thread to get a CPU and the GIL, while the database-wide write lock is held.
 Nothing is acknowledged before the `COMMIT`'s answer, which with `synchronous_commit` on
 (PostgreSQL's default) means it is on disk.
 
@@ -45,6 +46,7 @@ import json
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -177,12 +179,6 @@ class Writer:
                     db.generations.add("evidence")
                 for name in sorted(db.generations):
                     send(_BUMP_GENERATION, (name,))
-                if db.speculated:
-                    # What the jobs were told they read must be what the server found, before
-                    # anything commits: else the batch is run again reading the real rows.
-                    pipeline.sync()
-                    if not db.speculation_held():
-                        raise _Refused()
                 commit = self._cursors.commit
                 commit.execute("COMMIT")
                 pipeline.sync()
@@ -279,9 +275,8 @@ class Cursors:
     does a cursor sent another statement than its last. So a statement is sent on a cursor that
     last sent the same statement, and its cursor is handed back once nothing can read its
     answer any more: at the end of the job that sent it (a job reads its answers before it
-    ends), or, for a speculated read, once the batch compared it. A cursor handed back may
-    still get the answer of the statement it last sent (at the next sync); the next use
-    replaces that answer with its own, which nobody read either way."""
+    ends). A cursor handed back may still get the answer of the statement it last sent (at the
+    next sync); the next use replaces that answer with its own, which nobody read either way."""
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self._connection = connection
@@ -326,8 +321,6 @@ class PipelineConnection:
         #: Cursors lent to the running job (handed back at its end, `job_done`).
         self._lent: list[tuple[str, bool, psycopg.Cursor[Any]]] = []
         self._speculative = speculative
-        #: Queries answered with what their job expected, and that: checked before the commit.
-        self.speculated: list[tuple[str, psycopg.Cursor[Any], list[tuple[Any, ...]]]] = []
         #: Shared generations the batch moves once, just before its commit.
         self.generations: set[str] = set()
         #: Repositories whose evidence version the batch moves once, just before its commit.
@@ -359,8 +352,8 @@ class PipelineConnection:
         return cursor
 
     def job_done(self, succeeded: bool) -> None:
-        """The running job ended: the cursors it was lent go back (a speculated read's stays
-        until compared), and what it moves at the commit is the batch's if it `succeeded`."""
+        """The running job ended: the cursors it was lent go back, and what it moves at the
+        commit is the batch's if it `succeeded`."""
         self._cursors.give_back(self._lent)
         self._lent = []
         if succeeded:
@@ -390,29 +383,42 @@ class PipelineConnection:
         return await (await self.execute(sql, args)).fetchall()
 
     def speculate(
-        self, sql: str, args: Params, expected: Sequence[tuple[Any, ...]]
+        self, sql: str, args: Params, expected: Sequence[tuple[Any, ...]], columns: int
     ) -> list[tuple[Any, ...]]:
-        """A query's rows, as the job `expected` them without waiting for the answer (checked
-        before the commit, `speculation_held`); when the batch is run carefully, the real
-        rows (`_read_expecting` of `storage.metadata.sqlite.manifests`)."""
+        """A query's rows (of `columns` text columns), as the job `expected` them, without
+        waiting for the answer; when the batch is run carefully, the real rows
+        (`_read_expecting` of `storage.metadata.sqlite.manifests`).
+
+        Speculating, the query is sent inside a statement that fails (division by zero) when
+        the rows it finds are not the `expected` ones (compared as multisets, by code point):
+        the transaction is then aborted, its `COMMIT` refused, and the batch run again
+        carefully. So the check costs no wait of its own: it is answered with the commit."""
         text, names = translate(sql)
+        values = arguments(names, args)
         if not self._speculative:
             cursor = self._cursor(text)
-            cursor.execute(text, arguments(names, args))
+            cursor.execute(text, values)
             self._sync()
             return [tuple(row) for row in cursor.fetchall()]
-        cursor = self._cursors.take(text)  # lent until compared (`speculation_held`)
-        cursor.execute(text, arguments(names, args))
-        self.speculated.append((text, cursor, list(expected)))
-        return list(expected)
+        check = _expecting(text, len(values), columns)
+        rows = [list(row) for row in expected]
+        self._cursor(check).execute(check, [*values, json.dumps(rows)])
+        return [tuple(row) for row in expected]
 
-    def speculation_held(self) -> bool:
-        """Whether every speculated query found what its job expected (after a sync); their
-        cursors are handed back."""
-        held = all(
-            sorted(tuple(row) for row in cursor.fetchall()) == sorted(expected)
-            for _, cursor, expected in self.speculated
-        )
-        self._cursors.give_back([(text, False, cursor) for text, cursor, _ in self.speculated])
-        self.speculated = []
-        return held
+
+@lru_cache(maxsize=64)
+def _expecting(query: str, parameters: int, columns: int) -> str:
+    """A statement failing with a division by zero unless `query` (with `parameters`
+    parameters, `columns` text columns) finds exactly the rows of the JSON array of arrays
+    given as the next parameter."""
+    given = f"${parameters + 1}"
+    values = ", ".join(f'(e->>{n}) COLLATE "C"' for n in range(columns))
+    expected = f"SELECT {values} FROM json_array_elements(CAST({given} AS JSON)) AS e"
+    # Equal as multisets: nothing found beyond what is expected, and as many rows. (The query
+    # is run once: a CTE named twice is computed once.)
+    differ = (
+        f"EXISTS (SELECT * FROM found EXCEPT ALL {expected}) "
+        f"OR (SELECT count(*) FROM found) <> json_array_length(CAST({given} AS JSON))"
+    )
+    # Not a constant: PostgreSQL may fold a constant 1/0 while planning, whatever the CASE.
+    return f"WITH found AS ({query}) SELECT 1 / (CASE WHEN {differ} THEN 0 ELSE 1 END)"

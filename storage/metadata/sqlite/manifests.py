@@ -39,20 +39,24 @@ _M_MANIFEST_COLUMNS = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.spli
 
 
 async def _read_expecting(
-    db: Any, sql: str, args: Sequence[Any] | dict[str, Any], expected: Sequence[tuple[Any, ...]]
+    db: Any,
+    sql: str,
+    args: Sequence[Any] | dict[str, Any],
+    expected: Sequence[tuple[Any, ...]],
+    columns: int,
 ) -> list[tuple[Any, ...]]:
     """The rows of a write job's query that almost always finds `expected` (in any order): a
     manifest's references all present, its tag where the push was decided on.
 
     A connection that pipelines its batch offers `speculate` (PostgreSQL's writer,
     `storage.metadata.postgresql.writer`): the job gets `expected` at once and goes on sending
-    its writes, and the real rows are compared before the commit; when they differ, the batch
-    is rolled back and run again waiting for each answer, so the job then reads the real rows.
-    A batch of pushes thus waits for the server once, at its end, instead of once per push.
-    Elsewhere the query is simply run."""
+    its writes, and the server compares the real rows (of `columns` text columns) before the
+    commit; when they differ, the batch is rolled back and run again waiting for each answer,
+    so the job then reads the real rows. A batch of pushes thus waits for the server once, at
+    its commit, instead of once per push. Elsewhere the query is simply run."""
     speculate = getattr(db, "speculate", None)
     if speculate is not None:
-        return speculate(sql, args, expected)  # type: ignore[no-any-return]
+        return speculate(sql, args, expected, columns)  # type: ignore[no-any-return]
     return [tuple(row) for row in await db.execute_fetchall(sql, args)]
 
 
@@ -99,6 +103,7 @@ async def _missing(
             "traced": library_generation is not None,
         },
         expected,
+        columns=2,
     )
     present = {(row[0], row[1]) for row in rows}
     missing = [
