@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web_app
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -164,6 +165,20 @@ def _root_logging_restored() -> Iterator[None]:
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _no_app_outlives_its_test() -> Iterator[None]:
+    """Let every application a test started be freed after it. aiohttp caches each (handler,
+    application) pair's middleware chain in a module-level `lru_cache` of 1024 entries, which
+    keeps the last thousand applications of a worker alive, with their stores (an S3 store
+    holds botocore's models: tens of thousands of objects each). Garbage collections of a heap
+    of millions of objects then held a worker's event loop for seconds at a time, long enough
+    to pass a test upstream's connect deadline. A server runs one application: nothing to free."""
+    yield
+    cached = getattr(aiohttp.web_app, "_cached_build_middleware", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
 
 
 @pytest.fixture

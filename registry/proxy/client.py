@@ -30,6 +30,7 @@ from urllib.request import parse_http_list, parse_keqv_list
 import aiohttp
 
 from registry.bodies import BodyTooLarge, read_bounded
+from registry.proxy.connect_deadline import ConnectDeadline, connect_tracing
 from registry.upstream_settings import Upstream
 
 log = logging.getLogger("trustyard.proxy")
@@ -119,6 +120,8 @@ class UpstreamClient:
         #: 429 answers received, and requests not sent because of the pause they asked for.
         self.rate_limited = 0
         self.held_back = 0
+        #: Connect deadlines passed while this process was held up, and given back.
+        self.connects_waited_out = 0
         #: No request is sent before this time (after a 429); 429s in a row without a
         #: `Retry-After`, for the doubling pause.
         self.backoff_until = 0.0
@@ -128,11 +131,14 @@ class UpstreamClient:
         """The connection pool, opened on first use (inside the running event loop)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.upstream.ssl_context() or True, limit=64)
-            timeout = aiohttp.ClientTimeout(
-                sock_connect=self.upstream.connect_timeout, sock_read=self.upstream.read_timeout
-            )
+            # The connect bound is each request's `ConnectDeadline`, not aiohttp's timer: a
+            # pause of this process must not count as the upstream's silence.
+            timeout = aiohttp.ClientTimeout(sock_read=self.upstream.read_timeout)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=False
+                connector=connector,
+                timeout=timeout,
+                auto_decompress=False,
+                trace_configs=[connect_tracing()],
             )
         return self._session
 
@@ -180,6 +186,14 @@ class UpstreamClient:
             return None
         return "Basic " + base64.b64encode(f"{up.username}:{up.password}".encode()).decode()
 
+    def _describe(self, exc: BaseException, deadline: ConnectDeadline) -> str:
+        """A failure to reach the upstream in words."""
+        if deadline.expired:
+            return f"connect timed out (no connection within {self.upstream.connect_timeout:g}s)"
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            return "timed out"
+        return f"unreachable ({type(exc).__name__}: {exc})"[:300]
+
     async def request(
         self, method: str, repository: str, path: str, headers: Mapping[str, str] | None = None
     ) -> aiohttp.ClientResponse:
@@ -194,11 +208,17 @@ class UpstreamClient:
             auth = await self._authorization(scope)
             if auth is not None:
                 sent["Authorization"] = auth
+            deadline = ConnectDeadline(self.upstream.connect_timeout)
             try:
                 self.requests += 1
-                response = await self.session().request(method, url, headers=sent)
+                async with deadline.bounding():
+                    response = await self.session().request(
+                        method, url, headers=sent, trace_request_ctx=deadline
+                    )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise UpstreamError(self.upstream, _describe(exc)) from None
+                raise UpstreamError(self.upstream, self._describe(exc, deadline)) from None
+            finally:
+                self.connects_waited_out += deadline.waited_out
             if response.status == 401 and attempt == 0:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
                 response.release()
@@ -251,6 +271,7 @@ class UpstreamClient:
         if "service" in challenge.params:
             query["service"] = challenge.params["service"]
         url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(query)}"
+        deadline = ConnectDeadline(self.upstream.connect_timeout)
         try:
             basic = self._basic()
             # The upstream names the realm: our password goes there only over TLS, or to the
@@ -259,7 +280,10 @@ class UpstreamClient:
             safe = realm_url.scheme == "https" or realm_url.netloc == self.upstream.host
             headers = {"Authorization": basic} if basic and safe else {}
             self._hold_back()
-            async with self.session().get(url, headers=headers) as response:
+            async with (
+                deadline.bounding(),
+                self.session().get(url, headers=headers, trace_request_ctx=deadline) as response,
+            ):
                 if response.status == 429:
                     raise self._too_many(response.headers.get("Retry-After"))
                 if response.status != 200:
@@ -270,7 +294,10 @@ class UpstreamClient:
         except BodyTooLarge:
             raise UpstreamError(self.upstream, "token endpoint answered too large a body") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(self.upstream, f"token endpoint: {_describe(exc)}") from None
+            reason = self._describe(exc, deadline)
+            raise UpstreamError(self.upstream, f"token endpoint: {reason}") from None
+        finally:
+            self.connects_waited_out += deadline.waited_out
         try:
             document = _json_object(body)
             token = document.get("token") or document.get("access_token")
@@ -287,10 +314,3 @@ def _json_object(body: bytes) -> dict[str, object]:
     if not isinstance(document, dict):
         raise ValueError("not an object")
     return document
-
-
-def _describe(exc: BaseException) -> str:
-    """A failure to reach the upstream in words."""
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    return f"unreachable ({type(exc).__name__}: {exc})"[:300]

@@ -32,6 +32,7 @@ class UpstreamCounters(Protocol):
     requests: int
     rate_limited: int
     held_back: int
+    connects_waited_out: int
 
     def backoff_left(self) -> float:
         """Seconds before the upstream may be asked again."""
@@ -82,6 +83,13 @@ class ProxyStats:
                 "counter",
                 "Requests not sent to an upstream while it asked for a pause (429).",
                 "held_back",
+            ),
+            (
+                "connects_waited_out_total",
+                "counter",
+                "Connect deadlines to an upstream passed while this process was held up (a "
+                "garbage collection, a busy machine), not counted against the upstream.",
+                "connects_waited_out",
             ),
         )
         for metric, kind, text, attribute in per_upstream:
