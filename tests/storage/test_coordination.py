@@ -129,9 +129,8 @@ async def test_postgresql_announces_a_moved_generation_at_once(
     try:
         watch.start()
         async with asyncio.timeout(PATIENCE):
-            await changed.wait()  # the first read
-            while watch._listener is None:  # subscribed before the first read
-                await asyncio.sleep(0.01)
+            await changed.wait()  # the first read, made once subscribed
+        assert watch._listener is not None
         changed.clear()
         await one.bump_evidence("team/app")
         async with asyncio.timeout(PATIENCE):
@@ -161,12 +160,10 @@ async def test_a_postgresql_notice_tells_the_new_generation_without_a_read(
     watch = GenerationWatch(two, "evidence", lambda: changes.put_nowait(reads), interval=3600)
     admin = await asyncpg.connect(postgres_url)
     try:
-        await watch.check()  # the first read
-        await changes.get()
         watch.start()
         async with asyncio.timeout(PATIENCE):
-            while watch._listener is None:  # subscribed
-                await asyncio.sleep(0.01)
+            await changes.get()  # the first read, made once subscribed
+        assert watch._listener is not None
         reads_before = reads
         for _ in range(3):
             # Another generation first: its notice, delivered before the next, changes nothing.
@@ -202,12 +199,11 @@ async def test_a_notice_without_the_value_is_read_at_once(
             "BEGIN PERFORM pg_notify('trustyard_generations', NEW.name); RETURN NEW; END "
             "$$ LANGUAGE plpgsql"
         )
-        await watch.check()
-        changed.clear()
         watch.start()
         async with asyncio.timeout(PATIENCE):
-            while watch._listener is None:
-                await asyncio.sleep(0.01)
+            await changed.wait()  # the first read, made once subscribed
+        assert watch._listener is not None
+        changed.clear()
         await one.bump_evidence("team/app")
         async with asyncio.timeout(PATIENCE):
             await changed.wait()
