@@ -16,7 +16,7 @@ was decided on: `storage.metadata.sqlite.manifests`) is not waited for: the job 
 had found that, and the server compares the real rows in a statement that fails when they
 differ (`speculate`), so the `COMMIT` is refused and the batch rolled back and run carefully
 (below). So a batch of pushes waits for the server once, for its commit, instead of once per
-push (and once more for a compare made here): on a loaded machine each wait is also a wait for
+push (or twice, were the rows compared here): on a loaded machine each wait is also a wait for
 the thread to get a CPU and the GIL, while the database-wide write lock is held.
 Nothing is acknowledged before the `COMMIT`'s answer, which with `synchronous_commit` on
 (PostgreSQL's default) means it is on disk.
@@ -70,6 +70,9 @@ _BUMP_GENERATION = translate(BUMP_GENERATION)[0]
 _BUMP_EVIDENCE = translate(BUMP_EVIDENCE_OF)[0]
 
 Params = Sequence[Any] | Mapping[str, Any]
+
+#: Statements whose cursors are kept for their next use (`Cursors`).
+KEPT_STATEMENTS = 256
 
 
 class _Refused(Exception):
@@ -176,7 +179,6 @@ class Writer:
                 # Once for the batch, not once per job that asked (`bump_evidence`).
                 if db.evidence:
                     send(_BUMP_EVIDENCE, (json.dumps(sorted(db.evidence)),))
-                    db.generations.add("evidence")
                 for name in sorted(db.generations):
                     send(_BUMP_GENERATION, (name,))
                 commit = self._cursors.commit
@@ -297,9 +299,16 @@ class Cursors:
         self.give_back([(text, False, cursor)])
 
     def give_back(self, lent: list[tuple[str, bool, psycopg.Cursor[Any]]]) -> None:
-        """Cursors (with the statement each sent) whose answers no one will read."""
+        """Cursors (with the statement each sent) whose answers no one will read; kept for
+        at most `KEPT_STATEMENTS` statements (the writer's are a few dozen; one made of a
+        variable list of placeholders would otherwise keep a cursor per length)."""
         for text, many, cursor in lent:
-            self._free.setdefault((text, many), []).append(cursor)
+            free = self._free.get((text, many))
+            if free is None:
+                if len(self._free) >= KEPT_STATEMENTS:
+                    continue  # dropped: the statement gets a fresh cursor each time
+                free = self._free[(text, many)] = []
+            free.append(cursor)
 
 
 class PipelineConnection:
@@ -337,6 +346,7 @@ class PipelineConnection:
         """Move `repository`'s evidence version (and the shared `evidence` generation) once for
         the batch, at its commit (`storage.metadata.sqlite.connection.bump_evidence`)."""
         self._job_evidence.add(repository)
+        self._job_generations.add("evidence")
 
     def evidence_pending(self, repository: str) -> bool:
         """Whether a job of this batch (the running one included) moved `repository`'s
