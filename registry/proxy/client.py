@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 from urllib.request import parse_http_list, parse_keqv_list
@@ -186,6 +187,16 @@ class UpstreamClient:
             return None
         return "Basic " + base64.b64encode(f"{up.username}:{up.password}".encode()).decode()
 
+    @contextlib.asynccontextmanager
+    async def _bounded(self, deadline: ConnectDeadline) -> AsyncIterator[None]:
+        """Run a request inside its connect `deadline` (the times it gave back counted in
+        `connects_waited_out`)."""
+        try:
+            async with deadline.bounding():
+                yield
+        finally:
+            self.connects_waited_out += deadline.waited_out
+
     def _describe(self, exc: BaseException, deadline: ConnectDeadline) -> str:
         """A failure to reach the upstream in words."""
         if deadline.expired:
@@ -211,14 +222,12 @@ class UpstreamClient:
             deadline = ConnectDeadline(self.upstream.connect_timeout)
             try:
                 self.requests += 1
-                async with deadline.bounding():
+                async with self._bounded(deadline):
                     response = await self.session().request(
                         method, url, headers=sent, trace_request_ctx=deadline
                     )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise UpstreamError(self.upstream, self._describe(exc, deadline)) from None
-            finally:
-                self.connects_waited_out += deadline.waited_out
             if response.status == 401 and attempt == 0:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
                 response.release()
@@ -281,7 +290,7 @@ class UpstreamClient:
             headers = {"Authorization": basic} if basic and safe else {}
             self._hold_back()
             async with (
-                deadline.bounding(),
+                self._bounded(deadline),
                 self.session().get(url, headers=headers, trace_request_ctx=deadline) as response,
             ):
                 if response.status == 429:
@@ -296,8 +305,6 @@ class UpstreamClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             reason = self._describe(exc, deadline)
             raise UpstreamError(self.upstream, f"token endpoint: {reason}") from None
-        finally:
-            self.connects_waited_out += deadline.waited_out
         try:
             document = _json_object(body)
             token = document.get("token") or document.get("access_token")

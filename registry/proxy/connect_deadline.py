@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 
 import aiohttp
@@ -82,26 +82,24 @@ class ConnectDeadline:
             self._scope.reschedule(now)
 
 
-async def _connecting(
-    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
-) -> None:
-    deadline = context.trace_request_ctx
-    if isinstance(deadline, ConnectDeadline):
-        deadline.arm()
+def _on_deadline(act: Callable[[ConnectDeadline], None]) -> Callable[..., Awaitable[None]]:
+    """A tracing hook applying `act` to the request's `ConnectDeadline` (its
+    `trace_request_ctx`), when it has one."""
 
+    async def hook(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+    ) -> None:
+        deadline = context.trace_request_ctx
+        if isinstance(deadline, ConnectDeadline):
+            act(deadline)
 
-async def _connected(
-    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
-) -> None:
-    deadline = context.trace_request_ctx
-    if isinstance(deadline, ConnectDeadline):
-        deadline.disarm()
+    return hook
 
 
 def connect_tracing() -> aiohttp.TraceConfig:
     """The session's tracing that arms a request's `ConnectDeadline` (its
     `trace_request_ctx`) while a new connection is made."""
     trace = aiohttp.TraceConfig()
-    trace.on_connection_create_start.append(_connecting)
-    trace.on_connection_create_end.append(_connected)
+    trace.on_connection_create_start.append(_on_deadline(ConnectDeadline.arm))
+    trace.on_connection_create_end.append(_on_deadline(ConnectDeadline.disarm))
     return trace
