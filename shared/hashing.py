@@ -9,6 +9,7 @@ interval. Fed in pieces under that size, the same digest is computed with the GI
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 #: Bytes per `update` call: under 2048, from which `hashlib` releases the GIL.
@@ -33,3 +34,10 @@ def update_holding_gil(digest: Hash, data: bytes) -> None:
     view = memoryview(data)
     for start in range(0, len(view), PIECE):
         digest.update(view[start : start + PIECE])
+
+
+def hashed(algorithm: str, data: bytes) -> hashlib._Hash:
+    """The `hashlib` hash (`algorithm`) of `data`, fed by `update_holding_gil`."""
+    digest = hashlib.new(algorithm)
+    update_holding_gil(digest, data)
+    return digest

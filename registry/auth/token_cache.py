@@ -26,12 +26,11 @@ another's.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from shared.hashing import update_holding_gil
+from shared.hashing import hashed
 
 #: Tokens remembered at most (each entry is a few hundred bytes: about 2 MB at the bound).
 MAX_TOKENS = 8192
@@ -88,6 +87,4 @@ class VerifiedTokens(Generic[Claims]):
 
 def _key(token: str) -> bytes:
     # surrogatepass: a header that is not valid UTF-8 still gets a key (and then fails verify).
-    digest = hashlib.sha256()
-    update_holding_gil(digest, token.encode("utf-8", "surrogatepass"))
-    return digest.digest()
+    return hashed("sha256", token.encode("utf-8", "surrogatepass")).digest()

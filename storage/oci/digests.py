@@ -10,7 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from shared.hashing import update_holding_gil
+from shared.hashing import hashed
 from storage.oci.errors import DIGEST_INVALID, OciError
 
 DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
@@ -37,9 +37,7 @@ class Digest:
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         """The digest of `data` (a manifest of a few KiB is hashed holding the GIL: see
         `shared.hashing`)."""
-        digest = hashlib.new(algorithm)
-        update_holding_gil(digest, data)
-        return cls(algorithm, digest.hexdigest())
+        return cls(algorithm, hashed(algorithm, data).hexdigest())
 
 
 def parse_digest(text: str) -> Digest:
