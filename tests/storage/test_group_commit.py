@@ -320,3 +320,30 @@ async def test_writer_commits_reach_the_disk(tmp_path: Path) -> None:
         assert list(rows) == [(2,)]  # FULL: the WAL is synced at every commit
     finally:
         await db.close()
+
+
+async def test_the_postgresql_writer_keeps_cursors_for_a_bounded_number_of_statements(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Statements made of a variable list of placeholders are as many statements as lengths:
+    # the cursors kept for their next use stay bounded whatever comes.
+    from storage.metadata.postgresql.writer import KEPT_STATEMENTS
+
+    db = await open_metadata(tmp_path / "metadata.sqlite", postgres_url)
+    try:
+
+        async def varied(conn: Any, n: int) -> int:
+            marks = ", ".join("?" * n)
+            rows = await conn.execute_fetchall(
+                f"SELECT count(*) FROM (VALUES ({marks})) v", [n] * n
+            )
+            return int(rows[0][0])
+
+        counts = await asyncio.gather(
+            *(db.write(lambda conn, n=n: varied(conn, n)) for n in range(1, KEPT_STATEMENTS + 40))
+        )
+        assert counts == [1] * (KEPT_STATEMENTS + 39)
+        kept = db._writer._cursors._free  # type: ignore[attr-defined]
+        assert 0 < len(kept) <= KEPT_STATEMENTS
+    finally:
+        await db.close()
