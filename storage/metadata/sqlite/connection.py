@@ -87,33 +87,21 @@ class SQLiteBase:
 
     @classmethod
     async def open(cls, path: Path) -> Self:
-        """Open (creating if needed, migrating older columns) the database at `path`."""
+        """Open (creating if needed, migrating older columns) the database at `path`.
+
+        Processes opening one file at once (`serve --workers` on a fresh data directory, a
+        `trustyard gc` started beside the server) take turns on the cross-process write lock
+        for the whole setup: the first switch to WAL needs SQLite's exclusive lock, which SQLite
+        may refuse at once ("database is locked") without waiting for its busy handler."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        # Every commit reaches the disk before it returns (an fsync of the WAL), so a push
-        # answered 201 survives a power cut as its blobs do; group commit pays one fsync per
-        # batch of pushes.
-        await writer.execute("PRAGMA synchronous = FULL")
-        # The whole schema in one transaction: one fsync where a statement each paid one (a
-        # fresh data directory opens several times faster), and a crash part-way leaves no
-        # half-made schema. IMMEDIATE takes the write lock first, so workers starting together
-        # on a fresh file wait their turn (busy_timeout) instead of failing on a stale read.
-        await writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
-        async with writer.execute("SELECT version FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            await writer.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{path}: schema version {row[0]}, this Trustyard knows {SCHEMA_VERSION}"
-            )
-        for table, column, statements in MIGRATIONS:
-            async with writer.execute(f"PRAGMA table_info({table})") as cursor:
-                columns = {info[1] for info in await cursor.fetchall()}
-            if column not in columns:
-                for statement in statements:
-                    await writer.execute(statement)
-        reader = await _connect(path)
+        lock_fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # Closing the descriptor releases the lock, also when cancelled while the thread
+            # still waits for it (the lock then goes with the thread's last reference).
+            await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
+            reader, writer = await _set_up(path)
+        finally:
+            os.close(lock_fd)
         return cls(reader, writer, path)
 
     async def close(self) -> None:
@@ -351,17 +339,61 @@ class ThreadConnection:
         return self._conn.execute(sql, args).fetchall()
 
 
+async def _set_up(path: Path) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+    """The reader and the writer of the file at `path`, its schema made and migrated. On any
+    failure both are closed again: a connection left open keeps its thread, and the process
+    could not exit."""
+    connections: list[aiosqlite.Connection] = []
+    try:
+        writer = await _connect(path)
+        connections.append(writer)
+        # Every commit reaches the disk before it returns (an fsync of the WAL), so a push
+        # answered 201 survives a power cut as its blobs do; group commit pays one fsync per
+        # batch of pushes.
+        await writer.execute("PRAGMA synchronous = FULL")
+        # The whole schema in one transaction: one fsync where a statement each paid one (a
+        # fresh data directory opens several times faster), and a crash part-way leaves no
+        # half-made schema.
+        await writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+        async with writer.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            await writer.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path}: schema version {row[0]}, this Trustyard knows {SCHEMA_VERSION}"
+            )
+        for table, column, statements in MIGRATIONS:
+            async with writer.execute(f"PRAGMA table_info({table})") as cursor:
+                columns = {info[1] for info in await cursor.fetchall()}
+            if column not in columns:
+                for statement in statements:
+                    await writer.execute(statement)
+        reader = await _connect(path)
+        connections.append(reader)
+    except BaseException:
+        for connection in connections:
+            await connection.close()
+        raise
+    return reader, writer
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
-    for pragma in (
-        "PRAGMA journal_mode = WAL",
-        "PRAGMA synchronous = NORMAL",
-        "PRAGMA foreign_keys = ON",
-        "PRAGMA busy_timeout = 10000",
-        # Sorting and subquery scratch space in memory: nothing to write on a full disk.
-        "PRAGMA temp_store = MEMORY",
-    ):
-        await db.execute(pragma)
+    try:
+        for pragma in (
+            # First: every pragma after it waits its turn instead of failing at once.
+            "PRAGMA busy_timeout = 10000",
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA foreign_keys = ON",
+            # Sorting and subquery scratch space in memory: nothing to write on a full disk.
+            "PRAGMA temp_store = MEMORY",
+        ):
+            await db.execute(pragma)
+    except BaseException:
+        await db.close()
+        raise
     return db
 
 
