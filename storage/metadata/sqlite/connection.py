@@ -75,11 +75,7 @@ class SQLiteBase:
         # Several processes writing one file (`serve --workers`, `trustyard gc`) take turns on
         # an flock first: the kernel hands it over the moment it is released, where SQLite's
         # own busy handler would sleep and poll (up to 100 ms a try) for its write lock.
-        self._writelock_fd = (
-            os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            if path is not None
-            else None
-        )
+        self._writelock_fd = _open_writelock(path) if path is not None else None
         self._write_lock = asyncio.Lock()
         self.path = path
         self.manifest_reads = ManifestReads(CommitProbe(path)) if path is not None else None
@@ -94,7 +90,7 @@ class SQLiteBase:
         for the whole setup: the first switch to WAL needs SQLite's exclusive lock, which SQLite
         may refuse at once ("database is locked") without waiting for its busy handler."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = _open_writelock(path)
         try:
             # Closing the descriptor releases the lock, also when cancelled while the thread
             # still waits for it (the lock then goes with the thread's last reference).
@@ -337,6 +333,11 @@ class ThreadConnection:
     async def execute_fetchall(self, sql: str, args: Params = ()) -> list[Any]:
         """Every row of one query."""
         return self._conn.execute(sql, args).fetchall()
+
+
+def _open_writelock(path: Path) -> int:
+    """A descriptor of the file every process's writes and opens of `path` take turns on."""
+    return os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 async def _set_up(path: Path) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
